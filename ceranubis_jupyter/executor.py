@@ -1,0 +1,297 @@
+"""``CeranubisExecutor``: a real ``concurrent.futures.Executor`` over local and SSH nodes.
+
+The kernel thread serializes (functions once, arguments per task) and hands a
+:class:`~ceranubis_jupyter.scheduler.TaskRecord` to the scheduler's loop thread; futures
+are plain :class:`concurrent.futures.Future` objects, so ``wait``, ``as_completed`` and
+``asyncio.wrap_future`` work on them.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor, Future
+from concurrent.futures import TimeoutError as FuturesTimeoutError
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+
+from . import protocol as p
+from .errors import ConfigError, UnpicklableError
+from .hosts import HostSpec, transports_for
+from .scheduler import DEFAULT_RETRIES, HostInfo, Scheduler, TaskRecord
+from .serialize import describe_failure, dumps, dumps_function
+
+T = TypeVar("T")
+
+_live_executors: weakref.WeakSet[CeranubisExecutor] = weakref.WeakSet()
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """Per-task options; see :meth:`CeranubisExecutor.options`."""
+
+    timeout: float = 0.0
+    priority: int = 0
+    group: str | None = None
+    retries: int = DEFAULT_RETRIES
+
+    def validated(self) -> TaskOptions:
+        if self.timeout < 0:
+            raise ConfigError(f"timeout must be >= 0 seconds, got {self.timeout}")
+        if self.retries < 0:
+            raise ConfigError(f"retries must be >= 0, got {self.retries}")
+        return self
+
+
+class CeranubisExecutor(Executor):
+    """Runs calls on every core of local and remote hosts.
+
+    Args:
+        hosts: ``None`` for the embedded default (local node processes), or a list of host
+            specs: ``"local"``, an ``~/.ssh/config`` alias, ``"user@host:port"`` or
+            :class:`~ceranubis_jupyter.hosts.Host`.
+        max_workers: worker processes for the embedded default (default: all cores).
+        retries: times a task is re-run after its worker or node died under it.
+
+    Raises:
+        ConfigError: ``max_workers`` is not a positive integer or a host spec is bad.
+
+    Example::
+
+        with CeranubisExecutor() as ex:
+            squares = list(ex.map(lambda x: x * x, range(100)))
+    """
+
+    def __init__(
+        self,
+        hosts: Sequence[HostSpec] | HostSpec | None = None,
+        *,
+        max_workers: int | None = None,
+        retries: int = DEFAULT_RETRIES,
+    ) -> None:
+        if max_workers is not None and (not isinstance(max_workers, int) or max_workers <= 0):
+            raise ConfigError(f"max_workers must be a positive integer, got {max_workers!r}")
+        self._defaults = TaskOptions(retries=retries).validated()
+        self._transports = transports_for(hosts, max_workers)
+        self._scheduler = Scheduler(self._transports)
+        self._functions: dict[int, tuple[Callable[..., Any], int]] = {}
+        self._fn_ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._shutdown = False
+        _live_executors.add(self)
+        self._finalizer = weakref.finalize(self, self._scheduler.close_threadsafe)
+
+    # ------------------------------------------------------------------ Executor API
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        """Schedule ``fn(*args, **kwargs)``; returns its future."""
+        return self._submit(self._defaults, fn, p.CALL, (args, kwargs))
+
+    def map(
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> Iterator[T]:
+        """Like :func:`map`, in parallel; results come back in order, lazily.
+
+        ``chunksize`` items travel as one message and run in one go on a worker.
+        ``timeout`` bounds the whole iteration: ``TimeoutError`` when it is exceeded.
+        """
+        return self._map(self._defaults, fn, iterables, timeout, chunksize)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting work; optionally cancel what has not run; end every node.
+
+        With ``cancel_futures=True`` tasks already running on nodes are stopped as well
+        (their workers are killed and replaced).
+        """
+        with self._lock:
+            already = self._shutdown
+            self._shutdown = True
+        if cancel_futures and not self._scheduler.loop.is_closed():
+            self._scheduler.cancel_pending_threadsafe(stop_running=True)
+        if already and not wait:
+            return
+        if wait:
+            self._scheduler.wait_idle_threadsafe()
+            self._finalizer()
+        else:
+            threading.Thread(target=self._close_when_idle, daemon=True).start()
+
+    # ------------------------------------------------------------------ extras
+
+    def options(
+        self,
+        *,
+        timeout: float | None = None,
+        priority: int | None = None,
+        group: str | None = None,
+        retries: int | None = None,
+    ) -> TaskOptionsView:
+        """Submit with per-task options, keeping ``submit``'s signature::
+
+            ex.options(timeout=5, priority=10).submit(fn, x)
+        """
+        changes: dict[str, Any] = {
+            k: v for k, v in dict(
+                timeout=timeout, priority=priority, group=group, retries=retries
+            ).items() if v is not None
+        }
+        return TaskOptionsView(self, replace(self._defaults, **changes).validated())
+
+    def hosts(self) -> list[HostInfo]:
+        """The state of every host: workers, python, load, CPU, memory, tasks done."""
+        return self._scheduler.hosts_threadsafe()
+
+    def cancel(self, futures: Iterable[Future[Any]]) -> None:
+        """Stop these futures' tasks wherever they are, running ones included."""
+        ids = [task_id for f in futures if (task_id := getattr(f, "_ceranubis_id", 0))]
+        if ids and not self._scheduler.loop.is_closed():
+            self._scheduler.cancel_threadsafe(ids)
+
+    @property
+    def scheduler(self) -> Scheduler:
+        """The scheduler (for projects and the progress widget)."""
+        return self._scheduler
+
+    # ------------------------------------------------------------------ internals
+
+    def _close_when_idle(self) -> None:
+        self._scheduler.wait_idle_threadsafe()
+        self._finalizer()
+
+    def _submit(
+        self, options: TaskOptions, fn: Callable[..., Any], kind: int, arguments: Any
+    ) -> Future[Any]:
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        if not callable(fn):
+            raise TypeError(f"{fn!r} is not callable")
+        fn_id = self._function_id(fn)
+        future: Future[Any] = Future()
+        task_id = self._scheduler.next_task_id()
+        future._ceranubis_id = task_id  # type: ignore[attr-defined]
+        try:
+            codec, payload, buffers = dumps(arguments)
+        except Exception as error:
+            future.set_exception(UnpicklableError(
+                f"the arguments of task {task_id} ({_short_repr(arguments)}) could not be "
+                f"pickled: {describe_failure(error)}", task_id=task_id))
+            return future
+        raw = tuple(buffer.raw() for buffer in buffers)
+        record = TaskRecord(
+            task_id, future, fn_id, kind, codec, payload, raw,
+            options.priority, options.timeout, options.retries, options.group,
+        )
+        self._scheduler.submit_threadsafe(record)
+        return future
+
+    def _function_id(self, fn: Callable[..., Any]) -> int:
+        known = self._functions.get(id(fn))
+        if known is not None and known[0] is fn:
+            return known[1]
+        try:
+            blob = dumps_function(fn)
+        except Exception as error:
+            raise UnpicklableError(
+                f"the function {_short_repr(fn)} could not be serialized with dill: "
+                f"{describe_failure(error)}") from error
+        fn_id = next(self._fn_ids)
+        self._scheduler.add_function_threadsafe(fn_id, blob)
+        self._functions[id(fn)] = (fn, fn_id)
+        return fn_id
+
+    def _map(
+        self,
+        options: TaskOptions,
+        fn: Callable[..., Any],
+        iterables: tuple[Iterable[Any], ...],
+        timeout: float | None,
+        chunksize: int,
+    ) -> Iterator[Any]:
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        end_time = None if timeout is None else timeout + time.monotonic()
+        calls = zip(*iterables)
+        if chunksize == 1:
+            futures = [self._submit(options, fn, p.CALL, (args, {})) for args in calls]
+        else:
+            futures = [self._submit(options, fn, p.CHUNK, chunk)
+                       for chunk in _chunks(calls, chunksize)]
+        return _results_in_order(futures, end_time, chunked=chunksize > 1)
+
+
+class TaskOptionsView:
+    """``submit``/``map`` with options bound; from :meth:`CeranubisExecutor.options`."""
+
+    def __init__(self, executor: CeranubisExecutor, options: TaskOptions) -> None:
+        self._executor = executor
+        self.task_options = options
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        """Like :meth:`CeranubisExecutor.submit`, with these options."""
+        return self._executor._submit(self.task_options, fn, p.CALL, (args, kwargs))
+
+    def map(
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> Iterator[T]:
+        """Like :meth:`CeranubisExecutor.map`, with these options."""
+        return self._executor._map(self.task_options, fn, iterables, timeout, chunksize)
+
+
+def _chunks(calls: Iterator[tuple[Any, ...]], size: int) -> Iterator[list[tuple[Any, ...]]]:
+    while chunk := list(itertools.islice(calls, size)):
+        yield chunk
+
+
+def _results_in_order(
+    futures: list[Future[Any]], end_time: float | None, *, chunked: bool
+) -> Iterator[Any]:
+    futures.reverse()
+    try:
+        while futures:
+            future = futures.pop()
+            if end_time is None:
+                value = future.result()
+            else:
+                remaining = end_time - time.monotonic()
+                if remaining <= 0:
+                    raise FuturesTimeoutError()
+                value = future.result(remaining)
+            if chunked:
+                yield from value
+            else:
+                yield value
+    finally:
+        for future in futures:
+            future.cancel()
+
+
+def _short_repr(obj: Any, limit: int = 80) -> str:
+    try:
+        text = repr(obj)
+    except Exception:
+        text = f"<{type(obj).__name__} object>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _shutdown_all() -> None:
+    for executor in list(_live_executors):
+        try:
+            executor.shutdown(wait=False, cancel_futures=True)
+            executor._finalizer()
+        except Exception:  # at exit, best effort: nodes also die when our pipes close
+            pass
+
+
+atexit.register(_shutdown_all)

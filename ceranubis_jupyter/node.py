@@ -1,0 +1,429 @@
+"""The node supervisor: the program the client starts on each host.
+
+::
+
+    client ──frames on stdin──►  Supervisor  ──Function/Tasks──► worker 1 (forked)
+    client ◄─frames on stdout──  (selectors)  ◄────Results────── worker 2 ...
+
+It says ``Hello``, waits for ``Configure``, forks one worker per core (or as asked), keeps a
+queue of the tasks the client sent, feeds each worker up to ``WORKER_PREFETCH`` tasks, batches
+the results of a loop turn into one frame, restarts a worker that dies (reporting the task it
+was running as crashed) and reports load every second. It exits, killing its workers, when
+its input closes, on ``Shutdown``, or when the client has been silent too long.
+
+Stdlib + dill only: the client ships this file to bare hosts (see ``bootstrap``).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+
+import dill
+
+from . import protocol as p
+from . import worker
+from .errors import RemoteProtocolError
+
+# Tasks handed to one worker at once: one running, one waiting, so a pipe hop never idles it.
+WORKER_PREFETCH = 2
+# Seconds between load reports (which double as heartbeats to the client).
+LOAD_INTERVAL = 1.0
+# Seconds a shutting-down worker gets to exit on its own before SIGKILL.
+WORKER_GRACE = 1.0
+_READ_SIZE = 1 << 20
+
+
+@dataclass
+class _Worker:
+    """One forked worker as the supervisor sees it."""
+
+    pid: int
+    to_worker: int
+    from_worker: int
+    outbox: _Outbox
+    decoder: p.FrameDecoder = field(default_factory=p.FrameDecoder)
+    tasks: collections.deque[p.Task] = field(default_factory=collections.deque)
+    functions: set[int] = field(default_factory=set)
+    head_started: float = 0.0
+    cancelled: set[int] = field(default_factory=set)
+
+
+class _Outbox:
+    """Pending bytes for a non-blocking file descriptor."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._chunks: collections.deque[memoryview] = collections.deque()
+
+    def __bool__(self) -> bool:
+        return bool(self._chunks)
+
+    def add(self, chunks: list[p.Buffer]) -> None:
+        self._chunks.extend(memoryview(chunk).cast("B") for chunk in chunks)
+
+    def flush(self) -> None:
+        """Write as much as the descriptor takes now."""
+        while self._chunks:
+            chunk = self._chunks[0]
+            try:
+                written = os.write(self.fd, chunk)
+            except BlockingIOError:
+                return
+            if written == len(chunk):
+                self._chunks.popleft()
+            else:
+                self._chunks[0] = chunk[written:]
+
+
+class Supervisor:
+    """Runs the node: one instance per node process."""
+
+    def __init__(self, read_fd: int, write_fd: int) -> None:
+        self.conn = p.Connection(p.NODE)
+        self.read_fd = read_fd
+        self.out = _Outbox(write_fd)
+        self.selector = selectors.DefaultSelector()
+        self.workers: dict[int, _Worker] = {}
+        self.queue: collections.deque[p.Task] = collections.deque()
+        self.functions: dict[int, p.Buffer] = {}
+        self.pending_results: list[p.Result] = []
+        self.n_workers = 0
+        self.silence_timeout = 60.0
+        self.last_heard = time.monotonic()
+        self.next_load = 0.0
+        self.cpu = _CpuMeter()
+        self.running = True
+
+    # ------------------------------------------------------------------ main loop
+
+    def run(self) -> None:
+        """Serve the client until it goes away; then end every worker."""
+        os.set_blocking(self.out.fd, False)
+        self.selector.register(self.read_fd, selectors.EVENT_READ, None)
+        self._send(_hello())
+        try:
+            while self.running:
+                self._turn()
+        finally:
+            self._stop_workers()
+
+    def _turn(self) -> None:
+        self._watch_out_fd()
+        for key, _ in self.selector.select(self._select_timeout()):
+            if key.data is None:
+                self._read_client()
+            elif isinstance(key.data, _Outbox):
+                key.data.flush()
+            else:
+                self._read_worker(key.data)
+            if not self.running:
+                return
+        self._dispatch()
+        self._flush_results()
+        self._on_clock()
+
+    def _select_timeout(self) -> float:
+        return max(0.0, min(self.next_load - time.monotonic(), LOAD_INTERVAL))
+
+    def _watch_out_fd(self) -> None:
+        """Register writable interest exactly for descriptors with pending bytes."""
+        for outbox in [self.out, *(w.outbox for w in self.workers.values())]:
+            outbox.flush()
+            want = bool(outbox)
+            registered = outbox.fd in self.selector.get_map()
+            if want and not registered:
+                self.selector.register(outbox.fd, selectors.EVENT_WRITE, outbox)
+            elif registered and not want:
+                self.selector.unregister(outbox.fd)
+
+    # ------------------------------------------------------------------ client side
+
+    def _read_client(self) -> None:
+        try:
+            data = os.read(self.read_fd, _READ_SIZE)
+        except OSError:
+            data = b""
+        self.last_heard = time.monotonic()
+        if not data:
+            self.running = False
+            return
+        self.conn.receive_data(data)
+        try:
+            while (message := self.conn.next_event()) is not None:
+                self._on_message(message)
+        except RemoteProtocolError as error:
+            self._fail(f"garbage from the client: {error}")
+
+    def _on_message(self, message: p.Message) -> None:
+        if isinstance(message, p.Configure):
+            self._configure(message)
+        elif isinstance(message, p.Function):
+            self.functions[message.fn_id] = bytes(message.blob)
+        elif isinstance(message, p.Tasks):
+            self.queue.extend(message.tasks)
+        elif isinstance(message, p.Cancel):
+            self._cancel(set(message.task_ids))
+        elif isinstance(message, p.Shutdown):
+            self.running = False
+
+    def _configure(self, message: p.Configure) -> None:
+        self.n_workers = message.workers if message.workers > 0 else _cores()
+        self.silence_timeout = message.silence_timeout
+        for _ in range(self.n_workers):
+            self._start_worker()
+
+    def _send(self, message: p.Message) -> None:
+        self.out.add(self.conn.send(message))
+        self.out.flush()
+
+    def _flush_results(self) -> None:
+        if self.pending_results:
+            self._send(p.Results(tuple(self.pending_results)))
+            self.pending_results = []
+
+    def _fail(self, message: str) -> None:
+        self.out.add(p.encode(p.NodeFailure(message)))
+        self.out.flush()
+        self.running = False
+
+    # ------------------------------------------------------------------ workers
+
+    def _start_worker(self) -> None:
+        task_read, task_write = os.pipe()
+        result_read, result_write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(task_write)
+            os.close(result_read)
+            worker.run(task_read, result_write)
+        os.close(task_read)
+        os.close(result_write)
+        os.set_blocking(task_write, False)
+        state = _Worker(pid, task_write, result_read, _Outbox(task_write))
+        self.workers[result_read] = state
+        self.selector.register(result_read, selectors.EVENT_READ, state)
+
+    def _dispatch(self) -> None:
+        """Hand queued tasks to workers with room, least loaded first."""
+        while self.queue:
+            state = min(self.workers.values(), key=lambda w: len(w.tasks), default=None)
+            if state is None or len(state.tasks) >= WORKER_PREFETCH:
+                return
+            self._give(state, self.queue.popleft())
+
+    def _give(self, state: _Worker, task: p.Task) -> None:
+        if task.fn_id not in state.functions:
+            blob = self.functions.get(task.fn_id)
+            if blob is None:
+                self._fail(f"task {task.task_id} refers to unknown function {task.fn_id}")
+                return
+            state.outbox.add(p.encode(p.Function(task.fn_id, blob)))
+            state.functions.add(task.fn_id)
+        if not state.tasks:
+            state.head_started = time.monotonic()
+        state.tasks.append(task)
+        state.outbox.add(p.encode(p.Tasks((task,))))
+        state.outbox.flush()
+
+    def _read_worker(self, state: _Worker) -> None:
+        try:
+            data = os.read(state.from_worker, _READ_SIZE)
+        except OSError:
+            data = b""
+        if not data:
+            self._bury(state)
+            return
+        state.decoder.feed(data)
+        try:
+            while (message := state.decoder.next_message()) is not None:
+                if isinstance(message, p.Results):
+                    self._on_worker_results(state, message.results)
+        except RemoteProtocolError as error:
+            self._fail(f"a worker wrote garbage ({error}); this is a bug")
+
+    def _on_worker_results(self, state: _Worker, results: tuple[p.Result, ...]) -> None:
+        for result in results:
+            finished = state.tasks.popleft()
+            state.head_started = time.monotonic()
+            if finished.task_id in state.cancelled:
+                state.cancelled.discard(finished.task_id)
+                result = _status_result(finished.task_id, p.CANCELLED, {"exitcode": 0})
+            self.pending_results.append(result)
+
+    def _bury(self, state: _Worker) -> None:
+        """A worker died: report its running task, re-queue the others, start another."""
+        exitcode = _reap(state.pid)
+        self._forget(state)
+        if state.tasks:
+            running = state.tasks.popleft()
+            info = {"exitcode": exitcode, "pid": state.pid}
+            self.pending_results.append(_status_result(running.task_id, p.CRASHED, info))
+            self.queue.extendleft(reversed(state.tasks))
+        if self.running:
+            self._start_worker()
+
+    def _forget(self, state: _Worker) -> None:
+        del self.workers[state.from_worker]
+        for fd in (state.from_worker, state.to_worker):
+            if fd in self.selector.get_map():
+                self.selector.unregister(fd)
+            os.close(fd)
+
+    def _kill_head(self, state: _Worker, status: int) -> None:
+        """Kill a worker for its running task's sake (timeout or cancel) and replace it."""
+        running = state.tasks.popleft()
+        _kill(state.pid)
+        _reap(state.pid)
+        self._forget(state)
+        info = {"exitcode": -signal.SIGKILL, "pid": state.pid}
+        self.pending_results.append(_status_result(running.task_id, status, info))
+        self.queue.extendleft(reversed(state.tasks))
+        self._start_worker()
+
+    def _cancel(self, task_ids: set[int]) -> None:
+        kept = collections.deque(t for t in self.queue if t.task_id not in task_ids)
+        for task in self.queue:
+            if task.task_id in task_ids:
+                self.pending_results.append(_status_result(task.task_id, p.CANCELLED, {}))
+        self.queue = kept
+        for state in list(self.workers.values()):
+            for waiting in list(state.tasks)[1:]:
+                if waiting.task_id in task_ids:
+                    state.cancelled.add(waiting.task_id)
+            if state.tasks and state.tasks[0].task_id in task_ids:
+                self._kill_head(state, p.CANCELLED)
+
+    def _stop_workers(self) -> None:
+        for state in list(self.workers.values()):
+            _kill(state.pid)
+        for state in list(self.workers.values()):
+            _reap(state.pid)
+            self._forget(state)
+
+    # ------------------------------------------------------------------ timers
+
+    def _on_clock(self) -> None:
+        now = time.monotonic()
+        if now - self.last_heard > self.silence_timeout:
+            self.running = False
+            return
+        self._check_timeouts(now)
+        if now >= self.next_load and self.conn.send_state == "running":
+            self.next_load = now + LOAD_INTERVAL
+            self._send(self._load())
+
+    def _check_timeouts(self, now: float) -> None:
+        for state in list(self.workers.values()):
+            head = state.tasks[0] if state.tasks else None
+            if head is not None and head.timeout > 0 and now - state.head_started > head.timeout:
+                self._kill_head(state, p.TIMED_OUT)
+
+    def _load(self) -> p.Load:
+        busy = sum(1 for w in self.workers.values() if w.tasks)
+        return p.Load(_loadavg(), self.cpu.percent(), _memory_percent(), busy, self.n_workers)
+
+
+# ---------------------------------------------------------------------- host facts
+
+
+def _hello() -> p.Hello:
+    version = sys.version_info
+    return p.Hello(
+        protocol=p.PROTOCOL_VERSION,
+        python=f"{version.major}.{version.minor}.{version.micro}",
+        dill=str(dill.__version__),
+        hostname=socket.gethostname(),
+        cores=_cores(),
+        pid=os.getpid(),
+    )
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _loadavg() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:  # pragma: no cover
+        return 0.0
+
+
+def _memory_percent() -> float:
+    try:
+        with open("/proc/meminfo") as meminfo:
+            fields = dict(line.split(":", 1) for line in meminfo)
+        total = int(fields["MemTotal"].split()[0])
+        available = int(fields["MemAvailable"].split()[0])
+        return round(100.0 * (total - available) / total, 1)
+    except (OSError, KeyError, ValueError):  # pragma: no cover - not Linux
+        return 0.0
+
+
+class _CpuMeter:
+    """CPU use of the whole host since the previous reading, from /proc/stat."""
+
+    def __init__(self) -> None:
+        self._last = self._read()
+
+    @staticmethod
+    def _read() -> tuple[int, int]:
+        try:
+            with open("/proc/stat") as stat:
+                values = [int(v) for v in stat.readline().split()[1:]]
+            idle = values[3] + (values[4] if len(values) > 4 else 0)
+            return sum(values), idle
+        except (OSError, ValueError, IndexError):  # pragma: no cover - not Linux
+            return 0, 0
+
+    def percent(self) -> float:
+        total, idle = self._read()
+        d_total, d_idle = total - self._last[0], idle - self._last[1]
+        self._last = total, idle
+        return round(100.0 * (d_total - d_idle) / d_total, 1) if d_total > 0 else 0.0
+
+
+# ---------------------------------------------------------------------- process helpers
+
+
+def _status_result(task_id: int, status: int, info: dict[str, int]) -> p.Result:
+    return p.Result(task_id, status, p.PICKLE, json.dumps(info).encode())
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _reap(pid: int) -> int:
+    """Wait for a child and return its exit code, negative for a signal (like Popen)."""
+    try:
+        _, status = os.waitpid(pid, 0)
+    except ChildProcessError:
+        return 0
+    return os.waitstatus_to_exitcode(status)
+
+
+def main() -> None:
+    """Entry point: speak the protocol on stdin/stdout until the client goes away."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    protocol_out = os.dup(1)
+    os.dup2(2, 1)  # a stray print must never corrupt the protocol stream
+    Supervisor(0, protocol_out).run()
+
+
+if __name__ == "__main__":
+    main()
