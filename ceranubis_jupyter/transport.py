@@ -19,6 +19,8 @@ from .protocol import Buffer
 
 # How long a node gets to exit after its input closes before it is killed.
 EXIT_GRACE_SECONDS = 2.0
+# Every node process carries this word in its command line (``kill-strays`` and leak checks).
+NODE_MARKER = "ceranubis-node"
 # Bytes of a node's stderr kept to explain why it died.
 STDERR_TAIL = 4096
 _READ_SIZE = 1 << 20
@@ -71,7 +73,7 @@ def node_command(python: str) -> list[str]:
         f"import sys; sys.path.insert(0, {_package_parent()!r}); "
         "from ceranubis_jupyter.node import main; main()"
     )
-    return [python, "-I", "-c", boot]
+    return [python, "-I", "-c", boot, NODE_MARKER]
 
 
 class LocalTransport(Transport):

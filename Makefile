@@ -1,0 +1,35 @@
+# Two commands do all set-up on a fresh Debian machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench system-deps venv clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(STAMP)
+
+system-deps:
+	.ci/install-system-deps
+
+demo: venv
+	$(BIN)/ceranubis demo
+
+test: venv system-deps
+	$(BIN)/python -m pytest -p no:cacheprovider
+
+lint: venv
+	$(BIN)/ruff check ceranubis_jupyter tests benchmarks
+	$(BIN)/ruff format --check ceranubis_jupyter tests benchmarks
+	$(BIN)/mypy
+
+bench: venv
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,62 @@
+"""Shared test set-up: a leak check after every test, plus fixture plugins per area."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+from ceranubis_jupyter.transport import NODE_MARKER
+
+# Fixture modules, one per area (ssh servers, postgres, jupyter), so areas stay apart.
+pytest_plugins = ["tests.fixtures_ssh", "tests.fixtures_pg", "tests.fixtures_jupyter"]
+
+# How long nodes get to go away after a test before they count as leaked.
+LEAK_GRACE_SECONDS = 5.0
+
+
+def node_processes() -> set[int]:
+    """PIDs of every ceranubis node or worker process on this machine."""
+    pids = set()
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        if any(NODE_MARKER in part for part in cmdline):
+            pids.add(process.info["pid"])
+    return pids
+
+
+def wait_until_gone(pids: set[int], timeout: float = LEAK_GRACE_SECONDS) -> set[int]:
+    """Wait for processes to end; returns those still alive after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    alive = set(pids)
+    while alive and time.monotonic() < deadline:
+        alive = {pid for pid in alive if _alive(pid)}
+        if alive:
+            time.sleep(0.05)
+    return alive
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.fixture(autouse=True)
+def no_stray_nodes(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test that leaves node or worker processes behind (loky-style leak check)."""
+    before = node_processes()
+    yield
+    if request.node.get_closest_marker("allow_nodes_alive"):
+        return
+    leaked = wait_until_gone(node_processes() - before)
+    assert not leaked, f"stray node/worker processes after the test: {sorted(leaked)}"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "allow_nodes_alive: the test hands running nodes to a later fixture"
+    )

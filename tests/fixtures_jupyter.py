@@ -1,0 +1,1 @@
+"""Fixtures for the jupyter tests (filled in by that area)."""

@@ -1,0 +1,1 @@
+"""Fixtures for the pg tests (filled in by that area)."""
