@@ -189,6 +189,7 @@ class CeranubisExecutor(Executor):
             task_id, future, fn_id, kind, codec, payload, raw,
             options.priority, options.timeout, options.retries, options.group,
         )
+        future._ceranubis_record = record  # type: ignore[attr-defined]
         self._scheduler.submit_threadsafe(record)
         return future
 
