@@ -56,6 +56,23 @@ def no_stray_nodes(request: pytest.FixtureRequest) -> Iterator[None]:
     assert not leaked, f"stray node/worker processes after the test: {sorted(leaked)}"
 
 
+# Transports the executor tests run over; the SSH area adds "asyncssh" and "openssh"
+# (each name N needs a fixture ``hosts_N`` returning the ``hosts`` argument of the executor).
+TRANSPORTS = ["local"]
+
+
+@pytest.fixture
+def hosts_local() -> None:
+    """The embedded default: ``CeranubisExecutor(None)``."""
+    return None
+
+
+@pytest.fixture(params=TRANSPORTS)
+def hosts(request: pytest.FixtureRequest) -> object:
+    """The ``hosts`` argument for an executor, once per transport."""
+    return request.getfixturevalue(f"hosts_{request.param}")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "allow_nodes_alive: the test hands running nodes to a later fixture"
