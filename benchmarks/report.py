@@ -1,0 +1,215 @@
+"""What each measurement means, its targets, and how the results are printed and saved.
+
+A run produces ``samples[system][metric] -> list[float]``; the report takes medians, the
+ratios ours/peer, checks the targets of issue 2 and benchmarks.md, prints one table and
+writes the whole thing as JSON under ``benchmarks/results/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from peers import LOKY, OURS, PPE
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+Samples = dict[str, dict[str, list[float]]]
+
+
+@dataclass(frozen=True)
+class Target:
+    """A goal for our median: against a peer's median (``ratio``) or absolute.
+
+    ``kind`` is ``"min"`` or ``"max"``; ``peer`` is ``None`` for an absolute bound.
+    """
+
+    kind: str
+    value: float
+    peer: str | None = PPE
+
+    def met(
+        self, ours: float | None, medians: dict[str, dict[str, float]], key: str
+    ) -> bool | None:
+        """Whether the target is met; ``None`` when a number is missing."""
+        if ours is None:
+            return None
+        reference = 1.0
+        if self.peer is not None:
+            peer_value = medians.get(self.peer, {}).get(key)
+            if not peer_value:
+                return None
+            reference = peer_value
+        bound = self.value * reference
+        return ours >= bound if self.kind == "min" else ours <= bound
+
+    def text(self) -> str:
+        """E.g. ``≥1x ppe-fork`` or ``≤200``."""
+        sign = "≥" if self.kind == "min" else "≤"
+        if self.peer is None:
+            return f"{sign}{self.value:g}"
+        return f"{sign}{self.value:g}x {self.peer}"
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One reported number."""
+
+    key: str
+    label: str
+    unit: str
+    digits: int
+    target: Target | None = None
+    stretch: Target | None = None
+
+
+METRICS: list[Metric] = [
+    Metric("w1", "W1 map, default chunksize", "tasks/s", 0, Target("min", 1.0), Target("min", 3.0)),
+    Metric("w1_batched", "W1 map, chunksize=1000", "tasks/s", 0),
+    Metric("w2", "W2 submit x5000, wait", "tasks/s", 0, Target("min", 1.0), Target("min", 2.0)),
+    Metric("w3_median", "W3 round trip, median", "µs", 0, Target("max", 1.5)),
+    Metric("w3_p99", "W3 round trip, p99", "µs", 0),
+    Metric("w4_bytes", "W4 100 MB bytes", "MB/s", 0, None, Target("min", 1.0)),
+    Metric("w4_numpy", "W4 100 MB numpy", "MB/s", 0, None, Target("min", 1.0)),
+    Metric("w5", "W5 construct → first result", "s", 3),
+    Metric("w6", "W6 efficiency vs serial/2", "ratio", 2, None, Target("min", 0.95, None)),
+    Metric("memory", "memory: 1M map RSS growth", "MB", 1, Target("max", 200.0, None)),
+]
+
+
+def medians(samples: Samples) -> dict[str, dict[str, float]]:
+    """The median of every system's samples for every metric."""
+    return {
+        system: {key: statistics.median(values) for key, values in metrics.items() if values}
+        for system, metrics in samples.items()
+    }
+
+
+def ratios(meds: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """``ours / peer`` for every peer and metric both have."""
+    ours = meds.get(OURS, {})
+    out: dict[str, dict[str, float]] = {}
+    for peer, values in meds.items():
+        if peer == OURS:
+            continue
+        out[peer] = {k: ours[k] / v for k, v in values.items() if k in ours and v}
+    return out
+
+
+def verdicts(meds: dict[str, dict[str, float]]) -> dict[str, dict[str, bool | None]]:
+    """Per metric: whether the target and the stretch target are met."""
+    ours = meds.get(OURS, {})
+    out: dict[str, dict[str, bool | None]] = {}
+    for metric in METRICS:
+        entry: dict[str, bool | None] = {}
+        for name, target in (("target", metric.target), ("stretch", metric.stretch)):
+            if target is not None:
+                entry[name] = target.met(ours.get(metric.key), meds, metric.key)
+        out[metric.key] = entry
+    return out
+
+
+def table(samples: Samples) -> str:
+    """The results as a fixed-width text table."""
+    meds = medians(samples)
+    rats = ratios(meds)
+    verdict = verdicts(meds)
+    systems = list(samples)
+    peers = [s for s in systems if s != OURS]
+    header = [
+        "metric",
+        "unit",
+        *systems,
+        *(f"ours/{p}" for p in peers),
+        "target",
+        "met",
+        "stretch",
+        "met",
+    ]
+    rows = [header]
+    for metric in METRICS:
+        values = [_number(meds.get(s, {}).get(metric.key), metric.digits) for s in systems]
+        ratio_cells = [_ratio(rats.get(p, {}).get(metric.key)) for p in peers]
+        rows.append(
+            [
+                metric.label,
+                metric.unit,
+                *values,
+                *ratio_cells,
+                metric.target.text() if metric.target else "—",
+                _yes_no(verdict[metric.key].get("target")),
+                metric.stretch.text() if metric.stretch else "—",
+                _yes_no(verdict[metric.key].get("stretch")),
+            ]
+        )
+    return _render(rows)
+
+
+def _render(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for index, row in enumerate(rows):
+        cells = [
+            cell.ljust(w) if i < 2 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+        if index == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _number(value: float | None, digits: int) -> str:
+    if value is None:
+        return "—"
+    return f"{value:,.{digits}f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}x"
+
+
+def _yes_no(value: bool | None) -> str:
+    if value is None:
+        return "—"
+    return "yes" if value else "NO"
+
+
+def write_json(samples: Samples, extra: dict[str, Any]) -> Path:
+    """Save samples, medians, ratios and verdicts; returns the file written."""
+    meds = medians(samples)
+    document = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "loadavg_1m": os.getloadavg()[0],
+        },
+        "units": {m.key: m.unit for m in METRICS},
+        "samples": samples,
+        "medians": meds,
+        "ratios_ours_over_peer": ratios(meds),
+        "targets": {
+            m.key: {
+                "target": m.target.text() if m.target else None,
+                "stretch": m.stretch.text() if m.stretch else None,
+            }
+            for m in METRICS
+        },
+        "met": verdicts(meds),
+        **extra,
+    }
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"bench-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.json"
+    path.write_text(json.dumps(document, indent=2, ensure_ascii=False))
+    return path
+
+
+__all__ = ["LOKY", "METRICS", "Metric", "Target", "table", "write_json"]

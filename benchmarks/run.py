@@ -1,0 +1,179 @@
+"""Run the benchmarks: ours and its peers side by side, in one run, and print the ratios.
+
+``make bench`` (or ``.venv/bin/python benchmarks/run.py``). Each measurement is repeated
+``--repeats`` times, interleaving the systems so that drift on a shared machine hits them
+alike, and the medians are compared. The task functions live here, in ``__main__``, so
+they must travel by value. Results go to ``benchmarks/results/`` as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import Executor
+from pathlib import Path
+
+import peers
+import report
+import workloads as w
+
+# Repetitions of each measurement: the median of 5 resists two noisy samples, and the
+# whole run stays under ~3 minutes.
+REPEATS = 5
+# Seconds the project-store benchmark (another engineer's) may take before it is stopped.
+PROJECT_BENCH_TIMEOUT = 120.0
+PROJECT_BENCH = Path(__file__).resolve().parent / "bench_project.py"
+
+
+def inc(x: int) -> int:
+    """The tiny task of W1-W3 and W5."""
+    return x + 1
+
+
+def spin(n: int) -> int:
+    """Pure-Python CPU work for W6."""
+    total = 0
+    for i in range(n):
+        total += i
+    return total
+
+
+class Run:
+    """One benchmark run: the systems, their live executors and the samples gathered."""
+
+    def __init__(self, systems: list[peers.System], repeats: int) -> None:
+        self.systems = systems
+        self.repeats = repeats
+        self.samples: dict[str, defaultdict[str, list[float]]] = {
+            s.name: defaultdict(list) for s in systems
+        }
+        self.executors: dict[str, Executor] = {}
+
+    def record(self, system: str, key: str, value: float) -> None:
+        self.samples[system][key].append(value)
+
+    def each(self, label: str, measure: Callable[[str, Executor], None]) -> None:
+        """Run ``measure`` on every live executor, ``repeats`` times, interleaved."""
+        _progress(label)
+        for _ in range(self.repeats):
+            for system in self.systems:
+                measure(system.name, self.executors[system.name])
+
+    def startup(self) -> None:
+        """W5 on fresh executors (before the long-lived ones exist)."""
+        _progress("W5 start-up")
+        for _ in range(self.repeats):
+            for system in self.systems:
+                self.record(system.name, "w5", w.w5_startup(system.factory, inc))
+
+    def open(self) -> None:
+        for system in self.systems:
+            executor = system.factory()
+            executor.submit(inc, 1).result()
+            self.executors[system.name] = executor
+
+    def close(self) -> None:
+        for executor in self.executors.values():
+            executor.shutdown(wait=True)
+        self.executors.clear()
+
+    def steady(self) -> None:
+        """Every workload that runs on a warm executor."""
+        _progress("memory check")
+        for system in self.systems:
+            self.record(system.name, "memory", w.memory_growth(self.executors[system.name], inc))
+        self.each("W1 map", lambda s, ex: self.record(s, "w1", w.w1_map(ex, inc)))
+        self.each(
+            "W1 map, chunksize=1000",
+            lambda s, ex: self.record(s, "w1_batched", w.w1_map(ex, inc, w.W1_CHUNKSIZE)),
+        )
+        self.each("W2 submit", lambda s, ex: self.record(s, "w2", w.w2_submit(ex, inc)))
+        self.each("W3 latency", self._latency)
+        self._efficiency()
+        self._throughput()
+
+    def _latency(self, system: str, ex: Executor) -> None:
+        median, p99 = w.w3_latency(ex, inc)
+        self.record(system, "w3_median", median)
+        self.record(system, "w3_p99", p99)
+
+    def _efficiency(self) -> None:
+        n = w.calibrate_spin(spin)
+        serial = w.serial_seconds(spin, n)
+        self.each(
+            "W6 CPU efficiency",
+            lambda s, ex: self.record(s, "w6", w.w6_efficiency(ex, spin, n, serial, peers.WORKERS)),
+        )
+
+    def _throughput(self) -> None:
+        for kind, payload in w.w4_payloads().items():
+            self.each(f"W4 {kind}", self._throughput_of(f"w4_{kind}", payload))
+
+    def _throughput_of(self, key: str, payload: object) -> Callable[[str, Executor], None]:
+        def measure(system: str, ex: Executor) -> None:
+            self.record(system, key, w.w4_throughput(ex, payload))
+
+        return measure
+
+
+def run_project_bench() -> str:
+    """Run ``bench_project.py`` (W1 with/without a project store) if it exists."""
+    if not PROJECT_BENCH.exists():
+        return "bench_project.py: not present yet"
+    try:
+        done = subprocess.run(
+            [sys.executable, str(PROJECT_BENCH)],
+            capture_output=True,
+            text=True,
+            timeout=PROJECT_BENCH_TIMEOUT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return f"bench_project.py: stopped after {PROJECT_BENCH_TIMEOUT:.0f} s"
+    status = "" if done.returncode == 0 else f" (exit {done.returncode}: {done.stderr[-500:]})"
+    return f"bench_project.py{status}:\n{done.stdout.rstrip()}"
+
+
+def _progress(label: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {label}", file=sys.stderr, flush=True)
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=REPEATS, help="repetitions per measurement")
+    parser.add_argument("--systems", nargs="*", help="only these systems (default: all found)")
+    parser.add_argument("--no-project", action="store_true", help="skip bench_project.py")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run everything, print the table, write the JSON."""
+    args = _parse(argv)
+    systems = [s for s in peers.systems() if not args.systems or s.name in args.systems]
+    bench = Run(systems, max(1, args.repeats))
+    started = time.perf_counter()
+    bench.startup()
+    bench.open()
+    try:
+        bench.steady()
+    finally:
+        bench.close()
+    samples = {name: dict(metrics) for name, metrics in bench.samples.items()}
+    elapsed = time.perf_counter() - started
+    print(report.table(samples))
+    project = "" if args.no_project else run_project_bench()
+    if project:
+        print(project)
+    path = report.write_json(
+        samples, {"seconds": elapsed, "repeats": bench.repeats, "project_bench": project}
+    )
+    print(f"\n{elapsed:.0f} s; medians of {bench.repeats}; ratios are ours/peer; written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
