@@ -37,7 +37,7 @@ _EXPORTS = {
     "RemoteTraceback": "errors",
 }
 
-__all__ = [*_EXPORTS, "__version__"]
+__all__ = [*_EXPORTS, "__version__", "load_ipython_extension", "unload_ipython_extension"]
 
 if TYPE_CHECKING:
     from .errors import *  # noqa: F403
@@ -52,3 +52,17 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value
     return value
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext ceranubis_jupyter``: register ``%%ceranubis`` and ``%ceranubis``."""
+    from .magics import load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """``%unload_ext ceranubis_jupyter``: remove the magics, shut their executors down."""
+    from .magics import unload
+
+    unload(ipython)

@@ -1,0 +1,135 @@
+"""What the magics keep between cells: executors, live projects, the view of a run.
+
+- :class:`ExecutorPool` reuses one :class:`~ceranubis_jupyter.executor.CeranubisExecutor`
+  per ``(hosts, workers)``, so repeated cells do not restart nodes; ``close()`` (on
+  ``%unload_ext`` and at exit) shuts them all down.
+- :func:`run_cell_body` runs a cell's code in the user namespace under a cell file name
+  registered in :mod:`linecache`, with the cell's own line numbers, so remote tracebacks
+  formatted on the client show the user's lines.
+- :func:`follow` shows a project (the widget in a kernel, a text line elsewhere), and
+  :func:`wait_or_cancel` blocks until it ends, cancelling it on a kernel interrupt.
+"""
+
+from __future__ import annotations
+
+import atexit
+import linecache
+import sys
+import threading
+from typing import Any
+
+from .live import LiveProgress, TextLine, progress_mode
+
+# Seconds between two looks at a waited-for project: how fast the text line moves in
+# a kernel's cell and how fast a finished project is noticed (an interrupt is instant).
+WAIT_SLICE_SECONDS = 0.25
+# Seconds granted to a cancelled project to stop its running tasks before we move on.
+CANCEL_GRACE_SECONDS = 30.0
+# Seconds ``%ceranubis hosts`` waits for starting nodes to report in.
+HOSTS_READY_SECONDS = 20.0
+
+PoolKey = tuple[tuple[str, ...] | None, int | None]
+
+
+class ExecutorPool:
+    """One executor per ``(hosts, workers)``, created on first use, closed together."""
+
+    def __init__(self) -> None:
+        self._executors: dict[PoolKey, Any] = {}
+        self._lock = threading.Lock()
+
+    def get(self, hosts: list[str] | None, workers: int | None) -> Any:
+        """The executor for these hosts and worker count (``None``: the embedded default)."""
+        from .executor import CeranubisExecutor
+
+        key: PoolKey = (tuple(hosts) if hosts else None, workers)
+        with self._lock:
+            executor = self._executors.get(key)
+            if executor is None or getattr(executor, "_shutdown", False):
+                executor = CeranubisExecutor(list(key[0]) if key[0] else None, max_workers=workers)
+                self._executors[key] = executor
+            return executor
+
+    def latest(self) -> Any | None:
+        """The most recently created executor, if any."""
+        with self._lock:
+            return next(reversed(self._executors.values()), None)
+
+    def close(self) -> None:
+        """Shut every executor down, stopping what still runs."""
+        with self._lock:
+            executors = list(self._executors.values())
+            self._executors.clear()
+        for executor in executors:
+            executor.shutdown(wait=True, cancel_futures=True)
+
+
+POOL = ExecutorPool()
+atexit.register(POOL.close)
+
+
+def run_cell_body(shell: Any, magic_line: str, body: str) -> bool:
+    """Run ``body`` in the user namespace as part of the current cell.
+
+    The code is registered in :mod:`linecache` under a cell file name with the magic line
+    as line 1, so a traceback (local or remote) names ``Cell In[n], line k`` with the line
+    numbers the user sees. Returns False if the code raised (IPython has shown it).
+    """
+    transformed = shell.transform_cell(body)
+    visible = f"%%ceranubis {magic_line}\n{body}"
+    filename = shell.compile.cache(visible, shell.execution_count, raw_code=visible)
+    lines = [line + "\n" for line in visible.splitlines()]
+    linecache.cache[filename] = (len(visible), None, lines, filename)
+    code = shell.compile("\n" + transformed, filename, "exec")
+    failed: bool = shell.run_code(code)
+    return not failed
+
+
+def follow(project: Any) -> LiveProgress:
+    """Show ``project`` live: the widget in a Jupyter kernel, a text line elsewhere."""
+    if progress_mode() == "widget":
+        from IPython.display import display
+
+        from .widget import ProgressWidget
+
+        view = ProgressWidget(list(project.hosts), on_cancel=project.cancel)
+        live = LiveProgress(project, view.show)
+        live.refresh()
+        display(view)  # type: ignore[no-untyped-call]
+    else:
+        text = TextLine()
+        live = LiveProgress(project, text, min_interval=text.interval)
+    return live.start()
+
+
+def wait_or_cancel(project: Any, live: LiveProgress) -> None:
+    """Block until ``project`` ends; on ``KeyboardInterrupt`` cancel it and re-raise.
+
+    Cancelling drops pending arguments, stops running ones and keeps finished results.
+    """
+    try:
+        while not project.wait(timeout=WAIT_SLICE_SECONDS):
+            pass
+    except KeyboardInterrupt:
+        project.cancel()
+        project.wait(timeout=CANCEL_GRACE_SECONDS)
+        snapshot = live.stop()
+        print(
+            f"interrupted: project {project.name!r} cancelled; {snapshot.counts.done} results kept",
+            file=sys.stderr,
+        )
+        raise
+    live.stop()
+
+
+def wait_hosts_ready(executor: Any, timeout: float = HOSTS_READY_SECONDS) -> list[Any]:
+    """``executor.hosts()`` once no host is still starting (or after ``timeout``)."""
+    done = threading.Event()
+    infos = executor.hosts()
+    slices = int(timeout / WAIT_SLICE_SECONDS)
+    for _ in range(slices):
+        if infos and all(info.state != "starting" for info in infos):
+            break
+        done.wait(WAIT_SLICE_SECONDS)
+        infos = executor.hosts()
+    return list(infos)
