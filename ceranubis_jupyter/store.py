@@ -1,0 +1,678 @@
+"""The project store: projects and the outcome of each of their arguments, kept on disk.
+
+One interface, :class:`Store`, over plain SQL; two back ends:
+
+- :class:`SQLiteStore` (the embedded default): a file at ``$CERANUBIS_STORE`` or
+  ``$XDG_DATA_HOME/ceranubis/projects.sqlite`` (``~/.local/share/...``), in WAL mode so
+  readers in other processes never wait for the writer; mode 0600 in a 0700 directory.
+- ``PostgresStore`` (``store_pg.py``): a ``postgresql://`` URL, shared by several users
+  and machines. psycopg is imported only then.
+
+How data flows: ``project.py`` creates a project in one transaction (its row and one row
+per argument, state ``pending``); its writer thread marks arguments ``running`` and records
+outcomes in batches (``record_outcomes``), each ``UPDATE`` guarded by the argument's state
+so a result is recorded exactly once even when a task ran twice; any process reads counts
+and results at any time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import sqlite3
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, StoreError
+
+# The environment variable naming the store (a file path or a postgresql:// URL).
+STORE_ENV = "CERANUBIS_STORE"
+# Seconds a writer waits for another process's write lock: long enough to ride out a
+# burst of other writers, short enough that a stuck store is reported.
+SQLITE_BUSY_TIMEOUT = 10.0
+# Seconds without a heartbeat after which a project's client counts as gone: several
+# heartbeats (project.HEARTBEAT_SECONDS) must be missed, so a busy client is not declared
+# dead, yet a crashed one on another machine is noticed within a few seconds.
+STALE_SECONDS = 10.0
+
+ARGUMENT_STATES = ("pending", "running", "done", "failed", "cancelled")
+UNFINISHED = ("pending", "running")
+
+_PROJECT_COLUMNS = "id, name, code, target, created, hosts, state, client, heartbeat, function"
+_ARGUMENT_COLUMNS = (
+    "id, position, args, result, state, host, attempts, started, finished, error, output"
+)
+_OPEN = "('pending', 'running')"
+
+
+@dataclass(frozen=True)
+class ProjectRow:
+    """A project as stored: its definition and who runs it (``client``, ``heartbeat``)."""
+
+    id: int
+    name: str
+    code: str
+    target: str
+    created: float
+    hosts: list[str]
+    state: str
+    client: str
+    heartbeat: float
+    function: bytes | None
+
+    @property
+    def live(self) -> bool:
+        """True when a client process is running this project now."""
+        return self.state == "running" and client_alive(self.client, self.heartbeat)
+
+    @property
+    def effective_state(self) -> str:
+        """The stored state, or ``stopped`` when it says running but its client is gone."""
+        return "stopped" if self.state == "running" and not self.live else self.state
+
+
+@dataclass(frozen=True)
+class ProjectSummary:
+    """One line of :func:`~ceranubis_jupyter.project.list_projects`."""
+
+    name: str
+    id: int
+    created: float
+    state: str
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
+class ArgumentRow:
+    """One argument tuple of a project and its outcome (blobs as stored)."""
+
+    id: int
+    position: int
+    args: bytes
+    result: bytes | None
+    state: str
+    host: str | None
+    attempts: int
+    started: float | None
+    finished: float | None
+    error: str | None
+    output: str | None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one argument; ``state`` is done, failed, cancelled or pending."""
+
+    arg_id: int
+    state: str
+    result: bytes | None = None
+    error: str | None = None
+    host: str | None = None
+    attempts: int = 0
+    started: float | None = None
+    finished: float | None = None
+    output: str | None = None
+
+
+@dataclass(frozen=True)
+class HostStats:
+    """Timings of the finished arguments that ran on one host."""
+
+    host: str
+    count: int
+    mean_seconds: float
+    first_started: float
+    last_finished: float
+
+
+def this_client() -> str:
+    """This process as a project client: ``hostname:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def client_alive(client: str, heartbeat: float, now: float | None = None) -> bool:
+    """Whether ``client`` (``hostname:pid``) still runs its project.
+
+    A client on this machine is alive while its process is; any client must also have
+    sent a heartbeat within :data:`STALE_SECONDS`.
+    """
+    host, _, pid = client.rpartition(":")
+    if not host or not pid.isdigit():
+        return False
+    if (now if now is not None else time.time()) - heartbeat > STALE_SECONDS:
+        return False
+    return host != socket.gethostname() or _pid_alive(int(pid))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Store(ABC):
+    """Projects and argument outcomes behind plain SQL; thread-safe (one lock).
+
+    Back ends supply a DB-API connection, the DDL and the error mapping; every query is
+    written once, here, with ``?`` placeholders.
+    """
+
+    url: str
+    _ddl: Sequence[str]
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------------ back-end hooks
+
+    @abstractmethod
+    def _cursor(self) -> Any:
+        """A DB-API cursor on this store's connection."""
+
+    @abstractmethod
+    def _begin(self, cursor: Any) -> None:
+        """Start a write transaction."""
+
+    @abstractmethod
+    def _commit(self, cursor: Any) -> None: ...
+
+    @abstractmethod
+    def _rollback(self, cursor: Any) -> None: ...
+
+    @abstractmethod
+    def _translate(self, error: Exception) -> Exception:
+        """A :class:`StoreError` or :class:`ConfigError` for a driver error (or ``error``)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close the connection."""
+
+    def _sql(self, text: str) -> str:
+        return text
+
+    # ------------------------------------------------------------------ plumbing
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Any]:
+        with self._lock:
+            cursor = self._cursor()
+            try:
+                self._begin(cursor)
+                yield cursor
+                self._commit(cursor)
+            except BaseException as error:
+                with contextlib.suppress(Exception):
+                    self._rollback(cursor)
+                if isinstance(error, Exception):
+                    raise self._translate(error) from error
+                raise
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            try:
+                cursor = self._cursor()
+                cursor.execute(self._sql(sql), params)
+                return list(cursor.fetchall())
+            except Exception as error:
+                raise self._translate(error) from error
+
+    def _write(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+        """Run ``sql`` once per row in one transaction; returns the rows changed."""
+        if not rows:
+            return 0
+        with self._transaction() as cursor:
+            cursor.executemany(self._sql(sql), rows)
+            return int(cursor.rowcount)
+
+    def _create_schema(self) -> None:
+        with self._transaction() as cursor:
+            for statement in self._ddl:
+                cursor.execute(statement)
+        self._check_schema()
+
+    def _check_schema(self) -> None:
+        try:
+            self._read(f"SELECT {_PROJECT_COLUMNS} FROM projects WHERE 1 = 0")
+            self._read(f"SELECT {_ARGUMENT_COLUMNS}, project FROM arguments WHERE 1 = 0")
+        except StoreError as error:
+            raise StoreError(
+                f"the project store {self.url} has tables of another shape ({error}); "
+                "point CERANUBIS_STORE at a new file or database"
+            ) from error
+
+    # ------------------------------------------------------------------ projects
+
+    def create_project(
+        self,
+        name: str,
+        code: str,
+        target: str,
+        hosts: list[str],
+        function: bytes | None,
+        args: Sequence[bytes],
+        client: str,
+    ) -> ProjectRow:
+        """Insert a project and its arguments (``pending``) in one transaction.
+
+        Raises:
+            ConfigError: a project with this name exists.
+            StoreError: the store refused the write.
+        """
+        now = time.time()
+        try:
+            project_id = self._insert_project(
+                name, code, target, hosts, function, args, client, now
+            )
+        except ConfigError:
+            raise ConfigError(
+                f"a project named {name!r} already exists; pick another name or remove it "
+                f"with `ceranubis rm {name}`"
+            ) from None
+        return ProjectRow(
+            project_id, name, code, target, now, hosts, "running", client, now, function
+        )
+
+    def _insert_project(
+        self,
+        name: str,
+        code: str,
+        target: str,
+        hosts: list[str],
+        function: bytes | None,
+        args: Sequence[bytes],
+        client: str,
+        now: float,
+    ) -> int:
+        with self._transaction() as cursor:
+            cursor.execute(
+                self._sql(
+                    "INSERT INTO projects (name, code, target, created, hosts, state, client, "
+                    "heartbeat, function) VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?) RETURNING id"
+                ),
+                (name, code, target, now, json.dumps(hosts), client, now, function),
+            )
+            project_id = int(cursor.fetchone()[0])
+            cursor.executemany(
+                self._sql("INSERT INTO arguments (project, position, args) VALUES (?, ?, ?)"),
+                [(project_id, position, blob) for position, blob in enumerate(args)],
+            )
+        return project_id
+
+    def find_project(self, name_or_id: str | int) -> ProjectRow | None:
+        """The project with this name, or this id (an int or a string of digits)."""
+        if isinstance(name_or_id, int) or name_or_id.isdigit():
+            rows = self._read(
+                f"SELECT {_PROJECT_COLUMNS} FROM projects WHERE id = ?", (int(name_or_id),)
+            )
+        else:
+            rows = self._read(
+                f"SELECT {_PROJECT_COLUMNS} FROM projects WHERE name = ?", (name_or_id,)
+            )
+        return _project_row(rows[0]) if rows else None
+
+    def names_starting(self, prefix: str) -> set[str]:
+        """Names of projects that start with ``prefix`` (to pick a fresh default name)."""
+        pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        rows = self._read("SELECT name FROM projects WHERE name LIKE ? ESCAPE '\\'", (pattern,))
+        return {row[0] for row in rows}
+
+    def list_projects(self) -> list[ProjectSummary]:
+        """Every project, oldest first, with its done and total counts."""
+        rows = self._read(
+            f"SELECT {_PROJECT_COLUMNS}, "
+            "(SELECT COUNT(*) FROM arguments a WHERE a.project = p.id AND a.state = 'done'), "
+            "(SELECT COUNT(*) FROM arguments a WHERE a.project = p.id) "
+            "FROM projects p ORDER BY p.id"
+        )
+        summaries = []
+        for row in rows:
+            project = _project_row(row[:10])
+            summaries.append(
+                ProjectSummary(
+                    project.name,
+                    project.id,
+                    project.created,
+                    project.effective_state,
+                    int(row[10]),
+                    int(row[11]),
+                )
+            )
+        return summaries
+
+    def remove_project(self, project_id: int) -> None:
+        """Delete a project and its arguments."""
+        with self._transaction() as cursor:
+            cursor.execute(self._sql("DELETE FROM arguments WHERE project = ?"), (project_id,))
+            cursor.execute(self._sql("DELETE FROM projects WHERE id = ?"), (project_id,))
+
+    def set_state(self, project_id: int, state: str, *, release: bool = False) -> None:
+        """Set a project's state; ``release`` also forgets its client."""
+        if release:
+            self._write(
+                "UPDATE projects SET state = ?, client = '' WHERE id = ?", [(state, project_id)]
+            )
+        else:
+            self._write("UPDATE projects SET state = ? WHERE id = ?", [(state, project_id)])
+
+    def set_hosts(self, project_id: int, hosts: list[str]) -> None:
+        """Record the hosts a project runs on now."""
+        self._write("UPDATE projects SET hosts = ? WHERE id = ?", [(json.dumps(hosts), project_id)])
+
+    def claim(self, row: ProjectRow, client: str) -> bool:
+        """Become the project's client, unless another claimed it since ``row`` was read."""
+        changed = self._write(
+            "UPDATE projects SET client = ?, heartbeat = ?, state = 'running' "
+            "WHERE id = ? AND client = ? AND heartbeat = ?",
+            [(client, time.time(), row.id, row.client, row.heartbeat)],
+        )
+        return changed == 1
+
+    def heartbeat(self, project_id: int, client: str) -> str | None:
+        """Say ``client`` still runs the project; returns its state, ``None`` if not ours."""
+        with self._transaction() as cursor:
+            cursor.execute(
+                self._sql(
+                    "UPDATE projects SET heartbeat = ? WHERE id = ? AND client = ? RETURNING state"
+                ),
+                (time.time(), project_id, client),
+            )
+            row = cursor.fetchone()
+        return None if row is None else str(row[0])
+
+    # ------------------------------------------------------------------ arguments
+
+    def counts(self, project_id: int) -> dict[str, int]:
+        """Arguments per state (every state present, zeros included)."""
+        rows = self._read(
+            "SELECT state, COUNT(*) FROM arguments WHERE project = ? GROUP BY state", (project_id,)
+        )
+        counts = dict.fromkeys(ARGUMENT_STATES, 0)
+        counts.update({str(state): int(count) for state, count in rows})
+        return counts
+
+    def arguments(
+        self, project_id: int, states: Sequence[str], *, newest: int | None = None
+    ) -> list[ArgumentRow]:
+        """Arguments in ``states``: all in submission order, or the ``newest`` finished."""
+        marks = ", ".join("?" * len(states))
+        sql = f"SELECT {_ARGUMENT_COLUMNS} FROM arguments WHERE project = ? AND state IN ({marks})"
+        if newest is None:
+            return [
+                _argument_row(r)
+                for r in self._read(sql + " ORDER BY position", (project_id, *states))
+            ]
+        rows = self._read(
+            sql + " ORDER BY finished DESC, id DESC LIMIT ?", (project_id, *states, newest)
+        )
+        return [_argument_row(r) for r in reversed(rows)]
+
+    def last_outputs(self, project_id: int, count: int) -> list[ArgumentRow]:
+        """The ``count`` most recently finished arguments that printed something."""
+        rows = self._read(
+            f"SELECT {_ARGUMENT_COLUMNS} FROM arguments WHERE project = ? AND output <> '' "
+            "ORDER BY finished DESC, id DESC LIMIT ?",
+            (project_id, count),
+        )
+        return [_argument_row(r) for r in reversed(rows)]
+
+    def host_stats(self, project_id: int) -> list[HostStats]:
+        """Per host: finished arguments, mean run time, first start, last finish."""
+        rows = self._read(
+            "SELECT host, COUNT(*), AVG(finished - started), MIN(started), MAX(finished) "
+            "FROM arguments WHERE project = ? AND state IN ('done', 'failed') "
+            "AND host IS NOT NULL GROUP BY host ORDER BY host",
+            (project_id,),
+        )
+        return [
+            HostStats(str(h), int(n), float(m or 0), float(s or 0), float(f or 0))
+            for h, n, m, s, f in rows
+        ]
+
+    def mark_running(self, rows: Sequence[tuple[int, str, float]]) -> int:
+        """Mark ``(arg_id, host, started)`` as running, where still pending."""
+        return self._write(
+            "UPDATE arguments SET state = 'running', host = ?, started = ? "
+            "WHERE id = ? AND state = 'pending'",
+            [(host, started, arg_id) for arg_id, host, started in rows],
+        )
+
+    def record_outcomes(self, outcomes: Sequence[Outcome]) -> int:
+        """Record outcomes in one transaction; returns how many were new.
+
+        Only arguments still pending or running change, so an outcome arriving twice (a
+        task that ran again after a re-queue, or two clients) is recorded once.
+        """
+        return self._write(
+            "UPDATE arguments SET state = ?, result = ?, error = ?, host = ?, attempts = ?, "
+            f"started = ?, finished = ?, output = ? WHERE id = ? AND state IN {_OPEN}",
+            [
+                (
+                    o.state,
+                    o.result,
+                    o.error,
+                    o.host,
+                    o.attempts,
+                    o.started,
+                    o.finished,
+                    o.output,
+                    o.arg_id,
+                )
+                for o in outcomes
+            ],
+        )
+
+    def reset_unfinished(self, project_id: int) -> int:
+        """Put every argument without a result back to pending (before a resume)."""
+        return self._write(
+            "UPDATE arguments SET state = 'pending', error = NULL, result = NULL "
+            "WHERE project = ? AND state <> 'done'",
+            [(project_id,)],
+        )
+
+    def cancel_unfinished(self, project_id: int) -> int:
+        """Mark every pending or running argument cancelled."""
+        return self._write(
+            f"UPDATE arguments SET state = 'cancelled' WHERE project = ? AND state IN {_OPEN}",
+            [(project_id,)],
+        )
+
+
+def _project_row(row: Sequence[Any]) -> ProjectRow:
+    id_, name, code, target, created, hosts, state, client, heartbeat, function = row
+    return ProjectRow(
+        int(id_),
+        str(name),
+        str(code),
+        str(target),
+        float(created),
+        list(json.loads(hosts)),
+        str(state),
+        str(client),
+        float(heartbeat),
+        None if function is None else bytes(function),
+    )
+
+
+def _argument_row(row: Sequence[Any]) -> ArgumentRow:
+    values = list(row)
+    for index in (2, 3):
+        if values[index] is not None:
+            values[index] = bytes(values[index])
+    return ArgumentRow(*values)
+
+
+# ---------------------------------------------------------------------- SQLite
+
+_SQLITE_DDL = (
+    """CREATE TABLE IF NOT EXISTS projects (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL UNIQUE,
+        code TEXT NOT NULL,
+        target TEXT NOT NULL,
+        created REAL NOT NULL,
+        hosts TEXT NOT NULL,
+        state TEXT NOT NULL,
+        client TEXT NOT NULL DEFAULT '',
+        heartbeat REAL NOT NULL DEFAULT 0,
+        function BLOB)""",
+    """CREATE TABLE IF NOT EXISTS arguments (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        project INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+        position INTEGER NOT NULL,
+        args BLOB NOT NULL,
+        result BLOB,
+        state TEXT NOT NULL DEFAULT 'pending'
+            CHECK (state IN ('pending', 'running', 'done', 'failed', 'cancelled')),
+        host TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        started REAL,
+        finished REAL,
+        error TEXT,
+        output TEXT)""",
+    "CREATE INDEX IF NOT EXISTS arguments_project_state ON arguments (project, state)",
+)
+
+
+class SQLiteStore(Store):
+    """The store in a SQLite file (WAL mode; created 0600 in a 0700 directory)."""
+
+    _ddl = _SQLITE_DDL
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        super().__init__()
+        self.path = Path(path).expanduser()
+        self.url = str(self.path)
+        _prepare_file(self.path)
+        try:
+            self._connection = sqlite3.connect(
+                self.path,
+                timeout=SQLITE_BUSY_TIMEOUT,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        except sqlite3.Error as error:
+            raise self._translate(error) from error
+        try:
+            self._read("PRAGMA journal_mode = WAL")
+            self._read("PRAGMA synchronous = NORMAL")  # WAL: safe against process crashes
+            self._read("PRAGMA foreign_keys = ON")
+            self._create_schema()
+        except BaseException:
+            self._connection.close()
+            raise
+
+    def _cursor(self) -> Any:
+        return self._connection.cursor()
+
+    def _begin(self, cursor: Any) -> None:
+        cursor.execute("BEGIN IMMEDIATE")
+
+    def _commit(self, cursor: Any) -> None:
+        cursor.execute("COMMIT")
+
+    def _rollback(self, cursor: Any) -> None:
+        if self._connection.in_transaction:
+            cursor.execute("ROLLBACK")
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            self._connection.close()
+
+    def _translate(self, error: Exception) -> Exception:
+        if isinstance(error, (StoreError, ConfigError)):
+            return error
+        if isinstance(error, sqlite3.IntegrityError) and "projects.name" in str(error):
+            return ConfigError("a project with this name already exists; pick another name")
+        if isinstance(error, sqlite3.DatabaseError) and "not a database" in str(error):
+            return StoreError(
+                f"the project store {self.url} is not a SQLite database (corrupt or another "
+                "file); move it away or set CERANUBIS_STORE to another path"
+            )
+        if isinstance(error, sqlite3.Error):
+            return StoreError(
+                f"the project store {self.url} failed: {error}; check the file and its "
+                "directory are readable and writable"
+            )
+        return error
+
+
+def _prepare_file(path: Path) -> None:
+    """Create the directory (0700) and the file (0600) when they do not exist yet."""
+    try:
+        if not path.parent.exists():
+            path.parent.mkdir(mode=0o700, parents=True)
+        if path.is_dir():
+            raise StoreError(f"the project store {path} is a directory; give a file path")
+        if not path.exists():
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    except OSError as error:
+        raise StoreError(
+            f"cannot create the project store {path}: {error.strerror}; set "
+            "CERANUBIS_STORE to a writable path"
+        ) from error
+
+
+# ---------------------------------------------------------------------- opening
+
+
+def default_store_path() -> Path:
+    """``$XDG_DATA_HOME/ceranubis/projects.sqlite`` (``~/.local/share`` by default)."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
+    return Path(base) / "ceranubis" / "projects.sqlite"
+
+
+def is_postgres_url(text: str) -> bool:
+    """True for ``postgresql://`` and ``postgres://`` URLs."""
+    return text.startswith(("postgresql://", "postgres://"))
+
+
+def open_store(url_or_path: str | os.PathLike[str] | None = None) -> Store:
+    """Open (creating if needed) the project store.
+
+    Args:
+        url_or_path: a SQLite file path, ``sqlite:///path``, or a ``postgresql://`` URL;
+            ``None`` means ``$CERANUBIS_STORE`` or :func:`default_store_path`.
+
+    Raises:
+        StoreError: the store cannot be reached, created, or is not a project store.
+    """
+    target = url_or_path if url_or_path is not None else os.environ.get(STORE_ENV) or None
+    if target is None:
+        return SQLiteStore(default_store_path())
+    text = os.fspath(target)
+    if is_postgres_url(text):
+        from .store_pg import PostgresStore  # psycopg is an optional extra
+
+        return PostgresStore(text)
+    if text.startswith("sqlite://"):
+        text = text.removeprefix("sqlite://")
+    if "://" in text:
+        raise StoreError(f"unknown store URL {text!r}: use a file path or a postgresql:// URL")
+    return SQLiteStore(text)
+
+
+__all__ = [
+    "ArgumentRow",
+    "HostStats",
+    "Outcome",
+    "ProjectRow",
+    "ProjectSummary",
+    "SQLiteStore",
+    "Store",
+    "client_alive",
+    "default_store_path",
+    "open_store",
+]

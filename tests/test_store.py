@@ -1,0 +1,184 @@
+"""The store interface, run against both back ends (a real SQLite file, a real server)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ceranubis_jupyter.errors import ConfigError, StoreError
+from ceranubis_jupyter.store import (
+    Outcome,
+    Store,
+    client_alive,
+    default_store_path,
+    open_store,
+    this_client,
+)
+
+
+def _new(store: Store, name: str = "p", count: int = 3) -> int:
+    row = store.create_project(
+        name,
+        "def f(x): return x",
+        "f",
+        ["local"],
+        None,
+        [bytes([i]) for i in range(count)],
+        this_client(),
+    )
+    return row.id
+
+
+def test_create_find_and_list(store_url: str) -> None:
+    store = open_store(store_url)
+    project_id = _new(store, "sweep_1", 4)
+    row = store.find_project("sweep_1")
+    assert row is not None and row.id == project_id
+    assert store.find_project(project_id) == store.find_project(str(project_id)) == row
+    assert (row.target, row.hosts, row.state, row.effective_state) == (
+        "f",
+        ["local"],
+        "running",
+        "running",
+    )
+    assert store.find_project("nope") is None
+    [summary] = store.list_projects()
+    assert (summary.name, summary.done, summary.total, summary.state) == (
+        "sweep_1",
+        0,
+        4,
+        "running",
+    )
+    rows = store.arguments(project_id, ["pending"])
+    assert [r.args for r in rows] == [bytes([i]) for i in range(4)]
+    assert [r.position for r in rows] == [0, 1, 2, 3]
+
+
+def test_outcome_recorded_exactly_once(store_url: str) -> None:
+    store = open_store(store_url)
+    project_id = _new(store)
+    first = store.arguments(project_id, ["pending"])[0]
+    done = Outcome(first.id, "done", b"one", host="h1", attempts=1, started=1.0, finished=2.0)
+    again = Outcome(first.id, "done", b"two", host="h2", attempts=2, started=3.0, finished=4.0)
+    assert store.record_outcomes([done]) == 1
+    assert store.record_outcomes([again]) == 0
+    [row] = store.arguments(project_id, ["done"])
+    assert (row.result, row.host, row.attempts) == (b"one", "h1", 1)
+    assert store.counts(project_id) == dict(pending=2, running=0, done=1, failed=0, cancelled=0)
+
+
+def test_running_reset_and_cancel(store_url: str) -> None:
+    store = open_store(store_url)
+    project_id = _new(store, count=4)
+    a, b, c, d = (r.id for r in store.arguments(project_id, ["pending"]))
+    assert store.mark_running([(a, "h", 1.0), (b, "h", 1.0)]) == 2
+    store.record_outcomes([Outcome(b, "failed", error="boom"), Outcome(c, "done", b"x")])
+    assert store.mark_running([(c, "h", 2.0)]) == 0  # finished arguments stay finished
+    assert store.counts(project_id)["running"] == 1
+    assert store.reset_unfinished(project_id) == 3
+    assert store.counts(project_id) == dict(pending=3, running=0, done=1, failed=0, cancelled=0)
+    assert store.cancel_unfinished(project_id) == 3
+    assert store.counts(project_id)["cancelled"] == 3
+    assert store.arguments(project_id, ["done"])[0].id == c and d
+
+
+def test_duplicate_name_writes_nothing(store_url: str) -> None:
+    store = open_store(store_url)
+    _new(store, "same", 2)
+    with pytest.raises(ConfigError, match="a project named 'same' already exists"):
+        _new(store, "same", 5)
+    [summary] = store.list_projects()
+    assert summary.total == 2
+
+
+def test_claim_is_compare_and_swap(store_url: str) -> None:
+    store = open_store(store_url)
+    project_id = _new(store)
+    row = store.find_project(project_id)
+    assert row is not None
+    assert store.claim(row, "elsewhere:1")
+    assert not store.claim(row, "another:2")  # the row we read is out of date
+    assert store.heartbeat(project_id, "elsewhere:1") == "running"
+    assert store.heartbeat(project_id, "another:2") is None
+    store.set_state(project_id, "cancelled", release=True)
+    row = store.find_project(project_id)
+    assert row is not None and (row.state, row.client) == ("cancelled", "")
+
+
+def test_remove_and_reopen(store_url: str) -> None:
+    store = open_store(store_url)
+    keep, gone = _new(store, "keep"), _new(store, "gone")
+    store.remove_project(gone)
+    store.close()
+    reopened = open_store(store_url)
+    assert [s.name for s in reopened.list_projects()] == ["keep"]
+    assert reopened.arguments(gone, ["pending"]) == []
+    assert len(reopened.arguments(keep, ["pending"])) == 3
+
+
+def test_client_liveness() -> None:
+    now = time.time()
+    assert client_alive(this_client(), now)
+    assert not client_alive(this_client(), now - 3600)  # no heartbeat for an hour
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = this_client().rpartition(":")[0]
+    assert not client_alive(f"{host}:{dead.pid}", now)
+    assert client_alive(f"other-machine:{dead.pid}", now)  # trusted until its heartbeat ages
+    assert not client_alive("", now)
+
+
+def test_sqlite_file_modes_and_wal(
+    tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CERANUBIS_STORE", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", os.fspath(tmp_path))
+    path = default_store_path()
+    assert path == tmp_path / "ceranubis" / "projects.sqlite"
+    store = open_store()
+    _new(store)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert store._read("PRAGMA journal_mode")[0][0] == "wal"
+    monkeypatch.setenv("CERANUBIS_STORE", os.fspath(tmp_path / "env.sqlite"))
+    assert open_store().url == os.fspath(tmp_path / "env.sqlite")
+
+
+def test_sqlite_corrupt_or_unusable(tmp_path: os.PathLike[str]) -> None:
+    garbage = os.path.join(tmp_path, "garbage.sqlite")
+    with open(garbage, "wb") as file:
+        file.write(b"this is not a database" * 100)
+    with pytest.raises(StoreError, match="not a SQLite database"):
+        open_store(garbage)
+    with pytest.raises(StoreError, match="is a directory"):
+        open_store(os.fspath(tmp_path))
+    with pytest.raises(StoreError, match="unknown store URL"):
+        open_store("mysql://x/y")
+
+
+def test_sqlite_foreign_schema(tmp_path: os.PathLike[str]) -> None:
+    import sqlite3
+
+    path = os.path.join(tmp_path, "other.sqlite")
+    with sqlite3.connect(path) as connection:
+        connection.execute("CREATE TABLE projects (id INTEGER, title TEXT)")
+    with pytest.raises(StoreError, match="tables of another shape"):
+        open_store(path)
+
+
+def test_postgres_unreachable_is_quick_and_redacted() -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(StoreError, match="cannot reach the project store") as caught:
+        open_store(f"postgresql://alice:s3cret@127.0.0.1:{port}/db")
+    assert "s3cret" not in str(caught.value) and "alice:***@" in str(caught.value)
+    assert time.monotonic() - started < 10
