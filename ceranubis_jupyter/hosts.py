@@ -126,7 +126,7 @@ def transport_for(host: Host, max_workers: int | None = None) -> Transport:
         return transport
     from .ssh import SSHTransport  # asyncssh is imported only when a remote host is used
 
-    return SSHTransport(host)
+    return SSHTransport(host, max_workers)
 
 
 def _check_unique(hosts: list[Host]) -> None:

@@ -58,7 +58,7 @@ def no_stray_nodes(request: pytest.FixtureRequest) -> Iterator[None]:
 
 # Transports the executor tests run over; the SSH area adds "asyncssh" and "openssh"
 # (each name N needs a fixture ``hosts_N`` returning the ``hosts`` argument of the executor).
-TRANSPORTS = ["local"]
+TRANSPORTS = ["local", "asyncssh", "openssh"]
 
 
 @pytest.fixture
