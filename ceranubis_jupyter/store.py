@@ -20,27 +20,32 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, StoreError
+from .store_records import (
+    ArgumentRow,
+    HostStats,
+    Outcome,
+    ProjectRow,
+    ProjectSummary,
+    argument_row,
+    client_alive,
+    project_row,
+    this_client,
+)
 
 # The environment variable naming the store (a file path or a postgresql:// URL).
 STORE_ENV = "CERANUBIS_STORE"
 # Seconds a writer waits for another process's write lock: long enough to ride out a
 # burst of other writers, short enough that a stuck store is reported.
 SQLITE_BUSY_TIMEOUT = 10.0
-# Seconds without a heartbeat after which a project's client counts as gone: several
-# heartbeats (project.HEARTBEAT_SECONDS) must be missed, so a busy client is not declared
-# dead, yet a crashed one on another machine is noticed within a few seconds.
-STALE_SECONDS = 10.0
 
 ARGUMENT_STATES = ("pending", "running", "done", "failed", "cancelled")
 UNFINISHED = ("pending", "running")
@@ -52,116 +57,6 @@ _ARGUMENT_COLUMNS = (
 _OPEN = "('pending', 'running')"
 
 
-@dataclass(frozen=True)
-class ProjectRow:
-    """A project as stored: its definition and who runs it (``client``, ``heartbeat``)."""
-
-    id: int
-    name: str
-    code: str
-    target: str
-    created: float
-    hosts: list[str]
-    state: str
-    client: str
-    heartbeat: float
-    function: bytes | None
-
-    @property
-    def live(self) -> bool:
-        """True when a client process is running this project now."""
-        return self.state == "running" and client_alive(self.client, self.heartbeat)
-
-    @property
-    def effective_state(self) -> str:
-        """The stored state, or ``stopped`` when it says running but its client is gone."""
-        return "stopped" if self.state == "running" and not self.live else self.state
-
-
-@dataclass(frozen=True)
-class ProjectSummary:
-    """One line of :func:`~ceranubis_jupyter.project.list_projects`."""
-
-    name: str
-    id: int
-    created: float
-    state: str
-    done: int
-    total: int
-
-
-@dataclass(frozen=True)
-class ArgumentRow:
-    """One argument tuple of a project and its outcome (blobs as stored)."""
-
-    id: int
-    position: int
-    args: bytes
-    result: bytes | None
-    state: str
-    host: str | None
-    attempts: int
-    started: float | None
-    finished: float | None
-    error: str | None
-    output: str | None
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What happened to one argument; ``state`` is done, failed, cancelled or pending."""
-
-    arg_id: int
-    state: str
-    result: bytes | None = None
-    error: str | None = None
-    host: str | None = None
-    attempts: int = 0
-    started: float | None = None
-    finished: float | None = None
-    output: str | None = None
-
-
-@dataclass(frozen=True)
-class HostStats:
-    """Timings of the finished arguments that ran on one host."""
-
-    host: str
-    count: int
-    mean_seconds: float
-    first_started: float
-    last_finished: float
-
-
-def this_client() -> str:
-    """This process as a project client: ``hostname:pid``."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def client_alive(client: str, heartbeat: float, now: float | None = None) -> bool:
-    """Whether ``client`` (``hostname:pid``) still runs its project.
-
-    A client on this machine is alive while its process is; any client must also have
-    sent a heartbeat within :data:`STALE_SECONDS`.
-    """
-    host, _, pid = client.rpartition(":")
-    if not host or not pid.isdigit():
-        return False
-    if (now if now is not None else time.time()) - heartbeat > STALE_SECONDS:
-        return False
-    return host != socket.gethostname() or _pid_alive(int(pid))
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class Store(ABC):
     """Projects and argument outcomes behind plain SQL; thread-safe (one lock).
 
@@ -171,6 +66,8 @@ class Store(ABC):
 
     url: str
     _ddl: Sequence[str]
+    # How a write transaction starts (SQLite takes its write lock at once: no upgrades).
+    _begin_sql = "BEGIN"
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
@@ -182,14 +79,8 @@ class Store(ABC):
         """A DB-API cursor on this store's connection."""
 
     @abstractmethod
-    def _begin(self, cursor: Any) -> None:
-        """Start a write transaction."""
-
-    @abstractmethod
-    def _commit(self, cursor: Any) -> None: ...
-
-    @abstractmethod
-    def _rollback(self, cursor: Any) -> None: ...
+    def _rollback(self, cursor: Any) -> None:
+        """Roll back the open transaction, if the connection still has one."""
 
     @abstractmethod
     def _translate(self, error: Exception) -> Exception:
@@ -209,9 +100,9 @@ class Store(ABC):
         with self._lock:
             cursor = self._cursor()
             try:
-                self._begin(cursor)
+                cursor.execute(self._begin_sql)
                 yield cursor
-                self._commit(cursor)
+                cursor.execute("COMMIT")
             except BaseException as error:
                 with contextlib.suppress(Exception):
                     self._rollback(cursor)
@@ -272,9 +163,20 @@ class Store(ABC):
         """
         now = time.time()
         try:
-            project_id = self._insert_project(
-                name, code, target, hosts, function, args, client, now
-            )
+            with self._transaction() as cursor:
+                cursor.execute(
+                    self._sql(
+                        "INSERT INTO projects (name, code, target, created, hosts, state, "
+                        "client, heartbeat, function) "
+                        "VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?) RETURNING id"
+                    ),
+                    (name, code, target, now, json.dumps(hosts), client, now, function),
+                )
+                project_id = int(cursor.fetchone()[0])
+                cursor.executemany(
+                    self._sql("INSERT INTO arguments (project, position, args) VALUES (?, ?, ?)"),
+                    [(project_id, position, blob) for position, blob in enumerate(args)],
+                )
         except ConfigError:
             raise ConfigError(
                 f"a project named {name!r} already exists; pick another name or remove it "
@@ -283,32 +185,6 @@ class Store(ABC):
         return ProjectRow(
             project_id, name, code, target, now, hosts, "running", client, now, function
         )
-
-    def _insert_project(
-        self,
-        name: str,
-        code: str,
-        target: str,
-        hosts: list[str],
-        function: bytes | None,
-        args: Sequence[bytes],
-        client: str,
-        now: float,
-    ) -> int:
-        with self._transaction() as cursor:
-            cursor.execute(
-                self._sql(
-                    "INSERT INTO projects (name, code, target, created, hosts, state, client, "
-                    "heartbeat, function) VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?) RETURNING id"
-                ),
-                (name, code, target, now, json.dumps(hosts), client, now, function),
-            )
-            project_id = int(cursor.fetchone()[0])
-            cursor.executemany(
-                self._sql("INSERT INTO arguments (project, position, args) VALUES (?, ?, ?)"),
-                [(project_id, position, blob) for position, blob in enumerate(args)],
-            )
-        return project_id
 
     def find_project(self, name_or_id: str | int) -> ProjectRow | None:
         """The project with this name, or this id (an int or a string of digits)."""
@@ -320,7 +196,7 @@ class Store(ABC):
             rows = self._read(
                 f"SELECT {_PROJECT_COLUMNS} FROM projects WHERE name = ?", (name_or_id,)
             )
-        return _project_row(rows[0]) if rows else None
+        return project_row(rows[0]) if rows else None
 
     def names_starting(self, prefix: str) -> set[str]:
         """Names of projects that start with ``prefix`` (to pick a fresh default name)."""
@@ -338,7 +214,7 @@ class Store(ABC):
         )
         summaries = []
         for row in rows:
-            project = _project_row(row[:10])
+            project = project_row(row[:10])
             summaries.append(
                 ProjectSummary(
                     project.name,
@@ -410,13 +286,13 @@ class Store(ABC):
         sql = f"SELECT {_ARGUMENT_COLUMNS} FROM arguments WHERE project = ? AND state IN ({marks})"
         if newest is None:
             return [
-                _argument_row(r)
+                argument_row(r)
                 for r in self._read(sql + " ORDER BY position", (project_id, *states))
             ]
         rows = self._read(
             sql + " ORDER BY finished DESC, id DESC LIMIT ?", (project_id, *states, newest)
         )
-        return [_argument_row(r) for r in reversed(rows)]
+        return [argument_row(r) for r in reversed(rows)]
 
     def last_outputs(self, project_id: int, count: int) -> list[ArgumentRow]:
         """The ``count`` most recently finished arguments that printed something."""
@@ -425,7 +301,7 @@ class Store(ABC):
             "ORDER BY finished DESC, id DESC LIMIT ?",
             (project_id, count),
         )
-        return [_argument_row(r) for r in reversed(rows)]
+        return [argument_row(r) for r in reversed(rows)]
 
     def host_stats(self, project_id: int) -> list[HostStats]:
         """Per host: finished arguments, mean run time, first start, last finish."""
@@ -489,30 +365,6 @@ class Store(ABC):
         )
 
 
-def _project_row(row: Sequence[Any]) -> ProjectRow:
-    id_, name, code, target, created, hosts, state, client, heartbeat, function = row
-    return ProjectRow(
-        int(id_),
-        str(name),
-        str(code),
-        str(target),
-        float(created),
-        list(json.loads(hosts)),
-        str(state),
-        str(client),
-        float(heartbeat),
-        None if function is None else bytes(function),
-    )
-
-
-def _argument_row(row: Sequence[Any]) -> ArgumentRow:
-    values = list(row)
-    for index in (2, 3):
-        if values[index] is not None:
-            values[index] = bytes(values[index])
-    return ArgumentRow(*values)
-
-
 # ---------------------------------------------------------------------- SQLite
 
 _SQLITE_DDL = (
@@ -549,6 +401,7 @@ class SQLiteStore(Store):
     """The store in a SQLite file (WAL mode; created 0600 in a 0700 directory)."""
 
     _ddl = _SQLITE_DDL
+    _begin_sql = "BEGIN IMMEDIATE"
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         super().__init__()
@@ -575,12 +428,6 @@ class SQLiteStore(Store):
 
     def _cursor(self) -> Any:
         return self._connection.cursor()
-
-    def _begin(self, cursor: Any) -> None:
-        cursor.execute("BEGIN IMMEDIATE")
-
-    def _commit(self, cursor: Any) -> None:
-        cursor.execute("COMMIT")
 
     def _rollback(self, cursor: Any) -> None:
         if self._connection.in_transaction:
@@ -675,4 +522,5 @@ __all__ = [
     "client_alive",
     "default_store_path",
     "open_store",
+    "this_client",
 ]

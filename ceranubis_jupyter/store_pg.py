@@ -97,12 +97,6 @@ class PostgresStore(Store):
             self._connect()
         return self._connection.cursor()
 
-    def _begin(self, cursor: Any) -> None:
-        cursor.execute("BEGIN")
-
-    def _commit(self, cursor: Any) -> None:
-        cursor.execute("COMMIT")
-
     def _rollback(self, cursor: Any) -> None:
         if not (self._connection.closed or self._connection.broken):
             cursor.execute("ROLLBACK")

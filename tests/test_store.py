@@ -7,6 +7,7 @@ import stat
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -133,9 +134,7 @@ def test_client_liveness() -> None:
     assert not client_alive("", now)
 
 
-def test_sqlite_file_modes_and_wal(
-    tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_sqlite_file_modes_and_wal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CERANUBIS_STORE", raising=False)
     monkeypatch.setenv("XDG_DATA_HOME", os.fspath(tmp_path))
     path = default_store_path()
@@ -149,7 +148,7 @@ def test_sqlite_file_modes_and_wal(
     assert open_store().url == os.fspath(tmp_path / "env.sqlite")
 
 
-def test_sqlite_corrupt_or_unusable(tmp_path: os.PathLike[str]) -> None:
+def test_sqlite_corrupt_or_unusable(tmp_path: Path) -> None:
     garbage = os.path.join(tmp_path, "garbage.sqlite")
     with open(garbage, "wb") as file:
         file.write(b"this is not a database" * 100)
@@ -161,7 +160,7 @@ def test_sqlite_corrupt_or_unusable(tmp_path: os.PathLike[str]) -> None:
         open_store("mysql://x/y")
 
 
-def test_sqlite_foreign_schema(tmp_path: os.PathLike[str]) -> None:
+def test_sqlite_foreign_schema(tmp_path: Path) -> None:
     import sqlite3
 
     path = os.path.join(tmp_path, "other.sqlite")
