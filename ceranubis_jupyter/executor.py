@@ -17,13 +17,16 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future
 from concurrent.futures import TimeoutError as FuturesTimeoutError
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import protocol as p
 from .errors import ConfigError, UnpicklableError
 from .hosts import HostSpec, transports_for
 from .scheduler import DEFAULT_RETRIES, HostInfo, Scheduler, TaskRecord
 from .serialize import describe_failure, dumps, dumps_function
+
+if TYPE_CHECKING:
+    from .project import Project
 
 T = TypeVar("T")
 
@@ -154,6 +157,18 @@ class CeranubisExecutor(Executor):
         ids = [task_id for f in futures if (task_id := getattr(f, "_ceranubis_id", 0))]
         if ids and not self._scheduler.loop.is_closed():
             self._scheduler.cancel_threadsafe(ids)
+
+    def commit(
+        self, fn: Callable[..., Any], args: Sequence[tuple[Any, ...]], *,
+        name: str | None = None, store: Any = None,
+    ) -> Project:
+        """Run ``fn`` over ``args`` as a named project kept in the store; returns at once.
+
+        See :func:`ceranubis_jupyter.project.commit_function`.
+        """
+        from .project import commit_function
+
+        return commit_function(self, fn, args, name=name, store=store)
 
     @property
     def scheduler(self) -> Scheduler:

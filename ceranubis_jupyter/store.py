@@ -90,6 +90,10 @@ class Store(ABC):
     def close(self) -> None:
         """Close the connection."""
 
+    @abstractmethod
+    def reopen(self) -> Store:
+        """Another store on the same file or database, with a connection of its own."""
+
     def _sql(self, text: str) -> str:
         return text
 
@@ -437,6 +441,10 @@ class SQLiteStore(Store):
         """Close the connection."""
         with self._lock:
             self._connection.close()
+
+    def reopen(self) -> SQLiteStore:
+        """Another store on the same file, with a connection of its own."""
+        return SQLiteStore(self.path)
 
     def _translate(self, error: Exception) -> Exception:
         if isinstance(error, (StoreError, ConfigError)):

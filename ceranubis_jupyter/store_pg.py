@@ -110,6 +110,10 @@ class PostgresStore(Store):
             if self._connection is not None:
                 self._connection.close()
 
+    def reopen(self) -> PostgresStore:
+        """Another store on the same database, with a connection of its own."""
+        return PostgresStore(self._dsn)
+
     def _translate(self, error: Exception) -> Exception:
         if isinstance(error, (StoreError, ConfigError)):
             return error

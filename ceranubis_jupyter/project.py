@@ -1,0 +1,560 @@
+"""Projects: named, stored units of work that outlive the kernel that started them.
+
+A project is code (the source of a function), the function's name, and a list of argument
+tuples. It runs in the background as soon as it is committed; every argument's outcome
+goes to the project store (``store.py``) as it arrives, so another process, or this one
+after a restart, can read its status and partial results, cancel it, or resume it::
+
+    project = commit_project(SOURCE, "simulate", [(a, b) for a in A for b in B])
+    project.status()            # (done, total), also while it runs
+    project.results()           # [(args, result), ...] finished so far, in order
+    Project.load("simulate_1").resume()   # in a new process: runs only what is not done
+
+Three ways in: :func:`commit_project` (source text), :func:`commit_function` (a function
+object; ``CeranubisExecutor.commit`` and the ``%%ceranubis`` magic use it). The run itself
+(threads, batching, heartbeats) is in ``project_run.py``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import logging
+import os
+import re
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .errors import ConfigError, StoreError
+from .executor import CeranubisExecutor
+from .hosts import HostSpec
+from .project_code import (
+    check_args,
+    check_chunksize,
+    check_shippable,
+    compile_code,
+    encode_args,
+    function_from_code,
+    function_of,
+    host_names,
+    source_of,
+)
+from .project_run import Item, ProjectRun, decode
+from .store import (
+    STORE_ENV,
+    ProjectRow,
+    ProjectSummary,
+    Store,
+    default_store_path,
+    open_store,
+    this_client,
+)
+
+log = logging.getLogger("ceranubis")
+
+# Tries to find a free default name when another process takes the same one meanwhile.
+NAME_ATTEMPTS = 5
+# Seconds between store reads while waiting on a project run by another process.
+POLL_SECONDS = 0.25
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
+
+_stores: dict[str, Store] = {}
+_stores_lock = threading.Lock()
+_live: weakref.WeakSet[Project] = weakref.WeakSet()
+
+
+class Project:
+    """A named, stored project: its definition, its progress, its results.
+
+    Get one from :func:`commit_project`, :func:`commit_function`,
+    ``CeranubisExecutor.commit`` or :meth:`Project.load`. Reads go to memory while this
+    process runs the project and to the store otherwise, so a project loaded in another
+    process shows the same numbers (up to the ~0.1 s write batching).
+    """
+
+    def __init__(self, store: Store, row: ProjectRow) -> None:
+        self._store = store
+        self._row = row
+        self._run: ProjectRun | None = None
+        self._listeners: list[Callable[[Project], None]] = []
+
+    id = property(lambda self: self._row.id, doc="The project's id in its store.")
+    name = property(lambda self: self._row.name, doc="The project's unique name.")
+    target = property(lambda self: self._row.target, doc="The name of the function run.")
+    code = property(lambda self: self._row.code, doc="The source the function came from.")
+    created = property(lambda self: self._row.created, doc="When it was committed (epoch s).")
+
+    @property
+    def hosts(self) -> list[str]:
+        """The hosts it runs (or last ran) on; empty for the embedded default."""
+        return list(self._row.hosts)
+
+    @property
+    def store(self) -> Store:
+        """The store that holds the project."""
+        return self._store
+
+    @property
+    def executor(self) -> CeranubisExecutor | None:
+        """The executor running the project in this process, if it runs here now."""
+        return self._run.executor if self._run is not None and self._run.live else None
+
+    @property
+    def state(self) -> str:
+        """``running``, ``done``, ``failed``, ``cancelled`` or ``stopped`` (work left, no
+        live client)."""
+        if self._run is not None and self._run.live:
+            return "running"
+        return self._refresh().effective_state
+
+    def __repr__(self) -> str:
+        done, total = self.status()
+        return f"<Project {self.name!r} {self.state} {done}/{total}>"
+
+    # ------------------------------------------------------------------ progress
+
+    def counts(self) -> dict[str, int]:
+        """Arguments per state: ``pending``, ``running``, ``done``, ``failed``,
+        ``cancelled``."""
+        if self._run is not None and self._run.live:
+            return self._run.counts()
+        counts = self._store.counts(self.id)
+        if self._refresh().effective_state != "running":
+            counts["pending"] += counts["running"]  # nobody runs them now
+            counts["running"] = 0
+        return counts
+
+    def status(self) -> tuple[int, int]:
+        """``(done, total)``."""
+        counts = self.counts()
+        return counts["done"], sum(counts.values())
+
+    def results(self) -> list[tuple[tuple[Any, ...], Any]]:
+        """``(args, result)`` for every finished argument, in submission order."""
+        self._flush()
+        rows = self._store.arguments(self.id, ["done"])
+        return [(decode(row.args), decode(row.result)) for row in rows if row.result]
+
+    def errors(self) -> list[tuple[tuple[Any, ...], str]]:
+        """``(args, error text)`` for every failed argument; the text holds the remote
+        traceback."""
+        self._flush()
+        return [
+            (decode(row.args), row.error or "")
+            for row in self._store.arguments(self.id, ["failed"])
+        ]
+
+    def recent(self, n: int = 5) -> list[tuple[tuple[Any, ...], Any]]:
+        """The last ``n`` finished results, newest last."""
+        if self._run is not None and self._run.live:
+            with self._run._lock:
+                return list(self._run.tally.recent)[-n:] if n > 0 else []
+        rows = self._store.arguments(self.id, ["done"], newest=n)
+        return [(decode(row.args), decode(row.result)) for row in rows if row.result]
+
+    def recent_errors(self, n: int = 3) -> list[tuple[tuple[Any, ...], str]]:
+        """The last ``n`` failures, newest last."""
+        if self._run is not None and self._run.live:
+            with self._run._lock:
+                return list(self._run.tally.errors)[-n:] if n > 0 else []
+        rows = self._store.arguments(self.id, ["failed"], newest=n)
+        return [(decode(row.args), row.error or "") for row in rows]
+
+    def outputs(self, n: int = 20) -> list[tuple[str, str]]:
+        """``(host, line)``: the last ``n`` lines the tasks printed."""
+        if n <= 0:
+            return []
+        if self._run is not None and self._run.live:
+            with self._run._lock:
+                return list(self._run.tally.output)[-n:]
+        lines = [
+            (row.host or "?", line)
+            for row in self._store.last_outputs(self.id, n)
+            for line in (row.output or "").splitlines()
+        ]
+        return lines[-n:]
+
+    def elapsed(self) -> float:
+        """Seconds from the first task's start to the last finish (or to now while it
+        runs)."""
+        if self._run is not None and self._run.live:
+            return time.time() - self._first_start
+        stats = self._store.host_stats(self.id)
+        if not stats:
+            return 0.0
+        start = min(s.first_started for s in stats)
+        end = time.time() if self.state == "running" else max(s.last_finished for s in stats)
+        return max(0.0, end - start)
+
+    def add_listener(self, callback: Callable[[Project], None]) -> None:
+        """Call ``callback(project)`` after each argument finishes, from the scheduler's
+        thread: keep it quick (no I/O; poke another thread)."""
+        self._listeners.append(callback)
+
+    # ------------------------------------------------------------------ control
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until nothing is pending or running; ``False`` on timeout or when the
+        project stopped with work left (see :meth:`resume`)."""
+        if self._run is not None:
+            if not self._run.finished.wait(timeout):
+                return False
+            return self._nothing_left()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._nothing_left():
+            if self.state != "running":
+                return False
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(POLL_SECONDS)
+        return True
+
+    def cancel(self) -> None:
+        """Cancel pending arguments and stop running ones; finished results are kept.
+
+        Works from any process: a project run elsewhere notices within a heartbeat.
+        """
+        if self._run is not None and self._run.live:
+            self._run.cancel()
+            return
+        self._store.set_state(self.id, "cancelled")
+        self._store.cancel_unfinished(self.id)
+
+    def resume(
+        self, executor: CeranubisExecutor | None = None, *, hosts: Sequence[HostSpec] | None = None
+    ) -> Project:
+        """Run every argument that has no result yet (pending, interrupted, failed,
+        cancelled); finished results are kept.
+
+        Args:
+            executor: run on this executor; by default a new one on ``hosts`` (or the
+                project's hosts), shut down when the project finishes.
+            hosts: hosts for that new executor.
+
+        Raises:
+            StoreError: another live process runs the project.
+            ConfigError: the function cannot be rebuilt, or bad hosts.
+        """
+        if self._run is not None and self._run.live:
+            raise ConfigError(f"project {self.name!r} is already running in this process")
+        row = self._refresh()
+        if row.live:
+            raise StoreError(
+                f"project {self.name!r} is still running (client {row.client}); wait for "
+                "it, or cancel it there"
+            )
+        counts = self._store.counts(self.id)
+        if counts["done"] == sum(counts.values()):
+            self._store.set_state(self.id, "done", release=True)
+            return self
+        fn = function_of(row)
+        owned = executor is None
+        if executor is None:
+            spec_hosts = list(hosts) if hosts is not None else list(row.hosts) or None
+            executor = CeranubisExecutor(spec_hosts)
+        try:
+            self._claim(row, executor, hosts)
+        except BaseException:
+            if owned:
+                executor.shutdown(wait=False, cancel_futures=True)
+            raise
+        self._store.reset_unfinished(self.id)
+        rows = self._store.arguments(self.id, ["pending"])
+        self._start(executor, owned, fn, [Item(r.id, decode(r.args)) for r in rows])
+        return self
+
+    @classmethod
+    def load(cls, name_or_id: str | int, store: Store | str | None = None) -> Project:
+        """The project with this name (or id) from the store.
+
+        Raises:
+            ConfigError: no such project.
+            StoreError: the store cannot be reached.
+        """
+        store = _store_for(store)
+        row = store.find_project(name_or_id)
+        if row is None:
+            raise ConfigError(
+                f"no project {name_or_id!r} in {store.url}; `ceranubis projects` lists them"
+            )
+        for project in list(_live):
+            if project._store is store and project.id == row.id:
+                return project
+        return cls(store, row)
+
+    # ------------------------------------------------------------------ internals
+
+    def _refresh(self) -> ProjectRow:
+        row = self._store.find_project(self._row.id)
+        if row is None:
+            raise ConfigError(f"project {self.name!r} was removed from {self._store.url}")
+        self._row = row
+        return row
+
+    def _nothing_left(self) -> bool:
+        counts = self._store.counts(self.id)
+        return counts["pending"] + counts["running"] == 0
+
+    def _flush(self) -> None:
+        if self._run is not None:
+            self._run.flush()
+
+    def _claim(
+        self, row: ProjectRow, executor: CeranubisExecutor, hosts: Sequence[HostSpec] | None
+    ) -> None:
+        if not self._store.claim(row, this_client()):
+            raise StoreError(f"another process resumed project {self.name!r} at the same moment")
+        if hosts is not None:
+            self._store.set_hosts(self.id, host_names(hosts))
+        self._refresh()
+
+    def _start(
+        self,
+        executor: CeranubisExecutor,
+        owned: bool,
+        fn: Callable[..., Any],
+        items: list[Item],
+        chunksize: int = 1,
+        timeout: float | None = None,
+    ) -> None:
+        counts = self._store.counts(self.id)
+        previous = self._store.host_stats(self.id)
+        self._first_start = min([time.time(), *(s.first_started for s in previous)])
+        options = executor.options(timeout=timeout).task_options
+        self._run = ProjectRun(
+            self._store.reopen(),
+            self.id,
+            this_client(),
+            executor,
+            owned,
+            fn,
+            items,
+            counts,
+            self._notify,
+            chunksize,
+            options,
+        )
+        _live.add(self)
+        self._run.start()
+
+    def _notify(self) -> None:
+        for callback in self._listeners:
+            try:
+                callback(self)
+            except Exception:  # a broken listener must not stop the scheduler
+                log.exception("project listener failed")
+
+
+# ---------------------------------------------------------------------- committing
+
+
+def commit_project(
+    code: str,
+    target: str,
+    args: Sequence[tuple[Any, ...]],
+    *,
+    hosts: Sequence[HostSpec] | None = None,
+    name: str | None = None,
+    store: Store | str | None = None,
+    chunksize: int = 1,
+) -> Project:
+    """Store a project and start running it in the background; returns at once.
+
+    Args:
+        code: Python source that defines ``target`` (it is run here, in a fresh namespace,
+            and the function travels to the nodes by value).
+        target: the name of the function to call once per argument tuple.
+        args: a list of tuples: ``target(*t)`` runs for each ``t``.
+        hosts: where to run (default: the embedded default); a new executor is started
+            and shut down when the project finishes.
+        name: a unique name (default: ``<target>_<n>``).
+        store: a :class:`Store`, a path or URL (default: ``$CERANUBIS_STORE`` or the
+            user's data directory).
+        chunksize: arguments per task (fewer, bigger messages for tiny functions).
+
+    Raises:
+        ConfigError: bad args, code that does not compile, no such function, duplicate
+            name, bad hosts (nothing is stored or run).
+        StoreError: the store cannot be reached or is corrupt.
+    """
+    items = check_args(args)
+    check_chunksize(chunksize)
+    fn = function_from_code(code, target, name or target)
+    check_shippable(fn)
+    blobs = encode_args(items)
+    store = _store_for(store)
+    auto = name is None
+    name = _pick_name(store, target, name)
+    executor = CeranubisExecutor(hosts)
+    try:
+        project = _create(store, name, auto, code, target, host_names(hosts), None, blobs)
+    except BaseException:
+        executor.shutdown(wait=False, cancel_futures=True)
+        raise
+    project._start(executor, True, fn, _items(project, items), chunksize)
+    return project
+
+
+def commit_function(
+    executor: CeranubisExecutor,
+    fn: Callable[..., Any],
+    args: Sequence[tuple[Any, ...]],
+    *,
+    name: str | None = None,
+    store: Store | str | None = None,
+    code: str | None = None,
+    chunksize: int = 1,
+    timeout: float | None = None,
+) -> Project:
+    """Store a project for a function object and run it on ``executor``; returns at once.
+
+    Args:
+        executor: runs the tasks (it is not shut down when the project finishes).
+        fn: the function; it is also stored (dill) so a new process can resume it.
+        args: a list of tuples: ``fn(*t)`` runs for each ``t``.
+        name: a unique name (default: ``<fn name>_<n>``).
+        store: a :class:`Store`, a path or URL (default: ``$CERANUBIS_STORE`` or the
+            user's data directory).
+        code: the source to record (the magic passes its cell); default: the function's
+            source when ``inspect`` finds it.
+        chunksize: arguments per task; ``timeout``: seconds per task (0/None: none).
+
+    Raises:
+        ConfigError: bad args, a function that cannot be serialized, code that does not
+            compile, duplicate name (nothing is stored or run).
+        StoreError: the store cannot be reached or is corrupt.
+    """
+    if not callable(fn):
+        raise ConfigError(f"{fn!r} is not callable; pass the function to run")
+    items = check_args(args)
+    check_chunksize(chunksize)
+    target = getattr(fn, "__name__", type(fn).__name__)
+    if code is None:
+        code = source_of(fn)
+    else:
+        compile_code(code, target)
+    blob = check_shippable(fn)
+    blobs = encode_args(items)
+    store = _store_for(store)
+    auto = name is None
+    name = _pick_name(store, target, name)
+    hosts = [info.host for info in executor.hosts()]
+    project = _create(store, name, auto, code, target, hosts, blob, blobs)
+    project._start(executor, False, fn, _items(project, items), chunksize, timeout)
+    return project
+
+
+def list_projects(store: Store | str | None = None) -> list[ProjectSummary]:
+    """Every project in the store (name, id, created, state, done, total), oldest first."""
+    return _store_for(store).list_projects()
+
+
+def remove_project(
+    name_or_id: str | int, store: Store | str | None = None, *, force: bool = False
+) -> None:
+    """Delete a project and its results.
+
+    Raises:
+        ConfigError: no such project.
+        StoreError: it is running (in a live process) and ``force`` is false.
+    """
+    project = Project.load(name_or_id, store)
+    if project._run is not None and project._run.live:
+        project.cancel()
+    row = project._refresh()
+    if row.live and not force:
+        raise StoreError(
+            f"project {row.name!r} is running (client {row.client}); cancel it first, "
+            "or remove it with force"
+        )
+    project._store.remove_project(row.id)
+
+
+# ---------------------------------------------------------------------- names, stores
+
+
+def _pick_name(store: Store, target: str, name: str | None) -> str:
+    if name is not None:
+        if not isinstance(name, str) or not _NAME.match(name) or name.isdigit():
+            raise ConfigError(
+                f"bad project name {name!r}: use up to 100 letters, digits, '_', '-' or '.', "
+                "not only digits"
+            )
+        if store.find_project(name) is not None:
+            raise ConfigError(
+                f"a project named {name!r} already exists; pick another name or remove it "
+                f"with `ceranubis rm {name}`"
+            )
+        return name
+    base = re.sub(r"\W+", "_", target).strip("_")[:80] or "project"
+    taken = store.names_starting(base + "_")
+    for n in itertools.count(len(taken) + 1):
+        if f"{base}_{n}" not in taken:
+            return f"{base}_{n}"
+    raise AssertionError("unreachable")
+
+
+def _create(
+    store: Store,
+    name: str,
+    auto: bool,
+    code: str,
+    target: str,
+    hosts: list[str],
+    function: bytes | None,
+    blobs: list[bytes],
+) -> Project:
+    for _ in range(NAME_ATTEMPTS - 1):
+        try:
+            return Project(
+                store,
+                store.create_project(name, code, target, hosts, function, blobs, this_client()),
+            )
+        except ConfigError:
+            if not auto:
+                raise
+            name = _pick_name(store, target, None)  # another process took our default name
+    return Project(
+        store, store.create_project(name, code, target, hosts, function, blobs, this_client())
+    )
+
+
+def _items(project: Project, args: list[tuple[Any, ...]]) -> list[Item]:
+    rows = project.store.arguments(project.id, ["pending"])
+    return [Item(row.id, args[row.position]) for row in rows]
+
+
+def _store_for(store: Store | str | os.PathLike[str] | None) -> Store:
+    """The store to use: as given, or one shared per location in this process."""
+    if isinstance(store, Store):
+        return store
+    if store is None:
+        key = os.environ.get(STORE_ENV) or os.fspath(default_store_path())
+    else:
+        key = os.fspath(store)
+    with _stores_lock:
+        known = _stores.get(key)
+        if known is None:
+            known = _stores[key] = open_store(store)
+        return known
+
+
+def _stop_live_runs() -> None:
+    for project in list(_live):
+        if project._run is not None and project._run.live:
+            project._run.stop_at_exit()
+
+
+atexit.register(_stop_live_runs)
+
+__all__ = [
+    "Project",
+    "ProjectSummary",
+    "commit_function",
+    "commit_project",
+    "list_projects",
+    "remove_project",
+]

@@ -1,0 +1,455 @@
+"""A project's live run in this process: submit its arguments, record their outcomes.
+
+::
+
+    kernel thread         run thread (this module)              loop thread (scheduler)
+    ─────────────         ────────────────────────              ───────────────────────
+    commit / resume ─► submit slices of arguments ─► executor ─► nodes
+                          ▲                                        │ result
+                          │ outcomes deque ◄── done-callback ◄─────┘ counters, recents,
+                          │                    (no I/O)              listeners
+                          ▼
+                   store: one transaction per ~100 ms (outcomes, running marks),
+                   a heartbeat per second (and a cancel seen from another process),
+                   the final state; then an owned executor is shut down
+
+The loop thread only appends to a deque and bumps counters: the store never costs the
+hot path more than that. A project is one task per argument (``chunksize`` groups them).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import CancelledError, Future
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from . import protocol as p
+from .errors import BrokenCeranubisExecutor, CeranubisError, RemoteTraceback, StoreError
+from .executor import CeranubisExecutor, TaskOptions
+from .serialize import dumps_inband, loads
+from .store import ARGUMENT_STATES, UNFINISHED, Outcome, Store
+
+if TYPE_CHECKING:
+    from .scheduler import TaskRecord
+
+log = logging.getLogger("ceranubis")
+
+# Seconds between writes of outcomes: longer batches mean fewer transactions, shorter ones
+# lose less to a crash and keep other readers more current.
+FLUSH_SECONDS = 0.1
+# Seconds between heartbeats: other processes call a client gone after
+# store_records.STALE_SECONDS of silence; a remote cancel is noticed within this time.
+HEARTBEAT_SECONDS = 1.0
+# Arguments submitted between two writes while a big project is being submitted: bigger
+# slices submit faster, smaller ones record the first outcomes sooner.
+SUBMIT_SLICE = 4000
+# Finished results, errors and output lines kept in memory for a live view.
+RECENT_KEEP = 50
+OUTPUT_KEEP = 200
+# Seconds to wait for a run to settle after a cancel, and for a flush.
+SETTLE_SECONDS = 30.0
+# Seconds given to a final write at interpreter exit.
+EXIT_SECONDS = 3.0
+
+_LEFT = "pending"  # an argument whose task was dropped (executor shut down): run it later
+
+
+def encode(obj: Any) -> bytes:
+    """Bytes for a BLOB column: one codec byte, then the pickle (or dill) payload."""
+    codec, payload = dumps_inband(obj)
+    return bytes([codec]) + payload
+
+
+def decode(blob: bytes) -> Any:
+    """Inverse of :func:`encode`."""
+    return loads(blob[0], memoryview(blob)[1:])
+
+
+def error_text(error: BaseException) -> str:
+    """An error as stored: the remote traceback when there is one, else type and message."""
+    cause = error.__cause__
+    if isinstance(cause, RemoteTraceback):
+        return cause.text
+    return f"{type(error).__name__}: {error}"
+
+
+@dataclass(frozen=True)
+class Item:
+    """One argument tuple of the run and its row id."""
+
+    arg_id: int
+    args: tuple[Any, ...]
+
+
+@dataclass
+class _Tally:
+    """Outcomes of this run so far (guarded by the run's lock)."""
+
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ARGUMENT_STATES, 0))
+    resolved_tasks: int = 0
+    recent: collections.deque[tuple[tuple[Any, ...], Any]] = field(
+        default_factory=lambda: collections.deque(maxlen=RECENT_KEEP)
+    )
+    errors: collections.deque[tuple[tuple[Any, ...], str]] = field(
+        default_factory=lambda: collections.deque(maxlen=RECENT_KEEP)
+    )
+    output: collections.deque[tuple[str, str]] = field(
+        default_factory=lambda: collections.deque(maxlen=OUTPUT_KEEP)
+    )
+
+
+class ProjectRun:
+    """Runs ``items`` of one project on an executor and records every outcome once.
+
+    Args:
+        store: a connection of its own (the run thread writes through it, then closes it).
+        project_id: the project's row id; ``client`` is this process's claim on it.
+        executor: where tasks run; shut down at the end when ``owns_executor``.
+        fn: the target function; ``items``: the arguments to run now.
+        counts_before: the store's counts when the run starts (done ones stay done).
+        notify: called from the loop thread after each argument finishes.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        project_id: int,
+        client: str,
+        executor: CeranubisExecutor,
+        owns_executor: bool,
+        fn: Callable[..., Any],
+        items: Sequence[Item],
+        counts_before: dict[str, int],
+        notify: Callable[[], None],
+        chunksize: int = 1,
+        options: TaskOptions | None = None,
+    ) -> None:
+        self.store, self.project_id, self.client = store, project_id, client
+        self.executor, self.owns_executor = executor, owns_executor
+        self.fn, self.items, self.chunksize = fn, list(items), chunksize
+        self.options = options or executor.options().task_options
+        self.notify = notify
+        self.total = sum(counts_before.values())
+        self.done_before = counts_before["done"]
+        self.tally = _Tally()
+        self.final_state = "running"
+        self.cancelling = False
+        self.started = time.time()
+        self._clock = time.time() - time.monotonic()
+        self._lock = threading.Lock()
+        self._outcomes: collections.deque[tuple[Future[Any], str]] = collections.deque()
+        self._futures: list[Future[Any]] = []
+        self._spans: dict[int, tuple[int, int]] = {}
+        self._marked: set[int] = set()
+        self._unwritten: list[Outcome] = []
+        self._next = 0
+        self._stop_submitting = False
+        self._swept = False
+        self._exiting = False
+        self._claim_lost = False
+        self._wake = threading.Event()
+        self.finished = threading.Event()
+        self._flushes = threading.Condition()
+        self._cycles_started = self._cycles_ended = 0
+        self._thread = threading.Thread(target=self._main, name="ceranubis-project", daemon=True)
+
+    def start(self) -> None:
+        """Start the run thread (it submits, records, and finishes the project)."""
+        self._thread.start()
+
+    # ------------------------------------------------------------------ any thread
+
+    @property
+    def live(self) -> bool:
+        """True until the run has written its final state."""
+        return not self.finished.is_set()
+
+    def counts(self) -> dict[str, int]:
+        """Arguments per state, from memory (no I/O)."""
+        with self._lock:
+            counts = self.tally.counts
+            done, failed, cancelled = counts["done"], counts["failed"], counts["cancelled"]
+        done += self.done_before
+        running = min(self._running_now(), self.total - done - failed - cancelled)
+        pending = self.total - done - failed - cancelled - running
+        return dict(pending=pending, running=running, done=done, failed=failed, cancelled=cancelled)
+
+    def cancel(self) -> None:
+        """Cancel pending arguments, stop running ones, keep finished results; then settle."""
+        self.cancelling = True
+        self._stop_submitting = True
+        self._wake.set()
+        self.finished.wait(SETTLE_SECONDS)
+
+    def flush(self) -> None:
+        """Return once every outcome known now is in the store (bounded)."""
+        if not self.live:
+            return
+        with self._flushes:
+            target = self._cycles_started + 1
+            self._wake.set()
+            self._flushes.wait_for(
+                lambda: self._cycles_ended >= target or not self.live, SETTLE_SECONDS
+            )
+
+    def stop_at_exit(self) -> None:
+        """The interpreter is exiting: write what is known and leave the rest pending."""
+        self._exiting = True
+        self._stop_submitting = True
+        self._wake.set()
+        self.finished.wait(EXIT_SECONDS)
+
+    def _running_now(self) -> int:
+        spans = self._spans
+        running = 0
+        for link in self.executor.scheduler.links:
+            try:
+                task_ids = list(link.inflight)
+            except RuntimeError:  # changed while we copied it: count it next time
+                continue
+            for task_id in task_ids:
+                span = spans.get(task_id)
+                if span is not None:
+                    running += span[1] - span[0]
+        return running
+
+    # ------------------------------------------------------------------ loop thread
+
+    def _on_done(self, future: Future[Any]) -> None:
+        state = self._classify(future)
+        lo, hi = future._cj_span  # type: ignore[attr-defined]
+        with self._lock:
+            tally = self.tally
+            tally.resolved_tasks += 1
+            tally.counts[state] += hi - lo
+            self._remember(tally, future, state, lo, hi)
+        self._outcomes.append((future, state))
+        self.notify()
+
+    def _classify(self, future: Future[Any]) -> str:
+        if future.cancelled():
+            return "cancelled" if self.cancelling else _LEFT
+        error = future.exception()
+        if error is None:
+            return "done"
+        if isinstance(error, CancelledError):
+            return "cancelled" if self.cancelling else _LEFT
+        if isinstance(error, BrokenCeranubisExecutor):
+            return _LEFT
+        return "failed"
+
+    def _remember(self, tally: _Tally, future: Future[Any], state: str, lo: int, hi: int) -> None:
+        if state == "done":
+            values = future.result() if self.chunksize > 1 else [future.result()]
+            tally.recent.extend(
+                (item.args, value) for item, value in zip(self.items[lo:hi], values, strict=False)
+            )
+        elif state == "failed":
+            text = error_text(future.exception())  # type: ignore[arg-type]
+            tally.errors.extend((item.args, text) for item in self.items[lo:hi])
+        record: TaskRecord | None = getattr(future, "_ceranubis_record", None)
+        if record is not None and record.output:
+            host = record.host or "?"
+            tally.output.extend((host, line) for line in record.output.splitlines())
+
+    # ------------------------------------------------------------------ run thread
+
+    def _main(self) -> None:
+        try:
+            self._loop()
+            self._finish()
+        except Exception:  # the run thread must end; the store keeps what it got
+            log.exception("project %d: the run thread failed", self.project_id)
+            self.final_state = "stopped"
+        finally:
+            self.store.close()
+            self.finished.set()
+            with self._flushes:
+                self._flushes.notify_all()
+
+    def _loop(self) -> None:
+        next_beat = 0.0
+        while True:
+            with self._flushes:
+                self._cycles_started += 1
+            if self.cancelling and not self._swept:
+                self._sweep()
+            if not self._stop_submitting and self._next < len(self.items):
+                self._submit_slice()
+            self._write()
+            if time.monotonic() >= next_beat:
+                self._beat()
+                next_beat = time.monotonic() + HEARTBEAT_SECONDS
+            with self._flushes:
+                self._cycles_ended += 1
+                self._flushes.notify_all()
+            if self._exiting or self._settled():
+                return
+            if self._stop_submitting or self._next >= len(self.items):
+                self._wake.wait(FLUSH_SECONDS)
+                self._wake.clear()
+
+    def _settled(self) -> bool:
+        submitted_all = self._stop_submitting or self._next >= len(self.items)
+        with self._lock:
+            resolved = self.tally.resolved_tasks
+        return submitted_all and resolved == len(self._futures) and not self._outcomes
+
+    def _submit_slice(self) -> None:
+        end = min(self._next + SUBMIT_SLICE, len(self.items))
+        while self._next < end and not self._stop_submitting:
+            lo, hi = self._next, min(self._next + self.chunksize, len(self.items))
+            try:
+                future = self._submit_one(lo, hi)
+            except (RuntimeError, CeranubisError) as error:  # executor shut down or broken
+                log.warning("project %d: stopped submitting: %s", self.project_id, error)
+                self._stop_submitting = True
+                return
+            future._cj_span = (lo, hi)  # type: ignore[attr-defined]
+            self._spans[future._ceranubis_id] = (lo, hi)  # type: ignore[attr-defined]
+            self._futures.append(future)
+            self._next = hi
+            future.add_done_callback(self._on_done)
+
+    def _submit_one(self, lo: int, hi: int) -> Future[Any]:
+        submit = self.executor._submit
+        if self.chunksize == 1:
+            return submit(self.options, self.fn, p.CALL, (self.items[lo].args, {}))
+        return submit(self.options, self.fn, p.CHUNK, [item.args for item in self.items[lo:hi]])
+
+    def _sweep(self) -> None:
+        """Cancel this run's unfinished tasks (we are the only submitter: none slips by)."""
+        self._swept = True
+        task_ids = [f._ceranubis_id for f in self._futures if not f.done()]  # type: ignore[attr-defined]
+        scheduler = self.executor.scheduler
+        if task_ids and not scheduler.loop.is_closed():
+            scheduler.cancel_threadsafe(task_ids)
+
+    def _write(self) -> None:
+        outcomes = self._unwritten
+        while self._outcomes:
+            future, state = self._outcomes.popleft()
+            outcomes.extend(self._rows(future, state))
+        running = self._running_rows()
+        try:
+            if outcomes:
+                self.store.record_outcomes(outcomes)
+            if running:
+                self.store.mark_running(running)
+        except StoreError as error:
+            log.warning("project %d: %s; retrying", self.project_id, error)
+            return
+        outcomes.clear()
+
+    def _rows(self, future: Future[Any], state: str) -> list[Outcome]:
+        lo, hi = future._cj_span  # type: ignore[attr-defined]
+        record: TaskRecord | None = getattr(future, "_ceranubis_record", None)
+        timing: dict[str, Any] = {}
+        if record is not None:
+            timing = dict(
+                host=record.host,
+                attempts=record.attempts + 1,
+                started=self._wall(record.started),
+                finished=self._wall(record.finished),
+                output=record.output or "",
+            )
+        items = self.items[lo:hi]
+        if state == "done":
+            values = future.result() if self.chunksize > 1 else [future.result()]
+            return [
+                self._done_row(item, value, timing)
+                for item, value in zip(items, values, strict=False)
+            ]
+        error = error_text(future.exception()) if state == "failed" else None  # type: ignore[arg-type]
+        return [Outcome(item.arg_id, state, error=error, **timing) for item in items]
+
+    def _done_row(self, item: Item, value: Any, timing: dict[str, Any]) -> Outcome:
+        try:
+            return Outcome(item.arg_id, "done", encode(value), **timing)
+        except Exception as error:
+            text = f"the result could not be pickled for the store: {type(error).__name__}: {error}"
+            return Outcome(item.arg_id, "failed", error=text, **timing)
+
+    def _wall(self, monotonic: float) -> float | None:
+        return monotonic + self._clock if monotonic else None
+
+    def _running_rows(self) -> list[tuple[int, str, float]]:
+        rows: list[tuple[int, str, float]] = []
+        for link in self.executor.scheduler.links:
+            try:
+                records = list(link.inflight.values())
+            except RuntimeError:
+                continue
+            for record in records:
+                span = self._spans.get(record.task_id)
+                if span is None or record.task_id in self._marked:
+                    continue
+                self._marked.add(record.task_id)
+                started = self._wall(record.started) or time.time()
+                rows.extend(
+                    (item.arg_id, record.host or "?", started)
+                    for item in self.items[span[0] : span[1]]
+                )
+        return rows
+
+    def _beat(self) -> None:
+        try:
+            state = self.store.heartbeat(self.project_id, self.client)
+        except StoreError as error:
+            log.warning("project %d: heartbeat failed: %s", self.project_id, error)
+            return
+        if state is None and not self._claim_lost:
+            log.warning(
+                "project %d was removed or resumed elsewhere: stopping here", self.project_id
+            )
+            self._claim_lost = True
+            self._cancel_from_thread()
+        elif state == "cancelled" and not self.cancelling:
+            log.info("project %d was cancelled from another process", self.project_id)
+            self._cancel_from_thread()
+
+    def _cancel_from_thread(self) -> None:
+        self.cancelling = True
+        self._stop_submitting = True
+        self._sweep()
+
+    def _finish(self) -> None:
+        deadline = time.monotonic() + (EXIT_SECONDS if self._exiting else SETTLE_SECONDS)
+        while self._unwritten and time.monotonic() < deadline:
+            time.sleep(FLUSH_SECONDS)
+            self._write()
+        if self._claim_lost:
+            self.final_state = "stopped"
+        elif self._exiting:
+            self.final_state = "stopped"
+            self.store.set_state(self.project_id, "stopped", release=True)
+        else:
+            self._write_final_state()
+        if self.owns_executor:
+            self.executor.shutdown(wait=not self._exiting, cancel_futures=True)
+
+    def _write_final_state(self) -> None:
+        if self.cancelling:
+            self.store.cancel_unfinished(self.project_id)
+        counts = self.store.counts(self.project_id)
+        self.final_state = final_state(counts, self.cancelling)
+        self.store.set_state(self.project_id, self.final_state, release=True)
+
+
+def final_state(counts: dict[str, int], cancelled: bool) -> str:
+    """The state a project ends in, from its counts."""
+    if any(counts[state] for state in UNFINISHED):
+        return "cancelled" if cancelled else "stopped"
+    if counts["failed"]:
+        return "failed"
+    if counts["cancelled"]:
+        return "cancelled"
+    return "done"
+
+
+__all__ = ["ARGUMENT_STATES", "Item", "ProjectRun", "decode", "encode", "error_text"]
