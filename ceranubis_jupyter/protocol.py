@@ -414,7 +414,7 @@ def decode_body(kind: int, body: bytes) -> Message:
         return message
     except RemoteProtocolError:
         raise
-    except (ValueError, TypeError, KeyError, struct.error, UnicodeDecodeError) as error:
+    except (ValueError, TypeError, KeyError, RecursionError, struct.error) as error:
         raise RemoteProtocolError(f"malformed message of kind {kind}: {error}") from None
 
 

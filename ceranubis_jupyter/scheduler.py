@@ -214,16 +214,25 @@ class NodeLink:
     async def _session(self) -> None:
         self.conn = p.Connection(p.CLIENT)
         self.sent_functions = set()
+        self.channel = await self._start_channel()
         try:
-            self.channel = await asyncio.wait_for(self.transport.start(), START_TIMEOUT)
-        except asyncio.TimeoutError:
-            raise NodeLost(self.host, f"node did not start within {START_TIMEOUT:.0f} s") from None
-        try:
+            if self.closing:
+                return
             await self._handshake()
             await self._serve()
         finally:
             self._lost_inflight()
             await self._close_channel()
+
+    async def _start_channel(self) -> Channel:
+        try:
+            return await asyncio.wait_for(self.transport.start(), START_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise NodeLost(self.host, f"node did not start within {START_TIMEOUT:.0f} s") from None
+        except HostError:
+            raise
+        except Exception as error:  # OSError from exec, asyncssh errors not mapped yet
+            raise NodeLost(self.host, f"could not start a node: {error}") from error
 
     async def _handshake(self) -> None:
         hello = await asyncio.wait_for(self._first_message(), START_TIMEOUT)
@@ -333,14 +342,20 @@ class NodeLink:
             await channel.close()
 
     async def close(self) -> None:
-        """Ask the node to shut down and wait for it (bounded)."""
+        """Ask the node to shut down, close its channel and wait for the link to end.
+
+        The link task is not cancelled mid-start (that could orphan a node being
+        started); it sees ``closing`` and ends by itself, within ``START_TIMEOUT``.
+        """
         self.closing = True
         if self.channel is not None and self.ready:
             self._send(p.Shutdown())
-        if self.task is not None:
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
         await self._close_channel()
+        if self.task is not None:
+            done, _ = await asyncio.wait([self.task], timeout=START_TIMEOUT + 5)
+            if not done:
+                self.task.cancel()
+                await asyncio.gather(self.task, return_exceptions=True)
 
     # ------------------------------------------------------------------ sending
 
@@ -649,7 +664,12 @@ class Scheduler:
                 link.send_cancel(running)
 
     async def _close(self) -> None:
-        await asyncio.gather(*(link.close() for link in self.links), return_exceptions=True)
+        outcomes = await asyncio.gather(
+            *(link.close() for link in self.links), return_exceptions=True
+        )
+        for link, outcome in zip(self.links, outcomes):
+            if isinstance(outcome, BaseException):
+                log.error("[host=%s] closing the node failed: %r", link.host, outcome)
         self._break(BrokenCeranubisExecutor("the executor was shut down"))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 
@@ -17,14 +18,27 @@ pytest_plugins = ["tests.fixtures_ssh", "tests.fixtures_pg", "tests.fixtures_jup
 LEAK_GRACE_SECONDS = 5.0
 
 
+# Processes whose descendants this test run owns: the test process itself, plus every
+# server a fixture starts (an sshd's sessions run nodes outside our own process tree).
+# Fixtures add their server PIDs here; other runs' nodes on the same machine are ignored.
+OWNED_ROOTS: set[int] = {os.getpid()}
+
+
 def node_processes() -> set[int]:
-    """PIDs of every ceranubis node or worker process on this machine."""
+    """PIDs of the ceranubis node and worker processes that this test run started."""
     pids = set()
     for process in psutil.process_iter(["pid", "cmdline"]):
         cmdline = process.info["cmdline"] or []
-        if any(NODE_MARKER in part for part in cmdline):
+        if any(NODE_MARKER in part for part in cmdline) and _owned(process):
             pids.add(process.info["pid"])
     return pids
+
+
+def _owned(process: psutil.Process) -> bool:
+    try:
+        return any(parent.pid in OWNED_ROOTS for parent in process.parents())
+    except psutil.Error:
+        return False
 
 
 def wait_until_gone(pids: set[int], timeout: float = LEAK_GRACE_SECONDS) -> set[int]:

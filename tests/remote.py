@@ -1,0 +1,18 @@
+"""Helpers for tests whose task functions must travel by value, as a notebook's do.
+
+Functions defined in a test module would otherwise be pickled by reference, which works
+for local nodes (they can import ``tests``) but not for nodes on a bare SSH host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def by_value(fn: F) -> F:
+    """Make ``fn`` look like it was defined in ``__main__`` so dill ships its code."""
+    fn.__module__ = "__main__"
+    return fn

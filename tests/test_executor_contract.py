@@ -1,0 +1,287 @@
+"""The concurrent.futures contract, as any executor must keep it, over every transport."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ceranubis_jupyter import CeranubisExecutor, ConfigError
+from tests.remote import by_value
+
+
+@by_value
+def add(a: int, b: int = 0) -> int:
+    return a + b
+
+
+@by_value
+def sleep_then(seconds: float, value: Any = None) -> Any:
+    import time
+
+    time.sleep(seconds)
+    return value
+
+
+@by_value
+def fail_on(x: int, bad: int) -> int:
+    if x == bad:
+        raise ValueError(f"{x} is bad")
+    return x
+
+
+@by_value
+def nbytes(data: Any) -> int:
+    return len(data) if isinstance(data, (bytes, bytearray)) else int(data.nbytes)
+
+
+@by_value
+def echo(value: Any) -> Any:
+    return value
+
+
+@by_value
+def shout(text: str) -> str:
+    print("about to shout", text)
+    return text.upper()
+
+
+@pytest.fixture
+def ex(hosts: Any) -> Iterator[CeranubisExecutor]:
+    executor = CeranubisExecutor(hosts, max_workers=2)
+    yield executor
+    executor.shutdown(wait=True, cancel_futures=True)
+
+
+# ------------------------------------------------------------------ submit
+
+
+def test_submit_returns_result_with_args_and_kwargs(ex: CeranubisExecutor) -> None:
+    assert ex.submit(add, 2, b=40).result(timeout=30) == 42
+
+
+def test_submit_fn_is_positional_only(ex: CeranubisExecutor) -> None:
+    @by_value
+    def takes_fn(fn: int) -> int:
+        return fn * 2
+
+    assert ex.submit(takes_fn, fn=21).result(timeout=30) == 42
+
+
+def test_lambdas_closures_and_main_classes_travel_by_value(ex: CeranubisExecutor) -> None:
+    offset = 1000
+
+    @by_value
+    class Point:
+        def __init__(self, x: int) -> None:
+            self.x = x
+
+    def shifted(p: Any) -> int:
+        return int(p.x) + offset
+
+    shifted.__module__ = "__main__"
+    square = lambda x: x * x  # noqa: E731
+    square.__module__ = "__main__"
+    assert ex.submit(square, 12).result(timeout=30) == 144
+    assert ex.submit(shifted, Point(5)).result(timeout=30) == 1005
+
+
+def test_large_buffers_round_trip(ex: CeranubisExecutor) -> None:
+    blob = bytes(range(256)) * 40_000  # 10 MB
+    array = np.arange(1_000_000, dtype=np.float64)
+    assert ex.submit(nbytes, blob).result(timeout=60) == len(blob)
+    assert ex.submit(nbytes, array).result(timeout=60) == array.nbytes
+    back = ex.submit(echo, array).result(timeout=60)
+    assert isinstance(back, np.ndarray) and np.array_equal(back, array)
+
+
+def test_print_output_is_captured_per_task(ex: CeranubisExecutor) -> None:
+    future = ex.submit(shout, "hi")
+    assert future.result(timeout=30) == "HI"
+    assert "about to shout hi" in future._ceranubis_record.output  # type: ignore[attr-defined]
+
+
+def test_submit_from_many_threads(ex: CeranubisExecutor) -> None:
+    results: list[int] = []
+    lock = threading.Lock()
+
+    def client(base: int) -> None:
+        futures = [ex.submit(add, base, i) for i in range(50)]
+        values = [f.result(timeout=60) for f in futures]
+        with lock:
+            results.extend(values)
+
+    threads = [threading.Thread(target=client, args=(1000 * t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(results) == sorted(1000 * t + i for t in range(4) for i in range(50))
+
+
+def test_submit_after_shutdown_raises(hosts: Any) -> None:
+    executor = CeranubisExecutor(hosts, max_workers=1)
+    executor.shutdown()
+    with pytest.raises(RuntimeError, match="cannot schedule new futures after shutdown"):
+        executor.submit(add, 1)
+
+
+def test_context_manager_waits_and_shuts_down(hosts: Any) -> None:
+    with CeranubisExecutor(hosts, max_workers=2) as executor:
+        futures = [executor.submit(sleep_then, 0.2, i) for i in range(4)]
+    assert all(f.done() for f in futures)
+    assert [f.result() for f in futures] == [0, 1, 2, 3]
+    with pytest.raises(RuntimeError):
+        executor.submit(add, 1)
+
+
+@pytest.mark.parametrize("bad", [0, -1, "2", 1.5])
+def test_max_workers_must_be_a_positive_int(bad: Any) -> None:
+    with pytest.raises(ConfigError, match="max_workers must be a positive integer"):
+        CeranubisExecutor(max_workers=bad)
+    with pytest.raises(ValueError):
+        CeranubisExecutor(max_workers=bad)
+
+
+def test_future_cancel_of_pending_work(hosts: Any) -> None:
+    with CeranubisExecutor(hosts, max_workers=1) as executor:
+        blocker = executor.submit(sleep_then, 1.0, "done")
+        queued = [executor.submit(add, i) for i in range(60)]
+        last = queued[-1]
+        assert last.cancel(), "work beyond the node's credit is still pending"
+        assert last.cancelled()
+        with pytest.raises(cf.CancelledError):
+            last.result()
+        assert blocker.result(timeout=30) == "done"
+        assert [f.result(timeout=30) for f in queued[:-1]] == list(range(59))
+
+
+# ------------------------------------------------------------------ map
+
+
+def test_map_keeps_order_over_several_iterables(ex: CeranubisExecutor) -> None:
+    assert list(ex.map(add, range(100), range(100, 200))) == [
+        a + b for a, b in zip(range(100), range(100, 200))
+    ]
+
+
+@pytest.mark.parametrize("chunksize", [1, 3, 64, 1000])
+def test_map_chunksize_gives_the_same_results(ex: CeranubisExecutor, chunksize: int) -> None:
+    assert list(ex.map(add, range(250), chunksize=chunksize)) == list(range(250))
+
+
+def test_map_rejects_bad_chunksize(ex: CeranubisExecutor) -> None:
+    with pytest.raises(ValueError, match="chunksize must be >= 1"):
+        ex.map(add, range(3), chunksize=0)
+
+
+def test_map_timeout_raises_timeout_error(ex: CeranubisExecutor) -> None:
+    results = ex.map(sleep_then, [0.0, 5.0], timeout=0.5)
+    started = time.monotonic()
+    with pytest.raises(cf.TimeoutError):
+        list(results)
+    assert time.monotonic() - started < 3.0
+
+
+def test_map_raises_at_the_failing_item(ex: CeranubisExecutor) -> None:
+    results = ex.map(fail_on, range(5), [3] * 5)
+    assert [next(results) for _ in range(3)] == [0, 1, 2]
+    with pytest.raises(ValueError, match="3 is bad"):
+        next(results)
+
+
+def test_map_results_are_lazy(ex: CeranubisExecutor) -> None:
+    started = time.monotonic()
+    results = ex.map(sleep_then, [0.5, 0.5], ["a", "b"])
+    assert time.monotonic() - started < 0.4, "map must return before the work is done"
+    assert list(results) == ["a", "b"]
+
+
+def test_map_over_empty_input(ex: CeranubisExecutor) -> None:
+    assert list(ex.map(add, [])) == []
+
+
+# ------------------------------------------------------------------ waiting
+
+
+def test_wait_first_completed(ex: CeranubisExecutor) -> None:
+    slow = ex.submit(sleep_then, 3.0, "slow")
+    fast = ex.submit(sleep_then, 0.05, "fast")
+    done, not_done = cf.wait([slow, fast], timeout=10, return_when=cf.FIRST_COMPLETED)
+    assert fast in done and slow in not_done
+
+
+def test_wait_first_exception(ex: CeranubisExecutor) -> None:
+    slow = ex.submit(sleep_then, 3.0)
+    bad = ex.submit(fail_on, 1, 1)
+    done, not_done = cf.wait([slow, bad], timeout=10, return_when=cf.FIRST_EXCEPTION)
+    assert bad in done and slow in not_done
+
+
+def test_wait_all_completed(ex: CeranubisExecutor) -> None:
+    futures = [ex.submit(sleep_then, 0.05 * i, i) for i in range(6)]
+    done, not_done = cf.wait(futures, timeout=20)
+    assert done == set(futures) and not not_done
+
+
+def test_as_completed_yields_every_future_fastest_first(ex: CeranubisExecutor) -> None:
+    futures = [ex.submit(sleep_then, d, d) for d in (0.6, 0.05)]
+    order = [f.result() for f in cf.as_completed(futures, timeout=20)]
+    assert order == [0.05, 0.6]
+
+
+def test_as_completed_timeout(ex: CeranubisExecutor) -> None:
+    with pytest.raises(cf.TimeoutError):
+        list(cf.as_completed([ex.submit(sleep_then, 5.0)], timeout=0.3))
+
+
+def test_asyncio_wrap_future(ex: CeranubisExecutor) -> None:
+    async def main() -> list[int]:
+        wrapped = [asyncio.wrap_future(ex.submit(add, i, 1)) for i in range(5)]
+        return list(await asyncio.gather(*wrapped))
+
+    assert asyncio.run(main()) == [1, 2, 3, 4, 5]
+
+
+# ------------------------------------------------------------------ shutdown
+
+
+def test_shutdown_wait_finishes_running_work(hosts: Any) -> None:
+    executor = CeranubisExecutor(hosts, max_workers=2)
+    futures = [executor.submit(sleep_then, 0.3, i) for i in range(4)]
+    executor.shutdown(wait=True)
+    assert [f.result(timeout=0) for f in futures] == [0, 1, 2, 3]
+
+
+def test_shutdown_cancel_futures_cancels_pending(hosts: Any) -> None:
+    executor = CeranubisExecutor(hosts, max_workers=1)
+    futures = [executor.submit(sleep_then, 0.2, i) for i in range(40)]
+    started = time.monotonic()
+    executor.shutdown(wait=True, cancel_futures=True)
+    assert time.monotonic() - started < 5.0, "cancelled work must not be waited for"
+    assert all(f.done() for f in futures)
+    assert any(f.cancelled() for f in futures)
+
+
+def test_shutdown_without_wait_returns_at_once_and_work_completes(hosts: Any) -> None:
+    executor = CeranubisExecutor(hosts, max_workers=2)
+    futures = [executor.submit(sleep_then, 0.3, i) for i in range(2)]
+    started = time.monotonic()
+    executor.shutdown(wait=False)
+    assert time.monotonic() - started < 0.2
+    assert [f.result(timeout=30) for f in futures] == [0, 1]
+    executor.shutdown(wait=True)
+
+
+def test_shutdown_is_idempotent(hosts: Any) -> None:
+    executor = CeranubisExecutor(hosts, max_workers=1)
+    assert executor.submit(add, 1, 1).result(timeout=30) == 2
+    executor.shutdown()
+    executor.shutdown()
+    executor.shutdown(wait=False, cancel_futures=True)
