@@ -4,7 +4,7 @@
 
     client                                        host (only python3 needed)
     ──────                                        ──────────────────────────
-    exec python3 -E -S -c BOOT ceranubis-node SHA ─► BOOT: is ~/.cache/ceranubis/SHA/ there?
+    exec python3 -E -s -c BOOT ceranubis-node SHA ─► BOOT: is ~/.cache/ceranubis/SHA/ there?
                                   "OK\\n"  ◄──────   yes ─┐
                                   "NEED\\n" ◄──────  no: │
     length(8) + bundle zip  ──────────────────────►  check sha256, unpack, rename into place
@@ -33,9 +33,10 @@ import dill
 
 from .transport import NODE_MARKER
 
-# The oldest Python the node code runs on (os.waitstatus_to_exitcode); older ones are refused
-# by BOOT itself. The handshake then insists on the client's own major.minor.
-MIN_PYTHON = (3, 9)
+# The oldest Python the node code is written for (pyproject's requires-python): BOOT refuses
+# older ones with a clear line instead of a SyntaxError. The handshake then insists on the
+# client's own major.minor, since functions travel as bytecode.
+MIN_PYTHON = (3, 10)
 # Seconds BOOT may spend receiving and unpacking the bundle before it gives up (SIGALRM):
 # long enough for a slow link, short enough that a stalled client leaves no process behind.
 BOOT_TIMEOUT = 120
@@ -48,7 +49,10 @@ _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 _PACKAGE = "ceranubis_jupyter"
 _STUB_INIT = '"""ceranubis node bundle: only the modules a node runs."""\n'
 
-# Runs on the host under ``python -E -S``. Keep it parseable by Python 2 and 3.0+.
+# Runs on the host under ``python -E -s`` (``-I`` but for the current directory, dropped
+# below; Python 2 lacks ``-I``): the host's own site-packages stay importable for the user's
+# tasks, while the bundle goes first on ``sys.path`` so its dill and node code win.
+# Keep it parseable by Python 2 and 3.0+.
 BOOT = r"""
 import os, sys
 if sys.version_info[:2] < (@MAJOR@, @MINOR@):
@@ -95,6 +99,8 @@ path = os.path.join(base, digest)
 if not os.path.isdir(path):
     install(base, path, digest)
 signal.alarm(0)
+if sys.path and sys.path[0] in ("", "."):
+    del sys.path[0]
 sys.path.insert(0, path)
 say("OK")
 from ceranubis_jupyter.node import main
@@ -126,7 +132,7 @@ class Bundle:
 
 def remote_command(python: str, digest: str) -> str:
     """The one shell command that starts a node on a host (every word shell-quoted)."""
-    words = [python, "-E", "-S", "-c", BOOT, NODE_MARKER, digest]
+    words = [python, "-E", "-s", "-c", BOOT, NODE_MARKER, digest]
     return "exec " + " ".join(shlex.quote(word) for word in words)
 
 

@@ -58,7 +58,9 @@ def dumps(obj: Any) -> tuple[int, bytes, list[pickle.PickleBuffer]]:
     except Exception:
         pass
     buffers = []
-    payload = dill.dumps(obj, protocol=PICKLE_PROTOCOL, buffer_callback=buffers.append)
+    payload = dill.dumps(
+        obj, protocol=PICKLE_PROTOCOL, buffer_callback=buffers.append, recurse=True
+    )
     return DILL, payload, buffers
 
 
@@ -70,7 +72,7 @@ def dumps_inband(obj: Any) -> tuple[int, bytes]:
             return PICKLE, payload
     except Exception:
         pass
-    return DILL, dill.dumps(obj, protocol=PICKLE_PROTOCOL)
+    return DILL, dill.dumps(obj, protocol=PICKLE_PROTOCOL, recurse=True)
 
 
 def loads(codec: int, payload: Buffer, buffers: tuple[Buffer, ...] = ()) -> Any:

@@ -5,7 +5,7 @@
     SSHTransport.start()
       ├─ asyncssh.connect(host)        ~/.ssh/config, the agent, known_hosts (always checked)
       │    (the bundle is built in a thread meanwhile)
-      ├─ session: exec python3 -E -S -c BOOT ceranubis-node SHA   (bootstrap.remote_command)
+      ├─ session: exec python3 -E -s -c BOOT ceranubis-node SHA   (bootstrap.remote_command)
       ├─ BOOT says OK, or NEED and gets the bundle, or E <why>
       └─ SSHChannel: the node's stdin/stdout, the same frames as the local transport
 

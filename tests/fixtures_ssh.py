@@ -16,6 +16,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,11 +27,16 @@ from typing import Any
 import asyncssh
 import pytest
 
+from ceranubis_jupyter.hosts import Host
+
 SSHD = "/usr/sbin/sshd"
 # Seconds a server gets to start listening before the fixture fails.
 SERVER_START_TIMEOUT = 10.0
 OPENSSH_ALIAS = "cj-openssh"
 ASYNCSSH_ALIAS = "cj-asyncssh"
+# The interpreter the test hosts run nodes with: ours, so the tasks' libraries (numpy) are
+# there as on a real host where the user installed them. Bare interpreters have own tests.
+TEST_PYTHON = sys.executable
 
 
 def free_port() -> int:
@@ -84,15 +90,23 @@ class SSHHome:
     def known_hosts(self) -> Path:
         return self.ssh / "known_hosts"
 
-    def add_alias(self, alias: str, hostname: str, port: int, **extra: str) -> None:
-        """Append a ``Host`` block to ``~/.ssh/config``."""
+    def add_alias(
+        self,
+        alias: str,
+        hostname: str,
+        port: int,
+        identity: Path | None = None,
+        known_hosts: Path | None = None,
+        **extra: str,
+    ) -> None:
+        """Append a ``Host`` block to ``~/.ssh/config`` (our key and known_hosts by default)."""
         lines = [
             f"Host {alias}",
             f"    HostName {hostname}",
             f"    Port {port}",
             f"    User {self.user}",
-            f"    IdentityFile {self.key}",
-            f"    UserKnownHostsFile {self.known_hosts}",
+            f"    IdentityFile {identity or self.key}",
+            f"    UserKnownHostsFile {known_hosts or self.known_hosts}",
         ]
         lines += [f"    {name} {value}" for name, value in extra.items()]
         with open(self.ssh / "config", "a") as config:
@@ -210,9 +224,9 @@ def openssh_server(
 
 
 @pytest.fixture
-def hosts_openssh(openssh_server: OpenSSHServer, ssh_env: SSHHome) -> list[str]:
+def hosts_openssh(openssh_server: OpenSSHServer, ssh_env: SSHHome) -> list[Host]:
     """Executor hosts: the loopback sshd through its ssh-config alias."""
-    return [OPENSSH_ALIAS]
+    return [Host(OPENSSH_ALIAS, python=TEST_PYTHON)]
 
 
 # ---------------------------------------------------------------------- asyncssh server
@@ -234,6 +248,7 @@ class AsyncSSHServer:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.server: Any = None
         self.port = 0
+        self.handlers: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         self.thread.start()
@@ -252,6 +267,10 @@ class AsyncSSHServer:
         )
 
     async def _serve(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self.handlers.add(task)
+            task.add_done_callback(self.handlers.discard)
         if not process.command:
             process.exit(1)
             return
@@ -270,6 +289,7 @@ class AsyncSSHServer:
             return_exceptions=True,
         )
         status = await child.wait()
+        _close_transport(child)
         with contextlib.suppress(OSError, asyncssh.Error):
             process.exit(status)
 
@@ -296,11 +316,23 @@ class AsyncSSHServer:
         async def close() -> None:
             self.server.close()
             await self.server.wait_closed()
+            if self.handlers:  # let sessions finish so their subprocesses are reaped
+                await asyncio.wait(list(self.handlers), timeout=SERVER_START_TIMEOUT)
 
         if self.server is not None:
             asyncio.run_coroutine_threadsafe(close(), self.loop).result(timeout=10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=10)
+        if not self.thread.is_alive():
+            self.loop.close()
+
+
+def _close_transport(child: asyncio.subprocess.Process) -> None:
+    """Close a finished child's transport on its own loop (else its ``__del__`` complains
+    later, from another thread, once this loop is gone)."""
+    transport = getattr(child, "_transport", None)
+    if transport is not None:
+        transport.close()
 
 
 def make_asyncssh_server(
@@ -331,9 +363,9 @@ def asyncssh_server(
 
 
 @pytest.fixture
-def hosts_asyncssh(asyncssh_server: AsyncSSHServer, ssh_env: SSHHome) -> list[str]:
+def hosts_asyncssh(asyncssh_server: AsyncSSHServer, ssh_env: SSHHome) -> list[Host]:
     """Executor hosts: asyncssh's in-process server through its ssh-config alias."""
-    return [ASYNCSSH_ALIAS]
+    return [Host(ASYNCSSH_ALIAS, python=TEST_PYTHON)]
 
 
 def _exposed(server: Any, home: SSHHome, alias: str) -> Iterator[Any]:

@@ -1,0 +1,147 @@
+"""The zero-install bootstrap on its own: the bundle, the fixed command, BOOT's answers.
+
+BOOT runs here under a real shell and a real interpreter, over pipes, exactly as sshd would
+run it; the SSH tests then run it over real servers.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shlex
+import subprocess
+import sys
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ceranubis_jupyter import protocol as p
+from ceranubis_jupyter.bootstrap import BOOT, build_bundle, node_bundle, remote_command
+from ceranubis_jupyter.transport import NODE_MARKER
+
+# Seconds a BOOT run over pipes may take in these tests.
+BOOT_TEST_TIMEOUT = 30
+
+
+def test_bundle_is_content_addressed_and_deterministic() -> None:
+    files = {"a/x.py": b"x = 1\n", "a/y.py": b"y = 2\n"}
+    first, again = build_bundle(files), build_bundle(dict(reversed(files.items())))
+    changed = build_bundle({**files, "a/y.py": b"y = 3\n"})
+    assert first.digest == again.digest and first.data == again.data
+    assert changed.digest != first.digest
+    assert len(first.digest) == 64
+
+
+def test_bundle_holds_the_node_modules_and_dill_and_nothing_else() -> None:
+    names = zipfile.ZipFile(io.BytesIO(node_bundle().data)).namelist()
+    ours = sorted(n for n in names if n.startswith("ceranubis_jupyter/"))
+    assert ours == [
+        f"ceranubis_jupyter/{m}.py"
+        for m in ("__init__", "errors", "node", "protocol", "serialize", "worker")
+    ]
+    assert "dill/__init__.py" in names and "dill/_dill.py" in names
+    assert not [n for n in names if not n.startswith(("ceranubis_jupyter/", "dill/"))]
+    assert not [n for n in names if "/tests/" in n or n.endswith(".pyc")]
+
+
+def test_bundle_imports_under_an_isolated_python_without_site(tmp_path: Path) -> None:
+    zipfile.ZipFile(io.BytesIO(node_bundle().data)).extractall(tmp_path)
+    probe = (
+        "import sys; sys.path.insert(0, sys.argv[1]); "
+        "import ceranubis_jupyter.node, dill; "
+        "print(ceranubis_jupyter.node.__file__); print(dill.__file__); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] not in "
+        "sys.stdlib_module_names and m.split('.')[0] not in "
+        "('ceranubis_jupyter', 'dill', '__main__', '__mp_main__')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", probe, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=BOOT_TEST_TIMEOUT,
+        check=True,
+    )
+    node_file, dill_file, foreign = out.stdout.splitlines()
+    assert node_file.startswith(str(tmp_path)) and dill_file.startswith(str(tmp_path))
+    assert foreign == "[]", f"the node imported non-stdlib modules: {foreign}"
+
+
+def test_remote_command_is_one_shell_quoted_exec() -> None:
+    python = "/opt/my python/bin/python3'; rm -rf ~"
+    words = shlex.split(remote_command(python, "ab" * 32))
+    assert words == ["exec", python, "-E", "-s", "-c", BOOT, NODE_MARKER, "ab" * 32]
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path / "cache"
+
+
+def _boot(cache: Path, python: str = sys.executable) -> subprocess.Popen[bytes]:
+    env = {"PATH": os.environ["PATH"], "HOME": str(cache.parent), "XDG_CACHE_HOME": str(cache)}
+    return subprocess.Popen(
+        ["/bin/sh", "-c", remote_command(python, node_bundle().digest)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+
+
+def _hello(process: subprocess.Popen[bytes]) -> p.Hello:
+    assert process.stdout is not None
+    conn = p.Connection(p.CLIENT)
+    for _ in range(100):
+        conn.receive_data(os.read(process.stdout.fileno(), 65536))
+        message = conn.next_event()
+        if message is not None:
+            assert isinstance(message, p.Hello)
+            return message
+    raise AssertionError("no Hello from the node")
+
+
+def _finish(process: subprocess.Popen[bytes]) -> int:
+    assert process.stdin is not None
+    process.stdin.close()
+    return process.wait(timeout=BOOT_TEST_TIMEOUT)
+
+
+def test_boot_asks_for_the_bundle_once_then_uses_the_cache(cache: Path) -> None:
+    bundle = node_bundle()
+    cold = _boot(cache)
+    assert cold.stdin and cold.stdout
+    assert cold.stdout.readline() == b"NEED\n"
+    cold.stdin.write(bundle.framed())
+    cold.stdin.flush()
+    assert cold.stdout.readline() == b"OK\n"
+    assert _hello(cold).protocol == p.PROTOCOL_VERSION
+    assert _finish(cold) == 0
+    assert os.listdir(cache / "ceranubis") == [bundle.digest]
+
+    warm = _boot(cache)
+    assert warm.stdout and warm.stdout.readline() == b"OK\n"
+    assert _hello(warm).pid == warm.pid  # the node is the very process we started
+    assert _finish(warm) == 0
+
+
+def test_boot_refuses_a_corrupted_bundle_and_caches_nothing(cache: Path) -> None:
+    bundle = node_bundle()
+    process = _boot(cache)
+    assert process.stdin and process.stdout
+    assert process.stdout.readline() == b"NEED\n"
+    framed = bytearray(bundle.framed())
+    framed[-100] ^= 0xFF
+    process.stdin.write(bytes(framed))
+    process.stdin.flush()
+    assert process.stdout.readline().startswith(b"E the node bundle arrived corrupted")
+    assert _finish(process) != 0
+    assert not (cache / "ceranubis" / bundle.digest).exists()
+
+
+def test_boot_exits_when_its_input_closes_before_the_bundle(cache: Path) -> None:
+    process = _boot(cache)
+    assert process.stdout and process.stdout.readline() == b"NEED\n"
+    assert _finish(process) != 0
+    assert not (cache / "ceranubis" / node_bundle().digest).exists()
