@@ -195,9 +195,7 @@ class CeranubisExecutor(Executor):
         try:
             codec, payload, buffers = dumps(arguments)
         except Exception as error:
-            future.set_exception(UnpicklableError(
-                f"the arguments of task {task_id} ({_short_repr(arguments)}) could not be "
-                f"pickled: {describe_failure(error)}", task_id=task_id))
+            future.set_exception(_unpicklable_arguments(task_id, kind, arguments, error))
             return future
         raw = tuple(buffer.raw() for buffer in buffers)
         record = TaskRecord(
@@ -291,6 +289,28 @@ def _results_in_order(
     finally:
         for future in futures:
             future.cancel()
+
+
+def _unpicklable_arguments(
+    task_id: int, kind: int, arguments: Any, error: Exception
+) -> UnpicklableError:
+    """Name the first argument that will not pickle, and why."""
+    if kind == p.CALL:
+        args, kwargs = arguments
+        named = [(f"argument {i + 1}", value) for i, value in enumerate(args)]
+        named += [(f"keyword argument {key!r}", value) for key, value in kwargs.items()]
+    else:
+        named = [(f"item {i + 1} of the chunk", value) for i, value in enumerate(arguments)]
+    for label, value in named:
+        try:
+            dumps(value)
+        except Exception as reason:
+            return UnpicklableError(
+                f"{label} of task {task_id} ({_short_repr(value)}) could not be pickled: "
+                f"{describe_failure(reason)}", task_id=task_id)
+    return UnpicklableError(
+        f"the arguments of task {task_id} could not be pickled: {describe_failure(error)}",
+        task_id=task_id)
 
 
 def _short_repr(obj: Any, limit: int = 80) -> str:

@@ -197,6 +197,8 @@ class NodeLink:
                 await self._session()
                 failures = 0
             except HostError as error:
+                if self.closing:
+                    break
                 failures += 1
                 self._record_failure(error, failures)
                 if not (self.ever_ready and error.transient) or failures > MAX_RESTARTS:
@@ -204,6 +206,8 @@ class NodeLink:
                     self.scheduler.on_link_dead(self)
                     return
                 await asyncio.sleep(RESTART_BACKOFF * 2 ** (failures - 1))
+
+        self.info.state = "closed"
 
     def _record_failure(self, error: HostError, failures: int) -> None:
         self.info.state = "failed"
@@ -268,7 +272,6 @@ class NodeLink:
 
     async def _next_message(self) -> p.Message:
         """Read until a whole message arrives; EOF and garbage become :class:`NodeLost`."""
-        assert self.channel is not None
         while True:
             try:
                 message = self.conn.next_event()
@@ -276,6 +279,8 @@ class NodeLink:
                 raise self._garbage(error) from error
             if message is not None:
                 return message
+            if self.channel is None:
+                raise NodeLost(self.host, "node channel closed")
             data = await self.channel.read()
             self.last_heard = time.monotonic()
             if not data:
@@ -474,6 +479,7 @@ class Scheduler:
             link = NodeLink(self, transport)
             self.links.append(link)
             link.task = asyncio.ensure_future(link.run())
+            link.task.add_done_callback(_report_crash)
 
     def _take_incoming(self) -> None:
         self._wakeup_pending = False
@@ -671,6 +677,12 @@ class Scheduler:
             if isinstance(outcome, BaseException):
                 log.error("[host=%s] closing the node failed: %r", link.host, outcome)
         self._break(BrokenCeranubisExecutor("the executor was shut down"))
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    """A link task must never die silently of a bug."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("node link crashed (a bug in ceranubis)", exc_info=task.exception())
 
 
 def _user_exception(host: str, record: TaskRecord, result: p.Result) -> BaseException:

@@ -1,0 +1,211 @@
+"""The crash-case table (loky/CPython style): each failure, its exact error, and recovery.
+
+Every case fails only its own future, with a precise type and message, and the very next
+task on the same executor still succeeds.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from ceranubis_jupyter import (
+    CeranubisExecutor,
+    RemoteTraceback,
+    TaskError,
+    UnpicklableError,
+    WorkerCrashed,
+)
+from tests.remote import by_value
+
+
+@by_value
+def identity(x: Any) -> Any:
+    return x
+
+
+@by_value
+def raise_value_error(x: int) -> int:
+    limit = 10
+    if x > limit:
+        raise ValueError(f"{x} is over the limit of {limit}")
+    return x
+
+
+@by_value
+def return_generator(_: int) -> Any:
+    return (i for i in range(3))
+
+
+@by_value
+def exit_worker(code: int) -> None:
+    import os
+
+    os._exit(code)
+
+
+@by_value
+def sigkill_self(_: int) -> None:
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@by_value
+def segfault(_: int) -> None:
+    import ctypes
+
+    ctypes.string_at(0)
+
+
+@by_value
+def raise_unpicklable_exception(_: int) -> None:
+    error = RuntimeError("holds a generator")
+    error.payload = (i for i in range(3))  # type: ignore[attr-defined]
+    raise error
+
+
+@pytest.fixture
+def ex(hosts: Any) -> Iterator[CeranubisExecutor]:
+    executor = CeranubisExecutor(hosts, max_workers=2, retries=1)
+    yield executor
+    executor.shutdown(wait=True, cancel_futures=True)
+
+
+# (name, fn, argument, expected type, message pattern)
+CRASH_CASES: list[tuple[str, Callable[..., Any], Any, type[BaseException], str]] = [
+    ("exception in fn", raise_value_error, 11, ValueError, r"^11 is over the limit of 10$"),
+    (
+        "unpicklable argument",
+        identity,
+        (i for i in range(3)),
+        UnpicklableError,
+        r"argument 1 of task \d+ \(<generator object <genexpr> at 0x[0-9a-f]+>\) could not "
+        r"be pickled: TypeError: cannot pickle 'generator' object",
+    ),
+    (
+        "unpicklable result",
+        return_generator,
+        1,
+        UnpicklableError,
+        r"task \d+ on \S+: the result could not be pickled: TypeError: cannot pickle "
+        r"'generator' object",
+    ),
+    (
+        "unpicklable exception",
+        raise_unpicklable_exception,
+        1,
+        TaskError,
+        r"task \d+ on \S+ raised RuntimeError: holds a generator \(the exception itself "
+        r"could not be pickled\)",
+    ),
+    (
+        "worker exit",
+        exit_worker,
+        3,
+        WorkerCrashed,
+        r"worker \d+ on \S+ died with exit code 3 while running task \d+ \(2 attempts\); "
+        r"the task ended its process",
+    ),
+    (
+        "worker SIGKILL",
+        sigkill_self,
+        1,
+        WorkerCrashed,
+        r"worker \d+ on \S+ died with SIGKILL\(-9\) while running task \d+ \(2 attempts\); "
+        r"check the host's memory",
+    ),
+    (
+        "segfault",
+        segfault,
+        1,
+        WorkerCrashed,
+        r"worker \d+ on \S+ died with SIGSEGV\(-11\) while running task \d+ \(2 attempts\)",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("fn", "argument", "error_type", "pattern"),
+    [case[1:] for case in CRASH_CASES],
+    ids=[case[0] for case in CRASH_CASES],
+)
+def test_crash_case(
+    ex: CeranubisExecutor,
+    fn: Callable[..., Any],
+    argument: Any,
+    error_type: type[BaseException],
+    pattern: str,
+) -> None:
+    future = ex.submit(fn, argument)
+    with pytest.raises(error_type) as caught:
+        future.result(timeout=60)
+    assert type(caught.value) is error_type
+    assert re.search(pattern, str(caught.value)), str(caught.value)
+    assert ex.submit(identity, "still working").result(timeout=60) == "still working"
+
+
+def test_user_exception_carries_the_remote_traceback(ex: CeranubisExecutor) -> None:
+    with pytest.raises(ValueError) as caught:
+        ex.submit(raise_value_error, 12).result(timeout=60)
+    cause = caught.value.__cause__
+    assert isinstance(cause, RemoteTraceback)
+    text = str(cause)
+    assert re.search(r"Remote traceback of task \d+ on \S+:", text)
+    lines, first = inspect.getsourcelines(raise_value_error)
+    line = first + next(i for i, text in enumerate(lines) if "raise ValueError" in text)
+    assert f'File "{__file__}", line {line}, in raise_value_error' in text
+    assert 'raise ValueError(f"{x} is over the limit of {limit}")' in text
+    assert text.rstrip().endswith("ValueError: 12 is over the limit of 10")
+
+
+def test_crash_errors_carry_host_and_task(ex: CeranubisExecutor) -> None:
+    future = ex.submit(sigkill_self, 1)
+    with pytest.raises(WorkerCrashed) as caught:
+        future.result(timeout=60)
+    assert caught.value.exitcode == -9
+    assert caught.value.task_id == future._ceranubis_record.task_id  # type: ignore[attr-defined]
+    assert caught.value.host == future._ceranubis_record.host  # type: ignore[attr-defined]
+
+
+def test_unserializable_function_fails_at_submit(ex: CeranubisExecutor) -> None:
+    gen = (i for i in range(3))
+
+    def uses_generator() -> int:
+        return next(gen)
+
+    uses_generator.__module__ = "__main__"
+    with pytest.raises(UnpicklableError, match="could not be serialized with dill"):
+        ex.submit(uses_generator)
+    assert ex.submit(identity, 5).result(timeout=60) == 5
+
+
+def test_a_worker_killed_from_outside_is_retried(hosts: Any) -> None:
+    @by_value
+    def slow_pid(_: int) -> int:
+        import os
+        import time
+
+        time.sleep(1.0)
+        return os.getpid()
+
+    with CeranubisExecutor(hosts, max_workers=1) as executor:
+        first = executor.submit(slow_pid, 0).result(timeout=60)
+        future = executor.submit(slow_pid, 1)
+        import os
+        import signal
+        import time
+
+        time.sleep(0.4)
+        _kill_if_local(first, signal.SIGKILL, os)
+        second = future.result(timeout=60)
+        assert second != first, "the retried task ran in a fresh worker"
+
+
+def _kill_if_local(pid: int, sig: int, os_module: Any) -> None:
+    os_module.kill(pid, sig)
