@@ -29,7 +29,7 @@ CELL_USAGE = (
 )
 LINE_USAGE = (
     "%ceranubis hosts [--hosts H1,H2,...] [--workers N] | projects [--store URL] | "
-    "status NAME | results NAME | cancel NAME | resume NAME [--hosts ...] [--no-wait]"
+    "status NAME | results NAME | cancel NAME | resume NAME [--hosts ...] [--no-wait] | rm NAME"
 )
 DEFAULT_VAR = "_ceranubis"
 
@@ -60,7 +60,8 @@ def _cell_parser() -> _Parser:
 def _line_parser() -> _Parser:
     parser = _Parser(prog="%ceranubis", add_help=False)
     parser.add_argument(
-        "command", choices=["hosts", "projects", "status", "results", "cancel", "resume"]
+        "command",
+        choices=["hosts", "projects", "status", "results", "cancel", "resume", "rm"],
     )
     parser.add_argument("name", nargs="?", default=None)
     parser.add_argument("--hosts", default=None)
@@ -227,14 +228,10 @@ class CeranubisMagics(Magics):
         from .errors import StoreError
         from .project import Project
 
-        assert self.shell is not None
-        live = self.shell.user_ns.get(variable_name(options.name))
-        if live is not None and getattr(live, "name", None) == options.name:
-            return live
         try:
             return Project.load(options.name, options.store)
-        except (StoreError, KeyError, LookupError) as error:
-            raise UsageError(f"no project {options.name!r}: {error}") from None
+        except (ConfigError, StoreError) as error:
+            raise UsageError(str(error)) from None
 
     def _status(self, options: argparse.Namespace) -> Any:
         return self._load(options)
@@ -246,6 +243,16 @@ class CeranubisMagics(Magics):
         project = self._load(options)
         project.cancel()
         return project
+
+    def _rm(self, options: argparse.Namespace) -> None:
+        from .errors import StoreError
+        from .project import remove_project
+
+        try:
+            remove_project(options.name, options.store)
+        except (ConfigError, StoreError) as error:
+            raise UsageError(str(error)) from None
+        print(f"removed project {options.name!r}")
 
     def _resume(self, options: argparse.Namespace) -> Any:
         project = self._load(options)

@@ -114,6 +114,16 @@ class Project:
         done, total = self.status()
         return f"<Project {self.name!r} {self.state} {done}/{total}>"
 
+    def _repr_html_(self) -> str:
+        from .tables import project_html  # the notebook's view: name, status, hosts
+
+        return project_html(self)
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        from .tables import project_pretty
+
+        project_pretty(self, printer, cycle)
+
     # ------------------------------------------------------------------ progress
 
     def counts(self) -> dict[str, int]:

@@ -81,25 +81,51 @@ def run_cell_body(shell: Any, magic_line: str, body: str) -> bool:
     lines = [line + "\n" for line in visible.splitlines()]
     linecache.cache[filename] = (len(visible), None, lines, filename)
     code = shell.compile("\n" + transformed, filename, "exec")
-    failed: bool = shell.run_code(code)
-    return not failed
+    try:
+        exec(code, shell.user_global_ns, shell.user_ns)
+    except Exception as error:
+        # Start the traceback below this frame: the user sees their cell's lines only.
+        tb = error.__traceback__.tb_next if error.__traceback__ else None
+        shell.showtraceback((type(error), error, tb), running_compiled_code=True)
+        return False
+    return True
 
 
 def follow(project: Any) -> LiveProgress:
     """Show ``project`` live: the widget in a Jupyter kernel, a text line elsewhere."""
     if progress_mode() == "widget":
-        from IPython.display import display
-
         from .widget import ProgressWidget
 
         view = ProgressWidget(list(project.hosts), on_cancel=project.cancel)
         live = LiveProgress(project, view.show)
         live.refresh()
-        display(view)  # type: ignore[no-untyped-call]
+        view.display()
+        _settle_after_cells(live)
     else:
         text = TextLine()
         live = LiveProgress(project, text, min_interval=text.interval)
     return live.start()
+
+
+def _settle_after_cells(live: LiveProgress) -> None:
+    """Draw the final state by the end of the first cell that runs after the project ended.
+
+    The refresher thread draws it too, but up to a redraw interval later; a notebook
+    run by nbclient would miss that last comm message if its kernel stops first.
+    """
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    if shell is None:
+        return
+
+    def settle(*_args: Any) -> None:
+        if live.last is not None and live.last.final:
+            shell.events.unregister("post_run_cell", settle)
+        elif live.project.state != "running":
+            live.refresh()
+
+    shell.events.register("post_run_cell", settle)
 
 
 def wait_or_cancel(project: Any, live: LiveProgress) -> None:
@@ -109,7 +135,8 @@ def wait_or_cancel(project: Any, live: LiveProgress) -> None:
     """
     try:
         while not project.wait(timeout=WAIT_SLICE_SECONDS):
-            pass
+            if project.state != "running":  # stopped with work left (e.g. hosts lost)
+                break
     except KeyboardInterrupt:
         project.cancel()
         project.wait(timeout=CANCEL_GRACE_SECONDS)

@@ -20,6 +20,7 @@ from .progress import HostRow, Snapshot
 
 # Width of the bar; wide enough to read 1 % steps, narrow enough for a split screen.
 BAR_WIDTH = "420px"
+BUTTON_WIDTH = "100px"
 # Height at which the output and error panes scroll instead of growing the notebook.
 PANE_MAX_HEIGHT = "12em"
 
@@ -109,7 +110,10 @@ class ProgressWidget:
         self.bar.add_class("ceranubis-bar")
         self.counts = _html("ceranubis-counts")
         self.cancel_button = widgets.Button(
-            description="Cancel", icon="stop", button_style="warning", layout={"width": "auto"}
+            description="Cancel",
+            icon="stop",
+            button_style="warning",
+            layout={"width": BUTTON_WIDTH},
         )
         self.cancel_button.add_class("ceranubis-cancel")
         self.host_table = _html("ceranubis-hosts")
@@ -121,7 +125,8 @@ class ProgressWidget:
         self.box = widgets.VBox(
             [
                 self.header,
-                widgets.HBox([self.bar, self.counts, self.cancel_button]),
+                widgets.HBox([self.bar, self.cancel_button]),
+                self.counts,
                 self.host_table,
                 self.recent,
                 self.errors,
@@ -130,6 +135,13 @@ class ProgressWidget:
         )
         self.box.add_class("ceranubis-widget")
         self.last: Snapshot | None = None
+        self._handle: Any = None
+
+    def display(self) -> None:
+        """Show the widget in the current cell's output."""
+        from IPython.display import display
+
+        self._handle = display(self, display_id=True)  # type: ignore[no-untyped-call]
 
     def show(self, snapshot: Snapshot) -> None:
         """Draw ``snapshot``, sending only the parts that changed."""
@@ -143,7 +155,12 @@ class ProgressWidget:
         _set(self.errors, "value", render_errors(snapshot.errors))
         _set(self.output, "value", render_output(snapshot.output))
         _set(self.cancel_button, "disabled", snapshot.final)
+        first_final = snapshot.final and not (self.last is not None and self.last.final)
         self.last = snapshot
+        if first_final and self._handle is not None:
+            # Re-send the output once, so viewers without widgets (nbconvert, GitHub)
+            # show the final text line instead of the first one.
+            self._handle.update(self)
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         data = self.box._repr_mimebundle_(**kwargs)

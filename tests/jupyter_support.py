@@ -128,6 +128,47 @@ def models_with_class(nb: Any, css_class: str) -> list[dict[str, Any]]:
     ]
 
 
+@contextlib.contextmanager
+def running_kernel(env: dict[str, str], cwd: Path, kernel_name: str = "python3") -> Iterator[Any]:
+    """A real kernel started with ``env``; yields ``(manager, client)``, shuts it down."""
+    from jupyter_client.manager import KernelManager
+
+    with patched_environ(env):
+        manager = KernelManager(kernel_name=kernel_name)
+        manager.start_kernel(cwd=str(cwd))
+    client = manager.client()
+    client.start_channels()
+    try:
+        client.wait_for_ready(timeout=KERNEL_START_SECONDS)
+        yield manager, client
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=False)
+
+
+def execute(client: Any, code: str, timeout: float = 60) -> tuple[dict[str, Any], str]:
+    """Run ``code``; returns the execute reply's content and the printed text."""
+    return reply_of(client, client.execute(code), timeout)
+
+
+def reply_of(client: Any, msg_id: str, timeout: float) -> tuple[dict[str, Any], str]:
+    """The reply to ``msg_id`` and the text its cell printed (stdout and stderr)."""
+    reply = client.get_shell_msg(timeout=timeout)
+    while reply["parent_header"].get("msg_id") != msg_id:
+        reply = client.get_shell_msg(timeout=timeout)
+    text = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        msg = client.get_iopub_msg(timeout=timeout)
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        if msg["msg_type"] == "stream":
+            text.append(msg["content"]["text"])
+        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            break
+    return reply["content"], "".join(text)
+
+
 def free_port() -> int:
     """A free TCP port on 127.0.0.1."""
     with socket.socket() as sock:

@@ -1,0 +1,78 @@
+"""A kernel interrupt during a waiting ``%%ceranubis`` cell cancels the project cleanly:
+pending arguments cancelled, running ones stopped (their workers killed), finished
+results kept. Real kernel (jupyter_client), real SIGINT, real nodes.
+
+Each task writes ``start-N`` when it begins and ``end-N`` just before it returns; after the
+interrupt no new ``end-`` file may appear (nothing kept running) and the ``end-`` files
+are exactly the project's finished arguments.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.jupyter_support import execute, reply_of, running_kernel
+
+TASKS = 40
+TASK_SECONDS = 1.0
+# Seconds a stopped task would have needed to finish if it had not been stopped.
+LINGER_SECONDS = 2 * TASK_SECONDS + 1.0
+
+CELL = f"""%%ceranubis marked over [(i,) for i in range({TASKS})] --name interrupted --workers 2
+import pathlib, time
+def marked(i):
+    pathlib.Path(MARKS, f"start-{{i}}").touch()
+    time.sleep({TASK_SECONDS})
+    pathlib.Path(MARKS, f"end-{{i}}").touch()
+    return i
+"""
+
+REPORT = """
+import json
+from ceranubis_jupyter.session import POOL
+p = interrupted
+print(json.dumps({"state": p.state, "counts": p.counts(),
+                  "done": sorted(a[0] for a, _ in p.results()),
+                  "busy": [h.busy for h in POOL.get(None, 2).hosts()]}))
+"""
+
+
+def marks(directory: Path, kind: str) -> set[int]:
+    return {int(path.name.split("-")[1]) for path in directory.glob(f"{kind}-*")}
+
+
+@pytest.mark.timeout(180)
+def test_interrupt_cancels_the_project_and_keeps_results(
+    tmp_path: Path, jupyter_env: dict[str, str]
+) -> None:
+    directory = tmp_path / "marks"
+    directory.mkdir()
+    with running_kernel(jupyter_env, tmp_path) as (manager, client):
+        execute(client, f"%load_ext ceranubis_jupyter\nMARKS = {str(directory)!r}")
+        msg_id = client.execute(CELL)
+        for _ in range(300):  # until a few tasks finished (at most 30 s)
+            if len(marks(directory, "end")) >= 4:
+                break
+            time.sleep(0.1)
+        manager.interrupt_kernel()
+        reply, text = reply_of(client, msg_id, 60)
+        assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt", reply
+        assert "cancelled" in text, (reply, text)
+        ended_at_interrupt = marks(directory, "end")
+        time.sleep(LINGER_SECONDS)
+        report_reply, report = execute(client, REPORT)
+        assert report_reply["status"] == "ok", report_reply
+    state = json.loads(report.strip().splitlines()[-1])
+    counts = state["counts"]
+    assert state["state"] == "cancelled", state
+    assert counts["running"] == 0 and counts["pending"] == 0, counts
+    assert counts["done"] >= 4 and counts["cancelled"] > 0, counts
+    assert counts["done"] + counts["cancelled"] + counts.get("failed", 0) == TASKS, counts
+    assert set(state["done"]) == marks(directory, "end"), state  # results kept, all of them
+    assert marks(directory, "end") == ended_at_interrupt, "a task went on after the interrupt"
+    assert marks(directory, "start") - marks(directory, "end"), "no task was stopped mid-way"
+    assert not any(state["busy"]), state

@@ -1,0 +1,175 @@
+"""The magics in a real IPython shell (``InteractiveShell``) with real nodes."""
+
+from __future__ import annotations
+
+import linecache
+import re
+from typing import Any
+
+import pytest
+from IPython.core.error import UsageError
+
+from ceranubis_jupyter import session
+from ceranubis_jupyter.magics import CELL_USAGE, parse_cell_line, variable_name
+
+SQUARE_CELL = "def square(x):\n    return x * x\n"
+
+
+def test_load_registers_and_unload_removes_the_magics(ipshell: Any) -> None:
+    magics = ipshell.magics_manager.magics
+    assert "ceranubis" in magics["line"] and "ceranubis" in magics["cell"]
+    ipshell.run_line_magic("unload_ext", "ceranubis_jupyter")
+    assert "ceranubis" not in magics["line"] and "ceranubis" not in magics["cell"]
+    ipshell.run_line_magic("load_ext", "ceranubis_jupyter")
+    assert "ceranubis" in magics["cell"]
+
+
+def test_parse_cell_line_splits_expression_and_options() -> None:
+    fn, expression, options = parse_cell_line(
+        "simulate over [(a, b) for a in range(3) for b in (1, 2)] --hosts h1,h2 "
+        "--name sweep-7 --chunksize 4 --workers 2 --timeout 1.5 --no-wait --out p"
+    )
+    assert (fn, expression) == ("simulate", "[(a, b) for a in range(3) for b in (1, 2)]")
+    assert (options.hosts, options.name, options.chunksize, options.workers) == (
+        "h1,h2", "sweep-7", 4, 2)  # fmt: skip
+    assert (options.timeout, options.no_wait, options.out) == (1.5, True, "p")
+    assert variable_name("sweep-7") == "sweep_7"
+    assert variable_name("7up") == "_7up"
+    assert variable_name(None) == "_ceranubis"
+
+
+@pytest.mark.parametrize(
+    ("line", "cell"),
+    [
+        ("", SQUARE_CELL),
+        ("square over", SQUARE_CELL),
+        ("square range(3)", SQUARE_CELL),
+        ("square over range(3) --chunksize 0", SQUARE_CELL),
+        ("square over range(3) --timeout -1", SQUARE_CELL),
+        ("square over range(3) --bogus", SQUARE_CELL),
+        ("square over range(3) --out not-a-name", SQUARE_CELL),
+        ("missing over range(3)", SQUARE_CELL),
+        ("square over 42", SQUARE_CELL),
+        ("square over undefined_name", SQUARE_CELL),
+        ("not_callable over range(3)", "not_callable = 3\n"),
+    ],
+)
+def test_cell_magic_misuse_raises_usage_error(ipshell: Any, line: str, cell: str) -> None:
+    with pytest.raises(UsageError) as error:
+        ipshell.run_cell_magic("ceranubis", line, cell)
+    assert "usage" in str(error.value) or "ARGS" in str(error.value), error.value
+
+
+@pytest.mark.parametrize("line", ["", "frobnicate", "status", "results --hosts x"])
+def test_line_magic_misuse_raises_usage_error(ipshell: Any, line: str) -> None:
+    with pytest.raises(UsageError, match="usage"):
+        ipshell.run_line_magic("ceranubis", line)
+
+
+def test_cell_magic_runs_the_function_over_the_arguments(
+    ipshell: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ipshell.run_cell_magic(
+        "ceranubis", "square over [(i,) for i in range(12)] --name sq-test --workers 2",
+        SQUARE_CELL,
+    )  # fmt: skip
+    project = ipshell.user_ns["sq_test"]
+    assert ipshell.user_ns["_ceranubis"] is project
+    assert ipshell.user_ns["square"](3) == 9  # the cell ran in the user namespace
+    assert project.state == "done"
+    assert project.status() == (12, 12)
+    assert sorted(value for _args, value in project.results()) == [i * i for i in range(12)]
+    # the text fallback (no widget front end in a plain shell) ended on the final line
+    lines = [line for line in capsys.readouterr().out.splitlines() if "sq-test" in line]
+    assert lines and "12/12 done" in lines[-1] and "done:" in lines[-1], lines
+
+
+def test_no_wait_and_out_return_at_once(ipshell: Any) -> None:
+    ipshell.run_cell_magic(
+        "ceranubis", "nap over [0.2] * 6 --no-wait --out p --workers 2",
+        "import time\ndef nap(s):\n    time.sleep(s)\n    return s\n",
+    )  # fmt: skip
+    project = ipshell.user_ns["p"]
+    assert project.state == "running"  # 6 x 0.2 s on 2 workers: not done yet
+    assert project.wait(timeout=60)
+    assert project.status() == (6, 6)
+
+
+def test_repeated_cells_reuse_the_executor(ipshell: Any) -> None:
+    line = "square over range(4) --workers 2 --out first"
+    ipshell.run_cell_magic("ceranubis", line, SQUARE_CELL)
+    executor = session.POOL.get(None, 2)
+    pids = sorted(info.pid for info in executor.hosts())
+    ipshell.run_cell_magic("ceranubis", line.replace("first", "second"), SQUARE_CELL)
+    assert session.POOL.get(None, 2) is executor
+    assert sorted(info.pid for info in executor.hosts()) == pids
+    assert ipshell.user_ns["second"].status() == (4, 4)
+
+
+def test_remote_traceback_shows_the_cells_own_lines(ipshell: Any) -> None:
+    cell = "def fragile(x):\n    if x == 2:\n        raise ValueError(f'bad {x}')\n    return x\n"
+    ipshell.run_cell_magic("ceranubis", "fragile over range(4) --out fr", cell)
+    project = ipshell.user_ns["fr"]
+    assert project.status()[0] == 3
+    ((args, text),) = project.errors()
+    assert tuple(args) == (2,)
+    # line 4 of the cell as the user sees it: line 1 is the %%ceranubis line
+    match = re.search(r'File "([^"]+)", line 4, in fragile\n\s+raise ValueError', text)
+    assert match, text
+    assert linecache.getline(match.group(1), 1).startswith("%%ceranubis fragile over")
+    assert "ValueError: bad 2" in text
+
+
+def test_a_failing_cell_commits_nothing(ipshell: Any) -> None:
+    result = ipshell.run_cell("%%ceranubis square over range(3) --name never\n1 / 0\n")
+    assert isinstance(result.error_in_exec, Exception)
+    assert "never" not in ipshell.user_ns
+    listing = ipshell.run_line_magic("ceranubis", "projects")
+    assert "never" not in [row[0] for row in listing.rows]
+
+
+def test_timeout_option_fails_only_the_slow_task(ipshell: Any) -> None:
+    cell = "import time\ndef nap(s):\n    time.sleep(s)\n    return s\n"
+    ipshell.run_cell_magic("ceranubis", "nap over [0.1, 0.1, 30] --timeout 1 --out naps", cell)
+    counts = ipshell.user_ns["naps"].counts()
+    assert (counts["done"], counts["failed"]) == (2, 1)
+
+
+def test_chunksize_option(ipshell: Any) -> None:
+    ipshell.run_cell_magic("ceranubis", "square over range(10) --chunksize 4 --out ch",
+                           SQUARE_CELL)  # fmt: skip
+    assert sorted(v for _a, v in ipshell.user_ns["ch"].results()) == [i * i for i in range(10)]
+
+
+def test_line_magics_hosts_projects_status_results_cancel(ipshell: Any) -> None:
+    table = ipshell.run_line_magic("ceranubis", "hosts --workers 2")
+    ((host, state, workers, python, *_rest),) = table.rows
+    assert (host, state, workers) == ("local", "ready", 2)
+    assert python.startswith("3.")
+    assert "<table" in table._repr_html_()
+
+    ipshell.run_cell_magic("ceranubis", "square over range(5) --name listed", SQUARE_CELL)
+    names = [row[0] for row in ipshell.run_line_magic("ceranubis", "projects").rows]
+    assert "listed" in names
+    status = ipshell.run_line_magic("ceranubis", "status listed")
+    assert status.status() == (5, 5)
+    assert "listed" in status._repr_html_() and "done" in repr(status)
+    results = ipshell.run_line_magic("ceranubis", "results listed")
+    assert sorted(v for _a, v in results) == [0, 1, 4, 9, 16]
+
+    ipshell.run_cell_magic(
+        "ceranubis", "nap over [0.5] * 20 --name to-cancel --no-wait --workers 2",
+        "import time\ndef nap(s):\n    time.sleep(s)\n    return s\n",
+    )  # fmt: skip
+    cancelled = ipshell.run_line_magic("ceranubis", "cancel to-cancel")
+    assert cancelled.wait(timeout=30)
+    assert cancelled.state == "cancelled"
+    assert cancelled.counts()["running"] == 0 and cancelled.counts()["pending"] == 0
+    with pytest.raises(UsageError):
+        ipshell.run_line_magic("ceranubis", "status no-such-project")
+
+
+def test_usage_line_is_in_the_error() -> None:
+    with pytest.raises(UsageError) as error:
+        parse_cell_line("nonsense")
+    assert CELL_USAGE in str(error.value)
