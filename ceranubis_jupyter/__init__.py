@@ -41,8 +41,9 @@ __all__ = [*_EXPORTS, "__version__", "load_ipython_extension", "unload_ipython_e
 
 if TYPE_CHECKING:
     from .errors import *  # noqa: F403
-    from .executor import CeranubisExecutor, TaskOptions
-    from .hosts import Host
+    from .executor import CeranubisExecutor as CeranubisExecutor
+    from .executor import TaskOptions as TaskOptions
+    from .hosts import Host as Host
 
 
 def __getattr__(name: str) -> Any:

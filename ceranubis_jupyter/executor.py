@@ -139,12 +139,14 @@ class CeranubisExecutor(Executor):
     ) -> TaskOptionsView:
         """Submit with per-task options, keeping ``submit``'s signature::
 
-            ex.options(timeout=5, priority=10).submit(fn, x)
+        ex.options(timeout=5, priority=10).submit(fn, x)
         """
         changes: dict[str, Any] = {
-            k: v for k, v in dict(
+            k: v
+            for k, v in dict(
                 timeout=timeout, priority=priority, group=group, retries=retries
-            ).items() if v is not None
+            ).items()
+            if v is not None
         }
         return TaskOptionsView(self, replace(self._defaults, **changes).validated())
 
@@ -159,8 +161,12 @@ class CeranubisExecutor(Executor):
             self._scheduler.cancel_threadsafe(ids)
 
     def commit(
-        self, fn: Callable[..., Any], args: Sequence[tuple[Any, ...]], *,
-        name: str | None = None, store: Any = None,
+        self,
+        fn: Callable[..., Any],
+        args: Sequence[tuple[Any, ...]],
+        *,
+        name: str | None = None,
+        store: Any = None,
     ) -> Project:
         """Run ``fn`` over ``args`` as a named project kept in the store; returns at once.
 
@@ -199,8 +205,17 @@ class CeranubisExecutor(Executor):
             return future
         raw = tuple(buffer.raw() for buffer in buffers)
         record = TaskRecord(
-            task_id, future, fn_id, kind, codec, payload, raw,
-            options.priority, options.timeout, options.retries, options.group,
+            task_id,
+            future,
+            fn_id,
+            kind,
+            codec,
+            payload,
+            raw,
+            options.priority,
+            options.timeout,
+            options.retries,
+            options.group,
         )
         future._ceranubis_record = record  # type: ignore[attr-defined]
         self._scheduler.submit_threadsafe(record)
@@ -215,7 +230,8 @@ class CeranubisExecutor(Executor):
         except Exception as error:
             raise UnpicklableError(
                 f"the function {_short_repr(fn)} could not be serialized with dill: "
-                f"{describe_failure(error)}") from error
+                f"{describe_failure(error)}"
+            ) from error
         fn_id = next(self._fn_ids)
         self._scheduler.add_function_threadsafe(fn_id, blob)
         self._functions[id(fn)] = (fn, fn_id)
@@ -232,12 +248,13 @@ class CeranubisExecutor(Executor):
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         end_time = None if timeout is None else timeout + time.monotonic()
-        calls = zip(*iterables)
+        calls = zip(*iterables, strict=False)  # like map(): stop at the shortest
         if chunksize == 1:
             futures = [self._submit(options, fn, p.CALL, (args, {})) for args in calls]
         else:
-            futures = [self._submit(options, fn, p.CHUNK, chunk)
-                       for chunk in _chunks(calls, chunksize)]
+            futures = [
+                self._submit(options, fn, p.CHUNK, chunk) for chunk in _chunks(calls, chunksize)
+            ]
         return _results_in_order(futures, end_time, chunked=chunksize > 1)
 
 
@@ -307,10 +324,13 @@ def _unpicklable_arguments(
         except Exception as reason:
             return UnpicklableError(
                 f"{label} of task {task_id} ({_short_repr(value)}) could not be pickled: "
-                f"{describe_failure(reason)}", task_id=task_id)
+                f"{describe_failure(reason)}",
+                task_id=task_id,
+            )
     return UnpicklableError(
         f"the arguments of task {task_id} could not be pickled: {describe_failure(error)}",
-        task_id=task_id)
+        task_id=task_id,
+    )
 
 
 def _short_repr(obj: Any, limit: int = 80) -> str:

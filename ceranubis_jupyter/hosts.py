@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from .errors import ConfigError
 from .transport import LocalTransport, Transport
@@ -54,8 +54,14 @@ class Host:
         if not python or any(c in python for c in "\n\0"):
             raise ConfigError(f"{address}: python must be a path or command name")
         for name, value in dict(
-            address=address, workers=workers, python=python, group=group,
-            connect_options=dict(connect_options), user=user, port=port, hostname=hostname,
+            address=address,
+            workers=workers,
+            python=python,
+            group=group,
+            connect_options=dict(connect_options),
+            user=user,
+            port=port,
+            hostname=hostname,
         ).items():
             object.__setattr__(self, name, value)
 
@@ -68,7 +74,7 @@ class Host:
         return hash((self.address, self.workers, self.python, self.group))
 
 
-HostSpec = Union[str, Host]
+HostSpec = str | Host
 
 
 def parse_address(address: str) -> tuple[str | None, str, int | None]:
@@ -82,8 +88,8 @@ def parse_address(address: str) -> tuple[str | None, str, int | None]:
     match = _SPEC.match(address.strip())
     if match is None:
         raise ConfigError(
-            f"bad host spec {address!r}: use 'local', an ssh alias, 'user@host' or "
-            "'user@host:port'")
+            f"bad host spec {address!r}: use 'local', an ssh alias, 'user@host' or 'user@host:port'"
+        )
     port = int(match["port"]) if match["port"] else None
     if port is not None and not 0 < port < 65536:
         raise ConfigError(f"bad port in host spec {address!r}")

@@ -17,6 +17,7 @@ Stdlib + dill only: the client ships this file to bare hosts (see ``bootstrap``)
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import selectors
@@ -402,10 +403,8 @@ def _status_result(task_id: int, status: int, info: dict[str, int]) -> p.Result:
 
 
 def _kill(pid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def _reap(pid: int) -> int:

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 from .errors import LocalProtocolError, RemoteProtocolError, VersionMismatch
 
@@ -40,7 +40,7 @@ _COUNT = struct.Struct("!I")
 _LENGTH = struct.Struct("!Q")
 _FN_HEAD = struct.Struct("!I")
 
-Buffer = Union[bytes, bytearray, memoryview]
+Buffer = bytes | bytearray | memoryview
 
 # Task kinds
 CALL = 0  # payload is (args, kwargs)
@@ -163,9 +163,18 @@ class NodeFailure:
     message: str
 
 
-Message = Union[
-    Hello, Configure, Function, Tasks, Results, Heartbeat, Load, Cancel, Shutdown, NodeFailure
-]
+Message = (
+    Hello
+    | Configure
+    | Function
+    | Tasks
+    | Results
+    | Heartbeat
+    | Load
+    | Cancel
+    | Shutdown
+    | NodeFailure
+)
 
 _JSON_KINDS: dict[int, type] = {
     1: Hello,
@@ -199,7 +208,7 @@ _OPENER = {CLIENT: Hello, NODE: Configure}
 
 
 class Connection:
-    """One side of a client–node conversation, with its state machine."""
+    """One side of a client-node conversation, with its state machine."""
 
     def __init__(self, role: str) -> None:
         if role not in _PEER:
@@ -409,7 +418,7 @@ def decode_body(kind: int, body: bytes) -> Message:
         if kind in _JSON_KINDS:
             return _decode_json(_JSON_KINDS[kind], body)
         reader = _Reader(body)
-        message = _BINARY_DECODERS[kind](reader)
+        message: Message = _BINARY_DECODERS[kind](reader)
         reader.expect_end()
         return message
     except RemoteProtocolError:
@@ -531,7 +540,7 @@ def _decode_results(reader: _Reader) -> Results:
     results = []
     for _ in range(reader.count()):
         task_id, status, codec, n_buffers, output_length = reader.unpack(_RESULT_HEAD)
-        _check_choice("result status", status, (OK, RAISED, CRASHED, UNPICKLABLE, TIMED_OUT, CANCELLED))
+        _check_choice("result status", status, _STATUSES)
         _check_choice("codec", codec, (PICKLE, DILL))
         output = bytes(reader.take(output_length)).decode("utf-8", "replace")
         payload = reader.buffer()
@@ -540,12 +549,15 @@ def _decode_results(reader: _Reader) -> Results:
     return Results(tuple(results))
 
 
+_STATUSES = (OK, RAISED, CRASHED, UNPICKLABLE, TIMED_OUT, CANCELLED)
+
+
 def _check_choice(what: str, value: int, choices: Iterable[int]) -> None:
     if value not in choices:
         raise RemoteProtocolError(f"unknown {what} {value}")
 
 
-_BINARY_DECODERS = {
+_BINARY_DECODERS: dict[int, Callable[[_Reader], Message]] = {
     _FUNCTION: _decode_function,
     _TASKS: _decode_tasks,
     _RESULTS: _decode_results,

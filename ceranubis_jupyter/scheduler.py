@@ -6,7 +6,7 @@
     ─────────────                     ─────────────────────────                 ─────
     submit() ─► TaskRecord ─► incoming ─► pending (heap by priority) ─► NodeLink ─► node
                 (deque; one wake-up       │  dispatch while a node       │ credit =
-                 per burst)               │  has credit                  │ workers×prefetch
+                 per burst)               │  has credit                  │ workers*prefetch
     Future ◄──── set_result / exception ◄─┴──────── Results ◄────────────┘
 
 How it works:
@@ -104,7 +104,12 @@ class TaskRecord:
 
     def as_task(self) -> p.Task:
         return p.Task(
-            self.task_id, self.fn_id, self.kind, self.codec, self.payload, self.buffers,
+            self.task_id,
+            self.fn_id,
+            self.kind,
+            self.codec,
+            self.payload,
+            self.buffers,
             self.timeout,
         )
 
@@ -244,7 +249,12 @@ class NodeLink:
         workers = self.transport.workers or hello.cores
         self._send(p.Configure(p.PROTOCOL_VERSION, workers, HEARTBEAT_INTERVAL, SILENCE_TIMEOUT))
         self.info = HostInfo(
-            self.host, "ready", workers, hello.python, hello.hostname, hello.pid,
+            self.host,
+            "ready",
+            workers,
+            hello.python,
+            hello.hostname,
+            hello.pid,
             done=self.info.done,
         )
         self.capacity = workers * CREDIT_PER_WORKER
@@ -266,8 +276,9 @@ class NodeLink:
         if theirs != ours:
             raise VersionMismatchOnHost(
                 self.host,
-                f"remote Python is {hello.python} but the client runs {ours}; functions travel "
-                f"by value and need the same major.minor: give Host(..., python=...) a python{ours}",
+                f"remote Python is {hello.python} but the client runs {ours}; functions "
+                "travel by value and need the same major.minor: point Host(..., python=...) "
+                f"at a python{ours}",
             )
 
     async def _next_message(self) -> p.Message:
@@ -312,8 +323,11 @@ class NodeLink:
             await asyncio.sleep(HEARTBEAT_INTERVAL)
             now = time.monotonic()
             if now - self.last_heard > SILENCE_TIMEOUT:
-                log.warning("[host=%s] silent for %.0f s: declaring it lost", self.host,
-                            now - self.last_heard)
+                log.warning(
+                    "[host=%s] silent for %.0f s: declaring it lost",
+                    self.host,
+                    now - self.last_heard,
+                )
                 if self.channel is not None:
                     await self.channel.close()
                 return
@@ -561,14 +575,24 @@ class Scheduler:
             self._crashed(link, record, result)
         elif status == p.UNPICKLABLE:
             text = bytes(result.payload).decode("utf-8", "replace")
-            self._fail(record, UnpicklableError(
-                f"task {record.task_id} on {link.host}: {text}",
-                host=link.host, task_id=record.task_id))
+            self._fail(
+                record,
+                UnpicklableError(
+                    f"task {record.task_id} on {link.host}: {text}",
+                    host=link.host,
+                    task_id=record.task_id,
+                ),
+            )
         elif status == p.TIMED_OUT:
-            self._fail(record, TaskTimeout(
-                f"task {record.task_id} on {link.host} ran longer than its timeout of "
-                f"{record.timeout:g} s; its worker was killed and replaced",
-                host=link.host, task_id=record.task_id))
+            self._fail(
+                record,
+                TaskTimeout(
+                    f"task {record.task_id} on {link.host} ran longer than its timeout of "
+                    f"{record.timeout:g} s; its worker was killed and replaced",
+                    host=link.host,
+                    task_id=record.task_id,
+                ),
+            )
         else:
             self._fail(record, CancelledError(f"task {record.task_id} was cancelled"))
 
@@ -576,10 +600,15 @@ class Scheduler:
         try:
             value = loads(result.codec, result.payload, result.buffers)
         except Exception as error:
-            self._fail(record, UnpicklableError(
-                f"the result of task {record.task_id} from {link.host} could not be unpickled "
-                f"here: {type(error).__name__}: {error}",
-                host=link.host, task_id=record.task_id))
+            self._fail(
+                record,
+                UnpicklableError(
+                    f"the result of task {record.task_id} from {link.host} could not be unpickled "
+                    f"here: {type(error).__name__}: {error}",
+                    host=link.host,
+                    task_id=record.task_id,
+                ),
+            )
             return
         link.info.done += 1
         self._finished(record)
@@ -592,16 +621,19 @@ class Scheduler:
         record.attempts += 1
         how = describe_exit(exitcode)
         if record.attempts <= record.retries:
-            log.warning("[host=%s task=%d] worker died (%s); retrying", link.host,
-                        record.task_id, how)
+            log.warning(
+                "[host=%s task=%d] worker died (%s); retrying", link.host, record.task_id, how
+            )
             self._requeue(record)
             return
         message = (
             f"worker {info.get('pid', '?')} on {link.host} died with {how} while running "
             f"task {record.task_id} ({record.attempts} attempts); {crash_advice(exitcode)}"
         )
-        self._fail(record, WorkerCrashed(
-            message, host=link.host, task_id=record.task_id, exitcode=exitcode))
+        self._fail(
+            record,
+            WorkerCrashed(message, host=link.host, task_id=record.task_id, exitcode=exitcode),
+        )
 
     def requeue_lost(self, link: NodeLink, records: list[TaskRecord]) -> None:
         """A node went away: its in-flight tasks go back to pending (within their retries)."""
@@ -611,9 +643,14 @@ class Scheduler:
             if record.attempts <= record.retries + 1:
                 self._requeue(record)
             else:
-                self._fail(record, NodeLost(
-                    link.host, f"task {record.task_id} was lost with its node "
-                    f"{record.attempts} times; giving up"))
+                self._fail(
+                    record,
+                    NodeLost(
+                        link.host,
+                        f"task {record.task_id} was lost with its node "
+                        f"{record.attempts} times; giving up",
+                    ),
+                )
         self._dispatch()
 
     def _requeue(self, record: TaskRecord) -> None:
@@ -657,8 +694,11 @@ class Scheduler:
         kept = []
         for entry in self.pending:
             if entry.record.task_id in task_ids:
-                entry.record.future.cancel() or entry.record.future.set_exception(
-                    CancelledError(f"task {entry.record.task_id} was cancelled"))
+                future = entry.record.future
+                if not future.cancel() and not future.done():
+                    future.set_exception(
+                        CancelledError(f"task {entry.record.task_id} was cancelled")
+                    )
                 self._finished(entry.record)
             else:
                 kept.append(entry)
@@ -673,7 +713,7 @@ class Scheduler:
         outcomes = await asyncio.gather(
             *(link.close() for link in self.links), return_exceptions=True
         )
-        for link, outcome in zip(self.links, outcomes):
+        for link, outcome in zip(self.links, outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 log.error("[host=%s] closing the node failed: %r", link.host, outcome)
         self._break(BrokenCeranubisExecutor("the executor was shut down"))
@@ -692,14 +732,20 @@ def _user_exception(host: str, record: TaskRecord, result: p.Result) -> BaseExce
     except Exception as error:
         return TaskError(
             f"task {record.task_id} on {host} raised an exception that could not be "
-            f"unpickled here: {type(error).__name__}: {error}", host=host, task_id=record.task_id)
-    header = f'Remote traceback of task {record.task_id} on {host}:'
+            f"unpickled here: {type(error).__name__}: {error}",
+            host=host,
+            task_id=record.task_id,
+        )
+    header = f"Remote traceback of task {record.task_id} on {host}:"
     cause = RemoteTraceback(remote.format(header))
     exception = remote.exception
     if exception is None:
         exception = TaskError(
             f"task {record.task_id} on {host} raised {remote.type_name}: {remote.message} "
-            "(the exception itself could not be pickled)", host=host, task_id=record.task_id)
+            "(the exception itself could not be pickled)",
+            host=host,
+            task_id=record.task_id,
+        )
     exception.__cause__ = cause
     return exception
 

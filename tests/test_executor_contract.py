@@ -167,7 +167,7 @@ def test_future_cancel_of_pending_work(hosts: Any) -> None:
 
 def test_map_keeps_order_over_several_iterables(ex: CeranubisExecutor) -> None:
     assert list(ex.map(add, range(100), range(100, 200))) == [
-        a + b for a, b in zip(range(100), range(100, 200))
+        a + b for a, b in zip(range(100), range(100, 200), strict=True)
     ]
 
 
