@@ -378,6 +378,15 @@ def _exposed(server: Any, home: SSHHome, alias: str) -> Iterator[Any]:
         server.stop()
 
 
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A loopback port whose kernel accepts connections that no program ever answers."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        yield sock.getsockname()[1]
+
+
 def reset_cache(cache: Path) -> None:
     """Empty a server's bundle cache (the next node start is cold)."""
     shutil.rmtree(cache, ignore_errors=True)

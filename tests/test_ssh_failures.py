@@ -8,9 +8,7 @@ stops the others; with no usable host at all the executor says so.
 
 from __future__ import annotations
 
-import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -85,17 +83,8 @@ def test_closed_port_is_unreachable(ssh_env: SSHHome) -> None:
     assert "cannot connect" in str(error) and f"ssh {address}" in str(error)
 
 
-@pytest.fixture
-def silent_listener() -> Iterator[int]:
-    """A TCP port whose kernel accepts connections that no program ever answers."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(8)
-        yield sock.getsockname()[1]
-
-
-def test_a_server_that_never_answers_times_out(ssh_env: SSHHome, silent_listener: int) -> None:
-    address = f"127.0.0.1:{silent_listener}"
+def test_a_server_that_never_answers_times_out(ssh_env: SSHHome, silent_port: int) -> None:
+    address = f"127.0.0.1:{silent_port}"
     started = time.monotonic()
     error = only_error([Host(address, connect_timeout=1)])
     assert time.monotonic() - started < 10
