@@ -1,0 +1,235 @@
+"""Projects in one process, against both store back ends: commit, read, cancel, resume."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from ceranubis_jupyter import CeranubisExecutor
+from ceranubis_jupyter.errors import ConfigError, StoreError
+from ceranubis_jupyter.project import (
+    Project,
+    commit_function,
+    commit_project,
+    list_projects,
+    remove_project,
+)
+from ceranubis_jupyter.store import open_store
+
+CODE = """
+import time
+
+class Point:
+    def __init__(self, x):
+        self.x = x
+
+def work(x, delay=0.0):
+    time.sleep(delay)
+    print("working on", x)
+    if x == 7:
+        raise ValueError(f"seven is bad")
+    return x * x + 1
+"""
+
+# Seconds any project in these tests may take (each is a few seconds at most).
+DEADLINE = 60
+
+
+def expected(x: int) -> int:
+    return x * x + 1
+
+
+def wait_for(predicate: object, timeout: float = DEADLINE) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def test_commit_project_records_every_result(store_url: str) -> None:
+    args = [(x,) for x in range(20) if x != 7]
+    project = commit_project(CODE, "work", args, store=store_url, name="squares")
+    assert project.wait(DEADLINE)
+    assert project.state == "done"
+    assert project.status() == (19, 19)
+    assert project.results() == [((x,), expected(x)) for (x,) in args]
+    assert project.errors() == []
+    again = Project.load("squares", open_store(store_url))  # as another process sees it
+    assert again is not project
+    assert (again.state, again.status(), again.target) == ("done", (19, 19), "work")
+    assert again.results() == project.results()
+    assert again.hosts == [] and again.code == CODE
+    assert len(again.recent(3)) == 3 and set(again.recent(3)) <= set(project.results())
+    assert {host for host, _ in again.outputs(50)} == {"local"}
+    assert any(line.startswith("working on") for _, line in again.outputs(5))
+    assert again.elapsed() > 0
+
+
+def test_failures_keep_the_remote_traceback(store_url: str) -> None:
+    project = commit_project(CODE, "work", [(6,), (7,), (8,)], store=store_url)
+    assert project.wait(DEADLINE)
+    assert project.state == "failed"
+    assert project.status() == (2, 3)
+    [(args, text)] = project.errors()
+    assert args == (7,)
+    assert "ValueError: seven is bad" in text and 'raise ValueError(f"seven is bad")' in text
+    assert project.results() == [((6,), 37), ((8,), 65)]
+    loaded = Project.load(project.name, open_store(store_url))
+    assert loaded.recent_errors(1) == [((7,), text)]
+
+
+def test_chunks_and_listeners(store_url: str) -> None:
+    calls: list[int] = []
+    with CeranubisExecutor() as executor:
+        project = commit_function(
+            executor,
+            lambda a, b: a * b,
+            [(a, 3) for a in range(10)],
+            store=store_url,
+            chunksize=4,
+        )
+        project.add_listener(lambda p: calls.append(p.status()[0]))
+        assert project.wait(DEADLINE)
+        assert project.results() == [((a, 3), a * 3) for a in range(10)]
+        assert project.state == "done"
+        assert list(executor.map(abs, [-1])) == [1]  # not ours: still running
+    assert len(calls) >= 1 and max(calls) <= 10
+
+
+def test_executor_commit_stores_the_function(store_url: str) -> None:
+    offset = 100
+
+    def shifted(x: int) -> int:
+        return x + offset
+
+    with CeranubisExecutor() as executor:
+        project = executor.commit(shifted, [(1,), (2,)], name="shift", store=store_url)
+        assert project.executor is executor or project.wait(DEADLINE)
+        assert project.wait(DEADLINE)
+    assert project.results() == [((1,), 101), ((2,), 102)]
+    assert project.executor is None
+    assert "def shifted" in project.code and project.hosts == ["local"]
+
+
+def test_cancel_stops_and_keeps_finished(store_url: str) -> None:
+    args = [(x, 0.2) for x in range(40) if x != 7]
+    project = commit_project(CODE, "work", args, store=store_url)
+    wait_for(lambda: project.status()[0] >= 4)
+    started = time.monotonic()
+    project.cancel()
+    assert time.monotonic() - started < 10
+    assert project.state == "cancelled"
+    counts = project.counts()
+    assert counts["pending"] == counts["running"] == counts["failed"] == 0
+    assert counts["done"] >= 4 and counts["cancelled"] > 0
+    assert counts["done"] + counts["cancelled"] == len(args)
+    results = project.results()
+    assert len(results) == counts["done"]
+    assert [a for a, _ in results] == [a for a in args if a in dict(results)]  # in order
+    assert all(result == expected(x) for (x, _), result in results)
+    assert project.wait(1)
+
+
+def test_cancel_from_another_process_view(store_url: str) -> None:
+    project = commit_project(CODE, "work", [(x, 0.2) for x in range(30)], store=store_url)
+    wait_for(lambda: project.status()[0] >= 2)
+    elsewhere = Project.load(project.name, open_store(store_url))
+    assert elsewhere is not project and elsewhere.state == "running"
+    elsewhere.cancel()
+    assert project.wait(DEADLINE)  # the live run notices within a heartbeat
+    assert project.state == "cancelled" and elsewhere.state == "cancelled"
+    assert project.counts()["pending"] == 0
+
+
+def test_stopped_then_resumed_in_process(store_url: str) -> None:
+    executor = CeranubisExecutor()
+    args = [(x, 0.05) for x in range(30) if x != 7]
+    project = commit_function(executor, _slow_square, args, store=store_url, name="halted")
+    wait_for(lambda: project.status()[0] >= 5)
+    executor.shutdown(wait=True, cancel_futures=True)
+    assert project.wait(DEADLINE) is False
+    assert project.state == "stopped"
+    done_before = dict(project.results())
+    assert 5 <= len(done_before) < len(args)
+    project.resume()
+    assert project.wait(DEADLINE)
+    assert project.state == "done"
+    results = project.results()
+    assert [a for a, _ in results] == args
+    assert all(r == x * x for (x, _), r in results)
+    assert all(dict(results)[a] == r for a, r in done_before.items())
+
+
+def _slow_square(x: int, delay: float) -> int:
+    time.sleep(delay)
+    return x * x
+
+
+def test_default_names_are_unique_identifiers(store_url: str) -> None:
+    first = commit_project(CODE, "work", [(1,)], store=store_url)
+    second = commit_project(CODE, "work", [(2,)], store=store_url)
+    assert (first.name, second.name) == ("work_1", "work_2")
+    assert first.wait(DEADLINE) and second.wait(DEADLINE)
+    summaries = list_projects(store_url)
+    assert [(s.name, s.state, s.done, s.total) for s in summaries] == [
+        ("work_1", "done", 1, 1),
+        ("work_2", "done", 1, 1),
+    ]
+    remove_project("work_1", store_url)
+    assert [s.name for s in list_projects(store_url)] == ["work_2"]
+    with pytest.raises(ConfigError, match="no project 'work_1'"):
+        Project.load("work_1", store_url)
+
+
+@pytest.mark.parametrize(
+    ("code", "target", "args", "message"),
+    [
+        (CODE, "work", 5, "args must be a list of tuples"),
+        (CODE, "work", [1, 2], r"item 0 is 1 \(int\); write \(1,\)"),
+        (CODE, "work", [], "args is empty"),
+        ("def work(x:\n  return x", "work", [(1,)], "does not compile"),
+        (CODE, "nothing", [(1,)], "defines no function named 'nothing'; it defines: work"),
+        ("raise RuntimeError('at import')", "work", [(1,)], "running the project code raised"),
+        (CODE, "work", [((i for i in range(3)),)], "args item 0 cannot be pickled"),
+    ],
+)
+def test_bad_input_fails_before_anything_is_stored(
+    tmp_path: Path, code: str, target: str, args: object, message: str
+) -> None:
+    store = str(tmp_path / "projects.sqlite")
+    with pytest.raises(ConfigError, match=message):
+        commit_project(code, target, args, store=store)  # type: ignore[arg-type]
+    assert list_projects(store) == []
+
+
+def test_duplicate_and_bad_names(tmp_path: Path) -> None:
+    store = str(tmp_path / "projects.sqlite")
+    project = commit_project(CODE, "work", [(1,)], name="same", store=store)
+    assert project.wait(DEADLINE)
+    with pytest.raises(ConfigError, match="a project named 'same' already exists"):
+        commit_project(CODE, "work", [(2,), (3,)], name="same", store=store)
+    for bad in ("", "12", "has space", "x" * 101):
+        with pytest.raises(ConfigError, match="bad project name"):
+            commit_project(CODE, "work", [(1,)], name=bad, store=store)
+    assert [(s.name, s.total) for s in list_projects(store)] == [("same", 1)]
+
+
+def test_unusable_stores_fail_before_running(tmp_path: Path) -> None:
+    corrupt = tmp_path / "corrupt.sqlite"
+    corrupt.write_bytes(b"garbage" * 1000)
+    with pytest.raises(StoreError, match="not a SQLite database"):
+        commit_project(CODE, "work", [(1,)], store=str(corrupt))
+    with pytest.raises(StoreError, match="cannot reach the project store"):
+        commit_project(CODE, "work", [(1,)], store="postgresql://nobody@127.0.0.1:1/none")
+
+
+def test_resume_refuses_a_live_project(store_url: str) -> None:
+    project = commit_project(CODE, "work", [(x, 0.1) for x in range(20)], store=store_url)
+    elsewhere = Project.load(project.name, open_store(store_url))
+    with pytest.raises(StoreError, match="is still running"):
+        elsewhere.resume()
+    with pytest.raises(ConfigError, match="already running in this process"):
+        project.resume()
+    project.cancel()
