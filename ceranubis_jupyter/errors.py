@@ -6,7 +6,7 @@
     ├── ConfigError(CeranubisError, ValueError)      bad host spec / option
     ├── ProtocolError ─ LocalProtocolError | RemoteProtocolError ─ VersionMismatch
     ├── HostError(.host) ─ HostUnreachable | HostKeyError | AuthError
-    │                     | BootstrapError | NodeLost
+    │                     | BootstrapError | HostVersionMismatch | NodeLost
     ├── TaskError(.host, .task_id) ─ WorkerCrashed | TaskTimeout | UnpicklableError
     ├── StoreError
     └── BrokenCeranubisExecutor(CeranubisError, BrokenExecutor)
@@ -79,6 +79,12 @@ class AuthError(HostError):
 
 class BootstrapError(HostError):
     """The node could not be started on the host (no python, old python, no disk)."""
+
+    transient = False
+
+
+class HostVersionMismatch(HostError):
+    """A host's Python or protocol version cannot work with the client's."""
 
     transient = False
 

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import protocol as p
 from .errors import ConfigError, UnpicklableError
-from .hosts import HostSpec, transports_for
+from .hosts import Host, HostSpec, as_host, transports_for
+from .link import SILENCE_TIMEOUT
 from .scheduler import DEFAULT_RETRIES, HostInfo, Scheduler, TaskRecord
 from .serialize import describe_failure, dumps, dumps_function
 
@@ -59,6 +60,8 @@ class CeranubisExecutor(Executor):
             :class:`~ceranubis_jupyter.hosts.Host`.
         max_workers: worker processes for the embedded default (default: all cores).
         retries: times a task is re-run after its worker or node died under it.
+        heartbeat_timeout: seconds of silence after which a host counts as lost (its tasks
+            are re-queued) and after which a node gives up on a silent client.
 
     Raises:
         ConfigError: ``max_workers`` is not a positive integer or a host spec is bad.
@@ -75,12 +78,16 @@ class CeranubisExecutor(Executor):
         *,
         max_workers: int | None = None,
         retries: int = DEFAULT_RETRIES,
+        heartbeat_timeout: float = SILENCE_TIMEOUT,
     ) -> None:
         if max_workers is not None and (not isinstance(max_workers, int) or max_workers <= 0):
             raise ConfigError(f"max_workers must be a positive integer, got {max_workers!r}")
         self._defaults = TaskOptions(retries=retries).validated()
         self._transports = transports_for(hosts, max_workers)
-        self._scheduler = Scheduler(self._transports)
+        if heartbeat_timeout <= 0:
+            raise ConfigError(f"heartbeat_timeout must be > 0 seconds, got {heartbeat_timeout}")
+        self._max_workers = max_workers
+        self._scheduler = Scheduler(self._transports, silence_timeout=heartbeat_timeout)
         self._functions: dict[int, tuple[Callable[..., Any], int]] = {}
         self._fn_ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -153,6 +160,26 @@ class CeranubisExecutor(Executor):
     def hosts(self) -> list[HostInfo]:
         """The state of every host: workers, python, load, CPU, memory, tasks done."""
         return self._scheduler.hosts_threadsafe()
+
+    def add_hosts(self, hosts: Sequence[HostSpec] | HostSpec) -> None:
+        """Start nodes on more hosts; they take work as soon as they are up."""
+        self._check_open()
+        self._scheduler.add_hosts_threadsafe(transports_for(hosts, self._max_workers))
+
+    def remove_hosts(self, hosts: Sequence[HostSpec] | HostSpec, *, drain: bool = True) -> None:
+        """Stop using hosts (by the spec they were given with).
+
+        With ``drain=True`` their running tasks finish there first; otherwise those tasks
+        are re-queued to the other hosts at once. Returns when the nodes are gone.
+        """
+        self._check_open()
+        specs = [hosts] if isinstance(hosts, (str, Host)) else list(hosts)
+        names = [as_host(spec).address for spec in specs]
+        self._scheduler.remove_hosts_threadsafe(names, drain)
+
+    def _check_open(self) -> None:
+        if self._shutdown:
+            raise RuntimeError("the executor is shut down")
 
     def cancel(self, futures: Iterable[Future[Any]]) -> None:
         """Stop these futures' tasks wherever they are, running ones included."""

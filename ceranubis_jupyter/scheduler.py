@@ -31,380 +31,38 @@ import heapq
 import itertools
 import json
 import logging
-import sys
 import threading
 import time
-from collections.abc import Callable, Coroutine, Sequence
-from concurrent.futures import CancelledError, Future
+from collections.abc import Sequence
+from concurrent.futures import CancelledError
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from . import protocol as p
 from .errors import (
     BrokenCeranubisExecutor,
     CeranubisError,
+    ConfigError,
     HostError,
+    HostVersionMismatch,
     NodeLost,
     NoHostsAvailable,
-    ProtocolError,
     RemoteTraceback,
     TaskError,
     TaskTimeout,
     UnpicklableError,
-    VersionMismatch,
     WorkerCrashed,
     crash_advice,
     describe_exit,
 )
+from .link import CREDIT_PER_WORKER, SILENCE_TIMEOUT, HostInfo, NodeLink
+from .loopthread import LoopThread
 from .serialize import RemoteException, loads
-from .transport import Channel, Transport
+from .tasks import DEFAULT_RETRIES, TaskListener, TaskRecord
+from .transport import Transport
 
 log = logging.getLogger("ceranubis")
 T = TypeVar("T")
-
-# Tasks in flight per worker of a node: enough to hide a network round trip behind work,
-# few enough that a slow host does not hoard the tail of a sweep.
-CREDIT_PER_WORKER = 16
-# Seconds to start a node and get its Hello before the host counts as failed.
-START_TIMEOUT = 30.0
-# Seconds between our heartbeats to a node.
-HEARTBEAT_INTERVAL = 1.0
-# Seconds of silence after which a node is declared lost (and a node gives up on us).
-SILENCE_TIMEOUT = 10.0
-# Restart attempts for a node that keeps dying, and the first backoff delay (doubling).
-MAX_RESTARTS = 5
-RESTART_BACKOFF = 0.2
-# Default times a task is re-run after its worker or node died under it.
-DEFAULT_RETRIES = 2
-
-
-@dataclass
-class TaskRecord:
-    """A task as the client tracks it, from submit to result."""
-
-    task_id: int
-    future: Future[Any]
-    fn_id: int
-    kind: int
-    codec: int
-    payload: bytes
-    buffers: tuple[p.Buffer, ...] = ()
-    priority: int = 0
-    timeout: float = 0.0
-    retries: int = DEFAULT_RETRIES
-    group: str | None = None
-    attempts: int = 0
-    host: str | None = None
-    started: float = 0.0
-    finished: float = 0.0
-    output: str = ""
-
-    def __lt__(self, other: TaskRecord) -> bool:
-        return self.task_id < other.task_id
-
-    def as_task(self) -> p.Task:
-        return p.Task(
-            self.task_id,
-            self.fn_id,
-            self.kind,
-            self.codec,
-            self.payload,
-            self.buffers,
-            self.timeout,
-        )
-
-
-TaskListener = Callable[[TaskRecord], None]
-
-
-class LoopThread:
-    """An asyncio event loop running in a daemon thread."""
-
-    def __init__(self, name: str = "ceranubis-loop") -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
-
-    def call_threadsafe(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Schedule ``fn(*args)`` on the loop from any thread."""
-        self.loop.call_soon_threadsafe(fn, *args)
-
-    def run_threadsafe(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
-        """Run a coroutine on the loop; returns a concurrent future for its result."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
-
-    def stop(self) -> None:
-        """Stop the loop and join its thread (from any thread but the loop's)."""
-        if self.loop.is_closed():
-            return
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        if threading.current_thread() is not self.thread:
-            self.thread.join(timeout=10)
-            if not self.thread.is_alive():
-                self.loop.close()
-
-
-@dataclass
-class HostInfo:
-    """What the client knows about one connected node (for ``%ceranubis hosts``, widget)."""
-
-    host: str
-    state: str = "starting"
-    workers: int = 0
-    python: str = ""
-    hostname: str = ""
-    pid: int = 0
-    busy: int = 0
-    loadavg: float = 0.0
-    cpu_percent: float = 0.0
-    memory_percent: float = 0.0
-    done: int = 0
-    error: str = ""
-
-
-class NodeLink:
-    """The client end of one node: handshake, reading, writing, credit, restarts."""
-
-    def __init__(self, scheduler: Scheduler, transport: Transport) -> None:
-        self.scheduler = scheduler
-        self.transport = transport
-        self.host = transport.host
-        self.info = HostInfo(self.host)
-        self.channel: Channel | None = None
-        self.conn = p.Connection(p.CLIENT)
-        self.capacity = 0
-        self.inflight: dict[int, TaskRecord] = {}
-        self.sent_functions: set[int] = set()
-        self.last_heard = 0.0
-        self.last_sent = 0.0
-        self.ready = False
-        self.ever_ready = False
-        self.dead = False
-        self.closing = False
-        self.task: asyncio.Task[None] | None = None
-
-    @property
-    def free(self) -> int:
-        """Tasks this node can take now."""
-        return self.capacity - len(self.inflight) if self.ready else 0
-
-    # ------------------------------------------------------------------ lifecycle
-
-    async def run(self) -> None:
-        """Keep a node running on this host until closed; restart it when it dies."""
-        failures = 0
-        while not self.closing:
-            try:
-                await self._session()
-                failures = 0
-            except HostError as error:
-                if self.closing:
-                    break
-                failures += 1
-                self._record_failure(error, failures)
-                if not (self.ever_ready and error.transient) or failures > MAX_RESTARTS:
-                    self.dead = True
-                    self.scheduler.on_link_dead(self)
-                    return
-                await asyncio.sleep(RESTART_BACKOFF * 2 ** (failures - 1))
-
-        self.info.state = "closed"
-
-    def _record_failure(self, error: HostError, failures: int) -> None:
-        self.info.state = "failed"
-        self.info.error = str(error)
-        self.scheduler.on_node_failed(self, error)
-        log.warning("[host=%s] %s (attempt %d)", self.host, error, failures)
-
-    async def _session(self) -> None:
-        self.conn = p.Connection(p.CLIENT)
-        self.sent_functions = set()
-        self.channel = await self._start_channel()
-        try:
-            if self.closing:
-                return
-            await self._handshake()
-            await self._serve()
-        finally:
-            self._lost_inflight()
-            await self._close_channel()
-
-    async def _start_channel(self) -> Channel:
-        try:
-            return await asyncio.wait_for(self.transport.start(), START_TIMEOUT)
-        except asyncio.TimeoutError:
-            raise NodeLost(self.host, f"node did not start within {START_TIMEOUT:.0f} s") from None
-        except HostError:
-            raise
-        except Exception as error:  # OSError from exec, asyncssh errors not mapped yet
-            raise NodeLost(self.host, f"could not start a node: {error}") from error
-
-    async def _handshake(self) -> None:
-        hello = await asyncio.wait_for(self._first_message(), START_TIMEOUT)
-        self._check_hello(hello)
-        workers = self.transport.workers or hello.cores
-        self._send(p.Configure(p.PROTOCOL_VERSION, workers, HEARTBEAT_INTERVAL, SILENCE_TIMEOUT))
-        self.info = HostInfo(
-            self.host,
-            "ready",
-            workers,
-            hello.python,
-            hello.hostname,
-            hello.pid,
-            done=self.info.done,
-        )
-        self.capacity = workers * CREDIT_PER_WORKER
-        self.ready = True
-        self.ever_ready = True
-        self.scheduler.on_node_ready(self)
-
-    async def _first_message(self) -> p.Hello:
-        while True:
-            message = await self._next_message()
-            if isinstance(message, p.Hello):
-                return message
-            if isinstance(message, p.NodeFailure):
-                raise NodeLost(self.host, f"node failed to start: {message.message}")
-
-    def _check_hello(self, hello: p.Hello) -> None:
-        ours = f"{sys.version_info.major}.{sys.version_info.minor}"
-        theirs = ".".join(hello.python.split(".")[:2])
-        if theirs != ours:
-            raise VersionMismatchOnHost(
-                self.host,
-                f"remote Python is {hello.python} but the client runs {ours}; functions "
-                "travel by value and need the same major.minor: point Host(..., python=...) "
-                f"at a python{ours}",
-            )
-
-    async def _next_message(self) -> p.Message:
-        """Read until a whole message arrives; EOF and garbage become :class:`NodeLost`."""
-        while True:
-            try:
-                message = self.conn.next_event()
-            except ProtocolError as error:
-                raise self._garbage(error) from error
-            if message is not None:
-                return message
-            if self.channel is None:
-                raise NodeLost(self.host, "node channel closed")
-            data = await self.channel.read()
-            self.last_heard = time.monotonic()
-            if not data:
-                raise NodeLost(self.host, self._eof_reason())
-            self.conn.receive_data(data)
-
-    def _garbage(self, error: ProtocolError) -> HostError:
-        if isinstance(error, VersionMismatch):
-            return VersionMismatchOnHost(self.host, str(error))
-        log.error("[host=%s] %s: dropping the node", self.host, error)
-        return NodeLost(self.host, f"sent a malformed frame ({error}); node dropped")
-
-    def _eof_reason(self) -> str:
-        tail = self.channel.stderr_tail() if self.channel else ""
-        detail = f"; its last words: {tail[-500:]}" if tail else ""
-        return f"node connection closed{detail}"
-
-    async def _serve(self) -> None:
-        heartbeat = asyncio.ensure_future(self._heartbeat())
-        try:
-            while True:
-                message = await self._next_message()
-                self._on_message(message)
-        finally:
-            heartbeat.cancel()
-
-    async def _heartbeat(self) -> None:
-        while True:
-            await asyncio.sleep(HEARTBEAT_INTERVAL)
-            now = time.monotonic()
-            if now - self.last_heard > SILENCE_TIMEOUT:
-                log.warning(
-                    "[host=%s] silent for %.0f s: declaring it lost",
-                    self.host,
-                    now - self.last_heard,
-                )
-                if self.channel is not None:
-                    await self.channel.close()
-                return
-            if now - self.last_sent >= HEARTBEAT_INTERVAL:
-                self._send(p.Heartbeat())
-
-    def _on_message(self, message: p.Message) -> None:
-        if isinstance(message, p.Results):
-            self.scheduler.on_results(self, message.results)
-        elif isinstance(message, p.Load):
-            self._on_load(message)
-        elif isinstance(message, p.NodeFailure):
-            raise NodeLost(self.host, f"node gave up: {message.message}")
-
-    def _on_load(self, load: p.Load) -> None:
-        self.info.busy = load.busy
-        self.info.loadavg = load.loadavg
-        self.info.cpu_percent = load.cpu_percent
-        self.info.memory_percent = load.memory_percent
-
-    def _lost_inflight(self) -> None:
-        self.ready = False
-        lost = list(self.inflight.values())
-        self.inflight.clear()
-        if lost:
-            self.scheduler.requeue_lost(self, lost)
-
-    async def _close_channel(self) -> None:
-        channel, self.channel = self.channel, None
-        if channel is not None:
-            await channel.close()
-
-    async def close(self) -> None:
-        """Ask the node to shut down, close its channel and wait for the link to end.
-
-        The link task is not cancelled mid-start (that could orphan a node being
-        started); it sees ``closing`` and ends by itself, within ``START_TIMEOUT``.
-        """
-        self.closing = True
-        if self.channel is not None and self.ready:
-            self._send(p.Shutdown())
-        await self._close_channel()
-        if self.task is not None:
-            done, _ = await asyncio.wait([self.task], timeout=START_TIMEOUT + 5)
-            if not done:
-                self.task.cancel()
-                await asyncio.gather(self.task, return_exceptions=True)
-
-    # ------------------------------------------------------------------ sending
-
-    def _send(self, message: p.Message) -> None:
-        if self.channel is not None:
-            self.channel.write(self.conn.send(message))
-            self.last_sent = time.monotonic()
-
-    def send_tasks(self, records: list[TaskRecord], functions: dict[int, bytes]) -> None:
-        """Send a batch of tasks, preceded by any function this node has not seen."""
-        now = time.monotonic()
-        for record in records:
-            if record.fn_id not in self.sent_functions:
-                self._send(p.Function(record.fn_id, functions[record.fn_id]))
-                self.sent_functions.add(record.fn_id)
-            record.host = self.host
-            record.started = now
-            self.inflight[record.task_id] = record
-        self._send(p.Tasks(tuple(record.as_task() for record in records)))
-
-    def send_cancel(self, task_ids: Sequence[int]) -> None:
-        """Ask the node to stop these tasks."""
-        if self.ready:
-            self._send(p.Cancel(tuple(task_ids)))
-
-
-class VersionMismatchOnHost(HostError):
-    """A host's Python or protocol version cannot work with ours."""
-
-    transient = False
 
 
 @dataclass(order=True)
@@ -413,12 +71,19 @@ class _Pending:
     record: TaskRecord = field(compare=False)
 
 
+# How often a draining host is checked for its last running task.
+DRAIN_POLL_SECONDS = 0.05
+
+
 class Scheduler:
     """Owns the loop thread, the pending queue and the node links."""
 
-    def __init__(self, transports: Sequence[Transport]) -> None:
+    def __init__(
+        self, transports: Sequence[Transport], *, silence_timeout: float = SILENCE_TIMEOUT
+    ) -> None:
         if not transports:
             raise CeranubisError("a scheduler needs at least one transport")
+        self.silence_timeout = silence_timeout
         self.loop_thread = LoopThread()
         self.transports = list(transports)
         self.links: list[NodeLink] = []
@@ -476,6 +141,22 @@ class Scheduler:
         """A snapshot of every host's state."""
         return [link.info for link in self.links]
 
+    def add_hosts_threadsafe(self, transports: Sequence[Transport]) -> None:
+        """Start nodes on more hosts while work runs."""
+        known = {link.host for link in self.links if not link.closing}
+        for transport in transports:
+            if transport.host in known:
+                raise ConfigError(f"host {transport.host!r} is already in the executor")
+        self.loop_thread.run_threadsafe(self._add_links(transports)).result(timeout=30)
+
+    def remove_hosts_threadsafe(self, hosts: Sequence[str], drain: bool) -> None:
+        """Stop using hosts; with ``drain`` their running tasks finish first, else re-queue."""
+        known = {link.host for link in self.links if not link.closing}
+        unknown = [host for host in hosts if host not in known]
+        if unknown:
+            raise ConfigError(f"not hosts of this executor: {', '.join(unknown)}")
+        self.loop_thread.run_threadsafe(self._remove_links(set(hosts), drain)).result(timeout=60)
+
     def close_threadsafe(self) -> None:
         """Shut every node down and stop the loop thread."""
         if self.loop.is_closed():
@@ -490,18 +171,52 @@ class Scheduler:
 
     def _start_links(self) -> None:
         for transport in self.transports:
-            link = NodeLink(self, transport)
-            self.links.append(link)
-            link.task = asyncio.ensure_future(link.run())
-            link.task.add_done_callback(_report_crash)
+            self._start_link(transport)
+
+    def _start_link(self, transport: Transport) -> NodeLink:
+        link = NodeLink(self, transport)
+        self.links.append(link)
+        link.task = asyncio.ensure_future(link.run())
+        link.task.add_done_callback(_report_crash)
+        return link
+
+    async def _add_links(self, transports: Sequence[Transport]) -> None:
+        for transport in transports:
+            self._start_link(transport)
+
+    async def _remove_links(self, hosts: set[str], drain: bool) -> None:
+        leaving = [link for link in self.links if link.host in hosts and not link.closing]
+        for link in leaving:
+            link.draining = True
+        if drain:
+            await self._wait_drained(leaving)
+        await asyncio.gather(*(link.close() for link in leaving), return_exceptions=True)
+        self.links = [link for link in self.links if link not in leaving]
+        self._dispatch()
+
+    async def _wait_drained(self, links: list[NodeLink]) -> None:
+        while any(link.inflight and link.ready for link in links):
+            await asyncio.sleep(DRAIN_POLL_SECONDS)
 
     def _take_incoming(self) -> None:
         self._wakeup_pending = False
         incoming = self.incoming
         while incoming:
             record = incoming.popleft()
+            if record.group is not None and not self._group_exists(record.group):
+                self._fail(
+                    record,
+                    ConfigError(
+                        f"task {record.task_id} asks for group {record.group!r} but no host of "
+                        "the executor is in it; give a host Host(..., group=...)"
+                    ),
+                )
+                continue
             heapq.heappush(self.pending, _Pending((-record.priority, record.task_id), record))
         self._dispatch()
+
+    def _group_exists(self, group: str) -> bool:
+        return any(link.group == group and not link.dead for link in self.links)
 
     def _dispatch(self) -> None:
         """Give pending tasks to nodes with free credit, one frame per node."""
@@ -521,12 +236,14 @@ class Scheduler:
         while self.pending and len(batch) < count:
             entry = heapq.heappop(self.pending)
             record = entry.record
-            if record.group is not None and link.transport.group != record.group:
+            if record.group is not None and link.group != record.group:
                 skipped.append(entry)
                 continue
-            if record.attempts == 0 and not record.future.set_running_or_notify_cancel():
-                self._finished(record)
-                continue
+            if not record.dispatched:
+                if not record.future.set_running_or_notify_cancel():
+                    self._finished(record)
+                    continue
+                record.dispatched = True
             batch.append(record)
         for entry in skipped:
             heapq.heappush(self.pending, entry)
@@ -635,12 +352,14 @@ class Scheduler:
             WorkerCrashed(message, host=link.host, task_id=record.task_id, exitcode=exitcode),
         )
 
-    def requeue_lost(self, link: NodeLink, records: list[TaskRecord]) -> None:
+    def requeue_lost(
+        self, link: NodeLink, records: list[TaskRecord], *, counted: bool = True
+    ) -> None:
         """A node went away: its in-flight tasks go back to pending (within their retries)."""
         log.warning("[host=%s] node lost; %d tasks re-queued", link.host, len(records))
         for record in records:
-            record.attempts += 1
-            if record.attempts <= record.retries + 1:
+            record.attempts += counted
+            if record.attempts <= record.retries:
                 self._requeue(record)
             else:
                 self._fail(
@@ -678,7 +397,7 @@ class Scheduler:
         self._take_incoming()
         kept: list[_Pending] = []
         for entry in self.pending:
-            if entry.record.attempts == 0 and entry.record.future.cancel():
+            if not entry.record.dispatched and entry.record.future.cancel():
                 self._finished(entry.record)
             else:
                 kept.append(entry)
@@ -750,4 +469,18 @@ def _user_exception(host: str, record: TaskRecord, result: p.Result) -> BaseExce
     return exception
 
 
-__all__ = ["HostInfo", "LoopThread", "NodeLink", "Scheduler", "TaskRecord"]
+# Older names, kept for callers that import them from here.
+VersionMismatchOnHost = HostVersionMismatch
+
+__all__ = [
+    "CREDIT_PER_WORKER",
+    "DEFAULT_RETRIES",
+    "SILENCE_TIMEOUT",
+    "HostInfo",
+    "LoopThread",
+    "NodeLink",
+    "Scheduler",
+    "TaskListener",
+    "TaskRecord",
+    "VersionMismatchOnHost",
+]

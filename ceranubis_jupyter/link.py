@@ -1,0 +1,330 @@
+"""The client end of one node: start, handshake, read, write, heartbeats, restarts.
+
+A :class:`NodeLink` keeps a node running on its host for as long as the executor lives:
+
+- it starts the node through its transport and checks the ``Hello`` (protocol and Python
+  versions), then reads frames and hands results to the scheduler;
+- it sends a heartbeat when it has sent nothing for ``HEARTBEAT_INTERVAL`` and declares the
+  node lost after ``silence_timeout`` of silence (a partition sends no FIN);
+- a lost node's in-flight tasks go back to the scheduler; the link then restarts the node
+  with capped exponential backoff for up to ``REJOIN_WINDOW`` seconds, so a host that comes
+  back rejoins. A host that never came up, or refused us for good (host key, auth, Python),
+  is given up at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from . import protocol as p
+from .errors import (
+    HostError,
+    HostVersionMismatch,
+    NodeLost,
+    ProtocolError,
+    RemoteProtocolError,
+    VersionMismatch,
+)
+from .tasks import TaskRecord
+from .transport import Channel, Transport
+
+if TYPE_CHECKING:
+    from .scheduler import Scheduler
+
+log = logging.getLogger("ceranubis")
+
+# Tasks in flight per worker of a node: enough to hide a network round trip behind work,
+# few enough that a slow host does not hoard the tail of a sweep.
+CREDIT_PER_WORKER = 16
+# Seconds to start a node and get its Hello before the host counts as failed.
+START_TIMEOUT = 30.0
+# Seconds between our heartbeats to a node (the node sends its load as often).
+HEARTBEAT_INTERVAL = 1.0
+# Default seconds of silence after which a node is declared lost (and a node gives up on
+# us): shorter finds partitions sooner, longer survives a busy network.
+SILENCE_TIMEOUT = 10.0
+# First restart delay after a node is lost (doubling), and its cap.
+RESTART_BACKOFF = 0.2
+RESTART_BACKOFF_MAX = 5.0
+# How long a host that was up keeps being retried after it is lost.
+REJOIN_WINDOW = 600.0
+
+
+@dataclass
+class HostInfo:
+    """What the client knows about one connected node (for ``%ceranubis hosts``, widget)."""
+
+    host: str
+    state: str = "starting"
+    workers: int = 0
+    python: str = ""
+    hostname: str = ""
+    pid: int = 0
+    busy: int = 0
+    loadavg: float = 0.0
+    cpu_percent: float = 0.0
+    memory_percent: float = 0.0
+    done: int = 0
+    error: str = ""
+
+
+class NodeLink:
+    """The client end of one node: handshake, reading, writing, credit, restarts."""
+
+    def __init__(self, scheduler: Scheduler, transport: Transport) -> None:
+        self.scheduler = scheduler
+        self.transport = transport
+        self.host = transport.host
+        self.info = HostInfo(self.host)
+        self.channel: Channel | None = None
+        self.conn = p.Connection(p.CLIENT)
+        self.capacity = 0
+        self.inflight: dict[int, TaskRecord] = {}
+        self.sent_functions: set[int] = set()
+        self.last_heard = 0.0
+        self.last_sent = 0.0
+        self.ready = False
+        self.ever_ready = False
+        self.dead = False
+        self.closing = False
+        self.draining = False
+        self.lost_at = 0.0
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def free(self) -> int:
+        """Tasks this node can take now."""
+        if not self.ready or self.draining:
+            return 0
+        return self.capacity - len(self.inflight)
+
+    @property
+    def group(self) -> str | None:
+        """The host's group label (tasks with a group run only on hosts of that group)."""
+        return self.transport.group
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self) -> None:
+        """Keep a node running on this host until closed; restart it when it dies."""
+        failures = 0
+        while not self.closing:
+            try:
+                await self._session()
+                failures = 0
+            except HostError as error:
+                if self.closing:
+                    break
+                failures += 1
+                self._record_failure(error, failures)
+                if not self._worth_retrying(error):
+                    self.dead = True
+                    self.scheduler.on_link_dead(self)
+                    return
+                delay = RESTART_BACKOFF * 2 ** (failures - 1)
+                await asyncio.sleep(min(delay, RESTART_BACKOFF_MAX))
+        self.info.state = "closed"
+
+    def _worth_retrying(self, error: HostError) -> bool:
+        if not (self.ever_ready and error.transient):
+            return False
+        if not self.lost_at:
+            self.lost_at = time.monotonic()
+        return time.monotonic() - self.lost_at < REJOIN_WINDOW
+
+    def _record_failure(self, error: HostError, failures: int) -> None:
+        self.info.state = "failed"
+        self.info.error = str(error)
+        self.scheduler.on_node_failed(self, error)
+        log.warning("[host=%s] %s (attempt %d)", self.host, error, failures)
+
+    async def _session(self) -> None:
+        self.conn = p.Connection(p.CLIENT)
+        self.sent_functions = set()
+        self.channel = await self._start_channel()
+        try:
+            if self.closing:
+                return
+            await self._handshake()
+            await self._serve()
+        finally:
+            self._lost_inflight()
+            await self._close_channel()
+
+    async def _start_channel(self) -> Channel:
+        try:
+            return await asyncio.wait_for(self.transport.start(), START_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise NodeLost(self.host, f"node did not start within {START_TIMEOUT:.0f} s") from None
+        except HostError:
+            raise
+        except Exception as error:  # OSError from exec, asyncssh errors not mapped yet
+            raise NodeLost(self.host, f"could not start a node: {error}") from error
+
+    async def _handshake(self) -> None:
+        hello = await asyncio.wait_for(self._first_message(), START_TIMEOUT)
+        self._check_hello(hello)
+        workers = self.transport.workers or hello.cores
+        silence = self.scheduler.silence_timeout
+        self._send(p.Configure(p.PROTOCOL_VERSION, workers, HEARTBEAT_INTERVAL, silence))
+        self.info = HostInfo(
+            self.host,
+            "ready",
+            workers,
+            hello.python,
+            hello.hostname,
+            hello.pid,
+            done=self.info.done,
+        )
+        self.capacity = workers * CREDIT_PER_WORKER
+        self.ready = True
+        self.ever_ready = True
+        self.lost_at = 0.0
+        self.scheduler.on_node_ready(self)
+
+    async def _first_message(self) -> p.Hello:
+        while True:
+            message = await self._next_message()
+            if isinstance(message, p.Hello):
+                return message
+            if isinstance(message, p.NodeFailure):
+                raise NodeLost(self.host, f"node failed to start: {message.message}")
+
+    def _check_hello(self, hello: p.Hello) -> None:
+        ours = f"{sys.version_info.major}.{sys.version_info.minor}"
+        theirs = ".".join(hello.python.split(".")[:2])
+        if theirs != ours:
+            raise HostVersionMismatch(
+                self.host,
+                f"remote Python is {hello.python} but the client runs {ours}; functions "
+                "travel by value and need the same major.minor: point Host(..., python=...) "
+                f"at a python{ours}",
+            )
+
+    async def _next_message(self) -> p.Message:
+        """Read until a whole message arrives; EOF and garbage become :class:`NodeLost`."""
+        while True:
+            try:
+                message = self.conn.next_event()
+            except ProtocolError as error:
+                raise self._garbage(error) from error
+            if message is not None:
+                return message
+            if self.channel is None:
+                raise NodeLost(self.host, "node channel closed")
+            data = await self.channel.read()
+            self.last_heard = time.monotonic()
+            if not data:
+                raise NodeLost(self.host, self._eof_reason())
+            self.conn.receive_data(data)
+
+    def _garbage(self, error: ProtocolError) -> HostError:
+        if isinstance(error, VersionMismatch):
+            return HostVersionMismatch(self.host, str(error))
+        kind = type(error).__name__ if isinstance(error, RemoteProtocolError) else "error"
+        log.error(
+            "[host=%s] %s: %s; dropping the node, its tasks are re-queued", self.host, kind, error
+        )
+        return NodeLost(self.host, f"sent a malformed frame ({error}); node dropped")
+
+    def _eof_reason(self) -> str:
+        tail = self.channel.stderr_tail() if self.channel else ""
+        detail = f"; its last words: {tail[-500:]}" if tail else ""
+        return f"node connection closed{detail}"
+
+    async def _serve(self) -> None:
+        heartbeat = asyncio.ensure_future(self._heartbeat())
+        try:
+            while True:
+                message = await self._next_message()
+                self._on_message(message)
+        finally:
+            heartbeat.cancel()
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            now = time.monotonic()
+            if now - self.last_heard > self.scheduler.silence_timeout:
+                log.warning(
+                    "[host=%s] silent for %.0f s: declaring it lost",
+                    self.host,
+                    now - self.last_heard,
+                )
+                if self.channel is not None:
+                    await self.channel.close()
+                return
+            if now - self.last_sent >= HEARTBEAT_INTERVAL:
+                self._send(p.Heartbeat())
+
+    def _on_message(self, message: p.Message) -> None:
+        if isinstance(message, p.Results):
+            self.scheduler.on_results(self, message.results)
+        elif isinstance(message, p.Load):
+            self._on_load(message)
+        elif isinstance(message, p.NodeFailure):
+            raise NodeLost(self.host, f"node gave up: {message.message}")
+
+    def _on_load(self, load: p.Load) -> None:
+        self.info.busy = load.busy
+        self.info.loadavg = load.loadavg
+        self.info.cpu_percent = load.cpu_percent
+        self.info.memory_percent = load.memory_percent
+
+    def _lost_inflight(self) -> None:
+        self.ready = False
+        lost = list(self.inflight.values())
+        self.inflight.clear()
+        if lost:
+            self.scheduler.requeue_lost(self, lost, counted=not self.closing)
+
+    async def _close_channel(self) -> None:
+        channel, self.channel = self.channel, None
+        if channel is not None:
+            await channel.close()
+
+    async def close(self) -> None:
+        """Ask the node to shut down, close its channel and wait for the link to end.
+
+        The link task is not cancelled mid-start (that could orphan a node being
+        started); it sees ``closing`` and ends by itself, within ``START_TIMEOUT``.
+        """
+        self.closing = True
+        if self.channel is not None and self.ready:
+            self._send(p.Shutdown())
+        await self._close_channel()
+        if self.task is not None:
+            done, _ = await asyncio.wait([self.task], timeout=START_TIMEOUT + 5)
+            if not done:
+                self.task.cancel()
+                await asyncio.gather(self.task, return_exceptions=True)
+
+    # ------------------------------------------------------------------ sending
+
+    def _send(self, message: p.Message) -> None:
+        if self.channel is not None:
+            self.channel.write(self.conn.send(message))
+            self.last_sent = time.monotonic()
+
+    def send_tasks(self, records: list[TaskRecord], functions: dict[int, bytes]) -> None:
+        """Send a batch of tasks, preceded by any function this node has not seen."""
+        now = time.monotonic()
+        for record in records:
+            if record.fn_id not in self.sent_functions:
+                self._send(p.Function(record.fn_id, functions[record.fn_id]))
+                self.sent_functions.add(record.fn_id)
+            record.host = self.host
+            record.started = now
+            self.inflight[record.task_id] = record
+        self._send(p.Tasks(tuple(record.as_task() for record in records)))
+
+    def send_cancel(self, task_ids: Sequence[int]) -> None:
+        """Ask the node to stop these tasks."""
+        if self.ready:
+            self._send(p.Cancel(tuple(task_ids)))
