@@ -152,6 +152,7 @@ class OpenSSHServer:
     port: int
     host_key: Path
     cache: Path
+    also_listen: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
 
     def start(self, authorized: Path, netns: str | None = None) -> None:
@@ -178,10 +179,10 @@ class OpenSSHServer:
 
 
 def _sshd_config(server: OpenSSHServer, authorized: Path) -> str:
+    listen = "".join(f"ListenAddress {a}\n" for a in (server.address, *server.also_listen))
     return f"""\
 Port {server.port}
-ListenAddress {server.address}
-HostKey {server.host_key}
+{listen}HostKey {server.host_key}
 PidFile none
 PermitRootLogin prohibit-password
 PasswordAuthentication no
@@ -196,7 +197,11 @@ SetEnv XDG_CACHE_HOME={server.cache}
 
 
 def make_openssh_server(
-    directory: Path, home: SSHHome, address: str = "127.0.0.1", netns: str | None = None
+    directory: Path,
+    home: SSHHome,
+    address: str = "127.0.0.1",
+    netns: str | None = None,
+    also_listen: tuple[str, ...] = (),
 ) -> OpenSSHServer:
     """Start an sshd for ``home``'s key, listening on ``address`` (in ``netns`` if given)."""
     if not os.path.exists(SSHD):
@@ -208,8 +213,8 @@ def make_openssh_server(
     authorized.write_text(home.key.with_suffix(".pub").read_text())
     (directory / "cache").mkdir()
     Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory
-    port = free_port() if netns is None else 22
-    server = OpenSSHServer(directory, address, port, host_key, directory / "cache")
+    port = free_port()  # free here too, so a netns server's port is unused on our loopback
+    server = OpenSSHServer(directory, address, port, host_key, directory / "cache", also_listen)
     server.start(authorized, netns)
     return server
 
