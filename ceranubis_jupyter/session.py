@@ -96,7 +96,7 @@ def follow(project: Any) -> LiveProgress:
     if progress_mode() == "widget":
         from .widget import ProgressWidget
 
-        view = ProgressWidget(list(project.hosts), on_cancel=project.cancel)
+        view = ProgressWidget(list(project.hosts), on_cancel=lambda: _cancel_running(project))
         live = LiveProgress(project, view.show)
         live.refresh()
         view.display()
@@ -105,6 +105,12 @@ def follow(project: Any) -> LiveProgress:
         text = TextLine()
         live = LiveProgress(project, text, min_interval=text.interval)
     return live.start()
+
+
+def _cancel_running(project: Any) -> None:
+    # A click queued while the kernel was busy may arrive after the end: keep "done".
+    if project.state == "running":
+        project.cancel()
 
 
 def _settle_after_cells(live: LiveProgress) -> None:

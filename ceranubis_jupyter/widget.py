@@ -11,6 +11,7 @@ Every part carries a ``ceranubis-*`` CSS class, so tests and users can find it.
 from __future__ import annotations
 
 import html
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,8 @@ from .progress import HostRow, Snapshot
 # Width of the bar; wide enough to read 1 % steps, narrow enough for a split screen.
 BAR_WIDTH = "420px"
 BUTTON_WIDTH = "100px"
+# Seconds to wait for the kernel to start the subshell that handles clicks.
+SUBSHELL_START_SECONDS = 5.0
 # Height at which the output and error panes scroll instead of growing the notebook.
 PANE_MAX_HEIGHT = "12em"
 
@@ -122,6 +125,7 @@ class ProgressWidget:
         self.output = _html("ceranubis-output", scroll=True)
         if on_cancel is not None:
             self.cancel_button.on_click(lambda _button: on_cancel())
+            route_to_subshell(self.cancel_button)
         self.box = widgets.VBox(
             [
                 self.header,
@@ -167,6 +171,57 @@ class ProgressWidget:
         if self.last is not None and isinstance(data, dict):
             data["text/plain"] = self.last.text()
         return data
+
+
+_subshell: dict[str, str | None] = {}
+_subshell_lock = threading.Lock()
+
+
+def route_to_subshell(widget: Any) -> bool:
+    """Have ``widget``'s front-end messages handled by a kernel subshell thread.
+
+    A cell waiting for its project blocks the kernel's main thread, and front-end messages
+    (a click on Cancel) queue behind it. ipykernel 7 can route a comm's messages to a
+    subshell (JEP 91), which runs in its own thread, so the click is handled at once.
+    Returns False (clicks then wait for the cell) where the kernel cannot do that.
+    """
+    comm = getattr(widget, "comm", None)
+    subshell_id = _kernel_subshell()
+    if comm is None or subshell_id is None or not hasattr(comm, "_reply_subshell_for"):
+        return False
+    comm._reply_subshell_id = subshell_id
+    return True
+
+
+def _kernel_subshell() -> str | None:
+    """One subshell per kernel for widget clicks, created on first use (or None)."""
+    with _subshell_lock:
+        if "id" not in _subshell:
+            _subshell["id"] = _create_subshell()
+        return _subshell["id"]
+
+
+def _create_subshell() -> str | None:
+    try:
+        from IPython import get_ipython
+
+        kernel = getattr(get_ipython(), "kernel", None)
+        manager = kernel.shell_channel_thread.manager  # type: ignore[union-attr]
+        create, loop = manager._create_subshell, manager._shell_channel_io_loop
+    except AttributeError:  # not in ipykernel >= 7 with subshells
+        return None
+    created: list[str] = []
+    done = threading.Event()
+
+    def run() -> None:  # subshells are made on the shell channel thread only
+        try:
+            created.append(create())
+        finally:
+            done.set()
+
+    loop.add_callback(run)
+    done.wait(SUBSHELL_START_SECONDS)
+    return created[0] if created else None
 
 
 def _html(css_class: str, scroll: bool = False) -> Any:

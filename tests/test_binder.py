@@ -25,6 +25,8 @@ def copy_repository(target: Path) -> Path:
     target.mkdir()
     for name in COPIED:
         source = REPO / name
+        if not source.exists():
+            continue  # let the build say whether it needs it
         if source.is_dir():
             shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:

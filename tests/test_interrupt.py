@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -76,3 +77,49 @@ def test_interrupt_cancels_the_project_and_keeps_results(
     assert marks(directory, "end") == ended_at_interrupt, "a task went on after the interrupt"
     assert marks(directory, "start") - marks(directory, "end"), "no task was stopped mid-way"
     assert not any(state["busy"]), state
+
+
+def cancel_button_comm(client: Any, msg_id: str, timeout: float = 30) -> str:
+    """The comm id of the Cancel button the cell ``msg_id`` displayed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        msg = client.get_iopub_msg(timeout=timeout)
+        content = msg["content"]
+        if msg["msg_type"] == "comm_open" and msg["parent_header"].get("msg_id") == msg_id:
+            state = content.get("data", {}).get("state", {})
+            # the CSS class comes in a later update; the model opens with its description
+            if state.get("_model_name") == "ButtonModel" and state.get("description") == "Cancel":
+                comm_id: str = content["comm_id"]
+                return comm_id
+    raise AssertionError("the cell showed no Cancel button")
+
+
+@pytest.mark.timeout(180)
+def test_cancel_button_works_while_the_cell_waits(
+    tmp_path: Path, jupyter_env: dict[str, str]
+) -> None:
+    directory = tmp_path / "marks"
+    directory.mkdir()
+    with running_kernel(jupyter_env, tmp_path) as (_manager, client):
+        execute(client, f"%load_ext ceranubis_jupyter\nMARKS = {str(directory)!r}")
+        msg_id = client.execute(CELL)
+        comm_id = cancel_button_comm(client, msg_id)
+        for _ in range(300):  # until a few tasks finished (at most 30 s)
+            if len(marks(directory, "end")) >= 4:
+                break
+            time.sleep(0.1)
+        click = {"method": "custom", "content": {"event": "click"}}
+        client.shell_channel.send(
+            client.session.msg("comm_msg", {"comm_id": comm_id, "data": click})
+        )
+        started = time.monotonic()
+        reply, _text = reply_of(client, msg_id, 60)
+        waited = time.monotonic() - started
+        _, report = execute(client, REPORT)
+    assert reply["status"] == "ok", reply
+    # the click ended the wait: 40 one-second tasks on 2 workers would take ~20 s more
+    assert waited < TASKS * TASK_SECONDS / 4, waited
+    state = json.loads(report.strip().splitlines()[-1])
+    assert state["state"] == "cancelled", state
+    assert state["counts"]["running"] == 0 and state["counts"]["cancelled"] > 0, state
+    assert set(state["done"]) == marks(directory, "end"), state
