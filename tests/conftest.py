@@ -12,7 +12,12 @@ import pytest
 from ceranubis_jupyter.transport import NODE_MARKER
 
 # Fixture modules, one per area (ssh servers, postgres, jupyter), so areas stay apart.
-pytest_plugins = ["tests.fixtures_ssh", "tests.fixtures_pg", "tests.fixtures_jupyter"]
+pytest_plugins = [
+    "tests.fixtures_ssh",
+    "tests.fixtures_pg",
+    "tests.fixtures_jupyter",
+    "tests.fixtures_faults",
+]
 
 # How long nodes get to go away after a test before they count as leaked.
 LEAK_GRACE_SECONDS = 5.0

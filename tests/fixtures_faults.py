@@ -1,0 +1,144 @@
+"""Fixtures for the fault tests: partitionable namespace hosts and bounded waiting.
+
+A :class:`PartitionHost` is a network namespace with a veth pair to us and a real OpenSSH
+sshd inside, on its own /24 in 198.19.0.0/16 (inside 198.18.0.0/15, the benchmarking range;
+the SSH area's namespace hosts use 198.18.0.0/16, so the two never pick the same network).
+``cut()`` takes our end of the veth down: no FIN, no RST, the packets just stop, as when a
+cable is pulled. Names carry this run's PID; teardown removes every namespace and link and
+ends the sshd (and the sessions it forked, by PID).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.fixtures_ssh import OpenSSHServer, SSHHome, make_openssh_server
+
+# Third octets tried for this run's networks (198.19.N.0/24), from a PID-derived start.
+OCTETS = range(10, 250)
+# Seconds an ``ip`` command may take.
+IP_TIMEOUT = 30.0
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> float:
+    """Poll ``predicate`` (bounded) until it is true; returns the seconds it took."""
+    started = time.monotonic()
+    deadline = started + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:g} s: {what}")
+        time.sleep(0.02)
+    return time.monotonic() - started
+
+
+def ip(*args: str) -> None:
+    """Run ``ip`` with ``args``; fail loudly."""
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=IP_TIMEOUT)
+
+
+@dataclass
+class PartitionHost:
+    """A namespace host: veth ``link`` (our end) to ``address``, sshd inside as ``alias``."""
+
+    netns: str
+    link: str
+    address: str
+    alias: str
+    server: OpenSSHServer
+
+    @property
+    def net_inode(self) -> str:
+        """The namespace as ``/proc/<pid>/ns/net`` names it (``net:[inode]``)."""
+        return f"net:[{os.stat(f'/run/netns/{self.netns}').st_ino}]"
+
+    def cut(self) -> None:
+        """Pull the cable: our end of the veth goes down (a silent partition)."""
+        ip("link", "set", self.link, "down")
+
+    def heal(self) -> None:
+        """Plug it back in."""
+        ip("link", "set", self.link, "up")
+
+
+def _free_octets(count: int) -> list[int]:
+    """Third octets of 198.19.N.0/24 networks no interface or route uses yet."""
+    used = subprocess.run(["ip", "-o", "-4", "addr"], capture_output=True, text=True).stdout
+    used += subprocess.run(["ip", "-4", "route"], capture_output=True, text=True).stdout
+    start = (os.getpid() * 7) % len(OCTETS)
+    ordered = [OCTETS[(start + i) % len(OCTETS)] for i in range(len(OCTETS))]
+    free = [n for n in ordered if f"198.19.{n}." not in used]
+    assert len(free) >= count, "no free /24 left in 198.19.0.0/16"
+    return free[:count]
+
+
+def _names(index: int) -> tuple[str, str]:
+    prefix = f"cjf{os.getpid()}"
+    return f"{prefix}h{index}", f"{prefix}v{index}"
+
+
+def _make_host(index: int, octet: int, home: SSHHome, directory: Path) -> PartitionHost:
+    netns, link = _names(index)
+    peer, address = f"{link}p", f"198.19.{octet}.2"
+    ip("netns", "add", netns)
+    ip("link", "add", link, "type", "veth", "peer", "name", peer)
+    ip("link", "set", peer, "netns", netns)
+    ip("addr", "add", f"198.19.{octet}.1/24", "dev", link)
+    ip("link", "set", link, "up")
+    ip("netns", "exec", netns, "ip", "addr", "add", f"{address}/24", "dev", peer)
+    ip("netns", "exec", netns, "ip", "link", "set", peer, "up")
+    ip("netns", "exec", netns, "ip", "link", "set", "lo", "up")
+    server = make_openssh_server(directory, home, address, netns)
+    alias = f"cjf{os.getpid()}-h{index}"
+    home.add_alias(alias, address, server.port)
+    home.trust(address, server.port, server.host_key.with_suffix(".pub"))
+    return PartitionHost(netns, link, address, alias, server)
+
+
+def _stop_server(server: OpenSSHServer) -> None:
+    """Stop an sshd and the session processes it forked (a cut link strands them)."""
+    sessions: list[psutil.Process] = []
+    if server.process is not None:
+        try:
+            sessions = psutil.Process(server.process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            sessions = []
+    server.stop()
+    for session in sessions:
+        try:
+            session.kill()
+            session.wait(timeout=5)
+        except psutil.Error:
+            pass
+
+
+def _remove(index: int) -> None:
+    netns, link = _names(index)
+    for args in (("netns", "del", netns), ("link", "del", link)):
+        subprocess.run(["ip", *args], capture_output=True, timeout=IP_TIMEOUT)
+
+
+@pytest.fixture(scope="module")
+def partition_hosts(
+    ssh_home: SSHHome, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[PartitionHost]]:
+    """Two namespace hosts on 198.19.A.2 and 198.19.B.2, each with its own sshd."""
+    hosts: list[PartitionHost] = []
+    octets = _free_octets(2)
+    try:
+        for index, octet in enumerate(octets, 1):
+            directory = tmp_path_factory.mktemp(f"partition{index}")
+            hosts.append(_make_host(index, octet, ssh_home, directory))
+        yield hosts
+    finally:
+        for host in hosts:
+            _stop_server(host.server)
+        for index in range(1, len(octets) + 1):
+            _remove(index)
