@@ -11,6 +11,7 @@ Every part carries a ``ceranubis-*`` CSS class, so tests and users can find it.
 from __future__ import annotations
 
 import html
+import re
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -79,10 +80,30 @@ def render_errors(errors: tuple[tuple[str, str], ...]) -> str:
         return ""
     items = "".join(
         f"<details><summary>{html.escape(args)}: {html.escape(_last_line(text))}</summary>"
-        f'<pre class="ceranubis-pre">{html.escape(text)}</pre></details>'
+        f'<pre class="ceranubis-pre">{html.escape(cell_labels(text))}</pre></details>'
         for args, text in errors
     )
     return f'{_STYLE}<b style="color:#c00">last errors</b>{items}'
+
+
+def cell_labels(text: str) -> str:
+    """Name notebook cells as IPython does: ``File "/tmp/ipykernel_1/123.py", line 4``
+    becomes ``Cell In[7], line 4`` for code this kernel ran (its cells and magics)."""
+    try:
+        from IPython import get_ipython
+
+        known = get_ipython().compile._filename_map
+    except AttributeError:  # no shell: leave the text alone
+        return text
+
+    def label(match: re.Match[str]) -> str:
+        number = known.get(match.group(1))
+        return match.group(0) if number is None else f"Cell In[{number}], line {match.group(2)}"
+
+    return _FILE_LINE.sub(label, text)
+
+
+_FILE_LINE = re.compile(r'File "([^"]+)", line (\d+)')
 
 
 def render_output(output: tuple[tuple[str, str], ...]) -> str:

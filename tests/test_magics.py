@@ -11,6 +11,7 @@ from IPython.core.error import UsageError
 
 from ceranubis_jupyter import session
 from ceranubis_jupyter.magics import CELL_USAGE, parse_cell_line, variable_name
+from ceranubis_jupyter.widget import render_errors
 
 SQUARE_CELL = "def square(x):\n    return x * x\n"
 
@@ -118,6 +119,9 @@ def test_remote_traceback_shows_the_cells_own_lines(ipshell: Any) -> None:
     assert match, text
     assert linecache.getline(match.group(1), 1).startswith("%%ceranubis fragile over")
     assert "ValueError: bad 2" in text
+    # the widget names the file as IPython does for cells
+    shown = render_errors(((repr(args), text),))
+    assert re.search(r"Cell In\[\d+\], line 4, in fragile", shown), shown
 
 
 def test_a_failing_cell_commits_nothing(ipshell: Any) -> None:
