@@ -14,11 +14,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 
 from ceranubis_jupyter import CeranubisExecutor, HostUnreachable
 from ceranubis_jupyter.hosts import Host
-from ceranubis_jupyter.scheduler import CREDIT_PER_WORKER
+from ceranubis_jupyter.scheduler import CREDIT_PER_WORKER, SILENCE_TIMEOUT
 from tests.fixtures_ssh import (
     TEST_PYTHON,
     OpenSSHServer,
@@ -34,6 +35,8 @@ RESULT_TIMEOUT = 30.0
 OCTETS = range(10, 250)
 # Tasks for three one-worker nodes: over their summed credit, so every node gets some.
 TASKS_FOR_THREE = 3 * CREDIT_PER_WORKER + 12
+# Length of the tasks running when a host is cut off: long enough to be caught mid-run.
+PARTITION_TASK_SECONDS = 2.0
 
 
 @dataclass
@@ -160,3 +163,37 @@ def test_proxyjump_from_the_ssh_config_is_honoured(
     assert net == jump.net_inode
     error = only_error([Host(f"127.0.0.1:{jump.server.port}")])  # the same, without the jump
     assert isinstance(error, HostUnreachable) and "cannot connect" in str(error)
+
+
+@by_value
+def nap_where(seconds: float) -> tuple[int, str]:
+    import os
+    import time
+
+    time.sleep(seconds)
+    return os.getppid(), os.readlink("/proc/self/ns/net")
+
+
+def test_a_partitioned_host_loses_its_node_and_its_work_moves(
+    netns_hosts: list[NetnsHost], ssh_env: SSHHome
+) -> None:
+    kept, cut = netns_hosts
+    hosts = [Host(h.alias, python=TEST_PYTHON, workers=1) for h in netns_hosts]
+    with CeranubisExecutor(hosts) as executor:
+        wait_until_ready(executor, 2)
+        node = psutil.Process({i.host: i.pid for i in executor.hosts()}[cut.alias])
+        processes = [node, *node.children()]
+        slow = []
+        for _ in range(4):  # one at a time, so the credit-based dispatch alternates hosts
+            slow.append(executor.submit(nap_where, PARTITION_TASK_SECONDS))
+            time.sleep(0.1)
+        on_cut = [f for f in slow if f._ceranubis_record.host == cut.alias]  # type: ignore[attr-defined]
+        assert on_cut, "no task reached the host before the cut; the test would prove nothing"
+        _ip("link", "set", cut.link, "down")  # no FIN, no RST: a silent partition
+        try:
+            results = [f.result(timeout=SILENCE_TIMEOUT + RESULT_TIMEOUT) for f in slow]
+            _, alive = psutil.wait_procs(processes, timeout=SILENCE_TIMEOUT + 5)
+        finally:
+            _ip("link", "set", cut.link, "up")
+    assert {net for _, net in results} == {kept.net_inode}  # cut host's share moved over
+    assert not alive, "the partitioned node did not give up on its silent client"
