@@ -177,3 +177,14 @@ def test_usage_line_is_in_the_error() -> None:
     with pytest.raises(UsageError) as error:
         parse_cell_line("nonsense")
     assert CELL_USAGE in str(error.value)
+
+
+def test_store_option_keeps_the_project_in_that_store(ipshell: Any, tmp_path: Any) -> None:
+    other = tmp_path / "other.sqlite"
+    ipshell.run_cell_magic(
+        "ceranubis", f"square over range(3) --name elsewhere --store {other}", SQUARE_CELL
+    )
+    assert "elsewhere" not in [r[0] for r in ipshell.run_line_magic("ceranubis", "projects").rows]
+    rows = ipshell.run_line_magic("ceranubis", f"projects --store {other}").rows
+    assert [(r[0], r[1], r[2]) for r in rows] == [("elsewhere", "done", "3/3")]
+    assert other.exists()
