@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -170,3 +171,44 @@ def test_a_hanging_host_does_not_hold_up_the_others(
         f"the first result took {first:.1f} s: hosts do not connect concurrently"
     )
     assert states[hanging.address] == "starting"
+
+
+def test_user_at_host_port_without_an_alias(
+    ssh_env: SSHHome, openssh_server: OpenSSHServer
+) -> None:
+    address = f"{ssh_env.user}@127.0.0.1:{openssh_server.port}"
+    host = Host(address, python=TEST_PYTHON, workers=1, client_keys=[str(ssh_env.key)])
+    with CeranubisExecutor([host]) as executor:
+        assert executor.submit(abs, -7).result(timeout=RESULT_TIMEOUT) == 7
+        assert [info.host for info in executor.hosts()] == [address]
+
+
+@pytest.fixture
+def agent(ssh_env: SSHHome, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A real ssh-agent holding the test key (the only way to our servers for its alias)."""
+    socket_path = str(tmp_path / "agent.sock")
+    process = subprocess.Popen(["ssh-agent", "-D", "-a", socket_path], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + RESULT_TIMEOUT
+        while not os.path.exists(socket_path) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        env = {**os.environ, "SSH_AUTH_SOCK": socket_path}
+        subprocess.run(["ssh-add", "-q", str(ssh_env.key)], env=env, check=True, timeout=30)
+        monkeypatch.setenv("SSH_AUTH_SOCK", socket_path)
+        yield socket_path
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_keys_from_the_agent_are_used(
+    agent: str, ssh_env: SSHHome, openssh_server: OpenSSHServer
+) -> None:
+    alias = "cj-agent"
+    with open(ssh_env.ssh / "config", "a") as config:  # no IdentityFile: only the agent has it
+        config.write(
+            f"Host {alias}\n    HostName 127.0.0.1\n    Port {openssh_server.port}\n"
+            f"    User {ssh_env.user}\n    UserKnownHostsFile {ssh_env.known_hosts}\n\n"
+        )
+    with CeranubisExecutor([Host(alias, python=TEST_PYTHON, workers=1)]) as executor:
+        assert executor.submit(abs, -9).result(timeout=RESULT_TIMEOUT) == 9
