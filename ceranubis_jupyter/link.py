@@ -49,6 +49,8 @@ HEARTBEAT_INTERVAL = 1.0
 # Default seconds of silence after which a node is declared lost (and a node gives up on
 # us): shorter finds partitions sooner, longer survives a busy network.
 SILENCE_TIMEOUT = 10.0
+# Seconds past a deadline at which the heartbeat task looks again (timer jitter).
+SILENCE_CHECK_SLACK = 0.01
 # First restart delay after a node is lost (doubling), and its cap.
 RESTART_BACKOFF = 0.2
 RESTART_BACKOFF_MAX = 5.0
@@ -95,6 +97,7 @@ class NodeLink:
         self.closing = False
         self.draining = False
         self.lost_at = 0.0
+        self.went_silent = False
         self.task: asyncio.Task[None] | None = None
 
     @property
@@ -146,6 +149,7 @@ class NodeLink:
 
     async def _session(self) -> None:
         self.conn = p.Connection(p.CLIENT)
+        self.went_silent = False
         self.sent_functions = set()
         self.channel = await self._start_channel()
         try:
@@ -155,7 +159,7 @@ class NodeLink:
             await self._serve()
         finally:
             self._lost_inflight()
-            await self._close_channel()
+            await self._close_channel(abort=self.went_silent)
 
     async def _start_channel(self) -> Channel:
         try:
@@ -239,29 +243,41 @@ class NodeLink:
         return f"node connection closed{detail}"
 
     async def _serve(self) -> None:
+        """Read messages until the node is lost: EOF, garbage, or silence (the heartbeat)."""
+        reader = asyncio.ensure_future(self._read_messages())
         heartbeat = asyncio.ensure_future(self._heartbeat())
         try:
-            while True:
-                message = await self._next_message()
-                self._on_message(message)
+            done, _ = await asyncio.wait([reader, heartbeat], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()
         finally:
-            heartbeat.cancel()
+            for task in (reader, heartbeat):
+                task.cancel()
+            await asyncio.gather(reader, heartbeat, return_exceptions=True)
+
+    async def _read_messages(self) -> None:
+        while True:
+            self._on_message(await self._next_message())
 
     async def _heartbeat(self) -> None:
+        """Send a heartbeat when we have been quiet; raise :class:`NodeLost` once the node
+        has been silent for the timeout (a partition sends no FIN: this is how we know)."""
+        silence = self.scheduler.silence_timeout
         while True:
-            await asyncio.sleep(HEARTBEAT_INTERVAL)
             now = time.monotonic()
-            if now - self.last_heard > self.scheduler.silence_timeout:
-                log.warning(
-                    "[host=%s] silent for %.0f s: declaring it lost",
+            quiet = now - self.last_heard
+            if quiet > silence:
+                log.warning("[host=%s] silent for %.1f s: declaring it lost", self.host, quiet)
+                self.went_silent = True
+                raise NodeLost(
                     self.host,
-                    now - self.last_heard,
+                    f"silent for {quiet:.1f} s (heartbeat timeout {silence:g} s); the network "
+                    "or the host is down",
                 )
-                if self.channel is not None:
-                    await self.channel.close()
-                return
             if now - self.last_sent >= HEARTBEAT_INTERVAL:
                 self._send(p.Heartbeat())
+            wake = min(self.last_sent + HEARTBEAT_INTERVAL, self.last_heard + silence)
+            await asyncio.sleep(max(0.0, wake - time.monotonic()) + SILENCE_CHECK_SLACK)
 
     def _on_message(self, message: p.Message) -> None:
         if isinstance(message, p.Results):
@@ -284,10 +300,11 @@ class NodeLink:
         if lost:
             self.scheduler.requeue_lost(self, lost, counted=not self.closing)
 
-    async def _close_channel(self) -> None:
+    async def _close_channel(self, abort: bool = False) -> None:
+        """Close the channel; ``abort`` drops it at once (a silent node will not answer)."""
         channel, self.channel = self.channel, None
         if channel is not None:
-            await channel.close()
+            await (channel.abort() if abort else channel.close())
 
     async def close(self) -> None:
         """Ask the node to shut down, close its channel and wait for the link to end.

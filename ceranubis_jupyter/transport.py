@@ -47,6 +47,10 @@ class Channel(ABC):
     async def close(self) -> None:
         """Close the node's input, let it exit, kill it if it lingers."""
 
+    async def abort(self) -> None:
+        """Drop the node at once, without waiting for it (it is silent or gone)."""
+        await self.close()
+
     def stderr_tail(self) -> str:
         """The last lines the node wrote to stderr (for error messages)."""
         return ""
@@ -139,6 +143,12 @@ class ProcessChannel(Channel):
             with contextlib.suppress(ProcessLookupError):
                 self.process.kill()
             await self.process.wait()
+        self._stderr_task.cancel()
+
+    async def abort(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.process.kill()
+        await self.process.wait()
         self._stderr_task.cancel()
 
     def stderr_tail(self) -> str:

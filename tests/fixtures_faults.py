@@ -4,8 +4,11 @@ A :class:`PartitionHost` is a network namespace with a veth pair to us and a rea
 sshd inside, on its own /24 in 198.19.0.0/16 (inside 198.18.0.0/15, the benchmarking range;
 the SSH area's namespace hosts use 198.18.0.0/16, so the two never pick the same network).
 ``cut()`` takes our end of the veth down: no FIN, no RST, the packets just stop, as when a
-cable is pulled. Names carry this run's PID; teardown removes every namespace and link and
-ends the sshd (and the sessions it forked, by PID).
+cable is pulled. The kernel then drops the /24's route, and packets for the host would take
+the default route off this machine; a standing ``unreachable`` route of our own for the /24
+(a higher metric, so it only applies while the link is down) keeps them here. Names carry
+this run's PID; teardown removes every namespace, link and route, and ends the sshd and
+the sessions it forked, by PID.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from tests.fixtures_ssh import OpenSSHServer, SSHHome, make_openssh_server
 
 # Third octets tried for this run's networks (198.19.N.0/24), from a PID-derived start.
 OCTETS = range(10, 250)
+# Metric of the standing ``unreachable`` route for a host's /24 (the link's own route is 0).
+FALLBACK_METRIC = "4000"
 # Seconds an ``ip`` command may take.
 IP_TIMEOUT = 30.0
 
@@ -62,6 +67,10 @@ class PartitionHost:
     def cut(self) -> None:
         """Pull the cable: our end of the veth goes down (a silent partition)."""
         ip("link", "set", self.link, "down")
+        route = subprocess.run(["ip", "route", "get", self.address], capture_output=True, text=True)
+        assert route.returncode != 0 or "unreachable" in route.stdout, (
+            f"{self.address} would leave this machine: {route.stdout}{route.stderr}"
+        )
 
     def heal(self) -> None:
         """Plug it back in."""
@@ -95,6 +104,7 @@ def _make_host(index: int, octet: int, home: SSHHome, directory: Path) -> Partit
     ip("netns", "exec", netns, "ip", "addr", "add", f"{address}/24", "dev", peer)
     ip("netns", "exec", netns, "ip", "link", "set", peer, "up")
     ip("netns", "exec", netns, "ip", "link", "set", "lo", "up")
+    ip("route", "add", "unreachable", f"198.19.{octet}.0/24", "metric", FALLBACK_METRIC)
     server = make_openssh_server(directory, home, address, netns)
     alias = f"cjf{os.getpid()}-h{index}"
     home.add_alias(alias, address, server.port)
@@ -119,9 +129,10 @@ def _stop_server(server: OpenSSHServer) -> None:
             pass
 
 
-def _remove(index: int) -> None:
+def _remove(index: int, octet: int) -> None:
     netns, link = _names(index)
-    for args in (("netns", "del", netns), ("link", "del", link)):
+    fallback = ("route", "del", "unreachable", f"198.19.{octet}.0/24", "metric", FALLBACK_METRIC)
+    for args in (("netns", "del", netns), ("link", "del", link), fallback):
         subprocess.run(["ip", *args], capture_output=True, timeout=IP_TIMEOUT)
 
 
@@ -140,5 +151,5 @@ def partition_hosts(
     finally:
         for host in hosts:
             _stop_server(host.server)
-        for index in range(1, len(octets) + 1):
-            _remove(index)
+        for index, octet in enumerate(octets, 1):
+            _remove(index, octet)

@@ -1,0 +1,129 @@
+"""A silent partition: one of two namespace hosts loses its link mid-run, then gets it back.
+
+The cut (our veth end goes down) sends no FIN and no RST: only the heartbeats can tell. The
+client must declare the host lost within the heartbeat timeout, finish its tasks on the
+other host, and take the host back when the link heals; on the cut host, the node must
+give up on its silent client and exit by itself.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import Future
+from typing import Any
+
+import psutil
+
+from ceranubis_jupyter import CeranubisExecutor
+from ceranubis_jupyter.hosts import Host
+from ceranubis_jupyter.link import HEARTBEAT_INTERVAL, HostInfo
+from ceranubis_jupyter.node import LOAD_INTERVAL
+from tests.fixtures_faults import PartitionHost, wait_for
+from tests.fixtures_ssh import TEST_PYTHON, SSHHome
+from tests.remote import by_value
+
+# The executor's heartbeat timeout here (seconds), short to keep the test short.
+HEARTBEAT_TIMEOUT = 3.0
+# Slack on top of a timeout for the loop ticks that notice it (client and node).
+TICK_SLACK = HEARTBEAT_INTERVAL + 1.0
+# Seconds a healed host may take to be ready again (capped restart backoff + connect).
+REJOIN_TIMEOUT = 25.0
+# Seconds any batch of results may take.
+RESULT_TIMEOUT = 60.0
+# Tasks of 0.1 s: the first batch outlasts the cut and its detection; the second is for
+# the healed host to take a share of.
+FIRST_BATCH = 200
+SECOND_BATCH = 80
+
+
+@by_value
+def square_where(x: int) -> tuple[int, str]:
+    import os
+    import time
+
+    time.sleep(0.1)
+    return x * x + 1, os.readlink("/proc/self/ns/net")
+
+
+def info(executor: CeranubisExecutor, host: PartitionHost) -> HostInfo:
+    """The executor's view of ``host`` (a placeholder until its link exists)."""
+    found = [i for i in executor.hosts() if i.host == host.alias]
+    return found[0] if found else HostInfo(host.alias)
+
+
+def host_of(future: Future[Any]) -> str | None:
+    host: str | None = future._ceranubis_record.host  # type: ignore[attr-defined]
+    return host
+
+
+def node_tree(pid: int) -> list[psutil.Process]:
+    node = psutil.Process(pid)
+    return [node, *node.children(recursive=True)]
+
+
+def check_results(futures: list[Future[Any]]) -> list[str]:
+    """Every result correct; returns the namespace each task ran in."""
+    values = [f.result(timeout=RESULT_TIMEOUT) for f in futures]
+    assert [value for value, _ in values] == [x * x + 1 for x in range(len(futures))]
+    return [net for _, net in values]
+
+
+def test_partition_is_detected_requeued_and_healed(
+    partition_hosts: list[PartitionHost], ssh_env: SSHHome
+) -> None:
+    cut, other = partition_hosts
+    hosts = [Host(h.alias, python=TEST_PYTHON, workers=2) for h in partition_hosts]
+    with CeranubisExecutor(hosts, heartbeat_timeout=HEARTBEAT_TIMEOUT) as executor:
+        wait_for(
+            lambda: all(info(executor, h).state == "ready" for h in partition_hosts),
+            REJOIN_TIMEOUT,
+            "both hosts ready",
+        )
+        stranded = node_tree(info(executor, cut).pid)
+        assert _netns(stranded[0].pid) == cut.net_inode, "the node runs inside the namespace"
+        futures = [executor.submit(square_where, x) for x in range(FIRST_BATCH)]
+        wait_for(
+            lambda: min(info(executor, h).done for h in partition_hosts) >= 3,
+            RESULT_TIMEOUT,
+            "both hosts doing work",
+        )
+        on_cut = [f for f in futures if host_of(f) == cut.alias and not f.done()]
+        assert on_cut, "the cut host had no task in flight"
+        cut.cut()
+        detected = wait_for(
+            lambda: info(executor, cut).state != "ready",
+            HEARTBEAT_TIMEOUT + TICK_SLACK + 10,
+            "the partition detected",
+        )
+        print(f"partition detected after {detected:.2f} s ({info(executor, cut).error})")
+        gone = wait_for(
+            lambda: not any(_alive(p) for p in stranded),
+            HEARTBEAT_TIMEOUT + LOAD_INTERVAL + TICK_SLACK,
+            "the stranded node and its workers exit by themselves",
+        )
+        print(f"stranded node {stranded[0].pid} and workers gone {gone:.2f} s after detection")
+        nets = check_results(futures)
+        assert all(host_of(f) == other.alias for f in on_cut), "re-queued to the other host"
+        assert all(nets[futures.index(f)] == other.net_inode for f in on_cut)
+        assert detected <= HEARTBEAT_TIMEOUT + TICK_SLACK, f"detection took {detected:.2f} s"
+        done_before = info(executor, cut).done
+        cut.heal()
+        rejoined = wait_for(
+            lambda: info(executor, cut).state == "ready", REJOIN_TIMEOUT, "the healed host rejoins"
+        )
+        print(f"healed host ready again after {rejoined:.2f} s")
+        second = [executor.submit(square_where, x) for x in range(SECOND_BATCH)]
+        nets = check_results(second)
+        assert info(executor, cut).done > done_before, "the healed host took no work"
+        assert cut.net_inode in nets and other.net_inode in nets
+
+
+def _netns(pid: int) -> str:
+    return os.readlink(f"/proc/{pid}/ns/net")
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
