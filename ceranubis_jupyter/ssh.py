@@ -47,8 +47,9 @@ log = logging.getLogger("ceranubis.ssh")
 # Seconds to reach a host and log in before it counts as unreachable: a LAN answers in
 # milliseconds, a slow VPN in a few seconds; longer only delays telling the user.
 CONNECT_TIMEOUT = 10.0
-# Seconds for the remote python to start and answer BOOT (and unpack a sent bundle).
-BOOT_ANSWER_TIMEOUT = 20.0
+# Seconds for the remote python to start and answer BOOT (and unpack a sent bundle); with
+# CONNECT_TIMEOUT it stays inside the scheduler's START_TIMEOUT, so our clearer error wins.
+BOOT_ANSWER_TIMEOUT = 15.0
 # Cipher preferred when both ends offer it: about twice chacha20's throughput here (AES-NI).
 PREFERRED_CIPHER = "aes128-gcm@openssh.com"
 # Received bytes buffered before we stop reading the channel (the SSH window then fills
