@@ -118,14 +118,20 @@ def test_every_node_process_carries_the_marker_and_none_outlives_shutdown(
     assert not alive
 
 
-def test_the_preferred_cipher_is_chosen(
-    hosts_openssh: list[Host], caplog: pytest.LogCaptureFixture
+def test_the_preferred_cipher_is_chosen_unless_the_ssh_config_says_otherwise(
+    ssh_env: SSHHome, openssh_server: OpenSSHServer, caplog: pytest.LogCaptureFixture
 ) -> None:
+    chosen = "chacha20-poly1305@openssh.com"
+    ssh_env.add_alias("cj-chacha", "127.0.0.1", openssh_server.port, Ciphers=chosen)
     caplog.set_level(logging.DEBUG, logger="ceranubis.ssh")
-    with CeranubisExecutor(hosts_openssh, max_workers=1) as executor:
-        assert executor.submit(abs, -1).result(timeout=RESULT_TIMEOUT) == 1
+    for alias in (OPENSSH_ALIAS, "cj-chacha"):
+        with CeranubisExecutor([Host(alias, python=TEST_PYTHON, workers=1)]) as executor:
+            assert executor.submit(abs, -1).result(timeout=RESULT_TIMEOUT) == 1
     connected = [r.getMessage() for r in caplog.records if "connected (cipher" in r.getMessage()]
-    assert connected == [f"[host={OPENSSH_ALIAS}] connected (cipher {PREFERRED_CIPHER})"]
+    assert connected == [
+        f"[host={OPENSSH_ALIAS}] connected (cipher {PREFERRED_CIPHER})",
+        f"[host=cj-chacha] connected (cipher {chosen})",
+    ]
 
 
 def test_local_and_both_servers_in_one_executor(
