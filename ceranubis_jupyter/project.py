@@ -533,8 +533,7 @@ def _create(
 
 
 def _items(project: Project, args: list[tuple[Any, ...]]) -> list[Item]:
-    rows = project.store.arguments(project.id, ["pending"])
-    return [Item(row.id, args[row.position]) for row in rows]
+    return [Item(id_, args[position]) for id_, position in project.store.argument_ids(project.id)]
 
 
 def _store_for(store: Store | str | os.PathLike[str] | None) -> Store:

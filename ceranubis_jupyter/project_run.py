@@ -32,7 +32,7 @@ from . import protocol as p
 from .errors import BrokenCeranubisExecutor, CeranubisError, RemoteTraceback, StoreError
 from .executor import CeranubisExecutor, TaskOptions
 from .serialize import dumps_inband, loads
-from .store import ARGUMENT_STATES, UNFINISHED, Outcome, Store
+from .store import ARGUMENT_STATES, UNFINISHED, Store
 
 if TYPE_CHECKING:
     from .scheduler import TaskRecord
@@ -142,11 +142,11 @@ class ProjectRun:
         self.started = time.time()
         self._clock = time.time() - time.monotonic()
         self._lock = threading.Lock()
-        self._outcomes: collections.deque[tuple[Future[Any], str]] = collections.deque()
+        self._outcomes: collections.deque[tuple[Future[Any], str, Any]] = collections.deque()
         self._futures: list[Future[Any]] = []
         self._spans: dict[int, tuple[int, int]] = {}
         self._marked: set[int] = set()
-        self._unwritten: list[Outcome] = []
+        self._unwritten: list[tuple[Any, ...]] = []
         self._next = 0
         self._stop_submitting = False
         self._swept = False
@@ -221,36 +221,41 @@ class ProjectRun:
     # ------------------------------------------------------------------ loop thread
 
     def _on_done(self, future: Future[Any]) -> None:
-        state = self._classify(future)
+        state, value = self._outcome(future)
         lo, hi = future._cj_span  # type: ignore[attr-defined]
         with self._lock:
             tally = self.tally
             tally.resolved_tasks += 1
             tally.counts[state] += hi - lo
-            self._remember(tally, future, state, lo, hi)
-        self._outcomes.append((future, state))
+            self._remember(tally, future, state, value, lo, hi)
+            last = tally.resolved_tasks == len(self._futures) and self._next >= len(self.items)
+        self._outcomes.append((future, state, value))
+        if last:
+            self._wake.set()  # the final write need not wait for the next flush
         self.notify()
 
-    def _classify(self, future: Future[Any]) -> str:
-        if future.cancelled():
-            return "cancelled" if self.cancelling else _LEFT
-        error = future.exception()
-        if error is None:
-            return "done"
-        if isinstance(error, CancelledError):
-            return "cancelled" if self.cancelling else _LEFT
-        if isinstance(error, BrokenCeranubisExecutor):
-            return _LEFT
-        return "failed"
+    def _outcome(self, future: Future[Any]) -> tuple[str, Any]:
+        """``(state, result or error)`` of a finished task's future (one lock, no wait)."""
+        try:
+            return "done", future.result()
+        except CancelledError:
+            return ("cancelled" if self.cancelling else _LEFT), None
+        except BrokenCeranubisExecutor:
+            return _LEFT, None
+        except BaseException as error:  # the task's own error, of any type
+            return "failed", error
 
-    def _remember(self, tally: _Tally, future: Future[Any], state: str, lo: int, hi: int) -> None:
+    def _remember(
+        self, tally: _Tally, future: Future[Any], state: str, value: Any, lo: int, hi: int
+    ) -> None:
         if state == "done":
-            values = future.result() if self.chunksize > 1 else [future.result()]
-            tally.recent.extend(
-                (item.args, value) for item, value in zip(self.items[lo:hi], values, strict=False)
-            )
+            if self.chunksize == 1:
+                tally.recent.append((self.items[lo].args, value))
+            else:
+                pairs = zip(self.items[lo:hi], value, strict=False)
+                tally.recent.extend((item.args, result) for item, result in pairs)
         elif state == "failed":
-            text = error_text(future.exception())  # type: ignore[arg-type]
+            text = error_text(value)
             tally.errors.extend((item.args, text) for item in self.items[lo:hi])
         record: TaskRecord | None = getattr(future, "_ceranubis_record", None)
         if record is not None and record.output:
@@ -333,12 +338,12 @@ class ProjectRun:
     def _write(self) -> None:
         outcomes = self._unwritten
         while self._outcomes:
-            future, state = self._outcomes.popleft()
-            outcomes.extend(self._rows(future, state))
+            future, state, value = self._outcomes.popleft()
+            outcomes.extend(self._rows(future, state, value))
         running = self._running_rows()
         try:
             if outcomes:
-                self.store.record_outcomes(outcomes)
+                self.store.record_rows(outcomes)
             if running:
                 self.store.mark_running(running)
         except StoreError as error:
@@ -346,34 +351,34 @@ class ProjectRun:
             return
         outcomes.clear()
 
-    def _rows(self, future: Future[Any], state: str) -> list[Outcome]:
+    def _rows(self, future: Future[Any], state: str, value: Any) -> list[tuple[Any, ...]]:
+        """Outcome rows (:meth:`Outcome.row` order) for one finished task."""
         lo, hi = future._cj_span  # type: ignore[attr-defined]
         record: TaskRecord | None = getattr(future, "_ceranubis_record", None)
-        timing: dict[str, Any] = {}
+        timing: tuple[Any, ...] = (None, 0, None, None, None)
         if record is not None:
-            timing = dict(
-                host=record.host,
-                attempts=record.attempts + 1,
-                started=self._wall(record.started),
-                finished=self._wall(record.finished),
-                output=record.output or "",
+            clock = self._clock
+            timing = (
+                record.host,
+                record.attempts + 1,
+                record.started + clock if record.started else None,
+                record.finished + clock if record.finished else None,
+                record.output or None,
             )
-        items = self.items[lo:hi]
-        if state == "done":
-            values = future.result() if self.chunksize > 1 else [future.result()]
-            return [
-                self._done_row(item, value, timing)
-                for item, value in zip(items, values, strict=False)
-            ]
-        error = error_text(future.exception()) if state == "failed" else None  # type: ignore[arg-type]
-        return [Outcome(item.arg_id, state, error=error, **timing) for item in items]
+        if state != "done":
+            error = error_text(value) if state == "failed" else None
+            return [(state, None, error, *timing, item.arg_id) for item in self.items[lo:hi]]
+        if self.chunksize == 1:
+            return [self._done_row(value, timing, self.items[lo].arg_id)]
+        pairs = zip(self.items[lo:hi], value, strict=False)
+        return [self._done_row(result, timing, item.arg_id) for item, result in pairs]
 
-    def _done_row(self, item: Item, value: Any, timing: dict[str, Any]) -> Outcome:
+    def _done_row(self, value: Any, timing: tuple[Any, ...], arg_id: int) -> tuple[Any, ...]:
         try:
-            return Outcome(item.arg_id, "done", encode(value), **timing)
+            return ("done", encode(value), None, *timing, arg_id)
         except Exception as error:
-            text = f"the result could not be pickled for the store: {type(error).__name__}: {error}"
-            return Outcome(item.arg_id, "failed", error=text, **timing)
+            text = f"the result could not be pickled for the store: {error_text(error)}"
+            return ("failed", None, text, *timing, arg_id)
 
     def _wall(self, monotonic: float) -> float | None:
         return monotonic + self._clock if monotonic else None

@@ -48,7 +48,7 @@ _PG_DDL = (
         finished DOUBLE PRECISION,
         error TEXT,
         output TEXT)""",
-    "CREATE INDEX IF NOT EXISTS arguments_project_state ON arguments (project, state)",
+    "CREATE INDEX IF NOT EXISTS arguments_project ON arguments (project)",
 )
 
 

@@ -89,6 +89,20 @@ class Outcome:
     finished: float | None = None
     output: str | None = None
 
+    def row(self) -> tuple[Any, ...]:
+        """The parameters of the store's UPDATE, in order (the argument id last)."""
+        return (
+            self.state,
+            self.result,
+            self.error,
+            self.host,
+            self.attempts,
+            self.started,
+            self.finished,
+            self.output,
+            self.arg_id,
+        )
+
 
 @dataclass(frozen=True)
 class HostStats:
