@@ -35,6 +35,11 @@ _EXPORTS = {
     "StoreError": "errors",
     "BrokenCeranubisExecutor": "errors",
     "RemoteTraceback": "errors",
+    "Project": "project",
+    "commit_project": "project",
+    "list_projects": "project",
+    "remove_project": "project",
+    "open_store": "store",
 }
 
 __all__ = [*_EXPORTS, "__version__", "load_ipython_extension", "unload_ipython_extension"]
