@@ -39,9 +39,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ceranubis")
 
-# Tasks in flight per worker of a node: enough to hide a network round trip behind work,
-# few enough that a slow host does not hoard the tail of a sweep.
+# Tasks in flight per worker of a node, at most: enough to hide a network round trip behind
+# tiny tasks, few enough that a slow host does not hoard the tail of a sweep.
 CREDIT_PER_WORKER = 16
+# ... and at least (one running, one waiting); a node starts here and grows its credit
+# while it returns results quickly.
+MIN_CREDIT_PER_WORKER = 2
+# Seconds of work to keep queued per worker when sizing credit from observed task times.
+QUEUED_SECONDS = 0.02
+# Weight of the newest observation in the per-node task-time average.
+SERVICE_SMOOTHING = 0.2
 # Seconds to start a node and get its Hello before the host counts as failed.
 START_TIMEOUT = 30.0
 # Seconds between our heartbeats to a node (the node sends its load as often).
@@ -97,7 +104,8 @@ class NodeLink:
         self.closing = False
         self.draining = False
         self.lost_at = 0.0
-        self.went_silent = False
+        self.last_result_at = 0.0
+        self.service_time = QUEUED_SECONDS
         self.task: asyncio.Task[None] | None = None
 
     @property
@@ -106,6 +114,27 @@ class NodeLink:
         if not self.ready or self.draining:
             return 0
         return self.capacity - len(self.inflight)
+
+    @property
+    def load(self) -> float:
+        """Tasks in flight per worker."""
+        return self.load_with(0)
+
+    def load_with(self, extra: int) -> float:
+        """Tasks in flight per worker if ``extra`` more were sent."""
+        return (len(self.inflight) + extra) / max(1, self.info.workers)
+
+    def note_results(self, count: int) -> None:
+        """Size credit from how fast results come back while the node is saturated."""
+        now = time.monotonic()
+        workers = max(1, self.info.workers)
+        if self.last_result_at and len(self.inflight) >= workers and count:
+            per_task = (now - self.last_result_at) * workers / count
+            self.service_time += SERVICE_SMOOTHING * (per_task - self.service_time)
+            per_worker = int(QUEUED_SECONDS / max(self.service_time, 1e-6)) + 1
+            per_worker = max(MIN_CREDIT_PER_WORKER, min(CREDIT_PER_WORKER, per_worker))
+            self.capacity = workers * per_worker
+        self.last_result_at = now
 
     @property
     def group(self) -> str | None:
@@ -186,7 +215,8 @@ class NodeLink:
             hello.pid,
             done=self.info.done,
         )
-        self.capacity = workers * CREDIT_PER_WORKER
+        self.capacity = workers * MIN_CREDIT_PER_WORKER
+        self.last_result_at = 0.0
         self.ready = True
         self.ever_ready = True
         self.lost_at = 0.0

@@ -35,7 +35,6 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import CancelledError
-from dataclasses import dataclass, field
 from typing import TypeVar
 
 from . import protocol as p
@@ -58,17 +57,11 @@ from .errors import (
 from .link import CREDIT_PER_WORKER, SILENCE_TIMEOUT, HostInfo, NodeLink
 from .loopthread import LoopThread
 from .serialize import RemoteException, loads
-from .tasks import DEFAULT_RETRIES, TaskListener, TaskRecord
+from .tasks import DEFAULT_RETRIES, PendingQueue, TaskListener, TaskRecord
 from .transport import Transport
 
 log = logging.getLogger("ceranubis")
 T = TypeVar("T")
-
-
-@dataclass(order=True)
-class _Pending:
-    sort_key: tuple[int, int]
-    record: TaskRecord = field(compare=False)
 
 
 # How often a draining host is checked for its last running task.
@@ -87,7 +80,7 @@ class Scheduler:
         self.loop_thread = LoopThread()
         self.transports = list(transports)
         self.links: list[NodeLink] = []
-        self.pending: list[_Pending] = []
+        self.pending = PendingQueue()
         self.incoming: collections.deque[TaskRecord] = collections.deque()
         self.functions: dict[int, bytes] = {}
         self.listeners: list[TaskListener] = []
@@ -212,7 +205,7 @@ class Scheduler:
                     ),
                 )
                 continue
-            heapq.heappush(self.pending, _Pending((-record.priority, record.task_id), record))
+            self.pending.push(record)
         self._dispatch()
 
     def _group_exists(self, group: str) -> bool:
@@ -222,31 +215,30 @@ class Scheduler:
         """Give pending tasks to nodes with free credit, one frame per node."""
         if not self.pending:
             return
-        for link in sorted(self.links, key=lambda link: -link.free):
-            free = link.free
-            if free <= 0 or not self.pending:
-                continue
-            batch = self._take_for(link, free)
-            if batch:
-                link.send_tasks(batch, self.functions)
+        open_links = [link for link in self.links if link.free > 0]
+        for link, count in _fair_shares(open_links, len(self.pending)):
+            self._send_batch(link, count)
+        for link in open_links:  # what the shares left: tasks pinned to other groups
+            if self.pending and link.free > 0:
+                self._send_batch(link, link.free)
+
+    def _send_batch(self, link: NodeLink, count: int) -> None:
+        batch = self._take_for(link, count)
+        if batch:
+            link.send_tasks(batch, self.functions)
 
     def _take_for(self, link: NodeLink, count: int) -> list[TaskRecord]:
         batch: list[TaskRecord] = []
-        skipped: list[_Pending] = []
-        while self.pending and len(batch) < count:
-            entry = heapq.heappop(self.pending)
-            record = entry.record
-            if record.group is not None and link.group != record.group:
-                skipped.append(entry)
-                continue
+        while len(batch) < count:
+            record = self.pending.pop_for(link.group)
+            if record is None:
+                break
             if not record.dispatched:
                 if not record.future.set_running_or_notify_cancel():
                     self._finished(record)
                     continue
                 record.dispatched = True
             batch.append(record)
-        for entry in skipped:
-            heapq.heappush(self.pending, entry)
         return batch
 
     def on_node_ready(self, link: NodeLink) -> None:
@@ -267,14 +259,14 @@ class Scheduler:
         self.broken = error
         broken = BrokenCeranubisExecutor(f"no host is usable: {error}")
         broken.__cause__ = error
-        while self.pending:
-            record = heapq.heappop(self.pending).record
+        for record in self.pending.remove(lambda record: True):
             self._fail(record, broken)
         while self.incoming:
             self._fail(self.incoming.popleft(), broken)
 
     def on_results(self, link: NodeLink, results: tuple[p.Result, ...]) -> None:
         """Resolve futures for a batch of results, then refill the node."""
+        link.note_results(len(results))
         for result in results:
             record = link.inflight.pop(result.task_id, None)
             if record is not None:
@@ -374,7 +366,7 @@ class Scheduler:
 
     def _requeue(self, record: TaskRecord) -> None:
         record.host = None
-        heapq.heappush(self.pending, _Pending((-record.priority, record.task_id), record))
+        self.pending.push(record)
 
     def _fail(self, record: TaskRecord, error: BaseException) -> None:
         self._finished(record)
@@ -395,14 +387,9 @@ class Scheduler:
 
     async def _cancel_all(self, stop_running: bool) -> None:
         self._take_incoming()
-        kept: list[_Pending] = []
-        for entry in self.pending:
-            if not entry.record.dispatched and entry.record.future.cancel():
-                self._finished(entry.record)
-            else:
-                kept.append(entry)
-        self.pending = kept
-        heapq.heapify(self.pending)
+        waiting = self.pending.remove(lambda record: stop_running or not record.dispatched)
+        for record in waiting:
+            self._cancel_waiting(record)
         if stop_running:
             for link in self.links:
                 if link.inflight:
@@ -410,23 +397,19 @@ class Scheduler:
 
     async def _cancel_ids(self, task_ids: set[int]) -> None:
         self._take_incoming()
-        kept = []
-        for entry in self.pending:
-            if entry.record.task_id in task_ids:
-                future = entry.record.future
-                if not future.cancel() and not future.done():
-                    future.set_exception(
-                        CancelledError(f"task {entry.record.task_id} was cancelled")
-                    )
-                self._finished(entry.record)
-            else:
-                kept.append(entry)
-        self.pending = kept
-        heapq.heapify(self.pending)
+        for record in self.pending.remove(lambda record: record.task_id in task_ids):
+            self._cancel_waiting(record)
         for link in self.links:
             running = [task_id for task_id in link.inflight if task_id in task_ids]
             if running:
                 link.send_cancel(running)
+
+    def _cancel_waiting(self, record: TaskRecord) -> None:
+        """Cancel a task that is on no node (a re-queued one is already running: fail it)."""
+        future = record.future
+        if not future.cancel() and not future.done():
+            future.set_exception(CancelledError(f"task {record.task_id} was cancelled"))
+        self._finished(record)
 
     async def _close(self) -> None:
         outcomes = await asyncio.gather(
@@ -436,6 +419,27 @@ class Scheduler:
             if isinstance(outcome, BaseException):
                 log.error("[host=%s] closing the node failed: %r", link.host, outcome)
         self._break(BrokenCeranubisExecutor("the executor was shut down"))
+
+
+def _fair_shares(links: list[NodeLink], tasks: int) -> list[tuple[NodeLink, int]]:
+    """Split ``tasks`` over links by water-filling: each next task to the least loaded link.
+
+    Load is tasks in flight per worker, so a few long tasks spread over every host instead
+    of piling onto whichever host happens to come first.
+    """
+    if len(links) == 1:
+        return [(links[0], min(links[0].free, tasks))]
+    shares = {id(link): 0 for link in links}
+    heap = [(link.load, index) for index, link in enumerate(links)]
+    heapq.heapify(heap)
+    while heap and tasks > 0:
+        _, index = heapq.heappop(heap)
+        link = links[index]
+        shares[id(link)] += 1
+        tasks -= 1
+        if shares[id(link)] < link.free:
+            heapq.heappush(heap, (link.load_with(shares[id(link)]), index))
+    return [(link, shares[id(link)]) for link in links if shares[id(link)]]
 
 
 def _report_crash(task: asyncio.Task[None]) -> None:

@@ -1,10 +1,11 @@
-"""The client's record of one task, from submit to result."""
+"""The client's record of one task, from submit to result, and the queue of waiting ones."""
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import protocol as p
@@ -51,3 +52,53 @@ class TaskRecord:
 
 
 TaskListener = Callable[[TaskRecord], None]
+
+
+@dataclass(order=True)
+class _Pending:
+    sort_key: tuple[int, int]
+    record: TaskRecord = field(compare=False)
+
+
+class PendingQueue:
+    """Tasks waiting for a node: highest priority first, then oldest; one heap per group.
+
+    Keeping groups apart makes "the next task this host may run" a heap pop, however many
+    tasks of other groups wait.
+    """
+
+    def __init__(self) -> None:
+        self._heaps: dict[str | None, list[_Pending]] = {}
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def push(self, record: TaskRecord) -> None:
+        """Queue a task (again)."""
+        entry = _Pending((-record.priority, record.task_id), record)
+        heapq.heappush(self._heaps.setdefault(record.group, []), entry)
+        self._count += 1
+
+    def pop_for(self, group: str | None) -> TaskRecord | None:
+        """The next task a host of ``group`` may run, or ``None``."""
+        heaps = [self._heaps.get(None)]
+        if group is not None:
+            heaps.append(self._heaps.get(group))
+        candidates = [heap for heap in heaps if heap]
+        if not candidates:
+            return None
+        best = min(candidates, key=lambda heap: heap[0])
+        self._count -= 1
+        return heapq.heappop(best).record
+
+    def remove(self, predicate: Callable[[TaskRecord], bool]) -> list[TaskRecord]:
+        """Take out every task for which ``predicate`` is true."""
+        removed: list[TaskRecord] = []
+        for group, heap in self._heaps.items():
+            kept = [entry for entry in heap if not predicate(entry.record)]
+            removed += [entry.record for entry in heap if predicate(entry.record)]
+            heapq.heapify(kept)
+            self._heaps[group] = kept
+        self._count -= len(removed)
+        return removed
