@@ -224,12 +224,12 @@ class ProjectRun:
         state, value = self._outcome(future)
         lo, hi = future._cj_span  # type: ignore[attr-defined]
         with self._lock:
+            self._outcomes.append((future, state, value))  # before the count: see _settled
             tally = self.tally
             tally.resolved_tasks += 1
             tally.counts[state] += hi - lo
             self._remember(tally, future, state, value, lo, hi)
             last = tally.resolved_tasks == len(self._futures) and self._next >= len(self.items)
-        self._outcomes.append((future, state, value))
         if last:
             self._wake.set()  # the final write need not wait for the next flush
         self.notify()
