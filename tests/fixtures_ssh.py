@@ -396,3 +396,13 @@ def reset_cache(cache: Path) -> None:
     """Empty a server's bundle cache (the next node start is cold)."""
     shutil.rmtree(cache, ignore_errors=True)
     cache.mkdir()
+
+
+def wait_until_ready(executor: Any, count: int, timeout: float = SERVER_START_TIMEOUT * 3) -> None:
+    """Wait (bounded) until ``count`` of an executor's hosts have finished their handshake."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sum(info.state == "ready" for info in executor.hosts()) >= count:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"hosts not ready after {timeout} s: {executor.hosts()}")

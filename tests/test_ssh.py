@@ -30,6 +30,7 @@ from tests.fixtures_ssh import (
     OpenSSHServer,
     SSHHome,
     reset_cache,
+    wait_until_ready,
 )
 from tests.remote import by_value
 
@@ -151,16 +152,6 @@ def test_local_and_both_servers_in_one_executor(
         done = {info.host: info.done for info in executor.hosts()}
     assert landed == {"local", ASYNCSSH_ALIAS, OPENSSH_ALIAS}
     assert sum(done.values()) == TASKS_FOR_THREE and all(done.values())
-
-
-def wait_until_ready(executor: CeranubisExecutor, count: int) -> None:
-    """Wait (bounded) until ``count`` hosts have finished their handshake."""
-    deadline = time.monotonic() + RESULT_TIMEOUT
-    while time.monotonic() < deadline:
-        if sum(info.state == "ready" for info in executor.hosts()) >= count:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"hosts not ready: {executor.hosts()}")
 
 
 def test_a_hanging_host_does_not_hold_up_the_others(

@@ -25,6 +25,7 @@ from tests.fixtures_ssh import (
     OpenSSHServer,
     SSHHome,
     make_openssh_server,
+    wait_until_ready,
 )
 from tests.remote import by_value
 from tests.test_ssh_failures import only_error
@@ -120,16 +121,6 @@ def whereabouts() -> tuple[int, str]:
     import os
 
     return os.getppid(), os.readlink("/proc/self/ns/net")
-
-
-def wait_until_ready(executor: CeranubisExecutor, count: int) -> None:
-    """Wait (bounded) until ``count`` hosts have finished their handshake."""
-    deadline = time.monotonic() + RESULT_TIMEOUT
-    while time.monotonic() < deadline:
-        if sum(info.state == "ready" for info in executor.hosts()) >= count:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"hosts not ready: {executor.hosts()}")
 
 
 def test_work_lands_on_local_and_two_namespace_hosts(
