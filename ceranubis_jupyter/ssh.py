@@ -66,6 +66,8 @@ JOIN_LIMIT = 1 << 16
 MAX_BOOT_LINE = 4096
 # Exit status of a shell command that was not found.
 _NOT_FOUND = 127
+# The port known_hosts names hosts without (others are written ``[host]:port``).
+_SSH_PORT = 22
 
 
 class SSHTransport(Transport):
@@ -170,7 +172,7 @@ class SSHTransport(Transport):
                 ),
             )
         if isinstance(error, asyncssh.HostKeyNotVerifiable):
-            return HostKeyError(host, client.host_key_advice(host, self.spec.port))
+            return HostKeyError(host, client.host_key_advice(host, error))
         if isinstance(error, asyncssh.PermissionDenied):
             return AuthError(
                 host,
@@ -271,6 +273,7 @@ class _Client(asyncssh.SSHClient):
     def __init__(self) -> None:
         self.conn: asyncssh.SSHClientConnection | None = None
         self.offered: Any = None
+        self.where = ""
         self.known_before = False
 
     def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
@@ -278,26 +281,30 @@ class _Client(asyncssh.SSHClient):
 
     def validate_host_public_key(self, host: str, addr: str, port: int, key: Any) -> bool:
         self.offered = key
+        self.where = f"[{host}]:{port}" if port != _SSH_PORT else host
         # Keys known for this host that did not match: the key has changed.
         self.known_before = bool(getattr(self.conn, "_trusted_host_keys", None))
         return False  # only known_hosts decides; we never accept an unknown key
 
-    def host_key_advice(self, host: str, port: int | None) -> str:
+    def host_key_advice(self, alias: str, error: Exception) -> str:
         """The message for a refused host key: unknown or changed, and how to fix it."""
-        fingerprint = ""
-        if self.offered is not None:
-            fingerprint = f" ({self.offered.get_algorithm()} {self.offered.get_fingerprint()})"
-        target = f"[{host}]:{port}" if port else host
+        if self.offered is None:  # refused on the way, e.g. by a ProxyJump host
+            return (
+                f"a host key was refused ({_describe(error)}); ceranubis never connects "
+                f"without checking it: connect once with `ssh {alias}` and check the keys of "
+                "every host on the way (ProxyJump hosts too)"
+            )
+        fingerprint = f"{self.offered.get_algorithm()} {self.offered.get_fingerprint()}"
         if self.known_before:
             return (
-                f"its host key has changed{fingerprint}; someone may be intercepting the "
-                "connection. If the change is expected, remove the old key with "
-                f"`ssh-keygen -R '{target}'` and connect once with `ssh {host}` to add the "
-                "new one"
+                f"its host key has changed (now {fingerprint}); someone may be intercepting "
+                "the connection. If the change is expected, remove the old key with "
+                f"`ssh-keygen -R '{self.where}'` and connect once with `ssh {alias}` to add "
+                "the new one"
             )
         return (
-            f"its host key{fingerprint} is not in known_hosts, and ceranubis never connects "
-            f"without checking it; connect once with `ssh {host}` and accept the key after "
+            f"its host key ({fingerprint}) is not in known_hosts, and ceranubis never connects "
+            f"without checking it; connect once with `ssh {alias}` and accept the key after "
             "checking its fingerprint (or add it with ssh-keyscan to ~/.ssh/known_hosts)"
         )
 

@@ -119,7 +119,17 @@ def test_changed_host_key_is_refused(
     assert isinstance(error, HostKeyError)
     assert "host key has changed" in str(error)
     assert _fingerprint(openssh_server.host_key.with_suffix(".pub")) in str(error)
-    assert "ssh-keygen -R" in str(error)
+    assert f"ssh-keygen -R '[127.0.0.1]:{openssh_server.port}'" in str(error)
+
+
+def test_an_unknown_key_on_the_way_is_refused_too(
+    ssh_env: SSHHome, bad_aliases: dict[str, str], openssh_server: OpenSSHServer
+) -> None:
+    alias = "cj-via-unknown"  # the target's key is known; the jump host's is not
+    ssh_env.add_alias(alias, "127.0.0.1", openssh_server.port, ProxyJump=bad_aliases["unknown"])
+    error = only_error([Host(alias, python=TEST_PYTHON)])
+    assert isinstance(error, HostKeyError)
+    assert "a host key was refused" in str(error) and "ProxyJump hosts too" in str(error)
 
 
 def _fingerprint(public_key: Path) -> str:
