@@ -130,8 +130,11 @@ def test_add_and_remove_hosts_while_running(hosts_openssh: list[Host]) -> None:
         assert [f.result(timeout=60) for f in first + more] == list(range(4)) + list(range(20))
         assert {host_of(f) for f in more} == {"local", OPENSSH_ALIAS}
 
-        running = executor.submit(nap, 1.0, "drained")
-        wait_busy(executor, 1)
+        running = executor.submit(nap, 1.5, "drained")
+        deadline = time.monotonic() + 20
+        while running._ceranubis_record.host is None:  # type: ignore[attr-defined]
+            assert time.monotonic() < deadline, "the task never reached a node"
+            time.sleep(0.01)
         ran_on = host_of(running)
         executor.remove_hosts(ran_on, drain=True)
         assert running.done() and running.result() == "drained"
