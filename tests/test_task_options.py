@@ -107,8 +107,10 @@ def test_unknown_group_fails_the_task(one_worker: CeranubisExecutor) -> None:
 @pytest.fixture
 def two_hosts(hosts_openssh: list[Host]) -> Iterator[CeranubisExecutor]:
     executor = CeranubisExecutor(
-        [Host("local", workers=1, group="near"),
-         Host(OPENSSH_ALIAS, python=TEST_PYTHON, workers=1, group="far")]
+        [
+            Host("local", workers=1, group="near"),
+            Host(OPENSSH_ALIAS, python=TEST_PYTHON, workers=1, group="far"),
+        ]
     )
     yield executor
     executor.shutdown(wait=True, cancel_futures=True)
