@@ -193,7 +193,7 @@ class Store(ABC):
                 )
                 project_id = int(cursor.fetchone()[0])
                 rows = [(project_id, position, blob) for position, blob in enumerate(args)]
-                self._many_values(cursor, _INSERT_ARGUMENTS, "", rows, _INSERT_ROWS)
+                self._insert_arguments(cursor, rows)
         except ConfigError:
             raise ConfigError(
                 f"a project named {name!r} already exists; pick another name or remove it "
@@ -357,13 +357,20 @@ class Store(ABC):
         if not rows:
             return 0
         with self._transaction() as cursor:
-            changed = self._many_values(
-                cursor, _UPDATE_DONE, _UPDATE_DONE_WHERE, plain, _UPDATE_ROWS
-            )
+            changed = self._update_done(cursor, plain) if plain else 0
             if other:
                 cursor.executemany(self._sql(_UPDATE_ANY), other)
                 changed += int(cursor.rowcount)
         return changed
+
+    def _insert_arguments(self, cursor: Any, rows: Sequence[tuple[int, int, bytes]]) -> None:
+        """Insert ``(project, position, args)`` rows (back ends may bulk-load)."""
+        self._many_values(cursor, _INSERT_ARGUMENTS, "", rows, _INSERT_ROWS)
+
+    def _update_done(self, cursor: Any, rows: Sequence[tuple[Any, ...]]) -> int:
+        """Record ``(id, result, host, attempts, started, finished)`` of finished arguments
+        still open; returns how many changed (back ends may bulk-load)."""
+        return self._many_values(cursor, _UPDATE_DONE, _UPDATE_DONE_WHERE, rows, _UPDATE_ROWS)
 
     def _many_values(
         self, cursor: Any, head: str, tail: str, rows: Sequence[tuple[Any, ...]], per_statement: int

@@ -10,6 +10,7 @@ ceranubis-jupyter[postgres]``), imported only when such a URL is opened.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from .errors import ConfigError, StoreError
@@ -52,6 +53,18 @@ _PG_DDL = (
 )
 
 
+# Per-connection staging table for finished outcomes (see PostgresStore._update_done).
+_OUTCOMES_TABLE = (
+    "CREATE TEMP TABLE IF NOT EXISTS cj_outcomes (id BIGINT, result BYTEA, host TEXT, "
+    "attempts INTEGER, started DOUBLE PRECISION, finished DOUBLE PRECISION)"
+)
+_UPDATE_FROM_OUTCOMES = (
+    "UPDATE arguments SET state = 'done', result = o.result, host = o.host, "
+    "attempts = o.attempts, started = o.started, finished = o.finished FROM cj_outcomes o "
+    "WHERE arguments.id = o.id AND arguments.state IN ('pending', 'running')"
+)
+
+
 def redact(url: str) -> str:
     """The URL with its password replaced by ``***`` (for messages)."""
     return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
@@ -86,6 +99,7 @@ class PostgresStore(Store):
             self._connection = self._psycopg.connect(
                 self._dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT
             )
+            self._connection.execute(_OUTCOMES_TABLE)
         except self._psycopg.Error as error:
             raise StoreError(
                 f"cannot reach the project store {self.url}: {_first_line(error)}; check that "
@@ -100,6 +114,22 @@ class PostgresStore(Store):
     def _rollback(self, cursor: Any) -> None:
         if not (self._connection.closed or self._connection.broken):
             cursor.execute("ROLLBACK")
+
+    def _insert_arguments(self, cursor: Any, rows: Sequence[tuple[int, int, bytes]]) -> None:
+        with cursor.copy("COPY arguments (project, position, args) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+
+    def _update_done(self, cursor: Any, rows: Sequence[tuple[Any, ...]]) -> int:
+        # COPY into a session table, then one joined UPDATE: a tenth of the client CPU of
+        # parameterized statements, and far less server parsing.
+        with cursor.copy("COPY cj_outcomes FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        cursor.execute(_UPDATE_FROM_OUTCOMES)
+        changed = int(cursor.rowcount)
+        cursor.execute("DELETE FROM cj_outcomes")
+        return changed
 
     def _sql(self, text: str) -> str:
         return text.replace("?", "%s")
