@@ -9,6 +9,7 @@ they must travel by value. Results go to ``benchmarks/results/`` as JSON.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import subprocess
 import sys
 import time
@@ -27,6 +28,7 @@ REPEATS = 5
 # Seconds the project-store benchmark (another engineer's) may take before it is stopped.
 PROJECT_BENCH_TIMEOUT = 120.0
 PROJECT_BENCH = Path(__file__).resolve().parent / "bench_project.py"
+SSHD = "/usr/sbin/sshd"
 
 
 def inc(x: int) -> int:
@@ -52,6 +54,7 @@ class Run:
             s.name: defaultdict(list) for s in systems
         }
         self.executors: dict[str, Executor] = {}
+        self.notes: list[str] = []
 
     def record(self, system: str, key: str, value: float) -> None:
         self.samples[system][key].append(value)
@@ -109,6 +112,18 @@ class Run:
             lambda s, ex: self.record(s, "w6", w.w6_efficiency(ex, spin, n, serial, peers.WORKERS)),
         )
 
+    def ssh(self) -> None:
+        """The SSH workloads (loopback sshd), or why they were skipped."""
+        reason = ssh_unavailable()
+        if reason:
+            self.notes.append(f"SSH workloads skipped: {reason}")
+            return
+        import ssh_bench
+
+        self.samples.setdefault(report.OURS_SSH, defaultdict(list))
+        self.samples.setdefault(report.RAW_SSH, defaultdict(list))
+        ssh_bench.run_ssh(self.record, inc, self.repeats, _progress)
+
     def _throughput(self) -> None:
         for kind, payload in w.w4_payloads().items():
             self.each(f"W4 {kind}", self._throughput_of(f"w4_{kind}", payload))
@@ -118,6 +133,15 @@ class Run:
             self.record(system, key, w.w4_throughput(ex, payload))
 
         return measure
+
+
+def ssh_unavailable() -> str:
+    """Why the SSH workloads cannot run here ("" if they can)."""
+    if not Path(SSHD).exists():
+        return f"{SSHD} is missing (make system-deps)"
+    if importlib.util.find_spec("ceranubis_jupyter.ssh") is None:
+        return "ceranubis_jupyter.ssh is not there yet"
+    return ""
 
 
 def run_project_bench() -> str:
@@ -147,6 +171,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=REPEATS, help="repetitions per measurement")
     parser.add_argument("--systems", nargs="*", help="only these systems (default: all found)")
     parser.add_argument("--no-project", action="store_true", help="skip bench_project.py")
+    parser.add_argument("--no-ssh", action="store_true", help="skip the SSH workloads")
     return parser.parse_args(argv)
 
 
@@ -162,15 +187,20 @@ def main(argv: list[str] | None = None) -> int:
         bench.steady()
     finally:
         bench.close()
+    if not args.no_ssh:
+        bench.ssh()
     samples = {name: dict(metrics) for name, metrics in bench.samples.items()}
-    elapsed = time.perf_counter() - started
-    print(report.table(samples))
     project = "" if args.no_project else run_project_bench()
-    if project:
-        print(project)
-    path = report.write_json(
-        samples, {"seconds": elapsed, "repeats": bench.repeats, "project_bench": project}
-    )
+    elapsed = time.perf_counter() - started
+    for section in report.SECTIONS:
+        text = report.table(samples, section)
+        if text:
+            print(f"\n{text}")
+    for line in [*bench.notes, project]:
+        if line:
+            print(f"\n{line}")
+    extra = {"seconds": elapsed, "repeats": bench.repeats, "notes": bench.notes}
+    path = report.write_json(samples, {**extra, "project_bench": project})
     print(f"\n{elapsed:.0f} s; medians of {bench.repeats}; ratios are ours/peer; written to {path}")
     return 0
 
