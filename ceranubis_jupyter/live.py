@@ -45,9 +45,16 @@ class LiveProgress:
             ``add_listener`` and ``executor``).
         view: called with each new snapshot, from the refresher thread.
         min_interval: seconds between two redraws at most.
+        executor: whose hosts to show (default: the project's while it runs).
     """
 
-    def __init__(self, project: Any, view: View, min_interval: float = MIN_REDRAW_SECONDS):
+    def __init__(
+        self,
+        project: Any,
+        view: View,
+        min_interval: float = MIN_REDRAW_SECONDS,
+        executor: Any = None,
+    ) -> None:
         self.project = project
         self.view = view
         self.min_interval = min_interval
@@ -57,6 +64,7 @@ class LiveProgress:
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="ceranubis-progress", daemon=True)
         self.last: Snapshot | None = None
+        self.executor: Any = executor
 
     def start(self) -> LiveProgress:
         """Draw once now, then follow the project; returns self."""
@@ -74,7 +82,7 @@ class LiveProgress:
     def refresh(self) -> Snapshot:
         """Read the project and draw it now; returns the snapshot drawn."""
         with self._lock:
-            snapshot = snapshot_of(self.project, _host_infos(self.project), self.meter)
+            snapshot = snapshot_of(self.project, self._host_infos(), self.meter)
             self.view(snapshot)
             self.last = snapshot
             return snapshot
@@ -87,6 +95,16 @@ class LiveProgress:
             self._thread.join(timeout)
         return self.refresh()
 
+    def _host_infos(self) -> list[Any]:
+        # The project lets go of its executor when it ends; the last view keeps its hosts.
+        self.executor = getattr(self.project, "executor", None) or self.executor
+        if self.executor is None:
+            return []
+        try:
+            return list(self.executor.hosts())
+        except Exception:  # a shut-down executor has no hosts to show
+            return []
+
     def _run(self) -> None:
         while not self._stopped.is_set():
             self._poked.wait(IDLE_REFRESH_SECONDS)
@@ -94,22 +112,15 @@ class LiveProgress:
             if self._stopped.is_set():
                 return
             try:
-                if self.refresh().final:
+                snapshot = self.refresh()
+                if snapshot.final:
                     return
+                if snapshot.counts.pending + snapshot.counts.running == 0:
+                    self._poked.set()  # all in, the end state is moments away: look soon
             except Exception:  # a closed store or comm must not kill the kernel's thread
                 if self._stopped.wait(IDLE_REFRESH_SECONDS):
                     return
             self._stopped.wait(self.min_interval)
-
-
-def _host_infos(project: Any) -> list[Any]:
-    executor = getattr(project, "executor", None)
-    if executor is None:
-        return []
-    try:
-        return list(executor.hosts())
-    except Exception:  # a shut-down executor has no hosts to show
-        return []
 
 
 class TextLine:

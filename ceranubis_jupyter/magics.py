@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 
-from .errors import ConfigError
+from .errors import ConfigError, StoreError
 from .session import POOL, follow, run_cell_body, wait_hosts_ready, wait_or_cancel
 from .tables import HostsTable, ProjectsTable
 
@@ -107,11 +107,11 @@ def _check_positive(options: argparse.Namespace) -> None:
 
 
 def split_hosts(text: str | None) -> list[str] | None:
-    """``"a,b, c"`` → ``["a", "b", "c"]``; ``None``/empty → ``None`` (embedded default)."""
+    """``"a,b, c"`` → ``["a", "b", "c"]``; empty or ``local`` → ``None`` (embedded default)."""
     if not text:
         return None
     hosts = [host.strip() for host in text.split(",") if host.strip()]
-    return hosts or None
+    return None if hosts in ([], ["local"]) else hosts
 
 
 def variable_name(project_name: str | None) -> str:
@@ -154,9 +154,10 @@ class CeranubisMagics(Magics):
         if not callable(fn):
             raise UsageError(f"{fn_name} is not callable\nusage: {CELL_USAGE}")
         args = as_argument_tuples(self._evaluate(expression, "ARGS"))
-        project = self._commit(fn, args, cell, options)
+        executor = self._executor(options.hosts, options.workers, CELL_USAGE)
+        project = self._commit(executor, fn, args, cell, options)
         self._bind(project, options.out or variable_name(options.name))
-        live = follow(project)
+        live = follow(project, executor, waiting=not options.no_wait)
         if not options.no_wait:
             wait_or_cancel(project, live)
 
@@ -185,23 +186,23 @@ class CeranubisMagics(Magics):
                 f"usage: {CELL_USAGE}"
             ) from None
 
+    def _executor(self, hosts: str | None, workers: int | None, usage: str) -> Any:
+        try:
+            return POOL.get(split_hosts(hosts), workers)
+        except ConfigError as error:
+            raise UsageError(f"{error}\nusage: {usage}") from None
+
     def _commit(
-        self, fn: Any, args: list[tuple[Any, ...]], cell: str, options: argparse.Namespace
-    ) -> Any:
+        self, executor: Any, fn: Any, args: list[tuple[Any, ...]], cell: str,
+        options: argparse.Namespace,
+    ) -> Any:  # fmt: skip
         from .project import commit_function
 
         try:
-            executor = POOL.get(split_hosts(options.hosts), options.workers)
             return commit_function(
-                executor,
-                fn,
-                args,
-                name=options.name,
-                store=options.store,
-                code=cell,
-                chunksize=options.chunksize,
-                timeout=options.timeout,
-            )
+                executor, fn, args, name=options.name, store=options.store, code=cell,
+                chunksize=options.chunksize, timeout=options.timeout,
+            )  # fmt: skip
         except ConfigError as error:
             raise UsageError(f"{error}\nusage: {CELL_USAGE}") from None
 
@@ -213,10 +214,7 @@ class CeranubisMagics(Magics):
     # ------------------------------------------------------------------ line commands
 
     def _hosts(self, options: argparse.Namespace) -> HostsTable:
-        try:
-            executor = POOL.get(split_hosts(options.hosts), options.workers)
-        except ConfigError as error:
-            raise UsageError(f"{error}\nusage: {LINE_USAGE}") from None
+        executor = self._executor(options.hosts, options.workers, LINE_USAGE)
         return HostsTable(wait_hosts_ready(executor))
 
     def _projects(self, options: argparse.Namespace) -> ProjectsTable:
@@ -225,7 +223,6 @@ class CeranubisMagics(Magics):
         return ProjectsTable(list_projects(options.store))
 
     def _load(self, options: argparse.Namespace) -> Any:
-        from .errors import StoreError
         from .project import Project
 
         try:
@@ -245,7 +242,6 @@ class CeranubisMagics(Magics):
         return project
 
     def _rm(self, options: argparse.Namespace) -> None:
-        from .errors import StoreError
         from .project import remove_project
 
         try:
@@ -256,12 +252,14 @@ class CeranubisMagics(Magics):
 
     def _resume(self, options: argparse.Namespace) -> Any:
         project = self._load(options)
-        hosts = split_hosts(options.hosts) or (list(project.hosts) or None)
-        if hosts == ["local"]:
-            hosts = None
-        project.resume(POOL.get(hosts, options.workers))
+        hosts = options.hosts or ",".join(project.hosts)
+        executor = self._executor(hosts, options.workers, LINE_USAGE)
+        try:
+            project.resume(executor)
+        except (ConfigError, StoreError) as error:
+            raise UsageError(str(error)) from None
         self._bind(project, variable_name(project.name))
-        live = follow(project)
+        live = follow(project, executor, waiting=not options.no_wait)
         if not options.no_wait:
             wait_or_cancel(project, live)
         return None

@@ -45,7 +45,7 @@ class ExecutorPool:
         key: PoolKey = (tuple(hosts) if hosts else None, workers)
         with self._lock:
             executor = self._executors.get(key)
-            if executor is None or getattr(executor, "_shutdown", False):
+            if executor is None or executor._shutdown or executor.scheduler.broken:
                 executor = CeranubisExecutor(list(key[0]) if key[0] else None, max_workers=workers)
                 self._executors[key] = executor
             return executor
@@ -91,20 +91,29 @@ def run_cell_body(shell: Any, magic_line: str, body: str) -> bool:
     return True
 
 
-def follow(project: Any) -> LiveProgress:
-    """Show ``project`` live: the widget in a Jupyter kernel, a text line elsewhere."""
+def follow(project: Any, executor: Any = None, *, waiting: bool = True) -> LiveProgress:
+    """Show ``project`` live: the widget in a Jupyter kernel, a text line elsewhere.
+
+    ``executor`` is the one running it; its host rows stay in the view after the end.
+    A text line is only kept moving while the cell waits (``waiting``): lines printed
+    from a background thread would land in the middle of later cells or the prompt.
+    """
     if progress_mode() == "widget":
         from .widget import ProgressWidget
 
         view = ProgressWidget(list(project.hosts), on_cancel=lambda: _cancel_running(project))
-        live = LiveProgress(project, view.show)
+        live = LiveProgress(project, view.show, executor=executor)
         live.refresh()
         view.display()
         _settle_after_cells(live)
-    else:
-        text = TextLine()
-        live = LiveProgress(project, text, min_interval=text.interval)
-    return live.start()
+        return live.start()
+    text = TextLine()
+    live = LiveProgress(project, text, min_interval=text.interval, executor=executor)
+    if waiting:
+        return live.start()
+    live.refresh()
+    print(f"running in the background; `%ceranubis status {project.name}` shows progress")
+    return live
 
 
 def _cancel_running(project: Any) -> None:
@@ -152,7 +161,19 @@ def wait_or_cancel(project: Any, live: LiveProgress) -> None:
             file=sys.stderr,
         )
         raise
-    live.stop()
+    snapshot = live.stop()
+    if snapshot.state == "stopped":
+        _explain_stop(project, snapshot.hosts)
+
+
+def _explain_stop(project: Any, hosts: tuple[Any, ...]) -> None:
+    left = sum(project.counts()[state] for state in ("pending", "running", "cancelled"))
+    reasons = "".join(f"\n  - {row.error}" for row in hosts if row.error)
+    print(
+        f"project {project.name!r} stopped with {left} arguments left{reasons or ''}\n"
+        f"fix the hosts, then `%ceranubis resume {project.name}` runs the rest",
+        file=sys.stderr,
+    )
 
 
 def wait_hosts_ready(executor: Any, timeout: float = HOSTS_READY_SECONDS) -> list[Any]:

@@ -188,3 +188,21 @@ def test_store_option_keeps_the_project_in_that_store(ipshell: Any, tmp_path: An
     rows = ipshell.run_line_magic("ceranubis", f"projects --store {other}").rows
     assert [(r[0], r[1], r[2]) for r in rows] == [("elsewhere", "done", "3/3")]
     assert other.exists()
+
+
+def test_unusable_hosts_stop_the_project_with_an_explanation(
+    ipshell: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.jupyter_support import free_port
+
+    host = f"nobody@127.0.0.1:{free_port()}"  # loopback, nothing listens: refused
+    ipshell.run_cell_magic("ceranubis", f"square over range(3) --hosts {host} --out p",
+                           SQUARE_CELL)  # fmt: skip
+    project = ipshell.user_ns["p"]
+    assert project.state == "stopped" and project.counts()["pending"] == 3
+    err = capsys.readouterr().err
+    assert "stopped with 3 arguments left" in err and host in err, err
+    assert "%ceranubis resume p" not in err and f"resume {project.name}" in err
+    # the broken executor is not reused: the next cell gets a fresh one
+    ipshell.run_cell_magic("ceranubis", "square over range(3) --out q", SQUARE_CELL)
+    assert ipshell.user_ns["q"].status() == (3, 3)
