@@ -375,6 +375,7 @@ class Scheduler:
 
     def _finished(self, record: TaskRecord) -> None:
         record.finished = time.monotonic()
+        record.payload, record.buffers = b"", ()  # a held future must not pin its arguments
         for listener in self.listeners:
             try:
                 listener(record)
