@@ -15,7 +15,8 @@ The bundle is a zip of the node's stdlib-only modules plus dill (pure Python). I
 its sha256, so a host keeps every version it has seen and a bundle is sent at most once per
 host and version. ``BOOT`` is written to parse on any Python so that a too-old interpreter
 gets a clear ``E`` line instead of a ``SyntaxError``. The node process keeps
-``ceranubis-node`` in its command line (``transport.NODE_MARKER``).
+``ceranubis-node`` in its command line (``transport.NODE_MARKER``), then the bundle's digest
+and the client's identity (``client=<hostname>:<pid>``, for ``kill-strays``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 
 import dill
 
-from .transport import NODE_MARKER
+from .transport import NODE_MARKER, client_identity
 
 # The oldest Python the node code is written for (pyproject's requires-python): BOOT refuses
 # older ones with a clear line instead of a SyntaxError. The handshake then insists on the
@@ -132,7 +133,7 @@ class Bundle:
 
 def remote_command(python: str, digest: str) -> str:
     """The one shell command that starts a node on a host (every word shell-quoted)."""
-    words = [python, "-E", "-s", "-c", BOOT, NODE_MARKER, digest]
+    words = [python, "-E", "-s", "-c", BOOT, NODE_MARKER, digest, client_identity()]
     return "exec " + " ".join(shlex.quote(word) for word in words)
 
 

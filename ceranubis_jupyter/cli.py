@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 # Modules that contribute subcommands (each has ``add_commands(subparsers)``).
-_COMMAND_MODULES = ["demo", "kernelspec", "projects_cli"]
+_COMMAND_MODULES = ["demo", "kernelspec", "projects_cli", "strays"]
 
 
 def build_parser() -> argparse.ArgumentParser:

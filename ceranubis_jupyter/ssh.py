@@ -115,6 +115,10 @@ class SSHTransport(Transport):
 
     # ------------------------------------------------------------------ connecting
 
+    async def connect(self) -> asyncssh.SSHClientConnection:
+        """A connection to the host for one-off commands (``kill-strays``); close it after."""
+        return await self._connect()
+
     async def _connect(self) -> asyncssh.SSHClientConnection:
         options = dict(self.spec.connect_options)
         if "encryption_algs" not in options and not self._config_sets_ciphers(options):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -21,6 +22,9 @@ from .protocol import Buffer
 EXIT_GRACE_SECONDS = 2.0
 # Every node process carries this word in its command line (``kill-strays`` and leak checks).
 NODE_MARKER = "ceranubis-node"
+# ... followed (as a later word) by ``client=<hostname>:<pid>``, naming the client that
+# started it, so ``kill-strays`` can tell the nodes of a dead client.
+CLIENT_PREFIX = "client="
 # Bytes of a node's stderr kept to explain why it died.
 STDERR_TAIL = 4096
 _READ_SIZE = 1 << 20
@@ -77,7 +81,12 @@ def node_command(python: str) -> list[str]:
         f"import sys; sys.path.insert(0, {_package_parent()!r}); "
         "from ceranubis_jupyter.node import main; main()"
     )
-    return [python, "-I", "-c", boot, NODE_MARKER]
+    return [python, "-I", "-c", boot, NODE_MARKER, client_identity()]
+
+
+def client_identity() -> str:
+    """The ``client=<hostname>:<pid>`` word that every node of this process carries."""
+    return f"{CLIENT_PREFIX}{socket.gethostname()}:{os.getpid()}"
 
 
 class LocalTransport(Transport):

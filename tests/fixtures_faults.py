@@ -13,17 +13,28 @@ the sessions it forked, by PID.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 import pytest
 
-from tests.fixtures_ssh import OpenSSHServer, SSHHome, make_openssh_server
+from tests.fixtures_ssh import (
+    SSHD,
+    OpenSSHServer,
+    SSHHome,
+    _sshd_config,
+    free_port,
+    keygen,
+    make_openssh_server,
+    wait_for_port,
+)
 
 # Third octets tried for this run's networks (198.19.N.0/24), from a PID-derived start.
 OCTETS = range(10, 250)
@@ -153,3 +164,142 @@ def partition_hosts(
             _stop_server(host.server)
         for index, octet in enumerate(octets, 1):
             _remove(index, octet)
+
+
+# ---------------------------------------------------------------------- a PID namespace
+
+# The namespace's PID 1: reaps every orphan (as init does), so ended processes vanish.
+_INIT = """
+import os, time
+while True:
+    try:
+        os.wait()
+    except ChildProcessError:
+        time.sleep(0.05)
+"""
+
+
+@dataclass
+class PidNamespace:
+    """A PID and mount namespace (its own /proc): what runs inside sees only its own.
+
+    Tests that end processes by what /proc shows (``kill-strays``) run there, so they can
+    never touch a process of another test run on this machine. Ending ``unshare`` ends
+    the namespace's PID 1, and the kernel then kills everything inside.
+    """
+
+    unshare: subprocess.Popen[bytes]
+    init_pid: int
+    started: list[subprocess.Popen[str]] = field(default_factory=list)
+
+    def command(self, *args: str) -> list[str]:
+        """``args`` as a command run inside the namespace."""
+        return ["nsenter", "-t", str(self.init_pid), "-p", "-m", "--", *args]
+
+    def popen(self, *args: str, **options: object) -> subprocess.Popen[str]:
+        """Start ``args`` inside the namespace (text mode)."""
+        process = subprocess.Popen(self.command(*args), text=True, **options)  # type: ignore[call-overload]
+        self.started.append(process)
+        return process  # type: ignore[no-any-return]
+
+    def end(self) -> None:
+        """End the namespace: first the nsenters we started (a stopped one would never reap
+        its child, and the namespace cannot end with an unreaped zombie), then PID 1."""
+        for process in self.started:
+            process.kill()
+            process.wait(timeout=10)
+        self.unshare.kill()
+        self.unshare.wait(timeout=10)
+
+    def outer_pid(self, inner: int) -> int:
+        """Our PID for the process that is ``inner`` inside the namespace."""
+        target = os.readlink(f"/proc/{self.init_pid}/ns/pid")
+        for name in os.listdir("/proc"):
+            if name.isdigit() and _inner_pid(int(name), target) == inner:
+                return int(name)
+        raise LookupError(f"no process {inner} in the namespace")
+
+
+def _inner_pid(pid: int, namespace: str) -> int | None:
+    try:
+        if os.readlink(f"/proc/{pid}/ns/pid") != namespace:
+            return None
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("NSpid:"):
+                    return int(line.split()[-1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+@dataclass
+class NamespaceHost:
+    """An ssh alias whose sshd (and every node it starts) lives in ``namespace``."""
+
+    alias: str
+    namespace: PidNamespace
+
+
+@contextlib.contextmanager
+def new_pid_namespace() -> Iterator[PidNamespace]:
+    """A fresh PID namespace with a reaping PID 1; everything in it ends on exit."""
+    unshare = subprocess.Popen(
+        ["unshare", "--pid", "--mount-proc", "--kill-child", sys.executable, "-c", _INIT],
+        stdin=subprocess.DEVNULL,
+    )
+    init: list[psutil.Process] = []
+    namespace = None
+    try:
+        wait_for(lambda: psutil.Process(unshare.pid).children(), 10, "the namespace's PID 1")
+        init = psutil.Process(unshare.pid).children()
+        namespace = PidNamespace(unshare, init[0].pid)
+        yield namespace
+    finally:
+        if namespace is not None:
+            namespace.end()
+        unshare.kill()
+        unshare.wait(timeout=10)
+        # PID 1 gone, the kernel ends everything inside; a zombie is gone for our purpose.
+        wait_for(lambda: not any(_running(p) for p in init), 10, "the namespace ended")
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.fixture
+def pid_namespace() -> Iterator[PidNamespace]:
+    """A PID namespace of the test's own (the client machine's view of processes)."""
+    with new_pid_namespace() as namespace:
+        yield namespace
+
+
+@pytest.fixture
+def namespace_sshd(pid_namespace: PidNamespace, ssh_env: SSHHome, tmp_path: Path) -> Iterator[str]:
+    """A real sshd inside ``pid_namespace`` (its sessions run there); yields its alias."""
+    directory = tmp_path / "ns-sshd"
+    directory.mkdir(mode=0o700)
+    keygen(directory / "host_key")
+    authorized = directory / "authorized_keys"
+    authorized.write_text(ssh_env.key.with_suffix(".pub").read_text())
+    (directory / "cache").mkdir()
+    server = OpenSSHServer(
+        directory, "127.0.0.1", free_port(), directory / "host_key", directory / "cache"
+    )
+    (directory / "sshd_config").write_text(_sshd_config(server, authorized))
+    log = str(directory / "sshd.log")
+    with new_pid_namespace() as namespace:
+        sshd = namespace.popen(SSHD, "-D", "-f", str(directory / "sshd_config"), "-E", log)
+        try:
+            wait_for_port("127.0.0.1", server.port)
+            alias = f"cjs{os.getpid()}-{server.port}"
+            ssh_env.add_alias(alias, "127.0.0.1", server.port)
+            ssh_env.trust("127.0.0.1", server.port, directory / "host_key.pub")
+            yield NamespaceHost(alias, namespace)
+        finally:
+            sshd.kill()  # nsenter; the sshd itself ends with the namespace
+            sshd.wait(timeout=10)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import shlex
+import socket
 import subprocess
 import sys
 import zipfile
@@ -71,7 +72,8 @@ def test_bundle_imports_under_an_isolated_python_without_site(tmp_path: Path) ->
 def test_remote_command_is_one_shell_quoted_exec() -> None:
     python = "/opt/my python/bin/python3'; rm -rf ~"
     words = shlex.split(remote_command(python, "ab" * 32))
-    assert words == ["exec", python, "-E", "-s", "-c", BOOT, NODE_MARKER, "ab" * 32]
+    client = f"client={socket.gethostname()}:{os.getpid()}"
+    assert words == ["exec", python, "-E", "-s", "-c", BOOT, NODE_MARKER, "ab" * 32, client]
 
 
 @pytest.fixture

@@ -1,0 +1,169 @@
+"""``ceranubis kill-strays``: it ends exactly the nodes whose client died, and nothing else.
+
+Everything runs in PID namespaces of the test's own: one for this machine (clients, the
+command itself, local nodes), one for the "remote" host (its sshd and the nodes it starts),
+so the command sees, and could end, only this test's processes, as on separate machines.
+
+A stray is made honestly: a client starts nodes (one local, one over SSH), the nodes hang
+(SIGSTOP: they can no longer notice that their input closed) and the client is SIGKILLed.
+A second client stays alive; two decoys carry the node marker but are not ours to end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from typing import Any
+
+import psutil
+
+from ceranubis_jupyter.transport import NODE_MARKER
+from tests.fixtures_faults import NamespaceHost, PidNamespace, wait_for
+from tests.fixtures_ssh import TEST_PYTHON
+
+# Seconds a client gets to bring its nodes up, and the command to finish.
+START_TIMEOUT = 60.0
+COMMAND_TIMEOUT = 60.0
+# Workers of each client's local node and of its node on the SSH host.
+LOCAL_WORKERS, REMOTE_WORKERS = 2, 1
+
+CLIENT = """
+import json, sys, time
+from ceranubis_jupyter import CeranubisExecutor
+from ceranubis_jupyter.hosts import Host
+hosts = [Host("local", workers=@LOCAL@), Host(sys.argv[1], python=sys.argv[2], workers=@REMOTE@)]
+executor = CeranubisExecutor(hosts)
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline:
+    infos = executor.hosts()
+    if len(infos) == 2 and all(info.state == "ready" for info in infos):
+        break
+    time.sleep(0.05)
+print(json.dumps({info.host: info.pid for info in executor.hosts()}), flush=True)
+time.sleep(600)
+"""
+CLIENT = CLIENT.replace("@LOCAL@", str(LOCAL_WORKERS)).replace("@REMOTE@", str(REMOTE_WORKERS))
+DECOY = "import time; time.sleep(600)"
+
+
+class Client:
+    """A client process in the namespace with a node on each host."""
+
+    def __init__(self, ns: PidNamespace, remote: NamespaceHost) -> None:
+        self.process = ns.popen(
+            sys.executable, "-c", CLIENT, remote.alias, TEST_PYTHON, stdout=subprocess.PIPE
+        )
+        assert self.process.stdout is not None
+        self.nodes: dict[str, int] = json.loads(self.process.stdout.readline())
+        assert set(self.nodes) == {"local", remote.alias}, f"not every node came up: {self.nodes}"
+        self.pid = ns.outer_pid(_inner_child(self.process.pid))
+        spaces = {"local": ns, remote.alias: remote.namespace}
+        workers = {"local": LOCAL_WORKERS, remote.alias: REMOTE_WORKERS}
+        self.trees = {
+            h: _tree(spaces[h].outer_pid(pid), workers[h]) for h, pid in self.nodes.items()
+        }
+        self.expected = {  # what kill-strays should report: (host, node) -> workers
+            (host, pid): sorted(_inner(w) for w in self.trees[host][1:])
+            for host, pid in self.nodes.items()
+        }
+
+    def outer_pids(self) -> set[int]:
+        return {pid for tree in self.trees.values() for pid in tree}
+
+
+def _inner_child(nsenter_pid: int) -> int:
+    """The inner PID of the program nsenter forked (its only child)."""
+    wait_for(lambda: psutil.Process(nsenter_pid).children(), 10, "nsenter's child")
+    [child] = psutil.Process(nsenter_pid).children()
+    with open(f"/proc/{child.pid}/status") as status:
+        line = next(line for line in status if line.startswith("NSpid:"))
+    return int(line.split()[-1])
+
+
+def _inner(outer: int) -> int:
+    with open(f"/proc/{outer}/status") as status:
+        line = next(line for line in status if line.startswith("NSpid:"))
+    return int(line.split()[-1])
+
+
+def _tree(pid: int, workers: int) -> list[int]:
+    """A node and its workers (outer PIDs), node first, once it has forked them all."""
+    node = psutil.Process(pid)
+    wait_for(lambda: len(node.children()) == workers, START_TIMEOUT, f"node {pid}'s workers")
+    return [pid, *(child.pid for child in node.children())]
+
+
+def run_command(ns: PidNamespace, *flags: str, hosts: str) -> str:
+    """Run ``ceranubis kill-strays`` inside the namespace; what it printed."""
+    command = ns.command(
+        sys.executable, "-m", "ceranubis_jupyter.cli", "kill-strays", "--hosts", hosts, *flags
+    )
+    done = subprocess.run(command, capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def kill_strays(ns: PidNamespace, *flags: str, hosts: str) -> dict[str, Any]:
+    """Run ``ceranubis kill-strays --json`` inside the namespace; its answer."""
+    answer: dict[str, Any] = json.loads(run_command(ns, "--json", *flags, hosts=hosts))
+    assert answer["errors"] == {}
+    return answer
+
+
+def ended(answer: dict[str, Any]) -> dict[tuple[str, int], list[int]]:
+    return {(s["host"], s["pid"]): sorted(s["workers"]) for s in answer["ended"]}
+
+
+def alive(pids: set[int]) -> set[int]:
+    return {pid for pid in pids if psutil.pid_exists(pid) and not _zombie(pid)}
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_kill_strays_ends_exactly_the_nodes_of_dead_clients(
+    pid_namespace: PidNamespace, namespace_sshd: NamespaceHost
+) -> None:
+    ns, hosts = pid_namespace, f"local,{namespace_sshd.alias}"
+    dead, live = Client(ns, namespace_sshd), Client(ns, namespace_sshd)
+    decoys = [
+        ns.popen(sys.executable, "-c", DECOY, NODE_MARKER, "client=elsewhere.invalid:1"),
+        ns.popen(sys.executable, "-c", DECOY, NODE_MARKER),
+    ]
+    decoy_pids = {ns.outer_pid(_inner_child(d.pid)) for d in decoys}
+    for host in dead.nodes:  # hung nodes: they cannot notice that their client is gone
+        os.kill(dead.trees[host][0], signal.SIGSTOP)
+    os.kill(dead.pid, signal.SIGKILL)
+    wait_for(lambda: not alive({dead.pid}), 10, "the client is gone")
+    assert alive(dead.outer_pids()) == dead.outer_pids(), "the strays must outlive the client"
+
+    listed = run_command(ns, "--dry-run", hosts=hosts)
+    for host, pid in dead.nodes.items():
+        assert f"{host}: would end node {pid} and " in listed, listed
+    assert "would end 2 stray nodes" in listed and alive(dead.outer_pids()) == dead.outer_pids()
+
+    first = kill_strays(ns, hosts=hosts)
+    assert ended(first) == dead.expected, first
+    wait_for(lambda: not alive(dead.outer_pids()), 10, "the strays ended")
+    assert alive(live.outer_pids() | decoy_pids) == live.outer_pids() | decoy_pids
+
+    os.kill(live.pid, signal.SIGSTOP)  # alive but frozen: it cannot restart its nodes
+    every = kill_strays(ns, "--all", hosts=hosts)
+    assert ended(every) == live.expected, every
+    wait_for(lambda: not alive(live.outer_pids()), 10, "the live client's nodes ended")
+    assert alive(decoy_pids) == decoy_pids, "a decoy was ended"
+    os.kill(live.pid, signal.SIGKILL)
+    os.kill(live.process.pid, signal.SIGCONT)  # nsenter stopped itself with its child
+
+    assert ended(kill_strays(ns, "--all", hosts=hosts)) == {}, "nothing is left to end"
+    for pid in decoy_pids:
+        os.kill(pid, signal.SIGKILL)
+    for process in [dead.process, live.process, *decoys]:
+        process.wait(timeout=10)  # nsenter ends with the program it ran
