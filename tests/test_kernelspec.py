@@ -4,6 +4,7 @@ kernel it describes starts with the magics loaded."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -40,3 +41,18 @@ def test_install_kernel_and_the_kernel_starts_with_the_extension(
     assert reply["status"] == "ok", reply
     assert "'ceranubis_jupyter'" in text, text
     assert "local" in text and "ready" in text, text
+
+
+def test_startup_file_loads_the_magics_in_ipython(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    startup = tmp_path / "profile" / "startup"
+    startup.mkdir(parents=True)
+    shutil.copy(COMMITTED.parent.parent / "startup" / "00-ceranubis.py", startup)
+    code = "print('loaded', 'ceranubis' in get_ipython().magics_manager.magics['cell'])"
+    done = subprocess.run(
+        [sys.executable, "-m", "IPython", f"--profile-dir={tmp_path / 'profile'}", "-c", code],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "IPYTHONDIR": str(tmp_path)},
+    )  # fmt: skip
+    assert "loaded True" in done.stdout, (done.stdout, done.stderr)

@@ -12,6 +12,7 @@ from typing import Any
 import nbformat
 import pytest
 
+from ceranubis_jupyter.progress import OUTPUT_LINES_PER_HOST
 from tests.jupyter_support import execute_notebook, models_with_class
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
@@ -64,6 +65,13 @@ def test_quickstart(tmp_path: Path, jupyter_env: dict[str, str]) -> None:
              if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]  # fmt: skip
     assert plain[0].startswith("quickstart [####################] done: 24/24 done"), plain
     assert plain[1].startswith("fragile [####################] failed: 5/6 done"), plain
+    # the tasks' prints, a few lines per host; the error with its traceback, cell named
+    outputs = [m["value"] for m in models_with_class(nb, "ceranubis-output") if m["value"]]
+    lines = re.findall(r"\[local\] seed \d+: \d+ hits", outputs[0])
+    assert 1 <= len(lines) <= OUTPUT_LINES_PER_HOST, outputs
+    errors = [m["value"] for m in models_with_class(nb, "ceranubis-errors") if m["value"]]
+    assert len(errors) == 1 and "ValueError: bad x=3" in errors[0], errors
+    assert re.search(r"Cell In\[\d+\], line 5, in fragile", errors[0]), errors
     # the remote traceback shows the cell's own line 5 and its source
     assert re.search(r"line 5, in fragile\n\s+raise ValueError", text), text
     assert "ValueError: bad x=3" in text

@@ -142,6 +142,7 @@ def run_and_watch(page: Any) -> dict[str, Any]:
         "counts": page.inner_text(COUNTS),
         "header": page.inner_text(HEADER),
         "width": page.evaluate(f"() => document.querySelector('{BAR}').style.width"),
+        "hosts": page.inner_text(f"{WIDGET} .ceranubis-hosts"),
     }
     page.wait_for_selector(f"text=status ({TASKS}, {TASKS})", timeout=30_000)
     return {"log": page.evaluate("() => window.__log"), "mid": mid, "final": final}
@@ -181,6 +182,8 @@ def test_widget_updates_live_in_jupyterlab(jupyterlab: JupyterLab) -> None:
     ), seen["final"]
     assert seen["final"]["width"] == "100%"
     assert "browser-sweep" in seen["final"]["header"] and "done" in seen["final"]["header"]
+    host_row = seen["final"]["hosts"].splitlines()[-1].split()
+    assert host_row[:2] == ["local", "ready"] and host_row[3] == str(TASKS), host_row
     assert "progress-bar-success" in seen["log"][-1]["cls"]
     assert not blocked, blocked
     assert not [line for line in console if line.startswith("pageerror")], console
