@@ -146,7 +146,15 @@ class CeranubisMagics(Magics):
 
     @cell_magic("ceranubis")  # type: ignore[arg-type]
     def ceranubis_cell(self, line: str, cell: str) -> None:
-        """Run FN over ARGS on the hosts. Usage: see ``CELL_USAGE``."""
+        """Run the cell, then FN over every argument tuple of ARGS on the hosts.
+
+        ``%%ceranubis FN over ARGS [--hosts H1,H2,...] [--name NAME] [--store URL]
+        [--chunksize N] [--workers N] [--timeout S] [--no-wait] [--out VAR]``
+
+        The project is bound to VAR (default: NAME made a Python name, else
+        ``_ceranubis``). Without ``--no-wait`` the cell waits; interrupting the kernel
+        cancels the project and keeps the finished results.
+        """
         fn_name, expression, options = parse_cell_line(line)
         if not run_cell_body(self.shell, line, cell):
             raise _CellFailed()
@@ -163,7 +171,12 @@ class CeranubisMagics(Magics):
 
     @line_magic("ceranubis")  # type: ignore[arg-type]
     def ceranubis_line(self, line: str) -> Any:
-        """Inspect and steer projects and hosts. Usage: see ``LINE_USAGE``."""
+        """Inspect and steer hosts and projects.
+
+        ``%ceranubis hosts [--hosts H1,H2] [--workers N]`` · ``%ceranubis projects
+        [--store URL]`` · ``%ceranubis status|results|cancel|rm NAME`` ·
+        ``%ceranubis resume NAME [--hosts H1,H2] [--workers N] [--no-wait]``
+        """
         try:
             options = _line_parser().parse_args(shlex.split(line))
         except UsageError as error:
@@ -203,7 +216,7 @@ class CeranubisMagics(Magics):
                 executor, fn, args, name=options.name, store=options.store, code=cell,
                 chunksize=options.chunksize, timeout=options.timeout,
             )  # fmt: skip
-        except ConfigError as error:
+        except (ConfigError, StoreError) as error:
             raise UsageError(f"{error}\nusage: {CELL_USAGE}") from None
 
     def _bind(self, project: Any, variable: str) -> None:
@@ -220,7 +233,10 @@ class CeranubisMagics(Magics):
     def _projects(self, options: argparse.Namespace) -> ProjectsTable:
         from .project import list_projects
 
-        return ProjectsTable(list_projects(options.store))
+        try:
+            return ProjectsTable(list_projects(options.store))
+        except StoreError as error:
+            raise UsageError(str(error)) from None
 
     def _load(self, options: argparse.Namespace) -> Any:
         from .project import Project
