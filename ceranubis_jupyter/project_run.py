@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import protocol as p
 from .errors import BrokenCeranubisExecutor, CeranubisError, RemoteTraceback, StoreError
@@ -78,9 +78,8 @@ def error_text(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-@dataclass(frozen=True)
-class Item:
-    """One argument tuple of the run and its row id."""
+class Item(NamedTuple):
+    """One argument tuple of the run and its row id (a tuple: cheap by the thousand)."""
 
     arg_id: int
     args: tuple[Any, ...]
