@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -76,20 +76,41 @@ def test_remote_command_is_one_shell_quoted_exec() -> None:
     assert words == ["exec", python, "-E", "-s", "-c", BOOT, NODE_MARKER, "ab" * 32, client]
 
 
+Boot = Callable[[], "subprocess.Popen[bytes]"]
+
+
 @pytest.fixture
-def cache(tmp_path: Path) -> Iterator[Path]:
-    yield tmp_path / "cache"
+def cache(tmp_path: Path) -> Path:
+    """An empty bundle cache (``XDG_CACHE_HOME``) for BOOT runs."""
+    return tmp_path / "cache"
 
 
-def _boot(cache: Path, python: str = sys.executable) -> subprocess.Popen[bytes]:
+@pytest.fixture
+def boot(cache: Path) -> Iterator[Boot]:
+    """Start BOOT under ``sh -c``, as sshd would; ends any still running afterwards."""
+    started: list[subprocess.Popen[bytes]] = []
     env = {"PATH": os.environ["PATH"], "HOME": str(cache.parent), "XDG_CACHE_HOME": str(cache)}
-    return subprocess.Popen(
-        ["/bin/sh", "-c", remote_command(python, node_bundle().digest)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-    )
+
+    def start() -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            ["/bin/sh", "-c", remote_command(sys.executable, node_bundle().digest)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            bufsize=0,  # unbuffered: readline() must not swallow the Hello after "OK"
+        )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=BOOT_TEST_TIMEOUT)
+        for pipe in (process.stdin, process.stdout, process.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 def _hello(process: subprocess.Popen[bytes]) -> p.Hello:
@@ -110,9 +131,9 @@ def _finish(process: subprocess.Popen[bytes]) -> int:
     return process.wait(timeout=BOOT_TEST_TIMEOUT)
 
 
-def test_boot_asks_for_the_bundle_once_then_uses_the_cache(cache: Path) -> None:
+def test_boot_asks_for_the_bundle_once_then_uses_the_cache(cache: Path, boot: Boot) -> None:
     bundle = node_bundle()
-    cold = _boot(cache)
+    cold = boot()
     assert cold.stdin and cold.stdout
     assert cold.stdout.readline() == b"NEED\n"
     cold.stdin.write(bundle.framed())
@@ -122,15 +143,15 @@ def test_boot_asks_for_the_bundle_once_then_uses_the_cache(cache: Path) -> None:
     assert _finish(cold) == 0
     assert os.listdir(cache / "ceranubis") == [bundle.digest]
 
-    warm = _boot(cache)
+    warm = boot()
     assert warm.stdout and warm.stdout.readline() == b"OK\n"
     assert _hello(warm).pid == warm.pid  # the node is the very process we started
     assert _finish(warm) == 0
 
 
-def test_boot_refuses_a_corrupted_bundle_and_caches_nothing(cache: Path) -> None:
+def test_boot_refuses_a_corrupted_bundle_and_caches_nothing(cache: Path, boot: Boot) -> None:
     bundle = node_bundle()
-    process = _boot(cache)
+    process = boot()
     assert process.stdin and process.stdout
     assert process.stdout.readline() == b"NEED\n"
     framed = bytearray(bundle.framed())
@@ -142,8 +163,24 @@ def test_boot_refuses_a_corrupted_bundle_and_caches_nothing(cache: Path) -> None
     assert not (cache / "ceranubis" / bundle.digest).exists()
 
 
-def test_boot_exits_when_its_input_closes_before_the_bundle(cache: Path) -> None:
-    process = _boot(cache)
+def test_boot_exits_when_its_input_closes_before_the_bundle(cache: Path, boot: Boot) -> None:
+    process = boot()
     assert process.stdout and process.stdout.readline() == b"NEED\n"
     assert _finish(process) != 0
     assert not (cache / "ceranubis" / node_bundle().digest).exists()
+
+
+def test_two_cold_boots_at_once_share_one_cache_entry(cache: Path, boot: Boot) -> None:
+    bundle = node_bundle()
+    boots = [boot() for _ in range(2)]
+    for process in boots:  # both see an empty cache before either installs
+        assert process.stdout and process.stdout.readline() == b"NEED\n"
+    for process in boots:
+        assert process.stdin is not None
+        process.stdin.write(bundle.framed())
+        process.stdin.flush()
+    for process in boots:
+        assert process.stdout and process.stdout.readline() == b"OK\n"
+        assert _hello(process).pid == process.pid
+    assert [_finish(process) for process in boots] == [0, 0]
+    assert os.listdir(cache / "ceranubis") == [bundle.digest]  # no half-written leftovers
