@@ -81,11 +81,30 @@ class Project:
         self._run: ProjectRun | None = None
         self._listeners: list[Callable[[Project], None]] = []
 
-    id = property(lambda self: self._row.id, doc="The project's id in its store.")
-    name = property(lambda self: self._row.name, doc="The project's unique name.")
-    target = property(lambda self: self._row.target, doc="The name of the function run.")
-    code = property(lambda self: self._row.code, doc="The source the function came from.")
-    created = property(lambda self: self._row.created, doc="When it was committed (epoch s).")
+    @property
+    def id(self) -> int:
+        """The project's id in its store."""
+        return self._row.id
+
+    @property
+    def name(self) -> str:
+        """The project's unique name."""
+        return self._row.name
+
+    @property
+    def target(self) -> str:
+        """The name of the function it runs."""
+        return self._row.target
+
+    @property
+    def code(self) -> str:
+        """The source the function came from (may be empty for a function object)."""
+        return self._row.code
+
+    @property
+    def created(self) -> float:
+        """When it was committed (seconds since the epoch)."""
+        return self._row.created
 
     @property
     def hosts(self) -> list[str]:
