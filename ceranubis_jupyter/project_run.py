@@ -142,7 +142,9 @@ class ProjectRun:
         self._clock = time.time() - time.monotonic()
         self._lock = threading.Lock()
         self._outcomes: collections.deque[tuple[Future[Any], str, Any]] = collections.deque()
-        self._futures: list[Future[Any]] = []
+        self._submitted = 0
+        # Unresolved tasks: task id -> (lo, hi) of their items; finished ones are dropped so
+        # a long project does not keep every result in memory.
         self._spans: dict[int, tuple[int, int]] = {}
         self._marked: set[int] = set()
         self._unwritten: list[tuple[Any, ...]] = []
@@ -228,7 +230,10 @@ class ProjectRun:
             tally.resolved_tasks += 1
             tally.counts[state] += hi - lo
             self._remember(tally, future, state, value, lo, hi)
-            last = tally.resolved_tasks == len(self._futures) and self._next >= len(self.items)
+            last = tally.resolved_tasks == self._submitted and self._next >= len(self.items)
+            task_id = future._ceranubis_id  # type: ignore[attr-defined]
+            self._spans.pop(task_id, None)
+            self._marked.discard(task_id)
         if last:
             self._wake.set()  # the final write need not wait for the next flush
         self.notify()
@@ -302,7 +307,7 @@ class ProjectRun:
         submitted_all = self._stop_submitting or self._next >= len(self.items)
         with self._lock:
             resolved = self.tally.resolved_tasks
-        return submitted_all and resolved == len(self._futures) and not self._outcomes
+        return submitted_all and resolved == self._submitted and not self._outcomes
 
     def _submit_slice(self) -> None:
         end = min(self._next + SUBMIT_SLICE, len(self.items))
@@ -316,7 +321,7 @@ class ProjectRun:
                 return
             future._cj_span = (lo, hi)  # type: ignore[attr-defined]
             self._spans[future._ceranubis_id] = (lo, hi)  # type: ignore[attr-defined]
-            self._futures.append(future)
+            self._submitted += 1
             self._next = hi
             future.add_done_callback(self._on_done)
 
@@ -329,7 +334,7 @@ class ProjectRun:
     def _sweep(self) -> None:
         """Cancel this run's unfinished tasks (we are the only submitter: none slips by)."""
         self._swept = True
-        task_ids = [f._ceranubis_id for f in self._futures if not f.done()]  # type: ignore[attr-defined]
+        task_ids = list(self._spans)
         scheduler = self.executor.scheduler
         if task_ids and not scheduler.loop.is_closed():
             scheduler.cancel_threadsafe(task_ids)
