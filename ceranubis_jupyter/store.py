@@ -131,12 +131,20 @@ class Store(ABC):
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
-            try:
-                cursor = self._cursor()
-                cursor.execute(self._sql(sql), params)
-                return list(cursor.fetchall())
-            except Exception as error:
-                raise self._translate(error) from error
+            for attempt in (1, 2):
+                try:
+                    cursor = self._cursor()
+                    cursor.execute(self._sql(sql), params)
+                    return list(cursor.fetchall())
+                except Exception as error:
+                    if attempt == 1 and self._lost_connection():
+                        continue  # a read is safe to repeat on a new connection
+                    raise self._translate(error) from error
+        raise AssertionError("unreachable")
+
+    def _lost_connection(self) -> bool:
+        """True when the connection broke (the next :meth:`_cursor` makes a new one)."""
+        return False
 
     def _write(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
         """Run ``sql`` once per row in one transaction; returns the rows changed."""

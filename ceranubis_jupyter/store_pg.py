@@ -111,6 +111,9 @@ class PostgresStore(Store):
             self._connect()
         return self._connection.cursor()
 
+    def _lost_connection(self) -> bool:
+        return bool(self._connection.closed or self._connection.broken)
+
     def _rollback(self, cursor: Any) -> None:
         if not (self._connection.closed or self._connection.broken):
             cursor.execute("ROLLBACK")

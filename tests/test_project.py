@@ -233,3 +233,46 @@ def test_resume_refuses_a_live_project(store_url: str) -> None:
     with pytest.raises(ConfigError, match="already running in this process"):
         project.resume()
     project.cancel()
+
+
+CRASH_ONCE = """
+import os
+
+def fragile(x, marker):
+    if x == 3 and not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(1)  # the worker dies; the scheduler re-runs the task
+    return x * 10
+"""
+
+
+def test_rerun_after_a_worker_crash_is_recorded_once(store_url: str, tmp_path: Path) -> None:
+    marker = str(tmp_path / "crashed")
+    args = [(x, marker) for x in range(6)]
+    project = commit_project(CRASH_ONCE, "fragile", args, store=store_url)
+    assert project.wait(DEADLINE)
+    assert project.state == "done"
+    assert project.results() == [((x, marker), x * 10) for x in range(6)]
+    rows = open_store(store_url).arguments(project.id, ["done"])
+    assert len(rows) == 6
+    assert {row.position: row.attempts for row in rows}[3] == 2  # crashed once, then ran
+    assert all(row.attempts == 1 for row in rows if row.position != 3)
+    assert all(row.host == "local" and row.finished and row.started for row in rows)
+    assert all(row.finished >= row.started for row in rows)  # type: ignore[operator]
+
+
+def test_postgres_connections_dropped_mid_run(pg_url: str) -> None:
+    import psycopg
+
+    args = [(x, 0.05) for x in range(40) if x != 7]
+    project = commit_project(CODE, "work", args, store=pg_url)
+    wait_for(lambda: project.status()[0] >= 5)
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        killed = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchone()
+    assert killed is not None and killed[0] >= 2  # the reader's and the writer's connections
+    assert project.wait(DEADLINE)
+    assert project.state == "done"
+    assert project.results() == [(a, expected(a[0])) for a in args]
