@@ -50,10 +50,18 @@ print("waited", project.wait(60), project.state, flush=True)
 READER = """
 import json, sys, time
 from ceranubis_jupyter.project import Project
+from ceranubis_jupyter.errors import ConfigError
 name, store = sys.argv[1], sys.argv[2]
-project = Project.load(name, store)
-reads, dones, bad = 0, [], []
+print("ready", flush=True)
 deadline = time.monotonic() + 60
+while True:  # started before the project exists: wait for it
+    try:
+        project = Project.load(name, store)
+        break
+    except ConfigError:
+        assert time.monotonic() < deadline, "the project never appeared"
+        time.sleep(0.02)
+reads, dones, bad = 0, [], []
 while time.monotonic() < deadline:
     state = project.state
     done, total = project.status()
@@ -138,10 +146,12 @@ def test_killed_client_then_resume_runs_only_the_rest(store_url: str, tmp_path: 
 
 
 def test_two_processes_read_one_running_project(store_url: str) -> None:
-    client = _spawn(CLIENT, CODE, store_url, "watched", str(COUNT), env={"CJ_SLEEP": "0.08"})
+    readers = [_spawn(READER, "watched", store_url) for _ in range(2)]
+    for reader in readers:
+        _expect_line(reader, "ready")
+    client = _spawn(CLIENT, CODE, store_url, "watched", str(COUNT), env={"CJ_SLEEP": "0.1"})
     try:
         _expect_line(client, "committed")
-        readers = [_spawn(READER, "watched", store_url) for _ in range(2)]
         outputs = [reader.communicate(timeout=DEADLINE) for reader in readers]
         client_out, client_err = client.communicate(timeout=DEADLINE)
     finally:
