@@ -22,7 +22,7 @@ import psutil
 
 from ceranubis_jupyter.transport import NODE_MARKER
 from tests.fixtures_faults import NamespaceHost, PidNamespace, wait_for
-from tests.fixtures_ssh import TEST_PYTHON
+from tests.fixtures_ssh import TEST_PYTHON, SSHHome, free_port
 
 # Seconds a client gets to bring its nodes up, and the command to finish.
 START_TIMEOUT = 60.0
@@ -167,3 +167,23 @@ def test_kill_strays_ends_exactly_the_nodes_of_dead_clients(
         os.kill(pid, signal.SIGKILL)
     for process in [dead.process, live.process, *decoys]:
         process.wait(timeout=10)  # nsenter ends with the program it ran
+
+
+def test_an_unreachable_host_is_reported_and_the_others_still_checked(
+    pid_namespace: PidNamespace, ssh_env: SSHHome
+) -> None:
+    ssh_env.add_alias("cj-strays-nowhere", "127.0.0.1", free_port())
+    command = pid_namespace.command(
+        sys.executable, "-m", "ceranubis_jupyter.cli", "kill-strays", "--json", "--hosts"
+    )
+    done = subprocess.run(
+        [*command, "local,cj-strays-nowhere"],
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_TIMEOUT,
+    )
+    assert done.returncode == 1, done
+    answer = json.loads(done.stdout)
+    assert answer["ended"] == []
+    assert list(answer["errors"]) == ["cj-strays-nowhere"]
+    assert "cannot connect" in answer["errors"]["cj-strays-nowhere"]
