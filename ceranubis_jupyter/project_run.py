@@ -276,6 +276,8 @@ class ProjectRun:
             log.exception("project %d: the run thread failed", self.project_id)
             self.final_state = "stopped"
         finally:
+            if self.owns_executor:
+                self.executor.shutdown(wait=not self._exiting, cancel_futures=True)
             self.store.close()
             self.finished.set()
             with self._flushes:
@@ -343,7 +345,8 @@ class ProjectRun:
         outcomes = self._unwritten
         while self._outcomes:
             future, state, value = self._outcomes.popleft()
-            outcomes.extend(self._rows(future, state, value))
+            if state == "done" or not self._claim_lost:  # another client runs the rest now
+                outcomes.extend(self._rows(future, state, value))
         running = self._running_rows()
         try:
             if outcomes:
@@ -439,8 +442,6 @@ class ProjectRun:
             self.store.set_state(self.project_id, "stopped", release=True)
         else:
             self._write_final_state()
-        if self.owns_executor:
-            self.executor.shutdown(wait=not self._exiting, cancel_futures=True)
 
     def _write_final_state(self) -> None:
         if self.cancelling:

@@ -276,3 +276,19 @@ def test_postgres_connections_dropped_mid_run(pg_url: str) -> None:
     assert project.wait(DEADLINE)
     assert project.state == "done"
     assert project.results() == [(a, expected(a[0])) for a in args]
+
+
+def test_a_client_that_lost_its_claim_stops_without_touching_the_rest(store_url: str) -> None:
+    args = [(x, 0.1) for x in range(30) if x != 7]
+    project = commit_project(CODE, "work", args, store=store_url)
+    wait_for(lambda: project.status()[0] >= 2)
+    other = open_store(store_url)
+    row = other.find_project(project.id)
+    assert row is not None and other.claim(row, "another-machine:4242")  # resumed elsewhere
+    assert project.wait(DEADLINE) is False  # it stopped within a heartbeat, work left
+    counts = other.counts(project.id)
+    assert counts["cancelled"] == counts["failed"] == 0  # the new client's work untouched
+    assert counts["done"] >= 2 and counts["pending"] + counts["running"] > 0
+    row = other.find_project(project.id)
+    assert row is not None and (row.client, row.state) == ("another-machine:4242", "running")
+    assert all(result == expected(x) for (x, _), result in project.results())
