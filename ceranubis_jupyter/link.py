@@ -40,8 +40,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("ceranubis")
 
 # Tasks in flight per worker of a node, at most: enough to hide a network round trip behind
-# tiny tasks, few enough that a slow host does not hoard the tail of a sweep.
-CREDIT_PER_WORKER = 16
+# tiny tasks and let them travel in big batches; the adaptive credit below (QUEUED_SECONDS)
+# keeps slower tasks far under it, so a slow host does not hoard the tail of a sweep.
+CREDIT_PER_WORKER = 128
 # ... and at least (one running, one waiting); a node starts here and grows its credit
 # while it returns results quickly.
 MIN_CREDIT_PER_WORKER = 2
@@ -114,6 +115,12 @@ class NodeLink:
         if not self.ready or self.draining:
             return 0
         return self.capacity - len(self.inflight)
+
+    @property
+    def batch_floor(self) -> int:
+        """Free credit worth a frame while more tasks wait: a quarter of the credit, so
+        tiny tasks travel in batches instead of a frame per returned result."""
+        return max(1, self.capacity // 4)
 
     @property
     def load(self) -> float:

@@ -215,7 +215,8 @@ class Scheduler:
         """Give pending tasks to nodes with free credit, one frame per node."""
         if not self.pending:
             return
-        open_links = [link for link in self.links if link.free > 0]
+        wanted = len(self.pending)
+        open_links = [link for link in self.links if link.free >= min(wanted, link.batch_floor)]
         for link, count in _fair_shares(open_links, len(self.pending)):
             self._send_batch(link, count)
         for link in open_links:  # what the shares left: tasks pinned to other groups

@@ -30,6 +30,9 @@ PICKLE_PROTOCOL = 5
 _MAIN_MARKER = b"__main__"
 # A pickled result bigger than this is not scanned for ``__main__`` (big ones are data).
 _SCAN_LIMIT = 1 << 20
+# A ``bytes`` argument or result from this size on travels out-of-band (pickle would copy
+# it into the payload); below it the copy is cheaper than a separate buffer.
+OUT_OF_BAND_BYTES = 1 << 16
 
 
 def dumps_function(fn: Callable[..., Any]) -> bytes:
@@ -52,7 +55,8 @@ def dumps(obj: Any) -> tuple[int, bytes, list[pickle.PickleBuffer]]:
     """
     buffers: list[pickle.PickleBuffer] = []
     try:
-        payload = pickle.dumps(obj, PICKLE_PROTOCOL, buffer_callback=buffers.append)
+        lifted = _lift_bytes(obj)
+        payload = pickle.dumps(lifted, PICKLE_PROTOCOL, buffer_callback=buffers.append)
         if len(payload) > _SCAN_LIMIT or _MAIN_MARKER not in payload:
             return PICKLE, payload, buffers
     except Exception:
@@ -62,6 +66,31 @@ def dumps(obj: Any) -> tuple[int, bytes, list[pickle.PickleBuffer]]:
         obj, protocol=PICKLE_PROTOCOL, buffer_callback=buffers.append, recurse=True
     )
     return DILL, payload, buffers
+
+
+class _OutOfBandBytes:
+    """Pickles a ``bytes`` object as ``bytes(<out-of-band buffer>)``: no copy in the payload."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        return bytes, (pickle.PickleBuffer(self.data),)
+
+
+def _lift_bytes(obj: Any) -> Any:
+    """Wrap big ``bytes`` where a task's data usually is: the object itself (a result) or
+    the positional arguments of a call ``(args, kwargs)``. Cheap: this is the hot path."""
+    kind = type(obj)
+    if kind is bytes:
+        return _OutOfBandBytes(obj) if len(obj) >= OUT_OF_BAND_BYTES else obj
+    if kind is tuple and len(obj) == 2 and type(obj[0]) is tuple:
+        for arg in obj[0]:
+            if type(arg) is bytes and len(arg) >= OUT_OF_BAND_BYTES:
+                return tuple(_lift_bytes(a) for a in obj[0]), obj[1]
+    return obj
 
 
 def dumps_inband(obj: Any) -> tuple[int, bytes]:

@@ -9,7 +9,9 @@ the SSH transport (``ssh.py``) carry the very same protocol.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import itertools
 import os
 import socket
 import sys
@@ -28,6 +30,12 @@ CLIENT_PREFIX = "client="
 # Bytes of a node's stderr kept to explain why it died.
 STDERR_TAIL = 4096
 _READ_SIZE = 1 << 20
+# Queued bytes above which ``drain`` waits, and below which it wakes: bounds client memory
+# when a node reads slowly, while keeping a full pipe's worth in hand.
+WRITE_HIGH_WATER = 16 << 20
+WRITE_LOW_WATER = 4 << 20
+# Chunks per writev call (Linux takes up to IOV_MAX = 1024).
+_IOV_BATCH = 512
 
 
 class Channel(ABC):
@@ -107,18 +115,137 @@ class LocalTransport(Transport):
         return ProcessChannel(self.host, process)
 
 
+def _take_stdin(process: asyncio.subprocess.Process) -> PipeWriter:
+    """Move a subprocess's stdin pipe from asyncio's stream to a :class:`PipeWriter`."""
+    assert process.stdin is not None
+    fd = os.dup(process.stdin.get_extra_info("pipe").fileno())
+    process.stdin.close()  # closes asyncio's descriptor only: ours keeps the pipe open
+    return PipeWriter(fd)
+
+
 def _package_parent() -> str:
     here = os.path.dirname(os.path.abspath(__file__))
     return os.path.dirname(here)
 
 
+class PipeWriter:
+    """Non-blocking, zero-copy writes to a pipe from the event loop.
+
+    Chunks are kept as memoryviews and written with ``os.writev`` (many frames per
+    syscall); whatever the pipe does not take now waits for it to become writable.
+    """
+
+    def __init__(self, fd: int) -> None:
+        os.set_blocking(fd, False)
+        self.fd = fd
+        self.loop = asyncio.get_running_loop()
+        self.pending = 0  # bytes queued
+        self._chunks: collections.deque[memoryview] = collections.deque()
+        self._watching = False
+        self._closing = False
+        self._drained: asyncio.Future[None] | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self.fd < 0
+
+    def write(self, chunks: Sequence[Buffer]) -> None:
+        """Queue chunks and write what the pipe takes at once."""
+        if self.closed or self._closing:
+            return
+        for chunk in chunks:
+            view = memoryview(chunk).cast("B")
+            if view:
+                self._chunks.append(view)
+                self.pending += len(view)
+        if not self._watching:
+            self._flush()
+
+    async def drain(self) -> None:
+        """Wait until at most ``WRITE_LOW_WATER`` bytes are queued (or the pipe broke)."""
+        while self.pending > WRITE_HIGH_WATER and not self.closed:
+            if self._drained is None or self._drained.done():
+                self._drained = self.loop.create_future()
+            await self._drained
+
+    def close(self) -> None:
+        """Close once everything queued is written (at once if the pipe is broken)."""
+        self._closing = True
+        if not self._chunks:
+            self._close_now()
+
+    def _flush(self) -> None:
+        while self._chunks:
+            batch = list(itertools.islice(self._chunks, _IOV_BATCH))
+            try:
+                written = os.writev(self.fd, batch)
+            except BlockingIOError:
+                break
+            except OSError:  # the node is gone; its reader will see EOF
+                self._close_now()
+                return
+            if not self._consume(written):
+                break
+        self._after_flush()
+
+    def _consume(self, written: int) -> bool:
+        """Drop ``written`` bytes from the front; ``True`` if a whole batch went out."""
+        self.pending -= written
+        while written:
+            head = self._chunks[0]
+            if written < len(head):
+                self._chunks[0] = head[written:]
+                return False
+            written -= len(head)
+            self._chunks.popleft()
+        return True
+
+    def _after_flush(self) -> None:
+        want = bool(self._chunks)
+        if want != self._watching:
+            if want:
+                self.loop.add_writer(self.fd, self._flush)
+            else:
+                self.loop.remove_writer(self.fd)
+            self._watching = want
+        if self.pending <= WRITE_LOW_WATER:
+            self._wake_drainers()
+        if self._closing and not want:
+            self._close_now()
+
+    def abort(self) -> None:
+        """Close now, dropping whatever is still queued."""
+        self._close_now()
+
+    def _wake_drainers(self) -> None:
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def _close_now(self) -> None:
+        if self.closed:
+            return
+        if self._watching:
+            self.loop.remove_writer(self.fd)
+            self._watching = False
+        self._chunks.clear()
+        self.pending = 0
+        os.close(self.fd)
+        self.fd = -1
+        self._wake_drainers()
+
+
 class ProcessChannel(Channel):
-    """A channel over an asyncio subprocess's pipes."""
+    """A channel to a node subprocess started with stdin, stdout and stderr pipes.
+
+    Its stdin pipe is taken over by a :class:`PipeWriter`, so that writes go out with
+    ``writev`` straight from the caller's buffers, never copied into a transport buffer.
+    """
 
     def __init__(self, host: str, process: asyncio.subprocess.Process) -> None:
         self.host = host
         self.process = process
         self.pid = process.pid
+        self.stdin = _take_stdin(process)
         self._stderr = bytearray()
         self._stderr_task = asyncio.ensure_future(self._collect_stderr())
 
@@ -130,33 +257,27 @@ class ProcessChannel(Channel):
             return b""
 
     def write(self, chunks: Sequence[Buffer]) -> None:
-        assert self.process.stdin is not None
-        stdin = self.process.stdin
-        if stdin.is_closing():
-            return
-        for chunk in chunks:
-            stdin.write(chunk)  # type: ignore[arg-type]
+        self.stdin.write(chunks)
 
     async def drain(self) -> None:
-        assert self.process.stdin is not None
-        with contextlib.suppress(ConnectionError, OSError):
-            await self.process.stdin.drain()
+        await self.stdin.drain()
 
     async def close(self) -> None:
-        if self.process.stdin is not None:
-            with contextlib.suppress(ConnectionError, OSError, RuntimeError):
-                self.process.stdin.close()
+        self.stdin.close()
         try:
             await asyncio.wait_for(self.process.wait(), EXIT_GRACE_SECONDS)
         except asyncio.TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 self.process.kill()
             await self.process.wait()
+        finally:
+            self.stdin.abort()
         self._stderr_task.cancel()
 
     async def abort(self) -> None:
         with contextlib.suppress(ProcessLookupError):
             self.process.kill()
+        self.stdin.abort()
         await self.process.wait()
         self._stderr_task.cancel()
 

@@ -1,8 +1,11 @@
 """A worker process: runs tasks one at a time for its node supervisor.
 
-The supervisor forks it with two pipes. Down the first come ``Function`` and ``Tasks``
-frames; up the second go ``Results`` frames, one per task, written as soon as the task is
-done. The worker exits when its input closes and dies with its supervisor.
+The supervisor forks it with two pipes and a :class:`RunningSlot`. Down the first pipe come
+``Function`` and ``Tasks`` frames; up the second go ``Results`` frames: results of tiny tasks
+are gathered for up to ``RESULT_FLUSH_SECONDS``, a slow task's result goes at once, and
+nothing waits once the worker runs out of tasks. Before each task the worker notes it in the
+slot, so the supervisor knows which task was running if the worker dies. The worker exits
+when its input closes and dies with its supervisor.
 
 Stdlib + dill only: it runs on bare hosts.
 """
@@ -12,8 +15,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import io
+import mmap
 import os
 import signal
+import struct
 import sys
 import threading
 import time
@@ -27,30 +32,108 @@ from .serialize import RemoteException, describe_failure, dumps, loads, loads_fu
 OUTPUT_LIMIT = 64 * 1024
 # How often the fallback watchdog checks that the supervisor still lives.
 PARENT_POLL_SECONDS = 0.5
+# Seconds a finished result may wait for the results of the next tasks: one frame per
+# millisecond instead of one per tiny task, at a latency cost only while tasks keep coming.
+RESULT_FLUSH_SECONDS = 0.001
+# Re-reads of the slot to get a consistent (id, start) pair while the worker writes it.
+_SLOT_READS = 3
 _READ_SIZE = 1 << 20
 
 
-def run(read_fd: int, write_fd: int, keep_fds: tuple[int, ...] = ()) -> None:
+class RunningSlot:
+    """Which task a worker runs and since when, in memory shared with its supervisor.
+
+    Created by the supervisor before the fork; the worker writes it around each task, the
+    supervisor reads it to blame the right task when the worker dies and to time tasks out.
+    """
+
+    _LAYOUT = struct.Struct("=Qd")  # task id (0: between tasks), time.monotonic() at start
+
+    def __init__(self) -> None:
+        self._area = mmap.mmap(-1, self._LAYOUT.size)
+
+    def set(self, task_id: int, started: float) -> None:
+        """Note the task now running (``0`` when none)."""
+        self._LAYOUT.pack_into(self._area, 0, task_id, started)
+
+    def get(self) -> tuple[int, float]:
+        """``(task_id, started)``, read until two reads agree (the writer never waits)."""
+        value = self._LAYOUT.unpack_from(self._area, 0)
+        for _ in range(_SLOT_READS):
+            again = self._LAYOUT.unpack_from(self._area, 0)
+            if again == value:
+                break
+            value = again
+        return int(value[0]), float(value[1])
+
+
+class _Outgoing:
+    """Results waiting to go up the pipe, written as one frame."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.results: list[p.Result] = []
+        self.since = 0.0
+
+    def add(self, result: p.Result, started: float) -> None:
+        """Queue a result; write the batch if it is old or this task was slow."""
+        now = time.monotonic()
+        if not self.results:
+            self.since = started
+        self.results.append(result)
+        if now - self.since >= RESULT_FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.results:
+            write_all(self.fd, p.encode(p.Results(tuple(self.results))))
+            self.results = []
+
+
+def run(read_fd: int, write_fd: int, slot: RunningSlot) -> None:
     """Serve tasks until the input pipe closes; never returns."""
     _detach_from_supervisor(read_fd, write_fd)
     functions: dict[int, Callable[..., Any]] = {}
     decoder = p.FrameDecoder()
+    outgoing = _Outgoing(write_fd)
     while True:
-        data = os.read(read_fd, _READ_SIZE)
-        if not data:
+        if not receive(read_fd, decoder):
             os._exit(0)
-        decoder.feed(data)
         while (message := decoder.next_message()) is not None:
-            _handle(message, functions, write_fd)
+            _handle(message, functions, outgoing, slot)
+        outgoing.flush()
 
 
-def _handle(message: p.Message, functions: dict[int, Callable[..., Any]], write_fd: int) -> None:
+def receive(fd: int, decoder: p.FrameDecoder | p.Connection) -> bool:
+    """Read what ``fd`` has into ``decoder`` (large frames in place); ``False`` at EOF."""
+    view = decoder.writable()
+    if view is not None:
+        count = os.readv(fd, [view])
+        decoder.filled(count)
+        return count > 0
+    data = os.read(fd, _READ_SIZE)
+    if isinstance(decoder, p.Connection):
+        decoder.receive_data(data)
+    else:
+        decoder.feed(data)
+    return bool(data)
+
+
+def _handle(
+    message: p.Message,
+    functions: dict[int, Callable[..., Any]],
+    outgoing: _Outgoing,
+    slot: RunningSlot,
+) -> None:
     if isinstance(message, p.Function):
         functions[message.fn_id] = loads_function(message.blob)
     elif isinstance(message, p.Tasks):
         for task in message.tasks:
+            started = time.monotonic()
+            slot.set(task.task_id, started)
             result = run_task(task, functions[task.fn_id])
-            write_all(write_fd, p.encode(p.Results((result,))))
+            slot.set(0, 0.0)
+            outgoing.add(result, started)
     elif isinstance(message, p.Shutdown):
         os._exit(0)
 
@@ -62,18 +145,22 @@ def run_task(task: p.Task, fn: Callable[..., Any]) -> p.Result:
     except Exception as error:
         reason = f"the arguments could not be unpickled on the node: {describe_failure(error)}"
         return _text_result(task.task_id, p.UNPICKLABLE, reason)
-    with _captured_output() as output:
-        try:
-            value = _call(task.kind, fn, arguments)
-        except BaseException as error:
-            codec, payload = RemoteException.capture(error, skip=2).to_bytes()
-            return p.Result(task.task_id, p.RAISED, codec, payload, (), output.text())
+    output = _Capture()
+    saved = sys.stdout, sys.stderr
+    sys.stdout = sys.stderr = output
+    try:
+        value = _call(task.kind, fn, arguments)
+    except BaseException as error:
+        codec, payload = RemoteException.capture(error, skip=2).to_bytes()
+        return p.Result(task.task_id, p.RAISED, codec, payload, (), output.text())
+    finally:
+        sys.stdout, sys.stderr = saved
     try:
         codec, payload, buffers = dumps(value)
     except Exception as error:
         reason = f"the result could not be pickled: {describe_failure(error)}"
         return _text_result(task.task_id, p.UNPICKLABLE, reason, output.text())
-    raw = tuple(buffer.raw() for buffer in buffers)
+    raw = tuple(buffer.raw() for buffer in buffers) if buffers else ()
     return p.Result(task.task_id, p.OK, codec, payload, raw, output.text())
 
 
@@ -105,17 +192,6 @@ class _Capture(io.StringIO):
         if len(value) >= OUTPUT_LIMIT:
             value += "\n[output cut at 64 KiB]\n"
         return value
-
-
-@contextlib.contextmanager
-def _captured_output() -> Any:
-    capture = _Capture()
-    saved = sys.stdout, sys.stderr
-    sys.stdout = sys.stderr = capture
-    try:
-        yield capture
-    finally:
-        sys.stdout, sys.stderr = saved
 
 
 def write_all(fd: int, chunks: list[p.Buffer]) -> None:
