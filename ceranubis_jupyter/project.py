@@ -249,8 +249,9 @@ class Project:
         if self._run is not None and self._run.live:
             self._run.cancel()
             return
-        self._store.set_state(self.id, "cancelled")
-        self._store.cancel_unfinished(self.id)
+        live_elsewhere = self._refresh().live
+        if self._store.cancel_unfinished(self.id) or live_elsewhere:
+            self._store.set_state(self.id, "cancelled")  # a finished project stays as it is
 
     def resume(
         self, executor: CeranubisExecutor | None = None, *, hosts: Sequence[HostSpec] | None = None

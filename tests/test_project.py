@@ -141,6 +141,10 @@ def test_cancel_from_another_process_view(store_url: str) -> None:
     assert project.wait(DEADLINE)  # the live run notices within a heartbeat
     assert project.state == "cancelled" and elsewhere.state == "cancelled"
     assert project.counts()["pending"] == 0
+    finished = commit_project(CODE, "work", [(1,)], store=store_url)
+    assert finished.wait(DEADLINE)
+    Project.load(finished.name, open_store(store_url)).cancel()
+    assert finished.state == "done"  # nothing left to cancel: it stays done
 
 
 def test_stopped_then_resumed_in_process(store_url: str) -> None:
