@@ -346,18 +346,23 @@ class NodeLink:
     async def close(self) -> None:
         """Ask the node to shut down, close its channel and wait for the link to end.
 
-        The link task is not cancelled mid-start (that could orphan a node being
-        started); it sees ``closing`` and ends by itself, within ``START_TIMEOUT``.
+        A node still starting (no channel yet) is cancelled: both transports clean up a
+        cancelled start (asyncio kills a half-made subprocess; ssh closes the connection,
+        and a node whose input closes exits), so a hanging host never delays shutdown.
         """
         self.closing = True
+        starting = self.channel is None
         if self.channel is not None and self.ready:
             self._send(p.Shutdown())
         await self._close_channel()
-        if self.task is not None:
-            done, _ = await asyncio.wait([self.task], timeout=START_TIMEOUT + 5)
-            if not done:
-                self.task.cancel()
-                await asyncio.gather(self.task, return_exceptions=True)
+        if self.task is None:
+            return
+        if starting:
+            self.task.cancel()
+        done, _ = await asyncio.wait([self.task], timeout=START_TIMEOUT + 5)
+        if not done:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
 
     # ------------------------------------------------------------------ sending
 
