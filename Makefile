@@ -24,8 +24,8 @@ test: venv system-deps
 	$(BIN)/python -m pytest -p no:cacheprovider
 
 lint: venv
-	$(BIN)/ruff check ceranubis_jupyter tests benchmarks
-	$(BIN)/ruff format --check ceranubis_jupyter tests benchmarks
+	$(BIN)/ruff check ceranubis_jupyter tests benchmarks notebooks
+	$(BIN)/ruff format --check ceranubis_jupyter tests benchmarks notebooks
 	$(BIN)/mypy
 
 bench: venv
