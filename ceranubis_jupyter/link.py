@@ -54,6 +54,9 @@ SERVICE_SMOOTHING = 0.2
 START_TIMEOUT = 30.0
 # Seconds between our heartbeats to a node (the node sends its load as often).
 HEARTBEAT_INTERVAL = 1.0
+# At least this many heartbeats per silence timeout: a short timeout shortens the interval
+# (both ways), so a healthy but idle node is never taken for a lost one.
+HEARTBEATS_PER_TIMEOUT = 4
 # Default seconds of silence after which a node is declared lost (and a node gives up on
 # us): shorter finds partitions sooner, longer survives a busy network.
 SILENCE_TIMEOUT = 10.0
@@ -144,6 +147,11 @@ class NodeLink:
         self.last_result_at = now
 
     @property
+    def heartbeat_interval(self) -> float:
+        """Seconds between heartbeats, each way: often enough for the silence timeout."""
+        return min(HEARTBEAT_INTERVAL, self.scheduler.silence_timeout / HEARTBEATS_PER_TIMEOUT)
+
+    @property
     def group(self) -> str | None:
         """The host's group label (tasks with a group run only on hosts of that group)."""
         return self.transport.group
@@ -212,7 +220,8 @@ class NodeLink:
         self._check_hello(hello)
         workers = self.transport.workers or hello.cores
         silence = self.scheduler.silence_timeout
-        self._send(p.Configure(p.PROTOCOL_VERSION, workers, HEARTBEAT_INTERVAL, silence))
+        interval = self.heartbeat_interval
+        self._send(p.Configure(p.PROTOCOL_VERSION, workers, interval, silence))
         self.info = HostInfo(
             self.host,
             "ready",
@@ -299,7 +308,7 @@ class NodeLink:
     async def _heartbeat(self) -> None:
         """Send a heartbeat when we have been quiet; raise :class:`NodeLost` once the node
         has been silent for the timeout (a partition sends no FIN: this is how we know)."""
-        silence = self.scheduler.silence_timeout
+        silence, interval = self.scheduler.silence_timeout, self.heartbeat_interval
         while True:
             now = time.monotonic()
             quiet = now - self.last_heard
@@ -311,9 +320,9 @@ class NodeLink:
                     f"silent for {quiet:.1f} s (heartbeat timeout {silence:g} s); the network "
                     "or the host is down",
                 )
-            if now - self.last_sent >= HEARTBEAT_INTERVAL:
+            if now - self.last_sent >= interval:
                 self._send(p.Heartbeat())
-            wake = min(self.last_sent + HEARTBEAT_INTERVAL, self.last_heard + silence)
+            wake = min(self.last_sent + interval, self.last_heard + silence)
             await asyncio.sleep(max(0.0, wake - time.monotonic()) + SILENCE_CHECK_SLACK)
 
     def _on_message(self, message: p.Message) -> None:

@@ -46,7 +46,8 @@ MAX_PREFETCH = 256
 # Weight of the newest sample in the running mean of task durations (higher adapts faster,
 # lower is steadier).
 PACE_WEIGHT = 0.25
-# Seconds between load reports (which double as heartbeats to the client).
+# Seconds between load reports (which double as heartbeats to the client), at most: the
+# client's Configure may ask for a shorter interval (a short heartbeat timeout).
 LOAD_INTERVAL = 1.0
 # Seconds a shutting-down worker gets to exit on its own before SIGKILL.
 WORKER_GRACE = 1.0
@@ -115,6 +116,7 @@ class Supervisor:
         self.task_seconds = BATCH_SECONDS
         self.n_workers = 0
         self.silence_timeout = 60.0
+        self.load_interval = LOAD_INTERVAL
         self.last_heard = time.monotonic()
         self.next_load = 0.0
         self.cpu = _CpuMeter()
@@ -149,7 +151,7 @@ class Supervisor:
         self._on_clock()
 
     def _select_timeout(self) -> float:
-        return max(0.0, min(self.next_load - time.monotonic(), LOAD_INTERVAL))
+        return max(0.0, min(self.next_load - time.monotonic(), self.load_interval))
 
     def _watch_out_fd(self) -> None:
         """Register writable interest exactly for descriptors with pending bytes."""
@@ -196,6 +198,9 @@ class Supervisor:
     def _configure(self, message: p.Configure) -> None:
         self.n_workers = message.workers if message.workers > 0 else _cores()
         self.silence_timeout = message.silence_timeout
+        if message.heartbeat > 0:
+            self.load_interval = min(LOAD_INTERVAL, message.heartbeat)
+            self.next_load = min(self.next_load, time.monotonic() + self.load_interval)
         for _ in range(self.n_workers):
             self._start_worker()
 
@@ -367,7 +372,7 @@ class Supervisor:
             return
         self._check_timeouts(now)
         if now >= self.next_load and self.conn.send_state == "running":
-            self.next_load = now + LOAD_INTERVAL
+            self.next_load = now + self.load_interval
             self._send(self._load())
 
     def _check_timeouts(self, now: float) -> None:
