@@ -151,6 +151,10 @@ class NodeLink:
         """Seconds between heartbeats, each way: often enough for the silence timeout."""
         return min(HEARTBEAT_INTERVAL, self.scheduler.silence_timeout / HEARTBEATS_PER_TIMEOUT)
 
+    def update_busy(self) -> None:
+        """Workers busy as the client sees it (tasks in flight, at most one per worker)."""
+        self.info.busy = min(self.info.workers, len(self.inflight))
+
     @property
     def group(self) -> str | None:
         """The host's group label (tasks with a group run only on hosts of that group)."""
@@ -334,7 +338,6 @@ class NodeLink:
             raise NodeLost(self.host, f"node gave up: {message.message}")
 
     def _on_load(self, load: p.Load) -> None:
-        self.info.busy = load.busy
         self.info.loadavg = load.loadavg
         self.info.cpu_percent = load.cpu_percent
         self.info.memory_percent = load.memory_percent
@@ -343,6 +346,7 @@ class NodeLink:
         self.ready = False
         lost = list(self.inflight.values())
         self.inflight.clear()
+        self.update_busy()
         if lost:
             self.scheduler.requeue_lost(self, lost, counted=not self.closing)
 
@@ -390,6 +394,7 @@ class NodeLink:
             record.host = self.host
             record.started = now
             self.inflight[record.task_id] = record
+        self.update_busy()
         self._send(p.Tasks(tuple(record.as_task() for record in records)))
 
     def send_cancel(self, task_ids: Sequence[int]) -> None:

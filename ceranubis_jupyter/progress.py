@@ -10,6 +10,7 @@ live here; :mod:`~ceranubis_jupyter.widget` only draws them, and the text fallba
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections import deque
@@ -226,7 +227,8 @@ def snapshot_of(
     now: float | None = None,
 ) -> Snapshot:
     """Read a project (and its executor's ``HostInfo`` list) into a :class:`Snapshot`."""
-    counts = Counts.from_mapping(project.counts())
+    rows = tuple(HostRow.from_info(info) for info in hosts)
+    counts = _running_capped(Counts.from_mapping(project.counts()), rows)
     elapsed = float(project.elapsed())
     if meter is not None:
         rate = meter.add(time.monotonic() if now is None else now, counts.finished)
@@ -238,11 +240,22 @@ def snapshot_of(
         counts=counts,
         elapsed=elapsed,
         rate=rate,
-        hosts=tuple(HostRow.from_info(info) for info in hosts),
+        hosts=rows,
         recent=tuple((short_repr(a), short_repr(r)) for a, r in project.recent(RECENT_RESULTS)),
         errors=tuple((short_repr(a), str(t)) for a, t in project.recent_errors(RECENT_ERRORS)),
         output=last_lines_per_host(project.outputs(OUTPUT_LINES_FETCHED)),
     )
+
+
+def _running_capped(counts: Counts, rows: tuple[HostRow, ...]) -> Counts:
+    """Count as running only what busy workers can run; tasks queued on nodes are pending."""
+    if not rows:
+        return counts
+    busy = sum(row.busy for row in rows)
+    if counts.running <= busy:
+        return counts
+    queued = counts.running - busy
+    return dataclasses.replace(counts, running=busy, pending=counts.pending + queued)
 
 
 def last_lines_per_host(

@@ -273,6 +273,7 @@ class Scheduler:
             if record is not None:
                 record.output = result.output
                 self._resolve(link, record, result)
+        link.update_busy()
         self._dispatch()
 
     def _resolve(self, link: NodeLink, record: TaskRecord, result: p.Result) -> None:

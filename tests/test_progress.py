@@ -17,6 +17,7 @@ from ceranubis_jupyter.progress import (
     format_rate,
     last_lines_per_host,
     short_repr,
+    snapshot_of,
 )
 from ceranubis_jupyter.scheduler import HostInfo
 from ceranubis_jupyter.tables import HostsTable
@@ -175,3 +176,35 @@ def test_hosts_table_text_and_html() -> None:
     assert table.rows == [("local", "ready", 4, "3.11.7", "0.25", "12%", "40%", 9)]
     assert repr(table).splitlines()[0].split() == list(HostsTable.HEAD)
     assert "<td>3.11.7</td>" in table._repr_html_()
+
+
+class _Source:
+    """A minimal progress source: the shape ``snapshot_of`` reads from a Project."""
+
+    name, state = "sweep-8", "running"
+
+    def __init__(self, counts: dict[str, int]) -> None:
+        self._counts = counts
+
+    def counts(self) -> dict[str, int]:
+        return self._counts
+
+    def elapsed(self) -> float:
+        return 2.0
+
+    def recent(self, n: int = 5) -> list[tuple[tuple[int], int]]:
+        return []
+
+    def recent_errors(self, n: int = 3) -> list[tuple[tuple[int], str]]:
+        return []
+
+    def outputs(self, n: int = 20) -> list[tuple[str, str]]:
+        return []
+
+
+def test_tasks_queued_on_nodes_count_as_pending_not_running() -> None:
+    source = _Source({"pending": 8, "running": 4, "done": 4})
+    busy = [HostInfo("local", "ready", 2, "3.11.7", busy=2)]
+    counts = snapshot_of(source, busy).counts
+    assert (counts.running, counts.pending, counts.total) == (2, 10, 16)
+    assert snapshot_of(source).counts.running == 4, "without host rows nothing is capped"
