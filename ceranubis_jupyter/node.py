@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import fcntl
+import itertools
 import json
 import os
 import selectors
@@ -84,20 +85,23 @@ class _Outbox:
         return bool(self._chunks)
 
     def add(self, chunks: list[p.Buffer]) -> None:
-        self._chunks.extend(memoryview(chunk).cast("B") for chunk in chunks)
+        self._chunks.extend(view for chunk in chunks if (view := memoryview(chunk).cast("B")))
 
     def flush(self) -> None:
-        """Write as much as the descriptor takes now."""
+        """Write as much as the descriptor takes now (many chunks per ``writev``)."""
         while self._chunks:
-            chunk = self._chunks[0]
+            batch = list(itertools.islice(self._chunks, worker.IOV_BATCH))
             try:
-                written = os.write(self.fd, chunk)
+                written = os.writev(self.fd, batch)
             except BlockingIOError:
                 return
-            if written == len(chunk):
+            while written:
+                head = self._chunks[0]
+                if written < len(head):
+                    self._chunks[0] = head[written:]
+                    return
+                written -= len(head)
                 self._chunks.popleft()
-            else:
-                self._chunks[0] = chunk[written:]
 
 
 class Supervisor:

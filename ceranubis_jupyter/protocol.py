@@ -435,12 +435,16 @@ def _json_fields(message: Message) -> dict[str, Any]:
 
 
 class _FrameBody:
-    """Accumulates small pieces into one bytearray and keeps large buffers apart."""
+    """Accumulates small pieces into bytearrays and keeps large buffers apart.
+
+    The first piece starts with room for the frame header, filled in by :meth:`frame`: a
+    frame without large buffers is one chunk, so one ``write`` (one wake-up of the peer).
+    """
 
     def __init__(self) -> None:
         self.chunks: list[Buffer] = []
-        self.small = bytearray()  # appended to directly by the hot encoders
-        self._size = 0  # bytes in ``chunks``
+        self.small = bytearray(HEADER.size)  # appended to directly by the hot encoders
+        self._size = -HEADER.size  # body bytes so far
 
     def add_data(self, data: Buffer, length: int) -> None:
         """Add ``data`` (``length`` bytes, its length already written): inline if small."""
@@ -458,11 +462,14 @@ class _FrameBody:
 
     def frame(self, kind: int) -> list[Buffer]:
         self._flush_small()
-        return [HEADER.pack(MAGIC, kind, self._size), *self.chunks]
+        first = self.chunks[0]
+        assert isinstance(first, bytearray)
+        HEADER.pack_into(first, 0, MAGIC, kind, self._size)
+        return self.chunks
 
     def _flush_small(self) -> None:
         if self.small:
-            self.chunks.append(bytes(self.small))
+            self.chunks.append(self.small)
             self._size += len(self.small)
             self.small = bytearray()
 

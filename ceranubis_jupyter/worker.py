@@ -35,6 +35,8 @@ PARENT_POLL_SECONDS = 0.5
 # Seconds a finished result may wait for the results of the next tasks: one frame per
 # millisecond instead of one per tiny task, at a latency cost only while tasks keep coming.
 RESULT_FLUSH_SECONDS = 0.001
+# Chunks per writev call (Linux takes up to IOV_MAX = 1024).
+IOV_BATCH = 512
 # Re-reads of the slot to get a consistent (id, start) pair while the worker writes it.
 _SLOT_READS = 3
 _READ_SIZE = 1 << 20
@@ -195,12 +197,15 @@ class _Capture(io.StringIO):
 
 
 def write_all(fd: int, chunks: list[p.Buffer]) -> None:
-    """Write every chunk fully to a blocking file descriptor."""
-    for chunk in chunks:
-        view = memoryview(chunk).cast("B")
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
+    """Write every chunk fully to a blocking file descriptor (one ``writev`` if it can)."""
+    views = [view for chunk in chunks if (view := memoryview(chunk).cast("B"))]
+    while views:
+        written = os.writev(fd, views[:IOV_BATCH])
+        while written:
+            if written < len(views[0]):
+                views[0] = views[0][written:]
+                break
+            written -= len(views.pop(0))
 
 
 def _detach_from_supervisor(read_fd: int, write_fd: int) -> None:
