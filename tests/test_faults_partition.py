@@ -3,7 +3,8 @@
 The cut (our veth end goes down) sends no FIN and no RST: only the heartbeats can tell. The
 client must declare the host lost within the heartbeat timeout, finish its tasks on the
 other host, and take the host back when the link heals; on the cut host, the node must
-give up on its silent client and exit by itself.
+give up on its silent client and exit by itself. Tasks of the cut host's group (with a
+higher priority) can run nowhere else: they must wait out the partition, not fail.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ RESULT_TIMEOUT = 60.0
 # the healed host to take a share of.
 FIRST_BATCH = 200
 SECOND_BATCH = 80
+# The cut host's group, and the tasks only it may run.
+ISLAND = "island"
+ISLAND_TASKS = 4
 
 
 @by_value
@@ -72,7 +76,10 @@ def test_partition_is_detected_requeued_and_healed(
     partition_hosts: list[PartitionHost], ssh_env: SSHHome
 ) -> None:
     cut, other = partition_hosts
-    hosts = [Host(h.alias, python=TEST_PYTHON, workers=2) for h in partition_hosts]
+    hosts = [
+        Host(cut.alias, python=TEST_PYTHON, workers=2, group=ISLAND),
+        Host(other.alias, python=TEST_PYTHON, workers=2),
+    ]
     with CeranubisExecutor(hosts, heartbeat_timeout=HEARTBEAT_TIMEOUT) as executor:
         wait_for(
             lambda: all(info(executor, h).state == "ready" for h in partition_hosts),
@@ -81,41 +88,69 @@ def test_partition_is_detected_requeued_and_healed(
         )
         stranded = node_tree(info(executor, cut).pid)
         assert _netns(stranded[0].pid) == cut.net_inode, "the node runs inside the namespace"
-        futures = [executor.submit(square_where, x) for x in range(FIRST_BATCH)]
-        wait_for(
-            lambda: min(info(executor, h).done for h in partition_hosts) >= 3,
-            RESULT_TIMEOUT,
-            "both hosts doing work",
-        )
+        futures, island = start_work(executor, cut, other)
         on_cut = [f for f in futures if host_of(f) == cut.alias and not f.done()]
         assert on_cut, "the cut host had no task in flight"
-        cut.cut()
-        detected = wait_for(
-            lambda: info(executor, cut).state != "ready",
-            HEARTBEAT_TIMEOUT + TICK_SLACK + 10,
-            "the partition detected",
-        )
-        print(f"partition detected after {detected:.2f} s ({info(executor, cut).error})")
-        gone = wait_for(
-            lambda: not any(_alive(p) for p in stranded),
-            HEARTBEAT_TIMEOUT + LOAD_INTERVAL + TICK_SLACK,
-            "the stranded node and its workers exit by themselves",
-        )
-        print(f"stranded node {stranded[0].pid} and workers gone {gone:.2f} s after detection")
+        detected = cut_off(executor, cut, stranded)
         nets = check_results(futures)
         assert all(host_of(f) == other.alias for f in on_cut), "re-queued to the other host"
         assert all(nets[futures.index(f)] == other.net_inode for f in on_cut)
         assert detected <= HEARTBEAT_TIMEOUT + TICK_SLACK, f"detection took {detected:.2f} s"
-        done_before = info(executor, cut).done
-        cut.heal()
-        rejoined = wait_for(
-            lambda: info(executor, cut).state == "ready", REJOIN_TIMEOUT, "the healed host rejoins"
-        )
-        print(f"healed host ready again after {rejoined:.2f} s")
-        second = [executor.submit(square_where, x) for x in range(SECOND_BATCH)]
-        nets = check_results(second)
-        assert info(executor, cut).done > done_before, "the healed host took no work"
-        assert cut.net_inode in nets and other.net_inode in nets
+        assert not any(f.done() for f in island), "group tasks must wait for their host"
+        heal_and_share(executor, cut, other)
+        assert set(check_results(island)) == {cut.net_inode}, "group tasks ran on their host"
+
+
+def start_work(
+    executor: CeranubisExecutor, cut: PartitionHost, other: PartitionHost
+) -> tuple[list[Future[Any]], list[Future[Any]]]:
+    """The first batch on both hosts, then urgent tasks only the cut host may run."""
+    futures = [executor.submit(square_where, x) for x in range(FIRST_BATCH)]
+    wait_for(
+        lambda: min(info(executor, h).done for h in (cut, other)) >= 3,
+        RESULT_TIMEOUT,
+        "both hosts doing work",
+    )
+    urgent = executor.options(group=ISLAND, priority=1)
+    island = [urgent.submit(square_where, x) for x in range(ISLAND_TASKS)]
+    wait_for(
+        lambda: any(host_of(f) == cut.alias for f in island), RESULT_TIMEOUT, "island task sent"
+    )
+    return futures, island
+
+
+def cut_off(
+    executor: CeranubisExecutor, cut: PartitionHost, stranded: list[psutil.Process]
+) -> float:
+    """Cut the host; returns the seconds until the client saw it (the node must exit too)."""
+    cut.cut()
+    detected = wait_for(
+        lambda: info(executor, cut).state != "ready",
+        HEARTBEAT_TIMEOUT + TICK_SLACK + 10,
+        "the partition detected",
+    )
+    print(f"partition detected after {detected:.2f} s ({info(executor, cut).error})")
+    gone = wait_for(
+        lambda: not any(_alive(p) for p in stranded),
+        HEARTBEAT_TIMEOUT + LOAD_INTERVAL + TICK_SLACK,
+        "the stranded node and its workers exit by themselves",
+    )
+    print(f"stranded node {stranded[0].pid} and workers gone {gone:.2f} s after detection")
+    return detected
+
+
+def heal_and_share(executor: CeranubisExecutor, cut: PartitionHost, other: PartitionHost) -> None:
+    """Heal the link: the host must be ready again and take a share of new work."""
+    done_before = info(executor, cut).done
+    cut.heal()
+    rejoined = wait_for(
+        lambda: info(executor, cut).state == "ready", REJOIN_TIMEOUT, "the healed host rejoins"
+    )
+    print(f"healed host ready again after {rejoined:.2f} s")
+    second = [executor.submit(square_where, x) for x in range(SECOND_BATCH)]
+    nets = check_results(second)
+    assert info(executor, cut).done > done_before, "the healed host took no work"
+    assert cut.net_inode in nets and other.net_inode in nets
 
 
 def _netns(pid: int) -> str:
