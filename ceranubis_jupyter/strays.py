@@ -227,13 +227,16 @@ def add_commands(subparsers: Any) -> None:
         "--all", action="store_true", help="end every node of a client on this machine, even live"
     )
     parser.add_argument("--dry-run", action="store_true", help="only list what would be ended")
+    parser.add_argument(
+        "--python", default="python3", help="the interpreter on remote hosts (default: python3)"
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(handler=_handle)
 
 
 def _handle(args: argparse.Namespace) -> int:
     try:
-        hosts = parse_host_list(args.hosts)
+        hosts = [Host(h.address, python=args.python) for h in parse_host_list(args.hosts)]
     except CeranubisError as error:
         print(f"ceranubis kill-strays: {error}", file=sys.stderr)
         return 2

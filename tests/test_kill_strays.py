@@ -155,7 +155,7 @@ def test_kill_strays_ends_exactly_the_nodes_of_dead_clients(
     assert alive(live.outer_pids() | decoy_pids) == live.outer_pids() | decoy_pids
 
     os.kill(live.pid, signal.SIGSTOP)  # alive but frozen: it cannot restart its nodes
-    every = kill_strays(ns, "--all", hosts=hosts)
+    every = kill_strays(ns, "--all", "--python", TEST_PYTHON, hosts=hosts)
     assert ended(every) == live.expected, every
     wait_for(lambda: not alive(live.outer_pids()), 10, "the live client's nodes ended")
     assert alive(decoy_pids) == decoy_pids, "a decoy was ended"
