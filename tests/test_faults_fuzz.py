@@ -4,7 +4,7 @@ The peer is fake, the client is real: one executor with a real local node gets f
 added one by one. Each fake says ``Hello``, waits for a batch of tasks, writes it down, then
 writes bytes from hypothesis that the protocol must refuse. The client must stay up, log a
 ``RemoteProtocolError`` naming that host, drop only that node, and finish the fake's tasks
-on the real node.
+on the real node. A fake that sends garbage instead of its Hello fails its host alone.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from ceranubis_jupyter import CeranubisExecutor
 from ceranubis_jupyter import protocol as p
-from ceranubis_jupyter.errors import RemoteProtocolError
+from ceranubis_jupyter.errors import RemoteProtocolError, VersionMismatch
 from ceranubis_jupyter.link import HostInfo
 from ceranubis_jupyter.transport import NODE_MARKER, Channel, ProcessChannel, Transport
 from tests.fixtures_faults import wait_for
@@ -33,18 +33,27 @@ from tests.remote import by_value
 EXAMPLES = 10
 # Seconds for a fake node to be ready, be dropped, and for the results to come back.
 STEP_TIMEOUT = 30.0
+# Fake nodes that send garbage instead of their Hello.
+EARLY_EXAMPLES = 5
 # Tasks submitted while a fake node is up (some go to it, some to the real node).
 TASKS = 12
 _PACKAGE_PARENT = str(Path(__file__).resolve().parents[1])
 
-# The fake node: the real handshake with the real protocol module, then garbage. A
-# restarted fake (its record file exists) leaves at once: only the first one is the test.
+# The fake node: the real handshake with the real protocol module, then garbage (or, in
+# "early" mode, garbage instead of its Hello). A restarted fake (its record file exists)
+# leaves at once: only the first one is the test.
 FAKE_NODE = r"""
 import os, sys
 sys.path.insert(0, sys.argv[1])
 from ceranubis_jupyter import protocol as p
-garbage, record = bytes.fromhex(sys.argv[2]), sys.argv[3]
+garbage, record, early = bytes.fromhex(sys.argv[2]), sys.argv[3], sys.argv[4] == "early"
 if os.path.exists(record):
+    sys.exit(0)
+if early:
+    open(record, "w").close()
+    os.write(1, garbage)
+    while os.read(0, 1 << 20):
+        pass
     sys.exit(0)
 conn = p.Connection(p.NODE)
 version = "%d.%d.%d" % sys.version_info[:3]
@@ -70,11 +79,12 @@ while os.read(0, 1 << 20):
 class FakeNodeTransport(Transport):
     """Starts the fake node over pipes, exactly as the local transport starts a real one."""
 
-    def __init__(self, host: str, garbage: bytes, record: Path) -> None:
+    def __init__(self, host: str, garbage: bytes, record: Path, early: bool = False) -> None:
         self.host = host
         self.workers = 1
         self.garbage = garbage
         self.record = record
+        self.early = early
 
     async def start(self) -> Channel:
         process = await asyncio.create_subprocess_exec(
@@ -84,6 +94,7 @@ class FakeNodeTransport(Transport):
             _PACKAGE_PARENT,
             self.garbage.hex(),
             str(self.record),
+            "early" if self.early else "after-hello",
             NODE_MARKER,  # the leak check covers fakes too
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
@@ -111,14 +122,18 @@ def triple(x: int) -> int:
     return 3 * x
 
 
-def refused(garbage: bytes) -> bool:
-    """Whether the protocol itself refuses ``garbage`` after a Hello (sans-IO, no client)."""
+def refused(garbage: bytes, after_hello: bool = True) -> bool:
+    """Whether the protocol itself refuses ``garbage`` (sans-IO, no client): as a plain
+    protocol error, not as a version mismatch (which the client reports differently)."""
     conn = p.Connection(p.CLIENT)
     hello = p.Hello(p.PROTOCOL_VERSION, "3.11.0", "0", "fake", 1, 1)
-    conn.receive_data(b"".join(bytes(c) for c in p.encode(hello)) + garbage)
+    opening = b"".join(bytes(c) for c in p.encode(hello)) if after_hello else b""
+    conn.receive_data(opening + garbage)
     try:
         while conn.next_event() is not None:
             pass
+    except VersionMismatch:
+        return False
     except RemoteProtocolError:
         return True
     return False
@@ -203,3 +218,33 @@ def test_garbage_from_a_node_drops_only_that_node(tmp_path: Path, client_log: Re
     created = sorted(os.listdir(tmp_path))
     assert len(created) >= 3, f"too few fake nodes ran: {created}"
     print(f"{len(created)} fake nodes dropped")
+
+
+def test_garbage_instead_of_a_hello_fails_only_that_host(
+    tmp_path: Path, client_log: Records
+) -> None:
+    names = (f"early-{n}" for n in itertools.count(1))
+    with CeranubisExecutor(max_workers=1) as executor:
+
+        @settings(
+            max_examples=EARLY_EXAMPLES,
+            deadline=None,
+            database=None,
+            suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow],
+        )
+        @given(garbage=GARBAGE)
+        def one_fake_node(garbage: bytes) -> None:
+            assume(refused(garbage, after_hello=False))
+            host = next(names)
+            fake = FakeNodeTransport(host, garbage, tmp_path / host, early=True)
+            executor.scheduler.add_hosts_threadsafe([fake])
+            wait_for(lambda: info(executor, host).state == "failed", STEP_TIMEOUT, "fake failed")
+            assert "malformed frame" in info(executor, host).error
+            logged = [r.getMessage() for r in client_log.records if r.levelno >= logging.ERROR]
+            assert any(f"[host={host}] RemoteProtocolError" in m for m in logged), logged
+            assert executor.submit(triple, 2).result(timeout=STEP_TIMEOUT) == 6
+            executor.remove_hosts(host, drain=False)
+
+        one_fake_node()
+        assert {i.host for i in executor.hosts()} == {"local"}
+    assert len(os.listdir(tmp_path)) >= 3, "too few fake nodes ran"
