@@ -521,8 +521,8 @@ class SQLiteStore(Store):
 def _prepare_file(path: Path) -> None:
     """Create the directory (0700) and the file (0600) when they do not exist yet."""
     try:
-        if not path.parent.exists():
-            path.parent.mkdir(mode=0o700, parents=True)
+        # exist_ok and O_CREAT without O_EXCL: several processes may open a new store at once
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         if path.is_dir():
             raise StoreError(f"the project store {path} is a directory; give a file path")
         if not path.exists():

@@ -181,3 +181,15 @@ def test_postgres_unreachable_is_quick_and_redacted() -> None:
         open_store(f"postgresql://alice:s3cret@127.0.0.1:{port}/db")
     assert "s3cret" not in str(caught.value) and "alice:***@" in str(caught.value)
     assert time.monotonic() - started < 10
+
+
+def test_many_processes_open_a_new_sqlite_store_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "er" / "projects.sqlite"
+    script = (
+        "import sys; from ceranubis_jupyter.store import open_store; "
+        "open_store(sys.argv[1]).list_projects()"
+    )
+    openers = [subprocess.Popen([sys.executable, "-c", script, str(path)]) for _ in range(6)]
+    assert [opener.wait(timeout=60) for opener in openers] == [0] * 6
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
