@@ -3,6 +3,7 @@
 While the project runs, the test SIGKILLs a worker (three times), the node supervisor, and
 the sshd session process that carries the node. After each fault the work must go on, and
 at the end the store must hold exactly one ``done`` row per argument with the right value.
+And ``retries`` bounds it: a task that loses its node once more than allowed fails alone.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import psutil
 
 from ceranubis_jupyter import CeranubisExecutor
+from ceranubis_jupyter.errors import NodeLost
 from ceranubis_jupyter.hosts import Host
 from ceranubis_jupyter.link import HostInfo
 from ceranubis_jupyter.project import Project, commit_function
@@ -45,7 +47,7 @@ def only_host(executor: CeranubisExecutor) -> HostInfo:
     """The executor's one host (a placeholder until its link exists)."""
     infos = executor.hosts()
     assert len(infos) <= 1
-    return infos[0] if infos else HostInfo(OPENSSH_ALIAS)
+    return infos[0] if infos else HostInfo("?")
 
 
 def ready_node(executor: CeranubisExecutor, old_pid: int = 0) -> psutil.Process:
@@ -122,3 +124,26 @@ def test_project_survives_sigkills_of_workers_node_and_sshd_session(
     assert [decode(result) for _, _, result, _ in rows] == [x * x + 1 for x in range(ARGUMENTS)]
     retried = [position for position, _, _, attempts in rows if attempts > 1]
     assert retried, "the faults hit no running task"
+
+
+@by_value
+def nap(seconds: float) -> float:
+    import time
+
+    time.sleep(seconds)
+    return seconds
+
+
+def test_retries_bound_how_often_a_task_may_lose_its_node() -> None:
+    with CeranubisExecutor(max_workers=1, retries=1) as executor:
+        future = executor.submit(nap, 60.0)
+        for attempt in range(2):  # the first loss is retried, the second is final
+            wait_for(lambda: only_host(executor).busy == 1, REJOIN_TIMEOUT, "the task running")
+            node = only_host(executor).pid
+            os.kill(node, signal.SIGKILL)
+            if attempt == 0:
+                ready_node(executor, old_pid=node)
+        error = future.exception(timeout=REJOIN_TIMEOUT)
+        assert isinstance(error, NodeLost), error
+        assert error.host == "local" and "lost with its node 2 times" in str(error)
+        assert executor.submit(nap, 0.0).result(timeout=REJOIN_TIMEOUT) == 0.0
