@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import subprocess
 import sys
 import time
@@ -181,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     systems = [s for s in peers.systems() if not args.systems or s.name in args.systems]
     bench = Run(systems, max(1, args.repeats))
     started = time.perf_counter()
+    load_before = os.getloadavg()[0]
     bench.startup()
     bench.open()
     try:
@@ -202,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     extra = {"seconds": elapsed, "repeats": bench.repeats, "notes": bench.notes}
     path = report.write_json(samples, {**extra, "project_bench": project})
     print(f"\n{elapsed:.0f} s; medians of {bench.repeats}; ratios are ours/peer; written to {path}")
+    print(
+        f"load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after: on a shared "
+        "machine other work lowers every system's W6 alike (compare the ratios)"
+    )
     return 0
 
 
