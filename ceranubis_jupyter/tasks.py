@@ -5,7 +5,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from . import protocol as p
@@ -54,10 +54,9 @@ class TaskRecord:
 TaskListener = Callable[[TaskRecord], None]
 
 
-@dataclass(order=True)
-class _Pending:
-    sort_key: tuple[int, int]
-    record: TaskRecord = field(compare=False)
+# A heap entry: (-priority, task_id, record). Plain tuples compare in C; task ids are
+# unique, so records themselves are never compared.
+_Entry = tuple[int, int, TaskRecord]
 
 
 class PendingQueue:
@@ -68,7 +67,7 @@ class PendingQueue:
     """
 
     def __init__(self) -> None:
-        self._heaps: dict[str | None, list[_Pending]] = {}
+        self._heaps: dict[str | None, list[_Entry]] = {}
         self._count = 0
 
     def __len__(self) -> int:
@@ -76,7 +75,7 @@ class PendingQueue:
 
     def push(self, record: TaskRecord) -> None:
         """Queue a task (again)."""
-        entry = _Pending((-record.priority, record.task_id), record)
+        entry = (-record.priority, record.task_id, record)
         heapq.heappush(self._heaps.setdefault(record.group, []), entry)
         self._count += 1
 
@@ -90,14 +89,14 @@ class PendingQueue:
             return None
         best = min(candidates, key=lambda heap: heap[0])
         self._count -= 1
-        return heapq.heappop(best).record
+        return heapq.heappop(best)[2]
 
     def remove(self, predicate: Callable[[TaskRecord], bool]) -> list[TaskRecord]:
         """Take out every task for which ``predicate`` is true."""
         removed: list[TaskRecord] = []
         for group, heap in self._heaps.items():
-            kept = [entry for entry in heap if not predicate(entry.record)]
-            removed += [entry.record for entry in heap if predicate(entry.record)]
+            kept = [entry for entry in heap if not predicate(entry[2])]
+            removed += [entry[2] for entry in heap if predicate(entry[2])]
             heapq.heapify(kept)
             self._heaps[group] = kept
         self._count -= len(removed)
