@@ -6,36 +6,36 @@
     ─────────────         ────────────────────────              ───────────────────────
     commit / resume ─► submit slices of arguments ─► executor ─► nodes
                           ▲                                        │ result
-                          │ outcomes deque ◄── done-callback ◄─────┘ counters, recents,
-                          │                    (no I/O)              listeners
+                          │ finished deque ◄─ scheduler listener ◄─┘ (one append, no I/O)
                           ▼
-                   store: one transaction per ~100 ms (outcomes, running marks),
-                   a heartbeat per second (and a cancel seen from another process),
-                   the final state; then an owned executor is shut down
+                   every ~100 ms: read the finished futures, count them, tell the
+                   project's listeners, and write outcomes and running marks in one
+                   transaction; a heartbeat per second (and a cancel seen from another
+                   process); the final state; then an owned executor is shut down
 
-The loop thread only appends to a deque and bumps counters: the store never costs the
-hot path more than that. A project is one task per argument (``chunksize`` groups them).
+The loop thread only appends the finished task's record to a deque: the store costs the
+hot path no more than that. A project is one task per argument (``chunksize`` groups them).
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import pickle
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError, Future
+from concurrent.futures import TimeoutError as FuturesTimeoutError
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from . import protocol as p
 from .errors import BrokenCeranubisExecutor, CeranubisError, RemoteTraceback, StoreError
 from .executor import CeranubisExecutor, TaskOptions
-from .serialize import dumps_inband, loads
+from .scheduler import TaskRecord
+from .serialize import PICKLE_PROTOCOL, dumps_inband, loads
 from .store import ARGUMENT_STATES, UNFINISHED, Store
-
-if TYPE_CHECKING:
-    from .scheduler import TaskRecord
 
 log = logging.getLogger("ceranubis")
 
@@ -56,11 +56,21 @@ SETTLE_SECONDS = 30.0
 # Seconds given to a final write at interpreter exit.
 EXIT_SECONDS = 3.0
 
+_PICKLED = bytes([p.PICKLE])
 _LEFT = "pending"  # an argument whose task was dropped (executor shut down): run it later
+# Serializes changes to a scheduler's listener list (replaced whole: the loop thread may be
+# iterating the old one).
+_listeners_lock = threading.Lock()
 
 
 def encode(obj: Any) -> bytes:
     """Bytes for a BLOB column: one codec byte, then the pickle (or dill) payload."""
+    try:
+        payload = pickle.dumps(obj, PICKLE_PROTOCOL)
+        if b"__main__" not in payload:  # as serialize.dumps_inband decides, minus a call
+            return _PICKLED + payload
+    except Exception:
+        pass
     codec, payload = dumps_inband(obj)
     return bytes([codec]) + payload
 
@@ -111,7 +121,8 @@ class ProjectRun:
         executor: where tasks run; shut down at the end when ``owns_executor``.
         fn: the target function; ``items``: the arguments to run now.
         counts_before: the store's counts when the run starts (done ones stay done).
-        notify: called from the loop thread after each argument finishes.
+        notify: called from the run thread after finished arguments were counted (at most
+            every ~0.1 s) and once more when the run ends.
     """
 
     def __init__(
@@ -141,13 +152,17 @@ class ProjectRun:
         self.started = time.time()
         self._clock = time.time() - time.monotonic()
         self._lock = threading.Lock()
-        self._outcomes: collections.deque[tuple[Future[Any], str, Any]] = collections.deque()
+        self._finished: collections.deque[TaskRecord] = collections.deque()
+        self._not_yet: list[TaskRecord] = []  # seen by the scheduler, future not yet set
+        self._seen = 0  # tasks the scheduler finished (loop thread only)
+        self._fn_id = -1
         self._submitted = 0
         # Unresolved tasks: task id -> (lo, hi) of their items; finished ones are dropped so
         # a long project does not keep every result in memory.
         self._spans: dict[int, tuple[int, int]] = {}
         self._marked: set[int] = set()
-        self._unwritten: list[tuple[Any, ...]] = []
+        self._unwritten: list[tuple[Any, ...]] = []  # Outcome.row() form
+        self._unwritten_done: list[tuple[Any, ...]] = []  # Store.record_rows(done=...) form
         self._next = 0
         self._stop_submitting = False
         self._swept = False
@@ -161,6 +176,7 @@ class ProjectRun:
 
     def start(self) -> None:
         """Start the run thread (it submits, records, and finishes the project)."""
+        self._fn_id = self.executor._function_id(self.fn)  # before any task can finish
         self._thread.start()
 
     # ------------------------------------------------------------------ any thread
@@ -221,54 +237,18 @@ class ProjectRun:
 
     # ------------------------------------------------------------------ loop thread
 
-    def _on_done(self, future: Future[Any]) -> None:
-        state, value = self._outcome(future)
-        lo, hi = future._cj_span  # type: ignore[attr-defined]
-        with self._lock:
-            self._outcomes.append((future, state, value))  # before the count: see _settled
-            tally = self.tally
-            tally.resolved_tasks += 1
-            tally.counts[state] += hi - lo
-            self._remember(tally, future, state, value, lo, hi)
-            last = tally.resolved_tasks == self._submitted and self._next >= len(self.items)
-            task_id = future._ceranubis_id  # type: ignore[attr-defined]
-            self._spans.pop(task_id, None)
-            self._marked.discard(task_id)
-        if last:
-            self._wake.set()  # the final write need not wait for the next flush
-        self.notify()
-
-    def _outcome(self, future: Future[Any]) -> tuple[str, Any]:
-        """``(state, result or error)`` of a finished task's future (one lock, no wait)."""
-        try:
-            return "done", future.result()
-        except CancelledError:
-            return ("cancelled" if self.cancelling else _LEFT), None
-        except BrokenCeranubisExecutor:
-            return _LEFT, None
-        except BaseException as error:  # the task's own error, of any type
-            return "failed", error
-
-    def _remember(
-        self, tally: _Tally, future: Future[Any], state: str, value: Any, lo: int, hi: int
-    ) -> None:
-        if state == "done":
-            if self.chunksize == 1:
-                tally.recent.append((self.items[lo].args, value))
-            else:
-                pairs = zip(self.items[lo:hi], value, strict=False)
-                tally.recent.extend((item.args, result) for item, result in pairs)
-        elif state == "failed":
-            text = error_text(value)
-            tally.errors.extend((item.args, text) for item in self.items[lo:hi])
-        record: TaskRecord | None = getattr(future, "_ceranubis_record", None)
-        if record is not None and record.output:
-            host = record.host or "?"
-            tally.output.extend((host, line) for line in record.output.splitlines())
+    def _on_finished(self, record: TaskRecord) -> None:
+        """Scheduler listener: one of our tasks is finished (its future is set next)."""
+        if record.fn_id == self._fn_id:  # ours, or another call of the same function
+            self._finished.append(record)
+            self._seen += 1
+            if self._seen == self._submitted and self._next >= len(self.items):
+                self._wake.set()  # the final write need not wait for the next flush
 
     # ------------------------------------------------------------------ run thread
 
     def _main(self) -> None:
+        self._listen(True)
         try:
             self._loop()
             self._finish()
@@ -276,12 +256,20 @@ class ProjectRun:
             log.exception("project %d: the run thread failed", self.project_id)
             self.final_state = "stopped"
         finally:
+            self._listen(False)
             if self.owns_executor:
                 self.executor.shutdown(wait=not self._exiting, cancel_futures=True)
             self.store.close()
             self.finished.set()
             with self._flushes:
                 self._flushes.notify_all()
+            self.notify()
+
+    def _listen(self, on: bool) -> None:
+        scheduler = self.executor.scheduler
+        with _listeners_lock:
+            others = [f for f in scheduler.listeners if f != self._on_finished]
+            scheduler.listeners = [*others, self._on_finished] if on else others
 
     def _loop(self) -> None:
         next_beat = 0.0
@@ -309,7 +297,12 @@ class ProjectRun:
         submitted_all = self._stop_submitting or self._next >= len(self.items)
         with self._lock:
             resolved = self.tally.resolved_tasks
-        return submitted_all and resolved == self._submitted and not self._outcomes
+        return (
+            submitted_all
+            and resolved == self._submitted
+            and not self._finished
+            and not self._not_yet
+        )
 
     def _submit_slice(self) -> None:
         end = min(self._next + SUBMIT_SLICE, len(self.items))
@@ -321,11 +314,12 @@ class ProjectRun:
                 log.warning("project %d: stopped submitting: %s", self.project_id, error)
                 self._stop_submitting = True
                 return
-            future._cj_span = (lo, hi)  # type: ignore[attr-defined]
-            self._spans[future._ceranubis_id] = (lo, hi)  # type: ignore[attr-defined]
+            task_id: int = future._ceranubis_id  # type: ignore[attr-defined]
+            self._spans[task_id] = (lo, hi)
             self._submitted += 1
             self._next = hi
-            future.add_done_callback(self._on_done)
+            if not hasattr(future, "_ceranubis_record"):  # refused before it was queued
+                self._not_yet.append(TaskRecord(task_id, future, 0, 0, 0, b""))
 
     def _submit_one(self, lo: int, hi: int) -> Future[Any]:
         submit = self.executor._submit
@@ -341,37 +335,124 @@ class ProjectRun:
         if task_ids and not scheduler.loop.is_closed():
             scheduler.cancel_threadsafe(task_ids)
 
+    def _collect(self) -> bool:
+        """Count the tasks finished since the last call and queue their rows."""
+        records, self._not_yet = self._not_yet, []
+        while self._finished:
+            records.append(self._finished.popleft())
+        if not records:
+            return False
+        with self._lock:
+            for record in records:
+                span = self._spans.pop(record.task_id, None)
+                if span is None:  # not ours (we register each task before we collect)
+                    continue
+                try:
+                    state, value = self._outcome(record.future)
+                except FuturesTimeoutError:  # set right after the scheduler told us
+                    self._spans[record.task_id] = span
+                    self._not_yet.append(record)
+                    continue
+                self._marked.discard(record.task_id)
+                if state == "done" and self.chunksize == 1 and not record.output:
+                    self._plain_done(record, value, span[0])  # the hot path, inlined
+                    continue
+                self._count(record, state, value, *span)
+                if state == "done" or not self._claim_lost:  # another client runs the rest
+                    self._unwritten.extend(self._rows(record, state, value, *span))
+        return True
+
+    def _plain_done(self, record: TaskRecord, value: Any, index: int) -> None:
+        tally, item, clock = self.tally, self.items[index], self._clock
+        tally.resolved_tasks += 1
+        tally.counts["done"] += 1
+        tally.recent.append((item.args, value))
+        try:
+            blob = encode(value)
+        except Exception as error:
+            text = f"the result could not be pickled for the store: {error_text(error)}"
+            self._unwritten.append(
+                (
+                    "failed",
+                    None,
+                    text,
+                    record.host,
+                    record.attempts + 1,
+                    record.started + clock,
+                    record.finished + clock,
+                    None,
+                    item.arg_id,
+                )
+            )
+            return
+        self._unwritten_done.append(
+            (
+                item.arg_id,
+                blob,
+                record.host,
+                record.attempts + 1,
+                record.started + clock,
+                record.finished + clock,
+            )
+        )
+
+    def _outcome(self, future: Future[Any]) -> tuple[str, Any]:
+        """``(state, result or error)`` of a finished task's future (one lock, no wait)."""
+        try:
+            return "done", future.result(timeout=0)
+        except FuturesTimeoutError:
+            raise
+        except CancelledError:
+            return ("cancelled" if self.cancelling else _LEFT), None
+        except BrokenCeranubisExecutor:
+            return _LEFT, None
+        except BaseException as error:  # the task's own error, of any type
+            return "failed", error
+
+    def _count(self, record: TaskRecord, state: str, value: Any, lo: int, hi: int) -> None:
+        tally = self.tally
+        tally.resolved_tasks += 1
+        tally.counts[state] += hi - lo
+        if state == "done":
+            if self.chunksize == 1:
+                tally.recent.append((self.items[lo].args, value))
+            else:
+                pairs = zip(self.items[lo:hi], value, strict=False)
+                tally.recent.extend((item.args, result) for item, result in pairs)
+        elif state == "failed":
+            text = error_text(value)
+            tally.errors.extend((item.args, text) for item in self.items[lo:hi])
+        if record.output:
+            host = record.host or "?"
+            tally.output.extend((host, line) for line in record.output.splitlines())
+
     def _write(self) -> None:
-        outcomes = self._unwritten
-        while self._outcomes:
-            future, state, value = self._outcomes.popleft()
-            if state == "done" or not self._claim_lost:  # another client runs the rest now
-                outcomes.extend(self._rows(future, state, value))
+        if self._collect():
+            self.notify()
         running = self._running_rows()
         try:
-            if outcomes:
-                self.store.record_rows(outcomes)
+            if self._unwritten or self._unwritten_done:
+                self.store.record_rows(self._unwritten, self._unwritten_done)
             if running:
                 self.store.mark_running(running)
         except StoreError as error:
             log.warning("project %d: %s; retrying", self.project_id, error)
             return
-        outcomes.clear()
+        self._unwritten.clear()
+        self._unwritten_done.clear()
 
-    def _rows(self, future: Future[Any], state: str, value: Any) -> list[tuple[Any, ...]]:
+    def _rows(
+        self, record: TaskRecord, state: str, value: Any, lo: int, hi: int
+    ) -> list[tuple[Any, ...]]:
         """Outcome rows (:meth:`Outcome.row` order) for one finished task."""
-        lo, hi = future._cj_span  # type: ignore[attr-defined]
-        record: TaskRecord | None = getattr(future, "_ceranubis_record", None)
-        timing: tuple[Any, ...] = (None, 0, None, None, None)
-        if record is not None:
-            clock = self._clock
-            timing = (
-                record.host,
-                record.attempts + 1,
-                record.started + clock if record.started else None,
-                record.finished + clock if record.finished else None,
-                record.output or None,
-            )
+        clock = self._clock
+        timing = (
+            record.host,
+            record.attempts + 1 if record.started else 0,
+            record.started + clock if record.started else None,
+            record.finished + clock if record.started else None,
+            record.output or None,
+        )
         if state != "done":
             error = error_text(value) if state == "failed" else None
             return [(state, None, error, *timing, item.arg_id) for item in self.items[lo:hi]]
@@ -432,7 +513,7 @@ class ProjectRun:
 
     def _finish(self) -> None:
         deadline = time.monotonic() + (EXIT_SECONDS if self._exiting else SETTLE_SECONDS)
-        while self._unwritten and time.monotonic() < deadline:
+        while (self._unwritten or self._unwritten_done) and time.monotonic() < deadline:
             time.sleep(FLUSH_SECONDS)
             self._write()
         if self._claim_lost:

@@ -18,6 +18,7 @@ and results at any time.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import sqlite3
@@ -357,12 +358,15 @@ class Store(ABC):
         """
         return self.record_rows([outcome.row() for outcome in outcomes])
 
-    def record_rows(self, rows: Sequence[tuple[Any, ...]]) -> int:
-        """:meth:`record_outcomes` for outcomes already in :meth:`Outcome.row` form (the
-        writer's hot path: no object per argument)."""
-        plain = [(r[8], r[1], r[3], r[4], r[5], r[6]) for r in rows if _plain_done(r)]
-        other = [r for r in rows if not _plain_done(r)] if len(plain) < len(rows) else []
-        if not rows:
+    def record_rows(
+        self, rows: Sequence[tuple[Any, ...]], done: Sequence[tuple[Any, ...]] = ()
+    ) -> int:
+        """:meth:`record_outcomes` in the writer's hot path, one transaction: ``rows`` in
+        :meth:`Outcome.row` form, ``done`` as ``(id, result, host, attempts, started,
+        finished)`` of arguments that finished without printing (no object per argument)."""
+        plain = [*done, *((r[8], r[1], r[3], r[4], r[5], r[6]) for r in rows if _plain_done(r))]
+        other = [r for r in rows if not _plain_done(r)]
+        if not plain and not other:
             return 0
         with self._transaction() as cursor:
             changed = self._update_done(cursor, plain) if plain else 0
@@ -390,7 +394,7 @@ class Store(ABC):
             batch = rows[start : start + per_statement]
             marks = "(" + ", ".join("?" * len(batch[0])) + ")"
             sql = f"{head} VALUES {', '.join([marks] * len(batch))}{tail}"
-            cursor.execute(self._sql(sql), [value for row in batch for value in row])
+            cursor.execute(self._sql(sql), list(itertools.chain.from_iterable(batch)))
             changed += int(cursor.rowcount)
         return changed
 
