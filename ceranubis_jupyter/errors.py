@@ -96,9 +96,9 @@ class NodeLost(HostError):
 class NoHostsAvailable(CeranubisError):
     """None of the hosts given could be used; carries each host's error."""
 
-    def __init__(self, errors: list[HostError]) -> None:
-        lines = "\n".join(f"  - {error}" for error in errors)
-        super().__init__(f"no host could be used:\n{lines}")
+    def __init__(self, errors: list[HostError], what: str = "no host could be used") -> None:
+        lines = "".join(f"\n  - {error}" for error in errors)
+        super().__init__(f"{what}:{lines}" if errors else what)
         self.errors = errors
 
 

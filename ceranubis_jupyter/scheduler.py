@@ -185,6 +185,7 @@ class Scheduler:
             await self._wait_drained(leaving)
         await asyncio.gather(*(link.close() for link in leaving), return_exceptions=True)
         self.links = [link for link in self.links if link not in leaving]
+        self._fail_stranded_groups()
         self._dispatch()
 
     async def _wait_drained(self, links: list[NodeLink]) -> None:
@@ -255,6 +256,30 @@ class Scheduler:
         """A host was given up on; once every host is, the executor is broken."""
         if all(other.dead for other in self.links):
             self._break(NoHostsAvailable(list(self.host_errors.values())))
+        else:
+            self._fail_stranded_groups()
+
+    def _fail_stranded_groups(self) -> None:
+        """Fail pending tasks whose group has no usable host left: they would wait forever."""
+        stranded = self.pending.remove(
+            lambda record: record.group is not None and not self._group_exists(record.group)
+        )
+        for record in stranded:
+            self._fail(record, self._stranded_error(record))
+
+    def _stranded_error(self, record: TaskRecord) -> NoHostsAvailable:
+        group = record.group
+        errors = [
+            self.host_errors[link.host]
+            for link in self.links
+            if link.group == group and link.host in self.host_errors
+        ]
+        return NoHostsAvailable(
+            errors,
+            f"task {record.task_id} needs a host of group {group!r} and none is left "
+            "(given up or removed); add one with executor.add_hosts([Host(..., "
+            f"group={group!r})]) and submit again",
+        )
 
     def _break(self, error: BaseException) -> None:
         self.broken = error
