@@ -400,8 +400,10 @@ class ProjectRun:
         """``(state, result or error)`` of a finished task's future (one lock, no wait)."""
         try:
             return "done", future.result(timeout=0)
-        except FuturesTimeoutError:
-            raise
+        except FuturesTimeoutError as error:
+            if not future.done():
+                raise  # not set yet: the caller looks again next time
+            return "failed", error  # the task's own timeout (TaskTimeout)
         except CancelledError:
             return ("cancelled" if self.cancelling else _LEFT), None
         except BrokenCeranubisExecutor:

@@ -296,3 +296,15 @@ def test_a_client_that_lost_its_claim_stops_without_touching_the_rest(store_url:
     row = other.find_project(project.id)
     assert row is not None and (row.client, row.state) == ("another-machine:4242", "running")
     assert all(result == expected(x) for (x, _), result in project.results())
+
+
+def test_a_task_timeout_fails_only_its_argument(store_url: str) -> None:
+    with CeranubisExecutor() as executor:
+        project = commit_function(
+            executor, _slow_square, [(1, 0.0), (2, 30.0), (3, 0.0)], store=store_url, timeout=1
+        )
+        assert project.wait(DEADLINE)
+    assert project.state == "failed"
+    assert project.results() == [((1, 0.0), 1), ((3, 0.0), 9)]
+    [(args, text)] = project.errors()
+    assert args == (2, 30.0) and "TaskTimeout" in text and "timeout of 1 s" in text
