@@ -400,6 +400,13 @@ class Store(ABC):
 
     def argument_ids(self, project_id: int) -> list[tuple[int, int]]:
         """``(id, position)`` of the pending arguments, in submission order."""
+        [(count, low, high, first, last)] = self._read(
+            "SELECT COUNT(*), MIN(id - position), MAX(id - position), MIN(position), "
+            "MAX(position) FROM arguments WHERE project = ? AND state = 'pending'",
+            (project_id,),
+        )
+        if count and low == high and last - first + 1 == count:  # ids follow positions
+            return [(int(low) + position, position) for position in range(first, last + 1)]
         rows = self._read(
             "SELECT id, position FROM arguments WHERE project = ? AND state = 'pending' "
             "ORDER BY position",

@@ -193,3 +193,12 @@ def test_many_processes_open_a_new_sqlite_store_at_once(tmp_path: Path) -> None:
     assert [opener.wait(timeout=60) for opener in openers] == [0] * 6
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_argument_ids_follow_positions_or_are_read(store_url: str) -> None:
+    store = open_store(store_url)
+    project_id = _new(store, "ids", 5)
+    rows = store.arguments(project_id, ["pending"])
+    assert store.argument_ids(project_id) == [(r.id, r.position) for r in rows]
+    store.record_outcomes([Outcome(rows[2].id, "done", b"x")])  # a gap: the slow path
+    assert store.argument_ids(project_id) == [(r.id, r.position) for r in rows if r.position != 2]
