@@ -231,6 +231,8 @@ class Project:
         if self._run is not None:
             if not self._run.finished.wait(timeout):
                 return False
+            if self._run.final_state in ("done", "failed", "cancelled"):
+                return True  # its last act was to count: nothing is left
             return self._nothing_left()
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._nothing_left():
@@ -349,10 +351,16 @@ class Project:
         items: list[Item],
         chunksize: int = 1,
         timeout: float | None = None,
+        fresh: bool = False,
     ) -> None:
-        counts = self._store.counts(self.id)
-        previous = self._store.host_stats(self.id)
-        self._first_start = min([time.time(), *(s.first_started for s in previous)])
+        if fresh:  # just committed: every argument is pending (skip two scans)
+            counts = dict.fromkeys(("running", "done", "failed", "cancelled"), 0)
+            counts["pending"] = len(items)
+            self._first_start = time.time()
+        else:
+            counts = self._store.counts(self.id)
+            previous = self._store.host_stats(self.id)
+            self._first_start = min([time.time(), *(s.first_started for s in previous)])
         options = executor.options(timeout=timeout).task_options
         self._run = ProjectRun(
             self._store.reopen(),
@@ -424,7 +432,7 @@ def commit_project(
     except BaseException:
         executor.shutdown(wait=False, cancel_futures=True)
         raise
-    project._start(executor, True, fn, _items(project, items), chunksize)
+    project._start(executor, True, fn, _items(project, items), chunksize, fresh=True)
     return project
 
 
@@ -473,7 +481,7 @@ def commit_function(
     name = _pick_name(store, target, name)
     hosts = [info.host for info in executor.hosts()]
     project = _create(store, name, auto, code, target, hosts, blob, blobs)
-    project._start(executor, False, fn, _items(project, items), chunksize, timeout)
+    project._start(executor, False, fn, _items(project, items), chunksize, timeout, fresh=True)
     return project
 
 
