@@ -180,11 +180,15 @@ def test_a_partitioned_host_loses_its_node_and_its_work_moves(
             time.sleep(0.1)
         on_cut = [f for f in slow if f._ceranubis_record.host == cut.alias]  # type: ignore[attr-defined]
         assert on_cut, "no task reached the host before the cut; the test would prove nothing"
-        _ip("link", "set", cut.link, "down")  # no FIN, no RST: a silent partition
+        # No FIN, no RST: a silent partition. The namespace's end goes down, so our route to
+        # the host stays and reconnects die on the veth; downing our end would drop the
+        # route and send them to the default gateway, off this machine.
+        peer = ("netns", "exec", cut.netns, "ip", "link", "set", f"{cut.link}p")
+        _ip(*peer, "down")
         try:
             results = [f.result(timeout=SILENCE_TIMEOUT + RESULT_TIMEOUT) for f in slow]
             _, alive = psutil.wait_procs(processes, timeout=SILENCE_TIMEOUT + 5)
         finally:
-            _ip("link", "set", cut.link, "up")
+            _ip(*peer, "up")
     assert {net for _, net in results} == {kept.net_inode}  # cut host's share moved over
     assert not alive, "the partitioned node did not give up on its silent client"
