@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FuturesTimeoutError
+from concurrent.futures._base import FINISHED
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -343,58 +344,63 @@ class ProjectRun:
         if not records:
             return False
         with self._lock:
-            for record in records:
-                span = self._spans.pop(record.task_id, None)
-                if span is None:  # not ours (we register each task before we collect)
-                    continue
-                try:
-                    state, value = self._outcome(record.future)
-                except FuturesTimeoutError:  # set right after the scheduler told us
-                    self._spans[record.task_id] = span
-                    self._not_yet.append(record)
-                    continue
-                self._marked.discard(record.task_id)
-                if state == "done" and self.chunksize == 1 and not record.output:
-                    self._plain_done(record, value, span[0])  # the hot path, inlined
-                    continue
-                self._count(record, state, value, *span)
-                if state == "done" or not self._claim_lost:  # another client runs the rest
-                    self._unwritten.extend(self._rows(record, state, value, *span))
+            rest = self._fast_done(records) if self.chunksize == 1 else records
+            for record in rest:
+                self._collect_one(record)
         return True
 
-    def _plain_done(self, record: TaskRecord, value: Any, index: int) -> None:
-        tally, item, clock = self.tally, self.items[index], self._clock
-        tally.resolved_tasks += 1
-        tally.counts["done"] += 1
-        tally.recent.append((item.args, value))
-        try:
-            blob = encode(value)
-        except Exception as error:
-            text = f"the result could not be pickled for the store: {error_text(error)}"
-            self._unwritten.append(
+    def _fast_done(self, records: list[TaskRecord]) -> list[TaskRecord]:
+        """Queue plain results (the hot path, inlined); returns the records left to do."""
+        items, clock, spans, marked = self.items, self._clock, self._spans, self._marked
+        rows, recent, rest, done = self._unwritten_done, self.tally.recent, [], 0
+        for record in records:
+            future: Any = record.future
+            # A finished future read without its lock: set_result writes _state last.
+            if future._state != FINISHED or future._exception is not None or record.output:
+                rest.append(record)
+                continue
+            span = spans.get(record.task_id)
+            if span is None:  # not ours (we register each task before we collect)
+                continue
+            value = future._result
+            try:
+                blob = encode(value)
+            except Exception:
+                rest.append(record)  # the general path records why
+                continue
+            del spans[record.task_id]
+            marked.discard(record.task_id)
+            item = items[span[0]]
+            recent.append((item.args, value))
+            rows.append(
                 (
-                    "failed",
-                    None,
-                    text,
+                    item.arg_id,
+                    blob,
                     record.host,
                     record.attempts + 1,
                     record.started + clock,
                     record.finished + clock,
-                    None,
-                    item.arg_id,
                 )
             )
+            done += 1
+        self.tally.resolved_tasks += done
+        self.tally.counts["done"] += done
+        return rest
+
+    def _collect_one(self, record: TaskRecord) -> None:
+        span = self._spans.pop(record.task_id, None)
+        if span is None:  # not ours (we register each task before we collect)
             return
-        self._unwritten_done.append(
-            (
-                item.arg_id,
-                blob,
-                record.host,
-                record.attempts + 1,
-                record.started + clock,
-                record.finished + clock,
-            )
-        )
+        try:
+            state, value = self._outcome(record.future)
+        except FuturesTimeoutError:  # set right after the scheduler told us
+            self._spans[record.task_id] = span
+            self._not_yet.append(record)
+            return
+        self._marked.discard(record.task_id)
+        self._count(record, state, value, *span)
+        if state == "done" or not self._claim_lost:  # another client runs the rest
+            self._unwritten.extend(self._rows(record, state, value, *span))
 
     def _outcome(self, future: Future[Any]) -> tuple[str, Any]:
         """``(state, result or error)`` of a finished task's future (one lock, no wait)."""
