@@ -70,26 +70,48 @@ class RunningSlot:
 
 
 class _Outgoing:
-    """Results waiting to go up the pipe, written as one frame."""
+    """Results waiting to go up the pipe, written as one frame.
+
+    A result may wait ``RESULT_FLUSH_SECONDS`` for the results of the next tiny tasks, never
+    longer: a flusher thread writes it out even while a long task runs after it.
+    """
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.results: list[p.Result] = []
         self.since = 0.0
+        self._lock = threading.Lock()
+        self._waiting = threading.Event()
+        threading.Thread(target=self._flush_late, name="result-flusher", daemon=True).start()
 
     def add(self, result: p.Result, started: float) -> None:
         """Queue a result; write the batch if it is old or this task was slow."""
         now = time.monotonic()
-        if not self.results:
-            self.since = started
-        self.results.append(result)
-        if now - self.since >= RESULT_FLUSH_SECONDS:
-            self.flush()
+        with self._lock:
+            if not self.results:
+                self.since = started
+            self.results.append(result)
+            if now - self.since >= RESULT_FLUSH_SECONDS:
+                self._write()
+                return
+        self._waiting.set()
 
     def flush(self) -> None:
+        """Write every waiting result now."""
+        with self._lock:
+            self._write()
+
+    def _write(self) -> None:
         if self.results:
             write_all(self.fd, p.encode(p.Results(tuple(self.results))))
             self.results = []
+
+    def _flush_late(self) -> None:
+        while True:
+            self._waiting.wait()
+            self._waiting.clear()
+            time.sleep(RESULT_FLUSH_SECONDS)
+            self.flush()
 
 
 def run(read_fd: int, write_fd: int, slot: RunningSlot) -> None:

@@ -285,3 +285,13 @@ def test_shutdown_is_idempotent(hosts: Any) -> None:
     executor.shutdown()
     executor.shutdown()
     executor.shutdown(wait=False, cancel_futures=True)
+
+
+def test_a_result_is_not_held_back_by_a_long_task_after_it(hosts: Any) -> None:
+    with CeranubisExecutor(hosts, max_workers=1) as executor:
+        executor.submit(add, 0).result(timeout=30)
+        short, long = executor.submit(sleep_then, 0.0, "short"), executor.submit(sleep_then, 3.0)
+        started = time.monotonic()
+        assert short.result(timeout=30) == "short"
+        assert time.monotonic() - started < 1.5, "the short result waited for the long task"
+        assert not long.done()
