@@ -348,7 +348,10 @@ class NodeLink:
         self.inflight.clear()
         self.update_busy()
         if lost:
-            self.scheduler.requeue_lost(self, lost, counted=not self.closing)
+            # Only the oldest task per worker can have been running; the rest never started
+            # and must not use up their retries (a flapping host would burn them all).
+            running = self.info.workers if not self.closing else 0
+            self.scheduler.requeue_lost(self, lost, possibly_running=running)
 
     async def _close_channel(self, abort: bool = False) -> None:
         """Close the channel; ``abort`` drops it at once (a silent node will not answer)."""

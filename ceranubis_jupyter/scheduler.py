@@ -372,12 +372,16 @@ class Scheduler:
         )
 
     def requeue_lost(
-        self, link: NodeLink, records: list[TaskRecord], *, counted: bool = True
+        self, link: NodeLink, records: list[TaskRecord], *, possibly_running: int = 0
     ) -> None:
-        """A node went away: its in-flight tasks go back to pending (within their retries)."""
+        """A node went away: its in-flight tasks go back to pending.
+
+        ``records`` are in dispatch order; only the first ``possibly_running`` of them count
+        an attempt (within their retries), the others never started.
+        """
         log.warning("[host=%s] node lost; %d tasks re-queued", link.host, len(records))
-        for record in records:
-            record.attempts += counted
+        for index, record in enumerate(records):
+            record.attempts += index < possibly_running
             if record.attempts <= record.retries:
                 self._requeue(record)
             else:

@@ -32,6 +32,8 @@ def node_tree(executor: CeranubisExecutor) -> set[int]:
     """PIDs of every node of the executor and of their workers."""
     pids: set[int] = set()
     for info in executor.hosts():
+        if not info.pid:
+            continue  # not started yet
         node = psutil.Process(info.pid)
         pids.add(node.pid)
         pids.update(child.pid for child in node.children(recursive=True))
@@ -51,9 +53,9 @@ def test_shutdown_with_running_work_cancelled_leaves_no_process() -> None:
     executor = CeranubisExecutor(max_workers=2)
     futures = [executor.submit(nap, 30.0) for _ in range(2)]
     deadline = time.monotonic() + 20
-    while sum(i.busy for i in executor.hosts()) < 2 and time.monotonic() < deadline:
+    while len(tree := node_tree(executor)) < 3 and time.monotonic() < deadline:
         time.sleep(0.05)
-    tree = node_tree(executor)
+    assert len(tree) == 3, f"one node and two workers expected, got {tree}"
     started = time.monotonic()
     executor.shutdown(wait=True, cancel_futures=True)
     assert time.monotonic() - started < 5.0, "running work must be stopped, not awaited"
@@ -73,10 +75,10 @@ CLIENT = textwrap.dedent(
 
     ex = CeranubisExecutor(max_workers=2)
     futures = [ex.submit(nap, 60) for _ in range(4)]
-    deadline = time.monotonic() + 30
-    while sum(i.busy for i in ex.hosts()) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
     me = psutil.Process()
+    deadline = time.monotonic() + 30
+    while len(me.children(recursive=True)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)  # the node and both of its workers
     print(json.dumps([p.pid for p in me.children(recursive=True)]), flush=True)
     time.sleep(120)
     """

@@ -1,0 +1,38 @@
+"""A lost node's tasks: the one that may have been running uses up a retry, the rest do not."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+import pytest
+
+from ceranubis_jupyter import CeranubisExecutor, NodeLost
+from tests.remote import by_value
+
+
+@by_value
+def nap(seconds: float, value: Any = None) -> Any:
+    import time
+
+    time.sleep(seconds)
+    return value
+
+
+def test_queued_tasks_of_a_lost_node_keep_their_retries() -> None:
+    with CeranubisExecutor(max_workers=1, retries=0) as executor:
+        executor.submit(nap, 0.0).result(timeout=30)
+        running = executor.submit(nap, 30.0, "running")
+        queued = [executor.submit(nap, 0.01, i) for i in range(3)]
+        deadline = time.monotonic() + 20
+        while len(executor.scheduler.links[0].inflight) < 2:  # running + queued on the node
+            assert time.monotonic() < deadline, "tasks never reached the node"
+            time.sleep(0.01)
+        time.sleep(0.3)  # the first task is on the worker now
+        os.kill(executor.hosts()[0].pid, signal.SIGKILL)
+        with pytest.raises(NodeLost, match=r"lost with its node 1 times"):
+            running.result(timeout=30)
+        assert [f.result(timeout=30) for f in queued] == [0, 1, 2]
+        assert all(f._ceranubis_record.attempts == 0 for f in queued)  # type: ignore[attr-defined]
