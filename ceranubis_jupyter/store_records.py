@@ -131,10 +131,11 @@ def client_alive(client: str, heartbeat: float, now: float | None = None) -> boo
         return False
     if (now if now is not None else time.time()) - heartbeat > STALE_SECONDS:
         return False
-    return host != socket.gethostname() or _pid_alive(int(pid))
+    return host != socket.gethostname() or pid_alive(int(pid))
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this PID exists on this machine (ours or not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -31,6 +31,7 @@ from typing import Any
 
 from .errors import CeranubisError, HostError
 from .hosts import Host, parse_host_list
+from .store_records import pid_alive
 from .transport import CLIENT_PREFIX, NODE_MARKER
 
 # Seconds one listing or kill command may take on a host.
@@ -163,12 +164,8 @@ def is_stray(client: str, node_age: float, everything: bool) -> bool:
 
 def _client_alive(pid: int, node_age: float) -> bool:
     """The client process lives, and is older than its node (not a reused PID)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not pid_alive(pid):
         return False
-    except PermissionError:
-        return True
     age = _process_age(pid)
     return age is None or age + START_SLACK >= node_age
 
