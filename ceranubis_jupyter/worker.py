@@ -84,8 +84,12 @@ class _Outgoing:
         self._waiting = threading.Event()
         threading.Thread(target=self._flush_late, name="result-flusher", daemon=True).start()
 
-    def add(self, result: p.Result, started: float) -> None:
-        """Queue a result; write the batch if it is old or this task was slow."""
+    def add(self, result: p.Result, started: float, more: bool) -> None:
+        """Queue a result; write the batch if it is old or this task was slow.
+
+        ``more``: another task runs before the next flush, so the flusher must watch (only
+        then: waking it for every lone task would cost a thread switch per round trip).
+        """
         now = time.monotonic()
         with self._lock:
             if not self.results:
@@ -94,7 +98,8 @@ class _Outgoing:
             if now - self.since >= RESULT_FLUSH_SECONDS:
                 self._write()
                 return
-        self._waiting.set()
+        if more:
+            self._waiting.set()
 
     def flush(self) -> None:
         """Write every waiting result now."""
@@ -152,12 +157,14 @@ def _handle(
     if isinstance(message, p.Function):
         functions[message.fn_id] = loads_function(message.blob)
     elif isinstance(message, p.Tasks):
-        for task in message.tasks:
+        last = len(message.tasks) - 1
+        for index, task in enumerate(message.tasks):
             started = time.monotonic()
             slot.set(task.task_id, started)
             result = run_task(task, functions[task.fn_id])
             slot.set(0, 0.0)
-            outgoing.add(result, started)
+            outgoing.add(result, started, more=index < last)
+        outgoing.flush()  # the next frame's tasks may be long: do not hold these results
     elif isinstance(message, p.Shutdown):
         os._exit(0)
 
