@@ -8,6 +8,7 @@ stops the others; with no usable host at all the executor says so.
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -180,6 +181,19 @@ def _host_for(server: AsyncSSHServer, home: SSHHome, alias: str) -> Host:
     return Host(alias, python=TEST_PYTHON)
 
 
+def _error_of_patched_node(files: dict[str, bytes]) -> object:
+    """Start a real node from a modified bundle on the OpenSSH host; its host's error."""
+    transport = SSHTransport(Host(OPENSSH_ALIAS, python=TEST_PYTHON), bundle=build_bundle(files))
+    scheduler = Scheduler([transport])
+    try:
+        deadline = time.monotonic() + FAILURE_DEADLINE
+        while scheduler.broken is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return scheduler.host_errors.get(OPENSSH_ALIAS)
+    finally:
+        scheduler.close_threadsafe()
+
+
 def test_node_of_another_protocol_version_is_refused(
     ssh_env: SSHHome, openssh_server: OpenSSHServer
 ) -> None:
@@ -189,15 +203,7 @@ def test_node_of_another_protocol_version_is_refused(
     files["ceranubis_jupyter/protocol.py"] = source.replace(
         "\nPROTOCOL_VERSION = 1\n", "\nPROTOCOL_VERSION = 99\n"
     ).encode()
-    transport = SSHTransport(Host(OPENSSH_ALIAS, python=TEST_PYTHON), bundle=build_bundle(files))
-    scheduler = Scheduler([transport])
-    try:
-        deadline = time.monotonic() + FAILURE_DEADLINE
-        while scheduler.broken is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        error = scheduler.host_errors.get(OPENSSH_ALIAS)
-    finally:
-        scheduler.close_threadsafe()
+    error = _error_of_patched_node(files)
     assert isinstance(error, VersionMismatchOnHost) and not error.transient
     assert "protocol version 99" in str(error) and "speaks 1" in str(error)
 
@@ -216,3 +222,18 @@ def test_one_bad_host_does_not_stop_the_others(
             time.sleep(0.05)
     assert info[bad].state == "failed" and "refused our ssh credentials" in info[bad].error
     assert info[OPENSSH_ALIAS].done == 20
+
+
+def test_node_of_another_python_is_refused_naming_both_versions(
+    ssh_env: SSHHome, openssh_server: OpenSSHServer
+) -> None:
+    files = _bundle_files()
+    source = files["ceranubis_jupyter/node.py"].decode()
+    reported = 'python=f"{version.major}.{version.minor}.{version.micro}",'
+    assert reported in source
+    files["ceranubis_jupyter/node.py"] = source.replace(reported, 'python="3.99.1",').encode()
+    error = _error_of_patched_node(files)
+    ours = f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert isinstance(error, VersionMismatchOnHost) and not error.transient
+    assert f"remote Python is 3.99.1 but the client runs {ours}" in str(error)
+    assert OPENSSH_ALIAS in str(error)
