@@ -84,6 +84,10 @@ class _Outbox:
     def __bool__(self) -> bool:
         return bool(self._chunks)
 
+    def discard(self) -> None:
+        """Drop what is pending (its descriptor is being closed)."""
+        self._chunks.clear()
+
     def add(self, chunks: list[p.Buffer]) -> None:
         self._chunks.extend(view for chunk in chunks if (view := memoryview(chunk).cast("B")))
 
@@ -145,9 +149,10 @@ class Supervisor:
             if key.data is None:
                 self._read_client()
             elif isinstance(key.data, _Outbox):
-                key.data.flush()
-            else:
-                self._read_worker(key.data)
+                key.data.flush()  # a forgotten worker's outbox is empty: no-op
+            elif (state := self.workers.get(key.fd)) is key.data and state is not None:
+                self._read_worker(state)
+            # else: the worker died earlier in this turn and its fd may be reused already
             if not self.running:
                 return
         self._dispatch()
@@ -238,6 +243,7 @@ class Supervisor:
         os.close(task_read)
         os.close(result_write)
         os.set_blocking(task_write, False)
+        os.set_blocking(result_read, False)  # a stale readiness event must not hang the node
         state = _Worker(pid, task_write, result_read, _Outbox(task_write), slot)
         self.workers[result_read] = state
         self.selector.register(result_read, selectors.EVENT_READ, state)
@@ -283,6 +289,8 @@ class Supervisor:
     def _read_worker(self, state: _Worker) -> None:
         try:
             alive = worker.receive(state.from_worker, state.decoder)
+        except BlockingIOError:
+            return  # nothing after all: never block the whole node on one worker
         except OSError:
             alive = False
         if not alive:
@@ -342,6 +350,7 @@ class Supervisor:
 
     def _forget(self, state: _Worker) -> None:
         del self.workers[state.from_worker]
+        state.outbox.discard()
         for fd in (state.from_worker, state.to_worker):
             if fd in self.selector.get_map():
                 self.selector.unregister(fd)
