@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import Iterator
 
 import psutil
 import pytest
 
-from ceranubis_jupyter.transport import NODE_MARKER
+from ceranubis_jupyter.transport import CLIENT_PREFIX, NODE_MARKER
 
 # Fixture modules, one per area (ssh servers, postgres, jupyter), so areas stay apart.
 pytest_plugins = [
@@ -34,12 +35,19 @@ def node_processes() -> set[int]:
     pids = set()
     for process in psutil.process_iter(["pid", "cmdline"]):
         cmdline = process.info["cmdline"] or []
-        if any(NODE_MARKER in part for part in cmdline) and _owned(process):
+        if any(NODE_MARKER in part for part in cmdline) and _owned(process, cmdline):
             pids.add(process.info["pid"])
     return pids
 
 
-def _owned(process: psutil.Process) -> bool:
+# Nodes name their client in their command line: ours, even once orphaned (an sshd
+# session that died hands its node to init, out of our process tree).
+OUR_CLIENT_TAG = f"{CLIENT_PREFIX}{socket.gethostname()}:{os.getpid()}"
+
+
+def _owned(process: psutil.Process, cmdline: list[str]) -> bool:
+    if OUR_CLIENT_TAG in cmdline:
+        return True
     try:
         return any(parent.pid in OWNED_ROOTS for parent in process.parents())
     except psutil.Error:
