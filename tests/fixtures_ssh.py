@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncssh
+import psutil
 import pytest
 
 from ceranubis_jupyter.hosts import Host
@@ -165,17 +166,40 @@ class OpenSSHServer:
         wait_for_port(self.address, self.port, process=self.process)
 
     def stop(self) -> None:
+        """End the sshd and every session it forked (a session whose client was cut off
+        by a partition would otherwise outlive its listener)."""
         if self.process is not None and self.process.poll() is None:
+            sessions = _descendants(self.process.pid)
             self.process.terminate()
             try:
                 self.process.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=5)
+            _end(sessions)
 
     def log(self) -> str:
         path = self.directory / "sshd.log"
         return path.read_text() if path.exists() else ""
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _end(processes: list[psutil.Process]) -> None:
+    """SIGTERM, then SIGKILL what is left (each by its PID, checked against reuse)."""
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            process.terminate()
+    _, alive = psutil.wait_procs(processes, timeout=3)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    psutil.wait_procs(alive, timeout=3)
 
 
 def _sshd_config(server: OpenSSHServer, authorized: Path) -> str:
