@@ -384,9 +384,20 @@ class Supervisor:
             self.running = False
             return
         self._check_timeouts(now)
+        self._check_cancelled()
         if now >= self.next_load and self.conn.send_state == "running":
             self.next_load = now + self.load_interval
             self._send(self._load())
+
+    def _check_cancelled(self) -> None:
+        """A cancelled task that a worker started after the Cancel arrived: stop it now."""
+        for state in list(self.workers.values()):
+            if not state.cancelled:
+                continue
+            running, _ = state.slot.get()
+            if running in state.cancelled:
+                state.cancelled.discard(running)
+                self._kill_running(state, running, p.CANCELLED)
 
     def _check_timeouts(self, now: float) -> None:
         for state in list(self.workers.values()):

@@ -47,6 +47,10 @@ STORE_ENV = "CERANUBIS_STORE"
 # Seconds a writer waits for another process's write lock: long enough to ride out a
 # burst of other writers, short enough that a stuck store is reported.
 SQLITE_BUSY_TIMEOUT = 10.0
+# Attempts (and the first pause, growing linearly) at switching a new store to WAL while
+# other processes open it too.
+WAL_ATTEMPTS = 20
+WAL_RETRY_SECONDS = 0.05
 
 ARGUMENT_STATES = ("pending", "running", "done", "failed", "cancelled")
 UNFINISHED = ("pending", "running")
@@ -487,7 +491,7 @@ class SQLiteStore(Store):
         except sqlite3.Error as error:
             raise self._translate(error) from error
         try:
-            self._read("PRAGMA journal_mode = WAL")
+            self._ensure_wal()
             self._read("PRAGMA synchronous = NORMAL")  # WAL: safe against process crashes
             self._read("PRAGMA foreign_keys = ON")
             self._create_schema()
@@ -497,6 +501,20 @@ class SQLiteStore(Store):
 
     def _cursor(self) -> Any:
         return self._connection.cursor()
+
+    def _ensure_wal(self) -> None:
+        """Switch to WAL once; setting it while another process opens the store can be
+        refused as "locked" without SQLite's busy wait, so that case is retried."""
+        for attempt in range(1, WAL_ATTEMPTS + 1):
+            try:
+                [(mode,)] = self._read("PRAGMA journal_mode")
+                if str(mode).lower() != "wal":
+                    self._read("PRAGMA journal_mode = WAL")
+                return
+            except StoreError as error:
+                if "locked" not in str(error) or attempt == WAL_ATTEMPTS:
+                    raise
+                time.sleep(WAL_RETRY_SECONDS * attempt)
 
     def _rollback(self, cursor: Any) -> None:
         if self._connection.in_transaction:
