@@ -123,23 +123,6 @@ def _make_host(index: int, octet: int, home: SSHHome, directory: Path) -> Partit
     return PartitionHost(netns, link, address, alias, server)
 
 
-def _stop_server(server: OpenSSHServer) -> None:
-    """Stop an sshd and the session processes it forked (a cut link strands them)."""
-    sessions: list[psutil.Process] = []
-    if server.process is not None:
-        try:
-            sessions = psutil.Process(server.process.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            sessions = []
-    server.stop()
-    for session in sessions:
-        try:
-            session.kill()
-            session.wait(timeout=5)
-        except psutil.Error:
-            pass
-
-
 def _remove(index: int, octet: int) -> None:
     netns, link = _names(index)
     fallback = ("route", "del", "unreachable", f"198.19.{octet}.0/24", "metric", FALLBACK_METRIC)
@@ -161,7 +144,7 @@ def partition_hosts(
         yield hosts
     finally:
         for host in hosts:
-            _stop_server(host.server)
+            host.server.stop()  # ends the sessions it forked, stranded ones included
         for index, octet in enumerate(octets, 1):
             _remove(index, octet)
 
