@@ -120,6 +120,11 @@ class NodeLink:
         return self.capacity - len(self.inflight)
 
     @property
+    def direct_writes(self) -> bool:
+        """Whether another thread may send to this node while the loop sleeps."""
+        return not self.ready or (self.channel is not None and self.channel.direct_writes)
+
+    @property
     def batch_floor(self) -> int:
         """Free credit worth a frame while more tasks wait: a quarter of the credit, so
         tiny tasks travel in batches instead of a frame per returned result."""
@@ -294,7 +299,7 @@ class NodeLink:
 
     async def _serve(self) -> None:
         """Read messages until the node is lost: EOF, garbage, or silence (the heartbeat)."""
-        reader = asyncio.ensure_future(self._read_messages())
+        reader = self._receive_pushed() or asyncio.ensure_future(self._read_messages())
         heartbeat = asyncio.ensure_future(self._heartbeat())
         try:
             done, _ = await asyncio.wait([reader, heartbeat], return_when=asyncio.FIRST_COMPLETED)
@@ -308,6 +313,47 @@ class NodeLink:
     async def _read_messages(self) -> None:
         while True:
             self._on_message(await self._next_message())
+
+    def _receive_pushed(self) -> asyncio.Future[None] | None:
+        """Handle the node's bytes in the loop callback that reads them, if the channel
+        can push (no task switch per read); the future fails when the node is lost."""
+        lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def receive(data: bytes) -> None:
+            if lost.done():
+                return
+            try:
+                self._on_bytes(data)
+            except BaseException as error:  # NodeLost, or a bug: _serve raises it
+                lost.set_exception(error)
+
+        if self.channel is None:  # closed during the handshake
+            raise NodeLost(self.host, "node channel closed")
+        if not self.channel.set_receiver(receive):
+            return None
+        try:
+            self._handle_buffered()  # what came with the Hello
+        except BaseException as error:
+            lost.set_exception(error)
+        return lost
+
+    def _on_bytes(self, data: bytes) -> None:
+        """Feed pushed bytes (``b""``: end of stream) and handle every whole message."""
+        self.last_heard = time.monotonic()
+        if not data:
+            raise NodeLost(self.host, self._eof_reason())
+        self.conn.receive_data(data)
+        self._handle_buffered()
+
+    def _handle_buffered(self) -> None:
+        while True:
+            try:
+                message = self.conn.next_event()
+            except ProtocolError as error:
+                raise self._garbage(error) from error
+            if message is None:
+                return
+            self._on_message(message)
 
     async def _heartbeat(self) -> None:
         """Send a heartbeat when we have been quiet; raise :class:`NodeLost` once the node

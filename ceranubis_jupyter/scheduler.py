@@ -112,7 +112,10 @@ class Scheduler:
             raise BrokenCeranubisExecutor(str(self.broken)) from self.broken
         with self._idle:
             self.outstanding += 1
+            was_idle = self.outstanding == 1
         self.incoming.append(record)
+        if was_idle and self.loop_thread.run_if_asleep(self._take_incoming_directly):
+            return
         if not self._wakeup_pending:
             self._wakeup_pending = True
             self.loop_thread.call_threadsafe(self._take_incoming)
@@ -208,6 +211,19 @@ class Scheduler:
                 continue
             self.pending.push(record)
         self._dispatch()
+
+    def _take_incoming_directly(self) -> bool:
+        """:meth:`_take_incoming` from a submitting thread while the loop sleeps (see
+        :meth:`LoopThread.run_if_asleep`); ``False`` if a node's channel forbids it.
+
+        Only an idle executor's first task goes this way: a lone task (a sequential
+        round trip) skips waking the loop thread, while bursts still travel in batches.
+        """
+        links = self.links  # empty until the loop has run _start_links: wait for it
+        if not links or not all(link.direct_writes for link in links):
+            return False
+        self._take_incoming()
+        return True
 
     def _group_exists(self, group: str) -> bool:
         return any(link.group == group and not link.dead for link in self.links)

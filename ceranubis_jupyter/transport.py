@@ -9,15 +9,14 @@ the SSH transport (``ssh.py``) carry the very same protocol.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import itertools
 import os
 import socket
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
+from .pipes import PipeReader, PipeWriter, Receiver
 from .protocol import Buffer
 
 # How long a node gets to exit after its input closes before it is killed.
@@ -29,19 +28,15 @@ NODE_MARKER = "ceranubis-node"
 CLIENT_PREFIX = "client="
 # Bytes of a node's stderr kept to explain why it died.
 STDERR_TAIL = 4096
-_READ_SIZE = 1 << 20
-# Queued bytes above which ``drain`` waits, and below which it wakes: bounds client memory
-# when a node reads slowly, while keeping a full pipe's worth in hand.
-WRITE_HIGH_WATER = 16 << 20
-WRITE_LOW_WATER = 4 << 20
-# Chunks per writev call (Linux takes up to IOV_MAX = 1024).
-_IOV_BATCH = 512
 
 
 class Channel(ABC):
     """A bidirectional byte stream to one running node."""
 
     host: str
+    # True when ``write`` may be called from another thread while the loop thread sleeps
+    # (it only writes to a descriptor and never schedules loop callbacks).
+    direct_writes: bool = False
 
     @abstractmethod
     async def read(self) -> bytes:
@@ -62,6 +57,11 @@ class Channel(ABC):
     async def abort(self) -> None:
         """Drop the node at once, without waiting for it (it is silent or gone)."""
         await self.close()
+
+    def set_receiver(self, receiver: Receiver) -> bool:
+        """Have ``receiver`` called with each chunk as it arrives (``b""`` at the end)
+        instead of :meth:`read`; ``False`` if this channel cannot push."""
+        return False
 
     def stderr_tail(self) -> str:
         """The last lines the node wrote to stderr (for error messages)."""
@@ -105,14 +105,32 @@ class LocalTransport(Transport):
         self.workers = workers
 
     async def start(self) -> Channel:
+        return await start_process_channel(self.host, node_command(sys.executable))
+
+
+async def start_process_channel(
+    host: str, argv: Sequence[str], *, new_session: bool = True
+) -> ProcessChannel:
+    """Start ``argv`` with pipes for its stdin, stdout and stderr; returns its channel.
+
+    ``new_session`` keeps the kernel's Ctrl-C (SIGINT to its process group) from it.
+    Its stdout is a pipe of ours (not asyncio's), read by a :class:`PipeReader`.
+    """
+    out_read, out_write = os.pipe()
+    try:
         process = await asyncio.create_subprocess_exec(
-            *node_command(sys.executable),
+            *argv,
             stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
+            stdout=out_write,
             stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,  # the kernel's Ctrl-C (SIGINT to its group) is not ours
+            start_new_session=new_session,
         )
-        return ProcessChannel(self.host, process)
+    except BaseException:
+        os.close(out_read)
+        raise
+    finally:
+        os.close(out_write)
+    return ProcessChannel(host, process, out_read)
 
 
 def _take_stdin(process: asyncio.subprocess.Process) -> PipeWriter:
@@ -128,112 +146,6 @@ def _package_parent() -> str:
     return os.path.dirname(here)
 
 
-class PipeWriter:
-    """Non-blocking, zero-copy writes to a pipe from the event loop.
-
-    Chunks are kept as memoryviews and written with ``os.writev`` (many frames per
-    syscall); whatever the pipe does not take now waits for it to become writable.
-    """
-
-    def __init__(self, fd: int) -> None:
-        os.set_blocking(fd, False)
-        self.fd = fd
-        self.loop = asyncio.get_running_loop()
-        self.pending = 0  # bytes queued
-        self._chunks: collections.deque[memoryview] = collections.deque()
-        self._watching = False
-        self._closing = False
-        self._drained: asyncio.Future[None] | None = None
-
-    @property
-    def closed(self) -> bool:
-        return self.fd < 0
-
-    def write(self, chunks: Sequence[Buffer]) -> None:
-        """Queue chunks and write what the pipe takes at once."""
-        if self.closed or self._closing:
-            return
-        for chunk in chunks:
-            view = memoryview(chunk).cast("B")
-            if view:
-                self._chunks.append(view)
-                self.pending += len(view)
-        if not self._watching:
-            self._flush()
-
-    async def drain(self) -> None:
-        """Wait until at most ``WRITE_LOW_WATER`` bytes are queued (or the pipe broke)."""
-        while self.pending > WRITE_HIGH_WATER and not self.closed:
-            if self._drained is None or self._drained.done():
-                self._drained = self.loop.create_future()
-            await self._drained
-
-    def close(self) -> None:
-        """Close once everything queued is written (at once if the pipe is broken)."""
-        self._closing = True
-        if not self._chunks:
-            self._close_now()
-
-    def _flush(self) -> None:
-        while self._chunks:
-            batch = list(itertools.islice(self._chunks, _IOV_BATCH))
-            try:
-                written = os.writev(self.fd, batch)
-            except BlockingIOError:
-                break
-            except OSError:  # the node is gone; its reader will see EOF
-                self._close_now()
-                return
-            if not self._consume(written):
-                break
-        self._after_flush()
-
-    def _consume(self, written: int) -> bool:
-        """Drop ``written`` bytes from the front; ``True`` if a whole batch went out."""
-        self.pending -= written
-        while written:
-            head = self._chunks[0]
-            if written < len(head):
-                self._chunks[0] = head[written:]
-                return False
-            written -= len(head)
-            self._chunks.popleft()
-        return True
-
-    def _after_flush(self) -> None:
-        want = bool(self._chunks)
-        if want != self._watching:
-            if want:
-                self.loop.add_writer(self.fd, self._flush)
-            else:
-                self.loop.remove_writer(self.fd)
-            self._watching = want
-        if self.pending <= WRITE_LOW_WATER:
-            self._wake_drainers()
-        if self._closing and not want:
-            self._close_now()
-
-    def abort(self) -> None:
-        """Close now, dropping whatever is still queued."""
-        self._close_now()
-
-    def _wake_drainers(self) -> None:
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
-
-    def _close_now(self) -> None:
-        if self.closed:
-            return
-        if self._watching:
-            self.loop.remove_writer(self.fd)
-            self._watching = False
-        self._chunks.clear()
-        self.pending = 0
-        os.close(self.fd)
-        self.fd = -1
-        self._wake_drainers()
-
-
 class ProcessChannel(Channel):
     """A channel to a node subprocess started with stdin, stdout and stderr pipes.
 
@@ -241,20 +153,23 @@ class ProcessChannel(Channel):
     ``writev`` straight from the caller's buffers, never copied into a transport buffer.
     """
 
-    def __init__(self, host: str, process: asyncio.subprocess.Process) -> None:
+    direct_writes = True
+
+    def __init__(self, host: str, process: asyncio.subprocess.Process, stdout: int) -> None:
         self.host = host
         self.process = process
         self.pid = process.pid
         self.stdin = _take_stdin(process)
+        self.stdout = PipeReader(stdout)
         self._stderr = bytearray()
         self._stderr_task = asyncio.ensure_future(self._collect_stderr())
 
     async def read(self) -> bytes:
-        assert self.process.stdout is not None
-        try:
-            return await self.process.stdout.read(_READ_SIZE)
-        except (ConnectionError, OSError):
-            return b""
+        return await self.stdout.read()
+
+    def set_receiver(self, receiver: Receiver) -> bool:
+        self.stdout.set_receiver(receiver)
+        return True
 
     def write(self, chunks: Sequence[Buffer]) -> None:
         self.stdin.write(chunks)
@@ -272,12 +187,14 @@ class ProcessChannel(Channel):
             await self.process.wait()
         finally:
             self.stdin.abort()
+            self.stdout.close()
         self._stderr_task.cancel()
 
     async def abort(self) -> None:
         with contextlib.suppress(ProcessLookupError):
             self.process.kill()
         self.stdin.abort()
+        self.stdout.close()
         await self.process.wait()
         self._stderr_task.cancel()
 

@@ -9,7 +9,6 @@ on the real node. A fake that sends garbage instead of its Hello fails its host 
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import os
@@ -25,7 +24,7 @@ from ceranubis_jupyter import CeranubisExecutor
 from ceranubis_jupyter import protocol as p
 from ceranubis_jupyter.errors import RemoteProtocolError, VersionMismatch
 from ceranubis_jupyter.link import HostInfo
-from ceranubis_jupyter.transport import NODE_MARKER, Channel, ProcessChannel, Transport
+from ceranubis_jupyter.transport import NODE_MARKER, Channel, Transport, start_process_channel
 from tests.fixtures_faults import wait_for
 from tests.remote import by_value
 
@@ -87,7 +86,7 @@ class FakeNodeTransport(Transport):
         self.early = early
 
     async def start(self) -> Channel:
-        process = await asyncio.create_subprocess_exec(
+        argv = [
             sys.executable,
             "-c",
             FAKE_NODE,
@@ -96,11 +95,8 @@ class FakeNodeTransport(Transport):
             str(self.record),
             "early" if self.early else "after-hello",
             NODE_MARKER,  # the leak check covers fakes too
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        return ProcessChannel(self.host, process)
+        ]
+        return await start_process_channel(self.host, argv, new_session=False)
 
 
 class Records(logging.Handler):
