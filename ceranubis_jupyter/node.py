@@ -52,6 +52,9 @@ PACE_WEIGHT = 0.25
 LOAD_INTERVAL = 1.0
 # Seconds a shutting-down worker gets to exit on its own before SIGKILL.
 WORKER_GRACE = 1.0
+# Seconds before the node tries again to write to the client while a worker holds the
+# output lock (a worker holds it for one small write: a few microseconds).
+LOCK_RETRY_SECONDS = 0.0005
 # Pipe capacity asked of the kernel (Linux caps it at /proc/sys/fs/pipe-max-size, 1 MiB by
 # default): 16x fewer syscalls and wake-ups for big payloads than the 64 KiB default.
 PIPE_SIZE = 1 << 20
@@ -75,14 +78,25 @@ class _Worker:
 
 
 class _Outbox:
-    """Pending bytes for a non-blocking file descriptor."""
+    """Pending bytes for a non-blocking file descriptor.
 
-    def __init__(self, fd: int) -> None:
+    With a :class:`~.worker.ClientPipe` (the output shared with the workers), the lock is
+    held from the first byte written to the last, so a worker's frame never lands inside
+    one of ours; while a worker holds it, our bytes wait (``waiting_for_lock``).
+    """
+
+    def __init__(self, fd: int, shared: worker.ClientPipe | None = None) -> None:
         self.fd = fd
+        self.shared = shared
+        self._locked = False
         self._chunks: collections.deque[memoryview] = collections.deque()
 
     def __bool__(self) -> bool:
         return bool(self._chunks)
+
+    @property
+    def waiting_for_lock(self) -> bool:
+        return bool(self._chunks) and self.shared is not None and not self._locked
 
     def discard(self) -> None:
         """Drop what is pending (its descriptor is being closed)."""
@@ -93,6 +107,16 @@ class _Outbox:
 
     def flush(self) -> None:
         """Write as much as the descriptor takes now (many chunks per ``writev``)."""
+        if self.shared is None:
+            self._write()
+        elif self._chunks and (self._locked or self.shared.try_lock()):
+            self._locked = True
+            self._write()
+            if not self._chunks:
+                self.shared.unlock()
+                self._locked = False
+
+    def _write(self) -> None:
         while self._chunks:
             batch = list(itertools.islice(self._chunks, worker.IOV_BATCH))
             try:
@@ -114,7 +138,8 @@ class Supervisor:
     def __init__(self, read_fd: int, write_fd: int) -> None:
         self.conn = p.Connection(p.NODE)
         self.read_fd = read_fd
-        self.out = _Outbox(write_fd)
+        self.client = worker.ClientPipe.open(write_fd)
+        self.out = _Outbox(write_fd, self.client)
         self.selector = selectors.DefaultSelector()
         self.workers: dict[int, _Worker] = {}
         self.queue: collections.deque[p.Task] = collections.deque()
@@ -142,6 +167,7 @@ class Supervisor:
                 self._turn()
         finally:
             self._stop_workers()
+            self.out.flush()  # the workers are gone: the output lock is free
 
     def _turn(self) -> None:
         self._watch_out_fd()
@@ -160,6 +186,8 @@ class Supervisor:
         self._on_clock()
 
     def _select_timeout(self) -> float:
+        if self.out.waiting_for_lock:
+            return LOCK_RETRY_SECONDS
         return max(0.0, min(self.next_load - time.monotonic(), self.load_interval))
 
     def _watch_out_fd(self) -> None:
@@ -239,7 +267,7 @@ class Supervisor:
         if pid == 0:
             os.close(task_write)
             os.close(result_read)
-            worker.run(task_read, result_write, slot)
+            worker.run(task_read, result_write, slot, self.client)
         os.close(task_read)
         os.close(result_write)
         os.set_blocking(task_write, False)
@@ -311,10 +339,12 @@ class Supervisor:
         for result in results:
             finished = state.tasks.popleft()
             state.timeouts.pop(finished.task_id, None)
+            delivered = result.status == p.DELIVERED  # the client has it already
             if finished.task_id in state.cancelled:
                 state.cancelled.discard(finished.task_id)
                 result = _status_result(finished.task_id, p.CANCELLED, {"exitcode": 0})
-            self.pending_results.append(result)
+            if not delivered:
+                self.pending_results.append(result)
 
     def _bury(self, state: _Worker) -> None:
         """A worker died: report the task it was running, re-queue the others, start another."""

@@ -65,6 +65,9 @@ CRASHED = 2  # the worker died; payload is JSON {"exitcode": int, "pid": int}
 UNPICKLABLE = 3  # the arguments or the result could not be (un)pickled; payload is text
 TIMED_OUT = 4  # the task ran past its timeout; payload is JSON like CRASHED
 CANCELLED = 5  # the task was stopped by a Cancel message
+# Worker to node only: the worker wrote this task's result straight to the client (empty
+# payload); a node never forwards it.
+DELIVERED = 6
 
 
 @dataclass(frozen=True)
@@ -624,7 +627,7 @@ class _Reader:
 
 _KINDS = frozenset((CALL, CHUNK))
 _CODECS = frozenset((PICKLE, DILL))
-_STATUSES = frozenset((OK, RAISED, CRASHED, UNPICKLABLE, TIMED_OUT, CANCELLED))
+_STATUSES = frozenset((OK, RAISED, CRASHED, UNPICKLABLE, TIMED_OUT, CANCELLED, DELIVERED))
 
 
 def _decode_function(reader: _Reader) -> Function:

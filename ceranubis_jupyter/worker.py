@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import io
 import mmap
 import os
+import select
 import signal
+import stat
 import struct
 import sys
 import threading
@@ -72,15 +75,66 @@ class RunningSlot:
         return int(value[0]), float(value[1])
 
 
+class ClientPipe:
+    """The node's output to the client, which its workers may write to as well.
+
+    A worker writes a small results frame straight to the client (one hop less than through
+    the node) when it gets the lock at once and the pipe has room: a write of at most
+    ``select.PIPE_BUF`` bytes to a pipe goes in whole or not at all, so frames never mix.
+    The node holds the same lock (a POSIX record lock: one owner per process) from the
+    first byte of its own frames to the last. Otherwise the frame goes through the node.
+    """
+
+    def __init__(self, fd: int, lock_fd: int) -> None:
+        self.fd = fd
+        self.lock_fd = lock_fd
+
+    @classmethod
+    def open(cls, fd: int) -> ClientPipe | None:
+        """A shared pipe for ``fd``, or ``None`` where writes to it are not atomic."""
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode) or not hasattr(os, "memfd_create"):
+            return None
+        try:
+            return cls(fd, os.memfd_create("ceranubis-output-lock"))
+        except OSError:
+            return None
+
+    def try_lock(self) -> bool:
+        """Take the lock if nobody holds it; never waits."""
+        try:
+            fcntl.lockf(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False
+        return True
+
+    def unlock(self) -> None:
+        fcntl.lockf(self.lock_fd, fcntl.LOCK_UN)
+
+    def try_send(self, chunks: list[p.Buffer]) -> bool:
+        """Write a whole frame to the client now, or nothing (``False``)."""
+        frame = b"".join(chunks)
+        if len(frame) > select.PIPE_BUF or not self.try_lock():
+            return False
+        try:
+            return os.write(self.fd, frame) == len(frame)
+        except OSError:  # full (EAGAIN) or the client is gone: the node will tell
+            return False
+        finally:
+            self.unlock()
+
+
 class _Outgoing:
     """Results waiting to go up the pipe, written as one frame.
 
     A result may wait ``RESULT_FLUSH_SECONDS`` for the results of the next tiny tasks, never
-    longer: a flusher thread writes it out even while a long task runs after it.
+    longer: a flusher thread writes it out even while a long task runs after it. Small
+    frames go straight to the client when they can (:class:`ClientPipe`); the node then
+    gets only a ``DELIVERED`` note per task.
     """
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, client: ClientPipe | None) -> None:
         self.fd = fd
+        self.client = client
         self.results: list[p.Result] = []
         self.since = 0.0
         self._lock = threading.Lock()
@@ -110,9 +164,13 @@ class _Outgoing:
             self._write()
 
     def _write(self) -> None:
-        if self.results:
-            write_all(self.fd, p.encode(p.Results(tuple(self.results))))
-            self.results = []
+        if not self.results:
+            return
+        frame = p.encode(p.Results(tuple(self.results)))
+        if self.client is not None and self.client.try_send(frame):
+            frame = p.encode(p.Results(tuple(_delivered(r.task_id) for r in self.results)))
+        write_all(self.fd, frame)
+        self.results = []
 
     def _flush_late(self) -> None:
         while True:
@@ -122,12 +180,13 @@ class _Outgoing:
             self.flush()
 
 
-def run(read_fd: int, write_fd: int, slot: RunningSlot) -> None:
+def run(read_fd: int, write_fd: int, slot: RunningSlot, client: ClientPipe | None) -> None:
     """Serve tasks until the input pipe closes; never returns."""
-    _detach_from_supervisor(read_fd, write_fd)
+    kept = {read_fd, write_fd} | ({client.fd, client.lock_fd} if client else set())
+    _detach_from_supervisor(kept)
     functions: dict[int, Callable[..., Any]] = {}
     decoder = p.FrameDecoder()
-    outgoing = _Outgoing(write_fd)
+    outgoing = _Outgoing(write_fd, client)
     while True:
         if not receive(read_fd, decoder):
             os._exit(0)
@@ -208,6 +267,10 @@ def _call(kind: int, fn: Callable[..., Any], arguments: Any) -> Any:
     return results
 
 
+def _delivered(task_id: int) -> p.Result:
+    return p.Result(task_id, p.DELIVERED, p.PICKLE, b"")
+
+
 def _text_result(task_id: int, status: int, text: str, output: str = "") -> p.Result:
     return p.Result(task_id, status, p.PICKLE, text.encode("utf-8"), (), output)
 
@@ -240,15 +303,16 @@ def write_all(fd: int, chunks: list[p.Buffer]) -> None:
             written -= len(views.pop(0))
 
 
-def _detach_from_supervisor(read_fd: int, write_fd: int) -> None:
-    """Keep only our own pipes, ignore the kernel's SIGINT, and die with the supervisor."""
+def _detach_from_supervisor(kept: set[int]) -> None:
+    """Keep only our own descriptors, ignore the kernel's SIGINT, die with the supervisor."""
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.dup2(2, 1)
-    low, high = sorted((read_fd, write_fd))
-    os.closerange(3, low)
-    os.closerange(low + 1, high)
-    os.closerange(high + 1, 1 << 16)
+    low = 3
+    for fd in sorted(kept):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 1 << 16)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _die_with_parent()

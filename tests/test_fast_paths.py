@@ -1,0 +1,163 @@
+"""The short cuts of a round trip: each is exercised where it could go wrong.
+
+- a worker writes small result frames straight to the client (``worker.ClientPipe``),
+  while the node writes its own (large) frames to the same pipe under the same lock;
+- an idle executor's first task is sent from the submitting thread while the loop thread
+  sleeps (``LoopThread.run_if_asleep``);
+- a node's stdout is read by ``pipes.PipeReader``, pulled or pushed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import select
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import wait
+
+import pytest
+
+from ceranubis_jupyter import CeranubisExecutor, WorkerCrashed
+from ceranubis_jupyter.loopthread import LoopThread
+from ceranubis_jupyter.pipes import PipeReader
+from ceranubis_jupyter.worker import ClientPipe
+from tests.remote import by_value
+
+
+@by_value
+def sized(index: int, size: int) -> tuple[int, bytes]:
+    return index, bytes([index % 251]) * size
+
+
+@by_value
+def die_after_delivering(marker: str) -> int:
+    import os
+
+    if os.path.exists(marker):
+        os.remove(marker)
+        os._exit(3)
+    return 1
+
+
+def test_small_and_large_results_interleave_without_corrupting_the_stream() -> None:
+    # Small results go straight from 4 workers to the client; large ones (over PIPE_BUF)
+    # go through the node, whose frames of 3 MB overflow the 1 MiB pipe and so span many
+    # writes: a small frame landing between two of them would break the stream.
+    sizes = [10, 3000, 1, 5, 70_000, 1, 3_000_000, 20, 1, 2] * 40
+    with CeranubisExecutor(max_workers=4) as ex:
+        futures = [ex.submit(sized, i, size) for i, size in enumerate(sizes)]
+        wait(futures, timeout=60)
+        for i, (future, size) in enumerate(zip(futures, sizes, strict=True)):
+            assert future.result(timeout=0) == (i, bytes([i % 251]) * size)
+        assert [h.state for h in ex.hosts()] == ["ready"]
+
+
+def test_a_delivered_result_is_kept_when_the_next_task_kills_the_worker(tmp_path) -> None:
+    marker = tmp_path / "die"
+    with CeranubisExecutor(max_workers=1, retries=0) as ex:
+        first = ex.submit(die_after_delivering, str(marker))
+        assert first.result(timeout=30) == 1
+        marker.touch()
+        second = ex.submit(die_after_delivering, str(marker))
+        with pytest.raises(WorkerCrashed, match=r"died with exit code 3 while running task"):
+            second.result(timeout=30)
+        assert ex.submit(die_after_delivering, str(marker)).result(timeout=30) == 1
+
+
+def test_client_pipe_writes_whole_small_frames_only() -> None:
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    pipe = ClientPipe.open(write_fd)
+    assert pipe is not None
+    assert pipe.try_send([b"ab", b"cd"])
+    assert os.read(read_fd, 100) == b"abcd"
+    assert not pipe.try_send([b"x" * (select.PIPE_BUF + 1)])  # could be split: refused
+    sent = 0
+    while pipe.try_send([bytes([sent % 256]) * select.PIPE_BUF]):  # until the pipe is full
+        sent += 1
+    assert sent > 0
+    received = b""
+    while len(received) < sent * select.PIPE_BUF:
+        received += os.read(read_fd, 1 << 16)
+    frames = [received[i : i + select.PIPE_BUF] for i in range(0, len(received), select.PIPE_BUF)]
+    assert frames == [bytes([n % 256]) * select.PIPE_BUF for n in range(sent)]  # none split
+    os.close(read_fd)
+    os.close(write_fd)
+
+
+def test_client_pipe_refuses_while_another_process_holds_the_lock() -> None:
+    read_fd, write_fd = os.pipe()
+    pipe = ClientPipe.open(write_fd)
+    assert pipe is not None
+    hold = (
+        f"import fcntl, sys; fcntl.lockf({pipe.lock_fd}, fcntl.LOCK_EX); "
+        "print('held', flush=True); sys.stdin.read()"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", hold],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        pass_fds=(pipe.lock_fd,),
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        assert not pipe.try_send([b"frame"])
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=10)
+    assert pipe.try_send([b"frame"])  # the holder is gone: its lock with it
+    assert os.read(read_fd, 100) == b"frame"
+    os.close(read_fd)
+    os.close(write_fd)
+
+
+def test_run_if_asleep_runs_only_while_the_loop_sleeps() -> None:
+    loop_thread = LoopThread()
+    try:
+        deadline = time.monotonic() + 5
+        while not loop_thread.run_if_asleep(lambda: True):  # asleep once started
+            assert time.monotonic() < deadline
+        busy, release = threading.Event(), threading.Event()
+
+        def hog() -> None:
+            busy.set()
+            release.wait(10)
+
+        loop_thread.call_threadsafe(hog)
+        assert busy.wait(5)
+        ran: list[str] = []
+        assert not loop_thread.run_if_asleep(lambda: bool(ran.append("ran")))
+        assert ran == []  # declined without running, and without waiting
+        release.set()
+        while not loop_thread.run_if_asleep(lambda: bool(ran.append("ran")) or True):
+            assert time.monotonic() < deadline
+        assert ran == ["ran"]
+    finally:
+        loop_thread.stop()
+
+
+def test_pipe_reader_keeps_bytes_until_a_receiver_takes_over() -> None:
+    async def scenario() -> list[bytes]:
+        read_fd, write_fd = os.pipe()
+        reader = PipeReader(read_fd)
+        os.write(write_fd, b"hello")
+        assert await reader.read() == b"hello"
+        os.write(write_fd, b"kept")
+        await asyncio.sleep(0.05)  # read and kept: no receiver yet
+        got: list[bytes] = []
+        reader.set_receiver(got.append)
+        os.write(write_fd, b"pushed")
+        os.close(write_fd)
+        for _ in range(100):
+            if got[-1:] == [b""]:
+                break
+            await asyncio.sleep(0.01)
+        reader.close()
+        return got
+
+    assert asyncio.run(scenario()) == [b"kept", b"pushed", b""]
