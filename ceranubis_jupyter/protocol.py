@@ -24,7 +24,7 @@ import mmap
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import LocalProtocolError, RemoteProtocolError, VersionMismatch
 
@@ -100,9 +100,12 @@ class Function:
     blob: Buffer
 
 
-@dataclass(frozen=True)
-class Task:
-    """One unit of work: a call or a chunk of calls of function ``fn_id``."""
+class Task(NamedTuple):
+    """One unit of work: a call or a chunk of calls of function ``fn_id``.
+
+    A named tuple, not a frozen dataclass like the messages: tasks and results are made by
+    the thousand on every hop, and a tuple is built three times faster.
+    """
 
     task_id: int
     fn_id: int
@@ -120,9 +123,8 @@ class Tasks:
     tasks: tuple[Task, ...]
 
 
-@dataclass(frozen=True)
-class Result:
-    """The outcome of one task."""
+class Result(NamedTuple):
+    """The outcome of one task (a named tuple, like :class:`Task`)."""
 
     task_id: int
     status: int
