@@ -26,7 +26,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import ConfigError, StoreError
 from .executor import CeranubisExecutor
@@ -42,7 +42,7 @@ from .project_code import (
     host_names,
     source_of,
 )
-from .project_run import Item, ProjectRun, decode
+from .project_run import ProjectRun, decode
 from .store import (
     STORE_ENV,
     ProjectRow,
@@ -295,7 +295,7 @@ class Project:
             raise
         self._store.reset_unfinished(self.id)
         rows = self._store.arguments(self.id, ["pending"])
-        self._start(executor, owned, fn, [Item(r.id, decode(r.args)) for r in rows])
+        self._start(executor, owned, fn, [decode(r.args) for r in rows], [r.id for r in rows])
         return self
 
     @classmethod
@@ -348,14 +348,17 @@ class Project:
         executor: CeranubisExecutor,
         owned: bool,
         fn: Callable[..., Any],
-        items: list[Item],
+        args: Sequence[tuple[Any, ...]],
+        ids: Sequence[int] | None,
         chunksize: int = 1,
         timeout: float | None = None,
-        fresh: bool = False,
+        run_store: Store | None = None,
     ) -> None:
-        if fresh:  # just committed: every argument is pending (skip two scans)
+        """Start the run; ``ids=None`` (with ``run_store``): a new project whose insert is
+        still open, every argument pending (no store reads: they would wait for it)."""
+        if ids is None:
             counts = dict.fromkeys(("running", "done", "failed", "cancelled"), 0)
-            counts["pending"] = len(items)
+            counts["pending"] = len(args)
             self._first_start = time.time()
         else:
             counts = self._store.counts(self.id)
@@ -363,13 +366,14 @@ class Project:
             self._first_start = min([time.time(), *(s.first_started for s in previous)])
         options = executor.options(timeout=timeout).task_options
         self._run = ProjectRun(
-            self._store.reopen(),
+            run_store or self._store.reopen(),
             self.id,
             this_client(),
             executor,
             owned,
             fn,
-            items,
+            args,
+            ids,
             counts,
             self._notify,
             chunksize,
@@ -377,6 +381,15 @@ class Project:
         )
         _live.add(self)
         self._run.start()
+
+    def _created(self, ids: Sequence[int]) -> None:
+        if self._run is not None:
+            self._run.created(ids)
+
+    def _abandon(self) -> None:
+        if self._run is not None:
+            self._run.abandon()
+        _live.discard(self)
 
     def _notify(self) -> None:
         for callback in self._listeners:
@@ -428,12 +441,14 @@ def commit_project(
     name = _pick_name(store, target, name)
     executor = CeranubisExecutor(hosts)
     try:
-        project = _create(store, name, auto, code, target, host_names(hosts), None, blobs)
+        return _create(
+            store,
+            _Definition(name, auto, code, target, host_names(hosts), None, blobs),
+            _Launch(executor, True, fn, items, chunksize, None),
+        )
     except BaseException:
         executor.shutdown(wait=False, cancel_futures=True)
         raise
-    project._start(executor, True, fn, _items(project, items), chunksize, fresh=True)
-    return project
 
 
 def commit_function(
@@ -480,9 +495,11 @@ def commit_function(
     auto = name is None
     name = _pick_name(store, target, name)
     hosts = [info.host for info in executor.hosts()]
-    project = _create(store, name, auto, code, target, hosts, blob, blobs)
-    project._start(executor, False, fn, _items(project, items), chunksize, timeout, fresh=True)
-    return project
+    return _create(
+        store,
+        _Definition(name, auto, code, target, hosts, blob, blobs),
+        _Launch(executor, False, fn, items, chunksize, timeout),
+    )
 
 
 def list_projects(store: Store | str | None = None) -> list[ProjectSummary]:
@@ -535,33 +552,84 @@ def _pick_name(store: Store, target: str, name: str | None) -> str:
     raise AssertionError("unreachable")
 
 
-def _create(
-    store: Store,
-    name: str,
-    auto: bool,
-    code: str,
-    target: str,
-    hosts: list[str],
-    function: bytes | None,
-    blobs: list[bytes],
-) -> Project:
-    for _ in range(NAME_ATTEMPTS - 1):
+class _Definition(NamedTuple):
+    """What a new project stores."""
+
+    name: str
+    auto: bool  # the name was picked here: take the next free one on a clash
+    code: str
+    target: str
+    hosts: list[str]
+    function: bytes | None
+    blobs: list[bytes]
+
+
+class _Launch(NamedTuple):
+    """How a new project runs."""
+
+    executor: CeranubisExecutor
+    owned: bool
+    fn: Callable[..., Any]
+    args: list[tuple[Any, ...]]
+    chunksize: int
+    timeout: float | None
+
+
+def _create(store: Store, definition: _Definition, launch: _Launch) -> Project:
+    """Store the project and run it; the run starts submitting as soon as the project's
+    row is in, while its arguments are still being inserted (the insert costs no time
+    before the first task), and writes once the transaction committed."""
+    name = definition.name
+    for attempt in range(1, NAME_ATTEMPTS + 1):
         try:
-            return Project(
-                store,
-                store.create_project(name, code, target, hosts, function, blobs, this_client()),
-            )
+            return _insert_and_start(store, definition._replace(name=name), launch)
         except ConfigError:
-            if not auto:
+            if not definition.auto or attempt == NAME_ATTEMPTS:
                 raise
-            name = _pick_name(store, target, None)  # another process took our default name
-    return Project(
-        store, store.create_project(name, code, target, hosts, function, blobs, this_client())
-    )
+            # another process took our default name
+            name = _pick_name(store, definition.target, None)
+    raise AssertionError("unreachable")
 
 
-def _items(project: Project, args: list[tuple[Any, ...]]) -> list[Item]:
-    return [Item(id_, args[position]) for id_, position in project.store.argument_ids(project.id)]
+def _insert_and_start(store: Store, definition: _Definition, launch: _Launch) -> Project:
+    started: list[Project] = []
+
+    def start(row: ProjectRow) -> None:
+        project = Project(store, row)
+        project._start(
+            launch.executor,
+            launch.owned,
+            launch.fn,
+            launch.args,
+            None,
+            launch.chunksize,
+            launch.timeout,
+            run_store,
+        )
+        started.append(project)
+
+    # Opened first: opening a SQLite store writes, and would wait for our own insert.
+    run_store = store.reopen()
+    try:
+        _, ids = store.add_project(
+            definition.name,
+            definition.code,
+            definition.target,
+            definition.hosts,
+            definition.function,
+            definition.blobs,
+            this_client(),
+            start,
+        )
+    except BaseException:
+        if started:
+            started[0]._abandon()  # rolled back: its tasks must leave no trace
+        else:
+            run_store.close()
+        raise
+    project = started[0]
+    project._created(ids)
+    return project
 
 
 def _store_for(store: Store | str | os.PathLike[str] | None) -> Store:

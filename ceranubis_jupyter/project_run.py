@@ -15,6 +15,12 @@
 
 The loop thread only appends the finished task's record to a deque: the store costs the
 hot path no more than that. A project is one task per argument (``chunksize`` groups them).
+
+A new project starts submitting while the kernel thread still inserts its arguments (the
+run is given no ids then): it reads, counts and writes nothing until :meth:`ProjectRun.created`
+hands it the ids of the committed rows, or stops without a trace on
+:meth:`ProjectRun.abandon` when that insert failed. Tasks that finish quickly are never
+marked ``running`` in the store: only those still in flight after RUNNING_MARK_SECONDS.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FuturesTimeoutError
 from concurrent.futures._base import FINISHED
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 from . import protocol as p
 from .errors import BrokenCeranubisExecutor, CeranubisError, RemoteTraceback, StoreError
@@ -56,6 +62,9 @@ OUTPUT_KEEP = 200
 SETTLE_SECONDS = 30.0
 # Seconds given to a final write at interpreter exit.
 EXIT_SECONDS = 3.0
+# Seconds a task is in flight before the store marks its arguments running: tiny tasks
+# finish first and cost no write at all; a longer one shows as running this much later.
+RUNNING_MARK_SECONDS = 0.1
 
 _PICKLED = bytes([p.PICKLE])
 _LEFT = "pending"  # an argument whose task was dropped (executor shut down): run it later
@@ -89,13 +98,6 @@ def error_text(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-class Item(NamedTuple):
-    """One argument tuple of the run and its row id (a tuple: cheap by the thousand)."""
-
-    arg_id: int
-    args: tuple[Any, ...]
-
-
 @dataclass
 class _Tally:
     """Outcomes of this run so far (guarded by the run's lock)."""
@@ -120,7 +122,9 @@ class ProjectRun:
         store: a connection of its own (the run thread writes through it, then closes it).
         project_id: the project's row id; ``client`` is this process's claim on it.
         executor: where tasks run; shut down at the end when ``owns_executor``.
-        fn: the target function; ``items``: the arguments to run now.
+        fn: the target function; ``args``: the argument tuples to run now.
+        ids: the store ids of ``args`` (same order); ``None`` while the project's insert
+            is still under way: the run submits, and writes once :meth:`created` is called.
         counts_before: the store's counts when the run starts (done ones stay done).
         notify: called from the run thread after finished arguments were counted (at most
             every ~0.1 s) and once more when the run ends.
@@ -134,7 +138,8 @@ class ProjectRun:
         executor: CeranubisExecutor,
         owns_executor: bool,
         fn: Callable[..., Any],
-        items: Sequence[Item],
+        args: Sequence[tuple[Any, ...]],
+        ids: Sequence[int] | None,
         counts_before: dict[str, int],
         notify: Callable[[], None],
         chunksize: int = 1,
@@ -142,7 +147,8 @@ class ProjectRun:
     ) -> None:
         self.store, self.project_id, self.client = store, project_id, client
         self.executor, self.owns_executor = executor, owns_executor
-        self.fn, self.items, self.chunksize = fn, list(items), chunksize
+        self.fn, self.args, self.chunksize = fn, args, chunksize
+        self.ids: Sequence[int] = () if ids is None else ids
         self.options = options or executor.options().task_options
         self.notify = notify
         self.total = sum(counts_before.values())
@@ -169,6 +175,10 @@ class ProjectRun:
         self._swept = False
         self._exiting = False
         self._claim_lost = False
+        self._abandoned = False
+        self._created = threading.Event()  # the ids are known and committed: write away
+        if ids is not None:
+            self._created.set()
         self._wake = threading.Event()
         self.finished = threading.Event()
         self._flushes = threading.Condition()
@@ -179,6 +189,21 @@ class ProjectRun:
         """Start the run thread (it submits, records, and finishes the project)."""
         self._fn_id = self.executor._function_id(self.fn)  # before any task can finish
         self._thread.start()
+
+    def created(self, ids: Sequence[int]) -> None:
+        """The project's insert committed: its arguments have these ids (``args`` order);
+        the run may now write."""
+        self.ids = ids
+        self._created.set()
+        self._wake.set()
+
+    def abandon(self) -> None:
+        """The project's insert failed: cancel what was submitted, write nothing, end."""
+        self.cancelling = True
+        self._stop_submitting = True
+        self._abandoned = True
+        self._wake.set()
+        self.finished.wait(SETTLE_SECONDS)
 
     # ------------------------------------------------------------------ any thread
 
@@ -243,7 +268,7 @@ class ProjectRun:
         if record.fn_id == self._fn_id:  # ours, or another call of the same function
             self._finished.append(record)
             self._seen += 1
-            if self._seen == self._submitted and self._next >= len(self.items):
+            if self._seen == self._submitted and self._next >= len(self.args):
                 self._wake.set()  # the final write need not wait for the next flush
 
     # ------------------------------------------------------------------ run thread
@@ -279,36 +304,38 @@ class ProjectRun:
                 self._cycles_started += 1
             if self.cancelling and not self._swept:
                 self._sweep()
-            if not self._stop_submitting and self._next < len(self.items):
+            if not self._stop_submitting and self._next < len(self.args):
                 self._submit_slice()
-            self._write()
-            if time.monotonic() >= next_beat:
-                self._beat()
-                next_beat = time.monotonic() + HEARTBEAT_SECONDS
+            if self._created.is_set():  # before: the project's rows are not committed yet
+                self._write()
+                if time.monotonic() >= next_beat:
+                    self._beat()
+                    next_beat = time.monotonic() + HEARTBEAT_SECONDS
             with self._flushes:
                 self._cycles_ended += 1
                 self._flushes.notify_all()
-            if self._exiting or self._settled():
+            if self._abandoned or self._exiting or self._settled():
                 return
-            if self._stop_submitting or self._next >= len(self.items):
+            if self._stop_submitting or self._next >= len(self.args):
                 self._wake.wait(FLUSH_SECONDS)
                 self._wake.clear()
 
     def _settled(self) -> bool:
-        submitted_all = self._stop_submitting or self._next >= len(self.items)
+        submitted_all = self._stop_submitting or self._next >= len(self.args)
         with self._lock:
             resolved = self.tally.resolved_tasks
         return (
             submitted_all
+            and self._created.is_set()
             and resolved == self._submitted
             and not self._finished
             and not self._not_yet
         )
 
     def _submit_slice(self) -> None:
-        end = min(self._next + SUBMIT_SLICE, len(self.items))
+        end = min(self._next + SUBMIT_SLICE, len(self.args))
         while self._next < end and not self._stop_submitting:
-            lo, hi = self._next, min(self._next + self.chunksize, len(self.items))
+            lo, hi = self._next, min(self._next + self.chunksize, len(self.args))
             try:
                 future = self._submit_one(lo, hi)
             except (RuntimeError, CeranubisError) as error:  # executor shut down or broken
@@ -325,8 +352,8 @@ class ProjectRun:
     def _submit_one(self, lo: int, hi: int) -> Future[Any]:
         submit = self.executor._submit
         if self.chunksize == 1:
-            return submit(self.options, self.fn, p.CALL, (self.items[lo].args, {}))
-        return submit(self.options, self.fn, p.CHUNK, [item.args for item in self.items[lo:hi]])
+            return submit(self.options, self.fn, p.CALL, (self.args[lo], {}))
+        return submit(self.options, self.fn, p.CHUNK, list(self.args[lo:hi]))
 
     def _sweep(self) -> None:
         """Cancel this run's unfinished tasks (we are the only submitter: none slips by)."""
@@ -351,7 +378,13 @@ class ProjectRun:
 
     def _fast_done(self, records: list[TaskRecord]) -> list[TaskRecord]:
         """Queue plain results (the hot path, inlined); returns the records left to do."""
-        items, clock, spans, marked = self.items, self._clock, self._spans, self._marked
+        args, ids, clock, spans, marked = (
+            self.args,
+            self.ids,
+            self._clock,
+            self._spans,
+            self._marked,
+        )
         rows, recent, rest, done = self._unwritten_done, self.tally.recent, [], 0
         for record in records:
             future: Any = record.future
@@ -370,11 +403,11 @@ class ProjectRun:
                 continue
             del spans[record.task_id]
             marked.discard(record.task_id)
-            item = items[span[0]]
-            recent.append((item.args, value))
+            lo = span[0]
+            recent.append((args[lo], value))
             rows.append(
                 (
-                    item.arg_id,
+                    ids[lo],
                     blob,
                     record.host,
                     record.attempts + 1,
@@ -423,13 +456,12 @@ class ProjectRun:
         tally.counts[state] += hi - lo
         if state == "done":
             if self.chunksize == 1:
-                tally.recent.append((self.items[lo].args, value))
+                tally.recent.append((self.args[lo], value))
             else:
-                pairs = zip(self.items[lo:hi], value, strict=False)
-                tally.recent.extend((item.args, result) for item, result in pairs)
+                tally.recent.extend(zip(self.args[lo:hi], value, strict=False))
         elif state == "failed":
             text = error_text(value)
-            tally.errors.extend((item.args, text) for item in self.items[lo:hi])
+            tally.errors.extend((args, text) for args in self.args[lo:hi])
         if record.output:
             host = record.host or "?"
             tally.output.extend((host, line) for line in record.output.splitlines())
@@ -463,11 +495,11 @@ class ProjectRun:
         )
         if state != "done":
             error = error_text(value) if state == "failed" else None
-            return [(state, None, error, *timing, item.arg_id) for item in self.items[lo:hi]]
+            return [(state, None, error, *timing, arg_id) for arg_id in self.ids[lo:hi]]
         if self.chunksize == 1:
-            return [self._done_row(value, timing, self.items[lo].arg_id)]
-        pairs = zip(self.items[lo:hi], value, strict=False)
-        return [self._done_row(result, timing, item.arg_id) for item, result in pairs]
+            return [self._done_row(value, timing, self.ids[lo])]
+        pairs = zip(self.ids[lo:hi], value, strict=False)
+        return [self._done_row(result, timing, arg_id) for arg_id, result in pairs]
 
     def _done_row(self, value: Any, timing: tuple[Any, ...], arg_id: int) -> tuple[Any, ...]:
         try:
@@ -480,22 +512,26 @@ class ProjectRun:
         return monotonic + self._clock if monotonic else None
 
     def _running_rows(self) -> list[tuple[int, str, float]]:
+        """``(arg_id, host, started)`` of tasks in flight for RUNNING_MARK_SECONDS and not
+        marked yet."""
         rows: list[tuple[int, str, float]] = []
+        spans, marked = self._spans, self._marked
+        before = time.monotonic() - RUNNING_MARK_SECONDS
         for link in self.executor.scheduler.links:
             try:
                 records = list(link.inflight.values())
             except RuntimeError:
                 continue
             for record in records:
-                span = self._spans.get(record.task_id)
-                if span is None or record.task_id in self._marked:
+                if record.started > before or record.task_id in marked:
                     continue
-                self._marked.add(record.task_id)
+                span = spans.get(record.task_id)
+                if span is None:
+                    continue
+                marked.add(record.task_id)
                 started = self._wall(record.started) or time.time()
-                rows.extend(
-                    (item.arg_id, record.host or "?", started)
-                    for item in self.items[span[0] : span[1]]
-                )
+                host = record.host or "?"
+                rows.extend((arg_id, host, started) for arg_id in self.ids[span[0] : span[1]])
         return rows
 
     def _beat(self) -> None:
@@ -520,6 +556,11 @@ class ProjectRun:
         self._sweep()
 
     def _finish(self) -> None:
+        if self._abandoned or not self._created.is_set():
+            if not self._swept:
+                self._sweep()
+            self.final_state = "stopped"  # nothing of it is in the store
+            return
         deadline = time.monotonic() + (EXIT_SECONDS if self._exiting else SETTLE_SECONDS)
         while (self._unwritten or self._unwritten_done) and time.monotonic() < deadline:
             time.sleep(FLUSH_SECONDS)
@@ -551,4 +592,4 @@ def final_state(counts: dict[str, int], cancelled: bool) -> str:
     return "done"
 
 
-__all__ = ["ARGUMENT_STATES", "Item", "ProjectRun", "decode", "encode", "error_text"]
+__all__ = ["ARGUMENT_STATES", "ProjectRun", "decode", "encode", "error_text"]

@@ -8,11 +8,12 @@ One interface, :class:`Store`, over plain SQL; two back ends:
 - ``PostgresStore`` (``store_pg.py``): a ``postgresql://`` URL, shared by several users
   and machines. psycopg is imported only then.
 
-How data flows: ``project.py`` creates a project in one transaction (its row and one row
-per argument, state ``pending``); its writer thread marks arguments ``running`` and records
-outcomes in batches (``record_outcomes``), each ``UPDATE`` guarded by the argument's state
-so a result is recorded exactly once even when a task ran twice; any process reads counts
-and results at any time.
+How data flows: ``project.py`` adds a project in one transaction (its row and one row
+per argument, state ``pending``; its run starts submitting once the row is in, and writes
+only after the commit); its writer thread marks arguments ``running`` (those in flight for
+a flush period) and records outcomes in batches (``record_rows``), each ``UPDATE`` guarded
+by the argument's state so a result is recorded exactly once even when a task ran twice;
+any process reads counts and results at any time.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,11 +61,23 @@ _ARGUMENT_COLUMNS = (
     "id, position, args, result, state, host, attempts, started, finished, error, output"
 )
 _OPEN = "('pending', 'running')"
-# Rows per multi-row statement: more rows mean fewer calls into the driver; SQLite before
-# 3.32 allows 999 parameters per statement (3 per inserted row, 6 per updated one).
-_INSERT_ROWS = 300
-_UPDATE_ROWS = 150
-_INSERT_ARGUMENTS = "INSERT INTO arguments (project, position, args)"
+# Parameters SQLite takes in one statement (999 before 3.32).
+_SQLITE_PARAMS = 32766 if sqlite3.sqlite_version_info >= (3, 32) else 999
+# Rows per multi-row statement (2 parameters per inserted row, 6 per updated one): SQLite
+# releases the GIL for each statement and a busy client may take ~5 ms to give it back, so
+# more rows mean far less waiting, at the price of longer SQL text to compile (~1 ms).
+_INSERT_ROWS = min(4000, (_SQLITE_PARAMS - 2) // 2)
+_UPDATE_ROWS = min(2000, _SQLITE_PARAMS // 6)
+# A new project's arguments get the ids first + position, chosen under the write lock
+# above every id ever used (AUTOINCREMENT's own rule), so they need no reading back.
+_NEXT_ARGUMENT_ID = (
+    "SELECT MAX(n) FROM (SELECT seq AS n FROM sqlite_sequence WHERE name = 'arguments' "
+    "UNION ALL SELECT MAX(id) FROM arguments)"
+)
+_INSERT_ARGUMENTS = (
+    "INSERT INTO arguments (id, project, position, args) "
+    "SELECT column1 + ?, ?, column1, column2 FROM (VALUES "
+)
 # A finished argument with a result and no printed output: the common case, batched.
 _UPDATE_DONE = (
     "UPDATE arguments SET state = 'done', result = v.column2, host = v.column3, "
@@ -177,7 +190,7 @@ class Store(ABC):
 
     # ------------------------------------------------------------------ projects
 
-    def create_project(
+    def add_project(
         self,
         name: str,
         code: str,
@@ -186,8 +199,15 @@ class Store(ABC):
         function: bytes | None,
         args: Sequence[bytes],
         client: str,
-    ) -> ProjectRow:
-        """Insert a project and its arguments (``pending``) in one transaction.
+        started: Callable[[ProjectRow], None] | None = None,
+    ) -> tuple[ProjectRow, Sequence[int]]:
+        """Insert a project and its arguments (``pending``) in one transaction; returns
+        its row and the arguments' ids in position order.
+
+        ``started(row)`` is called inside the transaction, once the project's row is in
+        (so its name is known to be free) and before its arguments are: a run may start
+        then, as long as it writes nothing before this method returns. If it raises, or
+        the rest of the insert fails, nothing is stored.
 
         Raises:
             ConfigError: a project with this name exists.
@@ -204,17 +224,27 @@ class Store(ABC):
                     ),
                     (name, code, target, now, json.dumps(hosts), client, now, function),
                 )
-                project_id = int(cursor.fetchone()[0])
-                rows = [(project_id, position, blob) for position, blob in enumerate(args)]
-                self._insert_arguments(cursor, rows)
+                row = ProjectRow(
+                    int(cursor.fetchone()[0]),
+                    name,
+                    code,
+                    target,
+                    now,
+                    hosts,
+                    "running",
+                    client,
+                    now,
+                    function,
+                )
+                if started is not None:
+                    started(row)
+                ids = self._insert_arguments(cursor, row.id, args)
         except ConfigError:
             raise ConfigError(
                 f"a project named {name!r} already exists; pick another name or remove it "
                 f"with `ceranubis rm {name}`"
             ) from None
-        return ProjectRow(
-            project_id, name, code, target, now, hosts, "running", client, now, function
-        )
+        return row, ids
 
     def find_project(self, name_or_id: str | int) -> ProjectRow | None:
         """The project with this name, or this id (an int or a string of digits)."""
@@ -379,9 +409,23 @@ class Store(ABC):
                 changed += int(cursor.rowcount)
         return changed
 
-    def _insert_arguments(self, cursor: Any, rows: Sequence[tuple[int, int, bytes]]) -> None:
-        """Insert ``(project, position, args)`` rows (back ends may bulk-load)."""
-        self._many_values(cursor, _INSERT_ARGUMENTS, "", rows, _INSERT_ROWS)
+    def _insert_arguments(
+        self, cursor: Any, project_id: int, args: Sequence[bytes]
+    ) -> Sequence[int]:
+        """Insert the arguments (in position order) of a new project in the open
+        transaction; returns their ids (back ends may bulk-load, or read the ids back).
+
+        The ids are chosen here, so they need no reading back: the transaction holds the
+        write lock (BEGIN IMMEDIATE), so no other process can take them meanwhile.
+        """
+        cursor.execute(_NEXT_ARGUMENT_ID)
+        first = int(cursor.fetchone()[0] or 0) + 1
+        for start in range(0, len(args), _INSERT_ROWS):
+            batch = args[start : start + _INSERT_ROWS]
+            pairs = itertools.chain.from_iterable(enumerate(batch, start))
+            sql = f"{_INSERT_ARGUMENTS}{', '.join(['(?, ?)'] * len(batch))})"
+            cursor.execute(sql, [first, project_id, *pairs])
+        return range(first, first + len(args))
 
     def _update_done(self, cursor: Any, rows: Sequence[tuple[Any, ...]]) -> int:
         """Record ``(id, result, host, attempts, started, finished)`` of finished arguments

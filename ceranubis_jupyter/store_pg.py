@@ -118,10 +118,29 @@ class PostgresStore(Store):
         if not (self._connection.closed or self._connection.broken):
             cursor.execute("ROLLBACK")
 
-    def _insert_arguments(self, cursor: Any, rows: Sequence[tuple[int, int, bytes]]) -> None:
+    def _insert_arguments(
+        self, cursor: Any, project_id: int, args: Sequence[bytes]
+    ) -> Sequence[int]:
         with cursor.copy("COPY arguments (project, position, args) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
+            for position, blob in enumerate(args):
+                copy.write_row((project_id, position, blob))
+        return self._ids_in_order(cursor, project_id)
+
+    def _ids_in_order(self, cursor: Any, project_id: int) -> Sequence[int]:
+        """The ids of a new project's arguments in position order, read in the open
+        transaction (a range when they follow the positions, as COPY makes them)."""
+        cursor.execute(
+            "SELECT COUNT(*), MIN(id - position), MAX(id - position), MAX(position) "
+            "FROM arguments WHERE project = %s",
+            (project_id,),
+        )
+        count, low, high, last = cursor.fetchone()
+        if count and low == high and last + 1 == count:
+            return range(int(low), int(low) + int(count))
+        cursor.execute(
+            "SELECT id FROM arguments WHERE project = %s ORDER BY position", (project_id,)
+        )
+        return [int(id_) for (id_,) in cursor.fetchall()]
 
     def _update_done(self, cursor: Any, rows: Sequence[tuple[Any, ...]]) -> int:
         # COPY into a session table, then one joined UPDATE: a tenth of the client CPU of

@@ -16,7 +16,8 @@ from ceranubis_jupyter.project import (
     list_projects,
     remove_project,
 )
-from ceranubis_jupyter.store import open_store
+from ceranubis_jupyter.project_code import function_from_code
+from ceranubis_jupyter.store import SQLiteStore, Store, open_store
 
 CODE = """
 import time
@@ -111,6 +112,79 @@ def test_executor_commit_stores_the_function(store_url: str) -> None:
     assert project.results() == [((1,), 101), ((2,), 102)]
     assert project.executor is None
     assert "def shifted" in project.code and project.hosts == ["local"]
+
+
+def _slow_argument_insert(store: Store, url: str, action: str) -> None:
+    """Make the store's insert of a new project's arguments, at position 50, sleep a second
+    (``action='sleep'``) or fail (``'fail'``): a real trigger in the real database."""
+    if isinstance(store, SQLiteStore):
+        # SQLite cannot sleep in SQL: the connection that inserts gets a function that does.
+        store._connection.create_function("nap", 1, time.sleep)
+        body = "SELECT nap(1.0);" if action == "sleep" else "SELECT RAISE(ABORT, 'no room');"
+        store._connection.execute(
+            "CREATE TRIGGER slow BEFORE INSERT ON arguments WHEN NEW.position = 50 "
+            f"BEGIN {body} END"
+        )
+        return
+    import psycopg
+
+    body = "PERFORM pg_sleep(1.0);" if action == "sleep" else "RAISE EXCEPTION 'no room';"
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(
+            f"CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN {body} "
+            "RETURN NEW; END $$"
+        )
+        admin.execute(
+            "CREATE TRIGGER slow BEFORE INSERT ON arguments FOR EACH ROW "
+            "WHEN (NEW.position = 50) EXECUTE FUNCTION slow()"
+        )
+
+
+def test_tasks_that_finish_while_the_insert_is_open_are_recorded_once(store_url: str) -> None:
+    # The run submits as soon as the project's row is in; results that arrive before the
+    # arguments' insert commits wait for it (written earlier, PostgreSQL would drop them).
+    store = open_store(store_url)
+    _slow_argument_insert(store, store_url, "sleep")
+    args = [(x,) for x in range(200)]
+    with CeranubisExecutor() as executor:
+        list(executor.map(abs, range(10)))  # nodes up: tasks can finish within the second
+        started = time.time()
+        project = commit_function(executor, expected, args, store=store, name="early")
+        committed = time.time()
+        assert committed - started >= 1.0  # the insert really was slow
+        assert project.wait(DEADLINE)
+    assert project.state == "done"
+    assert project.results() == [((x,), expected(x)) for x in range(200)]
+    rows = open_store(store_url).arguments(project.id, ["done"])
+    assert len(rows) == 200 and all(row.attempts == 1 for row in rows)
+    assert min(row.finished or committed for row in rows) < committed  # ran meanwhile
+
+
+def test_a_failed_insert_stores_nothing_and_stops_its_tasks(store_url: str) -> None:
+    store = open_store(store_url)
+    _slow_argument_insert(store, store_url, "fail")
+    args = [(x, 0.05) for x in range(200) if x != 7]  # ~5 s of work on two workers
+    with CeranubisExecutor() as executor:
+        list(executor.map(abs, range(10)))
+        with pytest.raises(StoreError, match="no room"):
+            commit_project(CODE, "work", args, store=store)
+        work = function_from_code(CODE, "work", "work")
+        with pytest.raises(StoreError, match="no room"):
+            commit_function(executor, work, args, store=store, name="never")
+        wait_for(lambda: executor.scheduler.outstanding == 0, timeout=3)  # cancelled
+        assert list(executor.map(abs, [-1, -2])) == [1, 2]  # the executor still works
+    assert list_projects(store) == [] and list_projects(store_url) == []
+
+
+def test_long_tasks_show_as_running_in_the_store(store_url: str) -> None:
+    # Only tasks still in flight after RUNNING_MARK_SECONDS are marked; these are.
+    args = [(x, 3.0) for x in range(4)]
+    project = commit_project(CODE, "work", args, store=store_url)
+    reader = open_store(store_url)
+    wait_for(lambda: reader.counts(project.id)["running"] >= 1, timeout=2.5)
+    rows = reader.arguments(project.id, ["running"])
+    assert all(row.host == "local" and row.started for row in rows)
+    project.cancel()
 
 
 def test_cancel_stops_and_keeps_finished(store_url: str) -> None:

@@ -23,7 +23,7 @@ from ceranubis_jupyter.store import (
 
 
 def _new(store: Store, name: str = "p", count: int = 3) -> int:
-    row = store.create_project(
+    row, _ = store.add_project(
         name,
         "def f(x): return x",
         "f",
@@ -202,3 +202,30 @@ def test_argument_ids_follow_positions_or_are_read(store_url: str) -> None:
     assert store.argument_ids(project_id) == [(r.id, r.position) for r in rows]
     store.record_outcomes([Outcome(rows[2].id, "done", b"x")])  # a gap: the slow path
     assert store.argument_ids(project_id) == [(r.id, r.position) for r in rows if r.position != 2]
+
+
+def test_add_project_returns_the_ids_and_never_reuses_one(store_url: str) -> None:
+    store = open_store(store_url)
+    blobs = [bytes([i % 256]) for i in range(5000)]  # more than one insert statement
+    first, first_ids = store.add_project("a", "", "f", [], None, blobs, this_client())
+    rows = store.arguments(first.id, ["pending"])
+    assert list(first_ids) == [r.id for r in rows] and [r.args for r in rows] == blobs
+    store.remove_project(first.id)  # its ids stay used: a new project gets higher ones
+    second, second_ids = store.add_project("b", "", "f", [], None, blobs[:3], this_client())
+    assert min(second_ids) > max(first_ids)
+    assert list(second_ids) == [r.id for r in store.arguments(second.id, ["pending"])]
+    third = _new(store, "c", 2)  # and a plain insert after it does not collide either
+    assert min(r.id for r in store.arguments(third, ["pending"])) > max(second_ids)
+
+
+def test_a_failing_start_hook_leaves_nothing(store_url: str) -> None:
+    store = open_store(store_url)
+    seen: list[int] = []
+
+    def refuse(row: object) -> None:
+        seen.append(row.id)  # type: ignore[attr-defined]
+        raise RuntimeError("the run could not start")
+
+    with pytest.raises(RuntimeError, match="could not start"):
+        store.add_project("p", "", "f", [], None, [b"x", b"y"], this_client(), refuse)
+    assert len(seen) == 1 and store.find_project("p") is None and store.list_projects() == []
