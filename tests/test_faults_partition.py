@@ -10,6 +10,7 @@ higher priority) can run nowhere else: they must wait out the partition, not fai
 from __future__ import annotations
 
 import os
+import time
 from concurrent.futures import Future
 from typing import Any
 
@@ -35,6 +36,9 @@ RESULT_TIMEOUT = 60.0
 # the healed host to take a share of.
 FIRST_BATCH = 200
 SECOND_BATCH = 80
+# Seconds after the cut for results already on their way to be handled: a task still in
+# flight on the cut host after that can only finish elsewhere.
+IN_TRANSIT_SECONDS = 0.3
 # The cut host's group, and the tasks only it may run.
 ISLAND = "island"
 ISLAND_TASKS = 4
@@ -89,9 +93,8 @@ def test_partition_is_detected_requeued_and_healed(
         stranded = node_tree(info(executor, cut).pid)
         assert _netns(stranded[0].pid) == cut.net_inode, "the node runs inside the namespace"
         futures, island = start_work(executor, cut, other)
-        on_cut = [f for f in futures if host_of(f) == cut.alias and not f.done()]
+        detected, on_cut = cut_off(executor, cut, stranded, futures)
         assert on_cut, "the cut host had no task in flight"
-        detected = cut_off(executor, cut, stranded)
         nets = check_results(futures)
         assert all(host_of(f) == other.alias for f in on_cut), "re-queued to the other host"
         assert all(nets[futures.index(f)] == other.net_inode for f in on_cut)
@@ -120,11 +123,17 @@ def start_work(
 
 
 def cut_off(
-    executor: CeranubisExecutor, cut: PartitionHost, stranded: list[psutil.Process]
-) -> float:
-    """Cut the host; returns the seconds until the client saw it (the node must exit too)."""
+    executor: CeranubisExecutor,
+    cut: PartitionHost,
+    stranded: list[psutil.Process],
+    futures: list[Future[Any]],
+) -> tuple[float, list[Future[Any]]]:
+    """Cut the host; returns the seconds until the client saw it (the node must exit too)
+    and the futures that were in flight there once the cut took effect."""
     cut.cut()
-    detected = wait_for(
+    time.sleep(IN_TRANSIT_SECONDS)
+    on_cut = [f for f in futures if host_of(f) == cut.alias and not f.done()]
+    detected = IN_TRANSIT_SECONDS + wait_for(
         lambda: info(executor, cut).state != "ready",
         HEARTBEAT_TIMEOUT + TICK_SLACK + 10,
         "the partition detected",
@@ -136,7 +145,7 @@ def cut_off(
         "the stranded node and its workers exit by themselves",
     )
     print(f"stranded node {stranded[0].pid} and workers gone {gone:.2f} s after detection")
-    return detected
+    return detected, on_cut
 
 
 def heal_and_share(executor: CeranubisExecutor, cut: PartitionHost, other: PartitionHost) -> None:
