@@ -164,12 +164,14 @@ class ProjectRun:
         self._seen = 0  # tasks the scheduler finished (loop thread only)
         self._fn_id = -1
         self._submitted = 0
-        # Unresolved tasks: task id -> (lo, hi) of their items; finished ones are dropped so
-        # a long project does not keep every result in memory.
-        self._spans: dict[int, tuple[int, int]] = {}
+        # Unresolved tasks: task id -> index of their first argument (see _span); finished
+        # ones are dropped so a long project does not keep every result in memory. Plain
+        # ints and flat lists, not a tuple per task: fewer objects for the cyclic GC, whose
+        # full passes grow with every object that lives through a flush period.
+        self._spans: dict[int, int] = {}
         self._marked: set[int] = set()
         self._unwritten: list[tuple[Any, ...]] = []  # Outcome.row() form
-        self._unwritten_done: list[tuple[Any, ...]] = []  # Store.record_rows(done=...) form
+        self._unwritten_done: list[Any] = []  # Store.record_rows(done=...) form: flat
         self._next = 0
         self._stop_submitting = False
         self._swept = False
@@ -256,10 +258,14 @@ class ProjectRun:
             except RuntimeError:  # changed while we copied it: count it next time
                 continue
             for task_id in task_ids:
-                span = spans.get(task_id)
-                if span is not None:
-                    running += span[1] - span[0]
+                lo = spans.get(task_id)
+                if lo is not None:
+                    running += self._span(lo)[1] - lo
         return running
+
+    def _span(self, lo: int) -> tuple[int, int]:
+        """``(lo, hi)``: the arguments of the task whose first argument is ``lo``."""
+        return lo, min(lo + self.chunksize, len(self.args))
 
     # ------------------------------------------------------------------ loop thread
 
@@ -343,7 +349,7 @@ class ProjectRun:
                 self._stop_submitting = True
                 return
             task_id: int = future._ceranubis_id  # type: ignore[attr-defined]
-            self._spans[task_id] = (lo, hi)
+            self._spans[task_id] = lo
             self._submitted += 1
             self._next = hi
             if not hasattr(future, "_ceranubis_record"):  # refused before it was queued
@@ -392,8 +398,8 @@ class ProjectRun:
             if future._state != FINISHED or future._exception is not None or record.output:
                 rest.append(record)
                 continue
-            span = spans.get(record.task_id)
-            if span is None:  # not ours (we register each task before we collect)
+            lo = spans.get(record.task_id)
+            if lo is None:  # not ours (we register each task before we collect)
                 continue
             value = future._result
             try:
@@ -403,17 +409,14 @@ class ProjectRun:
                 continue
             del spans[record.task_id]
             marked.discard(record.task_id)
-            lo = span[0]
             recent.append((args[lo], value))
-            rows.append(
-                (
-                    ids[lo],
-                    blob,
-                    record.host,
-                    record.attempts + 1,
-                    record.started + clock,
-                    record.finished + clock,
-                )
+            rows += (
+                ids[lo],
+                blob,
+                record.host,
+                record.attempts + 1,
+                record.started + clock,
+                record.finished + clock,
             )
             done += 1
         self.tally.resolved_tasks += done
@@ -421,15 +424,16 @@ class ProjectRun:
         return rest
 
     def _collect_one(self, record: TaskRecord) -> None:
-        span = self._spans.pop(record.task_id, None)
-        if span is None:  # not ours (we register each task before we collect)
+        lo = self._spans.pop(record.task_id, None)
+        if lo is None:  # not ours (we register each task before we collect)
             return
         try:
             state, value = self._outcome(record.future)
         except FuturesTimeoutError:  # set right after the scheduler told us
-            self._spans[record.task_id] = span
+            self._spans[record.task_id] = lo
             self._not_yet.append(record)
             return
+        span = self._span(lo)
         self._marked.discard(record.task_id)
         self._count(record, state, value, *span)
         if state == "done" or not self._claim_lost:  # another client runs the rest
@@ -525,13 +529,14 @@ class ProjectRun:
             for record in records:
                 if record.started > before or record.task_id in marked:
                     continue
-                span = spans.get(record.task_id)
-                if span is None:
+                lo = spans.get(record.task_id)
+                if lo is None:
                     continue
                 marked.add(record.task_id)
                 started = self._wall(record.started) or time.time()
                 host = record.host or "?"
-                rows.extend((arg_id, host, started) for arg_id in self.ids[span[0] : span[1]])
+                hi = self._span(lo)[1]
+                rows.extend((arg_id, host, started) for arg_id in self.ids[lo:hi])
         return rows
 
     def _beat(self) -> None:

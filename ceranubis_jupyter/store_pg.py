@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .errors import ConfigError, StoreError
-from .store import Store
+from .store import DONE_VALUES, Store
 
 # Seconds to wait for the server when connecting: an unreachable store is reported
 # quickly, a slow network still gets a chance.
@@ -142,12 +142,12 @@ class PostgresStore(Store):
         )
         return [int(id_) for (id_,) in cursor.fetchall()]
 
-    def _update_done(self, cursor: Any, rows: Sequence[tuple[Any, ...]]) -> int:
+    def _update_done(self, cursor: Any, values: Sequence[Any]) -> int:
         # COPY into a session table, then one joined UPDATE: a tenth of the client CPU of
         # parameterized statements, and far less server parsing.
         with cursor.copy("COPY cj_outcomes FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
+            for start in range(0, len(values), DONE_VALUES):
+                copy.write_row(values[start : start + DONE_VALUES])
         cursor.execute(_UPDATE_FROM_OUTCOMES)
         changed = int(cursor.rowcount)
         cursor.execute("DELETE FROM cj_outcomes")
