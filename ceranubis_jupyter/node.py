@@ -88,6 +88,7 @@ class _Outbox:
     def __init__(self, fd: int, shared: worker.ClientPipe | None = None) -> None:
         self.fd = fd
         self.shared = shared
+        self.watched = False  # registered with the selector for writability
         self._locked = False
         self._chunks: collections.deque[memoryview] = collections.deque()
 
@@ -195,11 +196,11 @@ class Supervisor:
         for outbox in [self.out, *(w.outbox for w in self.workers.values())]:
             outbox.flush()
             want = bool(outbox)
-            registered = outbox.fd in self.selector.get_map()
-            if want and not registered:
+            if want and not outbox.watched:
                 self.selector.register(outbox.fd, selectors.EVENT_WRITE, outbox)
-            elif registered and not want:
+            elif outbox.watched and not want:
                 self.selector.unregister(outbox.fd)
+            outbox.watched = want
 
     # ------------------------------------------------------------------ client side
 
@@ -382,7 +383,7 @@ class Supervisor:
         del self.workers[state.from_worker]
         state.outbox.discard()
         for fd in (state.from_worker, state.to_worker):
-            if fd in self.selector.get_map():
+            with contextlib.suppress(KeyError):  # not watched (an empty outbox)
                 self.selector.unregister(fd)
             os.close(fd)
 

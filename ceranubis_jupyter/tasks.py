@@ -14,7 +14,7 @@ from . import protocol as p
 DEFAULT_RETRIES = 2
 
 
-@dataclass
+@dataclass(slots=True)
 class TaskRecord:
     """A task as the client tracks it, from submit to result."""
 
@@ -81,13 +81,13 @@ class PendingQueue:
 
     def pop_for(self, group: str | None) -> TaskRecord | None:
         """The next task a host of ``group`` may run, or ``None``."""
-        heaps = [self._heaps.get(None)]
+        best = self._heaps.get(None)
         if group is not None:
-            heaps.append(self._heaps.get(group))
-        candidates = [heap for heap in heaps if heap]
-        if not candidates:
+            own = self._heaps.get(group)
+            if own and (not best or own[0] < best[0]):
+                best = own
+        if not best:
             return None
-        best = min(candidates, key=lambda heap: heap[0])
         self._count -= 1
         return heapq.heappop(best)[2]
 
