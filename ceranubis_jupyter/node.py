@@ -52,6 +52,10 @@ PACE_WEIGHT = 0.25
 LOAD_INTERVAL = 1.0
 # Seconds a shutting-down worker gets to exit on its own before SIGKILL.
 WORKER_GRACE = 1.0
+# Seconds between looks at the workers while tasks wait in the node's queue: a direct
+# delivery the node was not told of (its wish for news and a worker's check can cross)
+# then costs at most this delay.
+NEWS_POLL_SECONDS = 0.02
 # Seconds before the node tries again to write to the client while a worker holds the
 # output lock (a worker holds it for one small write: a few microseconds).
 LOCK_RETRY_SECONDS = 0.0005
@@ -71,6 +75,8 @@ class _Worker:
     slot: worker.RunningSlot
     decoder: p.FrameDecoder = field(default_factory=p.FrameDecoder)
     tasks: collections.deque[p.Task] = field(default_factory=collections.deque)  # in order
+    held: set[int] = field(default_factory=set)  # the ids of ``tasks``
+    seen_delivered: int = 0  # the last direct delivery the node has accounted for
     functions: set[int] = field(default_factory=set)
     busy_since: float = 0.0  # when it last had news to give (for pacing)
     timeouts: dict[int, float] = field(default_factory=dict)  # task id -> timeout, if any
@@ -189,7 +195,10 @@ class Supervisor:
     def _select_timeout(self) -> float:
         if self.out.waiting_for_lock:
             return LOCK_RETRY_SECONDS
-        return max(0.0, min(self.next_load - time.monotonic(), self.load_interval))
+        wait = min(self.next_load - time.monotonic(), self.load_interval)
+        if self.queue and self.workers:
+            wait = min(wait, NEWS_POLL_SECONDS)
+        return max(0.0, wait)
 
     def _watch_out_fd(self) -> None:
         """Register writable interest exactly for descriptors with pending bytes."""
@@ -281,11 +290,44 @@ class Supervisor:
         """Hand queued tasks to workers with room, least loaded first, a batch each."""
         if not self.queue or not self.workers:
             return
+        self._want_news(True)  # before catching up: a delivery from now on is told
+        self._catch_up_all()
         limit = self._prefetch()
         for state in sorted(self.workers.values(), key=lambda w: len(w.tasks)):
             room = min(limit - len(state.tasks), len(self.queue))
             if room > 0:
                 self._give(state, [self.queue.popleft() for _ in range(room)])
+        self._want_news(bool(self.queue))
+
+    def _want_news(self, wanted: bool) -> None:
+        if self.client is not None:
+            self.client.want_news(wanted)
+
+    def _catch_up_all(self) -> None:
+        for state in self.workers.values():
+            self._catch_up(state)
+
+    def _catch_up(self, state: _Worker) -> None:
+        """Drop the tasks whose results the worker wrote straight to the client."""
+        delivered = state.slot.delivered()
+        if delivered != state.seen_delivered:
+            state.seen_delivered = delivered
+            if self._pop_through(state, delivered) is not None:
+                state.cancelled.discard(delivered)
+
+    def _pop_through(self, state: _Worker, task_id: int) -> p.Task | None:
+        """Drop the worker's tasks up to ``task_id``; returns that task (``None`` if the
+        worker does not hold it). The ones before it finished first (a worker runs its
+        tasks in order) and their results went straight to the client."""
+        if task_id not in state.held:
+            return None
+        while True:
+            task = state.tasks.popleft()
+            state.held.discard(task.task_id)
+            state.timeouts.pop(task.task_id, None)
+            if task.task_id == task_id:
+                return task
+            state.cancelled.discard(task.task_id)
 
     def _prefetch(self) -> int:
         """Tasks a worker may hold: ``BATCH_SECONDS`` of work, within its fair share.
@@ -311,6 +353,7 @@ class Supervisor:
         if not state.tasks:
             state.busy_since = time.monotonic()
         state.tasks.extend(tasks)
+        state.held.update(task.task_id for task in tasks)
         state.timeouts.update((t.task_id, t.timeout) for t in tasks if t.timeout > 0)
         state.outbox.add(p.encode(p.Tasks(tuple(tasks))))
         state.outbox.flush()
@@ -338,19 +381,20 @@ class Supervisor:
         self.task_seconds += PACE_WEIGHT * (sample - self.task_seconds)
         state.busy_since = now
         for result in results:
-            finished = state.tasks.popleft()
-            state.timeouts.pop(finished.task_id, None)
-            delivered = result.status == p.DELIVERED  # the client has it already
-            if finished.task_id in state.cancelled:
-                state.cancelled.discard(finished.task_id)
-                result = _status_result(finished.task_id, p.CANCELLED, {"exitcode": 0})
-            if not delivered:
-                self.pending_results.append(result)
+            held = self._pop_through(state, result.task_id) is not None
+            if result.status == p.DELIVERED:  # the client has it already
+                state.cancelled.discard(result.task_id)
+                continue
+            if held and result.task_id in state.cancelled:
+                state.cancelled.discard(result.task_id)
+                result = _status_result(result.task_id, p.CANCELLED, {"exitcode": 0})
+            self.pending_results.append(result)
 
     def _bury(self, state: _Worker) -> None:
         """A worker died: report the task it was running, re-queue the others, start another."""
         running, _ = state.slot.get()
         exitcode = _reap(state.pid)
+        self._catch_up(state)
         self._forget(state)
         self._settle(state, running, p.CRASHED, {"exitcode": exitcode, "pid": state.pid})
         if self.running:
@@ -360,6 +404,7 @@ class Supervisor:
         """Kill a worker for its running task's sake (timeout or cancel) and replace it."""
         _kill(state.pid)
         _reap(state.pid)
+        self._catch_up(state)
         self._forget(state)
         self._settle(state, task_id, status, {"exitcode": -signal.SIGKILL, "pid": state.pid})
         self._start_worker()
@@ -388,6 +433,7 @@ class Supervisor:
             os.close(fd)
 
     def _cancel(self, task_ids: set[int]) -> None:
+        self._catch_up_all()
         kept = collections.deque(t for t in self.queue if t.task_id not in task_ids)
         for task in self.queue:
             if task.task_id in task_ids:
@@ -418,6 +464,7 @@ class Supervisor:
         self._check_cancelled()
         if now >= self.next_load and self.conn.send_state == "running":
             self.next_load = now + self.load_interval
+            self._catch_up_all()  # busy workers are counted from the tasks they hold
             self._send(self._load())
 
     def _check_cancelled(self) -> None:

@@ -56,9 +56,10 @@ class RunningSlot:
     """
 
     _LAYOUT = struct.Struct("=Qd")  # task id (0: between tasks), time.monotonic() at start
+    _DELIVERED = struct.Struct("=Q")  # after it: the last task whose result went direct
 
     def __init__(self) -> None:
-        self._area = mmap.mmap(-1, self._LAYOUT.size)
+        self._area = mmap.mmap(-1, self._LAYOUT.size + self._DELIVERED.size)
 
     def set(self, task_id: int, started: float) -> None:
         """Note the task now running (``0`` when none)."""
@@ -74,6 +75,15 @@ class RunningSlot:
             value = again
         return int(value[0]), float(value[1])
 
+    def set_delivered(self, task_id: int) -> None:
+        """Note the last task whose result the worker wrote straight to the client."""
+        self._DELIVERED.pack_into(self._area, self._LAYOUT.size, task_id)
+
+    def delivered(self) -> int:
+        """The last task whose result went straight to the client (``0``: none yet)."""
+        (task_id,) = self._DELIVERED.unpack_from(self._area, self._LAYOUT.size)
+        return int(task_id)
+
 
 class ClientPipe:
     """The node's output to the client, which its workers may write to as well.
@@ -88,6 +98,21 @@ class ClientPipe:
     def __init__(self, fd: int, lock_fd: int) -> None:
         self.fd = fd
         self.lock_fd = lock_fd
+        self._news = mmap.mmap(-1, 1)  # 1 while the node wants to hear of each delivery
+
+    def want_news(self, wanted: bool) -> None:
+        """(Node) Ask workers to tell of each direct delivery at once, or not.
+
+        The node wants it while tasks wait in its queue: a worker that frees up must get
+        more. Otherwise a note would only wake the node for nothing (it reads
+        :meth:`RunningSlot.delivered` when it next looks), and on a small machine that
+        wake-up competes for a core with the client taking the result.
+        """
+        self._news[0] = 1 if wanted else 0
+
+    def news_wanted(self) -> bool:
+        """(Worker) Whether to tell the node of a direct delivery now."""
+        return self._news[0] == 1
 
     @classmethod
     def open(cls, fd: int) -> ClientPipe | None:
@@ -129,12 +154,14 @@ class _Outgoing:
     A result may wait ``RESULT_FLUSH_SECONDS`` for the results of the next tiny tasks, never
     longer: a flusher thread writes it out even while a long task runs after it. Small
     frames go straight to the client when they can (:class:`ClientPipe`); the node then
-    gets only a ``DELIVERED`` note per task.
+    gets a ``DELIVERED`` note per task if it asked for news, and otherwise finds the last
+    delivered task in the :class:`RunningSlot` when it next looks.
     """
 
-    def __init__(self, fd: int, client: ClientPipe | None) -> None:
+    def __init__(self, fd: int, client: ClientPipe | None, slot: RunningSlot) -> None:
         self.fd = fd
         self.client = client
+        self.slot = slot
         self.results: list[p.Result] = []
         self.since = 0.0
         self._lock = threading.Lock()
@@ -167,9 +194,13 @@ class _Outgoing:
         if not self.results:
             return
         frame = p.encode(p.Results(tuple(self.results)))
-        if self.client is not None and self.client.try_send(frame):
-            frame = p.encode(p.Results(tuple(_delivered(r.task_id) for r in self.results)))
-        write_all(self.fd, frame)
+        if self.client is None or not self.client.try_send(frame):
+            write_all(self.fd, frame)
+        else:
+            self.slot.set_delivered(self.results[-1].task_id)
+            if self.client.news_wanted():
+                notes = tuple(_delivered(r.task_id) for r in self.results)
+                write_all(self.fd, p.encode(p.Results(notes)))
         self.results = []
 
     def _flush_late(self) -> None:
@@ -186,7 +217,7 @@ def run(read_fd: int, write_fd: int, slot: RunningSlot, client: ClientPipe | Non
     _detach_from_supervisor(kept)
     functions: dict[int, Callable[..., Any]] = {}
     decoder = p.FrameDecoder()
-    outgoing = _Outgoing(write_fd, client)
+    outgoing = _Outgoing(write_fd, client, slot)
     while True:
         if not receive(read_fd, decoder):
             os._exit(0)

@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from concurrent.futures import wait
+from pathlib import Path
 
 import pytest
 
@@ -55,7 +56,7 @@ def test_small_and_large_results_interleave_without_corrupting_the_stream() -> N
         assert [h.state for h in ex.hosts()] == ["ready"]
 
 
-def test_a_delivered_result_is_kept_when_the_next_task_kills_the_worker(tmp_path) -> None:
+def test_a_delivered_result_is_kept_when_the_next_task_kills_the_worker(tmp_path: Path) -> None:
     marker = tmp_path / "die"
     with CeranubisExecutor(max_workers=1, retries=0) as ex:
         first = ex.submit(die_after_delivering, str(marker))
@@ -65,6 +66,34 @@ def test_a_delivered_result_is_kept_when_the_next_task_kills_the_worker(tmp_path
         with pytest.raises(WorkerCrashed, match=r"died with exit code 3 while running task"):
             second.result(timeout=30)
         assert ex.submit(die_after_delivering, str(marker)).result(timeout=30) == 1
+
+
+@by_value
+def run_logged(log: str, name: str, crash: bool) -> str:
+    import os
+    import time
+
+    with open(log, "a") as out:
+        out.write(name + "\n")
+    if crash:
+        time.sleep(0.2)  # the results before this one reach the client first
+        os._exit(3)
+    return name
+
+
+def test_results_delivered_straight_are_not_run_again_after_a_crash(tmp_path: Path) -> None:
+    # The last tasks reach the worker together; "c" goes straight to the client while the
+    # node, with nothing queued, asks for no notes and hears nothing more before the
+    # worker dies: it must still know "c" is done, or it would run it again.
+    log = str(tmp_path / "runs")
+    names = ["a", "b", "c", "crash"]
+    with CeranubisExecutor(max_workers=1, retries=0) as ex:
+        futures = [ex.submit(run_logged, log, name, name == "crash") for name in names]
+        wait(futures, timeout=60)
+        assert ex.submit(run_logged, log, "after", False).result(timeout=30) == "after"
+    assert [f.result() for f in futures[:3]] == ["a", "b", "c"]
+    assert isinstance(futures[3].exception(), WorkerCrashed)
+    assert sorted(Path(log).read_text().split()) == sorted([*names, "after"])  # once each
 
 
 def test_client_pipe_writes_whole_small_frames_only() -> None:
