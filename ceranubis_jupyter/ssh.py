@@ -43,6 +43,7 @@ from .errors import (
     HostUnreachable,
 )
 from .hosts import Host
+from .pipes import Receiver
 from .protocol import Buffer
 from .transport import EXIT_GRACE_SECONDS, STDERR_TAIL, Channel, Transport
 
@@ -314,10 +315,11 @@ class _Client(asyncssh.SSHClient):
 
 
 class _NodeSession(asyncssh.SSHClientSession[bytes]):
-    """Buffers what the node writes; tracks flow control both ways."""
+    """Buffers what the node writes (or hands it to a receiver); tracks flow control."""
 
     def __init__(self) -> None:
         self.chan: asyncssh.SSHClientChannel[bytes] | None = None
+        self.receiver: Receiver | None = None
         self.buffer = bytearray()
         self.stderr = bytearray()
         self.eof = False
@@ -334,6 +336,9 @@ class _NodeSession(asyncssh.SSHClientSession[bytes]):
             self.stderr += data
             del self.stderr[:-STDERR_TAIL]
             return
+        if self.receiver is not None:
+            self.receiver(data)
+            return
         self.buffer += data
         self.readable.set()
         if len(self.buffer) > RECV_HIGH_WATER and self.chan is not None:
@@ -341,14 +346,26 @@ class _NodeSession(asyncssh.SSHClientSession[bytes]):
             self.chan.pause_reading()
 
     def eof_received(self) -> bool:
-        self.eof = True
-        self.readable.set()
+        self._ended()
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._ended()
+        self.writable.set()
+
+    def _ended(self) -> None:
+        if not self.eof and self.receiver is not None:
+            self.receiver(b"")
         self.eof = True
         self.readable.set()
-        self.writable.set()
+
+    def push_to(self, receiver: Receiver) -> None:
+        """Hand what is buffered, then everything that arrives, to ``receiver``."""
+        if self.buffer:
+            receiver(bytes(self.take()))
+        self.receiver = receiver
+        if self.eof:
+            receiver(b"")
 
     def pause_writing(self) -> None:
         self.writable.clear()
@@ -381,6 +398,10 @@ class SSHChannel(Channel):
         self.chan = chan
         self.session = session
         self._closed = False
+
+    def set_receiver(self, receiver: Receiver) -> bool:
+        self.session.push_to(receiver)
+        return True
 
     async def read(self) -> bytes:
         session = self.session
