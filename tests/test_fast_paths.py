@@ -145,6 +145,31 @@ def test_client_pipe_refuses_while_another_process_holds_the_lock() -> None:
     os.close(write_fd)
 
 
+@by_value
+def plus_one(x: int) -> int:
+    return x + 1
+
+
+def test_many_threads_submitting_one_task_at_a_time() -> None:
+    # Each thread's task finds the executor idle now and then (sent from that thread while
+    # the loop sleeps) and busy otherwise (queued for the loop): every result must arrive.
+    threads, calls = 8, 300
+    results: dict[int, list[int]] = {}
+
+    def client(index: int, ex: CeranubisExecutor) -> None:
+        results[index] = [ex.submit(plus_one, index * calls + i).result(30) for i in range(calls)]
+
+    with CeranubisExecutor(max_workers=2) as ex:
+        workers = [threading.Thread(target=client, args=(n, ex)) for n in range(threads)]
+        for thread in workers:
+            thread.start()
+        for thread in workers:
+            thread.join(120)
+        assert not any(thread.is_alive() for thread in workers)
+    for index in range(threads):
+        assert results[index] == [index * calls + i + 1 for i in range(calls)]
+
+
 def test_run_if_asleep_runs_only_while_the_loop_sleeps() -> None:
     loop_thread = LoopThread()
     try:
