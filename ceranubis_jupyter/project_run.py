@@ -4,7 +4,7 @@
 
     kernel thread         run thread (this module)              loop thread (scheduler)
     ─────────────         ────────────────────────              ───────────────────────
-    commit / resume ─► submit slices of arguments ─► executor ─► nodes
+    commit / resume ─► submit, SUBMIT_AHEAD in flight ─► executor ─► nodes
                           ▲                                        │ result
                           │ finished deque ◄─ scheduler listener ◄─┘ (one append, no I/O)
                           ▼
@@ -13,8 +13,9 @@
                    transaction; a heartbeat per second (and a cancel seen from another
                    process); the final state; then an owned executor is shut down
 
-The loop thread only appends the finished task's record to a deque: the store costs the
-hot path no more than that. A project is one task per argument (``chunksize`` groups them).
+The loop thread only appends the finished task's record to a deque (and wakes the run
+thread when few tasks are left in flight): the store costs the hot path no more than that.
+A project is one task per argument (``chunksize`` groups them).
 
 A new project starts submitting while the kernel thread still inserts its arguments (the
 run is given no ids then): it reads, counts and writes nothing until :meth:`ProjectRun.created`
@@ -52,9 +53,12 @@ FLUSH_SECONDS = 0.1
 # Seconds between heartbeats: other processes call a client gone after
 # store_records.STALE_SECONDS of silence; a remote cancel is noticed within this time.
 HEARTBEAT_SECONDS = 1.0
-# Arguments submitted between two writes while a big project is being submitted: bigger
-# slices submit faster, smaller ones record the first outcomes sooner.
-SUBMIT_SLICE = 4000
+# Tasks submitted and not finished, at most: enough to keep the nodes fed through a write
+# or a GIL stall (~0.1 s of tiny tasks), few enough that a big project does not hold a
+# future per argument at once (memory; every full GC pass walks them all).
+SUBMIT_AHEAD = 8000
+# Submitting resumes when this few are left: the scheduler's listener wakes the run thread.
+SUBMIT_LOW = SUBMIT_AHEAD // 2
 # Finished results, errors and output lines kept in memory for a live view.
 RECENT_KEEP = 50
 OUTPUT_KEEP = 200
@@ -162,6 +166,7 @@ class ProjectRun:
         self._finished: collections.deque[TaskRecord] = collections.deque()
         self._not_yet: list[TaskRecord] = []  # seen by the scheduler, future not yet set
         self._seen = 0  # tasks the scheduler finished (loop thread only)
+        self._refused = 0  # tasks refused before they were queued (never "seen")
         self._fn_id = -1
         self._submitted = 0
         # Unresolved tasks: task id -> index of their first argument (see _span); finished
@@ -182,6 +187,7 @@ class ProjectRun:
         if ids is not None:
             self._created.set()
         self._wake = threading.Event()
+        self._write_due = False  # flush() wants a write before the flush period is over
         self.finished = threading.Event()
         self._flushes = threading.Condition()
         self._cycles_started = self._cycles_ended = 0
@@ -237,6 +243,7 @@ class ProjectRun:
             return
         with self._flushes:
             target = self._cycles_started + 1
+            self._write_due = True
             self._wake.set()
             self._flushes.wait_for(
                 lambda: self._cycles_ended >= target or not self.live, SETTLE_SECONDS
@@ -274,8 +281,14 @@ class ProjectRun:
         if record.fn_id == self._fn_id:  # ours, or another call of the same function
             self._finished.append(record)
             self._seen += 1
-            if self._seen == self._submitted and self._next >= len(self.args):
+            if self._next < len(self.args):
+                if self._in_flight() <= SUBMIT_LOW and not self._wake.is_set():
+                    self._wake.set()  # submit more before the nodes run dry
+            elif self._seen == self._submitted:
                 self._wake.set()  # the final write need not wait for the next flush
+
+    def _in_flight(self) -> int:
+        return self._submitted - self._refused - self._seen
 
     # ------------------------------------------------------------------ run thread
 
@@ -304,16 +317,24 @@ class ProjectRun:
             scheduler.listeners = [*others, self._on_finished] if on else others
 
     def _loop(self) -> None:
-        next_beat = 0.0
+        next_beat = next_write = 0.0
         while True:
+            self._wake.clear()  # before the work: a wake during it starts the next cycle
             with self._flushes:
                 self._cycles_started += 1
             if self.cancelling and not self._swept:
                 self._sweep()
-            if not self._stop_submitting and self._next < len(self.args):
-                self._submit_slice()
-            if self._created.is_set():  # before: the project's rows are not committed yet
+            if self._submitting():
+                self._submit_more()
+            # Not before the project's rows are committed; while submitting (woken each
+            # SUBMIT_LOW tasks) only once a flush period: each transaction costs ~1 ms.
+            now = time.monotonic()
+            if self._created.is_set() and (
+                now >= next_write or self._write_due or self.cancelling or not self._submitting()
+            ):
+                self._write_due = False
                 self._write()
+                next_write = now + FLUSH_SECONDS
                 if time.monotonic() >= next_beat:
                     self._beat()
                     next_beat = time.monotonic() + HEARTBEAT_SECONDS
@@ -322,9 +343,11 @@ class ProjectRun:
                 self._flushes.notify_all()
             if self._abandoned or self._exiting or self._settled():
                 return
-            if self._stop_submitting or self._next >= len(self.args):
+            if not self._submitting() or self._in_flight() >= SUBMIT_AHEAD:
                 self._wake.wait(FLUSH_SECONDS)
-                self._wake.clear()
+
+    def _submitting(self) -> bool:
+        return not self._stop_submitting and self._next < len(self.args)
 
     def _settled(self) -> bool:
         submitted_all = self._stop_submitting or self._next >= len(self.args)
@@ -338,8 +361,10 @@ class ProjectRun:
             and not self._not_yet
         )
 
-    def _submit_slice(self) -> None:
-        end = min(self._next + SUBMIT_SLICE, len(self.args))
+    def _submit_more(self) -> None:
+        """Submit tasks until SUBMIT_AHEAD are in flight (or none are left)."""
+        room = SUBMIT_AHEAD - self._in_flight()
+        end = min(self._next + room * self.chunksize, len(self.args))
         while self._next < end and not self._stop_submitting:
             lo, hi = self._next, min(self._next + self.chunksize, len(self.args))
             try:
@@ -354,6 +379,7 @@ class ProjectRun:
             self._next = hi
             if not hasattr(future, "_ceranubis_record"):  # refused before it was queued
                 self._not_yet.append(TaskRecord(task_id, future, 0, 0, 0, b""))
+                self._refused += 1
 
     def _submit_one(self, lo: int, hi: int) -> Future[Any]:
         submit = self.executor._submit
@@ -409,6 +435,10 @@ class ProjectRun:
                 continue
             del spans[record.task_id]
             marked.discard(record.task_id)
+            # The executor links future and record both ways: unlinked, the task is freed
+            # by refcounting when we drop it, not left to a full GC pass (which stalls
+            # every thread for tens of ms once 20,000 tasks wait for it).
+            future.__dict__.pop("_ceranubis_record", None)
             recent.append((args[lo], value))
             rows += (
                 ids[lo],
@@ -435,6 +465,7 @@ class ProjectRun:
             return
         span = self._span(lo)
         self._marked.discard(record.task_id)
+        record.future.__dict__.pop("_ceranubis_record", None)  # as in _fast_done
         self._count(record, state, value, *span)
         if state == "done" or not self._claim_lost:  # another client runs the rest
             self._unwritten.extend(self._rows(record, state, value, *span))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ceranubis_jupyter import CeranubisExecutor
+from ceranubis_jupyter import CeranubisExecutor, project_run
 from ceranubis_jupyter.errors import ConfigError, StoreError
 from ceranubis_jupyter.project import (
     Project,
@@ -174,6 +174,23 @@ def test_a_failed_insert_stores_nothing_and_stops_its_tasks(store_url: str) -> N
         wait_for(lambda: executor.scheduler.outstanding == 0, timeout=3)  # cancelled
         assert list(executor.map(abs, [-1, -2])) == [1, 2]  # the executor still works
     assert list_projects(store) == [] and list_projects(store_url) == []
+
+
+def test_a_project_bigger_than_its_submit_window_records_everything_once(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(project_run, "SUBMIT_AHEAD", 40)  # many refills, each on a wake
+    monkeypatch.setattr(project_run, "SUBMIT_LOW", 20)
+    in_flight: list[int] = []
+    args = [(x,) for x in range(1500)]
+    with CeranubisExecutor() as executor:
+        project = commit_function(executor, expected, args, store=store_url, name="window")
+        project.add_listener(lambda p: in_flight.append(p._run._in_flight()))  # type: ignore[union-attr]
+        assert project.wait(DEADLINE)
+    assert project.state == "done" and project.results() == [(a, expected(a[0])) for a in args]
+    rows = open_store(store_url).arguments(project.id, ["done"])
+    assert len(rows) == 1500 and all(row.attempts == 1 for row in rows)
+    assert in_flight and max(in_flight) <= 40
 
 
 def test_long_tasks_show_as_running_in_the_store(store_url: str) -> None:
