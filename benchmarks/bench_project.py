@@ -10,6 +10,7 @@ when it is not. ``inc`` lives in ``__main__``, so it travels by value.
 from __future__ import annotations
 
 import argparse
+import gc
 import resource
 import statistics
 import sys
@@ -64,12 +65,19 @@ def project_rate(ex: CeranubisExecutor, store: Store) -> tuple[float, float]:
 
 
 def measure(store: Store, repeats: int) -> tuple[list[tuple[float, float]], ...]:
-    """Interleaved samples (rate, client CPU) of both paths on one warm executor."""
+    """Interleaved samples (rate, client CPU) of both paths on one warm executor.
+
+    Each sample starts with no garbage left by the other path: whatever reference cycles
+    one path leaves would otherwise be collected, in full GC passes that stop every
+    thread, during the next sample of the other path, and billed to it.
+    """
     plain, stored = [], []
     with CeranubisExecutor() as ex:
         list(ex.map(inc, range(1000)))  # start the nodes, ship inc
         for _ in range(repeats):
+            gc.collect()
             plain.append(plain_rate(ex))
+            gc.collect()
             stored.append(project_rate(ex, store))
     return plain, stored
 
