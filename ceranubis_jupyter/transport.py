@@ -83,13 +83,23 @@ class Transport(ABC):
 def node_command(python: str) -> list[str]:
     """The command that runs the node from this installation (local transport).
 
-    ``-I`` keeps the user's environment and current directory out of the node.
+    ``-I`` keeps the user's environment and current directory out of the node's own
+    imports; the client's import path is appended after the node's, so that the user's
+    tasks can import what the client can (a module beside the notebook) while nothing of
+    the user's can shadow the standard library the node runs on.
     """
     boot = (
         f"import sys; sys.path.insert(0, {_package_parent()!r}); "
+        f"sys.path.extend(p for p in {client_path()!r} if p not in sys.path); "
         "from ceranubis_jupyter.node import main; main()"
     )
     return [python, "-I", "-c", boot, NODE_MARKER, client_identity()]
+
+
+def client_path() -> list[str]:
+    """This process's import path, the current directory spelled out."""
+    cwd = os.getcwd()
+    return list(dict.fromkeys(os.path.abspath(entry or cwd) for entry in sys.path))
 
 
 def client_identity() -> str:

@@ -215,7 +215,7 @@ def run(read_fd: int, write_fd: int, slot: RunningSlot, client: ClientPipe | Non
     """Serve tasks until the input pipe closes; never returns."""
     kept = {read_fd, write_fd} | ({client.fd, client.lock_fd} if client else set())
     _detach_from_supervisor(kept)
-    functions: dict[int, Callable[..., Any]] = {}
+    functions: dict[int, Callable[..., Any] | str] = {}
     decoder = p.FrameDecoder()
     outgoing = _Outgoing(write_fd, client, slot)
     while True:
@@ -243,23 +243,40 @@ def receive(fd: int, decoder: p.FrameDecoder | p.Connection) -> bool:
 
 def _handle(
     message: p.Message,
-    functions: dict[int, Callable[..., Any]],
+    functions: dict[int, Callable[..., Any] | str],
     outgoing: _Outgoing,
     slot: RunningSlot,
 ) -> None:
     if isinstance(message, p.Function):
-        functions[message.fn_id] = loads_function(message.blob)
+        functions[message.fn_id] = _load_function(message.blob)
     elif isinstance(message, p.Tasks):
         last = len(message.tasks) - 1
         for index, task in enumerate(message.tasks):
             started = time.monotonic()
             slot.set(task.task_id, started)
-            result = run_task(task, functions[task.fn_id])
+            fn = functions[task.fn_id]
+            if isinstance(fn, str):
+                result = _text_result(task.task_id, p.UNPICKLABLE, fn)
+            else:
+                result = run_task(task, fn)
             slot.set(0, 0.0)
             outgoing.add(result, started, more=index < last)
         outgoing.flush()  # the next frame's tasks may be long: do not hold these results
     elif isinstance(message, p.Shutdown):
         os._exit(0)
+
+
+def _load_function(blob: p.Buffer) -> Callable[..., Any] | str:
+    """The function, or why it cannot be loaded here (each of its tasks will say so)."""
+    try:
+        return loads_function(blob)
+    except Exception as error:
+        return (
+            f"the function could not be loaded on the node: {describe_failure(error)}. A "
+            "function from an importable module travels by reference: make that module "
+            "importable on the host, or define the function in the notebook (__main__) "
+            "so that it travels by value"
+        )
 
 
 def run_task(task: p.Task, fn: Callable[..., Any]) -> p.Result:

@@ -6,9 +6,12 @@ task on the same executor still succeeds.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import re
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -209,3 +212,48 @@ def test_a_worker_killed_from_outside_is_retried(hosts: Any) -> None:
 
 def _kill_if_local(pid: int, sig: int, os_module: Any) -> None:
     os_module.kill(pid, sig)
+
+
+def _module_function(directory: Path, name: str) -> Callable[..., Any]:
+    """``triple`` from a new module ``name`` in ``directory``, imported here by reference."""
+    (directory / f"{name}.py").write_text("def triple(x):\n    return 3 * x\n")
+    sys.path.insert(0, str(directory))
+    try:
+        module = importlib.import_module(name)
+    finally:
+        sys.path.remove(str(directory))
+    function: Callable[..., Any] = module.triple
+    return function
+
+
+def test_a_function_the_node_cannot_import_fails_its_tasks_clearly(
+    ex: CeranubisExecutor, tmp_path: Path
+) -> None:
+    # Its module was importable only while the client imported it: dill sends it by
+    # reference, and no node can load it. Each task must fail, not hang.
+    triple = _module_function(tmp_path, "cj_gone_module")
+    try:
+        for _ in range(2):
+            with pytest.raises(UnpicklableError) as caught:
+                ex.submit(triple, 2).result(timeout=60)
+            assert re.search(
+                r"task \d+ on \S+: the function could not be loaded on the node: "
+                r"ModuleNotFoundError: No module named 'cj_gone_module'\. .*define the "
+                r"function in the notebook",
+                str(caught.value),
+            ), str(caught.value)
+    finally:
+        del sys.modules["cj_gone_module"]
+    assert ex.submit(identity, "still working").result(timeout=60) == "still working"
+
+
+def test_local_nodes_import_what_the_client_can(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(tmp_path))
+    triple = _module_function(tmp_path, "cj_beside_the_notebook")
+    try:
+        with CeranubisExecutor(max_workers=1) as executor:
+            assert executor.submit(triple, 5).result(timeout=60) == 15
+    finally:
+        del sys.modules["cj_beside_the_notebook"]
