@@ -229,9 +229,11 @@ def _module_function(directory: Path, name: str) -> Callable[..., Any]:
 def test_a_function_the_node_cannot_import_fails_its_tasks_clearly(
     ex: CeranubisExecutor, tmp_path: Path
 ) -> None:
-    # Its module was importable only while the client imported it: dill sends it by
-    # reference, and no node can load it. Each task must fail, not hang.
+    # Its module was importable only while the client imported it (the file is gone now):
+    # dill sends it by reference, and no node can load it. Each task must fail, not hang.
+    assert ex.submit(identity, "nodes up").result(timeout=60) == "nodes up"
     triple = _module_function(tmp_path, "cj_gone_module")
+    (tmp_path / "cj_gone_module.py").unlink()
     try:
         for _ in range(2):
             with pytest.raises(UnpicklableError) as caught:
