@@ -269,10 +269,7 @@ class NodeLink:
     async def _next_message(self) -> p.Message:
         """Read until a whole message arrives; EOF and garbage become :class:`NodeLost`."""
         while True:
-            try:
-                message = self.conn.next_event()
-            except ProtocolError as error:
-                raise self._garbage(error) from error
+            message = self._decoded()
             if message is not None:
                 return message
             if self.channel is None:
@@ -299,7 +296,7 @@ class NodeLink:
 
     async def _serve(self) -> None:
         """Read messages until the node is lost: EOF, garbage, or silence (the heartbeat)."""
-        reader = self._receive_pushed() or asyncio.ensure_future(self._read_messages())
+        reader = self._receive_pushed()
         heartbeat = asyncio.ensure_future(self._heartbeat())
         try:
             done, _ = await asyncio.wait([reader, heartbeat], return_when=asyncio.FIRST_COMPLETED)
@@ -310,13 +307,9 @@ class NodeLink:
                 task.cancel()
             await asyncio.gather(reader, heartbeat, return_exceptions=True)
 
-    async def _read_messages(self) -> None:
-        while True:
-            self._on_message(await self._next_message())
-
-    def _receive_pushed(self) -> asyncio.Future[None] | None:
-        """Handle the node's bytes in the loop callback that reads them, if the channel
-        can push (no task switch per read); the future fails when the node is lost."""
+    def _receive_pushed(self) -> asyncio.Future[None]:
+        """Handle the node's bytes in the loop callback that reads them (no task switch
+        per read); the future fails when the node is lost."""
         lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
         def receive(data: bytes) -> None:
@@ -329,8 +322,7 @@ class NodeLink:
 
         if self.channel is None:  # closed during the handshake
             raise NodeLost(self.host, "node channel closed")
-        if not self.channel.set_receiver(receive):
-            return None
+        self.channel.set_receiver(receive)
         try:
             self._handle_buffered()  # what came with the Hello
         except BaseException as error:
@@ -346,14 +338,15 @@ class NodeLink:
         self._handle_buffered()
 
     def _handle_buffered(self) -> None:
-        while True:
-            try:
-                message = self.conn.next_event()
-            except ProtocolError as error:
-                raise self._garbage(error) from error
-            if message is None:
-                return
+        while (message := self._decoded()) is not None:
             self._on_message(message)
+
+    def _decoded(self) -> p.Message | None:
+        """The next whole message received, if any; garbage becomes :class:`NodeLost`."""
+        try:
+            return self.conn.next_event()
+        except ProtocolError as error:
+            raise self._garbage(error) from error
 
     async def _heartbeat(self) -> None:
         """Send a heartbeat when we have been quiet; raise :class:`NodeLost` once the node

@@ -399,9 +399,8 @@ class SSHChannel(Channel):
         self.session = session
         self._closed = False
 
-    def set_receiver(self, receiver: Receiver) -> bool:
+    def set_receiver(self, receiver: Receiver) -> None:
         self.session.push_to(receiver)
-        return True
 
     async def read(self) -> bytes:
         session = self.session

@@ -453,22 +453,6 @@ class Store(ABC):
             changed += int(cursor.rowcount)
         return changed
 
-    def argument_ids(self, project_id: int) -> list[tuple[int, int]]:
-        """``(id, position)`` of the pending arguments, in submission order."""
-        [(count, low, high, first, last)] = self._read(
-            "SELECT COUNT(*), MIN(id - position), MAX(id - position), MIN(position), "
-            "MAX(position) FROM arguments WHERE project = ? AND state = 'pending'",
-            (project_id,),
-        )
-        if count and low == high and last - first + 1 == count:  # ids follow positions
-            return [(int(low) + position, position) for position in range(first, last + 1)]
-        rows = self._read(
-            "SELECT id, position FROM arguments WHERE project = ? AND state = 'pending' "
-            "ORDER BY position",
-            (project_id,),
-        )
-        return [(int(id_), int(position)) for id_, position in rows]
-
     def reset_unfinished(self, project_id: int) -> int:
         """Put every argument without a result back to pending (before a resume)."""
         return self._write(

@@ -40,7 +40,7 @@ class Channel(ABC):
 
     @abstractmethod
     async def read(self) -> bytes:
-        """Next bytes from the node; ``b""`` at end of stream."""
+        """Next bytes from the node; ``b""`` at end of stream (until a receiver is set)."""
 
     @abstractmethod
     def write(self, chunks: Sequence[Buffer]) -> None:
@@ -58,10 +58,10 @@ class Channel(ABC):
         """Drop the node at once, without waiting for it (it is silent or gone)."""
         await self.close()
 
-    def set_receiver(self, receiver: Receiver) -> bool:
-        """Have ``receiver`` called with each chunk as it arrives (``b""`` at the end)
-        instead of :meth:`read`; ``False`` if this channel cannot push."""
-        return False
+    @abstractmethod
+    def set_receiver(self, receiver: Receiver) -> None:
+        """From now on, call ``receiver`` with each chunk as it arrives (``b""`` at the
+        end), starting with what :meth:`read` has not returned yet."""
 
     def stderr_tail(self) -> str:
         """The last lines the node wrote to stderr (for error messages)."""
@@ -124,31 +124,27 @@ async def start_process_channel(
     """Start ``argv`` with pipes for its stdin, stdout and stderr; returns its channel.
 
     ``new_session`` keeps the kernel's Ctrl-C (SIGINT to its process group) from it.
-    Its stdout is a pipe of ours (not asyncio's), read by a :class:`PipeReader`.
+    Its stdin and stdout are pipes of ours (not asyncio's streams), written by a
+    :class:`PipeWriter` and read by a :class:`PipeReader`.
     """
+    in_read, in_write = os.pipe()
     out_read, out_write = os.pipe()
     try:
         process = await asyncio.create_subprocess_exec(
             *argv,
-            stdin=asyncio.subprocess.PIPE,
+            stdin=in_read,
             stdout=out_write,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=new_session,
         )
     except BaseException:
+        os.close(in_write)
         os.close(out_read)
         raise
     finally:
+        os.close(in_read)
         os.close(out_write)
-    return ProcessChannel(host, process, out_read)
-
-
-def _take_stdin(process: asyncio.subprocess.Process) -> PipeWriter:
-    """Move a subprocess's stdin pipe from asyncio's stream to a :class:`PipeWriter`."""
-    assert process.stdin is not None
-    fd = os.dup(process.stdin.get_extra_info("pipe").fileno())
-    process.stdin.close()  # closes asyncio's descriptor only: ours keeps the pipe open
-    return PipeWriter(fd)
+    return ProcessChannel(host, process, in_write, out_read)
 
 
 def _package_parent() -> str:
@@ -159,17 +155,19 @@ def _package_parent() -> str:
 class ProcessChannel(Channel):
     """A channel to a node subprocess started with stdin, stdout and stderr pipes.
 
-    Its stdin pipe is taken over by a :class:`PipeWriter`, so that writes go out with
-    ``writev`` straight from the caller's buffers, never copied into a transport buffer.
+    Its stdin is written by a :class:`PipeWriter`, so that writes go out with ``writev``
+    straight from the caller's buffers, never copied into a transport buffer.
     """
 
     direct_writes = True
 
-    def __init__(self, host: str, process: asyncio.subprocess.Process, stdout: int) -> None:
+    def __init__(
+        self, host: str, process: asyncio.subprocess.Process, stdin: int, stdout: int
+    ) -> None:
         self.host = host
         self.process = process
         self.pid = process.pid
-        self.stdin = _take_stdin(process)
+        self.stdin = PipeWriter(stdin)
         self.stdout = PipeReader(stdout)
         self._stderr = bytearray()
         self._stderr_task = asyncio.ensure_future(self._collect_stderr())
@@ -177,9 +175,8 @@ class ProcessChannel(Channel):
     async def read(self) -> bytes:
         return await self.stdout.read()
 
-    def set_receiver(self, receiver: Receiver) -> bool:
+    def set_receiver(self, receiver: Receiver) -> None:
         self.stdout.set_receiver(receiver)
-        return True
 
     def write(self, chunks: Sequence[Buffer]) -> None:
         self.stdin.write(chunks)

@@ -195,15 +195,6 @@ def test_many_processes_open_a_new_sqlite_store_at_once(tmp_path: Path) -> None:
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
-def test_argument_ids_follow_positions_or_are_read(store_url: str) -> None:
-    store = open_store(store_url)
-    project_id = _new(store, "ids", 5)
-    rows = store.arguments(project_id, ["pending"])
-    assert store.argument_ids(project_id) == [(r.id, r.position) for r in rows]
-    store.record_outcomes([Outcome(rows[2].id, "done", b"x")])  # a gap: the slow path
-    assert store.argument_ids(project_id) == [(r.id, r.position) for r in rows if r.position != 2]
-
-
 def test_add_project_returns_the_ids_and_never_reuses_one(store_url: str) -> None:
     store = open_store(store_url)
     blobs = [bytes([i % 256]) for i in range(5000)]  # more than one insert statement
