@@ -248,6 +248,12 @@ class CeranubisExecutor(Executor):
         self._scheduler.submit_threadsafe(record)
         return future
 
+    def _submit_records(self, records: Sequence[TaskRecord]) -> None:
+        """Queue ready-made tasks (a project's: see ``project_run``) in one go."""
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        self._scheduler.submit_many_threadsafe(records)
+
     def _function_id(self, fn: Callable[..., Any]) -> int:
         known = self._functions.get(id(fn))
         if known is not None and known[0] is fn:

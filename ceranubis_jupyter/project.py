@@ -295,7 +295,8 @@ class Project:
             raise
         self._store.reset_unfinished(self.id)
         rows = self._store.arguments(self.id, ["pending"])
-        self._start(executor, owned, fn, [decode(r.args) for r in rows], [r.id for r in rows])
+        blobs, ids = [r.args for r in rows], [r.id for r in rows]
+        self._start(executor, owned, fn, [decode(blob) for blob in blobs], blobs, ids)
         return self
 
     @classmethod
@@ -349,6 +350,7 @@ class Project:
         owned: bool,
         fn: Callable[..., Any],
         args: Sequence[tuple[Any, ...]],
+        blobs: Sequence[bytes],
         ids: Sequence[int] | None,
         chunksize: int = 1,
         timeout: float | None = None,
@@ -373,6 +375,7 @@ class Project:
             owned,
             fn,
             args,
+            blobs,
             ids,
             counts,
             self._notify,
@@ -601,6 +604,7 @@ def _insert_and_start(store: Store, definition: _Definition, launch: _Launch) ->
             launch.owned,
             launch.fn,
             launch.args,
+            definition.blobs,
             None,
             launch.chunksize,
             launch.timeout,

@@ -15,7 +15,11 @@
 
 The loop thread only appends the finished task's record to a deque (and wakes the run
 thread when few tasks are left in flight): the store costs the hot path no more than that.
-A project is one task per argument (``chunksize`` groups them).
+A project is one task per argument (``chunksize`` groups them). Its tasks have no
+:class:`~concurrent.futures.Future`: nobody waits on one in memory, so each carries an
+:class:`~ceranubis_jupyter.tasks.ResultSlot`. An argument travels as the bytes the store
+holds (task kind ``ARGS``), and a result is stored as the bytes the worker sent: neither
+is pickled twice.
 
 A new project starts submitting while the kernel thread still inserts its arguments (the
 run is given no ids then): it reads, counts and writes nothing until :meth:`ProjectRun.created`
@@ -32,18 +36,16 @@ import pickle
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import CancelledError, Future
-from concurrent.futures import TimeoutError as FuturesTimeoutError
-from concurrent.futures._base import FINISHED
+from concurrent.futures import CancelledError
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import protocol as p
 from .errors import BrokenCeranubisExecutor, CeranubisError, RemoteTraceback, StoreError
 from .executor import CeranubisExecutor, TaskOptions
-from .scheduler import TaskRecord
 from .serialize import PICKLE_PROTOCOL, dumps_inband, loads
 from .store import ARGUMENT_STATES, UNFINISHED, Store
+from .tasks import CANCELLED, FINISHED, ResultSlot, TaskRecord
 
 log = logging.getLogger("ceranubis")
 
@@ -59,6 +61,9 @@ HEARTBEAT_SECONDS = 1.0
 SUBMIT_AHEAD = 8000
 # Submitting resumes when this few are left: the scheduler's listener wakes the run thread.
 SUBMIT_LOW = SUBMIT_AHEAD // 2
+# Tasks handed to the scheduler at once: one lock and one wake-up each, and the first
+# ones reach the nodes while the rest are still being made.
+SUBMIT_BATCH = 256
 # Finished results, errors and output lines kept in memory for a live view.
 RECENT_KEEP = 50
 OUTPUT_KEEP = 200
@@ -126,7 +131,8 @@ class ProjectRun:
         store: a connection of its own (the run thread writes through it, then closes it).
         project_id: the project's row id; ``client`` is this process's claim on it.
         executor: where tasks run; shut down at the end when ``owns_executor``.
-        fn: the target function; ``args``: the argument tuples to run now.
+        fn: the target function; ``args``: the argument tuples to run now, and
+            ``blobs``: the same as the store holds them (:func:`encode`).
         ids: the store ids of ``args`` (same order); ``None`` while the project's insert
             is still under way: the run submits, and writes once :meth:`created` is called.
         counts_before: the store's counts when the run starts (done ones stay done).
@@ -143,6 +149,7 @@ class ProjectRun:
         owns_executor: bool,
         fn: Callable[..., Any],
         args: Sequence[tuple[Any, ...]],
+        blobs: Sequence[bytes],
         ids: Sequence[int] | None,
         counts_before: dict[str, int],
         notify: Callable[[], None],
@@ -151,7 +158,7 @@ class ProjectRun:
     ) -> None:
         self.store, self.project_id, self.client = store, project_id, client
         self.executor, self.owns_executor = executor, owns_executor
-        self.fn, self.args, self.chunksize = fn, args, chunksize
+        self.fn, self.args, self.blobs, self.chunksize = fn, args, blobs, chunksize
         self.ids: Sequence[int] = () if ids is None else ids
         self.options = options or executor.options().task_options
         self.notify = notify
@@ -164,9 +171,8 @@ class ProjectRun:
         self._clock = time.time() - time.monotonic()
         self._lock = threading.Lock()
         self._finished: collections.deque[TaskRecord] = collections.deque()
-        self._not_yet: list[TaskRecord] = []  # seen by the scheduler, future not yet set
+        self._not_yet: list[TaskRecord] = []  # seen by the scheduler, outcome not yet set
         self._seen = 0  # tasks the scheduler finished (loop thread only)
-        self._refused = 0  # tasks refused before they were queued (never "seen")
         self._fn_id = -1
         self._submitted = 0
         # Unresolved tasks: task id -> index of their first argument (see _span); finished
@@ -288,7 +294,7 @@ class ProjectRun:
                 self._wake.set()  # the final write need not wait for the next flush
 
     def _in_flight(self) -> int:
-        return self._submitted - self._refused - self._seen
+        return self._submitted - self._seen
 
     # ------------------------------------------------------------------ run thread
 
@@ -366,26 +372,44 @@ class ProjectRun:
         room = SUBMIT_AHEAD - self._in_flight()
         end = min(self._next + room * self.chunksize, len(self.args))
         while self._next < end and not self._stop_submitting:
-            lo, hi = self._next, min(self._next + self.chunksize, len(self.args))
+            stop = min(self._next + SUBMIT_BATCH * self.chunksize, end)
+            records = [self._record(lo) for lo in range(self._next, stop, self.chunksize)]
+            # Counted first: the scheduler's listener compares with it as tasks finish.
+            self._submitted += len(records)
             try:
-                future = self._submit_one(lo, hi)
+                self.executor._submit_records(records)
             except (RuntimeError, CeranubisError) as error:  # executor shut down or broken
+                self._submitted -= len(records)
                 log.warning("project %d: stopped submitting: %s", self.project_id, error)
                 self._stop_submitting = True
                 return
-            task_id: int = future._ceranubis_id  # type: ignore[attr-defined]
-            self._spans[task_id] = lo
-            self._submitted += 1
-            self._next = hi
-            if not hasattr(future, "_ceranubis_record"):  # refused before it was queued
-                self._not_yet.append(TaskRecord(task_id, future, 0, 0, 0, b""))
-                self._refused += 1
+            spans = self._spans
+            for lo, record in zip(range(self._next, stop, self.chunksize), records, strict=True):
+                spans[record.task_id] = lo
+            self._next = stop
 
-    def _submit_one(self, lo: int, hi: int) -> Future[Any]:
-        submit = self.executor._submit
+    def _record(self, lo: int) -> TaskRecord:
+        """The task of the arguments from ``lo`` (one, or a chunk of them)."""
+        options = self.options
         if self.chunksize == 1:
-            return submit(self.options, self.fn, p.CALL, (self.args[lo], {}))
-        return submit(self.options, self.fn, p.CHUNK, list(self.args[lo:hi]))
+            blob = self.blobs[lo]
+            kind, codec, payload = p.ARGS, blob[0], blob[1:]
+        else:
+            kind = p.CHUNK
+            codec, payload = dumps_inband(list(self.args[lo : self._span(lo)[1]]))
+        return TaskRecord(
+            self.executor.scheduler.next_task_id(),
+            ResultSlot(),
+            self._fn_id,
+            kind,
+            codec,
+            payload,
+            (),
+            options.priority,
+            options.timeout,
+            options.retries,
+            options.group,
+        )
 
     def _sweep(self) -> None:
         """Cancel this run's unfinished tasks (we are the only submitter: none slips by)."""
@@ -419,27 +443,16 @@ class ProjectRun:
         )
         rows, recent, rest, done = self._unwritten_done, self.tally.recent, [], 0
         for record in records:
-            future: Any = record.future
-            # A finished future read without its lock: set_result writes _state last.
-            if future._state != FINISHED or future._exception is not None or record.output:
-                rest.append(record)
+            slot: Any = record.future  # a ResultSlot: see _record
+            blob = slot.blob
+            if slot.state != FINISHED or blob is None or record.output:
+                rest.append(record)  # not a plain result as it came: the general path
                 continue
-            lo = spans.get(record.task_id)
+            lo = spans.pop(record.task_id, None)
             if lo is None:  # not ours (we register each task before we collect)
                 continue
-            value = future._result
-            try:
-                blob = encode(value)
-            except Exception:
-                rest.append(record)  # the general path records why
-                continue
-            del spans[record.task_id]
             marked.discard(record.task_id)
-            # The executor links future and record both ways: unlinked, the task is freed
-            # by refcounting when we drop it, not left to a full GC pass (which stalls
-            # every thread for tens of ms once 20,000 tasks wait for it).
-            future.__dict__.pop("_ceranubis_record", None)
-            recent.append((args[lo], value))
+            recent.append((args[lo], slot.value))
             rows += (
                 ids[lo],
                 blob,
@@ -454,36 +467,31 @@ class ProjectRun:
         return rest
 
     def _collect_one(self, record: TaskRecord) -> None:
+        slot = record.future
+        assert isinstance(slot, ResultSlot), "a project's tasks are made by _record"
+        if not slot.done():  # finished just now: its slot is set right after
+            self._not_yet.append(record)
+            return
         lo = self._spans.pop(record.task_id, None)
         if lo is None:  # not ours (we register each task before we collect)
             return
-        try:
-            state, value = self._outcome(record.future)
-        except FuturesTimeoutError:  # set right after the scheduler told us
-            self._spans[record.task_id] = lo
-            self._not_yet.append(record)
-            return
+        state, value = self._outcome(slot)
         span = self._span(lo)
         self._marked.discard(record.task_id)
-        record.future.__dict__.pop("_ceranubis_record", None)  # as in _fast_done
         self._count(record, state, value, *span)
         if state == "done" or not self._claim_lost:  # another client runs the rest
             self._unwritten.extend(self._rows(record, state, value, *span))
 
-    def _outcome(self, future: Future[Any]) -> tuple[str, Any]:
-        """``(state, result or error)`` of a finished task's future (one lock, no wait)."""
-        try:
-            return "done", future.result(timeout=0)
-        except FuturesTimeoutError as error:
-            if not future.done():
-                raise  # not set yet: the caller looks again next time
-            return "failed", error  # the task's own timeout (TaskTimeout)
-        except CancelledError:
+    def _outcome(self, slot: ResultSlot) -> tuple[str, Any]:
+        """``(state, result or error)`` of a finished task."""
+        error = slot.error
+        if slot.state == CANCELLED or isinstance(error, CancelledError):
             return ("cancelled" if self.cancelling else _LEFT), None
-        except BrokenCeranubisExecutor:
+        if error is None:
+            return "done", slot.value
+        if isinstance(error, BrokenCeranubisExecutor):
             return _LEFT, None
-        except BaseException as error:  # the task's own error, of any type
-            return "failed", error
+        return "failed", error  # the task's own error (of any type), or its timeout
 
     def _count(self, record: TaskRecord, state: str, value: Any, lo: int, hi: int) -> None:
         tally = self.tally
@@ -532,13 +540,16 @@ class ProjectRun:
             error = error_text(value) if state == "failed" else None
             return [(state, None, error, *timing, arg_id) for arg_id in self.ids[lo:hi]]
         if self.chunksize == 1:
-            return [self._done_row(value, timing, self.ids[lo])]
+            blob = record.future.blob if isinstance(record.future, ResultSlot) else None
+            return [self._done_row(value, timing, self.ids[lo], blob)]
         pairs = zip(self.ids[lo:hi], value, strict=False)
         return [self._done_row(result, timing, arg_id) for arg_id, result in pairs]
 
-    def _done_row(self, value: Any, timing: tuple[Any, ...], arg_id: int) -> tuple[Any, ...]:
+    def _done_row(
+        self, value: Any, timing: tuple[Any, ...], arg_id: int, blob: bytes | None = None
+    ) -> tuple[Any, ...]:
         try:
-            return ("done", encode(value), None, *timing, arg_id)
+            return ("done", blob or encode(value), None, *timing, arg_id)
         except Exception as error:
             text = f"the result could not be pickled for the store: {error_text(error)}"
             return ("failed", None, text, *timing, arg_id)

@@ -53,6 +53,7 @@ Buffer = bytes | bytearray | memoryview
 # Task kinds
 CALL = 0  # payload is (args, kwargs)
 CHUNK = 1  # payload is a list of args tuples; the result is a list
+ARGS = 2  # payload is one args tuple, no kwargs: a project's argument, sent as stored
 
 # Payload codecs
 PICKLE = 0
@@ -627,7 +628,7 @@ class _Reader:
             raise RemoteProtocolError(f"{len(self._view) - self._pos} stray bytes after message")
 
 
-_KINDS = frozenset((CALL, CHUNK))
+_KINDS = frozenset((CALL, CHUNK, ARGS))
 _CODECS = frozenset((PICKLE, DILL))
 _STATUSES = frozenset((OK, RAISED, CRASHED, UNPICKLABLE, TIMED_OUT, CANCELLED, DELIVERED))
 
@@ -676,6 +677,7 @@ _BINARY_DECODERS: dict[int, Callable[[_Reader], Message]] = {
 }
 
 __all__ = [
+    "ARGS",
     "CALL",
     "CHUNK",
     "CLIENT",

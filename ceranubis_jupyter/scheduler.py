@@ -57,7 +57,7 @@ from .errors import (
 from .link import CREDIT_PER_WORKER, SILENCE_TIMEOUT, HostInfo, NodeLink
 from .loopthread import LoopThread
 from .serialize import RemoteException, loads
-from .tasks import DEFAULT_RETRIES, PendingQueue, TaskListener, TaskRecord
+from .tasks import DEFAULT_RETRIES, PendingQueue, ResultSlot, TaskListener, TaskRecord
 from .transport import Transport
 
 log = logging.getLogger("ceranubis")
@@ -116,6 +116,17 @@ class Scheduler:
         self.incoming.append(record)
         if was_idle and self.loop_thread.run_if_asleep(self._take_incoming_directly):
             return
+        if not self._wakeup_pending:
+            self._wakeup_pending = True
+            self.loop_thread.call_threadsafe(self._take_incoming)
+
+    def submit_many_threadsafe(self, records: Sequence[TaskRecord]) -> None:
+        """Queue tasks from any thread, with one lock and at most one wake-up."""
+        if self.broken is not None:
+            raise BrokenCeranubisExecutor(str(self.broken)) from self.broken
+        with self._idle:
+            self.outstanding += len(records)
+        self.incoming.extend(records)
         if not self._wakeup_pending:
             self._wakeup_pending = True
             self.loop_thread.call_threadsafe(self._take_incoming)
@@ -363,9 +374,12 @@ class Scheduler:
             )
             return
         link.info.done += 1
+        future = record.future
+        if type(future) is ResultSlot:
+            future.keep_bytes(result)
         self._finished(record)
-        if not record.future.done():
-            record.future.set_result(value)
+        if not future.done():
+            future.set_result(value)
 
     def _crashed(self, link: NodeLink, record: TaskRecord, result: p.Result) -> None:
         info = json.loads(bytes(result.payload))

@@ -29,7 +29,7 @@ from .protocol import DILL, PICKLE, Buffer
 PICKLE_PROTOCOL = 5
 _MAIN_MARKER = b"__main__"
 # A pickled result bigger than this is not scanned for ``__main__`` (big ones are data).
-_SCAN_LIMIT = 1 << 20
+SCAN_LIMIT = 1 << 20
 # A ``bytes`` argument or result from this size on travels out-of-band (pickle would copy
 # it into the payload); below it the copy is cheaper than a separate buffer.
 OUT_OF_BAND_BYTES = 1 << 16
@@ -57,7 +57,7 @@ def dumps(obj: Any) -> tuple[int, bytes, list[pickle.PickleBuffer]]:
     try:
         lifted = _lift_bytes(obj)
         payload = pickle.dumps(lifted, PICKLE_PROTOCOL, buffer_callback=buffers.append)
-        if len(payload) > _SCAN_LIMIT or _MAIN_MARKER not in payload:
+        if len(payload) > SCAN_LIMIT or _MAIN_MARKER not in payload:
             return PICKLE, payload, buffers
     except Exception:
         pass

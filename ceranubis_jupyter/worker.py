@@ -309,6 +309,8 @@ def _call(kind: int, fn: Callable[..., Any], arguments: Any) -> Any:
     if kind == p.CALL:
         args, kwargs = arguments
         return fn(*args, **kwargs)
+    if kind == p.ARGS:
+        return fn(*arguments)
     results = []
     for args in arguments:
         results.append(fn(*args))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,6 +22,7 @@ from ceranubis_jupyter.store import SQLiteStore, Store, open_store
 
 CODE = """
 import time
+from typing import Any
 
 class Point:
     def __init__(self, x):
@@ -399,3 +401,31 @@ def test_a_task_timeout_fails_only_its_argument(store_url: str) -> None:
     assert project.results() == [((1, 0.0), 1), ((3, 0.0), 9)]
     [(args, text)] = project.errors()
     assert args == (2, 30.0) and "TaskTimeout" in text and "timeout of 1 s" in text
+
+
+def _shaped(kind: str) -> Any:
+    """A result of each form a worker can send: plain pickle, an out-of-band buffer, dill
+    (pickle refuses a lambda), with printed output, ``None``."""
+    if kind == "int":
+        return 41
+    if kind == "big-bytes":
+        return bytes(range(256)) * 512  # 128 KiB: travels out-of-band
+    if kind == "closure":
+        offset = 5
+        return lambda x: x + offset
+    if kind == "printed":
+        print("said something")
+        return [1, 2]
+    return None
+
+
+def test_results_of_every_form_read_back_equal_in_another_process(store_url: str) -> None:
+    kinds = [("int",), ("big-bytes",), ("closure",), ("printed",), ("none",)]
+    with CeranubisExecutor() as executor:
+        project = commit_function(executor, _shaped, kinds, store=store_url)
+        assert project.wait(DEADLINE) and project.state == "done"
+    for view in (project, Project.load(project.name, open_store(store_url))):
+        values = {args[0]: value for args, value in view.results()}
+        assert values["int"] == 41 and values["big-bytes"] == bytes(range(256)) * 512
+        assert values["closure"](1) == 6 and values["printed"] == [1, 2]
+        assert values["none"] is None and len(values) == 5

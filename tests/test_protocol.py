@@ -43,6 +43,18 @@ def test_handshake_and_task_round_trip() -> None:
     assert [bytes(b) for b in received.buffers] == [big, b"small"]
 
 
+def test_a_stored_argument_travels_as_it_is_stored() -> None:
+    client, node = running_pair()
+    task = p.Task(8, 3, p.ARGS, p.DILL, b"stored tuple", (), 0.0)
+    node.receive_data(joined(client.send(p.Tasks((task,)))))
+    (received,) = node.next_event().tasks  # type: ignore[union-attr]
+    assert (received.kind, received.codec, bytes(received.payload)) == (
+        p.ARGS,
+        p.DILL,
+        b"stored tuple",
+    )
+
+
 def test_results_batch_round_trip_byte_by_byte() -> None:
     client, node = running_pair()
     results = tuple(
