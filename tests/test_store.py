@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,7 +30,7 @@ def _new(store: Store, name: str = "p", count: int = 3) -> int:
         "f",
         ["local"],
         None,
-        [bytes([i]) for i in range(count)],
+        [bytes([i % 256]) for i in range(count)],
         this_client(),
     )
     return row.id
@@ -220,3 +221,59 @@ def test_a_failing_start_hook_leaves_nothing(store_url: str) -> None:
     with pytest.raises(RuntimeError, match="could not start"):
         store.add_project("p", "", "f", [], None, [b"x", b"y"], this_client(), refuse)
     assert len(seen) == 1 and store.find_project("p") is None and store.list_projects() == []
+
+
+def _done_values(ids: list[int]) -> list[object]:
+    """``record_rows(done=...)`` values: a result per argument."""
+    values: list[object] = []
+    for arg_id in ids:
+        values += (arg_id, b"r", "h", 1, 1.0, 2.0)
+    return values
+
+
+def _rows_examined(plan: dict[str, Any]) -> float:
+    """Rows every node of an ``EXPLAIN (ANALYZE, FORMAT JSON)`` plan looked at."""
+    rows = plan.get("Actual Rows", 0) + plan.get("Rows Removed by Filter", 0)
+    rows += plan.get("Rows Removed by Join Filter", 0)
+    own = rows * plan.get("Actual Loops", 1)
+    return own + sum(_rows_examined(child) for child in plan.get("Plans", []))
+
+
+def test_postgres_flush_reads_only_its_batch_whatever_the_statistics(pg_url: str) -> None:
+    # Statistics taken when every argument was done: the planner then expects no
+    # unfinished one, which once made it scan the store whole, or loop over the staged
+    # rows once per unfinished argument.
+    import psycopg
+
+    from ceranubis_jupyter import store_pg
+
+    store = open_store(pg_url)
+    old = _new(store, "old", 20_000)
+    store.record_rows([], _done_values([r.id for r in store.arguments(old, ["pending"])]))
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute("ANALYZE arguments")
+    new = _new(store, "new", 2000)
+    batch = [r.id for r in store.arguments(new, ["pending"])][:500]
+    with store._transaction() as cursor:  # the flush's own statement, explained
+        with cursor.copy("COPY cj_outcomes FROM STDIN") as copy:
+            for arg_id in batch:
+                copy.write_row((arg_id, b"r", "h", 1, 1.0, 2.0))
+        cursor.execute(
+            "EXPLAIN (ANALYZE, FORMAT JSON) " + store_pg._UPDATE_FROM_OUTCOMES,
+            (min(batch), max(batch)),
+        )
+        [[[explained]]] = cursor.fetchall()
+    assert _rows_examined(explained["Plan"]) <= 4 * len(batch), explained
+    assert store.counts(new)["done"] == len(batch)
+
+
+def test_postgres_flushes_leave_no_staged_rows_behind(pg_url: str) -> None:
+    # Autovacuum never visits temporary tables: deleted staging rows would be scanned
+    # again by every later flush of a long project.
+    store = open_store(pg_url)
+    project_id = _new(store, "p", 3000)
+    ids = [r.id for r in store.arguments(project_id, ["pending"])]
+    for start in range(0, len(ids), 1000):
+        assert store.record_rows([], _done_values(ids[start : start + 1000])) == 1000
+    [(size,)] = store._read("SELECT pg_relation_size('cj_outcomes')")
+    assert size == 0 and store.counts(project_id)["done"] == 3000
