@@ -40,7 +40,16 @@ def test_bundle_holds_the_node_modules_and_dill_and_nothing_else() -> None:
     ours = sorted(n for n in names if n.startswith("ceranubis_jupyter/"))
     assert ours == [
         f"ceranubis_jupyter/{m}.py"
-        for m in ("__init__", "errors", "node", "protocol", "serialize", "worker")
+        for m in (
+            "__init__",
+            "errors",
+            "framing",
+            "messages",
+            "node",
+            "protocol",
+            "serialize",
+            "worker",
+        )
     ]
     assert "dill/__init__.py" in names and "dill/_dill.py" in names
     assert not [n for n in names if not n.startswith(("ceranubis_jupyter/", "dill/"))]

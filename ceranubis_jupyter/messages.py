@@ -1,0 +1,220 @@
+"""What travels between the client and a node: the messages and their layout on the wire.
+
+A frame is ``magic(1) kind(1) length(8)`` (:data:`HEADER`) followed by ``length`` body
+bytes; ``kind`` says which message the body holds (:data:`JSON_KINDS`, :data:`KIND_OF`).
+Control messages (frozen dataclasses) have a JSON body whose fields :data:`JSON_TYPES`
+lists; ``Function``, ``Tasks`` and ``Results`` a binary one laid out with the structs
+below. :mod:`.framing` turns messages into frames and back, :mod:`.protocol` says who may
+send what when.
+
+The node imports this module on bare hosts: stdlib only.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import NamedTuple
+
+MAGIC = 0xCE
+HEADER = struct.Struct("!BBQ")
+
+Buffer = bytes | bytearray | memoryview
+
+# Task kinds
+CALL = 0  # payload is (args, kwargs)
+CHUNK = 1  # payload is a list of args tuples; the result is a list
+ARGS = 2  # payload is one args tuple, no kwargs: a project's argument, sent as stored
+
+# Payload codecs
+PICKLE = 0
+DILL = 1
+
+# Result statuses
+OK = 0
+RAISED = 1  # the user's function raised; payload is a pickled RemoteException
+CRASHED = 2  # the worker died; payload is JSON {"exitcode": int, "pid": int}
+UNPICKLABLE = 3  # the arguments or the result could not be (un)pickled; payload is text
+TIMED_OUT = 4  # the task ran past its timeout; payload is JSON like CRASHED
+CANCELLED = 5  # the task was stopped by a Cancel message
+# Worker to node only: the worker wrote this task's result straight to the client (empty
+# payload); a node never forwards it.
+DELIVERED = 6
+
+TASK_KINDS = frozenset((CALL, CHUNK, ARGS))
+CODECS = frozenset((PICKLE, DILL))
+STATUSES = frozenset((OK, RAISED, CRASHED, UNPICKLABLE, TIMED_OUT, CANCELLED, DELIVERED))
+
+
+@dataclass(frozen=True)
+class Hello:
+    """Node → client, first message: who and what the node is."""
+
+    protocol: int
+    python: str
+    dill: str
+    hostname: str
+    cores: int
+    pid: int
+
+
+@dataclass(frozen=True)
+class Configure:
+    """Client → node, first message: how to run."""
+
+    protocol: int
+    workers: int
+    heartbeat: float
+    silence_timeout: float
+
+
+@dataclass(frozen=True)
+class Function:
+    """Client → node: a serialized function, later referred to by ``fn_id``."""
+
+    fn_id: int
+    blob: Buffer
+
+
+class Task(NamedTuple):
+    """One unit of work: a call or a chunk of calls of function ``fn_id``.
+
+    A named tuple, not a frozen dataclass like the messages: tasks and results are made by
+    the thousand on every hop, and a tuple is built three times faster.
+    """
+
+    task_id: int
+    fn_id: int
+    kind: int
+    codec: int
+    payload: Buffer
+    buffers: tuple[Buffer, ...] = ()
+    timeout: float = 0.0
+
+
+@dataclass(frozen=True)
+class Tasks:
+    """Client → node: a batch of tasks (many per frame, so tiny tasks are cheap)."""
+
+    tasks: tuple[Task, ...]
+
+
+class Result(NamedTuple):
+    """The outcome of one task (a named tuple, like :class:`Task`)."""
+
+    task_id: int
+    status: int
+    codec: int
+    payload: Buffer
+    buffers: tuple[Buffer, ...] = ()
+    output: str = ""
+
+
+@dataclass(frozen=True)
+class Results:
+    """Node → client: a batch of results."""
+
+    results: tuple[Result, ...]
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """Either way: I am alive."""
+
+
+@dataclass(frozen=True)
+class Load:
+    """Node → client: how busy the host is."""
+
+    loadavg: float
+    cpu_percent: float
+    memory_percent: float
+    busy: int
+    workers: int
+
+
+@dataclass(frozen=True)
+class Cancel:
+    """Client → node: stop these tasks (queued ones are dropped, running ones killed)."""
+
+    task_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    """Client → node: stop the workers and exit."""
+
+
+@dataclass(frozen=True)
+class NodeFailure:
+    """Node → client: the node cannot go on (the text says why)."""
+
+    message: str
+
+
+Message = (
+    Hello
+    | Configure
+    | Function
+    | Tasks
+    | Results
+    | Heartbeat
+    | Load
+    | Cancel
+    | Shutdown
+    | NodeFailure
+)
+
+# The ``kind`` byte of a frame's header.
+JSON_KINDS: dict[int, type] = {
+    1: Hello,
+    2: Configure,
+    6: Heartbeat,
+    7: Load,
+    8: Cancel,
+    9: Shutdown,
+    10: NodeFailure,
+}
+FUNCTION_KIND, TASKS_KIND, RESULTS_KIND = 3, 4, 5
+KIND_OF: dict[type, int] = {cls: kind for kind, cls in JSON_KINDS.items()}
+KIND_OF.update({Function: FUNCTION_KIND, Tasks: TASKS_KIND, Results: RESULTS_KIND})
+
+# Binary bodies. A Tasks or Results body starts with its COUNT of entries; a buffer is its
+# LENGTH, then its bytes. A task: TASK_FIXED (task_id, fn_id, kind, codec, n_buffers,
+# timeout, payload length), the payload, its buffers. A result: RESULT_HEAD, the output
+# (UTF-8), the payload as a buffer, its buffers. A Function: FN_HEAD (fn_id), the blob as
+# a buffer.
+TASK_FIXED = struct.Struct("!QIBBHdQ")
+RESULT_HEAD = struct.Struct("!QBBHI")  # task_id, status, codec, n_buffers, output length
+COUNT = struct.Struct("!I")
+LENGTH = struct.Struct("!Q")
+FN_HEAD = struct.Struct("!I")
+
+# JSON bodies: each control message's fields and the types each may have.
+JSON_TYPES: dict[type, dict[str, tuple[type, ...]]] = {
+    Hello: {
+        "protocol": (int,),
+        "python": (str,),
+        "dill": (str,),
+        "hostname": (str,),
+        "cores": (int,),
+        "pid": (int,),
+    },
+    Configure: {
+        "protocol": (int,),
+        "workers": (int,),
+        "heartbeat": (int, float),
+        "silence_timeout": (int, float),
+    },
+    Heartbeat: {},
+    Load: {
+        "loadavg": (int, float),
+        "cpu_percent": (int, float),
+        "memory_percent": (int, float),
+        "busy": (int,),
+        "workers": (int,),
+    },
+    Cancel: {"task_ids": (list,)},
+    Shutdown: {},
+    NodeFailure: {"message": (str,)},
+}
