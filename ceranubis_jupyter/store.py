@@ -2,9 +2,10 @@
 
 One interface, :class:`Store`, over plain SQL; two back ends:
 
-- :class:`SQLiteStore` (the embedded default): a file at ``$CERANUBIS_STORE`` or
-  ``$XDG_DATA_HOME/ceranubis/projects.sqlite`` (``~/.local/share/...``), in WAL mode so
-  readers in other processes never wait for the writer; mode 0600 in a 0700 directory.
+- :class:`SQLiteStore` (``store_sqlite.py``, the embedded default): a file at
+  ``$CERANUBIS_STORE`` or ``$XDG_DATA_HOME/ceranubis/projects.sqlite``
+  (``~/.local/share/...``), in WAL mode so readers in other processes never wait for the
+  writer; mode 0600 in a 0700 directory.
 - ``PostgresStore`` (``store_pg.py``): a ``postgresql://`` URL, shared by several users
   and machines. psycopg is imported only then.
 
@@ -19,17 +20,14 @@ any process reads counts and results at any time.
 from __future__ import annotations
 
 import contextlib
-import functools
-import itertools
 import json
 import os
-import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, StoreError
 from .store_records import (
@@ -44,15 +42,11 @@ from .store_records import (
     this_client,
 )
 
+if TYPE_CHECKING:
+    from .store_sqlite import SQLiteStore
+
 # The environment variable naming the store (a file path or a postgresql:// URL).
 STORE_ENV = "CERANUBIS_STORE"
-# Seconds a writer waits for another process's write lock: long enough to ride out a
-# burst of other writers, short enough that a stuck store is reported.
-SQLITE_BUSY_TIMEOUT = 10.0
-# Attempts (and the first pause, growing linearly) at switching a new store to WAL while
-# other processes open it too.
-WAL_ATTEMPTS = 20
-WAL_RETRY_SECONDS = 0.05
 
 ARGUMENT_STATES = ("pending", "running", "done", "failed", "cancelled")
 UNFINISHED = ("pending", "running")
@@ -62,32 +56,9 @@ _ARGUMENT_COLUMNS = (
     "id, position, args, result, state, host, attempts, started, finished, error, output"
 )
 _OPEN = "('pending', 'running')"
-# Parameters SQLite takes in one statement (999 before 3.32).
-_SQLITE_PARAMS = 32766 if sqlite3.sqlite_version_info >= (3, 32) else 999
-# Rows per multi-row statement (2 parameters per inserted row, 6 per updated one): SQLite
-# releases the GIL for each statement and a busy client may take ~5 ms to give it back, so
-# more rows mean far less waiting, at the price of longer SQL text to compile (~1 ms).
-# Updates use a power of two: a shorter batch is padded to the next one (see _update_sql).
-_INSERT_ROWS = min(4000, (_SQLITE_PARAMS - 2) // 2)
-_UPDATE_ROWS = 2048 if _SQLITE_PARAMS >= 6 * 2048 else 128
-# A new project's arguments get the ids first + position, chosen under the write lock
-# above every id ever used (AUTOINCREMENT's own rule), so they need no reading back.
-_NEXT_ARGUMENT_ID = (
-    "SELECT MAX(n) FROM (SELECT seq AS n FROM sqlite_sequence WHERE name = 'arguments' "
-    "UNION ALL SELECT MAX(id) FROM arguments)"
-)
-_INSERT_ARGUMENTS = (
-    "INSERT INTO arguments (id, project, position, args) "
-    "SELECT column1 + ?, ?, column1, column2 FROM (VALUES "
-)
 # A finished argument with a result and no printed output: the common case, batched.
 # Values per argument in record_rows(done=...): id, result, host, attempts, started, finished.
 DONE_VALUES = 6
-_UPDATE_DONE = (
-    "UPDATE arguments SET state = 'done', result = v.column2, host = v.column3, "
-    "attempts = v.column4, started = v.column5, finished = v.column6 FROM ("
-)
-_UPDATE_DONE_WHERE = f") AS v WHERE arguments.id = v.column1 AND arguments.state IN {_OPEN}"
 _UPDATE_ANY = (
     "UPDATE arguments SET state = ?, result = ?, error = ?, host = ?, attempts = ?, "
     f"started = ?, finished = ?, output = ? WHERE id = ? AND state IN {_OPEN}"
@@ -97,8 +68,9 @@ _UPDATE_ANY = (
 class Store(ABC):
     """Projects and argument outcomes behind plain SQL; thread-safe (one lock).
 
-    Back ends supply a DB-API connection, the DDL and the error mapping; every query is
-    written once, here, with ``?`` placeholders.
+    Back ends supply a DB-API connection, the DDL, the error mapping and the two bulk
+    writes (a new project's arguments, finished outcomes); every other query is written
+    once, here, with ``?`` placeholders.
     """
 
     url: str
@@ -130,6 +102,19 @@ class Store(ABC):
     @abstractmethod
     def reopen(self) -> Store:
         """Another store on the same file or database, with a connection of its own."""
+
+    @abstractmethod
+    def _insert_arguments(
+        self, cursor: Any, project_id: int, args: Sequence[bytes]
+    ) -> Sequence[int]:
+        """Insert the arguments (in position order) of a new project in the open
+        transaction; returns their ids (back ends may bulk-load, or read the ids back)."""
+
+    @abstractmethod
+    def _update_done(self, cursor: Any, values: Sequence[Any]) -> int:
+        """Record ``id, result, host, attempts, started, finished`` (flat, six values per
+        argument) of finished arguments still open; returns how many changed (back ends
+        may bulk-load)."""
 
     def _sql(self, text: str) -> str:
         return text
@@ -415,44 +400,6 @@ class Store(ABC):
                 changed += int(cursor.rowcount)
         return changed
 
-    def _insert_arguments(
-        self, cursor: Any, project_id: int, args: Sequence[bytes]
-    ) -> Sequence[int]:
-        """Insert the arguments (in position order) of a new project in the open
-        transaction; returns their ids (back ends may bulk-load, or read the ids back).
-
-        The ids are chosen here, so they need no reading back: the transaction holds the
-        write lock (BEGIN IMMEDIATE), so no other process can take them meanwhile.
-        """
-        cursor.execute(_NEXT_ARGUMENT_ID)
-        first = int(cursor.fetchone()[0] or 0) + 1
-        for start in range(0, len(args), _INSERT_ROWS):
-            batch = args[start : start + _INSERT_ROWS]
-            pairs = itertools.chain.from_iterable(enumerate(batch, start))
-            sql = f"{_INSERT_ARGUMENTS}{', '.join(['(?, ?)'] * len(batch))})"
-            cursor.execute(sql, [first, project_id, *pairs])
-        return range(first, first + len(args))
-
-    def _update_done(self, cursor: Any, values: Sequence[Any]) -> int:
-        """Record ``id, result, host, attempts, started, finished`` (flat, six values per
-        argument) of finished arguments still open; returns how many changed (back ends
-        may bulk-load).
-
-        Many rows per ``UPDATE ... FROM (VALUES ...)``, padded with rows of NULLs (they
-        match no argument) to a power of two: the few statement sizes stay compiled in the
-        driver's cache, where a new size per flush cost SQLite a fifth of the write.
-        """
-        changed = 0
-        per_statement = _UPDATE_ROWS * DONE_VALUES
-        for start in range(0, len(values), per_statement):
-            params = list(values[start : start + per_statement])
-            rows = len(params) // DONE_VALUES
-            size = 1 << (rows - 1).bit_length()
-            params += [None] * (DONE_VALUES * (size - rows))
-            cursor.execute(self._sql(_update_sql(size)), params)
-            changed += int(cursor.rowcount)
-        return changed
-
     def reset_unfinished(self, project_id: int) -> int:
         """Put every argument without a result back to pending (before a resume)."""
         return self._write(
@@ -469,140 +416,8 @@ class Store(ABC):
         )
 
 
-@functools.cache  # a few powers of two
-def _update_sql(rows: int) -> str:
-    """The UPDATE of finished arguments for ``rows`` rows of values."""
-    marks = "(" + ", ".join("?" * DONE_VALUES) + ")"
-    return f"{_UPDATE_DONE} VALUES {', '.join([marks] * rows)}{_UPDATE_DONE_WHERE}"
-
-
 def _plain_done(row: tuple[Any, ...]) -> bool:
     return row[0] == "done" and row[2] is None and not row[7] and row[5] is not None
-
-
-# ---------------------------------------------------------------------- SQLite
-
-_SQLITE_DDL = (
-    """CREATE TABLE IF NOT EXISTS projects (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        name TEXT NOT NULL UNIQUE,
-        code TEXT NOT NULL,
-        target TEXT NOT NULL,
-        created REAL NOT NULL,
-        hosts TEXT NOT NULL,
-        state TEXT NOT NULL,
-        client TEXT NOT NULL DEFAULT '',
-        heartbeat REAL NOT NULL DEFAULT 0,
-        function BLOB)""",
-    """CREATE TABLE IF NOT EXISTS arguments (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        project INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
-        position INTEGER NOT NULL,
-        args BLOB NOT NULL,
-        result BLOB,
-        state TEXT NOT NULL DEFAULT 'pending'
-            CHECK (state IN ('pending', 'running', 'done', 'failed', 'cancelled')),
-        host TEXT,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        started REAL,
-        finished REAL,
-        error TEXT,
-        output TEXT)""",
-    "CREATE INDEX IF NOT EXISTS arguments_project ON arguments (project)",
-)
-
-
-class SQLiteStore(Store):
-    """The store in a SQLite file (WAL mode; created 0600 in a 0700 directory)."""
-
-    _ddl = _SQLITE_DDL
-    _begin_sql = "BEGIN IMMEDIATE"
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        super().__init__()
-        self.path = Path(path).expanduser()
-        self.url = str(self.path)
-        _prepare_file(self.path)
-        try:
-            self._connection = sqlite3.connect(
-                self.path,
-                timeout=SQLITE_BUSY_TIMEOUT,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-        except sqlite3.Error as error:
-            raise self._translate(error) from error
-        try:
-            self._ensure_wal()
-            self._read("PRAGMA synchronous = NORMAL")  # WAL: safe against process crashes
-            self._read("PRAGMA foreign_keys = ON")
-            self._create_schema()
-        except BaseException:
-            self._connection.close()
-            raise
-
-    def _cursor(self) -> Any:
-        return self._connection.cursor()
-
-    def _ensure_wal(self) -> None:
-        """Switch to WAL once; setting it while another process opens the store can be
-        refused as "locked" without SQLite's busy wait, so that case is retried."""
-        for attempt in range(1, WAL_ATTEMPTS + 1):
-            try:
-                [(mode,)] = self._read("PRAGMA journal_mode")
-                if str(mode).lower() != "wal":
-                    self._read("PRAGMA journal_mode = WAL")
-                return
-            except StoreError as error:
-                if "locked" not in str(error) or attempt == WAL_ATTEMPTS:
-                    raise
-                time.sleep(WAL_RETRY_SECONDS * attempt)
-
-    def _rollback(self, cursor: Any) -> None:
-        if self._connection.in_transaction:
-            cursor.execute("ROLLBACK")
-
-    def close(self) -> None:
-        """Close the connection."""
-        with self._lock:
-            self._connection.close()
-
-    def reopen(self) -> SQLiteStore:
-        """Another store on the same file, with a connection of its own."""
-        return SQLiteStore(self.path)
-
-    def _translate(self, error: Exception) -> Exception:
-        if isinstance(error, (StoreError, ConfigError)):
-            return error
-        if isinstance(error, sqlite3.IntegrityError) and "projects.name" in str(error):
-            return ConfigError("a project with this name already exists; pick another name")
-        if isinstance(error, sqlite3.DatabaseError) and "not a database" in str(error):
-            return StoreError(
-                f"the project store {self.url} is not a SQLite database (corrupt or another "
-                "file); move it away or set CERANUBIS_STORE to another path"
-            )
-        if isinstance(error, sqlite3.Error):
-            return StoreError(
-                f"the project store {self.url} failed: {error}; check the file and its "
-                "directory are readable and writable"
-            )
-        return error
-
-
-def _prepare_file(path: Path) -> None:
-    """Create the directory (0700) and the file (0600) when they do not exist yet."""
-    try:
-        # exist_ok and O_CREAT without O_EXCL: several processes may open a new store at once
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if path.is_dir():
-            raise StoreError(f"the project store {path} is a directory; give a file path")
-        if not path.exists():
-            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-    except OSError as error:
-        raise StoreError(
-            f"cannot create the project store {path}: {error.strerror}; set "
-            "CERANUBIS_STORE to a writable path"
-        ) from error
 
 
 # ---------------------------------------------------------------------- opening
@@ -629,6 +444,8 @@ def open_store(url_or_path: str | os.PathLike[str] | None = None) -> Store:
     Raises:
         StoreError: the store cannot be reached, created, or is not a project store.
     """
+    from .store_sqlite import SQLiteStore  # it imports this module
+
     target = url_or_path if url_or_path is not None else os.environ.get(STORE_ENV) or None
     if target is None:
         return SQLiteStore(default_store_path())
@@ -642,6 +459,15 @@ def open_store(url_or_path: str | os.PathLike[str] | None = None) -> Store:
     if "://" in text:
         raise StoreError(f"unknown store URL {text!r}: use a file path or a postgresql:// URL")
     return SQLiteStore(text)
+
+
+def __getattr__(name: str) -> Any:
+    """``SQLiteStore``, imported on first use (``store_sqlite.py`` imports this module)."""
+    if name == "SQLiteStore":
+        from .store_sqlite import SQLiteStore
+
+        return SQLiteStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
