@@ -26,26 +26,25 @@ run is given no ids then): it reads, counts and writes nothing until :meth:`Proj
 hands it the ids of the committed rows, or stops without a trace on
 :meth:`ProjectRun.abandon` when that insert failed. Tasks that finish quickly are never
 marked ``running`` in the store: only those still in flight after RUNNING_MARK_SECONDS.
+Counting finished tasks and building their rows is in ``project_rows.py`` (a mixin).
 """
 
 from __future__ import annotations
 
 import collections
 import logging
-import pickle
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import CancelledError
-from dataclasses import dataclass, field
 from typing import Any
 
 from . import protocol as p
-from .errors import BrokenCeranubisExecutor, CeranubisError, RemoteTraceback, StoreError
+from .errors import CeranubisError, StoreError
 from .executor import CeranubisExecutor, TaskOptions
-from .serialize import PICKLE_PROTOCOL, dumps_inband, loads
-from .store import ARGUMENT_STATES, UNFINISHED, Store
-from .tasks import CANCELLED, FINISHED, ResultSlot, TaskRecord
+from .project_rows import OutcomeCollector, _Tally, decode, encode, error_text, final_state
+from .serialize import dumps_inband
+from .store import ARGUMENT_STATES, Store
+from .tasks import ResultSlot, TaskRecord
 
 log = logging.getLogger("ceranubis")
 
@@ -64,9 +63,6 @@ SUBMIT_LOW = SUBMIT_AHEAD // 2
 # Tasks handed to the scheduler at once: one lock and one wake-up each, and the first
 # ones reach the nodes while the rest are still being made.
 SUBMIT_BATCH = 256
-# Finished results, errors and output lines kept in memory for a live view.
-RECENT_KEEP = 50
-OUTPUT_KEEP = 200
 # Seconds to wait for a run to settle after a cancel, and for a flush.
 SETTLE_SECONDS = 30.0
 # Seconds given to a final write at interpreter exit.
@@ -75,56 +71,12 @@ EXIT_SECONDS = 3.0
 # finish first and cost no write at all; a longer one shows as running this much later.
 RUNNING_MARK_SECONDS = 0.1
 
-_PICKLED = bytes([p.PICKLE])
-_LEFT = "pending"  # an argument whose task was dropped (executor shut down): run it later
 # Serializes changes to a scheduler's listener list (replaced whole: the loop thread may be
 # iterating the old one).
 _listeners_lock = threading.Lock()
 
 
-def encode(obj: Any) -> bytes:
-    """Bytes for a BLOB column: one codec byte, then the pickle (or dill) payload."""
-    try:
-        payload = pickle.dumps(obj, PICKLE_PROTOCOL)
-        if b"__main__" not in payload:  # as serialize.dumps_inband decides, minus a call
-            return _PICKLED + payload
-    except Exception:
-        pass
-    codec, payload = dumps_inband(obj)
-    return bytes([codec]) + payload
-
-
-def decode(blob: bytes) -> Any:
-    """Inverse of :func:`encode`."""
-    return loads(blob[0], memoryview(blob)[1:])
-
-
-def error_text(error: BaseException) -> str:
-    """An error as stored: the remote traceback when there is one, else type and message."""
-    cause = error.__cause__
-    if isinstance(cause, RemoteTraceback):
-        return cause.text
-    return f"{type(error).__name__}: {error}"
-
-
-@dataclass
-class _Tally:
-    """Outcomes of this run so far (guarded by the run's lock)."""
-
-    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ARGUMENT_STATES, 0))
-    resolved_tasks: int = 0
-    recent: collections.deque[tuple[tuple[Any, ...], Any]] = field(
-        default_factory=lambda: collections.deque(maxlen=RECENT_KEEP)
-    )
-    errors: collections.deque[tuple[tuple[Any, ...], str]] = field(
-        default_factory=lambda: collections.deque(maxlen=RECENT_KEEP)
-    )
-    output: collections.deque[tuple[str, str]] = field(
-        default_factory=lambda: collections.deque(maxlen=OUTPUT_KEEP)
-    )
-
-
-class ProjectRun:
+class ProjectRun(OutcomeCollector):
     """Runs ``items`` of one project on an executor and records every outcome once.
 
     Args:
@@ -276,10 +228,6 @@ class ProjectRun:
                     running += self._span(lo)[1] - lo
         return running
 
-    def _span(self, lo: int) -> tuple[int, int]:
-        """``(lo, hi)``: the arguments of the task whose first argument is ``lo``."""
-        return lo, min(lo + self.chunksize, len(self.args))
-
     # ------------------------------------------------------------------ loop thread
 
     def _on_finished(self, record: TaskRecord) -> None:
@@ -419,96 +367,6 @@ class ProjectRun:
         if task_ids and not scheduler.loop.is_closed():
             scheduler.cancel_threadsafe(task_ids)
 
-    def _collect(self) -> bool:
-        """Count the tasks finished since the last call and queue their rows."""
-        records, self._not_yet = self._not_yet, []
-        while self._finished:
-            records.append(self._finished.popleft())
-        if not records:
-            return False
-        with self._lock:
-            rest = self._fast_done(records) if self.chunksize == 1 else records
-            for record in rest:
-                self._collect_one(record)
-        return True
-
-    def _fast_done(self, records: list[TaskRecord]) -> list[TaskRecord]:
-        """Queue plain results (the hot path, inlined); returns the records left to do."""
-        args, ids, clock, spans, marked = (
-            self.args,
-            self.ids,
-            self._clock,
-            self._spans,
-            self._marked,
-        )
-        rows, recent, rest, done = self._unwritten_done, self.tally.recent, [], 0
-        for record in records:
-            slot: Any = record.future  # a ResultSlot: see _record
-            blob = slot.blob
-            if slot.state != FINISHED or blob is None or record.output:
-                rest.append(record)  # not a plain result as it came: the general path
-                continue
-            lo = spans.pop(record.task_id, None)
-            if lo is None:  # not ours (we register each task before we collect)
-                continue
-            marked.discard(record.task_id)
-            recent.append((args[lo], slot.value))
-            rows += (
-                ids[lo],
-                blob,
-                record.host,
-                record.attempts + 1,
-                record.started + clock,
-                record.finished + clock,
-            )
-            done += 1
-        self.tally.resolved_tasks += done
-        self.tally.counts["done"] += done
-        return rest
-
-    def _collect_one(self, record: TaskRecord) -> None:
-        slot = record.future
-        assert isinstance(slot, ResultSlot), "a project's tasks are made by _record"
-        if not slot.done():  # finished just now: its slot is set right after
-            self._not_yet.append(record)
-            return
-        lo = self._spans.pop(record.task_id, None)
-        if lo is None:  # not ours (we register each task before we collect)
-            return
-        state, value = self._outcome(slot)
-        span = self._span(lo)
-        self._marked.discard(record.task_id)
-        self._count(record, state, value, *span)
-        if state == "done" or not self._claim_lost:  # another client runs the rest
-            self._unwritten.extend(self._rows(record, state, value, *span))
-
-    def _outcome(self, slot: ResultSlot) -> tuple[str, Any]:
-        """``(state, result or error)`` of a finished task."""
-        error = slot.error
-        if slot.state == CANCELLED or isinstance(error, CancelledError):
-            return ("cancelled" if self.cancelling else _LEFT), None
-        if error is None:
-            return "done", slot.value
-        if isinstance(error, BrokenCeranubisExecutor):
-            return _LEFT, None
-        return "failed", error  # the task's own error (of any type), or its timeout
-
-    def _count(self, record: TaskRecord, state: str, value: Any, lo: int, hi: int) -> None:
-        tally = self.tally
-        tally.resolved_tasks += 1
-        tally.counts[state] += hi - lo
-        if state == "done":
-            if self.chunksize == 1:
-                tally.recent.append((self.args[lo], value))
-            else:
-                tally.recent.extend(zip(self.args[lo:hi], value, strict=False))
-        elif state == "failed":
-            text = error_text(value)
-            tally.errors.extend((args, text) for args in self.args[lo:hi])
-        if record.output:
-            host = record.host or "?"
-            tally.output.extend((host, line) for line in record.output.splitlines())
-
     def _write(self) -> None:
         if self._collect():
             self.notify()
@@ -523,36 +381,6 @@ class ProjectRun:
             return
         self._unwritten.clear()
         self._unwritten_done.clear()
-
-    def _rows(
-        self, record: TaskRecord, state: str, value: Any, lo: int, hi: int
-    ) -> list[tuple[Any, ...]]:
-        """Outcome rows (:meth:`Outcome.row` order) for one finished task."""
-        clock = self._clock
-        timing = (
-            record.host,
-            record.attempts + 1 if record.started else 0,
-            record.started + clock if record.started else None,
-            record.finished + clock if record.started else None,
-            record.output or None,
-        )
-        if state != "done":
-            error = error_text(value) if state == "failed" else None
-            return [(state, None, error, *timing, arg_id) for arg_id in self.ids[lo:hi]]
-        if self.chunksize == 1:
-            blob = record.future.blob if isinstance(record.future, ResultSlot) else None
-            return [self._done_row(value, timing, self.ids[lo], blob)]
-        pairs = zip(self.ids[lo:hi], value, strict=False)
-        return [self._done_row(result, timing, arg_id) for arg_id, result in pairs]
-
-    def _done_row(
-        self, value: Any, timing: tuple[Any, ...], arg_id: int, blob: bytes | None = None
-    ) -> tuple[Any, ...]:
-        try:
-            return ("done", blob or encode(value), None, *timing, arg_id)
-        except Exception as error:
-            text = f"the result could not be pickled for the store: {error_text(error)}"
-            return ("failed", None, text, *timing, arg_id)
 
     def _wall(self, monotonic: float) -> float | None:
         return monotonic + self._clock if monotonic else None
@@ -626,17 +454,6 @@ class ProjectRun:
         counts = self.store.counts(self.project_id)
         self.final_state = final_state(counts, self.cancelling)
         self.store.set_state(self.project_id, self.final_state, release=True)
-
-
-def final_state(counts: dict[str, int], cancelled: bool) -> str:
-    """The state a project ends in, from its counts."""
-    if any(counts[state] for state in UNFINISHED):
-        return "cancelled" if cancelled else "stopped"
-    if counts["failed"]:
-        return "failed"
-    if counts["cancelled"]:
-        return "cancelled"
-    return "done"
 
 
 __all__ = ["ARGUMENT_STATES", "ProjectRun", "decode", "encode", "error_text"]
