@@ -10,9 +10,10 @@ after a restart, can read its status and partial results, cancel it, or resume i
     project.results()           # [(args, result), ...] finished so far, in order
     Project.load("simulate_1").resume()   # in a new process: runs only what is not done
 
-Three ways in: :func:`commit_project` (source text), :func:`commit_function` (a function
-object; ``CeranubisExecutor.commit`` and the ``%%ceranubis`` magic use it), both in
-``project_commit.py`` and importable from here. The run itself (threads, batching,
+Three ways in: :func:`commit_project` (source text), ``CeranubisExecutor.commit`` (a
+function object) and the ``%%ceranubis`` magic; the last two go through
+:func:`commit_function`. Both functions are in ``project_commit.py`` and importable from
+here. The run itself (threads, batching,
 heartbeats) is in ``project_run.py``.
 """
 

@@ -231,8 +231,11 @@ class ProjectRun(OutcomeCollector):
     # ------------------------------------------------------------------ loop thread
 
     def _on_finished(self, record: TaskRecord) -> None:
-        """Scheduler listener: one of our tasks is finished (its future is set next)."""
-        if record.fn_id == self._fn_id:  # ours, or another call of the same function
+        """Scheduler listener: a task is finished (its slot is set next); we keep ours.
+
+        Ours are those with a span: other runs and ``map`` may call the same function
+        on the same executor."""
+        if record.task_id in self._spans:
             self._finished.append(record)
             self._seen += 1
             if self._next < len(self.args):
@@ -321,19 +324,23 @@ class ProjectRun(OutcomeCollector):
         end = min(self._next + room * self.chunksize, len(self.args))
         while self._next < end and not self._stop_submitting:
             stop = min(self._next + SUBMIT_BATCH * self.chunksize, end)
-            records = [self._record(lo) for lo in range(self._next, stop, self.chunksize)]
-            # Counted first: the scheduler's listener compares with it as tasks finish.
+            starts = range(self._next, stop, self.chunksize)
+            records = [self._record(lo) for lo in starts]
+            # Registered and counted first: the scheduler's listener knows our tasks by
+            # their spans, and compares what it saw with what we submitted.
+            spans = self._spans
+            for lo, record in zip(starts, records, strict=True):
+                spans[record.task_id] = lo
             self._submitted += len(records)
             try:
                 self.executor._submit_records(records)
             except (RuntimeError, CeranubisError) as error:  # executor shut down or broken
                 self._submitted -= len(records)
+                for record in records:
+                    del spans[record.task_id]
                 log.warning("project %d: stopped submitting: %s", self.project_id, error)
                 self._stop_submitting = True
                 return
-            spans = self._spans
-            for lo, record in zip(range(self._next, stop, self.chunksize), records, strict=True):
-                spans[record.task_id] = lo
             self._next = stop
 
     def _record(self, lo: int) -> TaskRecord:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 # Seconds without a heartbeat after which a project's client counts as gone: several
-# heartbeats (project.HEARTBEAT_SECONDS) must be missed, so a busy client is not declared
+# heartbeats (project_run.HEARTBEAT_SECONDS) must be missed, so a busy client is not declared
 # dead, yet a crashed one on another machine is noticed within a few seconds.
 STALE_SECONDS = 10.0
 

@@ -429,3 +429,21 @@ def test_results_of_every_form_read_back_equal_in_another_process(store_url: str
         assert values["int"] == 41 and values["big-bytes"] == bytes(range(256)) * 512
         assert values["closure"](1) == 6 and values["printed"] == [1, 2]
         assert values["none"] is None and len(values) == 5
+
+
+def _square_slowly(x: int) -> int:
+    time.sleep(0.001)
+    return x * x
+
+
+def test_map_and_projects_of_the_same_function_share_an_executor(store_url: str) -> None:
+    # Every task of the function reaches each run's listener: each keeps to its own.
+    args = [(x,) for x in range(600)]
+    with CeranubisExecutor() as executor:
+        first = commit_function(executor, _square_slowly, args, store=store_url)
+        second = commit_function(executor, _square_slowly, args[:300], store=store_url)
+        assert list(executor.map(_square_slowly, range(600))) == [x * x for x in range(600)]
+        assert first.wait(DEADLINE) and second.wait(DEADLINE)
+    assert first.results() == [((x,), x * x) for (x,) in args]
+    assert second.results() == [((x,), x * x) for (x,) in args[:300]]
+    assert (first.state, second.state) == ("done", "done")
