@@ -118,7 +118,7 @@ def check_shippable(fn: Callable[..., Any]) -> bytes:
 
 
 def encode_args(items: list[tuple[Any, ...]]) -> list[bytes]:
-    """Each argument tuple as stored (see :func:`~ceranubis_jupyter.project_run.encode`)."""
+    """Each argument tuple as stored (see :func:`~ceranubis_jupyter.project_rows.encode`)."""
     try:
         return [encode(item) for item in items]  # one pass in C-speed comprehension
     except Exception:
