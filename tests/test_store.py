@@ -263,7 +263,8 @@ def test_postgres_flush_reads_only_its_batch_whatever_the_statistics(pg_url: str
             (min(batch), max(batch)),
         )
         [[[explained]]] = cursor.fetchall()
-    assert _rows_examined(explained["Plan"]) <= 4 * len(batch), explained
+    # A few passes over the batch (scan, hash, join), not the store: 44 times the batch.
+    assert _rows_examined(explained["Plan"]) <= 8 * len(batch), explained
     assert store.counts(new)["done"] == len(batch)
 
 
