@@ -447,3 +447,19 @@ def test_map_and_projects_of_the_same_function_share_an_executor(store_url: str)
     assert first.results() == [((x,), x * x) for (x,) in args]
     assert second.results() == [((x,), x * x) for (x,) in args[:300]]
     assert (first.state, second.state) == ("done", "done")
+
+
+def _apply(fn: Any, x: int) -> Any:
+    return fn(x)
+
+
+def test_arguments_that_need_dill_travel_as_stored(store_url: str) -> None:
+    # pickle refuses a lambda: the stored argument is dill, and the task carries it as is.
+    offset = 10
+    args = [(lambda x: x + offset, 1), (abs, -2)]
+    with CeranubisExecutor() as executor:
+        project = commit_function(executor, _apply, args, store=store_url)
+        assert project.wait(DEADLINE) and project.state == "done"
+    assert [result for _, result in project.results()] == [11, 2]
+    stored = Project.load(project.name, open_store(store_url)).results()
+    assert stored[0][0][0](5) == 15 and stored[1] == ((abs, -2), 2)
