@@ -208,6 +208,9 @@ class Scheduler:
 
     def _take_incoming(self) -> None:
         self._wakeup_pending = False
+        if self.broken is not None:  # queued just as the executor broke: fail, never wait
+            self._fail_incoming()
+            return
         incoming = self.incoming
         while incoming:
             record = incoming.popleft()
@@ -310,10 +313,18 @@ class Scheduler:
 
     def _break(self, error: BaseException) -> None:
         self.broken = error
-        broken = BrokenCeranubisExecutor(f"no host is usable: {error}")
-        broken.__cause__ = error
+        broken = self._broken_error()
         for record in self.pending.remove(lambda record: True):
             self._fail(record, broken)
+        self._fail_incoming()
+
+    def _broken_error(self) -> BrokenCeranubisExecutor:
+        broken = BrokenCeranubisExecutor(f"no host is usable: {self.broken}")
+        broken.__cause__ = self.broken
+        return broken
+
+    def _fail_incoming(self) -> None:
+        broken = self._broken_error()
         while self.incoming:
             self._fail(self.incoming.popleft(), broken)
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import sys
 import time
+from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,10 +26,12 @@ from ceranubis_jupyter import (
     HostUnreachable,
     NoHostsAvailable,
 )
+from ceranubis_jupyter import protocol as p
 from ceranubis_jupyter.bootstrap import _bundle_files, build_bundle
 from ceranubis_jupyter.hosts import Host
 from ceranubis_jupyter.scheduler import Scheduler, VersionMismatchOnHost
 from ceranubis_jupyter.ssh import SSHTransport
+from ceranubis_jupyter.tasks import TaskRecord
 from tests.fixtures_ssh import (
     OPENSSH_ALIAS,
     TEST_PYTHON,
@@ -82,6 +86,24 @@ def test_closed_port_is_unreachable(ssh_env: SSHHome) -> None:
     error = only_error([Host(address)])
     assert isinstance(error, HostUnreachable) and error.host == address
     assert "cannot connect" in str(error) and f"ssh {address}" in str(error)
+
+
+def test_a_task_queued_just_as_the_executor_broke_fails_instead_of_waiting(
+    ssh_env: SSHHome,
+) -> None:
+    # submit checks for a broken executor, then queues: the break may fall in between.
+    with CeranubisExecutor([Host(f"127.0.0.1:{free_port()}")]) as executor:
+        first = executor.submit(abs, -1).exception(timeout=FAILURE_DEADLINE)
+        assert isinstance(first, BrokenCeranubisExecutor)
+        scheduler = executor.scheduler
+        late: Future[Any] = Future()
+        record = TaskRecord(scheduler.next_task_id(), late, 1, p.CALL, p.PICKLE, b"")
+        with scheduler._idle:  # what submit_threadsafe does before it queues
+            scheduler.outstanding += 1
+        scheduler.incoming.append(record)
+        scheduler.loop_thread.call_threadsafe(scheduler._take_incoming)
+        assert isinstance(late.exception(timeout=5), BrokenCeranubisExecutor)
+        assert scheduler.outstanding == 0
 
 
 def test_a_server_that_never_answers_times_out(ssh_env: SSHHome, silent_port: int) -> None:
