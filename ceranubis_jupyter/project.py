@@ -30,7 +30,7 @@ from .errors import ConfigError, StoreError
 from .executor import CeranubisExecutor
 from .hosts import HostSpec
 from .project_code import function_of, host_names
-from .project_commit import _store_for, commit_function, commit_project
+from .project_commit import commit_function, commit_project, shared_store
 from .project_run import ProjectRun, decode
 from .store import ProjectRow, ProjectSummary, Store, this_client
 
@@ -283,7 +283,7 @@ class Project:
             ConfigError: no such project.
             StoreError: the store cannot be reached.
         """
-        store = _store_for(store)
+        store = shared_store(store)
         row = store.find_project(name_or_id)
         if row is None:
             raise ConfigError(
@@ -383,7 +383,7 @@ class Project:
 
 def list_projects(store: Store | str | None = None) -> list[ProjectSummary]:
     """Every project in the store (name, id, created, state, done, total), oldest first."""
-    return _store_for(store).list_projects()
+    return shared_store(store).list_projects()
 
 
 def remove_project(

@@ -4,7 +4,7 @@
 ``CeranubisExecutor.commit`` and the ``%%ceranubis`` magic use it) insert the project's
 row and arguments in one transaction while its run starts submitting, and return its
 :class:`~ceranubis_jupyter.project.Project`; ``project.py`` re-exports both. This module
-also keeps one open store per location in this process (:func:`_store_for`), which
+also keeps one open store per location in this process (:func:`shared_store`), which
 ``project.py`` uses for loading and listing projects.
 """
 
@@ -84,7 +84,7 @@ def commit_project(
     fn = function_from_code(code, target, name or target)
     check_shippable(fn)
     blobs = encode_args(items)
-    store = _store_for(store)
+    store = shared_store(store)
     auto = name is None
     name = _pick_name(store, target, name)
     executor = CeranubisExecutor(hosts)
@@ -139,7 +139,7 @@ def commit_function(
         compile_code(code, target)
     blob = check_shippable(fn)
     blobs = encode_args(items)
-    store = _store_for(store)
+    store = shared_store(store)
     auto = name is None
     name = _pick_name(store, target, name)
     hosts = [info.host for info in executor.hosts()]
@@ -254,7 +254,7 @@ def _insert_and_start(store: Store, definition: _Definition, launch: _Launch) ->
     return project
 
 
-def _store_for(store: Store | str | os.PathLike[str] | None) -> Store:
+def shared_store(store: Store | str | os.PathLike[str] | None) -> Store:
     """The store to use: as given, or one shared per location in this process."""
     if isinstance(store, Store):
         return store
