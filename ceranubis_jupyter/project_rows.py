@@ -2,7 +2,7 @@
 
 :class:`OutcomeCollector` is the part of :class:`~ceranubis_jupyter.project_run.ProjectRun`
 that the run thread calls every flush period: it takes the task records the scheduler
-handed over, counts them in the run's :class:`_Tally` (what a live view shows), and
+handed over, counts them in the run's :class:`Tally` (what a live view shows), and
 queues their rows for the next write (in :meth:`Outcome.row` form, or as flat values for
 plain results). ``project_run.py`` holds the rest of the run: submitting, writing,
 heartbeats, the final state. Here too: the BLOB form of arguments and results
@@ -60,7 +60,7 @@ def error_text(error: BaseException) -> str:
 
 
 @dataclass
-class _Tally:
+class Tally:
     """Outcomes of this run so far (guarded by the run's lock)."""
 
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ARGUMENT_STATES, 0))
@@ -85,7 +85,7 @@ class OutcomeCollector:
     args: Sequence[tuple[Any, ...]]
     ids: Sequence[int]
     chunksize: int
-    tally: _Tally
+    tally: Tally
     cancelling: bool
     _clock: float
     _lock: threading.Lock
@@ -231,3 +231,6 @@ def final_state(counts: dict[str, int], cancelled: bool) -> str:
     if counts["cancelled"]:
         return "cancelled"
     return "done"
+
+
+__all__ = ["OutcomeCollector", "Tally", "decode", "encode", "error_text", "final_state"]

@@ -41,7 +41,7 @@ from typing import Any
 from . import protocol as p
 from .errors import CeranubisError, StoreError
 from .executor import CeranubisExecutor, TaskOptions
-from .project_rows import OutcomeCollector, _Tally, decode, encode, error_text, final_state
+from .project_rows import OutcomeCollector, Tally, decode, encode, error_text, final_state
 from .serialize import dumps_inband
 from .store import ARGUMENT_STATES, Store
 from .tasks import ResultSlot, TaskRecord
@@ -116,7 +116,7 @@ class ProjectRun(OutcomeCollector):
         self.notify = notify
         self.total = sum(counts_before.values())
         self.done_before = counts_before["done"]
-        self.tally = _Tally()
+        self.tally = Tally()
         self.final_state = "running"
         self.cancelling = False
         self.started = time.time()
