@@ -346,9 +346,10 @@ class ProjectRun(OutcomeCollector):
     def _record(self, lo: int) -> TaskRecord:
         """The task of the arguments from ``lo`` (one, or a chunk of them)."""
         options = self.options
+        payload: p.Buffer
         if self.chunksize == 1:
-            blob = self.blobs[lo]
-            kind, codec, payload = p.ARGS, blob[0], blob[1:]
+            blob = self.blobs[lo]  # a view, not a copy: a big argument is not doubled
+            kind, codec, payload = p.ARGS, blob[0], memoryview(blob)[1:]
         else:
             kind = p.CHUNK
             codec, payload = dumps_inband(list(self.args[lo : self._span(lo)[1]]))

@@ -82,7 +82,7 @@ class TaskRecord:
     fn_id: int
     kind: int
     codec: int
-    payload: bytes
+    payload: p.Buffer
     buffers: tuple[p.Buffer, ...] = ()
     priority: int = 0
     timeout: float = 0.0

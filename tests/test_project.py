@@ -463,3 +463,12 @@ def test_arguments_that_need_dill_travel_as_stored(store_url: str) -> None:
     assert [result for _, result in project.results()] == [11, 2]
     stored = Project.load(project.name, open_store(store_url)).results()
     assert stored[0][0][0](5) == 15 and stored[1] == ((abs, -2), 2)
+
+
+def test_a_big_argument_travels_as_stored(store_url: str) -> None:
+    # A view of the stored bytes, not a copy, goes out in a frame of its own (> 1 MiB).
+    big = bytes(range(256)) * 12_000  # 3 MB
+    with CeranubisExecutor() as executor:
+        project = commit_function(executor, len, [(big,), (b"ab",)], store=store_url)
+        assert project.wait(DEADLINE) and project.state == "done"
+    assert [result for _, result in project.results()] == [len(big), 2]
