@@ -15,7 +15,6 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future
-from concurrent.futures import TimeoutError as FuturesTimeoutError
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -23,8 +22,10 @@ from . import protocol as p
 from .errors import ConfigError, UnpicklableError
 from .hosts import Host, HostSpec, as_host, transports_for
 from .link import SILENCE_TIMEOUT
+from .mapping import MapSlot, MapWaiter, results_in_order
 from .scheduler import DEFAULT_RETRIES, HostInfo, Scheduler, TaskRecord
 from .serialize import describe_failure, dumps, dumps_function
+from .tasks import ResultSlot
 
 if TYPE_CHECKING:
     from .project import Project
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 _live_executors: weakref.WeakSet[CeranubisExecutor] = weakref.WeakSet()
+# A map's calls queued at once: one lock and one wake-up each, and the first ones reach
+# the nodes while the rest are still being serialized.
+MAP_BATCH = 256
 
 
 @dataclass(frozen=True)
@@ -217,39 +221,55 @@ class CeranubisExecutor(Executor):
     def _submit(
         self, options: TaskOptions, fn: Callable[..., Any], kind: int, arguments: Any
     ) -> Future[Any]:
+        fn_id = self._check_submit(fn)
+        future: Future[Any] = Future()
+        record = self._record(options, fn_id, kind, arguments, future)
+        future._ceranubis_id = record.task_id  # type: ignore[attr-defined]
+        if not future.done():  # else its arguments would not pickle
+            future._ceranubis_record = record  # type: ignore[attr-defined]
+            self._scheduler.submit_threadsafe(record)
+        return future
+
+    def _check_submit(self, fn: Callable[..., Any]) -> int:
+        """``fn``'s id, once it is known this executor can take a call of it."""
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
-        fn_id = self._function_id(fn)
-        future: Future[Any] = Future()
+        return self._function_id(fn)
+
+    def _record(
+        self,
+        options: TaskOptions,
+        fn_id: int,
+        kind: int,
+        arguments: Any,
+        outcome: Future[Any] | ResultSlot,
+    ) -> TaskRecord:
+        """A call's record, arguments serialized; when they will not pickle, ``outcome``
+        is failed with the reason instead (and the record must not be queued)."""
         task_id = self._scheduler.next_task_id()
-        future._ceranubis_id = task_id  # type: ignore[attr-defined]
         try:
             codec, payload, buffers = dumps(arguments)
         except Exception as error:
-            future.set_exception(_unpicklable_arguments(task_id, kind, arguments, error))
-            return future
-        raw = tuple(buffer.raw() for buffer in buffers)
-        record = TaskRecord(
+            outcome.set_exception(_unpicklable_arguments(task_id, kind, arguments, error))
+            codec, payload, buffers = p.PICKLE, b"", []
+        return TaskRecord(
             task_id,
-            future,
+            outcome,
             fn_id,
             kind,
             codec,
             payload,
-            raw,
+            tuple(buffer.raw() for buffer in buffers),
             options.priority,
             options.timeout,
             options.retries,
             options.group,
         )
-        future._ceranubis_record = record  # type: ignore[attr-defined]
-        self._scheduler.submit_threadsafe(record)
-        return future
 
     def _submit_records(self, records: Sequence[TaskRecord]) -> None:
-        """Queue ready-made tasks (a project's: see ``project_run``) in one go."""
+        """Queue ready-made tasks (a map's, a project's) in one go."""
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
         self._scheduler.submit_many_threadsafe(records)
@@ -282,13 +302,39 @@ class CeranubisExecutor(Executor):
             raise ValueError("chunksize must be >= 1.")
         end_time = None if timeout is None else timeout + time.monotonic()
         calls = zip(*iterables, strict=False)  # like map(): stop at the shortest
+        arguments: Iterator[Any]
         if chunksize == 1:
-            futures = [self._submit(options, fn, p.CALL, (args, {})) for args in calls]
+            kind, arguments = p.CALL, ((args, {}) for args in calls)
         else:
-            futures = [
-                self._submit(options, fn, p.CHUNK, chunk) for chunk in _chunks(calls, chunksize)
-            ]
-        return _results_in_order(futures, end_time, chunked=chunksize > 1)
+            kind, arguments = p.CHUNK, _chunks(calls, chunksize)
+        waiter = MapWaiter()
+        slots = self._submit_calls(options, fn, kind, arguments, waiter)
+        return results_in_order(slots, waiter, end_time, chunked=chunksize > 1)
+
+    def _submit_calls(
+        self,
+        options: TaskOptions,
+        fn: Callable[..., Any],
+        kind: int,
+        arguments: Iterator[Any],
+        waiter: MapWaiter,
+    ) -> list[MapSlot]:
+        """Queue a map's calls, MAP_BATCH at a time (one lock and one wake-up each)."""
+        fn_id = self._check_submit(fn)
+        slots: list[MapSlot] = []
+        batch: list[TaskRecord] = []
+        for call in arguments:
+            slot = MapSlot(waiter)
+            record = self._record(options, fn_id, kind, call, slot)
+            slots.append(slot)
+            if not slot.done():
+                batch.append(record)
+            if len(batch) == MAP_BATCH:
+                self._submit_records(batch)
+                batch = []
+        if batch:
+            self._submit_records(batch)
+        return slots
 
 
 class TaskOptionsView:
@@ -316,29 +362,6 @@ class TaskOptionsView:
 def _chunks(calls: Iterator[tuple[Any, ...]], size: int) -> Iterator[list[tuple[Any, ...]]]:
     while chunk := list(itertools.islice(calls, size)):
         yield chunk
-
-
-def _results_in_order(
-    futures: list[Future[Any]], end_time: float | None, *, chunked: bool
-) -> Iterator[Any]:
-    futures.reverse()
-    try:
-        while futures:
-            future = futures.pop()
-            if end_time is None:
-                value = future.result()
-            else:
-                remaining = end_time - time.monotonic()
-                if remaining <= 0:
-                    raise FuturesTimeoutError()
-                value = future.result(remaining)
-            if chunked:
-                yield from value
-            else:
-                yield value
-    finally:
-        for future in futures:
-            future.cancel()
 
 
 def _unpicklable_arguments(

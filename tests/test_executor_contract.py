@@ -207,6 +207,31 @@ def test_map_over_empty_input(ex: CeranubisExecutor) -> None:
     assert list(ex.map(add, [])) == []
 
 
+def test_a_closed_map_cancels_the_calls_not_started(ex: CeranubisExecutor) -> None:
+    # 60 calls of 0.2 s on 2 workers take 6 s; only those already on a node still run.
+    results = ex.map(sleep_then, [0.2] * 60, range(60))
+    assert next(results) == 0
+    results.close()  # type: ignore[attr-defined]
+    started = time.monotonic()
+    assert ex.scheduler.wait_idle_threadsafe(timeout=4.0)
+    assert time.monotonic() - started < 4.0
+
+
+def test_many_threads_iterate_their_own_maps(ex: CeranubisExecutor) -> None:
+    # Each map has its own waiter: a result wakes only the consumer of its own map.
+    outcomes: dict[int, list[int]] = {}
+
+    def consume(offset: int) -> None:
+        outcomes[offset] = list(ex.map(add, range(300), [offset] * 300))
+
+    threads = [threading.Thread(target=consume, args=(k * 1000,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert outcomes == {k * 1000: [x + k * 1000 for x in range(300)] for k in range(4)}
+
+
 # ------------------------------------------------------------------ waiting
 
 
