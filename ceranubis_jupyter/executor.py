@@ -248,20 +248,36 @@ class CeranubisExecutor(Executor):
     ) -> TaskRecord:
         """A call's record, arguments serialized; when they will not pickle, ``outcome``
         is failed with the reason instead (and the record must not be queued)."""
-        task_id = self._scheduler.next_task_id()
+        record = self._new_record(options, fn_id, outcome, kind, p.PICKLE, b"")
         try:
             codec, payload, buffers = dumps(arguments)
         except Exception as error:
-            outcome.set_exception(_unpicklable_arguments(task_id, kind, arguments, error))
-            codec, payload, buffers = p.PICKLE, b"", []
+            failure = _unpicklable_arguments(record.task_id, kind, arguments, error)
+            outcome.set_exception(failure)
+            return record
+        record.codec, record.payload = codec, payload
+        record.buffers = tuple(buffer.raw() for buffer in buffers)
+        return record
+
+    def _new_record(
+        self,
+        options: TaskOptions,
+        fn_id: int,
+        outcome: Future[Any] | ResultSlot,
+        kind: int,
+        codec: int,
+        payload: p.Buffer,
+    ) -> TaskRecord:
+        """A fresh task of ``fn_id`` with ``options``, its arguments already serialized
+        (a call's here, a project's stored bytes in ``project_run``)."""
         return TaskRecord(
-            task_id,
+            self._scheduler.next_task_id(),
             outcome,
             fn_id,
             kind,
             codec,
             payload,
-            tuple(buffer.raw() for buffer in buffers),
+            (),
             options.priority,
             options.timeout,
             options.retries,

@@ -345,7 +345,6 @@ class ProjectRun(OutcomeCollector):
 
     def _record(self, lo: int) -> TaskRecord:
         """The task of the arguments from ``lo`` (one, or a chunk of them)."""
-        options = self.options
         payload: p.Buffer
         if self.chunksize == 1:
             blob = self.blobs[lo]  # a view, not a copy: a big argument is not doubled
@@ -353,18 +352,8 @@ class ProjectRun(OutcomeCollector):
         else:
             kind = p.CHUNK
             codec, payload = dumps_inband(list(self.args[lo : self._span(lo)[1]]))
-        return TaskRecord(
-            self.executor.scheduler.next_task_id(),
-            ResultSlot(),
-            self._fn_id,
-            kind,
-            codec,
-            payload,
-            (),
-            options.priority,
-            options.timeout,
-            options.retries,
-            options.group,
+        return self.executor._new_record(
+            self.options, self._fn_id, ResultSlot(), kind, codec, payload
         )
 
     def _sweep(self) -> None:

@@ -108,25 +108,32 @@ class Scheduler:
 
     def submit_threadsafe(self, record: TaskRecord) -> None:
         """Queue a task from any thread; wakes the loop once per burst."""
-        if self.broken is not None:
-            raise BrokenCeranubisExecutor(str(self.broken)) from self.broken
-        with self._idle:
-            self.outstanding += 1
-            was_idle = self.outstanding == 1
+        was_idle = self._count_in(1)
         self.incoming.append(record)
         if was_idle and self.loop_thread.run_if_asleep(self._take_incoming_directly):
             return
-        if not self._wakeup_pending:
-            self._wakeup_pending = True
-            self.loop_thread.call_threadsafe(self._take_incoming)
+        self._wake_for_incoming()
 
     def submit_many_threadsafe(self, records: Sequence[TaskRecord]) -> None:
         """Queue tasks from any thread, with one lock and at most one wake-up."""
+        self._count_in(len(records))
+        self.incoming.extend(records)
+        self._wake_for_incoming()
+
+    def _count_in(self, count: int) -> bool:
+        """Count ``count`` more tasks outstanding; ``True`` if the executor was idle.
+
+        Raises:
+            BrokenCeranubisExecutor: no host is usable any more.
+        """
         if self.broken is not None:
             raise BrokenCeranubisExecutor(str(self.broken)) from self.broken
         with self._idle:
-            self.outstanding += len(records)
-        self.incoming.extend(records)
+            self.outstanding += count
+            return self.outstanding == count
+
+    def _wake_for_incoming(self) -> None:
+        """Have the loop take the incoming tasks: one wake-up per burst."""
         if not self._wakeup_pending:
             self._wakeup_pending = True
             self.loop_thread.call_threadsafe(self._take_incoming)
