@@ -14,7 +14,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .hosts import Host, HostSpec
-from .project_run import encode
+from .project_rows import encode, encode_many
 from .serialize import dumps_function, loads_function
 from .store import ProjectRow
 
@@ -120,7 +120,7 @@ def check_shippable(fn: Callable[..., Any]) -> bytes:
 def encode_args(items: list[tuple[Any, ...]]) -> list[bytes]:
     """Each argument tuple as stored (see :func:`~ceranubis_jupyter.project_rows.encode`)."""
     try:
-        return [encode(item) for item in items]  # one pass in C-speed comprehension
+        return encode_many(items)
     except Exception:
         pass
     for index, item in enumerate(items):  # find the culprit for the message

@@ -31,6 +31,7 @@ RECENT_KEEP = 50
 OUTPUT_KEEP = 200
 
 _PICKLED = bytes([p.PICKLE])
+_MAIN = b"__main__"  # in a pickle: refers to the user's own module, so dill ships it
 _LEFT = "pending"  # an argument whose task was dropped (executor shut down): run it later
 
 
@@ -38,12 +39,28 @@ def encode(obj: Any) -> bytes:
     """Bytes for a BLOB column: one codec byte, then the pickle (or dill) payload."""
     try:
         payload = pickle.dumps(obj, PICKLE_PROTOCOL)
-        if b"__main__" not in payload:  # as serialize.dumps_inband decides, minus a call
+        if _MAIN not in payload:  # as serialize.dumps_inband decides, minus a call
             return _PICKLED + payload
     except Exception:
         pass
     codec, payload = dumps_inband(obj)
     return bytes([codec]) + payload
+
+
+def encode_many(items: Sequence[Any]) -> list[bytes]:
+    """:func:`encode` of each item, in two C-speed passes when none needs dill (about
+    twice as fast on tiny arguments). Raises what pickling one of them raised."""
+    dumps, protocol = pickle.dumps, PICKLE_PROTOCOL
+    try:
+        payloads = [dumps(item, protocol) for item in items]
+    except Exception:
+        return [encode(item) for item in items]  # some need dill (or cannot be pickled)
+    if _MAIN in b"".join(payloads):  # one scan; a match across two payloads only costs time
+        pairs = zip(items, payloads, strict=True)
+        return [
+            _PICKLED + payload if _MAIN not in payload else encode(item) for item, payload in pairs
+        ]
+    return [_PICKLED + payload for payload in payloads]
 
 
 def decode(blob: bytes) -> Any:
@@ -233,4 +250,12 @@ def final_state(counts: dict[str, int], cancelled: bool) -> str:
     return "done"
 
 
-__all__ = ["OutcomeCollector", "Tally", "decode", "encode", "error_text", "final_state"]
+__all__ = [
+    "OutcomeCollector",
+    "Tally",
+    "decode",
+    "encode",
+    "encode_many",
+    "error_text",
+    "final_state",
+]

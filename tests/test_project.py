@@ -472,3 +472,28 @@ def test_a_big_argument_travels_as_stored(store_url: str) -> None:
         project = commit_function(executor, len, [(big,), (b"ab",)], store=store_url)
         assert project.wait(DEADLINE) and project.state == "done"
     assert [result for _, result in project.results()] == [len(big), 2]
+
+
+def test_encode_many_stores_arguments_as_encode_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The batch path must choose dill exactly where encode does: for what pickle refuses
+    # (a lambda), and for what it would only refer to by name in __main__.
+    import __main__
+
+    from ceranubis_jupyter.project_rows import decode, encode, encode_many
+
+    class Local:
+        def __init__(self, x: int) -> None:
+            self.x = x
+
+    Local.__module__, Local.__qualname__ = "__main__", "Local"
+    monkeypatch.setattr(__main__, "Local", Local, raising=False)
+    plain = [(i, "s", b"b") for i in range(300)]
+    with_main = [*plain[:5], (Local(3),), *plain[5:]]
+    with_lambda = [(lambda x: x,), *plain]
+    for items in (plain, with_main, with_lambda):
+        blobs = encode_many(items)
+        assert blobs == [encode(item) for item in items]
+    assert len({blob[0] for blob in encode_many(with_main)}) == 2  # pickle and dill codecs
+    assert decode(encode_many(with_main)[5])[0].x == 3
+    with pytest.raises(Exception):
+        encode_many([(1,), ((i for i in range(3)),)])

@@ -223,6 +223,29 @@ def test_a_failing_start_hook_leaves_nothing(store_url: str) -> None:
     assert len(seen) == 1 and store.find_project("p") is None and store.list_projects() == []
 
 
+def test_batched_results_land_on_their_own_arguments(store_url: str) -> None:
+    # 700 results: more than one statement, the last one padded; and a second write of
+    # the same arguments changes nothing (each result is recorded once).
+    store = open_store(store_url)
+    row, ids = store.add_project("p", "", "f", [], None, [b"a"] * 1000, this_client())
+    chosen = list(ids)[100:800]
+    values: list[object] = []
+    for k, arg_id in enumerate(chosen):
+        values += (arg_id, f"result {k}".encode(), f"h{k % 3}", 1 + k % 2, k + 0.5, k + 1.5)
+    assert store.record_rows([], values) == 700
+    assert store.record_rows([], values) == 0
+    rows = store.arguments(row.id, ["done"])
+    assert [r.id for r in rows] == chosen
+    assert [r.result for r in rows] == [f"result {k}".encode() for k in range(700)]
+    assert all(type(r.result) is bytes for r in rows)
+    assert [(r.host, r.attempts, r.started) for r in rows[:3]] == [
+        ("h0", 1, 0.5),
+        ("h1", 2, 1.5),
+        ("h2", 1, 2.5),
+    ]
+    assert store.counts(row.id) == dict(pending=300, running=0, done=700, failed=0, cancelled=0)
+
+
 def _done_values(ids: list[int]) -> list[object]:
     """``record_rows(done=...)`` values: a result per argument."""
     values: list[object] = []
