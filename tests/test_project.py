@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+import __main__
 from ceranubis_jupyter import CeranubisExecutor, project_run
 from ceranubis_jupyter.errors import ConfigError, StoreError
 from ceranubis_jupyter.project import (
@@ -18,6 +19,7 @@ from ceranubis_jupyter.project import (
     remove_project,
 )
 from ceranubis_jupyter.project_code import function_from_code
+from ceranubis_jupyter.project_rows import decode, encode, encode_many
 from ceranubis_jupyter.store import SQLiteStore, Store, open_store
 
 CODE = """
@@ -477,10 +479,6 @@ def test_a_big_argument_travels_as_stored(store_url: str) -> None:
 def test_encode_many_stores_arguments_as_encode_does(monkeypatch: pytest.MonkeyPatch) -> None:
     # The batch path must choose dill exactly where encode does: for what pickle refuses
     # (a lambda), and for what it would only refer to by name in __main__.
-    import __main__
-
-    from ceranubis_jupyter.project_rows import decode, encode, encode_many
-
     class Local:
         def __init__(self, x: int) -> None:
             self.x = x
@@ -495,5 +493,5 @@ def test_encode_many_stores_arguments_as_encode_does(monkeypatch: pytest.MonkeyP
         assert blobs == [encode(item) for item in items]
     assert len({blob[0] for blob in encode_many(with_main)}) == 2  # pickle and dill codecs
     assert decode(encode_many(with_main)[5])[0].x == 3
-    with pytest.raises(Exception):
+    with pytest.raises(TypeError, match="generator"):
         encode_many([(1,), ((i for i in range(3)),)])

@@ -246,6 +246,16 @@ def test_batched_results_land_on_their_own_arguments(store_url: str) -> None:
     assert store.counts(row.id) == dict(pending=300, running=0, done=700, failed=0, cancelled=0)
 
 
+def test_an_unknown_state_is_refused_and_changes_nothing(store_url: str) -> None:
+    store = open_store(store_url)
+    project_id = _new(store, count=2)
+    first, second = (r.id for r in store.arguments(project_id, ["pending"]))
+    ok = Outcome(first, "done", b"r", host="h", attempts=1, started=1.0, finished=2.0)
+    with pytest.raises(StoreError, match=r"(?i)check"):
+        store.record_outcomes([ok, Outcome(second, "finished")])
+    assert store.counts(project_id) == dict(pending=2, running=0, done=0, failed=0, cancelled=0)
+
+
 def _done_values(ids: list[int]) -> list[object]:
     """``record_rows(done=...)`` values: a result per argument."""
     values: list[object] = []
