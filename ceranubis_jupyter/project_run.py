@@ -63,8 +63,9 @@ SUBMIT_LOW = SUBMIT_AHEAD // 2
 # Tasks handed to the scheduler at once: one lock and one wake-up each, and the first
 # ones reach the nodes while the rest are still being made.
 SUBMIT_BATCH = 256
-# Seconds between writes once every task is submitted: the write after the last result
-# is what a waiter waits for, so it is kept small (a tenth of the usual batch).
+# Seconds between writes once every task is submitted, while results keep coming: the
+# write after the last result is what a waiter waits for, so it is kept small (a tenth
+# of the usual batch). Long tasks that return nothing for a while get FLUSH_SECONDS.
 TAIL_FLUSH_SECONDS = 0.01
 # Seconds to wait for a run to settle after a cancel, and for a flush.
 SETTLE_SECONDS = 30.0
@@ -149,6 +150,7 @@ class ProjectRun(OutcomeCollector):
             self._created.set()
         self._wake = threading.Event()
         self._write_due = False  # flush() wants a write before the flush period is over
+        self._flowing = False  # the last write found finished tasks
         self.finished = threading.Event()
         self._flushes = threading.Condition()
         self._cycles_started = self._cycles_ended = 0
@@ -307,7 +309,8 @@ class ProjectRun(OutcomeCollector):
                 if self._in_flight() >= SUBMIT_AHEAD:
                     self._wake.wait(FLUSH_SECONDS)
             else:
-                self._wake.wait(TAIL_FLUSH_SECONDS if self._in_flight() else FLUSH_SECONDS)
+                tail = self._flowing and self._in_flight()
+                self._wake.wait(TAIL_FLUSH_SECONDS if tail else FLUSH_SECONDS)
 
     def _submitting(self) -> bool:
         return not self._stop_submitting and self._next < len(self.args)
@@ -371,7 +374,8 @@ class ProjectRun(OutcomeCollector):
             scheduler.cancel_threadsafe(task_ids)
 
     def _write(self) -> None:
-        if self._collect():
+        self._flowing = self._collect()
+        if self._flowing:
             self.notify()
         running = self._running_rows()
         try:

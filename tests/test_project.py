@@ -208,6 +208,22 @@ def test_long_tasks_show_as_running_in_the_store(store_url: str) -> None:
     project.cancel()
 
 
+def test_a_run_waiting_on_long_tasks_wakes_at_the_flush_period(store_url: str) -> None:
+    # Writes come every 10 ms only while results flow in the tail; a run whose tasks
+    # return nothing for a second must not spin at that rate.
+    with CeranubisExecutor(max_workers=2) as executor:
+        project = commit_function(executor, time.sleep, [(0.01,), (2.0,)], store=store_url)
+        run = project._run
+        assert run is not None
+        wait_for(lambda: project.status()[0] == 1)
+        time.sleep(0.2)
+        cycles = run._cycles_started
+        time.sleep(1.0)
+        woke = run._cycles_started - cycles
+        assert 5 <= woke <= 1.0 / project_run.FLUSH_SECONDS + 5, woke
+        assert project.wait(DEADLINE) and project.status() == (2, 2)
+
+
 def test_cancel_stops_and_keeps_finished(store_url: str) -> None:
     args = [(x, 0.2) for x in range(40) if x != 7]
     project = commit_project(CODE, "work", args, store=store_url)
