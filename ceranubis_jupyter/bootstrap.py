@@ -42,7 +42,16 @@ MIN_PYTHON = (3, 10)
 # long enough for a slow link, short enough that a stalled client leaves no process behind.
 BOOT_TIMEOUT = 120
 # Node modules shipped in the bundle (everything ``node`` imports, transitively).
-NODE_MODULES = ("errors", "messages", "framing", "protocol", "serialize", "worker", "node")
+NODE_MODULES = (
+    "errors",
+    "messages",
+    "framing",
+    "protocol",
+    "serialize",
+    "worker",
+    "outbox",
+    "node",
+)
 # zlib level for the bundle: 6 shrinks dill 4x for ~20 ms once per client process.
 COMPRESS_LEVEL = 6
 _LENGTH = struct.Struct("!Q")

@@ -8,7 +8,8 @@
 It says ``Hello``, waits for ``Configure``, forks one worker per core (or as asked), keeps a
 queue of the tasks the client sent, feeds each worker a batch of about ``BATCH_SECONDS`` of
 work (at least ``WORKER_PREFETCH`` tasks) in one frame, batches the results of a loop turn
-into one frame, restarts a worker that dies (reporting the task it was running, which the
+into one frame, passes a big task to an idle worker while its frame still arrives
+(:class:`_Relay`), restarts a worker that dies (reporting the task it was running, which the
 worker's :class:`~.worker.RunningSlot` tells, as crashed) and reports load every second. It
 exits, killing its workers, when its input closes, on ``Shutdown``, or when the client has
 been silent too long.
@@ -20,8 +21,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import fcntl
-import itertools
 import json
 import os
 import selectors
@@ -36,6 +35,7 @@ import dill
 from . import protocol as p
 from . import worker
 from .errors import RemoteProtocolError
+from .outbox import Outbox, grow_pipe
 
 # Tasks a worker holds at the least: one running, one waiting, so a pipe hop never idles it.
 WORKER_PREFETCH = 2
@@ -59,9 +59,6 @@ NEWS_POLL_SECONDS = 0.02
 # Seconds before the node tries again to write to the client while a worker holds the
 # output lock (a worker holds it for one small write: a few microseconds).
 LOCK_RETRY_SECONDS = 0.0005
-# Pipe capacity asked of the kernel (Linux caps it at /proc/sys/fs/pipe-max-size, 1 MiB by
-# default): 16x fewer syscalls and wake-ups for big payloads than the 64 KiB default.
-PIPE_SIZE = 1 << 20
 
 
 @dataclass
@@ -71,7 +68,7 @@ class _Worker:
     pid: int
     to_worker: int
     from_worker: int
-    outbox: _Outbox
+    outbox: Outbox
     slot: worker.RunningSlot
     decoder: p.FrameDecoder = field(default_factory=p.FrameDecoder)
     tasks: collections.deque[p.Task] = field(default_factory=collections.deque)  # in order
@@ -83,60 +80,19 @@ class _Worker:
     cancelled: set[int] = field(default_factory=set)
 
 
-class _Outbox:
-    """Pending bytes for a non-blocking file descriptor.
+@dataclass
+class _Relay:
+    """A large one-task frame passed on to an idle worker while it still arrives (cut-through).
 
-    With a :class:`~.worker.ClientPipe` (the output shared with the workers), the lock is
-    held from the first byte written to the last, so a worker's frame never lands inside
-    one of ours; while a worker holds it, our bytes wait (``waiting_for_lock``).
+    The worker receives the task's bytes as the client's come in, instead of after the
+    last one: its copy overlaps the transfer. The node keeps the whole frame as well (it
+    re-queues the task if the worker dies), and adds the task to the worker's list only
+    when the frame is complete, before the worker can have all of it.
     """
 
-    def __init__(self, fd: int, shared: worker.ClientPipe | None = None) -> None:
-        self.fd = fd
-        self.shared = shared
-        self.watched = False  # registered with the selector for writability
-        self._locked = False
-        self._chunks: collections.deque[memoryview] = collections.deque()
-
-    def __bool__(self) -> bool:
-        return bool(self._chunks)
-
-    @property
-    def waiting_for_lock(self) -> bool:
-        return bool(self._chunks) and self.shared is not None and not self._locked
-
-    def discard(self) -> None:
-        """Drop what is pending (its descriptor is being closed)."""
-        self._chunks.clear()
-
-    def add(self, chunks: list[p.Buffer]) -> None:
-        self._chunks.extend(view for chunk in chunks if (view := memoryview(chunk).cast("B")))
-
-    def flush(self) -> None:
-        """Write as much as the descriptor takes now (many chunks per ``writev``)."""
-        if self.shared is None:
-            self._write()
-        elif self._chunks and (self._locked or self.shared.try_lock()):
-            self._locked = True
-            self._write()
-            if not self._chunks:
-                self.shared.unlock()
-                self._locked = False
-
-    def _write(self) -> None:
-        while self._chunks:
-            batch = list(itertools.islice(self._chunks, worker.IOV_BATCH))
-            try:
-                written = os.writev(self.fd, batch)
-            except BlockingIOError:
-                return
-            while written:
-                head = self._chunks[0]
-                if written < len(head):
-                    self._chunks[0] = head[written:]
-                    return
-                written -= len(head)
-                self._chunks.popleft()
+    target: _Worker | None  # None once that worker died: the task is queued as usual
+    body: memoryview
+    sent: int  # body bytes handed to the worker's outbox so far
 
 
 class Supervisor:
@@ -146,12 +102,13 @@ class Supervisor:
         self.conn = p.Connection(p.NODE)
         self.read_fd = read_fd
         self.client = worker.ClientPipe.open(write_fd)
-        self.out = _Outbox(write_fd, self.client)
+        self.out = Outbox(write_fd, self.client)
         self.selector = selectors.DefaultSelector()
         self.workers: dict[int, _Worker] = {}
         self.queue: collections.deque[p.Task] = collections.deque()
         self.functions: dict[int, p.Buffer] = {}
         self.pending_results: list[p.Result] = []
+        self.relay: _Relay | None = None
         # Running mean of seconds per task; starts slow so that first batches stay small.
         self.task_seconds = BATCH_SECONDS
         self.n_workers = 0
@@ -181,13 +138,16 @@ class Supervisor:
         for key, _ in self.selector.select(self._select_timeout()):
             if key.data is None:
                 self._read_client()
-            elif isinstance(key.data, _Outbox):
+            elif isinstance(key.data, Outbox):
                 key.data.flush()  # a forgotten worker's outbox is empty: no-op
             elif (state := self.workers.get(key.fd)) is key.data and state is not None:
                 self._read_worker(state)
             # else: the worker died earlier in this turn and its fd may be reused already
             if not self.running:
                 return
+        if self.out.broken:
+            self.running = False  # nobody reads what we say
+            return
         self._dispatch()
         self._flush_results()
         self._on_clock()
@@ -229,6 +189,8 @@ class Supervisor:
                 self._on_message(message)
         except RemoteProtocolError as error:
             self._fail(f"garbage from the client: {error}")
+            return
+        self._relay_large()
 
     def _on_message(self, message: p.Message) -> None:
         if isinstance(message, p.Configure):
@@ -236,7 +198,10 @@ class Supervisor:
         elif isinstance(message, p.Function):
             self.functions[message.fn_id] = bytes(message.blob)
         elif isinstance(message, p.Tasks):
-            self.queue.extend(message.tasks)
+            if self.relay is not None:
+                self._end_relay(message.tasks)
+            else:
+                self.queue.extend(message.tasks)
         elif isinstance(message, p.Cancel):
             self._cancel(set(message.task_ids))
         elif isinstance(message, p.Shutdown):
@@ -265,6 +230,55 @@ class Supervisor:
         self.out.flush()
         self.running = False
 
+    # ------------------------------------------------------------------ cut-through
+
+    def _relay_large(self) -> None:
+        """Pass on what has come of a large one-task frame (see :class:`_Relay`)."""
+        progress = self.conn.large_in_progress()
+        if progress is None:
+            return
+        kind, body, filled = progress
+        relay = self.relay
+        if relay is None:
+            relay = self.relay = self._begin_relay(kind, body, filled)
+            if relay is None:
+                return
+        target = relay.target
+        if target is not None and self.workers.get(target.from_worker) is not target:
+            relay.target = target = None  # it died: the task is queued when complete
+        if target is not None and filled > relay.sent:
+            target.outbox.add([body[relay.sent : filled]])
+            relay.sent = filled
+            target.outbox.flush()
+
+    def _begin_relay(self, kind: int, body: memoryview, filled: int) -> _Relay | None:
+        fn_id = p.lone_task_function(kind, body, filled)
+        self._catch_up_all()  # a worker whose results went straight to the client is idle
+        idle = [w for w in self.workers.values() if not w.tasks]
+        if fn_id is None or fn_id not in self.functions or not idle or self.queue:
+            return None  # the usual way: queued once complete, dispatched in turn
+        target, blob = idle[0], self.functions[fn_id]
+        if fn_id not in target.functions:
+            target.outbox.add(p.encode(p.Function(fn_id, blob)))
+            target.functions.add(fn_id)
+        target.outbox.add([p.frame_header(kind, len(body))])
+        return _Relay(target, body, 0)
+
+    def _end_relay(self, tasks: tuple[p.Task, ...]) -> None:
+        """The relayed frame is complete: the worker holds its task; send the rest."""
+        relay, self.relay = self.relay, None
+        assert relay is not None
+        target = relay.target
+        if target is None or self.workers.get(target.from_worker) is not target:
+            self.queue.extend(tasks)
+            return
+        target.busy_since = time.monotonic()
+        target.tasks.extend(tasks)
+        target.held.update(task.task_id for task in tasks)
+        target.timeouts.update((t.task_id, t.timeout) for t in tasks if t.timeout > 0)
+        target.outbox.add([relay.body[relay.sent :]])
+        target.outbox.flush()
+
     # ------------------------------------------------------------------ workers
 
     def _start_worker(self) -> None:
@@ -282,7 +296,7 @@ class Supervisor:
         os.close(result_write)
         os.set_blocking(task_write, False)
         os.set_blocking(result_read, False)  # a stale readiness event must not hang the node
-        state = _Worker(pid, task_write, result_read, _Outbox(task_write), slot)
+        state = _Worker(pid, task_write, result_read, Outbox(task_write), slot)
         self.workers[result_read] = state
         self.selector.register(result_read, selectors.EVENT_READ, state)
 
@@ -293,7 +307,10 @@ class Supervisor:
         self._want_news(True)  # before catching up: a delivery from now on is told
         self._catch_up_all()
         limit = self._prefetch()
+        relaying = self.relay.target if self.relay is not None else None
         for state in sorted(self.workers.values(), key=lambda w: len(w.tasks)):
+            if state is relaying:
+                continue  # its pipe is inside a frame: nothing else may go in
             room = min(limit - len(state.tasks), len(self.queue))
             if room > 0:
                 self._give(state, [self.queue.popleft() for _ in range(room)])
@@ -559,15 +576,6 @@ class _CpuMeter:
 
 def _status_result(task_id: int, status: int, info: dict[str, int]) -> p.Result:
     return p.Result(task_id, status, p.PICKLE, json.dumps(info).encode())
-
-
-def grow_pipe(fd: int) -> None:
-    """Ask for a ``PIPE_SIZE`` pipe buffer; a no-op where that is not possible."""
-    set_size = getattr(fcntl, "F_SETPIPE_SZ", None)
-    if set_size is None:  # pragma: no cover - not Linux
-        return
-    with contextlib.suppress(OSError):
-        fcntl.fcntl(fd, set_size, PIPE_SIZE)
 
 
 def _kill(pid: int) -> None:

@@ -25,6 +25,8 @@ from .errors import LocalProtocolError, RemoteProtocolError, VersionMismatch
 from .framing import MAX_FRAME as MAX_FRAME
 from .framing import FrameDecoder
 from .framing import encode as encode
+from .framing import frame_header as frame_header
+from .framing import lone_task_function as lone_task_function
 from .messages import (
     ARGS,
     CALL,
@@ -99,6 +101,10 @@ class Connection:
     def filled(self, count: int) -> None:
         """See :meth:`FrameDecoder.filled`."""
         self._decoder.filled(count)
+
+    def large_in_progress(self) -> tuple[int, memoryview, int] | None:
+        """See :meth:`FrameDecoder.large_in_progress`."""
+        return self._decoder.large_in_progress()
 
     def next_event(self) -> Message | None:
         """The next complete message, or ``None`` when more bytes are needed."""

@@ -46,6 +46,7 @@ def test_bundle_holds_the_node_modules_and_dill_and_nothing_else() -> None:
             "framing",
             "messages",
             "node",
+            "outbox",
             "protocol",
             "serialize",
             "worker",
