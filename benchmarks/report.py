@@ -21,6 +21,7 @@ from peers import LOKY, OURS, PPE
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 OURS_SSH = "ceranubis-ssh"
 RAW_SSH = "asyncssh"
+EXECNET_SSH = "execnet-ssh"
 
 Samples = dict[str, dict[str, list[float]]]
 Medians = dict[str, dict[str, float]]
@@ -104,10 +105,25 @@ LOCAL = Section(
 )
 
 SSH = Section(
-    "Over SSH to a loopback sshd (2 workers) vs bare asyncssh, same cipher",
+    "Over SSH to a loopback sshd (2 workers) vs bare asyncssh and execnet, same cipher",
     OURS_SSH,
-    (OURS_SSH, RAW_SSH),
+    (OURS_SSH, RAW_SSH, EXECNET_SSH),
     (
+        Metric(
+            "w1",
+            "SSH W1 map, default chunksize",
+            "tasks/s",
+            0,
+            Target("min", 2.0, EXECNET_SSH),
+        ),
+        Metric(
+            "w1_batched",
+            "SSH W1 map, chunksize=1000",
+            "tasks/s",
+            0,
+            Target("min", 1.0, EXECNET_SSH),
+        ),
+        Metric("w2", "SSH W2 submit x5000, wait", "tasks/s", 0),
         Metric("w3_median", "SSH W3 round trip, median", "µs", 0, Target("max", 1.3, RAW_SSH)),
         Metric(
             "w3_p99",

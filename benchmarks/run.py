@@ -123,6 +123,7 @@ class Run:
 
         self.samples.setdefault(report.OURS_SSH, defaultdict(list))
         self.samples.setdefault(report.RAW_SSH, defaultdict(list))
+        self.samples.setdefault(report.EXECNET_SSH, defaultdict(list))
         ssh_bench.run_ssh(self.record, inc, self.repeats, _progress)
 
     def _throughput(self) -> None:

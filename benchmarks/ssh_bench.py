@@ -6,7 +6,9 @@ host-key checking stays on. Then, one after the other:
 
 - W3: our round trip vs a bare asyncssh echo to a remote Python (one message in flight);
 - W4: our 100 MB round trip vs the raw asyncssh channel with the same cipher;
-- W5: start to first result with an empty remote bundle cache (cold) and a filled one (warm).
+- W5: start to first result with an empty remote bundle cache (cold) and a filled one (warm);
+- W1 (per item and chunksize=1000), W2, W3 and W4 against execnet over ssh with a minimal
+  dill executor (``execnet_peer.py``), the SSH peer of benchmarks.md.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from typing import Any
 
 import asyncssh
 import workloads as w
-from report import OURS_SSH
+from execnet_peer import ExecnetExecutor
+from report import EXECNET_SSH, OURS_SSH
 from report import RAW_SSH as RAW
 
 from ceranubis_jupyter import CeranubisExecutor
@@ -190,8 +193,37 @@ def run_ssh(record: Record, inc: w.IntFn, repeats: int, progress: Callable[[str]
             executor.submit(inc, 1).result()
             _latency(record, executor, inc, repeats, progress)
             _bandwidth(record, executor, repeats, progress)
+            _versus_execnet(record, setup, executor, inc, repeats, progress)
         finally:
             executor.shutdown(wait=True)
+
+
+def _versus_execnet(
+    record: Record,
+    setup: Loopback,
+    ours_executor: Executor,
+    inc: w.IntFn,
+    repeats: int,
+    progress: Callable[[str], None],
+) -> None:
+    progress("SSH W1-W4 vs execnet over ssh")
+    config = str(setup.home.ssh / "config")
+    peer = ExecnetExecutor(ALIAS, config, sys.executable, PREFERRED_CIPHER, workers=2)
+    try:
+        peer.submit(inc, 1).result()
+        payload = w.w4_payloads()["bytes"]
+        for _ in range(repeats):
+            for system, executor in ((OURS_SSH, ours_executor), (EXECNET_SSH, peer)):
+                record(system, "w1", w.w1_map(executor, inc))
+                record(system, "w1_batched", w.w1_map(executor, inc, chunksize=1000))
+                record(system, "w2", w.w2_submit(executor, inc))
+                if system == EXECNET_SSH:  # ours was measured above, beside asyncssh
+                    median, p99 = w.w3_latency(executor, inc)
+                    record(system, "w3_median", median)
+                    record(system, "w3_p99", p99)
+                    record(system, "w4_bytes", w.w4_throughput(executor, payload))
+    finally:
+        peer.shutdown()
 
 
 def _latency(
