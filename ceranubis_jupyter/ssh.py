@@ -386,6 +386,10 @@ class _NodeSession(asyncssh.SSHClientSession[bytes]):
 class SSHChannel(Channel):
     """A node's stdin/stdout over an SSH session; owns its connection."""
 
+    # asyncssh's write path on an open channel (buffer, encrypt, ``transport.write``) calls
+    # no loop callback: a submitting thread may run it while the loop sleeps.
+    direct_writes = True
+
     def __init__(
         self,
         host: str,

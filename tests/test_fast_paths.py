@@ -150,16 +150,17 @@ def plus_one(x: int) -> int:
     return x + 1
 
 
-def test_many_threads_submitting_one_task_at_a_time() -> None:
+def test_many_threads_submitting_one_task_at_a_time(hosts: object) -> None:
     # Each thread's task finds the executor idle now and then (sent from that thread while
-    # the loop sleeps) and busy otherwise (queued for the loop): every result must arrive.
+    # the loop sleeps) and busy otherwise (queued for the loop): every result must arrive,
+    # over pipes and over asyncssh channels.
     threads, calls = 8, 300
     results: dict[int, list[int]] = {}
 
     def client(index: int, ex: CeranubisExecutor) -> None:
         results[index] = [ex.submit(plus_one, index * calls + i).result(30) for i in range(calls)]
 
-    with CeranubisExecutor(max_workers=2) as ex:
+    with CeranubisExecutor(hosts, max_workers=2) as ex:  # type: ignore[arg-type]
         workers = [threading.Thread(target=client, args=(n, ex)) for n in range(threads)]
         for thread in workers:
             thread.start()
@@ -168,6 +169,29 @@ def test_many_threads_submitting_one_task_at_a_time() -> None:
         assert not any(thread.is_alive() for thread in workers)
     for index in range(threads):
         assert results[index] == [index * calls + i + 1 for i in range(calls)]
+
+
+def test_a_lone_task_leaves_from_the_submitting_thread_on_every_transport(
+    hosts: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Sequential round trips find the loop asleep: the submitting thread sends the task
+    # itself (local pipes and asyncssh channels alike), and every result still arrives.
+    with CeranubisExecutor(hosts, max_workers=2) as ex:  # type: ignore[arg-type]
+        assert ex.submit(plus_one, 0).result(30) == 1
+        scheduler = ex.scheduler
+        sent_directly = []
+        original = scheduler._take_incoming_directly
+
+        def counted() -> bool:
+            taken = original()
+            sent_directly.append(taken)
+            return taken
+
+        monkeypatch.setattr(scheduler, "_take_incoming_directly", counted)
+        for i in range(40):
+            time.sleep(0.005)  # the loop goes back to sleep
+            assert ex.submit(plus_one, i).result(30) == i + 1
+    assert sum(sent_directly) >= 30, sent_directly
 
 
 def test_run_if_asleep_runs_only_while_the_loop_sleeps() -> None:

@@ -202,3 +202,13 @@ def test_big_and_small_tasks_interleave_on_every_transport(hosts: object) -> Non
         wait([future for future, _ in futures], timeout=120)
         for future, data in futures:
             assert future.result(timeout=0) == hashlib.sha256(data).hexdigest()
+
+
+def test_big_lone_tasks_sent_while_the_loop_sleeps_arrive_whole(hosts: object) -> None:
+    # A lone task leaves from the submitting thread; a big one fills the channel's window
+    # and the socket's buffer there, and the loop must carry on with the rest.
+    with CeranubisExecutor(hosts, max_workers=2) as executor:  # type: ignore[arg-type]
+        for size in (BIG, 5_000_000, BIG + 1):
+            data = os.urandom(size)
+            time.sleep(0.05)  # the loop is asleep when the task is submitted
+            assert executor.submit(digest, data).result(60) == hashlib.sha256(data).hexdigest()
