@@ -8,13 +8,15 @@ host-key checking stays on. Then, one after the other:
 - W4: our 100 MB round trip vs the raw asyncssh channel with the same cipher;
 - W5: start to first result with an empty remote bundle cache (cold) and a filled one (warm);
 - W1 (per item and chunksize=1000), W2, W3 and W4 against execnet over ssh with a minimal
-  dill executor (``execnet_peer.py``), the SSH peer of benchmarks.md.
+  dill executor (``execnet_peer.py``), the SSH peer of benchmarks.md (left out, with a
+  line saying so, where execnet is not installed: it comes with the dev extra).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import os
 import shutil
 import statistics
@@ -30,7 +32,6 @@ from typing import Any
 
 import asyncssh
 import workloads as w
-from execnet_peer import ExecnetExecutor
 from report import EXECNET_SSH, OURS_SSH
 from report import RAW_SSH as RAW
 
@@ -206,6 +207,11 @@ def _versus_execnet(
     repeats: int,
     progress: Callable[[str], None],
 ) -> None:
+    if importlib.util.find_spec("execnet") is None:
+        progress("SSH W1-W4 vs execnet skipped: execnet is not installed (pip install execnet)")
+        return
+    from execnet_peer import ExecnetExecutor
+
     progress("SSH W1-W4 vs execnet over ssh")
     config = str(setup.home.ssh / "config")
     peer = ExecnetExecutor(ALIAS, config, sys.executable, PREFERRED_CIPHER, workers=2)
