@@ -239,3 +239,30 @@ def test_pipe_reader_keeps_bytes_until_a_receiver_takes_over() -> None:
         return got
 
     assert asyncio.run(scenario()) == [b"kept", b"pushed", b""]
+
+
+def test_configure_leaves_before_the_hello_arrives(
+    hosts: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The node reads Configure only after sending its Hello: the client need not wait for
+    # the Hello to send it (a network round trip saved on a remote host's start).
+    from ceranubis_jupyter import link, protocol
+
+    events: list[str] = []
+    send, check = protocol.Connection.send, link.NodeLink._check_hello
+
+    def logged_send(self: protocol.Connection, message: protocol.Message) -> list[object]:
+        events.append(type(message).__name__)
+        return send(self, message)  # type: ignore[return-value]
+
+    def logged_check(self: link.NodeLink, hello: protocol.Hello) -> None:
+        events.append("checked Hello")
+        check(self, hello)
+
+    monkeypatch.setattr(protocol.Connection, "send", logged_send)
+    monkeypatch.setattr(link.NodeLink, "_check_hello", logged_check)
+    with CeranubisExecutor(hosts, max_workers=2) as ex:  # type: ignore[arg-type]
+        assert ex.submit(plus_one, 1).result(30) == 2
+        [info] = ex.hosts()  # an SSH host here is this machine: one worker per core
+        assert info.workers == (2 if hosts is None else len(os.sched_getaffinity(0)))
+    assert events.index("Configure") < events.index("checked Hello"), events
