@@ -222,7 +222,7 @@ def encode(message: Message) -> list[Buffer]:
     if isinstance(message, Results):
         return _encode_results(message.results).frame(kind)
     body = json.dumps(_json_fields(message), separators=(",", ":")).encode()
-    return [HEADER.pack(MAGIC, kind, len(body)) + body]
+    return [frame_header(kind, len(body)) + body]
 
 
 def _json_fields(message: Message) -> dict[str, Any]:

@@ -28,6 +28,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import dill
@@ -244,7 +245,7 @@ class Supervisor:
             if relay is None:
                 return
         target = relay.target
-        if target is not None and self.workers.get(target.from_worker) is not target:
+        if target is not None and not self._alive(target):
             relay.target = target = None  # it died: the task is queued when complete
         if target is not None and filled > relay.sent:
             target.outbox.add([body[relay.sent : filled]])
@@ -253,14 +254,14 @@ class Supervisor:
 
     def _begin_relay(self, kind: int, body: memoryview, filled: int) -> _Relay | None:
         fn_id = p.lone_task_function(kind, body, filled)
+        if fn_id is None or fn_id not in self.functions or self.queue:
+            return None  # the usual way: queued once complete, dispatched in turn
         self._catch_up_all()  # a worker whose results went straight to the client is idle
         idle = [w for w in self.workers.values() if not w.tasks]
-        if fn_id is None or fn_id not in self.functions or not idle or self.queue:
-            return None  # the usual way: queued once complete, dispatched in turn
-        target, blob = idle[0], self.functions[fn_id]
-        if fn_id not in target.functions:
-            target.outbox.add(p.encode(p.Function(fn_id, blob)))
-            target.functions.add(fn_id)
+        if not idle:
+            return None
+        target = idle[0]
+        self._ship_functions(target, {fn_id})
         target.outbox.add([p.frame_header(kind, len(body))])
         return _Relay(target, body, 0)
 
@@ -269,15 +270,16 @@ class Supervisor:
         relay, self.relay = self.relay, None
         assert relay is not None
         target = relay.target
-        if target is None or self.workers.get(target.from_worker) is not target:
+        if target is None or not self._alive(target):
             self.queue.extend(tasks)
             return
-        target.busy_since = time.monotonic()
-        target.tasks.extend(tasks)
-        target.held.update(task.task_id for task in tasks)
-        target.timeouts.update((t.task_id, t.timeout) for t in tasks if t.timeout > 0)
+        self._hold(target, tasks)
         target.outbox.add([relay.body[relay.sent :]])
         target.outbox.flush()
+
+    def _alive(self, state: _Worker) -> bool:
+        """Whether ``state`` is still one of our workers (not buried meanwhile)."""
+        return self.workers.get(state.from_worker) is state
 
     # ------------------------------------------------------------------ workers
 
@@ -360,20 +362,30 @@ class Supervisor:
         return min(max(WORKER_PREFETCH, min(paced, half)), even, MAX_PREFETCH)
 
     def _give(self, state: _Worker, tasks: list[p.Task]) -> None:
-        for fn_id in {task.fn_id for task in tasks} - state.functions:
+        if not self._ship_functions(state, {task.fn_id for task in tasks}):
+            return
+        self._hold(state, tasks)
+        state.outbox.add(p.encode(p.Tasks(tuple(tasks))))
+        state.outbox.flush()
+
+    def _ship_functions(self, state: _Worker, fn_ids: set[int]) -> bool:
+        """Queue the functions the worker lacks; ``False`` (the node fails) if unknown."""
+        for fn_id in fn_ids - state.functions:
             blob = self.functions.get(fn_id)
             if blob is None:
                 self._fail(f"a task refers to unknown function {fn_id}")
-                return
+                return False
             state.outbox.add(p.encode(p.Function(fn_id, blob)))
             state.functions.add(fn_id)
+        return True
+
+    def _hold(self, state: _Worker, tasks: Sequence[p.Task]) -> None:
+        """Count ``tasks`` as the worker's (their frame is on its way to it)."""
         if not state.tasks:
             state.busy_since = time.monotonic()
         state.tasks.extend(tasks)
         state.held.update(task.task_id for task in tasks)
         state.timeouts.update((t.task_id, t.timeout) for t in tasks if t.timeout > 0)
-        state.outbox.add(p.encode(p.Tasks(tuple(tasks))))
-        state.outbox.flush()
 
     def _read_worker(self, state: _Worker) -> None:
         try:

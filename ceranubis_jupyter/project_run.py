@@ -305,12 +305,16 @@ class ProjectRun(OutcomeCollector):
                 self._flushes.notify_all()
             if self._abandoned or self._exiting or self._settled():
                 return
-            if self._submitting():
-                if self._in_flight() >= SUBMIT_AHEAD:
-                    self._wake.wait(FLUSH_SECONDS)
-            else:
-                tail = self._flowing and self._in_flight()
-                self._wake.wait(TAIL_FLUSH_SECONDS if tail else FLUSH_SECONDS)
+            pause = self._pause()
+            if pause:
+                self._wake.wait(pause)
+
+    def _pause(self) -> float:
+        """Seconds to sleep before the next cycle unless woken (0: go on at once)."""
+        if self._submitting():
+            return FLUSH_SECONDS if self._in_flight() >= SUBMIT_AHEAD else 0.0
+        tail = self._flowing and self._in_flight()
+        return TAIL_FLUSH_SECONDS if tail else FLUSH_SECONDS
 
     def _submitting(self) -> bool:
         return not self._stop_submitting and self._next < len(self.args)
@@ -457,10 +461,8 @@ class ProjectRun(OutcomeCollector):
 
     def _all_done(self) -> bool:
         """Every argument is done, and written: by this run or before it."""
-        with self._lock:
-            done = self.tally.counts["done"]
         written = not (self._unwritten or self._unwritten_done)
-        return written and not self.cancelling and self.done_before + done == self.total
+        return written and not self.cancelling and self.counts()["done"] == self.total
 
     def _write_final_state(self) -> None:
         if self.cancelling:
