@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 from ceranubis_jupyter import CeranubisExecutor
-from ceranubis_jupyter.store import Store, open_store
+from ceranubis_jupyter.projects.store import Store
+from ceranubis_jupyter.projects.stores import open_store
 
 # W1's size, as in benchmarks.md.
 W1_ITEMS = 20_000

@@ -141,8 +141,8 @@ def ssh_unavailable() -> str:
     """Why the SSH workloads cannot run here ("" if they can)."""
     if not Path(SSHD).exists():
         return f"{SSHD} is missing (make system-deps)"
-    if importlib.util.find_spec("ceranubis_jupyter.ssh") is None:
-        return "ceranubis_jupyter.ssh is not there yet"
+    if importlib.util.find_spec("ceranubis_jupyter.cluster.ssh") is None:
+        return "ceranubis_jupyter.cluster.ssh is not there yet"
     return ""
 
 

@@ -36,8 +36,8 @@ from report import EXECNET_SSH, OURS_SSH
 from report import RAW_SSH as RAW
 
 from ceranubis_jupyter import CeranubisExecutor
-from ceranubis_jupyter.hosts import Host
-from ceranubis_jupyter.ssh import PREFERRED_CIPHER
+from ceranubis_jupyter.cluster.hosts import Host
+from ceranubis_jupyter.cluster.ssh import PREFERRED_CIPHER
 
 _REPO = Path(__file__).resolve().parent.parent
 if str(_REPO) not in sys.path:

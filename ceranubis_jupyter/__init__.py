@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "CeranubisExecutor": "executor",
-    "TaskOptions": "executor",
-    "Host": "hosts",
+    "CeranubisExecutor": "projects.executor",
+    "TaskOptions": "cluster.executor",
+    "Host": "cluster.hosts",
     "CeranubisError": "errors",
     "ConfigError": "errors",
     "ProtocolError": "errors",
@@ -35,20 +35,20 @@ _EXPORTS = {
     "StoreError": "errors",
     "BrokenCeranubisExecutor": "errors",
     "RemoteTraceback": "errors",
-    "Project": "project",
-    "commit_project": "project",
-    "list_projects": "project",
-    "remove_project": "project",
-    "open_store": "store",
+    "Project": "projects.project",
+    "commit_project": "projects.commit",
+    "list_projects": "projects.project",
+    "remove_project": "projects.project",
+    "open_store": "projects.stores",
 }
 
 __all__ = [*_EXPORTS, "__version__", "load_ipython_extension", "unload_ipython_extension"]
 
 if TYPE_CHECKING:
+    from .cluster.executor import TaskOptions as TaskOptions
+    from .cluster.hosts import Host as Host
     from .errors import *  # noqa: F403
-    from .executor import CeranubisExecutor as CeranubisExecutor
-    from .executor import TaskOptions as TaskOptions
-    from .hosts import Host as Host
+    from .projects.executor import CeranubisExecutor as CeranubisExecutor
 
 
 def __getattr__(name: str) -> Any:
@@ -62,13 +62,13 @@ def __getattr__(name: str) -> Any:
 
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext ceranubis_jupyter``: register ``%%ceranubis`` and ``%ceranubis``."""
-    from .magics import load
+    from .jupyter.magics import load
 
     load(ipython)
 
 
 def unload_ipython_extension(ipython: Any) -> None:
     """``%unload_ext ceranubis_jupyter``: remove the magics, shut their executors down."""
-    from .magics import unload
+    from .jupyter.magics import unload
 
     unload(ipython)

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
-from ceranubis_jupyter.transport import CLIENT_PREFIX, NODE_MARKER
+from ceranubis_jupyter.cluster.transport import CLIENT_PREFIX, NODE_MARKER
 
 # Fixture modules, one per area (ssh servers, postgres, jupyter), so areas stay apart.
 pytest_plugins = [

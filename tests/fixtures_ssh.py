@@ -28,7 +28,7 @@ import asyncssh
 import psutil
 import pytest
 
-from ceranubis_jupyter.hosts import Host
+from ceranubis_jupyter.cluster.hosts import Host
 
 SSHD = "/usr/sbin/sshd"
 # Seconds a server gets to start listening before the fixture fails.

@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 
 from ceranubis_jupyter import CeranubisExecutor, WorkerCrashed
-from ceranubis_jupyter.loopthread import LoopThread
-from ceranubis_jupyter.pipes import PipeReader
-from ceranubis_jupyter.worker import ClientPipe
+from ceranubis_jupyter.cluster.loopthread import LoopThread
+from ceranubis_jupyter.cluster.pipes import PipeReader
+from ceranubis_jupyter.node.worker import ClientPipe
 from tests.remote import by_value
 
 
@@ -246,7 +246,8 @@ def test_configure_leaves_before_the_hello_arrives(
 ) -> None:
     # The node reads Configure only after sending its Hello: the client need not wait for
     # the Hello to send it (a network round trip saved on a remote host's start).
-    from ceranubis_jupyter import link, protocol
+    from ceranubis_jupyter.cluster import link
+    from ceranubis_jupyter.wire import protocol
 
     events: list[str] = []
     send, check = protocol.Connection.send, link.NodeLink._check_hello

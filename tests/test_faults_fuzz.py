@@ -21,10 +21,15 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from ceranubis_jupyter import CeranubisExecutor
-from ceranubis_jupyter import protocol as p
+from ceranubis_jupyter.cluster.link import HostInfo
+from ceranubis_jupyter.cluster.transport import (
+    NODE_MARKER,
+    Channel,
+    Transport,
+    start_process_channel,
+)
 from ceranubis_jupyter.errors import RemoteProtocolError, VersionMismatch
-from ceranubis_jupyter.link import HostInfo
-from ceranubis_jupyter.transport import NODE_MARKER, Channel, Transport, start_process_channel
+from ceranubis_jupyter.wire import protocol as p
 from tests.fixtures_faults import wait_for
 from tests.remote import by_value
 
@@ -44,7 +49,7 @@ _PACKAGE_PARENT = str(Path(__file__).resolve().parents[1])
 FAKE_NODE = r"""
 import os, sys
 sys.path.insert(0, sys.argv[1])
-from ceranubis_jupyter import protocol as p
+from ceranubis_jupyter.wire import protocol as p
 garbage, record, early = bytes.fromhex(sys.argv[2]), sys.argv[3], sys.argv[4] == "early"
 if os.path.exists(record):
     sys.exit(0)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import time
 
 from ceranubis_jupyter import CeranubisExecutor
+from ceranubis_jupyter.cluster.hosts import Host
 from ceranubis_jupyter.errors import ConfigError, NoHostsAvailable
-from ceranubis_jupyter.hosts import Host
 from tests.fixtures_ssh import OPENSSH_ALIAS, TEST_PYTHON, OpenSSHServer, SSHHome
 from tests.remote import by_value
 

@@ -15,7 +15,7 @@ import time
 import psutil
 
 from ceranubis_jupyter import CeranubisExecutor
-from ceranubis_jupyter.link import HostInfo
+from ceranubis_jupyter.cluster.link import HostInfo
 from tests.conftest import wait_until_gone
 from tests.fixtures_faults import wait_for
 from tests.remote import by_value

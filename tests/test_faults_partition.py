@@ -17,9 +17,9 @@ from typing import Any
 import psutil
 
 from ceranubis_jupyter import CeranubisExecutor
-from ceranubis_jupyter.hosts import Host
-from ceranubis_jupyter.link import HEARTBEAT_INTERVAL, HostInfo
-from ceranubis_jupyter.node import LOAD_INTERVAL
+from ceranubis_jupyter.cluster.hosts import Host
+from ceranubis_jupyter.cluster.link import HEARTBEAT_INTERVAL, HostInfo
+from ceranubis_jupyter.node.supervisor import LOAD_INTERVAL
 from tests.fixtures_faults import PartitionHost, wait_for
 from tests.fixtures_ssh import TEST_PYTHON, SSHHome
 from tests.remote import by_value

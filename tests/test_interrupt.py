@@ -34,7 +34,7 @@ def marked(i):
 
 REPORT = """
 import json
-from ceranubis_jupyter.session import POOL
+from ceranubis_jupyter.jupyter.session import POOL
 p = interrupted
 print(json.dumps({"state": p.state, "counts": p.counts(),
                   "done": sorted(a[0] for a, _ in p.results()),

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ceranubis_jupyter.cli import main
-from ceranubis_jupyter.kernelspec import DISPLAY_NAME, kernel_spec
+from ceranubis_jupyter.jupyter.kernelspec import DISPLAY_NAME, kernel_spec
 from tests.jupyter_support import execute, running_kernel
 
 COMMITTED = Path(__file__).resolve().parent.parent / "kernel_ext" / "ceranubis" / "kernel.json"

@@ -20,7 +20,7 @@ from typing import Any
 
 import psutil
 
-from ceranubis_jupyter.transport import NODE_MARKER
+from ceranubis_jupyter.cluster.transport import NODE_MARKER
 from tests.fixtures_faults import NamespaceHost, PidNamespace, wait_for
 from tests.fixtures_ssh import TEST_PYTHON, SSHHome, free_port
 
@@ -33,7 +33,7 @@ LOCAL_WORKERS, REMOTE_WORKERS = 2, 1
 CLIENT = """
 import json, sys, time
 from ceranubis_jupyter import CeranubisExecutor
-from ceranubis_jupyter.hosts import Host
+from ceranubis_jupyter.cluster.hosts import Host
 hosts = [Host("local", workers=@LOCAL@), Host(sys.argv[1], python=sys.argv[2], workers=@REMOTE@)]
 executor = CeranubisExecutor(hosts)
 deadline = time.monotonic() + 60

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from ceranubis_jupyter.executor import CeranubisExecutor
-from ceranubis_jupyter.live import MIN_REDRAW_SECONDS, LiveProgress
-from ceranubis_jupyter.progress import OUTPUT_LINES_PER_HOST, Snapshot
-from ceranubis_jupyter.project import commit_function
-from ceranubis_jupyter.widget import ProgressWidget
+from ceranubis_jupyter import CeranubisExecutor
+from ceranubis_jupyter.jupyter.live import MIN_REDRAW_SECONDS, LiveProgress
+from ceranubis_jupyter.jupyter.progress import OUTPUT_LINES_PER_HOST, Snapshot
+from ceranubis_jupyter.jupyter.widget import ProgressWidget
+from ceranubis_jupyter.projects.commit import commit_function
 
 
 def tiny(x: int) -> int:

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from IPython.core.error import UsageError
 
-from ceranubis_jupyter import session
-from ceranubis_jupyter.magics import CELL_USAGE, parse_cell_line, variable_name
-from ceranubis_jupyter.widget import render_errors
+from ceranubis_jupyter.jupyter import session
+from ceranubis_jupyter.jupyter.magics import CELL_USAGE, parse_cell_line, variable_name
+from ceranubis_jupyter.jupyter.widget import render_errors
 
 SQUARE_CELL = "def square(x):\n    return x * x\n"
 

@@ -12,7 +12,7 @@ from typing import Any
 import nbformat
 import pytest
 
-from ceranubis_jupyter.progress import OUTPUT_LINES_PER_HOST
+from ceranubis_jupyter.jupyter.progress import OUTPUT_LINES_PER_HOST
 from tests.jupyter_support import execute_notebook, models_with_class
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"

@@ -6,8 +6,9 @@ import io
 
 import pytest
 
-from ceranubis_jupyter.live import TextLine
-from ceranubis_jupyter.progress import (
+from ceranubis_jupyter.cluster.scheduler import HostInfo
+from ceranubis_jupyter.jupyter.live import TextLine
+from ceranubis_jupyter.jupyter.progress import (
     OUTPUT_LINES_PER_HOST,
     Counts,
     HostRow,
@@ -19,9 +20,8 @@ from ceranubis_jupyter.progress import (
     short_repr,
     snapshot_of,
 )
-from ceranubis_jupyter.scheduler import HostInfo
-from ceranubis_jupyter.tables import HostsTable
-from ceranubis_jupyter.widget import ProgressWidget, render_errors, render_output
+from ceranubis_jupyter.jupyter.widget import ProgressWidget, render_errors, render_output
+from ceranubis_jupyter.projects.views import HostsTable
 
 
 def snap(state: str = "running", **counts: int) -> Snapshot:

@@ -9,18 +9,16 @@ from typing import Any
 import pytest
 
 import __main__
-from ceranubis_jupyter import CeranubisExecutor, project_run
+from ceranubis_jupyter import CeranubisExecutor
 from ceranubis_jupyter.errors import ConfigError, StoreError
-from ceranubis_jupyter.project import (
-    Project,
-    commit_function,
-    commit_project,
-    list_projects,
-    remove_project,
-)
-from ceranubis_jupyter.project_code import function_from_code
-from ceranubis_jupyter.project_rows import decode, encode, encode_many
-from ceranubis_jupyter.store import SQLiteStore, Store, open_store
+from ceranubis_jupyter.projects import run as project_run
+from ceranubis_jupyter.projects.code import function_from_code
+from ceranubis_jupyter.projects.commit import commit_function, commit_project
+from ceranubis_jupyter.projects.project import Project, list_projects, remove_project
+from ceranubis_jupyter.projects.rows import decode, encode, encode_many
+from ceranubis_jupyter.projects.store import Store
+from ceranubis_jupyter.projects.store_sqlite import SQLiteStore
+from ceranubis_jupyter.projects.stores import open_store
 
 CODE = """
 import time

@@ -11,7 +11,8 @@ import pytest
 
 from ceranubis_jupyter import CeranubisExecutor
 from ceranubis_jupyter.cli import main
-from ceranubis_jupyter.project import Project, commit_function, commit_project
+from ceranubis_jupyter.projects.commit import commit_function, commit_project
+from ceranubis_jupyter.projects.project import Project
 
 CODE = """
 def work(x):

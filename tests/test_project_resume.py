@@ -12,8 +12,8 @@ import textwrap
 import time
 from pathlib import Path
 
-from ceranubis_jupyter.project import Project
-from ceranubis_jupyter.store import open_store
+from ceranubis_jupyter.projects.project import Project
+from ceranubis_jupyter.projects.stores import open_store
 
 # The work: slow enough to kill part way, logs each call (CJ_LOG) to count executions.
 CODE = """
@@ -30,7 +30,7 @@ def work(x):
 
 CLIENT = """
 import sys
-from ceranubis_jupyter.project import commit_project
+from ceranubis_jupyter.projects.commit import commit_project
 code, store, name, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 project = commit_project(code, "work", [(x,) for x in range(count)], name=name, store=store)
 print("committed", flush=True)
@@ -40,7 +40,7 @@ print("finished", project.state, flush=True)
 
 RESUMER = """
 import sys
-from ceranubis_jupyter.project import Project
+from ceranubis_jupyter.projects.project import Project
 project = Project.load(sys.argv[1], sys.argv[2])
 print("loaded", project.state, project.status(), flush=True)
 project.resume()
@@ -49,7 +49,7 @@ print("waited", project.wait(60), project.state, flush=True)
 
 READER = """
 import json, sys, time
-from ceranubis_jupyter.project import Project
+from ceranubis_jupyter.projects.project import Project
 from ceranubis_jupyter.errors import ConfigError
 name, store = sys.argv[1], sys.argv[2]
 print("ready", flush=True)

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ceranubis_jupyter import protocol as p
 from ceranubis_jupyter.errors import LocalProtocolError, RemoteProtocolError, VersionMismatch
+from ceranubis_jupyter.wire import protocol as p
 
 HELLO = p.Hello(p.PROTOCOL_VERSION, "3.11.7", "0.4.1", "gpu1", 8, 1234)
 CONFIGURE = p.Configure(p.PROTOCOL_VERSION, 4, 1.0, 10.0)

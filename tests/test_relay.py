@@ -23,9 +23,9 @@ import psutil
 import pytest
 
 from ceranubis_jupyter import CeranubisExecutor
-from ceranubis_jupyter import protocol as p
-from ceranubis_jupyter.serialize import dumps_function
-from ceranubis_jupyter.transport import node_command
+from ceranubis_jupyter.cluster.transport import node_command
+from ceranubis_jupyter.wire import protocol as p
+from ceranubis_jupyter.wire.serialize import dumps_function
 from tests.remote import by_value
 
 # Seconds any step here may take.

@@ -17,11 +17,11 @@ import psutil
 import pytest
 
 from ceranubis_jupyter import CeranubisExecutor
-from ceranubis_jupyter.bootstrap import node_bundle
-from ceranubis_jupyter.hosts import Host
-from ceranubis_jupyter.scheduler import CREDIT_PER_WORKER
-from ceranubis_jupyter.ssh import PREFERRED_CIPHER
-from ceranubis_jupyter.transport import NODE_MARKER
+from ceranubis_jupyter.cluster.bootstrap import node_bundle
+from ceranubis_jupyter.cluster.hosts import Host
+from ceranubis_jupyter.cluster.scheduler import CREDIT_PER_WORKER
+from ceranubis_jupyter.cluster.ssh import PREFERRED_CIPHER
+from ceranubis_jupyter.cluster.transport import NODE_MARKER
 from tests.fixtures_ssh import (
     ASYNCSSH_ALIAS,
     OPENSSH_ALIAS,
@@ -56,7 +56,7 @@ def where_am_i() -> dict[str, object]:
         has_numpy = False
     return {
         "executable": sys.executable,
-        "node": sys.modules["ceranubis_jupyter.node"].__file__,
+        "node": sys.modules["ceranubis_jupyter.node.supervisor"].__file__,
         "dill": sys.modules["dill"].__file__,
         "numpy": has_numpy,
         "pid": os.getpid(),

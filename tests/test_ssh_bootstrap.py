@@ -18,9 +18,16 @@ from pathlib import Path
 
 import pytest
 
-from ceranubis_jupyter import protocol as p
-from ceranubis_jupyter.bootstrap import BOOT, build_bundle, node_bundle, remote_command
-from ceranubis_jupyter.transport import NODE_MARKER
+from ceranubis_jupyter.cluster.bootstrap import BOOT, build_bundle, node_bundle, remote_command
+from ceranubis_jupyter.cluster.executor import NodeExecutor
+from ceranubis_jupyter.cluster.transport import (
+    NODE_MARKER,
+    Channel,
+    Transport,
+    client_identity,
+    start_process_channel,
+)
+from ceranubis_jupyter.wire import protocol as p
 
 # Seconds a BOOT run over pipes may take in these tests.
 BOOT_TEST_TIMEOUT = 30
@@ -43,13 +50,15 @@ def test_bundle_holds_the_node_modules_and_dill_and_nothing_else() -> None:
         for m in (
             "__init__",
             "errors",
-            "framing",
-            "messages",
-            "node",
-            "outbox",
-            "protocol",
-            "serialize",
-            "worker",
+            "node/__init__",
+            "node/outbox",
+            "node/supervisor",
+            "node/worker",
+            "wire/__init__",
+            "wire/framing",
+            "wire/messages",
+            "wire/protocol",
+            "wire/serialize",
         )
     ]
     assert "dill/__init__.py" in names and "dill/_dill.py" in names
@@ -61,7 +70,7 @@ def test_bundle_imports_under_an_isolated_python_without_site(tmp_path: Path) ->
     zipfile.ZipFile(io.BytesIO(node_bundle().data)).extractall(tmp_path)
     probe = (
         "import sys; sys.path.insert(0, sys.argv[1]); "
-        "import ceranubis_jupyter.node, dill; "
+        "import ceranubis_jupyter.node.supervisor, dill; "
         "print(ceranubis_jupyter.node.__file__); print(dill.__file__); "
         "print(sorted(m for m in sys.modules if m.split('.')[0] not in "
         "sys.stdlib_module_names and m.split('.')[0] not in "
@@ -194,3 +203,42 @@ def test_two_cold_boots_at_once_share_one_cache_entry(cache: Path, boot: Boot) -
         assert _hello(process).pid == process.pid
     assert [_finish(process) for process in boots] == [0, 0]
     assert os.listdir(cache / "ceranubis") == [bundle.digest]  # no half-written leftovers
+
+
+class BundleOnlyTransport(Transport):
+    """A node started from the unpacked bundle under ``python -I -S``: nothing else importable."""
+
+    group = "bundle-only"
+
+    def __init__(self, bundle_dir: Path) -> None:
+        self.host = "bundle-only"
+        self.workers = 2
+        self.bundle_dir = bundle_dir
+
+    async def start(self) -> Channel:
+        boot = (
+            f"import sys; sys.path[:0] = [{str(self.bundle_dir)!r}]; "
+            "from ceranubis_jupyter.node.supervisor import main; main()"
+        )
+        argv = [sys.executable, "-I", "-S", "-c", boot, NODE_MARKER, client_identity()]
+        return await start_process_channel(self.host, argv)
+
+
+# Defined as in a notebook (``__main__``), so that it travels by value.
+_NOTEBOOK: dict[str, object] = {"__name__": "__main__"}
+exec(
+    "def where_am_i(x):\n"
+    "    import ceranubis_jupyter, dill\n"
+    "    return x * x, ceranubis_jupyter.__file__, dill.__file__\n",
+    _NOTEBOOK,
+)
+
+
+def test_a_node_runs_tasks_from_the_bundle_alone(tmp_path: Path) -> None:
+    zipfile.ZipFile(io.BytesIO(node_bundle().data)).extractall(tmp_path)
+    with NodeExecutor(max_workers=1) as executor:
+        executor.scheduler.add_hosts_threadsafe([BundleOnlyTransport(tmp_path)])
+        only_there = executor.options(group=BundleOnlyTransport.group)
+        results = list(only_there.map(_NOTEBOOK["where_am_i"], range(20)))  # type: ignore[arg-type]
+    assert [r[0] for r in results] == [x * x for x in range(20)]
+    assert all(r[1].startswith(str(tmp_path)) and r[2].startswith(str(tmp_path)) for r in results)

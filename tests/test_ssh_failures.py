@@ -26,12 +26,12 @@ from ceranubis_jupyter import (
     HostUnreachable,
     NoHostsAvailable,
 )
-from ceranubis_jupyter import protocol as p
-from ceranubis_jupyter.bootstrap import _bundle_files, build_bundle
-from ceranubis_jupyter.hosts import Host
-from ceranubis_jupyter.scheduler import Scheduler, VersionMismatchOnHost
-from ceranubis_jupyter.ssh import SSHTransport
-from ceranubis_jupyter.tasks import TaskRecord
+from ceranubis_jupyter.cluster.bootstrap import _bundle_files, build_bundle
+from ceranubis_jupyter.cluster.hosts import Host
+from ceranubis_jupyter.cluster.scheduler import Scheduler, VersionMismatchOnHost
+from ceranubis_jupyter.cluster.ssh import SSHTransport
+from ceranubis_jupyter.cluster.tasks import TaskRecord
+from ceranubis_jupyter.wire import protocol as p
 from tests.fixtures_ssh import (
     OPENSSH_ALIAS,
     TEST_PYTHON,
@@ -220,9 +220,9 @@ def test_node_of_another_protocol_version_is_refused(
     ssh_env: SSHHome, openssh_server: OpenSSHServer
 ) -> None:
     files = _bundle_files()
-    source = files["ceranubis_jupyter/protocol.py"].decode()
+    source = files["ceranubis_jupyter/wire/protocol.py"].decode()
     assert "\nPROTOCOL_VERSION = 1\n" in source
-    files["ceranubis_jupyter/protocol.py"] = source.replace(
+    files["ceranubis_jupyter/wire/protocol.py"] = source.replace(
         "\nPROTOCOL_VERSION = 1\n", "\nPROTOCOL_VERSION = 99\n"
     ).encode()
     error = _error_of_patched_node(files)
@@ -250,10 +250,11 @@ def test_node_of_another_python_is_refused_naming_both_versions(
     ssh_env: SSHHome, openssh_server: OpenSSHServer
 ) -> None:
     files = _bundle_files()
-    source = files["ceranubis_jupyter/node.py"].decode()
+    source = files["ceranubis_jupyter/node/supervisor.py"].decode()
     reported = 'python=f"{version.major}.{version.minor}.{version.micro}",'
     assert reported in source
-    files["ceranubis_jupyter/node.py"] = source.replace(reported, 'python="3.99.1",').encode()
+    patched = source.replace(reported, 'python="3.99.1",')
+    files["ceranubis_jupyter/node/supervisor.py"] = patched.encode()
     error = _error_of_patched_node(files)
     ours = f"{sys.version_info.major}.{sys.version_info.minor}"
     assert isinstance(error, VersionMismatchOnHost) and not error.transient

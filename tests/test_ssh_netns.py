@@ -18,8 +18,8 @@ import psutil
 import pytest
 
 from ceranubis_jupyter import CeranubisExecutor, HostUnreachable
-from ceranubis_jupyter.hosts import Host
-from ceranubis_jupyter.scheduler import CREDIT_PER_WORKER, SILENCE_TIMEOUT
+from ceranubis_jupyter.cluster.hosts import Host
+from ceranubis_jupyter.cluster.scheduler import CREDIT_PER_WORKER, SILENCE_TIMEOUT
 from tests.fixtures_ssh import (
     TEST_PYTHON,
     OpenSSHServer,

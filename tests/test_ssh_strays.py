@@ -17,8 +17,8 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
-from ceranubis_jupyter.scheduler import SILENCE_TIMEOUT
-from ceranubis_jupyter.transport import NODE_MARKER
+from ceranubis_jupyter.cluster.scheduler import SILENCE_TIMEOUT
+from ceranubis_jupyter.cluster.transport import NODE_MARKER
 from tests.fixtures_ssh import ASYNCSSH_ALIAS, OPENSSH_ALIAS, TEST_PYTHON, SSHHome
 
 # Seconds the client gets to start its node and report it.
@@ -29,7 +29,7 @@ DEATH_NOTICE = 10.0
 CLIENT = """
 import os, sys, time
 from ceranubis_jupyter import CeranubisExecutor
-from ceranubis_jupyter.hosts import Host
+from ceranubis_jupyter.cluster.hosts import Host
 executor = CeranubisExecutor([Host(sys.argv[1], python=sys.argv[2], workers=2)])
 node = executor.submit(os.getppid).result(timeout=60)
 busy = [executor.submit(time.sleep, 600) for _ in range(2)]

@@ -13,14 +13,9 @@ from typing import Any
 import pytest
 
 from ceranubis_jupyter.errors import ConfigError, StoreError
-from ceranubis_jupyter.store import (
-    Outcome,
-    Store,
-    client_alive,
-    default_store_path,
-    open_store,
-    this_client,
-)
+from ceranubis_jupyter.projects.records import Outcome, client_alive, this_client
+from ceranubis_jupyter.projects.store import Store
+from ceranubis_jupyter.projects.stores import default_store_path, open_store
 
 
 def _new(store: Store, name: str = "p", count: int = 3) -> int:
@@ -187,7 +182,7 @@ def test_postgres_unreachable_is_quick_and_redacted() -> None:
 def test_many_processes_open_a_new_sqlite_store_at_once(tmp_path: Path) -> None:
     path = tmp_path / "deep" / "er" / "projects.sqlite"
     script = (
-        "import sys; from ceranubis_jupyter.store import open_store; "
+        "import sys; from ceranubis_jupyter.projects.stores import open_store; "
         "open_store(sys.argv[1]).list_projects()"
     )
     openers = [subprocess.Popen([sys.executable, "-c", script, str(path)]) for _ in range(6)]
@@ -278,7 +273,7 @@ def test_postgres_flush_reads_only_its_batch_whatever_the_statistics(pg_url: str
     # rows once per unfinished argument.
     import psycopg
 
-    from ceranubis_jupyter import store_pg
+    from ceranubis_jupyter.projects import store_pg
 
     store = open_store(pg_url)
     old = _new(store, "old", 20_000)

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from ceranubis_jupyter import protocol as p
-from ceranubis_jupyter.serialize import SCAN_LIMIT, dumps, loads
-from ceranubis_jupyter.tasks import ResultSlot
+from ceranubis_jupyter.cluster.tasks import ResultSlot
+from ceranubis_jupyter.wire import protocol as p
+from ceranubis_jupyter.wire.serialize import SCAN_LIMIT, dumps, loads
 
 Step = Callable[[Any], Any]
 STEPS: dict[str, Step] = {

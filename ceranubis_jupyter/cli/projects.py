@@ -1,0 +1,176 @@
+"""``ceranubis projects | show | results | resume | rm``: projects from a shell.
+
+Every command takes ``--store`` (default: ``$CERANUBIS_STORE`` or the user's data
+directory). Errors print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from ..errors import ConfigError, StoreError
+from ..projects.project import Project, list_projects, remove_project
+
+# Seconds between progress lines while `ceranubis resume` waits.
+PROGRESS_SECONDS = 1.0
+# Errors shown in full by `ceranubis show` (the rest are counted).
+SHOWN_ERRORS = 5
+
+
+def add_commands(subparsers: Any) -> None:
+    """Register the project commands."""
+    store = argparse.ArgumentParser(add_help=False)
+    store.add_argument("--store", help="store path or postgresql:// URL")
+    named = argparse.ArgumentParser(add_help=False, parents=[store])
+    named.add_argument("name", help="project name or id")
+
+    parser = subparsers.add_parser("projects", parents=[store], help="list stored projects")
+    parser.set_defaults(handler=_guarded(_projects))
+    parser = subparsers.add_parser("show", parents=[named], help="a project's status and errors")
+    parser.set_defaults(handler=_guarded(_show))
+    parser = subparsers.add_parser("results", parents=[named], help="export finished results")
+    parser.add_argument("-o", "--output", help="file to write (.json or .csv); default stdout")
+    parser.add_argument("--format", choices=["json", "csv"], help="default: from -o, else json")
+    parser.set_defaults(handler=_guarded(_results))
+    parser = subparsers.add_parser("resume", parents=[named], help="run what is not done yet")
+    parser.add_argument("--hosts", help="comma-separated hosts (default: the project's)")
+    parser.add_argument("--no-wait", action="store_true", help="return once it runs")
+    parser.set_defaults(handler=_guarded(_resume))
+    parser = subparsers.add_parser("rm", parents=[named], help="delete a project and results")
+    parser.add_argument("--force", action="store_true", help="even if a client runs it")
+    parser.set_defaults(handler=_guarded(_rm))
+
+
+def _guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except (ConfigError, StoreError) as error:
+            print(f"ceranubis {args.command}: {error}", file=sys.stderr)
+            return 2
+
+    return run
+
+
+def _when(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch).strftime("%Y-%m-%d %H:%M:%S") if epoch else "-"
+
+
+def _table(head: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
+    lines = [head, *rows]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in lines
+    )
+
+
+def _projects(args: argparse.Namespace) -> int:
+    summaries = list_projects(args.store)
+    if not summaries:
+        print("no projects yet")
+        return 0
+    rows = [
+        [s.name, str(s.id), s.state, f"{s.done}/{s.total}", _when(s.created)] for s in summaries
+    ]
+    print(_table(["name", "id", "state", "done", "created"], rows))
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    project = Project.load(args.name, args.store)
+    counts = project.counts()
+    print(f"project  {project.name} (id {project.id}) in {project.store.url}")
+    print(f"state    {project.state}")
+    print(f"target   {project.target}")
+    print(f"hosts    {', '.join(project.hosts) or 'local (embedded default)'}")
+    print(f"created  {_when(project.created)}")
+    print(f"elapsed  {project.elapsed():.1f} s")
+    print("counts   " + ", ".join(f"{state} {n}" for state, n in counts.items()))
+    stats = project.store.host_stats(project.id)
+    if stats:
+        rows = [
+            [
+                s.host,
+                str(s.count),
+                f"{s.mean_seconds:.3f}",
+                _when(s.first_started),
+                _when(s.last_finished),
+            ]
+            for s in stats
+        ]
+        print("\n" + _table(["host", "finished", "mean s", "first start", "last finish"], rows))
+    errors = project.errors()
+    for args_tuple, text in errors[:SHOWN_ERRORS]:
+        print(f"\nerror for args {args_tuple!r}:\n{text}")
+    if len(errors) > SHOWN_ERRORS:
+        print(f"\n... and {len(errors) - SHOWN_ERRORS} more errors")
+    return 0
+
+
+def _results(args: argparse.Namespace) -> int:
+    project = Project.load(args.name, args.store)
+    results = project.results()
+    kind = args.format or ("csv" if args.output and args.output.endswith(".csv") else "json")
+    if args.output:
+        with Path(args.output).open("w", newline="", encoding="utf-8") as file:
+            _write_results(results, kind, file)
+        print(f"{len(results)} results of {project.name} written to {args.output}")
+    else:
+        _write_results(results, kind, sys.stdout)
+    return 0
+
+
+def _write_results(results: list[tuple[tuple[Any, ...], Any]], kind: str, file: TextIO) -> None:
+    if kind == "json":
+        rows = [{"args": list(args), "result": result} for args, result in results]
+        json.dump(rows, file, default=repr, indent=1)
+        file.write("\n")
+        return
+    width = max((len(args) for args, _ in results), default=0)
+    writer = csv.writer(file)
+    writer.writerow([f"arg{i}" for i in range(width)] + ["result"])
+    for args, result in results:
+        writer.writerow([_cell(a) for a in args] + [""] * (width - len(args)) + [_cell(result)])
+
+
+def _cell(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _resume(args: argparse.Namespace) -> int:
+    project = Project.load(args.name, args.store)
+    hosts = [h.strip() for h in args.hosts.split(",") if h.strip()] if args.hosts else None
+    project.resume(hosts=hosts)
+    print(f"resumed {project.name}: {project.status()[0]}/{project.status()[1]} done")
+    if args.no_wait:
+        return 0
+    while not project.wait(PROGRESS_SECONDS):
+        if project.state != "running":
+            break
+        counts = project.counts()
+        print(
+            f"  {counts['done']} done, {counts['running']} running, "
+            f"{counts['pending']} pending, {counts['failed']} failed",
+            flush=True,
+        )
+    done, total = project.status()
+    print(f"{project.name}: {project.state}, {done}/{total} done")
+    return 0 if project.state == "done" else 1
+
+
+def _rm(args: argparse.Namespace) -> int:
+    remove_project(args.name, args.store, force=args.force)
+    print(f"removed {args.name}")
+    return 0

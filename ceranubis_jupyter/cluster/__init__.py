@@ -1,0 +1,13 @@
+"""The client's side of running tasks on nodes: executor, scheduler, transports.
+
+::
+
+    CeranubisExecutor ─► Scheduler (loop thread) ─► NodeLink ─► Transport ─► node
+        mapping, tasks      loopthread                link       transport (pipes), ssh,
+                                                                 bootstrap, hosts
+
+``strays`` finds and ends nodes whose client died.
+
+May import: ``wire``, ``errors``, the standard library, dill and asyncssh. Never ``node``
+(the node code reaches hosts as files, not imports), ``projects``, ``jupyter`` or ``cli``.
+"""

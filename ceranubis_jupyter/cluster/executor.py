@@ -1,0 +1,413 @@
+"""``NodeExecutor``: a real ``concurrent.futures.Executor`` over local and SSH nodes.
+
+The kernel thread serializes (functions once, arguments per task) and hands a
+:class:`~ceranubis_jupyter.scheduler.TaskRecord` to the scheduler's loop thread; futures
+are plain :class:`concurrent.futures.Future` objects, so ``wait``, ``as_completed`` and
+``asyncio.wrap_future`` work on them.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+
+from ..errors import ConfigError, UnpicklableError
+from ..wire import protocol as p
+from ..wire.serialize import describe_failure, dumps, dumps_function
+from .hosts import Host, HostSpec, as_host
+from .link import SILENCE_TIMEOUT
+from .mapping import MapSlot, MapWaiter, results_in_order
+from .reach import transports_for
+from .scheduler import DEFAULT_RETRIES, HostInfo, Scheduler, TaskRecord
+from .tasks import ResultSlot
+
+T = TypeVar("T")
+
+_live_executors: weakref.WeakSet[NodeExecutor] = weakref.WeakSet()
+# A map's calls queued at once: one lock and one wake-up each, and the first ones reach
+# the nodes while the rest are still being serialized.
+MAP_BATCH = 256
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """Per-task options; see :meth:`NodeExecutor.options`."""
+
+    timeout: float = 0.0
+    priority: int = 0
+    group: str | None = None
+    retries: int = DEFAULT_RETRIES
+
+    def validated(self) -> TaskOptions:
+        if self.timeout < 0:
+            raise ConfigError(f"timeout must be >= 0 seconds, got {self.timeout}")
+        if self.retries < 0:
+            raise ConfigError(f"retries must be >= 0, got {self.retries}")
+        return self
+
+
+class NodeExecutor(Executor):
+    """Runs calls on every core of local and remote hosts (the public
+    :class:`~ceranubis_jupyter.CeranubisExecutor` adds projects to it).
+
+    Args:
+        hosts: ``None`` for the embedded default (local node processes), or a list of host
+            specs: ``"local"``, an ``~/.ssh/config`` alias, ``"user@host:port"`` or
+            :class:`~ceranubis_jupyter.hosts.Host`.
+        max_workers: worker processes for the embedded default (default: all cores).
+        retries: times a task is re-run after its worker or node died under it.
+        heartbeat_timeout: seconds of silence after which a host counts as lost (its tasks
+            are re-queued) and after which a node gives up on a silent client.
+
+    Raises:
+        ConfigError: ``max_workers`` is not a positive integer or a host spec is bad.
+
+    Example::
+
+        with CeranubisExecutor() as ex:
+            squares = list(ex.map(lambda x: x * x, range(100)))
+    """
+
+    def __init__(
+        self,
+        hosts: Sequence[HostSpec] | HostSpec | None = None,
+        *,
+        max_workers: int | None = None,
+        retries: int = DEFAULT_RETRIES,
+        heartbeat_timeout: float = SILENCE_TIMEOUT,
+    ) -> None:
+        if max_workers is not None and (not isinstance(max_workers, int) or max_workers <= 0):
+            raise ConfigError(f"max_workers must be a positive integer, got {max_workers!r}")
+        self._defaults = TaskOptions(retries=retries).validated()
+        self._transports = transports_for(hosts, max_workers)
+        if heartbeat_timeout <= 0:
+            raise ConfigError(f"heartbeat_timeout must be > 0 seconds, got {heartbeat_timeout}")
+        self._max_workers = max_workers
+        self._scheduler = Scheduler(self._transports, silence_timeout=heartbeat_timeout)
+        self._functions: dict[int, tuple[Callable[..., Any], int]] = {}
+        self._fn_ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._shutdown = False
+        _live_executors.add(self)
+        self._finalizer = weakref.finalize(self, self._scheduler.close_threadsafe)
+
+    # ------------------------------------------------------------------ Executor API
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        """Schedule ``fn(*args, **kwargs)``; returns its future."""
+        return self._submit(self._defaults, fn, p.CALL, (args, kwargs))
+
+    def map(
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> Iterator[T]:
+        """Like :func:`map`, in parallel; results come back in order, lazily.
+
+        ``chunksize`` items travel as one message and run in one go on a worker.
+        ``timeout`` bounds the whole iteration: ``TimeoutError`` when it is exceeded.
+        """
+        return self._map(self._defaults, fn, iterables, timeout, chunksize)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting work; optionally cancel what has not run; end every node.
+
+        With ``cancel_futures=True`` tasks already running on nodes are stopped as well
+        (their workers are killed and replaced).
+        """
+        with self._lock:
+            already = self._shutdown
+            self._shutdown = True
+        if cancel_futures and not self._scheduler.loop.is_closed():
+            self._scheduler.cancel_pending_threadsafe(stop_running=True)
+        if already and not wait:
+            return
+        if wait:
+            self._scheduler.wait_idle_threadsafe()
+            self._finalizer()
+        else:
+            threading.Thread(target=self._close_when_idle, daemon=True).start()
+
+    # ------------------------------------------------------------------ extras
+
+    def options(
+        self,
+        *,
+        timeout: float | None = None,
+        priority: int | None = None,
+        group: str | None = None,
+        retries: int | None = None,
+    ) -> TaskOptionsView:
+        """Submit with per-task options, keeping ``submit``'s signature::
+
+        ex.options(timeout=5, priority=10).submit(fn, x)
+        """
+        changes: dict[str, Any] = {
+            k: v
+            for k, v in dict(
+                timeout=timeout, priority=priority, group=group, retries=retries
+            ).items()
+            if v is not None
+        }
+        return TaskOptionsView(self, replace(self._defaults, **changes).validated())
+
+    def hosts(self) -> list[HostInfo]:
+        """The state of every host: workers, python, load, CPU, memory, tasks done."""
+        return self._scheduler.hosts_threadsafe()
+
+    def add_hosts(self, hosts: Sequence[HostSpec] | HostSpec) -> None:
+        """Start nodes on more hosts; they take work as soon as they are up."""
+        self._check_open()
+        self._scheduler.add_hosts_threadsafe(transports_for(hosts, self._max_workers))
+
+    def remove_hosts(self, hosts: Sequence[HostSpec] | HostSpec, *, drain: bool = True) -> None:
+        """Stop using hosts (by the spec they were given with).
+
+        With ``drain=True`` their running tasks finish there first; otherwise those tasks
+        are re-queued to the other hosts at once. Returns when the nodes are gone.
+        """
+        self._check_open()
+        specs = [hosts] if isinstance(hosts, (str, Host)) else list(hosts)
+        names = [as_host(spec).address for spec in specs]
+        self._scheduler.remove_hosts_threadsafe(names, drain)
+
+    def _check_open(self) -> None:
+        if self._shutdown:
+            raise RuntimeError("the executor is shut down")
+
+    def cancel(self, futures: Iterable[Future[Any]]) -> None:
+        """Stop these futures' tasks wherever they are, running ones included."""
+        ids = [task_id for f in futures if (task_id := getattr(f, "_ceranubis_id", 0))]
+        if ids and not self._scheduler.loop.is_closed():
+            self._scheduler.cancel_threadsafe(ids)
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`shutdown` was called: no new work is taken."""
+        return self._shutdown
+
+    @property
+    def scheduler(self) -> Scheduler:
+        """The scheduler (for projects and the progress widget)."""
+        return self._scheduler
+
+    # ------------------------------------------------------------------ internals
+
+    def _close_when_idle(self) -> None:
+        self._scheduler.wait_idle_threadsafe()
+        self._finalizer()
+
+    def _submit(
+        self, options: TaskOptions, fn: Callable[..., Any], kind: int, arguments: Any
+    ) -> Future[Any]:
+        fn_id = self._check_submit(fn)
+        future: Future[Any] = Future()
+        record = self._record(options, fn_id, kind, arguments, future)
+        future._ceranubis_id = record.task_id  # type: ignore[attr-defined]
+        if not future.done():  # else its arguments would not pickle
+            future._ceranubis_record = record  # type: ignore[attr-defined]
+            self._scheduler.submit_threadsafe(record)
+        return future
+
+    def _check_submit(self, fn: Callable[..., Any]) -> int:
+        """``fn``'s id, once it is known this executor can take a call of it."""
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        if not callable(fn):
+            raise TypeError(f"{fn!r} is not callable")
+        return self.register_function(fn)
+
+    def _record(
+        self,
+        options: TaskOptions,
+        fn_id: int,
+        kind: int,
+        arguments: Any,
+        outcome: Future[Any] | ResultSlot,
+    ) -> TaskRecord:
+        """A call's record, arguments serialized; when they will not pickle, ``outcome``
+        is failed with the reason instead (and the record must not be queued)."""
+        record = self.prepared_task(options, fn_id, outcome, kind, p.PICKLE, b"")
+        try:
+            codec, payload, buffers = dumps(arguments)
+        except Exception as error:
+            failure = _unpicklable_arguments(record.task_id, kind, arguments, error)
+            outcome.set_exception(failure)
+            return record
+        record.codec, record.payload = codec, payload
+        record.buffers = tuple(buffer.raw() for buffer in buffers)
+        return record
+
+    def prepared_task(
+        self,
+        options: TaskOptions,
+        fn_id: int,
+        outcome: Future[Any] | ResultSlot,
+        kind: int,
+        codec: int,
+        payload: p.Buffer,
+    ) -> TaskRecord:
+        """A fresh task of ``fn_id`` with ``options``, its arguments already serialized
+        (a call's here, a project's stored bytes in ``project_run``)."""
+        return TaskRecord(
+            self._scheduler.next_task_id(),
+            outcome,
+            fn_id,
+            kind,
+            codec,
+            payload,
+            (),
+            options.priority,
+            options.timeout,
+            options.retries,
+            options.group,
+        )
+
+    def submit_prepared(self, records: Sequence[TaskRecord]) -> None:
+        """Queue ready-made tasks (a map's, a project's) in one go."""
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        self._scheduler.submit_many_threadsafe(records)
+
+    def register_function(self, fn: Callable[..., Any]) -> int:
+        known = self._functions.get(id(fn))
+        if known is not None and known[0] is fn:
+            return known[1]
+        try:
+            blob = dumps_function(fn)
+        except Exception as error:
+            raise UnpicklableError(
+                f"the function {_short_repr(fn)} could not be serialized with dill: "
+                f"{describe_failure(error)}"
+            ) from error
+        fn_id = next(self._fn_ids)
+        self._scheduler.add_function_threadsafe(fn_id, blob)
+        self._functions[id(fn)] = (fn, fn_id)
+        return fn_id
+
+    def _map(
+        self,
+        options: TaskOptions,
+        fn: Callable[..., Any],
+        iterables: tuple[Iterable[Any], ...],
+        timeout: float | None,
+        chunksize: int,
+    ) -> Iterator[Any]:
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        end_time = None if timeout is None else timeout + time.monotonic()
+        calls = zip(*iterables, strict=False)  # like map(): stop at the shortest
+        arguments: Iterator[Any]
+        if chunksize == 1:
+            kind, arguments = p.CALL, ((args, {}) for args in calls)
+        else:
+            kind, arguments = p.CHUNK, _chunks(calls, chunksize)
+        waiter = MapWaiter()
+        slots = self._submit_calls(options, fn, kind, arguments, waiter)
+        return results_in_order(slots, waiter, end_time, chunked=chunksize > 1)
+
+    def _submit_calls(
+        self,
+        options: TaskOptions,
+        fn: Callable[..., Any],
+        kind: int,
+        arguments: Iterator[Any],
+        waiter: MapWaiter,
+    ) -> list[MapSlot]:
+        """Queue a map's calls, MAP_BATCH at a time (one lock and one wake-up each)."""
+        fn_id = self._check_submit(fn)
+        slots: list[MapSlot] = []
+        batch: list[TaskRecord] = []
+        for call in arguments:
+            slot = MapSlot(waiter)
+            record = self._record(options, fn_id, kind, call, slot)
+            slots.append(slot)
+            if not slot.done():
+                batch.append(record)
+            if len(batch) == MAP_BATCH:
+                self.submit_prepared(batch)
+                batch = []
+        if batch:
+            self.submit_prepared(batch)
+        return slots
+
+
+class TaskOptionsView:
+    """``submit``/``map`` with options bound; from :meth:`NodeExecutor.options`."""
+
+    def __init__(self, executor: NodeExecutor, options: TaskOptions) -> None:
+        self._executor = executor
+        self.task_options = options
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        """Like :meth:`NodeExecutor.submit`, with these options."""
+        return self._executor._submit(self.task_options, fn, p.CALL, (args, kwargs))
+
+    def map(
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> Iterator[T]:
+        """Like :meth:`NodeExecutor.map`, with these options."""
+        return self._executor._map(self.task_options, fn, iterables, timeout, chunksize)
+
+
+def _chunks(calls: Iterator[tuple[Any, ...]], size: int) -> Iterator[list[tuple[Any, ...]]]:
+    while chunk := list(itertools.islice(calls, size)):
+        yield chunk
+
+
+def _unpicklable_arguments(
+    task_id: int, kind: int, arguments: Any, error: Exception
+) -> UnpicklableError:
+    """Name the first argument that will not pickle, and why."""
+    if kind == p.CALL:
+        args, kwargs = arguments
+        named = [(f"argument {i + 1}", value) for i, value in enumerate(args)]
+        named += [(f"keyword argument {key!r}", value) for key, value in kwargs.items()]
+    else:
+        named = [(f"item {i + 1} of the chunk", value) for i, value in enumerate(arguments)]
+    for label, value in named:
+        try:
+            dumps(value)
+        except Exception as reason:
+            return UnpicklableError(
+                f"{label} of task {task_id} ({_short_repr(value)}) could not be pickled: "
+                f"{describe_failure(reason)}",
+                task_id=task_id,
+            )
+    return UnpicklableError(
+        f"the arguments of task {task_id} could not be pickled: {describe_failure(error)}",
+        task_id=task_id,
+    )
+
+
+def _short_repr(obj: Any, limit: int = 80) -> str:
+    try:
+        text = repr(obj)
+    except Exception:
+        text = f"<{type(obj).__name__} object>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _shutdown_all() -> None:
+    for executor in list(_live_executors):
+        try:
+            executor.shutdown(wait=False, cancel_futures=True)
+            executor._finalizer()
+        except Exception:  # at exit, best effort: nodes also die when our pipes close
+            pass
+
+
+atexit.register(_shutdown_all)

@@ -1,0 +1,116 @@
+"""Host specs: where nodes run.
+
+A host is ``"local"`` (node processes on this machine), an ``~/.ssh/config`` alias such as
+``"gpu1"``, ``"user@host"``, ``"user@host:port"``, or a :class:`Host` for everything else.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ConfigError
+
+LOCAL = "local"
+_SPEC = re.compile(r"^(?:(?P<user>[^@\s]+)@)?(?P<host>\[[^\]]+\]|[^@:\s\[\]]+)(?::(?P<port>\d+))?$")
+
+
+@dataclass(frozen=True)
+class Host:
+    """A host with options.
+
+    Args:
+        address: ``"local"``, an ssh alias, ``"user@host"`` or ``"user@host:port"``.
+        workers: worker processes on the host (default: its core count).
+        python: the remote interpreter (path or name on the remote ``PATH``).
+        group: a label; tasks submitted with ``group=`` run only on hosts of that group.
+        connect_options: passed to ``asyncssh.connect`` (e.g. ``known_hosts=...``).
+    """
+
+    address: str
+    workers: int | None = None
+    python: str = "python3"
+    group: str | None = None
+    connect_options: dict[str, Any] = field(default_factory=dict)
+    user: str | None = None
+    port: int | None = None
+    hostname: str = ""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        workers: int | None = None,
+        python: str = "python3",
+        group: str | None = None,
+        **connect_options: Any,
+    ) -> None:
+        user, hostname, port = parse_address(address)
+        if workers is not None and (not isinstance(workers, int) or workers <= 0):
+            raise ConfigError(f"{address}: workers must be a positive integer, got {workers!r}")
+        if not python or any(c in python for c in "\n\0"):
+            raise ConfigError(f"{address}: python must be a path or command name")
+        for name, value in dict(
+            address=address,
+            workers=workers,
+            python=python,
+            group=group,
+            connect_options=dict(connect_options),
+            user=user,
+            port=port,
+            hostname=hostname,
+        ).items():
+            object.__setattr__(self, name, value)
+
+    @property
+    def is_local(self) -> bool:
+        """True for the embedded default (node processes on this machine)."""
+        return self.hostname == LOCAL and self.user is None and self.port is None
+
+    def __hash__(self) -> int:
+        return hash((self.address, self.workers, self.python, self.group))
+
+
+HostSpec = str | Host
+
+
+def parse_address(address: str) -> tuple[str | None, str, int | None]:
+    """Split ``"user@host:port"`` into ``(user, host, port)``.
+
+    Raises:
+        ConfigError: the text is not a host spec.
+    """
+    if not isinstance(address, str):
+        raise ConfigError(f"a host must be a string or Host(...), got {address!r}")
+    match = _SPEC.match(address.strip())
+    if match is None:
+        raise ConfigError(
+            f"bad host spec {address!r}: use 'local', an ssh alias, 'user@host' or 'user@host:port'"
+        )
+    port = int(match["port"]) if match["port"] else None
+    if port is not None and not 0 < port < 65536:
+        raise ConfigError(f"bad port in host spec {address!r}")
+    return match["user"], match["host"].strip("[]"), port
+
+
+def as_host(spec: HostSpec) -> Host:
+    """A :class:`Host` for a spec."""
+    return spec if isinstance(spec, Host) else Host(spec)
+
+
+def parse_host_list(text: str) -> list[Host]:
+    """Parse ``"gpu1,gpu2,local"`` (the magic's ``--hosts``)."""
+    specs = [part.strip() for part in text.split(",") if part.strip()]
+    if not specs:
+        raise ConfigError("--hosts needs at least one host")
+    return [Host(spec) for spec in specs]
+
+
+def check_unique(hosts: list[Host]) -> None:
+    """Refuse a host listed twice."""
+    seen: set[str] = set()
+    for host in hosts:
+        if host.address in seen:
+            raise ConfigError(f"host {host.address!r} is listed twice")
+        seen.add(host.address)

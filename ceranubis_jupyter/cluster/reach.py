@@ -1,0 +1,40 @@
+"""How to reach hosts: the transport that starts a node on each one.
+
+Local hosts get a :class:`~.transport.LocalTransport` (pipes); the others an
+:class:`~.ssh.SSHTransport`, whose module (and asyncssh) is imported only when a remote host
+is used, so the embedded default starts without it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..errors import ConfigError
+from .hosts import Host, HostSpec, as_host, check_unique
+from .transport import LocalTransport, Transport
+
+
+def transports_for(
+    hosts: Sequence[HostSpec] | HostSpec | None, max_workers: int | None = None
+) -> list[Transport]:
+    """One transport per host; ``None`` means the embedded default."""
+    if hosts is None:
+        return [LocalTransport(max_workers)]
+    if isinstance(hosts, (str, Host)):
+        hosts = [hosts]
+    resolved = [as_host(spec) for spec in hosts]
+    if not resolved:
+        raise ConfigError("hosts is an empty list; pass None for the embedded default")
+    check_unique(resolved)
+    return [transport_for(host, max_workers) for host in resolved]
+
+
+def transport_for(host: Host, max_workers: int | None = None) -> Transport:
+    """The transport that starts nodes on ``host``."""
+    if host.is_local:
+        transport = LocalTransport(host.workers or max_workers)
+        transport.group = host.group
+        return transport
+    from .ssh import SSHTransport  # asyncssh is imported only when a remote host is used
+
+    return SSHTransport(host, max_workers)

@@ -1,0 +1,294 @@
+"""IPython magics: ``%%ceranubis FN over ARGS`` and ``%ceranubis hosts|projects|...``.
+
+``%load_ext ceranubis_jupyter`` registers :class:`CeranubisMagics`. The cell magic runs
+its cell in the user namespace (so ``FN`` is defined there), commits a project running
+``FN`` over the argument tuples of ``ARGS``, shows the live widget and binds the
+:class:`~ceranubis_jupyter.project.Project` to a variable; unless ``--no-wait`` it then
+waits, and a kernel interrupt cancels the project (finished results are kept).
+Misuse raises :class:`~IPython.core.error.UsageError` with the usage line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import keyword
+import re
+import shlex
+from typing import Any, NoReturn
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+
+from ..errors import ConfigError, StoreError
+from ..projects.views import HostsTable, ProjectsTable
+from .session import POOL, follow, run_cell_body, wait_hosts_ready, wait_or_cancel
+
+CELL_USAGE = (
+    "%%ceranubis FN over ARGS [--hosts H1,H2,...] [--name NAME] [--store URL] "
+    "[--chunksize N] [--workers N] [--timeout S] [--no-wait] [--out VAR]"
+)
+LINE_USAGE = (
+    "%ceranubis hosts [--hosts H1,H2,...] [--workers N] | projects [--store URL] | "
+    "status NAME | results NAME | cancel NAME | resume NAME [--hosts ...] [--no-wait] | rm NAME"
+)
+DEFAULT_VAR = "_ceranubis"
+
+_HEAD = re.compile(r"^\s*(?P<fn>[A-Za-z_][\w.]*)\s+over\s+(?P<rest>\S.*)$", re.S)
+_FIRST_OPTION = re.compile(r"(?:^|\s)--[a-z-]+(?=\s|=|$)")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def _cell_parser() -> _Parser:
+    parser = _Parser(prog="%%ceranubis", add_help=False)
+    parser.add_argument("--hosts", default=None)
+    parser.add_argument("--name", default=None)
+    parser.add_argument("--store", default=None)
+    parser.add_argument("--chunksize", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--timeout", type=float, default=None)
+    parser.add_argument("--no-wait", action="store_true")
+    parser.add_argument("--out", default=None)
+    return parser
+
+
+def _line_parser() -> _Parser:
+    parser = _Parser(prog="%ceranubis", add_help=False)
+    parser.add_argument(
+        "command",
+        choices=["hosts", "projects", "status", "results", "cancel", "resume", "rm"],
+    )
+    parser.add_argument("name", nargs="?", default=None)
+    parser.add_argument("--hosts", default=None)
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--store", default=None)
+    parser.add_argument("--no-wait", action="store_true")
+    return parser
+
+
+def parse_cell_line(line: str) -> tuple[str, str, argparse.Namespace]:
+    """Split ``FN over ARGS --options`` into ``(fn, args_expression, options)``.
+
+    Raises:
+        UsageError: the line does not have that shape or an option is bad.
+    """
+    match = _HEAD.match(line)
+    if match is None:
+        raise UsageError(f"usage: {CELL_USAGE}")
+    rest = match["rest"]
+    option = _FIRST_OPTION.search(rest)
+    expression, options = (
+        (rest, "") if option is None else (rest[: option.start()], rest[option.start() :])
+    )
+    if not expression.strip():
+        raise UsageError(f"ARGS is missing\nusage: {CELL_USAGE}")
+    try:
+        parsed = _cell_parser().parse_args(shlex.split(options))
+    except UsageError as error:
+        raise UsageError(f"{error}\nusage: {CELL_USAGE}") from None
+    _check_positive(parsed)
+    return match["fn"], expression.strip(), parsed
+
+
+def _check_positive(options: argparse.Namespace) -> None:
+    for name in ("chunksize", "workers"):
+        value = getattr(options, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name} must be >= 1\nusage: {CELL_USAGE}")
+    if options.timeout is not None and options.timeout <= 0:
+        raise UsageError(f"--timeout must be > 0 seconds\nusage: {CELL_USAGE}")
+    if options.out is not None and not options.out.isidentifier():
+        raise UsageError(f"--out must be a Python name\nusage: {CELL_USAGE}")
+
+
+def split_hosts(text: str | None) -> list[str] | None:
+    """``"a,b, c"`` → ``["a", "b", "c"]``; empty or ``local`` → ``None`` (embedded default)."""
+    if not text:
+        return None
+    hosts = [host.strip() for host in text.split(",") if host.strip()]
+    return None if hosts in ([], ["local"]) else hosts
+
+
+def variable_name(project_name: str | None) -> str:
+    """The variable a project is bound to: its sanitized name, or ``_ceranubis``."""
+    if not project_name:
+        return DEFAULT_VAR
+    name = re.sub(r"\W", "_", project_name)
+    if name[0].isdigit():
+        name = "_" + name
+    return name + "_" if keyword.iskeyword(name) else name
+
+
+def as_argument_tuples(values: Any) -> list[tuple[Any, ...]]:
+    """Each item as an argument tuple: tuples stay, anything else becomes ``(item,)``."""
+    try:
+        items = list(values)
+    except TypeError:
+        raise UsageError(f"ARGS must be iterable, got {type(values).__name__}") from None
+    return [item if isinstance(item, tuple) else (item,) for item in items]
+
+
+class _CellFailed(Exception):
+    """The cell's own code raised; IPython has already shown its traceback."""
+
+    def _render_traceback_(self) -> list[str]:
+        return ["the cell raised before the project was committed; nothing was run"]
+
+
+@magics_class
+class CeranubisMagics(Magics):
+    """``%%ceranubis`` and ``%ceranubis``; see the module docstring."""
+
+    @cell_magic("ceranubis")  # type: ignore[arg-type]
+    def ceranubis_cell(self, line: str, cell: str) -> None:
+        """Run the cell, then FN over every argument tuple of ARGS on the hosts.
+
+        ``%%ceranubis FN over ARGS [--hosts H1,H2,...] [--name NAME] [--store URL]
+        [--chunksize N] [--workers N] [--timeout S] [--no-wait] [--out VAR]``
+
+        The project is bound to VAR (default: NAME made a Python name, else
+        ``_ceranubis``). Without ``--no-wait`` the cell waits; interrupting the kernel
+        cancels the project and keeps the finished results.
+        """
+        fn_name, expression, options = parse_cell_line(line)
+        if not run_cell_body(self.shell, line, cell):
+            raise _CellFailed()
+        fn = self._evaluate(fn_name, "FN")
+        if not callable(fn):
+            raise UsageError(f"{fn_name} is not callable\nusage: {CELL_USAGE}")
+        args = as_argument_tuples(self._evaluate(expression, "ARGS"))
+        executor = self._executor(options.hosts, options.workers, CELL_USAGE)
+        project = self._commit(executor, fn, args, cell, options)
+        self._bind(project, options.out or variable_name(options.name))
+        live = follow(project, executor, waiting=not options.no_wait)
+        if not options.no_wait:
+            wait_or_cancel(project, live)
+
+    @line_magic("ceranubis")  # type: ignore[arg-type]
+    def ceranubis_line(self, line: str) -> Any:
+        """Inspect and steer hosts and projects.
+
+        ``%ceranubis hosts [--hosts H1,H2] [--workers N]`` · ``%ceranubis projects
+        [--store URL]`` · ``%ceranubis status|results|cancel|rm NAME`` ·
+        ``%ceranubis resume NAME [--hosts H1,H2] [--workers N] [--no-wait]``
+        """
+        try:
+            options = _line_parser().parse_args(shlex.split(line))
+        except UsageError as error:
+            raise UsageError(f"{error}\nusage: {LINE_USAGE}") from None
+        if options.command in ("hosts", "projects"):
+            return self._hosts(options) if options.command == "hosts" else self._projects(options)
+        if not options.name:
+            raise UsageError(f"{options.command} needs a project NAME\nusage: {LINE_USAGE}")
+        return getattr(self, f"_{options.command}")(options)
+
+    # ------------------------------------------------------------------ cell helpers
+
+    def _evaluate(self, expression: str, what: str) -> Any:
+        assert self.shell is not None
+        try:
+            return eval(expression, self.shell.user_global_ns, self.shell.user_ns)
+        except Exception as error:
+            raise UsageError(
+                f"{what} ({expression}) failed: {type(error).__name__}: {error}\n"
+                f"usage: {CELL_USAGE}"
+            ) from None
+
+    def _executor(self, hosts: str | None, workers: int | None, usage: str) -> Any:
+        try:
+            return POOL.get(split_hosts(hosts), workers)
+        except ConfigError as error:
+            raise UsageError(f"{error}\nusage: {usage}") from None
+
+    def _commit(
+        self, executor: Any, fn: Any, args: list[tuple[Any, ...]], cell: str,
+        options: argparse.Namespace,
+    ) -> Any:  # fmt: skip
+        from ..projects.commit import commit_function
+
+        try:
+            return commit_function(
+                executor, fn, args, name=options.name, store=options.store, code=cell,
+                chunksize=options.chunksize, timeout=options.timeout,
+            )  # fmt: skip
+        except (ConfigError, StoreError) as error:
+            raise UsageError(f"{error}\nusage: {CELL_USAGE}") from None
+
+    def _bind(self, project: Any, variable: str) -> None:
+        assert self.shell is not None
+        self.shell.user_ns[variable] = project
+        self.shell.user_ns[DEFAULT_VAR] = project
+
+    # ------------------------------------------------------------------ line commands
+
+    def _hosts(self, options: argparse.Namespace) -> HostsTable:
+        executor = self._executor(options.hosts, options.workers, LINE_USAGE)
+        return HostsTable(wait_hosts_ready(executor))
+
+    def _projects(self, options: argparse.Namespace) -> ProjectsTable:
+        from ..projects.project import list_projects
+
+        try:
+            return ProjectsTable(list_projects(options.store))
+        except StoreError as error:
+            raise UsageError(str(error)) from None
+
+    def _load(self, options: argparse.Namespace) -> Any:
+        from ..projects.project import Project
+
+        try:
+            return Project.load(options.name, options.store)
+        except (ConfigError, StoreError) as error:
+            raise UsageError(str(error)) from None
+
+    def _status(self, options: argparse.Namespace) -> Any:
+        return self._load(options)
+
+    def _results(self, options: argparse.Namespace) -> Any:
+        return self._load(options).results()
+
+    def _cancel(self, options: argparse.Namespace) -> Any:
+        project = self._load(options)
+        project.cancel()
+        return project
+
+    def _rm(self, options: argparse.Namespace) -> None:
+        from ..projects.project import remove_project
+
+        try:
+            remove_project(options.name, options.store)
+        except (ConfigError, StoreError) as error:
+            raise UsageError(str(error)) from None
+        print(f"removed project {options.name!r}")
+
+    def _resume(self, options: argparse.Namespace) -> Any:
+        project = self._load(options)
+        hosts = options.hosts or ",".join(project.hosts)
+        executor = self._executor(hosts, options.workers, LINE_USAGE)
+        try:
+            project.resume(executor)
+        except (ConfigError, StoreError) as error:
+            raise UsageError(str(error)) from None
+        self._bind(project, variable_name(project.name))
+        live = follow(project, executor, waiting=not options.no_wait)
+        if not options.no_wait:
+            wait_or_cancel(project, live)
+        return None
+
+
+def load(shell: Any) -> None:
+    """Register the magics on ``shell`` (``%load_ext ceranubis_jupyter``)."""
+    shell.register_magics(CeranubisMagics)
+
+
+def unload(shell: Any) -> None:
+    """Remove the magics and shut down the executors they started."""
+    magics = shell.magics_manager.magics
+    magics["line"].pop("ceranubis", None)
+    magics["cell"].pop("ceranubis", None)
+    POOL.close()

@@ -1,0 +1,384 @@
+"""A worker process: runs tasks one at a time for its node supervisor.
+
+The supervisor forks it with two pipes and a :class:`RunningSlot`. Down the first pipe come
+``Function`` and ``Tasks`` frames; up the second go ``Results`` frames: results of tiny tasks
+are gathered for up to ``RESULT_FLUSH_SECONDS``, a slow task's result goes at once, and
+nothing waits once the worker runs out of tasks. Before each task the worker notes it in the
+slot, so the supervisor knows which task was running if the worker dies. The worker exits
+when its input closes and dies with its supervisor.
+
+Stdlib + dill only: it runs on bare hosts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import io
+import mmap
+import os
+import select
+import signal
+import stat
+import struct
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..wire import protocol as p
+from ..wire.framing import READ_SIZE
+from ..wire.serialize import RemoteException, describe_failure, dumps, loads, loads_function
+
+# Captured print output kept per task; more is cut (the widget shows only the last lines).
+OUTPUT_LIMIT = 64 * 1024
+# How often the fallback watchdog checks that the supervisor still lives.
+PARENT_POLL_SECONDS = 0.5
+# Seconds a finished result may wait for the results of the next tasks: one frame per
+# millisecond instead of one per tiny task, at a latency cost only while tasks keep coming.
+RESULT_FLUSH_SECONDS = 0.001
+# Chunks per writev call (Linux takes up to IOV_MAX = 1024).
+IOV_BATCH = 512
+# Re-reads of the slot to get a consistent (id, start) pair while the worker writes it.
+_SLOT_READS = 3
+
+
+class RunningSlot:
+    """Which task a worker runs and since when, in memory shared with its supervisor.
+
+    Created by the supervisor before the fork; the worker writes it around each task, the
+    supervisor reads it to blame the right task when the worker dies and to time tasks out.
+    """
+
+    _LAYOUT = struct.Struct("=Qd")  # task id (0: between tasks), time.monotonic() at start
+    _DELIVERED = struct.Struct("=Q")  # after it: the last task whose result went direct
+
+    def __init__(self) -> None:
+        self._area = mmap.mmap(-1, self._LAYOUT.size + self._DELIVERED.size)
+
+    def set(self, task_id: int, started: float) -> None:
+        """Note the task now running (``0`` when none)."""
+        self._LAYOUT.pack_into(self._area, 0, task_id, started)
+
+    def get(self) -> tuple[int, float]:
+        """``(task_id, started)``, read until two reads agree (the writer never waits)."""
+        value = self._LAYOUT.unpack_from(self._area, 0)
+        for _ in range(_SLOT_READS):
+            again = self._LAYOUT.unpack_from(self._area, 0)
+            if again == value:
+                break
+            value = again
+        return int(value[0]), float(value[1])
+
+    def set_delivered(self, task_id: int) -> None:
+        """Note the last task whose result the worker wrote straight to the client."""
+        self._DELIVERED.pack_into(self._area, self._LAYOUT.size, task_id)
+
+    def delivered(self) -> int:
+        """The last task whose result went straight to the client (``0``: none yet)."""
+        (task_id,) = self._DELIVERED.unpack_from(self._area, self._LAYOUT.size)
+        return int(task_id)
+
+
+class ClientPipe:
+    """The node's output to the client, which its workers may write to as well.
+
+    A worker writes a small results frame straight to the client (one hop less than through
+    the node) when it gets the lock at once and the pipe has room: a write of at most
+    ``select.PIPE_BUF`` bytes to a pipe goes in whole or not at all, so frames never mix.
+    The node holds the same lock (a POSIX record lock: one owner per process) from the
+    first byte of its own frames to the last. Otherwise the frame goes through the node.
+    """
+
+    def __init__(self, fd: int, lock_fd: int) -> None:
+        self.fd = fd
+        self.lock_fd = lock_fd
+        self._news = mmap.mmap(-1, 1)  # 1 while the node wants to hear of each delivery
+
+    def want_news(self, wanted: bool) -> None:
+        """(Node) Ask workers to tell of each direct delivery at once, or not.
+
+        The node wants it while tasks wait in its queue: a worker that frees up must get
+        more. Otherwise a note would only wake the node for nothing (it reads
+        :meth:`RunningSlot.delivered` when it next looks), and on a small machine that
+        wake-up competes for a core with the client taking the result.
+        """
+        self._news[0] = 1 if wanted else 0
+
+    def news_wanted(self) -> bool:
+        """(Worker) Whether to tell the node of a direct delivery now."""
+        return self._news[0] == 1
+
+    @classmethod
+    def open(cls, fd: int) -> ClientPipe | None:
+        """A shared pipe for ``fd``, or ``None`` where writes to it are not atomic."""
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode) or not hasattr(os, "memfd_create"):
+            return None
+        try:
+            return cls(fd, os.memfd_create("ceranubis-output-lock"))
+        except OSError:
+            return None
+
+    def try_lock(self) -> bool:
+        """Take the lock if nobody holds it; never waits."""
+        try:
+            fcntl.lockf(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False
+        return True
+
+    def unlock(self) -> None:
+        fcntl.lockf(self.lock_fd, fcntl.LOCK_UN)
+
+    def try_send(self, chunks: list[p.Buffer]) -> bool:
+        """Write a whole frame to the client now, or nothing (``False``)."""
+        frame = b"".join(chunks)
+        if len(frame) > select.PIPE_BUF or not self.try_lock():
+            return False
+        try:
+            return os.write(self.fd, frame) == len(frame)
+        except OSError:  # full (EAGAIN) or the client is gone: the node will tell
+            return False
+        finally:
+            self.unlock()
+
+
+class _Outgoing:
+    """Results waiting to go up the pipe, written as one frame.
+
+    A result may wait ``RESULT_FLUSH_SECONDS`` for the results of the next tiny tasks, never
+    longer: a flusher thread writes it out even while a long task runs after it. Small
+    frames go straight to the client when they can (:class:`ClientPipe`); the node then
+    gets a ``DELIVERED`` note per task if it asked for news, and otherwise finds the last
+    delivered task in the :class:`RunningSlot` when it next looks.
+    """
+
+    def __init__(self, fd: int, client: ClientPipe | None, slot: RunningSlot) -> None:
+        self.fd = fd
+        self.client = client
+        self.slot = slot
+        self.results: list[p.Result] = []
+        self.since = 0.0
+        self._lock = threading.Lock()
+        self._waiting = threading.Event()
+        threading.Thread(target=self._flush_late, name="result-flusher", daemon=True).start()
+
+    def add(self, result: p.Result, started: float, more: bool) -> None:
+        """Queue a result; write the batch if it is old or this task was slow.
+
+        ``more``: another task runs before the next flush, so the flusher must watch (only
+        then: waking it for every lone task would cost a thread switch per round trip).
+        """
+        now = time.monotonic()
+        with self._lock:
+            if not self.results:
+                self.since = started
+            self.results.append(result)
+            if now - self.since >= RESULT_FLUSH_SECONDS:
+                self._write()
+                return
+        if more:
+            self._waiting.set()
+
+    def flush(self) -> None:
+        """Write every waiting result now."""
+        with self._lock:
+            self._write()
+
+    def _write(self) -> None:
+        if not self.results:
+            return
+        frame = p.encode(p.Results(tuple(self.results)))
+        if self.client is None or not self.client.try_send(frame):
+            write_all(self.fd, frame)
+        else:
+            self.slot.set_delivered(self.results[-1].task_id)
+            if self.client.news_wanted():
+                notes = tuple(_delivered(r.task_id) for r in self.results)
+                write_all(self.fd, p.encode(p.Results(notes)))
+        self.results = []
+
+    def _flush_late(self) -> None:
+        while True:
+            self._waiting.wait()
+            self._waiting.clear()
+            time.sleep(RESULT_FLUSH_SECONDS)
+            self.flush()
+
+
+def run(read_fd: int, write_fd: int, slot: RunningSlot, client: ClientPipe | None) -> None:
+    """Serve tasks until the input pipe closes; never returns."""
+    kept = {read_fd, write_fd} | ({client.fd, client.lock_fd} if client else set())
+    _detach_from_supervisor(kept)
+    functions: dict[int, Callable[..., Any] | str] = {}
+    decoder = p.FrameDecoder()
+    outgoing = _Outgoing(write_fd, client, slot)
+    while True:
+        if not receive(read_fd, decoder):
+            os._exit(0)
+        while (message := decoder.next_message()) is not None:
+            _handle(message, functions, outgoing, slot)
+        outgoing.flush()
+
+
+def receive(fd: int, decoder: p.FrameDecoder | p.Connection) -> bool:
+    """Read what ``fd`` has into ``decoder`` (large frames in place); ``False`` at EOF."""
+    view = decoder.writable()
+    if view is not None:
+        count = os.readv(fd, [view])
+        decoder.filled(count)
+        return count > 0
+    data = os.read(fd, READ_SIZE)
+    if isinstance(decoder, p.Connection):
+        decoder.receive_data(data)
+    else:
+        decoder.feed(data)
+    return bool(data)
+
+
+def _handle(
+    message: p.Message,
+    functions: dict[int, Callable[..., Any] | str],
+    outgoing: _Outgoing,
+    slot: RunningSlot,
+) -> None:
+    if isinstance(message, p.Function):
+        functions[message.fn_id] = _load_function(message.blob)
+    elif isinstance(message, p.Tasks):
+        last = len(message.tasks) - 1
+        for index, task in enumerate(message.tasks):
+            started = time.monotonic()
+            slot.set(task.task_id, started)
+            fn = functions[task.fn_id]
+            if isinstance(fn, str):
+                result = _text_result(task.task_id, p.UNPICKLABLE, fn)
+            else:
+                result = run_task(task, fn)
+            slot.set(0, 0.0)
+            outgoing.add(result, started, more=index < last)
+        outgoing.flush()  # the next frame's tasks may be long: do not hold these results
+    elif isinstance(message, p.Shutdown):
+        os._exit(0)
+
+
+def _load_function(blob: p.Buffer) -> Callable[..., Any] | str:
+    """The function, or why it cannot be loaded here (each of its tasks will say so)."""
+    try:
+        return loads_function(blob)
+    except Exception as error:
+        return (
+            f"the function could not be loaded on the node: {describe_failure(error)}. A "
+            "function from an importable module travels by reference: make that module "
+            "importable on the host, or define the function in the notebook (__main__) "
+            "so that it travels by value"
+        )
+
+
+def run_task(task: p.Task, fn: Callable[..., Any]) -> p.Result:
+    """Run one task (a call or a chunk of calls) and package its outcome."""
+    try:
+        arguments = loads(task.codec, task.payload, task.buffers)
+    except Exception as error:
+        reason = f"the arguments could not be unpickled on the node: {describe_failure(error)}"
+        return _text_result(task.task_id, p.UNPICKLABLE, reason)
+    output = _Capture()
+    saved = sys.stdout, sys.stderr
+    sys.stdout = sys.stderr = output
+    try:
+        value = _call(task.kind, fn, arguments)
+    except BaseException as error:
+        codec, payload = RemoteException.capture(error, skip=2).to_bytes()
+        return p.Result(task.task_id, p.RAISED, codec, payload, (), output.text())
+    finally:
+        sys.stdout, sys.stderr = saved
+    try:
+        codec, payload, buffers = dumps(value)
+    except Exception as error:
+        reason = f"the result could not be pickled: {describe_failure(error)}"
+        return _text_result(task.task_id, p.UNPICKLABLE, reason, output.text())
+    raw = tuple(buffer.raw() for buffer in buffers) if buffers else ()
+    return p.Result(task.task_id, p.OK, codec, payload, raw, output.text())
+
+
+def _call(kind: int, fn: Callable[..., Any], arguments: Any) -> Any:
+    if kind == p.CALL:
+        args, kwargs = arguments
+        return fn(*args, **kwargs)
+    if kind == p.ARGS:
+        return fn(*arguments)
+    results = []
+    for args in arguments:
+        results.append(fn(*args))
+    return results
+
+
+def _delivered(task_id: int) -> p.Result:
+    return p.Result(task_id, p.DELIVERED, p.PICKLE, b"")
+
+
+def _text_result(task_id: int, status: int, text: str, output: str = "") -> p.Result:
+    return p.Result(task_id, status, p.PICKLE, text.encode("utf-8"), (), output)
+
+
+class _Capture(io.StringIO):
+    """A bounded stand-in for ``sys.stdout``/``sys.stderr`` during one task."""
+
+    def write(self, text: str) -> int:
+        room = OUTPUT_LIMIT - self.tell()
+        if room > 0:
+            super().write(text[:room])
+        return len(text)
+
+    def text(self) -> str:
+        value = self.getvalue()
+        if len(value) >= OUTPUT_LIMIT:
+            value += "\n[output cut at 64 KiB]\n"
+        return value
+
+
+def write_all(fd: int, chunks: list[p.Buffer]) -> None:
+    """Write every chunk fully to a blocking file descriptor (one ``writev`` if it can)."""
+    views = [view for chunk in chunks if (view := memoryview(chunk).cast("B"))]
+    while views:
+        written = os.writev(fd, views[:IOV_BATCH])
+        while written:
+            if written < len(views[0]):
+                views[0] = views[0][written:]
+                break
+            written -= len(views.pop(0))
+
+
+def _detach_from_supervisor(kept: set[int]) -> None:
+    """Keep only our own descriptors, ignore the kernel's SIGINT, die with the supervisor."""
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(2, 1)
+    low = 3
+    for fd in sorted(kept):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 1 << 16)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _die_with_parent()
+
+
+def _die_with_parent() -> None:
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            pr_set_pdeathsig = 1
+            libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
+    watchdog = threading.Thread(target=_watch_parent, args=(parent,), daemon=True)
+    watchdog.start()
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_SECONDS)
+    os._exit(1)

@@ -1,0 +1,150 @@
+"""Checking what a project is made of: its arguments, its code, its function.
+
+Everything here runs before a project is stored, so bad input fails with a clear
+:class:`~ceranubis_jupyter.errors.ConfigError` and nothing half-written.
+"""
+
+from __future__ import annotations
+
+import inspect
+import linecache
+import textwrap
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..cluster.hosts import Host, HostSpec
+from ..errors import ConfigError
+from ..wire.serialize import dumps_function, loads_function
+from .records import ProjectRow
+from .rows import encode, encode_many
+
+
+def check_args(args: Any) -> list[tuple[Any, ...]]:
+    """The argument list, checked: a non-empty list (or tuple) of tuples."""
+    if not isinstance(args, (list, tuple)):
+        raise ConfigError(
+            f"args must be a list of tuples, one per call (e.g. [(1, 2), (3, 4)]), "
+            f"got {type(args).__name__}"
+        )
+    if not args:
+        raise ConfigError("args is empty: give at least one tuple of arguments")
+    for index, item in enumerate(args):
+        if not isinstance(item, tuple):
+            raise ConfigError(
+                f"args must be a list of tuples: item {index} is {item!r} "
+                f"({type(item).__name__}); write ({item!r},) for a single argument"
+            )
+    return list(args)
+
+
+def check_chunksize(chunksize: int) -> None:
+    if not isinstance(chunksize, int) or chunksize < 1:
+        raise ConfigError(f"chunksize must be a positive integer, got {chunksize!r}")
+
+
+def compile_code(code: str, label: str) -> Any:
+    if not isinstance(code, str):
+        raise ConfigError(f"code must be a string of Python source, got {type(code).__name__}")
+    filename = f"<ceranubis project {label}>"
+    try:
+        compiled = compile(code, filename, "exec")
+    except SyntaxError as error:
+        raise ConfigError(
+            f"the project code does not compile: {error.msg} (line {error.lineno}); fix the "
+            "code and commit again"
+        ) from None
+    linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+    return compiled
+
+
+def function_from_code(code: str, target: str, label: str) -> Callable[..., Any]:
+    """Run ``code`` in a fresh namespace and return its function ``target``.
+
+    The namespace's module name is not importable, so dill ships the function (and the
+    classes and helpers it uses) by value.
+    """
+    compiled = compile_code(code, label)
+    namespace: dict[str, Any] = {"__name__": "__ceranubis_project__", "__builtins__": __builtins__}
+    try:
+        exec(compiled, namespace)
+    except Exception as error:
+        raise ConfigError(
+            f"running the project code raised {type(error).__name__}: {error}; it should "
+            "only define functions (and import what they need)"
+        ) from None
+    fn = namespace.get(target)
+    if not callable(fn):
+        defined = sorted(
+            k
+            for k, v in namespace.items()
+            if callable(v) and not k.startswith("__") and not isinstance(v, type)
+        )
+        raise ConfigError(
+            f"the code defines no function named {target!r}; it defines: "
+            f"{', '.join(defined) or 'no functions'}"
+        )
+    return fn  # type: ignore[no-any-return]
+
+
+def function_of(row: ProjectRow) -> Callable[..., Any]:
+    """The project's function, rebuilt: from its stored pickle, else from its code."""
+    problems = []
+    if row.function is not None:
+        try:
+            return loads_function(row.function)
+        except Exception as error:
+            problems.append(f"its stored function does not load ({type(error).__name__}: {error})")
+    if row.code:
+        try:
+            return function_from_code(row.code, row.target, row.name)
+        except ConfigError as error:
+            problems.append(str(error))
+    else:
+        problems.append("no source was recorded")
+    raise ConfigError(
+        f"cannot rebuild the function of project {row.name!r}: {'; '.join(problems)}; "
+        "import what it needs before resuming"
+    )
+
+
+def check_shippable(fn: Callable[..., Any]) -> bytes:
+    try:
+        return dumps_function(fn)
+    except Exception as error:
+        raise ConfigError(
+            f"the function {getattr(fn, '__name__', fn)!r} cannot be serialized with dill "
+            f"({type(error).__name__}: {error}); define it at top level"
+        ) from None
+
+
+def encode_args(items: list[tuple[Any, ...]]) -> list[bytes]:
+    """Each argument tuple as stored (see :func:`~ceranubis_jupyter.project_rows.encode`)."""
+    try:
+        return encode_many(items)
+    except Exception:
+        pass
+    for index, item in enumerate(items):  # find the culprit for the message
+        try:
+            encode(item)
+        except Exception as error:
+            raise ConfigError(
+                f"args item {index} cannot be pickled ({type(error).__name__}: {error}); "
+                "use plain data as arguments"
+            ) from None
+    raise AssertionError("unreachable")
+
+
+def source_of(fn: Callable[..., Any]) -> str:
+    try:
+        return textwrap.dedent(inspect.getsource(fn))
+    except (OSError, TypeError):
+        return ""
+
+
+def host_names(hosts: Sequence[HostSpec] | HostSpec | None) -> list[str]:
+    """Host specs as stored: their addresses (empty for the embedded default)."""
+    if hosts is None:
+        return []
+    if isinstance(hosts, (str, Host)):
+        hosts = [hosts]
+    return [spec.address if isinstance(spec, Host) else str(spec) for spec in hosts]

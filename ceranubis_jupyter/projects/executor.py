@@ -1,0 +1,38 @@
+"""``CeranubisExecutor``: the public executor, a :class:`NodeExecutor` that can commit projects.
+
+The cluster layer's :class:`~ceranubis_jupyter.cluster.executor.NodeExecutor` is the whole
+``concurrent.futures.Executor``; this subclass adds :meth:`CeranubisExecutor.commit`, which
+belongs to the projects layer (it stores the function and its arguments). Executors that a
+project starts for itself (``commit_project(hosts=...)``, ``Project.resume(hosts=...)``)
+are plain ``NodeExecutor`` objects owned by the run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..cluster.executor import NodeExecutor
+from .commit import commit_function
+from .project import Project
+
+
+class CeranubisExecutor(NodeExecutor):
+    __doc__ = NodeExecutor.__doc__
+
+    def commit(
+        self,
+        fn: Callable[..., Any],
+        args: Sequence[tuple[Any, ...]],
+        *,
+        name: str | None = None,
+        store: Any = None,
+    ) -> Project:
+        """Run ``fn`` over ``args`` as a named project kept in the store; returns at once.
+
+        See :func:`ceranubis_jupyter.projects.commit.commit_function`.
+        """
+        return commit_function(self, fn, args, name=name, store=store)
+
+
+__all__ = ["CeranubisExecutor"]

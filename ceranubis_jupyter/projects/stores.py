@@ -1,0 +1,74 @@
+"""Opening a project store: from a path or URL, and one shared store per location.
+
+``open_store`` picks the back end (:mod:`.store_sqlite` or :mod:`.store_pg`) from what it is
+given; ``shared_store`` keeps one open store per location in this process, so projects,
+their runs and the magics share a connection. ``close_stores`` closes them all (the package's
+one exit hook calls it).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+from ..errors import StoreError
+from .store import Store
+from .store_sqlite import SQLiteStore
+
+# The environment variable naming the store (a file path or a postgresql:// URL).
+STORE_ENV = "CERANUBIS_STORE"
+
+_stores: dict[str, Store] = {}
+_stores_lock = threading.Lock()
+
+
+def default_store_path() -> Path:
+    """``$XDG_DATA_HOME/ceranubis/projects.sqlite`` (``~/.local/share`` by default)."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
+    return Path(base) / "ceranubis" / "projects.sqlite"
+
+
+def is_postgres_url(text: str) -> bool:
+    """True for ``postgresql://`` and ``postgres://`` URLs."""
+    return text.startswith(("postgresql://", "postgres://"))
+
+
+def open_store(url_or_path: str | os.PathLike[str] | None = None) -> Store:
+    """Open (creating if needed) the project store.
+
+    Args:
+        url_or_path: a SQLite file path, ``sqlite:///path``, or a ``postgresql://`` URL;
+            ``None`` means ``$CERANUBIS_STORE`` or :func:`default_store_path`.
+
+    Raises:
+        StoreError: the store cannot be reached, created, or is not a project store.
+    """
+    target = url_or_path if url_or_path is not None else os.environ.get(STORE_ENV) or None
+    if target is None:
+        return SQLiteStore(default_store_path())
+    text = os.fspath(target)
+    if is_postgres_url(text):
+        from .store_pg import PostgresStore  # psycopg is an optional extra
+
+        return PostgresStore(text)
+    if text.startswith("sqlite://"):
+        text = text.removeprefix("sqlite://")
+    if "://" in text:
+        raise StoreError(f"unknown store URL {text!r}: use a file path or a postgresql:// URL")
+    return SQLiteStore(text)
+
+
+def shared_store(store: Store | str | os.PathLike[str] | None) -> Store:
+    """The store to use: as given, or one shared per location in this process."""
+    if isinstance(store, Store):
+        return store
+    if store is None:
+        key = os.environ.get(STORE_ENV) or os.fspath(default_store_path())
+    else:
+        key = os.fspath(store)
+    with _stores_lock:
+        known = _stores.get(key)
+        if known is None:
+            known = _stores[key] = open_store(store)
+        return known
