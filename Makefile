@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench system-deps venv clean
+.PHONY: demo test lint bench bench-ab system-deps venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ lint: venv
 
 bench: venv
 	$(BIN)/python benchmarks/run.py
+
+# A/B against an earlier commit in alternating blocks: make bench-ab BASE=<rev>
+BASE ?= HEAD~1
+bench-ab: venv
+	$(BIN)/python benchmarks/ab.py --base $(BASE)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

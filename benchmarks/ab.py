@@ -1,0 +1,154 @@
+"""A/B: this checkout against an earlier commit, in alternating blocks of one run.
+
+``make bench-ab BASE=<rev>`` (or ``.venv/bin/python benchmarks/ab.py --base <rev>``). The
+earlier commit is exported with ``git archive`` into a temporary folder; each block
+measures both trees, each in a fresh process that imports its own package, in the order
+A B, then B A, then A B...: drift on a shared machine hits both alike. The report gives the
+median of every figure per tree and the ratio new/old (above 1 is better for rates, below 1
+for times).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+# Blocks of (A, B) pairs: 4 gives medians of 4 per figure in about 4 minutes.
+BLOCKS = 4
+# Workers of each executor: one per core of the 2-core reference machine.
+WORKERS = 2
+# Seconds one tree's measurement may take before the run is stopped.
+MEASURE_TIMEOUT = 300.0
+# What each figure is: a rate (higher is better) or a time (lower is better).
+HIGHER_IS_BETTER = {
+    "w1_per_s": True,
+    "w1_batched_per_s": True,
+    "w2_per_s": True,
+    "w3_median_us": False,
+    "w4_mb_per_s": True,
+    "project_map_ratio": True,
+}
+_PROJECT_LINE = re.compile(r"ratio project/map:\s+([0-9.]+)")
+
+
+def inc(x: int) -> int:
+    """The tiny task (in ``__main__``, so it travels by value in both trees)."""
+    return x + 1
+
+
+def measure() -> dict[str, float]:
+    """One tree's figures, from the package found on ``sys.path`` (run in a child)."""
+    sys.path.insert(0, str(HERE))
+    import workloads as w
+
+    from ceranubis_jupyter import CeranubisExecutor
+
+    with CeranubisExecutor(max_workers=WORKERS) as ex:
+        w.w1_map(ex, inc)  # warm: nodes up, function shipped
+        figures = {
+            "w1_per_s": w.w1_map(ex, inc),
+            "w1_batched_per_s": w.w1_map(ex, inc, w.W1_CHUNKSIZE),
+            "w2_per_s": w.w2_submit(ex, inc),
+            "w3_median_us": w.w3_latency(ex, inc)[0],
+            "w4_mb_per_s": w.w4_throughput(ex, bytes(w.W4_BYTES)),
+        }
+    return figures
+
+
+def _export(rev: str, into: Path) -> Path:
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", rev], capture_output=True, check=True
+    ).stdout
+    tree = into / "base"
+    tree.mkdir()
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(tree, filter="data")
+    return tree
+
+
+def _run_tree(tree: Path, with_project: bool) -> dict[str, float]:
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    child = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--measure"],
+        env=env,
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        timeout=MEASURE_TIMEOUT,
+        check=True,
+    )
+    figures: dict[str, float] = json.loads(child.stdout.strip().splitlines()[-1])
+    if with_project:
+        figures["project_map_ratio"] = _project_ratio(tree, env)
+    return figures
+
+
+def _project_ratio(tree: Path, env: dict[str, str]) -> float:
+    child = subprocess.run(
+        [sys.executable, str(tree / "benchmarks" / "bench_project.py"), "--repeats", "3"],
+        env=env,
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        timeout=MEASURE_TIMEOUT,
+    )
+    found = _PROJECT_LINE.search(child.stdout)
+    if found is None:
+        raise RuntimeError(f"bench_project.py in {tree} printed no ratio:\n{child.stdout}")
+    return float(found.group(1))
+
+
+def _report(samples: dict[str, dict[str, list[float]]], rev: str) -> None:
+    old, new = samples["old"], samples["new"]
+    print(f"\nA/B: old = {rev}, new = this checkout; medians of {len(old['w1_per_s'])} blocks")
+    print(f"{'figure':<20}{'old':>14}{'new':>14}{'new/old':>10}   better")
+    for key, higher in HIGHER_IS_BETTER.items():
+        if key not in old:
+            continue
+        a, b = statistics.median(old[key]), statistics.median(new[key])
+        ratio = b / a if a else float("nan")
+        better = "higher" if higher else "lower"
+        print(f"{key:<20}{a:>14,.2f}{b:>14,.2f}{ratio:>10.2f}   {better}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure both trees in alternating blocks and print the medians and ratios."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", default="HEAD~1", help="the earlier commit (git rev)")
+    parser.add_argument("--blocks", type=int, default=BLOCKS)
+    parser.add_argument("--no-project", action="store_true", help="skip bench_project.py")
+    parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.measure:
+        print(json.dumps(measure()))
+        return 0
+    samples: dict[str, dict[str, list[float]]] = {"old": {}, "new": {}}
+    with tempfile.TemporaryDirectory(prefix="cj-ab-") as tmp:
+        trees = {"old": _export(args.base, Path(tmp)), "new": ROOT}
+        for block in range(args.blocks):
+            order = ["old", "new"] if block % 2 == 0 else ["new", "old"]
+            for name in order:
+                started = time.monotonic()
+                figures = _run_tree(trees[name], not args.no_project)
+                for key, value in figures.items():
+                    samples[name].setdefault(key, []).append(value)
+                took = time.monotonic() - started
+                print(f"block {block + 1} {name}: {json.dumps(figures)} ({took:.0f} s)")
+    _report(samples, args.base)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
