@@ -2,22 +2,28 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# The demo needs only the package; tests, lint and benchmarks need the dev extra.
+BASE_STAMP := $(VENV)/.installed-base
+DEV_STAMP := $(VENV)/.installed-dev
 
 .PHONY: demo test lint bench bench-ab system-deps venv clean
 
-$(STAMP): pyproject.toml
+$(BASE_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(DEV_STAMP): $(BASE_STAMP)
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-venv: $(STAMP)
+venv: $(DEV_STAMP)
 
 system-deps:
 	.ci/install-system-deps
 
-demo: venv
+demo: $(BASE_STAMP)
 	$(BIN)/ceranubis demo
 
 test: venv system-deps

@@ -22,7 +22,7 @@ from ceranubis_jupyter import CeranubisExecutor
 from ceranubis_jupyter.projects.store import Store
 from ceranubis_jupyter.projects.stores import open_store
 
-# W1's size, as in benchmarks.md.
+# W1's size, as in benchmarks/README.md.
 W1_ITEMS = 20_000
 # Repetitions of each path: the median of 9 resists four noisy samples on a shared machine
 # (with 5, runs of the same code gave ratios from 0.71 to 0.91).

@@ -1,11 +1,11 @@
-"""The SSH peer of benchmarks.md: execnet over ssh with a minimal dill executor.
+"""The SSH peer of benchmarks/README.md: execnet over ssh with a minimal dill executor.
 
 Each of ``workers`` gateways is one remote Python (one core) reached with the OpenSSH
 client through the bench's alias; it runs a loop that takes ``(id, key, function blob or
 None, dill'd list of argument tuples)`` and answers ``(id, ok, dill'd list of results or
 error text)``. Tasks go to the gateway with the fewest outstanding ones; ``map`` sends
 ``chunksize`` calls per message. execnet's ssh command asks for compression (``-C``),
-which would shrink W4's zero bytes to nothing: it is dropped, as in benchmarks.md's
+which would shrink W4's zero bytes to nothing: it is dropped, as in benchmarks/README.md's
 measurement, and the cipher is the one the other SSH systems use.
 """
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from ceranubis_jupyter import CeranubisExecutor
 
-# Workers per system: one per core of the 2-core reference machine (benchmarks.md).
+# Workers per system: one per core of the 2-core reference machine (benchmarks/README.md).
 WORKERS = 2
 
 OURS = "ceranubis"

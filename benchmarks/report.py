@@ -1,7 +1,7 @@
 """What each measurement means, its targets, and how the results are printed and saved.
 
 A run produces ``samples[system][metric] -> list[float]``; the report takes medians, the
-ratios ours/peer, checks the targets of issue 2 and benchmarks.md, prints one table per
+ratios ours/peer, checks the targets of issue 2 and benchmarks/README.md, prints one table per
 section (local peers, SSH) and writes the whole thing as JSON under ``benchmarks/results/``.
 """
 

@@ -8,7 +8,7 @@ host-key checking stays on. Then, one after the other:
 - W4: our 100 MB round trip vs the raw asyncssh channel with the same cipher;
 - W5: start to first result with an empty remote bundle cache (cold) and a filled one (warm);
 - W1 (per item and chunksize=1000), W2, W3 and W4 against execnet over ssh with a minimal
-  dill executor (``execnet_peer.py``), the SSH peer of benchmarks.md (left out, with a
+  dill executor (``execnet_peer.py``), the SSH peer of benchmarks/README.md (left out, with a
   line saying so, where execnet is not installed: it comes with the dev extra).
 """
 

@@ -18,7 +18,7 @@ import psutil
 
 # Items of W1 (map): enough that per-item cost dominates start-up effects.
 W1_ITEMS = 20_000
-# The batched W1 knob, as benchmarks.md fixes it.
+# The batched W1 knob, as benchmarks/README.md fixes it.
 W1_CHUNKSIZE = 1000
 # Tasks of W2 (submit then wait).
 W2_ITEMS = 5_000

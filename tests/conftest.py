@@ -104,3 +104,52 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "allow_nodes_alive: the test hands running nodes to a later fixture"
     )
+    for kind, what in SLOW_KINDS.items():
+        config.addinivalue_line("markers", f"{kind}: {what} (also marked slow)")
+    config.addinivalue_line("markers", "slow: needs a server, namespaces, a kernel or a browser")
+
+
+# The long tests, by what they start; each is also marked ``slow``, so that
+# ``pytest -m "not slow"`` is the quick subset (``make test`` runs everything).
+SLOW_KINDS = {
+    "ssh": "talks to a real sshd or asyncssh server",
+    "netns": "builds hosts in network or PID namespaces",
+    "postgres": "runs a real PostgreSQL server",
+    "kernel": "runs notebooks in a real Jupyter kernel",
+    "browser": "drives JupyterLab in a real Chromium",
+}
+_FIXTURE_KINDS = {
+    "ssh_home": "ssh",
+    "openssh_server": "ssh",
+    "asyncssh_server": "ssh",
+    "partition_hosts": "netns",
+    "pid_namespace": "netns",
+    "new_pid_namespace": "netns",
+    "pg_server": "postgres",
+    "pg_url": "postgres",
+    "jupyterlab": "browser",
+}
+_PARAM_KINDS = {("hosts", "asyncssh"): "ssh", ("hosts", "openssh"): "ssh"}
+_PARAM_KINDS[("store_url", "postgresql")] = "postgres"
+_MODULE_KINDS = {"test_notebooks": "kernel", "test_binder": "kernel"}
+
+
+def _kinds(item: pytest.Item) -> set[str]:
+    kinds = {_FIXTURE_KINDS[f] for f in getattr(item, "fixturenames", ()) if f in _FIXTURE_KINDS}
+    callspec = getattr(item, "callspec", None)
+    for (name, value), kind in _PARAM_KINDS.items():
+        if callspec is not None and callspec.params.get(name) == value:
+            kinds.add(kind)
+    module = getattr(item, "module", None)
+    if module is not None and module.__name__.rsplit(".", 1)[-1] in _MODULE_KINDS:
+        kinds.add(_MODULE_KINDS[module.__name__.rsplit(".", 1)[-1]])
+    return kinds
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        kinds = _kinds(item)
+        for kind in kinds:
+            item.add_marker(kind)
+        if kinds:
+            item.add_marker("slow")
