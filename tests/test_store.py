@@ -306,3 +306,18 @@ def test_postgres_flushes_leave_no_staged_rows_behind(pg_url: str) -> None:
         assert store.record_rows([], _done_values(ids[start : start + 1000])) == 1000
     [(size,)] = store._read("SELECT pg_relation_size('cj_outcomes')")
     assert size == 0 and store.counts(project_id)["done"] == 3000
+
+
+def test_an_existing_store_file_is_tightened_with_its_wal(tmp_path: Path) -> None:
+    path = tmp_path / "loose" / "projects.sqlite"
+    open_store(path).close()
+    for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        name.touch()
+        name.chmod(0o644)
+    store = open_store(path)
+    try:
+        store.list_projects()
+        for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+            assert stat.S_IMODE(name.stat().st_mode) == 0o600, name
+    finally:
+        store.close()

@@ -9,11 +9,11 @@ ceranubis-jupyter[postgres]``), imported only when such a URL is opened.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
 from ..errors import ConfigError, StoreError
+from .conninfo import PASSWORD_ADVICE, passwords_in, redact, scrub
 from .store import DONE_VALUES, Store
 
 # Seconds to wait for the server when connecting: an unreachable store is reported
@@ -75,11 +75,6 @@ _UPDATE_FROM_OUTCOMES = (
 )
 
 
-def redact(url: str) -> str:
-    """The URL with its password replaced by ``***`` (for messages)."""
-    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
-
-
 class PostgresStore(Store):
     """The store in a PostgreSQL database; reconnects when the connection broke."""
 
@@ -113,9 +108,16 @@ class PostgresStore(Store):
                 self._connection.execute(statement)
         except self._psycopg.Error as error:
             raise StoreError(
-                f"cannot reach the project store {self.url}: {_first_line(error)}; check that "
-                "the server runs and the URL (user, host, port, database)"
+                f"cannot reach the project store {self.url}: {self._said(error)}; check that "
+                f"the server runs and the URL (user, host, port, database){self._advice()}"
             ) from None
+
+    def _said(self, error: BaseException) -> str:
+        """The first line of a server or libpq message, without any password in it."""
+        return scrub(_first_line(error), self._dsn)
+
+    def _advice(self) -> str:
+        return f"; {PASSWORD_ADVICE}" if passwords_in(self._dsn) else ""
 
     def _cursor(self) -> Any:
         if self._connection is None or self._connection.closed or self._connection.broken:
@@ -184,10 +186,10 @@ class PostgresStore(Store):
             return ConfigError("a project with this name already exists; pick another name")
         if isinstance(error, self._psycopg.OperationalError):
             return StoreError(
-                f"lost the project store {self.url}: {_first_line(error)}; check the server"
+                f"lost the project store {self.url}: {self._said(error)}; check the server"
             )
         if isinstance(error, self._psycopg.Error):
-            return StoreError(f"the project store {self.url} failed: {_first_line(error)}")
+            return StoreError(f"the project store {self.url} failed: {self._said(error)}")
         return error
 
 

@@ -235,8 +235,25 @@ def _prepare_file(path: Path) -> None:
             raise StoreError(f"the project store {path} is a directory; give a file path")
         if not path.exists():
             os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        _tighten(path)
     except OSError as error:
         raise StoreError(
             f"cannot create the project store {path}: {error.strerror}; set "
             "CERANUBIS_STORE to a writable path"
         ) from error
+
+
+def _tighten(path: Path) -> None:
+    """Make a store file of ours (and its WAL and shared-memory files) 0600.
+
+    SQLite creates ``-wal`` and ``-shm`` with the database file's mode, so a store made
+    readable by others before (or by another tool) would leak every result through them.
+    A file owned by another user is a deliberate share and is left as it is.
+    """
+    for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            info = name.stat()
+        except FileNotFoundError:
+            continue
+        if info.st_uid == os.geteuid() and info.st_mode & 0o077:
+            name.chmod(0o600)
