@@ -509,3 +509,19 @@ def test_encode_many_stores_arguments_as_encode_does(monkeypatch: pytest.MonkeyP
     assert decode(encode_many(with_main)[5])[0].x == 3
     with pytest.raises(TypeError, match="generator"):
         encode_many([(1,), ((i for i in range(3)),)])
+
+
+def test_executor_commit_takes_chunksize_and_timeout(store_url: str) -> None:
+    with CeranubisExecutor() as executor:
+        before = executor.scheduler.next_task_id()
+        chunked = executor.commit(abs, [(-x,) for x in range(6)], chunksize=3, store=store_url)
+        assert chunked.wait(DEADLINE)
+        assert executor.scheduler.next_task_id() - before == 3  # two tasks of three, then ours
+        timed = executor.commit(
+            _slow_square, [(1, 0.0), (2, 30.0)], timeout=1, name="timed", store=store_url
+        )
+        assert timed.wait(DEADLINE)
+    assert chunked.results() == [((-x,), x) for x in range(6)]
+    assert timed.results() == [((1, 0.0), 1)]
+    [(args, text)] = timed.errors()
+    assert args == (2, 30.0) and "TaskTimeout" in text

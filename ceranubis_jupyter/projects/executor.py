@@ -27,12 +27,18 @@ class CeranubisExecutor(NodeExecutor):
         *,
         name: str | None = None,
         store: Any = None,
+        chunksize: int = 1,
+        timeout: float | None = None,
     ) -> Project:
         """Run ``fn`` over ``args`` as a named project kept in the store; returns at once.
 
-        See :func:`ceranubis_jupyter.projects.commit.commit_function`.
+        ``chunksize`` arguments travel and run as one task; ``timeout`` is in seconds per
+        task (0 or ``None``: none). See
+        :func:`ceranubis_jupyter.projects.commit.commit_function`.
         """
-        return commit_function(self, fn, args, name=name, store=store)
+        return commit_function(
+            self, fn, args, name=name, store=store, chunksize=chunksize, timeout=timeout
+        )
 
 
 __all__ = ["CeranubisExecutor"]
