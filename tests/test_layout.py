@@ -16,15 +16,17 @@ import ceranubis_jupyter
 
 PACKAGE = Path(ceranubis_jupyter.__file__).parent
 NAME = "ceranubis_jupyter"
-# What each layer may import (besides itself). ``errors`` is the root every layer shares.
+# What each layer may import (besides itself). ``errors`` is the root every layer shares;
+# ``exits`` (the one exit path) serves the client-side layers.
 ALLOWED = {
     "errors": set(),
+    "exits": set(),
     "wire": {"errors"},
     "node": {"wire", "errors"},
-    "cluster": {"wire", "errors"},
-    "projects": {"cluster", "wire", "errors"},
-    "jupyter": {"projects", "cluster", "wire", "errors"},
-    "cli": {"jupyter", "projects", "cluster", "wire", "errors"},
+    "cluster": {"wire", "errors", "exits"},
+    "projects": {"cluster", "wire", "errors", "exits"},
+    "jupyter": {"projects", "cluster", "wire", "errors", "exits"},
+    "cli": {"jupyter", "projects", "cluster", "wire", "errors", "exits"},
 }
 MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 40

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -116,13 +117,20 @@ def test_executor_commit_stores_the_function(store_url: str) -> None:
     assert "def shifted" in project.code and project.hosts == ["local"]
 
 
-def _slow_argument_insert(store: Store, url: str, action: str) -> None:
-    """Make the store's insert of a new project's arguments, at position 50, sleep a second
-    (``action='sleep'``) or fail (``'fail'``): a real trigger in the real database."""
+# Any constant: the advisory lock a held insert waits on in PostgreSQL.
+_HOLD_KEY = 4242
+
+
+def _slow_argument_insert(
+    store: Store, url: str, action: str, release: threading.Event | None = None
+) -> None:
+    """Make the store's insert of a new project's arguments, at position 50, wait until
+    ``release`` is set (``action='hold'``) or fail (``'fail'``): a real trigger in the real
+    database."""
     if isinstance(store, SQLiteStore):
-        # SQLite cannot sleep in SQL: the connection that inserts gets a function that does.
-        store._connection.create_function("nap", 1, time.sleep)
-        body = "SELECT nap(1.0);" if action == "sleep" else "SELECT RAISE(ABORT, 'no room');"
+        # SQLite cannot wait in SQL: the connection that inserts gets a function that does.
+        store._connection.create_function("hold", 0, lambda: bool(release and release.wait(60)))
+        body = "SELECT hold();" if action == "hold" else "SELECT RAISE(ABORT, 'no room');"
         store._connection.execute(
             "CREATE TRIGGER slow BEFORE INSERT ON arguments WHEN NEW.position = 50 "
             f"BEGIN {body} END"
@@ -130,7 +138,11 @@ def _slow_argument_insert(store: Store, url: str, action: str) -> None:
         return
     import psycopg
 
-    body = "PERFORM pg_sleep(1.0);" if action == "sleep" else "RAISE EXCEPTION 'no room';"
+    body = (
+        f"PERFORM pg_advisory_xact_lock({_HOLD_KEY});"
+        if action == "hold"
+        else ("RAISE EXCEPTION 'no room';")
+    )
     with psycopg.connect(url, autocommit=True) as admin:
         admin.execute(
             f"CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN {body} "
@@ -140,20 +152,39 @@ def _slow_argument_insert(store: Store, url: str, action: str) -> None:
             "CREATE TRIGGER slow BEFORE INSERT ON arguments FOR EACH ROW "
             "WHEN (NEW.position = 50) EXECUTE FUNCTION slow()"
         )
+    if release is not None:
+        threading.Thread(target=_hold_lock_until, args=(url, release), daemon=True).start()
+
+
+def _hold_lock_until(url: str, release: threading.Event) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as holder:
+        holder.execute(f"SELECT pg_advisory_lock({_HOLD_KEY})")
+        _lock_taken.set()
+        release.wait(60)
+        holder.execute(f"SELECT pg_advisory_unlock({_HOLD_KEY})")
+
+
+_lock_taken = threading.Event()
 
 
 def test_tasks_that_finish_while_the_insert_is_open_are_recorded_once(store_url: str) -> None:
     # The run submits as soon as the project's row is in; results that arrive before the
     # arguments' insert commits wait for it (written earlier, PostgreSQL would drop them).
+    # The insert is held open until a task of the project has finished.
     store = open_store(store_url)
-    _slow_argument_insert(store, store_url, "sleep")
+    release = threading.Event()
+    _lock_taken.clear()
+    _slow_argument_insert(store, store_url, "hold", release)
+    assert isinstance(store, SQLiteStore) or _lock_taken.wait(30)
     args = [(x,) for x in range(200)]
     with CeranubisExecutor() as executor:
-        list(executor.map(abs, range(10)))  # nodes up: tasks can finish within the second
-        started = time.time()
+        list(executor.map(abs, range(10)))  # nodes up
+        executor.scheduler.add_listener(lambda record: release.set())
         project = commit_function(executor, expected, args, store=store, name="early")
         committed = time.time()
-        assert committed - started >= 1.0  # the insert really was slow
+        assert release.is_set()  # the insert was held until a task had finished
         assert project.wait(DEADLINE)
     assert project.state == "done"
     assert project.results() == [((x,), expected(x)) for x in range(200)]

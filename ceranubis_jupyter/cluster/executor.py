@@ -8,8 +8,8 @@ are plain :class:`concurrent.futures.Future` objects, so ``wait``, ``as_complete
 
 from __future__ import annotations
 
-import atexit
 import itertools
+import logging
 import threading
 import time
 import weakref
@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from ..errors import ConfigError, UnpicklableError
+from ..exits import Stage, on_exit
 from ..wire import protocol as p
 from ..wire.serialize import describe_failure, dumps, dumps_function
 from .hosts import Host, HostSpec, as_host
@@ -29,6 +30,7 @@ from .scheduler import DEFAULT_RETRIES, HostInfo, Scheduler, TaskRecord
 from .tasks import ResultSlot
 
 T = TypeVar("T")
+log = logging.getLogger("ceranubis")
 
 _live_executors: weakref.WeakSet[NodeExecutor] = weakref.WeakSet()
 # A map's calls queued at once: one lock and one wake-up each, and the first ones reach
@@ -97,6 +99,7 @@ class NodeExecutor(Executor):
         self._shutdown = False
         _live_executors.add(self)
         self._finalizer = weakref.finalize(self, self._scheduler.close_threadsafe)
+        self._finalizer.atexit = False  # the exit path (exits.Stage.EXECUTORS) ends it
 
     # ------------------------------------------------------------------ Executor API
 
@@ -402,12 +405,13 @@ def _short_repr(obj: Any, limit: int = 80) -> str:
 
 
 def _shutdown_all() -> None:
+    """At exit: like the standard executors, every live one finishes the work it was
+    given (a script need not call ``shutdown``), then its nodes stop."""
     for executor in list(_live_executors):
         try:
-            executor.shutdown(wait=False, cancel_futures=True)
-            executor._finalizer()
+            executor.shutdown(wait=True)
         except Exception:  # at exit, best effort: nodes also die when our pipes close
-            pass
+            log.exception("shutting an executor down at exit failed")
 
 
-atexit.register(_shutdown_all)
+on_exit(Stage.EXECUTORS, _shutdown_all)

@@ -12,12 +12,12 @@
 
 from __future__ import annotations
 
-import atexit
 import linecache
 import sys
 import threading
 from typing import Any
 
+from ..exits import Stage, on_exit
 from .live import LiveProgress, TextLine, progress_mode
 
 # Seconds between two looks at a waited-for project: how fast the text line moves in
@@ -65,7 +65,7 @@ class ExecutorPool:
 
 
 POOL = ExecutorPool()
-atexit.register(POOL.close)
+on_exit(Stage.POOLS, POOL.close)
 
 
 def run_cell_body(shell: Any, magic_line: str, body: str) -> bool:

@@ -19,7 +19,6 @@ heartbeats) is in ``project_run.py``.
 
 from __future__ import annotations
 
-import atexit
 import logging
 import time
 import weakref
@@ -29,6 +28,7 @@ from typing import Any
 from ..cluster.executor import NodeExecutor
 from ..cluster.hosts import HostSpec
 from ..errors import ConfigError, StoreError
+from ..exits import Stage, on_exit
 from .code import function_of, host_names
 from .records import ProjectRow, ProjectSummary, this_client
 from .run import ProjectRun, decode
@@ -414,7 +414,7 @@ def _stop_live_runs() -> None:
             project._run.stop_at_exit()
 
 
-atexit.register(_stop_live_runs)
+on_exit(Stage.RUNS, _stop_live_runs)
 
 __all__ = [
     "Project",

@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 from ..errors import StoreError
+from ..exits import Stage, on_exit
 from .store import Store
 from .store_sqlite import SQLiteStore
 
@@ -72,3 +73,15 @@ def shared_store(store: Store | str | os.PathLike[str] | None) -> Store:
         if known is None:
             known = _stores[key] = open_store(store)
         return known
+
+
+def close_stores() -> None:
+    """Close every store :func:`shared_store` opened (at exit, after runs and executors)."""
+    with _stores_lock:
+        stores = list(_stores.values())
+        _stores.clear()
+    for store in stores:
+        store.close()
+
+
+on_exit(Stage.STORES, close_stores)
