@@ -226,3 +226,37 @@ def test_demo_refuses_bad_numbers_and_hosts(
     assert status == 2
     err = capsys.readouterr().err
     assert "must be at least 1" in err or "whole number" in err or "at least one host" in err
+
+
+@pytest.mark.parametrize("to_file", [True, False])
+def test_a_value_json_cannot_write_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], to_file: bool
+) -> None:
+    store = tmp_path / "projects.sqlite"
+    code = "def huge(i):\n    return i if i < 3 else 10 ** 5000\n"  # over int's str limit
+    _project(store, "huge", code, "huge", 4)
+    out = tmp_path / "out.json"
+    out.write_text("old\n")
+    output = ["-o", str(out)] if to_file else []
+    capsys.readouterr()
+    assert main(["results", "huge", *output, "--store", str(store)]) == 2
+    err = capsys.readouterr().err
+    target = out if to_file else "the results"
+    assert err.startswith(f"ceranubis results: cannot write {target}: Exceeds the limit")
+    assert err.count("\n") == 1
+    assert out.read_text() == "old\n"
+
+
+def test_resume_on_unusable_hosts_says_what_is_left(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.jupyter_support import free_port
+
+    store = tmp_path / "projects.sqlite"
+    code = "def work(x):\n    if x == 1:\n        raise ValueError('one')\n    return x\n"
+    _project(store, "left", code, "work", 3)
+    host = f"nobody@127.0.0.1:{free_port()}"  # loopback, nothing listens: refused
+    capsys.readouterr()
+    assert main(["resume", "left", "--hosts", host, "--store", str(store)]) == 1
+    err = capsys.readouterr().err
+    assert "1 of 3 arguments did not run (stopped); `ceranubis resume left` runs them" in err

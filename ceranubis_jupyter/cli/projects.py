@@ -94,7 +94,7 @@ def _show(args: argparse.Namespace) -> int:
     counts = project.counts()
     print(f"project  {project.name} (id {project.id}) in {project.store.url}")
     print(f"state    {project.state}")
-    print(f"target   {project.target}")
+    print(f"target   {printable(project.target)}")
     print(f"hosts    {printable(', '.join(project.hosts)) or 'local (embedded default)'}")
     print(f"created  {_when(project.created)}")
     print(f"elapsed  {project.elapsed():.1f} s")
@@ -124,15 +124,18 @@ def _results(args: argparse.Namespace) -> int:
     project = Project.load(args.name, args.store)
     results = _stored(project.results)
     kind = args.format or ("csv" if args.output and args.output.endswith(".csv") else "json")
-    if not args.output:
-        _write_results(results, kind, sys.stdout)
-        return 0
+    target = args.output or "the results"
     try:
+        if not args.output:
+            _write_results(results, kind, sys.stdout)
+            return 0
         write_atomically(Path(args.output), lambda file: _write_results(results, kind, file))
+    except BrokenPipeError:
+        raise  # the reader went away: main ends quietly
     except OSError as error:
-        raise ConfigError(f"cannot write {args.output}: {error.strerror or error}") from None
+        raise ConfigError(f"cannot write {target}: {error.strerror or error}") from None
     except ValueError as error:  # json/csv: e.g. an int too long to convert to text
-        raise ConfigError(f"cannot write {args.output}: {error}") from None
+        raise ConfigError(f"cannot write {target}: {error}") from None
     print(f"{len(results)} results of {project.name} written to {args.output}")
     return 0
 
