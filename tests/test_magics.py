@@ -10,7 +10,12 @@ import pytest
 from IPython.core.error import UsageError
 
 from ceranubis_jupyter.jupyter import session
-from ceranubis_jupyter.jupyter.magics import CELL_USAGE, parse_cell_line, variable_name
+from ceranubis_jupyter.jupyter.magic_args import (
+    CELL_USAGE,
+    MAX_WORKERS,
+    parse_cell_line,
+    variable_name,
+)
 from ceranubis_jupyter.jupyter.widget import render_errors
 
 SQUARE_CELL = "def square(x):\n    return x * x\n"
@@ -61,7 +66,20 @@ def test_cell_magic_misuse_raises_usage_error(ipshell: Any, line: str, cell: str
     assert "usage" in str(error.value) or "ARGS" in str(error.value), error.value
 
 
-@pytest.mark.parametrize("line", ["", "frobnicate", "status", "results --hosts x"])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "",
+        "frobnicate",
+        "status",
+        "results --hosts x",
+        'status "unclosed',
+        "hosts --workers 0",
+        f"hosts --workers {MAX_WORKERS + 1}",
+        "hosts --hosts ,",
+        'resume some-project --hosts ""',
+    ],
+)
 def test_line_magic_misuse_raises_usage_error(ipshell: Any, line: str) -> None:
     with pytest.raises(UsageError, match="usage"):
         ipshell.run_line_magic("ceranubis", line)
@@ -206,3 +224,97 @@ def test_unusable_hosts_stop_the_project_with_an_explanation(
     # the broken executor is not reused: the next cell gets a fresh one
     ipshell.run_cell_magic("ceranubis", "square over range(3) --out q", SQUARE_CELL)
     assert ipshell.user_ns["q"].status() == (3, 3)
+
+
+# A cell body that leaves a mark: a refused line must not run it.
+MARKED_CELL = "ran_the_body = True\n" + SQUARE_CELL
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        '--name "unclosed',
+        "--timeout nan",
+        "--timeout inf",
+        "--timeout -inf",
+        "--timeout -1",
+        f"--workers {MAX_WORKERS + 1}",
+        "--workers 100000",
+        "--hosts ,",
+        '--hosts ""',
+        "--out __builtins__",
+        "--out print",
+        "--out class",
+        "--name __builtins__",
+        "--name len",
+        "--name 'bad name!' --out ok",
+        "--name taken",
+        "--store {not_a_store}",
+    ],
+)
+def test_bad_options_are_refused_before_the_cell_runs(
+    ipshell: Any, tmp_path: Any, options: str
+) -> None:
+    if "taken" in options:
+        ipshell.run_cell_magic("ceranubis", "square over range(2) --name taken", SQUARE_CELL)
+        assert ipshell.user_ns["taken"].status() == (2, 2)
+        session.POOL.close()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    line = "square over range(3) " + options.format(not_a_store=blocker / "store.sqlite")
+    with pytest.raises(UsageError, match="usage"):
+        ipshell.run_cell_magic("ceranubis", line, MARKED_CELL)
+    assert "ran_the_body" not in ipshell.user_ns
+    assert session.POOL.latest() is None  # no node was started
+    # the namespace still works: later cells run as usual
+    assert ipshell.run_cell("x = len([1, 2])").success and ipshell.user_ns["x"] == 2
+
+
+def test_options_inside_string_literals_and_brackets_belong_to_args() -> None:
+    fn, expression, options = parse_cell_line(
+        """f.g over ["a --name b", 'c --out d', g(x, --y)] --name real --out v"""
+    )
+    assert fn == "f.g"
+    assert expression == """["a --name b", 'c --out d', g(x, --y)]"""
+    assert (options.name, options.out) == ("real", "v")
+    _fn, expression, options = parse_cell_line('f over """x --hosts y""" --hosts local')
+    assert (expression, options.hosts) == ('"""x --hosts y"""', "local")
+
+
+@pytest.mark.parametrize("line", ['f over ["a', "f over (1, 2 --name x", "f over 'abc --name x"])
+def test_unclosed_quote_or_bracket_in_args_is_a_usage_error(line: str) -> None:
+    with pytest.raises(UsageError, match="unclosed quote or bracket"):
+        parse_cell_line(line)
+
+
+def test_string_arguments_with_dashes_run(ipshell: Any) -> None:
+    ipshell.run_cell_magic(
+        "ceranubis", """echo over ["a --name b", "--workers 3"] --out echoed --workers 1""",
+        "def echo(s):\n    return s.upper()\n",
+    )  # fmt: skip
+    assert [v for _a, v in ipshell.user_ns["echoed"].results()] == ["A --NAME B", "--WORKERS 3"]
+
+
+def test_hosts_line_magic_reuses_the_cells_executor(ipshell: Any) -> None:
+    ipshell.run_cell_magic("ceranubis", "square over range(3) --workers 1 --out one", SQUARE_CELL)
+    executor = session.POOL.latest()
+    assert executor is not None and executor.hosts()[0].workers == 1
+    table = ipshell.run_line_magic("ceranubis", "hosts")
+    assert session.POOL.latest() is executor  # no second executor was started
+    ((_host, state, workers, *_rest),) = table.rows
+    assert (state, workers) == ("ready", 1)
+
+
+def test_resume_with_new_hosts_records_them(ipshell: Any) -> None:
+    from ceranubis_jupyter.projects.project import Project
+    from tests.jupyter_support import free_port
+
+    host = f"nobody@127.0.0.1:{free_port()}"  # loopback, nothing listens: refused
+    ipshell.run_cell_magic(
+        "ceranubis", f"square over range(3) --hosts {host} --name moved", SQUARE_CELL
+    )
+    assert Project.load("moved").state == "stopped"
+    ipshell.run_line_magic("ceranubis", "resume moved --hosts local --workers 1")
+    project = Project.load("moved")
+    assert project.state == "done" and project.status() == (3, 3)
+    assert project.hosts == ["local"]

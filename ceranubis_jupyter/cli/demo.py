@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
+from ..cluster.hosts import HostSpec, parse_host_list
+from ..errors import ConfigError
 from ..projects.executor import CeranubisExecutor
 
 
@@ -22,7 +26,9 @@ def throw_darts(seed: int, darts: int) -> int:
     return hits
 
 
-def run_demo(tasks: int = 64, darts: int = 1_000_000, hosts: list[str] | None = None) -> float:
+def run_demo(
+    tasks: int = 64, darts: int = 1_000_000, hosts: Sequence[HostSpec] | None = None
+) -> float:
     """Estimate π with ``tasks`` tasks of ``darts`` darts each; prints a report."""
     started = time.perf_counter()
     with CeranubisExecutor(hosts) as executor:
@@ -37,14 +43,37 @@ def run_demo(tasks: int = 64, darts: int = 1_000_000, hosts: list[str] | None = 
 
 def add_commands(subparsers: Any) -> None:
     """Register ``ceranubis demo``."""
-    parser = subparsers.add_parser("demo", help="estimate pi on the local cores")
-    parser.add_argument("--tasks", type=int, default=64)
-    parser.add_argument("--darts", type=int, default=1_000_000)
+    parser = subparsers.add_parser(
+        "demo",
+        help="estimate pi on the local cores",
+        description="Estimate pi by throwing random darts at a square, spread over the "
+        "cores of the hosts: a quick check that everything works.",
+    )
+    parser.add_argument(
+        "--tasks", type=_positive, default=64, help="tasks to spread (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--darts", type=_positive, default=1_000_000, help="darts per task (default: %(default)s)"
+    )
     parser.add_argument("--hosts", default=None, help="comma-separated hosts (default: local)")
     parser.set_defaults(handler=_handle)
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def _handle(args: argparse.Namespace) -> int:
-    hosts = args.hosts.split(",") if args.hosts else None
+    try:
+        hosts = None if args.hosts is None else parse_host_list(args.hosts)
+    except ConfigError as error:
+        print(f"ceranubis demo: {error}", file=sys.stderr)
+        return 2
     run_demo(args.tasks, args.darts, hosts)
     return 0

@@ -18,7 +18,9 @@ def add_commands(subparsers: Any) -> None:
     where.add_argument("--user", action="store_true", help="for this user only")
     where.add_argument("--sys-prefix", action="store_true", help="into this environment")
     where.add_argument("--prefix", default=None, help="into PREFIX/share/jupyter/kernels")
-    parser.add_argument("--name", default=KERNEL_NAME)
+    parser.add_argument(
+        "--name", default=KERNEL_NAME, help="the kernel's directory name (default: %(default)s)"
+    )
     parser.set_defaults(handler=_handle)
 
 

@@ -11,6 +11,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from .output import BROKEN_PIPE_STATUS, silence_stdout
+
 # Modules that contribute subcommands (each has ``add_commands(subparsers)``).
 _COMMAND_MODULES = ["demo", "kernel", "projects", "strays"]
 
@@ -33,7 +35,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         status: int = args.handler(args)
+        sys.stdout.flush()  # here, where a closed pipe can still be handled
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as Unix tools do
+        silence_stdout()
+        return BROKEN_PIPE_STATUS
     return status

@@ -13,15 +13,21 @@ import sys
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
-from ..errors import ConfigError, StoreError
+from ..cluster.hosts import parse_host_list
+from ..errors import CeranubisError, ConfigError, StoreError
 from ..projects.project import Project, list_projects, remove_project
+from .output import printable, write_atomically
 
 # Seconds between progress lines while `ceranubis resume` waits.
 PROGRESS_SECONDS = 1.0
 # Errors shown in full by `ceranubis show` (the rest are counted).
 SHOWN_ERRORS = 5
+# Characters of the error `ceranubis resume` quotes when it ends failed: one screen line.
+BRIEF_CHARS = 200
+
+T = TypeVar("T")
 
 
 def add_commands(subparsers: Any) -> None:
@@ -88,8 +94,8 @@ def _show(args: argparse.Namespace) -> int:
     counts = project.counts()
     print(f"project  {project.name} (id {project.id}) in {project.store.url}")
     print(f"state    {project.state}")
-    print(f"target   {project.target}")
-    print(f"hosts    {', '.join(project.hosts) or 'local (embedded default)'}")
+    print(f"target   {printable(project.target)}")
+    print(f"hosts    {printable(', '.join(project.hosts)) or 'local (embedded default)'}")
     print(f"created  {_when(project.created)}")
     print(f"elapsed  {project.elapsed():.1f} s")
     print("counts   " + ", ".join(f"{state} {n}" for state, n in counts.items()))
@@ -97,7 +103,7 @@ def _show(args: argparse.Namespace) -> int:
     if stats:
         rows = [
             [
-                s.host,
+                printable(s.host),
                 str(s.count),
                 f"{s.mean_seconds:.3f}",
                 _when(s.first_started),
@@ -106,9 +112,9 @@ def _show(args: argparse.Namespace) -> int:
             for s in stats
         ]
         print("\n" + _table(["host", "finished", "mean s", "first start", "last finish"], rows))
-    errors = project.errors()
+    errors = _stored(project.errors)
     for args_tuple, text in errors[:SHOWN_ERRORS]:
-        print(f"\nerror for args {args_tuple!r}:\n{text}")
+        print(f"\nerror for args {args_tuple!r}:\n{printable(text)}")
     if len(errors) > SHOWN_ERRORS:
         print(f"\n... and {len(errors) - SHOWN_ERRORS} more errors")
     return 0
@@ -116,15 +122,35 @@ def _show(args: argparse.Namespace) -> int:
 
 def _results(args: argparse.Namespace) -> int:
     project = Project.load(args.name, args.store)
-    results = project.results()
+    results = _stored(project.results)
     kind = args.format or ("csv" if args.output and args.output.endswith(".csv") else "json")
-    if args.output:
-        with Path(args.output).open("w", newline="", encoding="utf-8") as file:
-            _write_results(results, kind, file)
-        print(f"{len(results)} results of {project.name} written to {args.output}")
-    else:
-        _write_results(results, kind, sys.stdout)
+    target = args.output or "the results"
+    try:
+        if not args.output:
+            _write_results(results, kind, sys.stdout)
+            return 0
+        write_atomically(Path(args.output), lambda file: _write_results(results, kind, file))
+    except BrokenPipeError:
+        raise  # the reader went away: main ends quietly
+    except OSError as error:
+        raise ConfigError(f"cannot write {target}: {error.strerror or error}") from None
+    except ValueError as error:  # json/csv: e.g. an int too long to convert to text
+        raise ConfigError(f"cannot write {target}: {error}") from None
+    print(f"{len(results)} results of {project.name} written to {args.output}")
     return 0
+
+
+def _stored(read: Callable[[], list[T]]) -> list[T]:
+    """What ``read`` returns; a value that cannot be unpickled here is a one-line error."""
+    try:
+        return read()
+    except CeranubisError:
+        raise
+    except Exception as error:  # unpickling raises anything: ImportError, AttributeError...
+        raise ConfigError(
+            f"a stored value cannot be unpickled here ({type(error).__name__}: {error}); "
+            "run this where the modules it needs can be imported"
+        ) from None
 
 
 def _write_results(results: list[tuple[tuple[Any, ...], Any]], kind: str, file: TextIO) -> None:
@@ -151,7 +177,7 @@ def _cell(value: Any) -> Any:
 
 def _resume(args: argparse.Namespace) -> int:
     project = Project.load(args.name, args.store)
-    hosts = [h.strip() for h in args.hosts.split(",") if h.strip()] if args.hosts else None
+    hosts = None if args.hosts is None else parse_host_list(args.hosts)
     project.resume(hosts=hosts)
     print(f"resumed {project.name}: {project.status()[0]}/{project.status()[1]} done")
     if args.no_wait:
@@ -167,7 +193,37 @@ def _resume(args: argparse.Namespace) -> int:
         )
     done, total = project.status()
     print(f"{project.name}: {project.state}, {done}/{total} done")
-    return 0 if project.state == "done" else 1
+    if project.state == "done":
+        return 0
+    _explain(project, total)
+    return 1
+
+
+def _explain(project: Project, total: int) -> None:
+    """Why a resumed project did not end done: how many failed, the first error, or what
+    is left."""
+    counts = project.counts()
+    if counts["failed"]:
+        args_tuple, text = _stored(project.errors)[0]
+        print(
+            f"{counts['failed']} of {total} arguments failed; the first, for args "
+            f"{args_tuple!r}: {brief(text)}\n`ceranubis show {project.name}` shows the errors",
+            file=sys.stderr,
+        )
+    left = counts["pending"] + counts["running"] + counts["cancelled"]
+    if left:
+        print(
+            f"{left} of {total} arguments did not run ({project.state}); "
+            f"`ceranubis resume {project.name}` runs them",
+            file=sys.stderr,
+        )
+
+
+def brief(error_text: str) -> str:
+    """The last line of an error's text (the exception), made printable and short."""
+    lines = [line for line in error_text.strip().splitlines() if line.strip()]
+    line = printable(lines[-1].strip() if lines else "(no error text)")
+    return line if len(line) <= BRIEF_CHARS else line[: BRIEF_CHARS - 1] + "…"
 
 
 def _rm(args: argparse.Namespace) -> int:

@@ -11,117 +11,25 @@ Misuse raises :class:`~IPython.core.error.UsageError` with the usage line.
 from __future__ import annotations
 
 import argparse
-import keyword
-import re
-import shlex
-from typing import Any, NoReturn
+from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 
+from ..cluster.hosts import LOCAL
 from ..errors import ConfigError, StoreError
+from ..projects.store import Store
 from ..projects.views import HostsTable, ProjectsTable
+from .magic_args import (
+    CELL_USAGE,
+    DEFAULT_VAR,
+    LINE_USAGE,
+    parse_cell_line,
+    parse_line,
+    split_hosts,
+    variable_name,
+)
 from .session import POOL, follow, run_cell_body, wait_hosts_ready, wait_or_cancel
-
-CELL_USAGE = (
-    "%%ceranubis FN over ARGS [--hosts H1,H2,...] [--name NAME] [--store URL] "
-    "[--chunksize N] [--workers N] [--timeout S] [--no-wait] [--out VAR]"
-)
-LINE_USAGE = (
-    "%ceranubis hosts [--hosts H1,H2,...] [--workers N] | projects [--store URL] | "
-    "status NAME | results NAME | cancel NAME | resume NAME [--hosts ...] [--no-wait] | rm NAME"
-)
-DEFAULT_VAR = "_ceranubis"
-
-_HEAD = re.compile(r"^\s*(?P<fn>[A-Za-z_][\w.]*)\s+over\s+(?P<rest>\S.*)$", re.S)
-_FIRST_OPTION = re.compile(r"(?:^|\s)--[a-z-]+(?=\s|=|$)")
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises instead of exiting."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
-
-
-def _cell_parser() -> _Parser:
-    parser = _Parser(prog="%%ceranubis", add_help=False)
-    parser.add_argument("--hosts", default=None)
-    parser.add_argument("--name", default=None)
-    parser.add_argument("--store", default=None)
-    parser.add_argument("--chunksize", type=int, default=1)
-    parser.add_argument("--workers", type=int, default=None)
-    parser.add_argument("--timeout", type=float, default=None)
-    parser.add_argument("--no-wait", action="store_true")
-    parser.add_argument("--out", default=None)
-    return parser
-
-
-def _line_parser() -> _Parser:
-    parser = _Parser(prog="%ceranubis", add_help=False)
-    parser.add_argument(
-        "command",
-        choices=["hosts", "projects", "status", "results", "cancel", "resume", "rm"],
-    )
-    parser.add_argument("name", nargs="?", default=None)
-    parser.add_argument("--hosts", default=None)
-    parser.add_argument("--workers", type=int, default=None)
-    parser.add_argument("--store", default=None)
-    parser.add_argument("--no-wait", action="store_true")
-    return parser
-
-
-def parse_cell_line(line: str) -> tuple[str, str, argparse.Namespace]:
-    """Split ``FN over ARGS --options`` into ``(fn, args_expression, options)``.
-
-    Raises:
-        UsageError: the line does not have that shape or an option is bad.
-    """
-    match = _HEAD.match(line)
-    if match is None:
-        raise UsageError(f"usage: {CELL_USAGE}")
-    rest = match["rest"]
-    option = _FIRST_OPTION.search(rest)
-    expression, options = (
-        (rest, "") if option is None else (rest[: option.start()], rest[option.start() :])
-    )
-    if not expression.strip():
-        raise UsageError(f"ARGS is missing\nusage: {CELL_USAGE}")
-    try:
-        parsed = _cell_parser().parse_args(shlex.split(options))
-    except UsageError as error:
-        raise UsageError(f"{error}\nusage: {CELL_USAGE}") from None
-    _check_positive(parsed)
-    return match["fn"], expression.strip(), parsed
-
-
-def _check_positive(options: argparse.Namespace) -> None:
-    for name in ("chunksize", "workers"):
-        value = getattr(options, name)
-        if value is not None and value < 1:
-            raise UsageError(f"--{name} must be >= 1\nusage: {CELL_USAGE}")
-    if options.timeout is not None and options.timeout <= 0:
-        raise UsageError(f"--timeout must be > 0 seconds\nusage: {CELL_USAGE}")
-    if options.out is not None and not options.out.isidentifier():
-        raise UsageError(f"--out must be a Python name\nusage: {CELL_USAGE}")
-
-
-def split_hosts(text: str | None) -> list[str] | None:
-    """``"a,b, c"`` → ``["a", "b", "c"]``; empty or ``local`` → ``None`` (embedded default)."""
-    if not text:
-        return None
-    hosts = [host.strip() for host in text.split(",") if host.strip()]
-    return None if hosts in ([], ["local"]) else hosts
-
-
-def variable_name(project_name: str | None) -> str:
-    """The variable a project is bound to: its sanitized name, or ``_ceranubis``."""
-    if not project_name:
-        return DEFAULT_VAR
-    name = re.sub(r"\W", "_", project_name)
-    if name[0].isdigit():
-        name = "_" + name
-    return name + "_" if keyword.iskeyword(name) else name
 
 
 def as_argument_tuples(values: Any) -> list[tuple[Any, ...]]:
@@ -156,14 +64,15 @@ class CeranubisMagics(Magics):
         cancels the project and keeps the finished results.
         """
         fn_name, expression, options = parse_cell_line(line)
+        store = self._open_target(options.store, options.name)
         if not run_cell_body(self.shell, line, cell):
             raise _CellFailed()
         fn = self._evaluate(fn_name, "FN")
         if not callable(fn):
             raise UsageError(f"{fn_name} is not callable\nusage: {CELL_USAGE}")
         args = as_argument_tuples(self._evaluate(expression, "ARGS"))
-        executor = self._executor(options.hosts, options.workers, CELL_USAGE)
-        project = self._commit(executor, fn, args, cell, options)
+        executor = self._executor(split_hosts(options.hosts), options.workers, CELL_USAGE)
+        project = self._commit(executor, fn, args, cell, store, options)
         self._bind(project, options.out or variable_name(options.name))
         live = follow(project, executor, waiting=not options.no_wait)
         if not options.no_wait:
@@ -177,10 +86,7 @@ class CeranubisMagics(Magics):
         [--store URL]`` · ``%ceranubis status|results|cancel|rm NAME`` ·
         ``%ceranubis resume NAME [--hosts H1,H2] [--workers N] [--no-wait]``
         """
-        try:
-            options = _line_parser().parse_args(shlex.split(line))
-        except UsageError as error:
-            raise UsageError(f"{error}\nusage: {LINE_USAGE}") from None
+        options = parse_line(line)
         if options.command in ("hosts", "projects"):
             return self._hosts(options) if options.command == "hosts" else self._projects(options)
         if not options.name:
@@ -199,21 +105,39 @@ class CeranubisMagics(Magics):
                 f"usage: {CELL_USAGE}"
             ) from None
 
-    def _executor(self, hosts: str | None, workers: int | None, usage: str) -> Any:
+    def _open_target(self, store: str | None, name: str | None) -> Store:
+        """The store, opened, and ``name`` checked free there: before the cell runs."""
+        from ..projects.commit import check_project_name
+        from ..projects.stores import shared_store
+
         try:
-            return POOL.get(split_hosts(hosts), workers)
+            opened = shared_store(store)
+            if name is not None:
+                check_project_name(name)
+                if opened.find_project(name) is not None:
+                    raise ConfigError(
+                        f"a project named {name!r} already exists in {opened.url}; pick "
+                        f"another --name or remove it with `%ceranubis rm {name}`"
+                    )
+        except (ConfigError, StoreError) as error:
+            raise UsageError(f"{error}\nusage: {CELL_USAGE}") from None
+        return opened
+
+    def _executor(self, hosts: list[str] | None, workers: int | None, usage: str) -> Any:
+        try:
+            return POOL.get(hosts, workers)
         except ConfigError as error:
             raise UsageError(f"{error}\nusage: {usage}") from None
 
     def _commit(
-        self, executor: Any, fn: Any, args: list[tuple[Any, ...]], cell: str,
+        self, executor: Any, fn: Any, args: list[tuple[Any, ...]], cell: str, store: Store,
         options: argparse.Namespace,
     ) -> Any:  # fmt: skip
         from ..projects.commit import commit_function
 
         try:
             return commit_function(
-                executor, fn, args, name=options.name, store=options.store, code=cell,
+                executor, fn, args, name=options.name, store=store, code=cell,
                 chunksize=options.chunksize, timeout=options.timeout,
             )  # fmt: skip
         except (ConfigError, StoreError) as error:
@@ -227,7 +151,7 @@ class CeranubisMagics(Magics):
     # ------------------------------------------------------------------ line commands
 
     def _hosts(self, options: argparse.Namespace) -> HostsTable:
-        executor = self._executor(options.hosts, options.workers, LINE_USAGE)
+        executor = self._executor(split_hosts(options.hosts), options.workers, LINE_USAGE)
         return HostsTable(wait_hosts_ready(executor))
 
     def _projects(self, options: argparse.Namespace) -> ProjectsTable:
@@ -268,10 +192,15 @@ class CeranubisMagics(Magics):
 
     def _resume(self, options: argparse.Namespace) -> Any:
         project = self._load(options)
-        hosts = options.hosts or ",".join(project.hosts)
+        if options.hosts is None:  # where it ran before
+            hosts = split_hosts(",".join(project.hosts)) if project.hosts else None
+        else:
+            hosts = split_hosts(options.hosts, LINE_USAGE)
         executor = self._executor(hosts, options.workers, LINE_USAGE)
+        # the new hosts as given; the embedded default is recorded as "local"
+        recorded = None if options.hosts is None else hosts or [LOCAL]
         try:
-            project.resume(executor)
+            project.resume(executor, hosts=recorded)
         except (ConfigError, StoreError) as error:
             raise UsageError(str(error)) from None
         self._bind(project, variable_name(project.name))

@@ -1,8 +1,9 @@
 """What the magics keep between cells: executors, live projects, the view of a run.
 
 - :class:`ExecutorPool` reuses one :class:`~ceranubis_jupyter.executor.CeranubisExecutor`
-  per ``(hosts, workers)``, so repeated cells do not restart nodes; ``close()`` (on
-  ``%unload_ext`` and at exit) shuts them all down.
+  per ``(hosts, workers)`` (no ``workers``: any of those hosts' executors), so repeated
+  cells do not restart nodes; ``close()`` (on ``%unload_ext`` and at exit) shuts them
+  all down.
 - :func:`run_cell_body` runs a cell's code in the user namespace under a cell file name
   registered in :mod:`linecache`, with the cell's own line numbers, so remote tracebacks
   formatted on the client show the user's lines.
@@ -39,16 +40,33 @@ class ExecutorPool:
         self._lock = threading.Lock()
 
     def get(self, hosts: list[str] | None, workers: int | None) -> Any:
-        """The executor for these hosts and worker count (``None``: the embedded default)."""
+        """The executor for these hosts and worker count (``None``: the embedded default).
+
+        ``workers=None`` means "any": the latest usable executor on these hosts is reused
+        whatever its worker count, so ``%ceranubis hosts`` after a cell with ``--workers``
+        shows that cell's nodes instead of starting others.
+        """
         from ..projects.executor import CeranubisExecutor
 
         key: PoolKey = (tuple(hosts) if hosts else None, workers)
         with self._lock:
-            executor = self._executors.get(key)
-            if executor is None or executor.closed or executor.scheduler.broken:
+            executor = self._reusable(key)
+            if executor is None:
                 executor = CeranubisExecutor(list(key[0]) if key[0] else None, max_workers=workers)
+                self._executors.pop(key, None)  # re-inserted last: the latest
                 self._executors[key] = executor
             return executor
+
+    def _reusable(self, key: PoolKey) -> Any | None:
+        hosts, workers = key
+        if workers is None:
+            same_hosts = [e for (h, _), e in self._executors.items() if h == hosts]
+        else:
+            same_hosts = [self._executors.get(key)]
+        for executor in reversed(same_hosts):
+            if executor is not None and not executor.closed and not executor.scheduler.broken:
+                return executor
+        return None
 
     def latest(self) -> Any | None:
         """The most recently created executor, if any."""

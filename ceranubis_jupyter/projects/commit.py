@@ -138,13 +138,18 @@ def commit_function(
     )
 
 
+def check_project_name(name: str) -> None:
+    """Raise :class:`ConfigError` unless ``name`` is a valid project name."""
+    if not isinstance(name, str) or not _NAME.match(name) or name.isdigit():
+        raise ConfigError(
+            f"bad project name {name!r}: use up to 100 letters, digits, '_', '-' or '.', "
+            "not only digits"
+        )
+
+
 def _pick_name(store: Store, target: str, name: str | None) -> str:
     if name is not None:
-        if not isinstance(name, str) or not _NAME.match(name) or name.isdigit():
-            raise ConfigError(
-                f"bad project name {name!r}: use up to 100 letters, digits, '_', '-' or '.', "
-                "not only digits"
-            )
+        check_project_name(name)
         if store.find_project(name) is not None:
             raise ConfigError(
                 f"a project named {name!r} already exists; pick another name or remove it "
