@@ -36,6 +36,7 @@ from ceranubis_jupyter.cluster.transport import (
     Channel,
     Transport,
     client_identity,
+    machine_id,
     start_process_channel,
 )
 from ceranubis_jupyter.wire import protocol as p
@@ -104,7 +105,7 @@ def test_bundle_imports_under_an_isolated_python_without_site(tmp_path: Path) ->
 def test_remote_command_is_one_shell_quoted_exec() -> None:
     python = "/opt/my python/bin/python3'; rm -rf ~"
     words = shlex.split(remote_command(python, "ab" * 32))
-    client = f"client={socket.gethostname()}:{os.getpid()}"
+    client = f"client={socket.gethostname()}:{machine_id()}:{os.getpid()}"
     assert words == ["exec", python, "-E", "-s", "-c", BOOT, NODE_MARKER, "ab" * 32, client]
 
 
