@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import socket
 import time
 from collections.abc import Iterator
 
 import psutil
 import pytest
 
-from ceranubis_jupyter.cluster.transport import CLIENT_PREFIX, NODE_MARKER
+from ceranubis_jupyter.cluster.transport import NODE_MARKER, client_identity
 
 # Fixture modules, one per area (ssh servers, postgres, jupyter), so areas stay apart.
 pytest_plugins = [
@@ -42,7 +41,7 @@ def node_processes() -> set[int]:
 
 # Nodes name their client in their command line: ours, even once orphaned (an sshd
 # session that died hands its node to init, out of our process tree).
-OUR_CLIENT_TAG = f"{CLIENT_PREFIX}{socket.gethostname()}:{os.getpid()}"
+OUR_CLIENT_TAG = client_identity()
 
 
 def _owned(process: psutil.Process, cmdline: list[str]) -> bool:

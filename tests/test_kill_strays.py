@@ -14,13 +14,17 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import stat
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import psutil
 
-from ceranubis_jupyter.cluster.transport import NODE_MARKER
+from ceranubis_jupyter.cluster.strays import is_stray
+from ceranubis_jupyter.cluster.transport import MACHINE_ID_LENGTH, NODE_MARKER, machine_id
 from tests.fixtures_faults import NamespaceHost, PidNamespace, wait_for
 from tests.fixtures_ssh import TEST_PYTHON, SSHHome, free_port
 
@@ -47,14 +51,18 @@ time.sleep(600)
 """
 CLIENT = CLIENT.replace("@LOCAL@", str(LOCAL_WORKERS)).replace("@REMOTE@", str(REMOTE_WORKERS))
 DECOY = "import time; time.sleep(600)"
+# A machine id of nobody's (decoys).
+ID = "0" * MACHINE_ID_LENGTH
 
 
 class Client:
     """A client process in the namespace with a node on each host."""
 
-    def __init__(self, ns: PidNamespace, remote: NamespaceHost) -> None:
+    def __init__(
+        self, ns: PidNamespace, remote: NamespaceHost, env: dict[str, str] | None = None
+    ) -> None:
         self.process = ns.popen(
-            sys.executable, "-c", CLIENT, remote.alias, TEST_PYTHON, stdout=subprocess.PIPE
+            sys.executable, "-c", CLIENT, remote.alias, TEST_PYTHON, stdout=subprocess.PIPE, env=env
         )
         assert self.process.stdout is not None
         self.nodes: dict[str, int] = json.loads(self.process.stdout.readline())
@@ -96,19 +104,23 @@ def _tree(pid: int, workers: int) -> list[int]:
     return [pid, *(child.pid for child in node.children())]
 
 
-def run_command(ns: PidNamespace, *flags: str, hosts: str) -> str:
+def run_command(
+    ns: PidNamespace, *flags: str, hosts: str, env: dict[str, str] | None = None
+) -> str:
     """Run ``ceranubis kill-strays`` inside the namespace; what it printed."""
     command = ns.command(
         sys.executable, "-m", "ceranubis_jupyter.cli", "kill-strays", "--hosts", hosts, *flags
     )
-    done = subprocess.run(command, capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=COMMAND_TIMEOUT, env=env)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
 
-def kill_strays(ns: PidNamespace, *flags: str, hosts: str) -> dict[str, Any]:
+def kill_strays(
+    ns: PidNamespace, *flags: str, hosts: str, env: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Run ``ceranubis kill-strays --json`` inside the namespace; its answer."""
-    answer: dict[str, Any] = json.loads(run_command(ns, "--json", *flags, hosts=hosts))
+    answer: dict[str, Any] = json.loads(run_command(ns, "--json", *flags, hosts=hosts, env=env))
     assert answer["errors"] == {}
     return answer
 
@@ -134,7 +146,7 @@ def test_kill_strays_ends_exactly_the_nodes_of_dead_clients(
     ns, hosts = pid_namespace, f"local,{namespace_sshd.alias}"
     dead, live = Client(ns, namespace_sshd), Client(ns, namespace_sshd)
     decoys = [
-        ns.popen(sys.executable, "-c", DECOY, NODE_MARKER, "client=elsewhere.invalid:1"),
+        ns.popen(sys.executable, "-c", DECOY, NODE_MARKER, f"client=elsewhere.invalid:{ID}:1"),
         ns.popen(sys.executable, "-c", DECOY, NODE_MARKER),
     ]
     decoy_pids = {ns.outer_pid(_inner_child(d.pid)) for d in decoys}
@@ -187,3 +199,62 @@ def test_an_unreachable_host_is_reported_and_the_others_still_checked(
     assert answer["ended"] == []
     assert list(answer["errors"]) == ["cj-strays-nowhere"]
     assert "cannot connect" in answer["errors"]["cj-strays-nowhere"]
+
+
+def as_machine(cache: Path) -> dict[str, str]:
+    """The environment of a client machine whose cache (and so machine id) is ``cache``."""
+    return {**os.environ, "XDG_CACHE_HOME": str(cache)}
+
+
+def test_two_machines_with_one_hostname_never_judge_each_others_nodes(
+    pid_namespace: PidNamespace, namespace_sshd: NamespaceHost, tmp_path: Path
+) -> None:
+    ns, hosts = pid_namespace, f"local,{namespace_sshd.alias}"
+    ours, other = as_machine(tmp_path / "machine-a"), as_machine(tmp_path / "machine-b")
+    dead = Client(ns, namespace_sshd, env=ours)
+    for host in dead.nodes:
+        os.kill(dead.trees[host][0], signal.SIGSTOP)
+    os.kill(dead.pid, signal.SIGKILL)
+    wait_for(lambda: not alive({dead.pid}), 10, "the client is gone")
+
+    # The other machine shares the hostname, and its PIDs say nothing about our client.
+    assert ended(kill_strays(ns, hosts=hosts, env=other)) == {}
+    assert ended(kill_strays(ns, "--all", hosts=hosts, env=other)) == {}
+    assert alive(dead.outer_pids()) == dead.outer_pids(), "another machine ended our nodes"
+
+    assert ended(kill_strays(ns, hosts=hosts, env=ours)) == dead.expected
+    wait_for(lambda: not alive(dead.outer_pids()), 10, "the strays ended")
+    dead.process.wait(timeout=10)
+
+
+def test_the_machine_id_is_random_private_and_kept(tmp_path: Path) -> None:
+    probe = "from ceranubis_jupyter.cluster.transport import machine_id; print(machine_id())"
+
+    def machine(name: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", probe],
+            env=as_machine(tmp_path / name),
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=COMMAND_TIMEOUT,
+        )
+        return done.stdout.strip()
+
+    first = machine("a")
+    assert len(first) == MACHINE_ID_LENGTH and machine("a") == first != machine("b")
+    stored = tmp_path / "a" / "ceranubis" / "machine-id"
+    assert stored.read_text().strip() == first
+    assert stat.S_IMODE(stored.stat().st_mode) == 0o600
+    assert stat.S_IMODE(stored.parent.stat().st_mode) == 0o700
+    assert sorted(os.listdir(stored.parent)) == ["machine-id"]  # no drafts left
+    stored.write_text("damaged\n")
+    assert machine("a") not in ("", first, "damaged")
+
+
+def test_a_client_is_judged_only_by_its_own_machine() -> None:
+    here, me = socket.gethostname(), os.getpid()
+    assert is_stray(f"{here}:{machine_id()}:{me}", 0.0, everything=True)
+    assert not is_stray(f"{here}:{machine_id()}:{me}", 0.0, everything=False)  # alive
+    for client in (f"{here}:{ID}:{me}", f"elsewhere:{machine_id()}:{me}", f"{here}:{me}"):
+        assert not is_stray(client, 0.0, everything=True), client

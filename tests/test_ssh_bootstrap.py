@@ -10,27 +10,41 @@ import io
 import os
 import shlex
 import socket
+import stat
 import subprocess
 import sys
+import time
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from ceranubis_jupyter.cluster.bootstrap import BOOT, build_bundle, node_bundle, remote_command
+from ceranubis_jupyter.cluster.bootstrap import (
+    BOOT,
+    BOOT_TIMEOUT,
+    KEEP_BUNDLES,
+    PRUNE_UNUSED_SECONDS,
+    build_bundle,
+    node_bundle,
+    remote_command,
+    tree_digest,
+)
 from ceranubis_jupyter.cluster.executor import NodeExecutor
 from ceranubis_jupyter.cluster.transport import (
     NODE_MARKER,
     Channel,
     Transport,
     client_identity,
+    machine_id,
     start_process_channel,
 )
 from ceranubis_jupyter.wire import protocol as p
 
 # Seconds a BOOT run over pipes may take in these tests.
 BOOT_TEST_TIMEOUT = 30
+# Another account's uid (nobody), for cache directories that are not ours.
+OTHER_UID = 65534
 
 
 def test_bundle_is_content_addressed_and_deterministic() -> None:
@@ -91,7 +105,7 @@ def test_bundle_imports_under_an_isolated_python_without_site(tmp_path: Path) ->
 def test_remote_command_is_one_shell_quoted_exec() -> None:
     python = "/opt/my python/bin/python3'; rm -rf ~"
     words = shlex.split(remote_command(python, "ab" * 32))
-    client = f"client={socket.gethostname()}:{os.getpid()}"
+    client = f"client={socket.gethostname()}:{machine_id()}:{os.getpid()}"
     assert words == ["exec", python, "-E", "-s", "-c", BOOT, NODE_MARKER, "ab" * 32, client]
 
 
@@ -203,6 +217,120 @@ def test_two_cold_boots_at_once_share_one_cache_entry(cache: Path, boot: Boot) -
         assert _hello(process).pid == process.pid
     assert [_finish(process) for process in boots] == [0, 0]
     assert os.listdir(cache / "ceranubis") == [bundle.digest]  # no half-written leftovers
+
+
+def _cold_install(boot: Boot) -> None:
+    """One cold boot that installs this installation's bundle, then ends."""
+    process = boot()
+    assert process.stdin and process.stdout
+    assert process.stdout.readline() == b"NEED\n"
+    process.stdin.write(node_bundle().framed())
+    process.stdin.flush()
+    assert process.stdout.readline() == b"OK\n"
+    assert _hello(process).pid == process.pid
+    assert _finish(process) == 0
+
+
+def _boot_expecting_need(boot: Boot) -> None:
+    """A boot that must ask for the bundle again, install it and run the real node."""
+    process = boot()
+    assert process.stdin and process.stdout
+    assert process.stdout.readline() == b"NEED\n", "a bundle that fails the check was run"
+    process.stdin.write(node_bundle().framed())
+    process.stdin.flush()
+    assert process.stdout.readline() == b"OK\n"
+    assert _hello(process).pid == process.pid
+    assert _finish(process) == 0
+
+
+def _plant(bundle: Path, marker: Path) -> None:
+    """Replace the node's entry point with code that leaves ``marker`` if it ever runs."""
+    (bundle / "ceranubis_jupyter" / "node" / "supervisor.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\ndef main():\n    pass\n"
+    )
+
+
+def _loosen(bundle: Path, marker: Path) -> None:
+    bundle.chmod(0o755)
+
+
+def _add_file(bundle: Path, marker: Path) -> None:
+    (bundle / "ceranubis_jupyter" / "node" / "extra.py").write_text("x = 1\n")
+
+
+@pytest.mark.parametrize("tamper", [_plant, _add_file, _loosen])
+def test_a_tampered_bundle_in_the_cache_is_never_run_but_unpacked_afresh(
+    cache: Path, boot: Boot, tmp_path: Path, tamper: Callable[[Path, Path], None]
+) -> None:
+    _cold_install(boot)
+    bundle, marker = cache / "ceranubis" / node_bundle().digest, tmp_path / "planted-code-ran"
+    tamper(bundle, marker)
+    _boot_expecting_need(boot)
+    assert not marker.exists()
+    assert tree_digest(_files_under(bundle)) == node_bundle().digest
+    assert stat.S_IMODE(bundle.stat().st_mode) == 0o700
+    assert sorted(os.listdir(cache / "ceranubis")) == [node_bundle().digest]  # nothing left
+
+
+def _files_under(root: Path) -> dict[str, bytes]:
+    return {
+        str(path.relative_to(root)): path.read_bytes()
+        for path in root.rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts
+    }
+
+
+def test_the_cache_is_private_and_a_loose_one_is_tightened(cache: Path, boot: Boot) -> None:
+    cache.mkdir()
+    (cache / "ceranubis").mkdir(mode=0o755)
+    (cache / "ceranubis").chmod(0o755)
+    _cold_install(boot)
+    bundle = cache / "ceranubis" / node_bundle().digest
+    assert stat.S_IMODE((cache / "ceranubis").stat().st_mode) == 0o700
+    assert stat.S_IMODE(bundle.stat().st_mode) == 0o700
+    unpacked = [p for p in bundle.rglob("*") if "__pycache__" not in p.parts]
+    loose = [p for p in unpacked if p.stat().st_mode & 0o077]
+    assert unpacked and loose == [], f"readable or writable by others: {loose}"
+
+
+@pytest.mark.parametrize("what", ["bundle", "bundle cache"])
+def test_a_cache_of_another_user_is_refused(
+    cache: Path, boot: Boot, tmp_path: Path, what: str
+) -> None:
+    _cold_install(boot)
+    bundle, marker = cache / "ceranubis" / node_bundle().digest, tmp_path / "planted-code-ran"
+    _plant(bundle, marker)
+    target = bundle if what == "bundle" else cache / "ceranubis"
+    os.chown(target, OTHER_UID, OTHER_UID)
+    process = boot()
+    assert process.stdout is not None
+    line = process.stdout.readline().decode()
+    assert line.startswith(f"E the node {what} {target} belongs to uid {OTHER_UID}, not to "), line
+    assert "remove it" in line
+    assert _finish(process) != 0
+    assert not marker.exists()
+
+
+def test_an_installing_boot_removes_stale_unpacks_and_old_bundles(cache: Path, boot: Boot) -> None:
+    base = cache / "ceranubis"
+    base.mkdir(parents=True, mode=0o700)
+    now = time.time()
+    stale, fresh = base / ".tmp-stale", base / ".tmp-fresh"
+    for leftover in (stale, fresh):
+        (leftover / "dill").mkdir(parents=True)
+        (leftover / "dill" / "half.py").write_text("")
+    os.utime(stale, (now - BOOT_TIMEOUT - 60, now - BOOT_TIMEOUT - 60))
+    hours = [1, 2, 3, 4, 3 * 24, 4 * 24]  # last used this long ago
+    old = [base / (f"{index:x}" * 64)[:64] for index in range(len(hours))]
+    for folder, age in zip(old, hours, strict=True):
+        folder.mkdir(mode=0o700)
+        os.utime(folder, (now - age * 3600, now - age * 3600))
+    _cold_install(boot)
+    assert KEEP_BUNDLES == 3 and PRUNE_UNUSED_SECONDS == 24 * 3600  # what the ages assume
+    # The newest three stay, and the fourth (used within a day); an unpack may be under way.
+    assert sorted(os.listdir(base)) == sorted(
+        [".tmp-fresh", node_bundle().digest, *(folder.name for folder in old[:4])]
+    )
 
 
 class BundleOnlyTransport(Transport):

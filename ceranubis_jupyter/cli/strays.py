@@ -17,11 +17,19 @@ from ..errors import CeranubisError
 def add_commands(subparsers: Any) -> None:
     """Register ``ceranubis kill-strays``."""
     parser = subparsers.add_parser(
-        "kill-strays", help="end node processes left on hosts by a client that died"
+        "kill-strays",
+        help="end node processes left on hosts by a client that died",
+        description=(
+            "End the node processes whose client ran on this machine and is gone. A node "
+            "of another machine (told apart by hostname and machine id) is never ended; "
+            "run kill-strays on the machine its client ran on."
+        ),
     )
     parser.add_argument("--hosts", default="local", help="comma-separated hosts (default: local)")
     parser.add_argument(
-        "--all", action="store_true", help="end every node of a client on this machine, even live"
+        "--all",
+        action="store_true",
+        help="end every node of a client on this machine, even live (never another machine's)",
     )
     parser.add_argument("--dry-run", action="store_true", help="only list what would be ended")
     parser.add_argument(

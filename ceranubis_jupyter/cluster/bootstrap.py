@@ -4,19 +4,24 @@
 
     client                                        host (only python3 needed)
     ──────                                        ──────────────────────────
-    exec python3 -E -s -c BOOT ceranubis-node SHA ─► BOOT: is ~/.cache/ceranubis/SHA/ there?
-                                  "OK\\n"  ◄──────   yes ─┐
+    exec python3 -E -s -c BOOT ceranubis-node SHA ─► BOOT: is ~/.cache/ceranubis/SHA/ there,
+                                                        ours, 0700, and do its files hash
+                                  "OK\\n"  ◄──────   yes ─┐    to SHA?
                                   "NEED\\n" ◄──────  no: │
-    length(8) + bundle zip  ──────────────────────►  check sha256, unpack, rename into place
+    length(8) + sha256 + zip ─────────────────────►  unpack (0700), check SHA, rename into place
                                   "OK\\n"  ◄──────        │
     protocol frames (Hello, ...) ◄──────────────►  ───┴► ceranubis_jupyter.node.supervisor.main()
 
 The bundle is a zip of the node's stdlib-only modules plus dill (pure Python). Its name is
-its sha256, so a host keeps every version it has seen and a bundle is sent at most once per
-host and version. ``BOOT`` is written to parse on any Python so that a too-old interpreter
-gets a clear ``E`` line instead of a ``SyntaxError``. The node process keeps
+the sha256 of its files (:func:`tree_digest`), so a host keeps the versions it has seen, a
+bundle is sent at most once per host and version, and BOOT checks what it is about to run
+against the name the client gave: a file changed or planted in the cache is never run (the
+bundle is unpacked afresh), a cache directory of another user is refused with an ``E`` line.
+Installing also removes what failed unpacks left (``.tmp-*``) and bundles unused for
+long (:data:`KEEP_BUNDLES`). ``BOOT`` is written to parse on any Python so that a too-old
+interpreter gets a clear ``E`` line instead of a ``SyntaxError``. The node process keeps
 ``ceranubis-node`` in its command line (``transport.NODE_MARKER``), then the bundle's digest
-and the client's identity (``client=<hostname>:<pid>``, for ``kill-strays``).
+and the client's identity (``transport.client_identity``, for ``kill-strays``).
 """
 
 from __future__ import annotations
@@ -52,10 +57,20 @@ _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 _PACKAGE = "ceranubis_jupyter"
 _STUB_INIT = '"""ceranubis node bundle: only the modules a node runs."""\n'
 
+# Bundle versions a host keeps however old (by last use); older ones go once unused this
+# long. A node imports lazily (dill's submodules), so a running node's bundle must stay.
+KEEP_BUNDLES = 3
+PRUNE_UNUSED_SECONDS = 24 * 3600
+
 # Runs on the host under ``python -E -s`` (``-I`` but for the current directory, dropped
 # below; Python 2 lacks ``-I``): the host's own site-packages stay importable for the user's
 # tasks, while the bundle goes first on ``sys.path`` so its dill and node code win.
-# Keep it parseable by Python 2 and 3.0+.
+# Keep it parseable by Python 2 and 3.0+ (no f-strings, no nonlocal, no keyword-only args).
+#
+# What it runs is checked first: the cache directory is this account's and 0700, the
+# bundle directory is this account's, 0700 and holds no symlink or file of another user,
+# and its files hash to the digest the client named (``tree_digest``: ~1-2 ms warm). Anything
+# else is unpacked afresh from what the client sends; a cache of another user is refused.
 BOOT = r"""
 import os, sys
 if sys.version_info[:2] < (@MAJOR@, @MINOR@):
@@ -63,9 +78,12 @@ if sys.version_info[:2] < (@MAJOR@, @MINOR@):
                      % sys.version_info[:2])
     sys.stdout.flush()
     sys.exit(3)
-import signal
+import signal, stat
 def say(line):
     os.write(1, line.encode() + b"\n")
+def fail(code, line):
+    say("E " + line)
+    sys.exit(code)
 def read(n):
     parts = []
     while n:
@@ -75,34 +93,136 @@ def read(n):
         parts.append(part)
         n -= len(part)
     return b"".join(parts)
-def install(base, path, digest):
-    import hashlib, io, shutil, struct, tempfile, zipfile  # not needed when warm: ~15 ms
-    say("NEED")
-    blob = read(struct.unpack("!Q", read(8))[0])
-    if hashlib.sha256(blob).hexdigest() != digest:
-        say("E the node bundle arrived corrupted (sha256 mismatch)")
-        sys.exit(5)
+def ours(path, what):
+    info = os.lstat(path)
+    if info.st_uid != os.getuid():
+        fail(7, "%s %s belongs to uid %d, not to this account (uid %d); remove it, or set "
+             "XDG_CACHE_HOME to a directory of your own" % (what, path, info.st_uid, os.getuid()))
+    if not stat.S_ISDIR(info.st_mode):
+        fail(7, "%s %s is not a directory; remove it" % (what, path))
+    return info
+def cache_dir(base):
     try:
-        os.makedirs(base, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=".tmp-", dir=base)
-        zipfile.ZipFile(io.BytesIO(blob)).extractall(tmp)
         try:
-            os.rename(tmp, path)
+            os.makedirs(base, 0o700)
         except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if not os.path.isdir(path):
+            if not os.path.isdir(base):
                 raise
+        if ours(base, "the node bundle cache").st_mode & 0o077:
+            os.chmod(base, 0o700)
     except OSError as error:
-        say("E could not write the node bundle to %s: %s" % (base, error))
-        sys.exit(6)
+        fail(6, "could not write the node bundle to %s: %s" % (base, error))
+def hasher():
+    try:
+        from _sha2 import sha256  # the builtin sha256: hashlib costs ~3 ms more (OpenSSL)
+    except ImportError:
+        try:
+            from _sha256 import sha256
+        except ImportError:
+            from hashlib import sha256
+    return sha256
+def tree(root):
+    sha256, uid, lines = hasher(), os.getuid(), []
+    try:
+        for folder, dirs, names in os.walk(root):
+            for name in dirs + names:
+                info = os.lstat(os.path.join(folder, name))
+                if info.st_uid != uid or stat.S_ISLNK(info.st_mode):
+                    return None
+            if os.path.basename(folder) == "__pycache__":
+                continue  # written by python here; guarded by the 0700 directory
+            for name in names:
+                with open(os.path.join(folder, name), "rb") as f:
+                    data = f.read()
+                relative = os.path.relpath(os.path.join(folder, name), root)
+                lines.append("%s %s\n" % (sha256(data).hexdigest(),
+                                          relative.replace(os.sep, "/")))
+    except OSError:
+        return None
+    return sha256("".join(sorted(lines)).encode()).hexdigest()
+def verified(path, digest):
+    try:
+        mode = ours(path, "the node bundle").st_mode
+    except OSError:
+        return False  # not there (yet)
+    if mode & 0o077:
+        return False  # others could have written there: unpack afresh
+    return tree(path) == digest
+def tidy(base, shutil):
+    import time
+    now, uid, bundles = time.time(), os.getuid(), []
+    for name in os.listdir(base):
+        entry = os.path.join(base, name)
+        try:
+            info = os.lstat(entry)
+        except OSError:
+            continue
+        if name.startswith(".tmp-") and now - info.st_mtime > @TIMEOUT@:
+            shutil.rmtree(entry, ignore_errors=True)  # a failed unpack's (live ones are younger)
+        elif len(name) == 64 and not name.strip("0123456789abcdef") and info.st_uid == uid:
+            bundles.append((info.st_mtime, entry))
+    bundles.sort(reverse=True)
+    for used, entry in bundles[@KEEP@:]:
+        if now - used > @UNUSED@:
+            shutil.rmtree(entry, ignore_errors=True)
+def unpack(blob, tmp, digest):
+    import io, zipfile
+    try:
+        zipfile.ZipFile(io.BytesIO(blob)).extractall(tmp)
+    except OSError:
+        raise
+    except Exception:
+        pass  # a damaged zip: the digest check below says so
+    if tree(tmp) != digest:
+        fail(5, "the unpacked node bundle does not match its digest")
+def replace(tmp, path, digest):
+    if os.path.lexists(path):
+        try:
+            os.rename(path, tmp + "-old")
+        except OSError:
+            pass  # another boot moved it first
+    try:
+        os.rename(tmp, path)
+    except OSError:
+        if not verified(path, digest):  # else another boot installed it meanwhile
+            raise
+def install(base, path, digest):
+    import shutil, struct, tempfile  # not needed when warm: ~15 ms
+    say("NEED")
+    size = struct.unpack("!Q", read(8))[0]
+    check = read(32)
+    blob = read(size)
+    if hasher()(blob).digest() != check:
+        fail(5, "the node bundle arrived corrupted (sha256 mismatch)")
+    mask = os.umask(0o077)
+    try:
+        tidy(base, shutil)
+        tmp = tempfile.mkdtemp(prefix=".tmp-", dir=base)
+        try:
+            unpack(blob, tmp, digest)
+            replace(tmp, path, digest)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(tmp + "-old", ignore_errors=True)
+    except OSError as error:
+        fail(6, "could not write the node bundle to %s: %s" % (base, error))
+    finally:
+        os.umask(mask)
 signal.alarm(@TIMEOUT@)
 digest = sys.argv[2]
+if len(digest) != 64 or digest.strip("0123456789abcdef"):
+    fail(2, "bad bundle digest %r" % digest)
 home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
 base = os.path.join(home, "ceranubis")
 path = os.path.join(base, digest)
-if not os.path.isdir(path):
+cache_dir(base)
+if not verified(path, digest):
     install(base, path, digest)
 signal.alarm(0)
+try:
+    os.utime(path, None)  # its last use, for tidy()
+except OSError:
+    pass
 if sys.path and sys.path[0] in ("", "."):
     del sys.path[0]
 sys.path.insert(0, path)
@@ -114,6 +234,8 @@ BOOT = (
     BOOT.replace("@MAJOR@", str(MIN_PYTHON[0]))
     .replace("@MINOR@", str(MIN_PYTHON[1]))
     .replace("@TIMEOUT@", str(BOOT_TIMEOUT))
+    .replace("@KEEP@", str(KEEP_BUNDLES))
+    .replace("@UNUSED@", str(PRUNE_UNUSED_SECONDS))
 )
 
 # Lines BOOT answers with.
@@ -124,14 +246,14 @@ ERROR_PREFIX = b"E "
 
 @dataclass(frozen=True)
 class Bundle:
-    """The node code as one zip, named by its sha256."""
+    """The node code as one zip, named by the digest of its files (:func:`tree_digest`)."""
 
     data: bytes
     digest: str
 
     def framed(self) -> bytes:
-        """The bytes BOOT reads after saying ``NEED``: length, then the zip."""
-        return _LENGTH.pack(len(self.data)) + self.data
+        """The bytes BOOT reads after saying ``NEED``: length, the zip's sha256, the zip."""
+        return _LENGTH.pack(len(self.data)) + hashlib.sha256(self.data).digest() + self.data
 
 
 def remote_command(python: str, digest: str) -> str:
@@ -155,8 +277,14 @@ def build_bundle(files: dict[str, bytes]) -> Bundle:
             info.external_attr = 0o644 << 16
             info.compress_type = zipfile.ZIP_DEFLATED
             zf.writestr(info, files[name])
-    data = out.getvalue()
-    return Bundle(data, hashlib.sha256(data).hexdigest())
+    return Bundle(out.getvalue(), tree_digest(files))
+
+
+def tree_digest(files: dict[str, bytes]) -> str:
+    """The bundle's name: what BOOT's ``tree()`` computes over the unpacked files (the
+    sha256 of the sorted ``"<sha256 of file> <name>"`` lines)."""
+    lines = sorted(f"{hashlib.sha256(data).hexdigest()} {name}\n" for name, data in files.items())
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
 def _bundle_files() -> dict[str, bytes]:

@@ -4,6 +4,8 @@
 
     SSHTransport.start()
       ├─ asyncssh.connect(host)        ~/.ssh/config, the agent, known_hosts (always checked)
+      │    (ssh_options: the resolved options refuse unchecked host keys, forward nothing
+      │     and never ask for a terminal, whatever the config says)
       │    (the bundle is built in a thread meanwhile)
       ├─ session: exec python3 -E -s -c BOOT ceranubis-node SHA   (bootstrap.remote_command)
       ├─ BOOT says OK, or NEED and gets the bundle, or E <why>
@@ -22,21 +24,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import getpass
 import logging
-import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, cast
 
 import asyncssh
-from asyncssh.config import SSHClientConfig
 
 from ..errors import (
     AuthError,
     BootstrapError,
-    ConfigError,
     HostError,
     HostKeyError,
     HostUnreachable,
@@ -45,6 +42,7 @@ from ..wire.protocol import Buffer
 from .bootstrap import ERROR_PREFIX, NEED, READY, Bundle, node_bundle, remote_command
 from .hosts import Host
 from .pipes import Receiver
+from .ssh_options import check_host_options, resolve_options
 from .transport import EXIT_GRACE_SECONDS, STDERR_TAIL, Channel, Transport
 
 log = logging.getLogger("ceranubis.ssh")
@@ -83,12 +81,7 @@ class SSHTransport(Transport):
     def __init__(
         self, host: Host, max_workers: int | None = None, bundle: Bundle | None = None
     ) -> None:
-        if "known_hosts" in host.connect_options and host.connect_options["known_hosts"] is None:
-            raise ConfigError(
-                f"{host.address}: known_hosts=None would turn off host-key checking, which "
-                "ceranubis never does; pass a known_hosts file or add the key to "
-                "~/.ssh/known_hosts"
-            )
+        check_host_options(host)
         self.spec = host
         self.host = host.address
         self.workers = host.workers or max_workers
@@ -121,50 +114,30 @@ class SSHTransport(Transport):
         return await self._connect()
 
     async def _connect(self) -> asyncssh.SSHClientConnection:
-        options = dict(self.spec.connect_options)
-        if "encryption_algs" not in options and not self._config_sets_ciphers(options):
-            options["encryption_algs"] = f"^{PREFERRED_CIPHER}"
-        timeout = float(options.get("connect_timeout") or CONNECT_TIMEOUT)
+        timeout = float(self.spec.connect_options.get("connect_timeout") or CONNECT_TIMEOUT)
         client = _Client()
         try:
-            conn, _ = await asyncio.wait_for(
-                asyncssh.create_connection(
-                    lambda: client,
-                    self.spec.hostname,
-                    port=self.spec.port or (),
-                    username=self.spec.user or (),
-                    **options,
-                ),
-                timeout,
-            )
+            conn = await asyncio.wait_for(self._open(client), timeout)
+        except HostError:
+            raise
         except Exception as error:
             raise self._connect_error(error, client, timeout) from error
         log.debug("[host=%s] connected (cipher %s)", self.host, conn.get_extra_info("send_cipher"))
         return conn
 
-    def _config_sets_ciphers(self, options: dict[str, Any]) -> bool:
-        """Whether the user's ssh config chooses ciphers for this host (then it wins)."""
-        paths = options.get("config", ())
-        if paths == ():
-            default = Path("~", ".ssh", "config").expanduser()
-            paths = [default] if os.access(default, os.R_OK) else []
-        if not paths:
-            return False
-        try:
-            config = SSHClientConfig.load(
-                None,
-                paths,
-                False,
-                False,
-                False,
-                getpass.getuser(),
-                self.spec.user or (),
-                self.spec.hostname,
-                self.spec.port or (),
-            )
-        except Exception:  # a broken config is reported by asyncssh.connect itself
-            return False
-        return config.get("Ciphers") is not None
+    async def _open(self, client: _Client) -> asyncssh.SSHClientConnection:
+        """Resolve and check the options (ssh_options), then connect with them."""
+        options, resolved = await resolve_options(self.spec)
+        if "encryption_algs" not in options and resolved.config.get("Ciphers") is None:
+            options["encryption_algs"] = f"^{PREFERRED_CIPHER}"  # the ssh config's wins
+        conn, _ = await asyncssh.create_connection(
+            lambda: client,
+            self.spec.hostname,
+            port=self.spec.port or (),
+            username=self.spec.user or (),
+            **options,
+        )
+        return conn
 
     def _connect_error(self, error: Exception, client: _Client, timeout: float) -> HostError:
         host = self.host

@@ -6,15 +6,20 @@
     ────────────                               ──────────────────────────────
     kill-strays --hosts a,b ──► list ───────►  SCRIPT list: our nodes from /proc
       decide: is the node's client     ◄────   [{pid, start, age, client, workers}]
-      (client=<hostname>:<pid>) gone?
+      (client=<hostname>:<machine id>:<pid>)
+      on this machine, and gone?
                               ──► kill ───────►  SCRIPT kill PID:START ...: SIGKILL each node
                                        ◄────    and its workers if its start time still matches
 
-Every node carries ``ceranubis-node client=<hostname>:<pid>`` in its command line
-(``transport.client_identity``). A node is a stray when its client names this machine and
-that process is gone (or is a newer process with a reused PID). ``--all`` ends every node
-whose client is on this machine, alive or not. The same stdlib-only script runs on every
-host, through the same SSH connection code as the executor (host keys always checked).
+Every node carries ``ceranubis-node client=<hostname>:<machine id>:<pid>`` in its command
+line (``transport.client_identity``). A node is a stray when its client names this machine
+(its hostname *and* its random machine id, ``transport.machine_id``) and that process is
+gone (or is a newer process with a reused PID). ``--all`` ends every node whose client is
+on this machine, alive or not. A node of another machine is never ended, not even with
+``--all``: its client's PID means nothing here, and two machines may share a hostname and
+an account. Run ``kill-strays`` on the machine the client ran on. The same stdlib-only
+script runs on every host, through the same SSH connection code as the executor (host
+keys always checked, nothing forwarded).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from typing import Any
 
 from ..errors import HostError
 from .hosts import Host
-from .transport import CLIENT_PREFIX, NODE_MARKER, pid_alive
+from .transport import CLIENT_PREFIX, NODE_MARKER, machine_id, pid_alive
 
 # Seconds one listing or kill command may take on a host.
 COMMAND_TIMEOUT = 30.0
@@ -153,10 +158,14 @@ class _Runner:
 
 
 def is_stray(client: str, node_age: float, everything: bool) -> bool:
-    """Whether a node whose client is ``client`` (``hostname:pid``) should be ended here."""
-    hostname, _, pid = client.rpartition(":")
-    if hostname != socket.gethostname() or not pid.isdigit():
-        return False  # another machine's client: not ours to judge
+    """Whether a node whose client is ``client`` (``hostname:machine-id:pid``) should be
+    ended here."""
+    parts = client.split(":")
+    if len(parts) != 3 or not parts[2].isdigit():
+        return False  # an unknown form: not ours to judge
+    hostname, machine, pid = parts
+    if (hostname, machine) != (socket.gethostname(), machine_id()):
+        return False  # another machine's client (maybe of the same hostname): not ours to judge
     return everything or not _client_alive(int(pid), node_age)
 
 

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
+import secrets
 import socket
 import sys
+import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from pathlib import Path
 
 from ..wire.protocol import Buffer
 from .pipes import PipeReader, PipeWriter, Receiver
@@ -23,9 +27,15 @@ from .pipes import PipeReader, PipeWriter, Receiver
 EXIT_GRACE_SECONDS = 2.0
 # Every node process carries this word in its command line (``kill-strays`` and leak checks).
 NODE_MARKER = "ceranubis-node"
-# ... followed (as a later word) by ``client=<hostname>:<pid>``, naming the client that
-# started it, so ``kill-strays`` can tell the nodes of a dead client.
+# ... followed (as a later word) by ``client=<hostname>:<machine id>:<pid>``, naming the
+# client that started it, so ``kill-strays`` can tell the nodes of a dead client.
 CLIENT_PREFIX = "client="
+# This machine's id, under ``$XDG_CACHE_HOME`` (or ``~/.cache``): random, made once, private
+# (0600). Two machines may share a hostname; they never share this id (unless they share
+# the cache directory too, e.g. one NFS home; then their hostnames must differ).
+MACHINE_ID_PATH = ("ceranubis", "machine-id")
+# Hex digits of a machine id: 128 random bits.
+MACHINE_ID_LENGTH = 32
 # Bytes of a node's stderr kept to explain why it died.
 STDERR_TAIL = 4096
 
@@ -103,8 +113,50 @@ def client_path() -> list[str]:
 
 
 def client_identity() -> str:
-    """The ``client=<hostname>:<pid>`` word that every node of this process carries."""
-    return f"{CLIENT_PREFIX}{socket.gethostname()}:{os.getpid()}"
+    """The ``client=<hostname>:<machine id>:<pid>`` word that every node of this process
+    carries (see :func:`machine_id`)."""
+    return f"{CLIENT_PREFIX}{socket.gethostname()}:{machine_id()}:{os.getpid()}"
+
+
+@functools.lru_cache(maxsize=1)
+def machine_id() -> str:
+    """This machine's random id (:data:`MACHINE_ID_PATH`), made on first use."""
+    path = _machine_id_path()
+    with contextlib.suppress(FileNotFoundError):
+        known = path.read_text().strip()
+        if _is_machine_id(known):
+            return known
+    return _new_machine_id(path)
+
+
+def _machine_id_path() -> Path:
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache, *MACHINE_ID_PATH)
+
+
+def _is_machine_id(text: str) -> bool:
+    return len(text) == MACHINE_ID_LENGTH and not text.strip("0123456789abcdef")
+
+
+def _new_machine_id(path: Path) -> str:
+    """Write a fresh id, unless another process of this machine just did (then use it)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fresh = secrets.token_hex(MACHINE_ID_LENGTH // 2)
+    fd, draft = tempfile.mkstemp(prefix=".machine-id-", dir=path.parent)  # 0600
+    try:
+        with open(fd, "w") as out:
+            out.write(fresh + "\n")
+        try:
+            os.link(draft, path)  # atomic, and never replaces an id another process made
+        except FileExistsError:
+            known = path.read_text().strip()
+            if _is_machine_id(known):
+                return known
+            os.replace(draft, path)  # a damaged file: ours replaces it
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(draft)
+    return fresh
 
 
 class LocalTransport(Transport):
