@@ -6,7 +6,8 @@
         mapping, tasks      loopthread                link       transport (pipes), ssh,
                                                                  bootstrap, hosts
 
-``strays`` finds and ends nodes whose client died.
+``ssh_options`` resolves a host's SSH settings and refuses any that would turn host-key
+checking off; ``strays`` finds and ends nodes whose client died.
 
 May import: ``wire``, ``errors``, the standard library, dill and asyncssh. Never ``node``
 (the node code reaches hosts as files, not imports), ``projects``, ``jupyter`` or ``cli``.
