@@ -250,11 +250,11 @@ def test_node_of_another_python_is_refused_naming_both_versions(
     ssh_env: SSHHome, openssh_server: OpenSSHServer
 ) -> None:
     files = _bundle_files()
-    source = files["ceranubis_jupyter/node/supervisor.py"].decode()
+    source = files["ceranubis_jupyter/node/hostinfo.py"].decode()
     reported = 'python=f"{version.major}.{version.minor}.{version.micro}",'
     assert reported in source
     patched = source.replace(reported, 'python="3.99.1",')
-    files["ceranubis_jupyter/node/supervisor.py"] = patched.encode()
+    files["ceranubis_jupyter/node/hostinfo.py"] = patched.encode()
     error = _error_of_patched_node(files)
     ours = f"{sys.version_info.major}.{sys.version_info.minor}"
     assert isinstance(error, VersionMismatchOnHost) and not error.transient

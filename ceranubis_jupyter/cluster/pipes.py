@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import itertools
 import os
 from collections.abc import Callable, Sequence
 
+from ..wire import iov
 from ..wire.framing import READ_SIZE
 from ..wire.protocol import Buffer
 
@@ -22,8 +22,6 @@ from ..wire.protocol import Buffer
 # when a node reads slowly, while keeping a full pipe's worth in hand.
 WRITE_HIGH_WATER = 16 << 20
 WRITE_LOW_WATER = 4 << 20
-# Chunks per writev call (Linux takes up to IOV_MAX = 1024).
-_IOV_BATCH = 512
 
 Receiver = Callable[[bytes], None]
 
@@ -142,30 +140,12 @@ class PipeWriter:
             self._close_now()
 
     def _flush(self) -> None:
-        while self._chunks:
-            batch = list(itertools.islice(self._chunks, _IOV_BATCH))
-            try:
-                written = os.writev(self.fd, batch)
-            except BlockingIOError:
-                break
-            except OSError:  # the node is gone; its reader will see EOF
-                self._close_now()
-                return
-            if not self._consume(written):
-                break
+        try:
+            self.pending -= iov.write_some(self.fd, self._chunks)
+        except OSError:  # the node is gone; its reader will see EOF
+            self._close_now()
+            return
         self._after_flush()
-
-    def _consume(self, written: int) -> bool:
-        """Drop ``written`` bytes from the front; ``True`` if a whole batch went out."""
-        self.pending -= written
-        while written:
-            head = self._chunks[0]
-            if written < len(head):
-                self._chunks[0] = head[written:]
-                return False
-            written -= len(head)
-            self._chunks.popleft()
-        return True
 
     def _after_flush(self) -> None:
         want = bool(self._chunks)

@@ -7,12 +7,10 @@ bare hosts with the node (see ``bootstrap``).
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import fcntl
-import itertools
-import os
 
+from ..wire import iov
 from ..wire import protocol as p
 from . import worker
 
@@ -35,7 +33,7 @@ class Outbox:
         self.watched = False  # registered with the selector for writability
         self.broken = False  # the reader is gone: what was pending is dropped
         self._locked = False
-        self._chunks: collections.deque[memoryview] = collections.deque()
+        self._chunks: iov.Chunks = iov.Chunks()
 
     def __bool__(self) -> bool:
         return bool(self._chunks)
@@ -63,23 +61,11 @@ class Outbox:
                 self._locked = False
 
     def _write(self) -> None:
-        while self._chunks:
-            batch = list(itertools.islice(self._chunks, worker.IOV_BATCH))
-            try:
-                written = os.writev(self.fd, batch)
-            except BlockingIOError:
-                return
-            except BrokenPipeError:  # a worker died (its end is seen soon) or the client
-                self.broken = True
-                self._chunks.clear()
-                return
-            while written:
-                head = self._chunks[0]
-                if written < len(head):
-                    self._chunks[0] = head[written:]
-                    return
-                written -= len(head)
-                self._chunks.popleft()
+        try:
+            iov.write_some(self.fd, self._chunks)
+        except BrokenPipeError:  # a worker died (its end is seen soon) or the client
+            self.broken = True
+            self._chunks.clear()
 
 
 def grow_pipe(fd: int) -> None:

@@ -9,12 +9,13 @@ It says ``Hello``, waits for ``Configure``, forks one worker per core (or as ask
 queue of the tasks the client sent, feeds each worker a batch of about ``BATCH_SECONDS`` of
 work (at least ``WORKER_PREFETCH`` tasks) in one frame, batches the results of a loop turn
 into one frame, passes a big task to an idle worker while its frame still arrives
-(:class:`_Relay`), restarts a worker that dies (reporting the task it was running, which the
-worker's :class:`~.worker.RunningSlot` tells, as crashed) and reports load every second. It
-exits, killing its workers, when its input closes, on ``Shutdown``, or when the client has
-been silent too long.
+(:class:`~.relay.Relay`), restarts a worker that dies (reporting the task it was running,
+which the worker's :class:`~.worker.RunningSlot` tells, as crashed) and reports load every
+second. It exits, killing its workers, when its input closes, on ``Shutdown``, or when the
+client has been silent too long. The workers' processes are :mod:`~.pool`'s business, the
+facts about the host :mod:`~.hostinfo`'s.
 
-Stdlib + dill only: the client ships this file to bare hosts (see ``bootstrap``).
+Stdlib + dill only: the client ships the node's modules to bare hosts (see ``bootstrap``).
 """
 
 from __future__ import annotations
@@ -25,18 +26,15 @@ import json
 import os
 import selectors
 import signal
-import socket
-import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-
-import dill
 
 from ..errors import RemoteProtocolError
 from ..wire import protocol as p
-from . import worker
+from . import hostinfo, pool, worker
 from .outbox import Outbox, grow_pipe
+from .pool import WorkerState
+from .relay import Relay
 
 # Tasks a worker holds at the least: one running, one waiting, so a pipe hop never idles it.
 WORKER_PREFETCH = 2
@@ -51,8 +49,6 @@ PACE_WEIGHT = 0.25
 # Seconds between load reports (which double as heartbeats to the client), at most: the
 # client's Configure may ask for a shorter interval (a short heartbeat timeout).
 LOAD_INTERVAL = 1.0
-# Seconds a shutting-down worker gets to exit on its own before SIGKILL.
-WORKER_GRACE = 1.0
 # Seconds between looks at the workers while tasks wait in the node's queue: a direct
 # delivery the node was not told of (its wish for news and a worker's check can cross)
 # then costs at most this delay.
@@ -60,40 +56,6 @@ NEWS_POLL_SECONDS = 0.02
 # Seconds before the node tries again to write to the client while a worker holds the
 # output lock (a worker holds it for one small write: a few microseconds).
 LOCK_RETRY_SECONDS = 0.0005
-
-
-@dataclass
-class _Worker:
-    """One forked worker as the supervisor sees it."""
-
-    pid: int
-    to_worker: int
-    from_worker: int
-    outbox: Outbox
-    slot: worker.RunningSlot
-    decoder: p.FrameDecoder = field(default_factory=p.FrameDecoder)
-    tasks: collections.deque[p.Task] = field(default_factory=collections.deque)  # in order
-    held: set[int] = field(default_factory=set)  # the ids of ``tasks``
-    seen_delivered: int = 0  # the last direct delivery the node has accounted for
-    functions: set[int] = field(default_factory=set)
-    busy_since: float = 0.0  # when it last had news to give (for pacing)
-    timeouts: dict[int, float] = field(default_factory=dict)  # task id -> timeout, if any
-    cancelled: set[int] = field(default_factory=set)
-
-
-@dataclass
-class _Relay:
-    """A large one-task frame passed on to an idle worker while it still arrives (cut-through).
-
-    The worker receives the task's bytes as the client's come in, instead of after the
-    last one: its copy overlaps the transfer. The node keeps the whole frame as well (it
-    re-queues the task if the worker dies), and adds the task to the worker's list only
-    when the frame is complete, before the worker can have all of it.
-    """
-
-    target: _Worker | None  # None once that worker died: the task is queued as usual
-    body: memoryview
-    sent: int  # body bytes handed to the worker's outbox so far
 
 
 class Supervisor:
@@ -105,11 +67,11 @@ class Supervisor:
         self.client = worker.ClientPipe.open(write_fd)
         self.out = Outbox(write_fd, self.client)
         self.selector = selectors.DefaultSelector()
-        self.workers: dict[int, _Worker] = {}
+        self.workers: dict[int, WorkerState] = {}
         self.queue: collections.deque[p.Task] = collections.deque()
         self.functions: dict[int, p.Buffer] = {}
         self.pending_results: list[p.Result] = []
-        self.relay: _Relay | None = None
+        self.relay = Relay(self.conn, self._relay_target)
         # Running mean of seconds per task; starts slow so that first batches stay small.
         self.task_seconds = BATCH_SECONDS
         self.n_workers = 0
@@ -117,7 +79,7 @@ class Supervisor:
         self.load_interval = LOAD_INTERVAL
         self.last_heard = time.monotonic()
         self.next_load = 0.0
-        self.cpu = _CpuMeter()
+        self.cpu = hostinfo.CpuMeter()
         self.running = True
 
     # ------------------------------------------------------------------ main loop
@@ -126,7 +88,7 @@ class Supervisor:
         """Serve the client until it goes away; then end every worker."""
         os.set_blocking(self.out.fd, False)
         self.selector.register(self.read_fd, selectors.EVENT_READ, None)
-        self._send(_hello())
+        self._send(hostinfo.hello())
         try:
             while self.running:
                 self._turn()
@@ -191,7 +153,7 @@ class Supervisor:
         except RemoteProtocolError as error:
             self._fail(f"garbage from the client: {error}")
             return
-        self._relay_large()
+        self.relay.pass_on()
 
     def _on_message(self, message: p.Message) -> None:
         if isinstance(message, p.Configure):
@@ -199,7 +161,7 @@ class Supervisor:
         elif isinstance(message, p.Function):
             self.functions[message.fn_id] = bytes(message.blob)
         elif isinstance(message, p.Tasks):
-            if self.relay is not None:
+            if self.relay.active:
                 self._end_relay(message.tasks)
             else:
                 self.queue.extend(message.tasks)
@@ -209,7 +171,7 @@ class Supervisor:
             self.running = False
 
     def _configure(self, message: p.Configure) -> None:
-        self.n_workers = message.workers if message.workers > 0 else _cores()
+        self.n_workers = message.workers if message.workers > 0 else hostinfo.cores()
         self.silence_timeout = message.silence_timeout
         if message.heartbeat > 0:
             self.load_interval = min(LOAD_INTERVAL, message.heartbeat)
@@ -233,28 +195,9 @@ class Supervisor:
 
     # ------------------------------------------------------------------ cut-through
 
-    def _relay_large(self) -> None:
-        """Pass on what has come of a large one-task frame (see :class:`_Relay`)."""
-        progress = self.conn.large_in_progress()
-        if progress is None:
-            return
-        kind, body, filled = progress
-        relay = self.relay
-        if relay is None:
-            relay = self.relay = self._begin_relay(kind, body, filled)
-            if relay is None:
-                return
-        target = relay.target
-        if target is not None and not self._alive(target):
-            relay.target = target = None  # it died: the task is queued when complete
-        if target is not None and filled > relay.sent:
-            target.outbox.add([body[relay.sent : filled]])
-            relay.sent = filled
-            target.outbox.flush()
-
-    def _begin_relay(self, kind: int, body: memoryview, filled: int) -> _Relay | None:
-        fn_id = p.lone_task_function(kind, body, filled)
-        if fn_id is None or fn_id not in self.functions or self.queue:
+    def _relay_target(self, fn_id: int) -> WorkerState | None:
+        """The worker for a relayed task of ``fn_id``: an idle one, the function shipped."""
+        if fn_id not in self.functions or self.queue:
             return None  # the usual way: queued once complete, dispatched in turn
         self._catch_up_all()  # a worker whose results went straight to the client is idle
         idle = [w for w in self.workers.values() if not w.tasks]
@@ -262,45 +205,23 @@ class Supervisor:
             return None
         target = idle[0]
         self._ship_functions(target, {fn_id})
-        target.outbox.add([p.frame_header(kind, len(body))])
-        return _Relay(target, body, 0)
+        return target
 
     def _end_relay(self, tasks: tuple[p.Task, ...]) -> None:
         """The relayed frame is complete: the worker holds its task; send the rest."""
-        relay, self.relay = self.relay, None
-        assert relay is not None
-        target = relay.target
-        if target is None or not self._alive(target):
-            self.queue.extend(tasks)
-            return
-        self._hold(target, tasks)
-        target.outbox.add([relay.body[relay.sent :]])
-        target.outbox.flush()
-
-    def _alive(self, state: _Worker) -> bool:
-        """Whether ``state`` is still one of our workers (not buried meanwhile)."""
-        return self.workers.get(state.from_worker) is state
+        target = self.relay.target
+        if target is None:
+            self.queue.extend(tasks)  # it died meanwhile
+        else:
+            self._hold(target, tasks)
+        self.relay.end()
 
     # ------------------------------------------------------------------ workers
 
     def _start_worker(self) -> None:
-        task_read, task_write = os.pipe()
-        result_read, result_write = os.pipe()
-        for fd in (task_write, result_write):
-            grow_pipe(fd)
-        slot = worker.RunningSlot()
-        pid = os.fork()
-        if pid == 0:
-            os.close(task_write)
-            os.close(result_read)
-            worker.run(task_read, result_write, slot, self.client)
-        os.close(task_read)
-        os.close(result_write)
-        os.set_blocking(task_write, False)
-        os.set_blocking(result_read, False)  # a stale readiness event must not hang the node
-        state = _Worker(pid, task_write, result_read, Outbox(task_write), slot)
-        self.workers[result_read] = state
-        self.selector.register(result_read, selectors.EVENT_READ, state)
+        state = pool.start(self.client)
+        self.workers[state.from_worker] = state
+        self.selector.register(state.from_worker, selectors.EVENT_READ, state)
 
     def _dispatch(self) -> None:
         """Hand queued tasks to workers with room, least loaded first, a batch each."""
@@ -309,7 +230,7 @@ class Supervisor:
         self._want_news(True)  # before catching up: a delivery from now on is told
         self._catch_up_all()
         limit = self._prefetch()
-        relaying = self.relay.target if self.relay is not None else None
+        relaying = self.relay.target
         for state in sorted(self.workers.values(), key=lambda w: len(w.tasks)):
             if state is relaying:
                 continue  # its pipe is inside a frame: nothing else may go in
@@ -326,7 +247,7 @@ class Supervisor:
         for state in self.workers.values():
             self._catch_up(state)
 
-    def _catch_up(self, state: _Worker) -> None:
+    def _catch_up(self, state: WorkerState) -> None:
         """Drop the tasks whose results the worker wrote straight to the client."""
         delivered = state.slot.delivered()
         if delivered != state.seen_delivered:
@@ -334,7 +255,7 @@ class Supervisor:
             if self._pop_through(state, delivered) is not None:
                 state.cancelled.discard(delivered)
 
-    def _pop_through(self, state: _Worker, task_id: int) -> p.Task | None:
+    def _pop_through(self, state: WorkerState, task_id: int) -> p.Task | None:
         """Drop the worker's tasks up to ``task_id``; returns that task (``None`` if the
         worker does not hold it). The ones before it finished first (a worker runs its
         tasks in order) and their results went straight to the client."""
@@ -361,14 +282,14 @@ class Supervisor:
         half = -(-even // 2)
         return min(max(WORKER_PREFETCH, min(paced, half)), even, MAX_PREFETCH)
 
-    def _give(self, state: _Worker, tasks: list[p.Task]) -> None:
+    def _give(self, state: WorkerState, tasks: list[p.Task]) -> None:
         if not self._ship_functions(state, {task.fn_id for task in tasks}):
             return
         self._hold(state, tasks)
         state.outbox.add(p.encode(p.Tasks(tuple(tasks))))
         state.outbox.flush()
 
-    def _ship_functions(self, state: _Worker, fn_ids: set[int]) -> bool:
+    def _ship_functions(self, state: WorkerState, fn_ids: set[int]) -> bool:
         """Queue the functions the worker lacks; ``False`` (the node fails) if unknown."""
         for fn_id in fn_ids - state.functions:
             blob = self.functions.get(fn_id)
@@ -379,7 +300,7 @@ class Supervisor:
             state.functions.add(fn_id)
         return True
 
-    def _hold(self, state: _Worker, tasks: Sequence[p.Task]) -> None:
+    def _hold(self, state: WorkerState, tasks: Sequence[p.Task]) -> None:
         """Count ``tasks`` as the worker's (their frame is on its way to it)."""
         if not state.tasks:
             state.busy_since = time.monotonic()
@@ -387,7 +308,7 @@ class Supervisor:
         state.held.update(task.task_id for task in tasks)
         state.timeouts.update((t.task_id, t.timeout) for t in tasks if t.timeout > 0)
 
-    def _read_worker(self, state: _Worker) -> None:
+    def _read_worker(self, state: WorkerState) -> None:
         try:
             alive = worker.receive(state.from_worker, state.decoder)
         except BlockingIOError:
@@ -404,7 +325,7 @@ class Supervisor:
         except RemoteProtocolError as error:
             self._fail(f"a worker wrote garbage ({error}); this is a bug")
 
-    def _on_worker_results(self, state: _Worker, results: tuple[p.Result, ...]) -> None:
+    def _on_worker_results(self, state: WorkerState, results: tuple[p.Result, ...]) -> None:
         now = time.monotonic()
         sample = (now - state.busy_since) / max(1, len(results))
         self.task_seconds += PACE_WEIGHT * (sample - self.task_seconds)
@@ -419,26 +340,26 @@ class Supervisor:
                 result = _status_result(result.task_id, p.CANCELLED, {"exitcode": 0})
             self.pending_results.append(result)
 
-    def _bury(self, state: _Worker) -> None:
+    def _bury(self, state: WorkerState) -> None:
         """A worker died: report the task it was running, re-queue the others, start another."""
         running, _ = state.slot.get()
-        exitcode = _reap(state.pid)
+        exitcode = pool.reap(state.pid)
         self._catch_up(state)
         self._forget(state)
         self._settle(state, running, p.CRASHED, {"exitcode": exitcode, "pid": state.pid})
         if self.running:
             self._start_worker()
 
-    def _kill_running(self, state: _Worker, task_id: int, status: int) -> None:
+    def _kill_running(self, state: WorkerState, task_id: int, status: int) -> None:
         """Kill a worker for its running task's sake (timeout or cancel) and replace it."""
-        _kill(state.pid)
-        _reap(state.pid)
+        pool.kill(state.pid)
+        pool.reap(state.pid)
         self._catch_up(state)
         self._forget(state)
         self._settle(state, task_id, status, {"exitcode": -signal.SIGKILL, "pid": state.pid})
         self._start_worker()
 
-    def _settle(self, state: _Worker, running: int, status: int, info: dict[str, int]) -> None:
+    def _settle(self, state: WorkerState, running: int, status: int, info: dict[str, int]) -> None:
         """A dead worker's tasks: ``running`` gets ``status``, the rest run again elsewhere.
 
         Tasks it finished but had not reported yet (results are batched) are re-run.
@@ -453,8 +374,9 @@ class Supervisor:
                 again.append(task)
         self.queue.extendleft(reversed(again))
 
-    def _forget(self, state: _Worker) -> None:
+    def _forget(self, state: WorkerState) -> None:
         del self.workers[state.from_worker]
+        self.relay.forget(state)
         state.outbox.discard()
         for fd in (state.from_worker, state.to_worker):
             with contextlib.suppress(KeyError):  # not watched (an empty outbox)
@@ -477,9 +399,9 @@ class Supervisor:
 
     def _stop_workers(self) -> None:
         for state in list(self.workers.values()):
-            _kill(state.pid)
+            pool.kill(state.pid)
         for state in list(self.workers.values()):
-            _reap(state.pid)
+            pool.reap(state.pid)
             self._forget(state)
 
     # ------------------------------------------------------------------ timers
@@ -517,91 +439,16 @@ class Supervisor:
 
     def _load(self) -> p.Load:
         busy = sum(1 for w in self.workers.values() if w.tasks)
-        return p.Load(_loadavg(), self.cpu.percent(), _memory_percent(), busy, self.n_workers)
+        return p.Load(
+            hostinfo.loadavg(), self.cpu.percent(), hostinfo.memory_percent(), busy, self.n_workers
+        )
 
 
-# ---------------------------------------------------------------------- host facts
-
-
-def _hello() -> p.Hello:
-    version = sys.version_info
-    return p.Hello(
-        protocol=p.PROTOCOL_VERSION,
-        python=f"{version.major}.{version.minor}.{version.micro}",
-        dill=str(dill.__version__),
-        hostname=socket.gethostname(),
-        cores=_cores(),
-        pid=os.getpid(),
-    )
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
-def _loadavg() -> float:
-    try:
-        return os.getloadavg()[0]
-    except OSError:  # pragma: no cover
-        return 0.0
-
-
-def _memory_percent() -> float:
-    try:
-        with open("/proc/meminfo") as meminfo:
-            fields = dict(line.split(":", 1) for line in meminfo)
-        total = int(fields["MemTotal"].split()[0])
-        available = int(fields["MemAvailable"].split()[0])
-        return round(100.0 * (total - available) / total, 1)
-    except (OSError, KeyError, ValueError):  # pragma: no cover - not Linux
-        return 0.0
-
-
-class _CpuMeter:
-    """CPU use of the whole host since the previous reading, from /proc/stat."""
-
-    def __init__(self) -> None:
-        self._last = self._read()
-
-    @staticmethod
-    def _read() -> tuple[int, int]:
-        try:
-            with open("/proc/stat") as stat:
-                values = [int(v) for v in stat.readline().split()[1:]]
-            idle = values[3] + (values[4] if len(values) > 4 else 0)
-            return sum(values), idle
-        except (OSError, ValueError, IndexError):  # pragma: no cover - not Linux
-            return 0, 0
-
-    def percent(self) -> float:
-        total, idle = self._read()
-        d_total, d_idle = total - self._last[0], idle - self._last[1]
-        self._last = total, idle
-        return round(100.0 * (d_total - d_idle) / d_total, 1) if d_total > 0 else 0.0
-
-
-# ---------------------------------------------------------------------- process helpers
+# ---------------------------------------------------------------------- helpers
 
 
 def _status_result(task_id: int, status: int, info: dict[str, int]) -> p.Result:
     return p.Result(task_id, status, p.PICKLE, json.dumps(info).encode())
-
-
-def _kill(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-
-
-def _reap(pid: int) -> int:
-    """Wait for a child and return its exit code, negative for a signal (like Popen)."""
-    try:
-        _, status = os.waitpid(pid, 0)
-    except ChildProcessError:
-        return 0
-    return os.waitstatus_to_exitcode(status)
 
 
 def main() -> None:

@@ -30,6 +30,7 @@ from typing import Any
 
 from ..wire import protocol as p
 from ..wire.framing import READ_SIZE
+from ..wire.iov import write_all
 from ..wire.serialize import RemoteException, describe_failure, dumps, loads, loads_function
 
 # Captured print output kept per task; more is cut (the widget shows only the last lines).
@@ -39,8 +40,6 @@ PARENT_POLL_SECONDS = 0.5
 # Seconds a finished result may wait for the results of the next tasks: one frame per
 # millisecond instead of one per tiny task, at a latency cost only while tasks keep coming.
 RESULT_FLUSH_SECONDS = 0.001
-# Chunks per writev call (Linux takes up to IOV_MAX = 1024).
-IOV_BATCH = 512
 # Re-reads of the slot to get a consistent (id, start) pair while the worker writes it.
 _SLOT_READS = 3
 
@@ -336,18 +335,6 @@ class _Capture(io.StringIO):
         if len(value) >= OUTPUT_LIMIT:
             value += "\n[output cut at 64 KiB]\n"
         return value
-
-
-def write_all(fd: int, chunks: list[p.Buffer]) -> None:
-    """Write every chunk fully to a blocking file descriptor (one ``writev`` if it can)."""
-    views = [view for chunk in chunks if (view := memoryview(chunk).cast("B"))]
-    while views:
-        written = os.writev(fd, views[:IOV_BATCH])
-        while written:
-            if written < len(views[0]):
-                views[0] = views[0][written:]
-                break
-            written -= len(views.pop(0))
 
 
 def _detach_from_supervisor(kept: set[int]) -> None:

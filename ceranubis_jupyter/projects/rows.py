@@ -23,7 +23,7 @@ from typing import Any
 from ..cluster.tasks import CANCELLED, FINISHED, ResultSlot, TaskRecord
 from ..errors import BrokenCeranubisExecutor, RemoteTraceback
 from ..wire import protocol as p
-from ..wire.serialize import PICKLE_PROTOCOL, dumps_inband, loads
+from ..wire.serialize import PICKLE_PROTOCOL, dumps_inband, loads, needs_dill
 from .store import ARGUMENT_STATES, UNFINISHED
 
 # Finished results, errors and output lines kept in memory for a live view.
@@ -31,7 +31,6 @@ RECENT_KEEP = 50
 OUTPUT_KEEP = 200
 
 _PICKLED = bytes([p.PICKLE])
-_MAIN = b"__main__"  # in a pickle: refers to the user's own module, so dill ships it
 _LEFT = "pending"  # an argument whose task was dropped (executor shut down): run it later
 
 
@@ -39,7 +38,7 @@ def encode(obj: Any) -> bytes:
     """Bytes for a BLOB column: one codec byte, then the pickle (or dill) payload."""
     try:
         payload = pickle.dumps(obj, PICKLE_PROTOCOL)
-        if _MAIN not in payload:  # as serialize.dumps_inband decides, minus a call
+        if not needs_dill(payload):  # as serialize.dumps_inband decides, minus a call
             return _PICKLED + payload
     except Exception:
         pass
@@ -55,10 +54,10 @@ def encode_many(items: Sequence[Any]) -> list[bytes]:
         payloads = [dumps(item, protocol) for item in items]
     except Exception:
         return [encode(item) for item in items]  # some need dill (or cannot be pickled)
-    if _MAIN in b"".join(payloads):  # one scan; a match across two payloads only costs time
+    if needs_dill(b"".join(payloads)):  # one scan; a match across two only costs time
         pairs = zip(items, payloads, strict=True)
         return [
-            _PICKLED + payload if _MAIN not in payload else encode(item) for item, payload in pairs
+            encode(item) if needs_dill(payload) else _PICKLED + payload for item, payload in pairs
         ]
     return [_PICKLED + payload for payload in payloads]
 

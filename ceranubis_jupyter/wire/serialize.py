@@ -4,7 +4,8 @@
   defined in ``__main__`` or a notebook travel by value. The client sends each once per node.
 - Arguments and results use the standard pickler (fast: ~0.6 µs for a small tuple) and fall
   back to dill only when they must (~16 µs): when pickle fails or the pickle refers to
-  ``__main__``, which the receiving process does not have.
+  ``__main__``, which the receiving process does not have (:func:`needs_dill`, the one
+  place that rule is written; the project store's encoders use it too).
 - Protocol 5: bytes-like and numpy buffers are returned out-of-band, never copied into the
   payload.
 - An exception raised by a task travels as :class:`RemoteException`: the original exception
@@ -27,12 +28,22 @@ import dill
 from .protocol import DILL, PICKLE, Buffer
 
 PICKLE_PROTOCOL = 5
-_MAIN_MARKER = b"__main__"
+_MAIN_MARKER = b"__main__"  # in a pickle: refers to the user's own module
 # A pickled result bigger than this is not scanned for ``__main__`` (big ones are data).
 SCAN_LIMIT = 1 << 20
 # A ``bytes`` argument or result from this size on travels out-of-band (pickle would copy
 # it into the payload); below it the copy is cheaper than a separate buffer.
 OUT_OF_BAND_BYTES = 1 << 16
+
+
+def needs_dill(pickled: bytes) -> bool:
+    """Whether a plain pickle will not do and dill must make the payload instead.
+
+    The one rule for arguments, results and stored values: a pickle that names ``__main__``
+    refers to a function or class of the user's script or notebook, which the process that
+    loads it does not have; dill ships those by value.
+    """
+    return _MAIN_MARKER in pickled
 
 
 def dumps_function(fn: Callable[..., Any]) -> bytes:
@@ -57,7 +68,7 @@ def dumps(obj: Any) -> tuple[int, bytes, list[pickle.PickleBuffer]]:
     try:
         lifted = _lift_bytes(obj)
         payload = pickle.dumps(lifted, PICKLE_PROTOCOL, buffer_callback=buffers.append)
-        if len(payload) > SCAN_LIMIT or _MAIN_MARKER not in payload:
+        if len(payload) > SCAN_LIMIT or not needs_dill(payload):
             return PICKLE, payload, buffers
     except Exception:
         pass
@@ -97,7 +108,7 @@ def dumps_inband(obj: Any) -> tuple[int, bytes]:
     """Like :func:`dumps` with every buffer inside the payload."""
     try:
         payload = pickle.dumps(obj, PICKLE_PROTOCOL)
-        if _MAIN_MARKER not in payload:
+        if not needs_dill(payload):
             return PICKLE, payload
     except Exception:
         pass
