@@ -88,7 +88,9 @@ def test_version_mismatch_is_refused_with_both_versions() -> None:
     client = p.Connection(p.CLIENT)
     old = p.Hello(p.PROTOCOL_VERSION + 1, "3.11.7", "0.4.1", "old", 1, 1)
     client.receive_data(joined(p.encode(old)))
-    with pytest.raises(VersionMismatch, match=rf"version {p.PROTOCOL_VERSION + 1}.*speaks 1"):
+    with pytest.raises(
+        VersionMismatch, match=rf"version {p.PROTOCOL_VERSION + 1}.*speaks {p.PROTOCOL_VERSION}"
+    ):
         client.next_event()
 
 
@@ -156,3 +158,18 @@ def test_fuzz_well_framed_garbage_bodies(kind: int, body: bytes) -> None:
     decoder.feed(bytes([p.MAGIC, kind]) + struct.pack("!Q", len(body)) + body)
     with contextlib.suppress(RemoteProtocolError):
         decoder.next_message()
+
+
+@pytest.mark.parametrize(("direct", "cut"), [(False, True), (True, False), (False, False)])
+def test_configure_carries_the_fast_path_switches(direct: bool, cut: bool) -> None:
+    client, node = p.Connection(p.CLIENT), p.Connection(p.NODE)
+    client.receive_data(joined(node.send(HELLO)))
+    client.next_event()
+    configure = p.Configure(p.PROTOCOL_VERSION, 2, 1.0, 10.0, direct, cut)
+    node.receive_data(joined(client.send(configure)))
+    received = node.next_event()
+    assert received == configure
+    assert isinstance(received, p.Configure) and (received.direct_writes, received.cut_through) == (
+        direct,
+        cut,
+    )

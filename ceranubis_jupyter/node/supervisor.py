@@ -76,6 +76,7 @@ class Supervisor:
         self.task_seconds = BATCH_SECONDS
         self.n_workers = 0
         self.silence_timeout = 60.0
+        self.direct_writes = self.cut_through = True  # until Configure says otherwise
         self.load_interval = LOAD_INTERVAL
         self.last_heard = time.monotonic()
         self.next_load = 0.0
@@ -173,6 +174,7 @@ class Supervisor:
     def _configure(self, message: p.Configure) -> None:
         self.n_workers = message.workers if message.workers > 0 else hostinfo.cores()
         self.silence_timeout = message.silence_timeout
+        self.direct_writes, self.cut_through = message.direct_writes, message.cut_through
         if message.heartbeat > 0:
             self.load_interval = min(LOAD_INTERVAL, message.heartbeat)
             self.next_load = min(self.next_load, time.monotonic() + self.load_interval)
@@ -197,7 +199,7 @@ class Supervisor:
 
     def _relay_target(self, fn_id: int) -> WorkerState | None:
         """The worker for a relayed task of ``fn_id``: an idle one, the function shipped."""
-        if fn_id not in self.functions or self.queue:
+        if not self.cut_through or fn_id not in self.functions or self.queue:
             return None  # the usual way: queued once complete, dispatched in turn
         self._catch_up_all()  # a worker whose results went straight to the client is idle
         idle = [w for w in self.workers.values() if not w.tasks]
@@ -219,7 +221,7 @@ class Supervisor:
     # ------------------------------------------------------------------ workers
 
     def _start_worker(self) -> None:
-        state = pool.start(self.client)
+        state = pool.start(self.client if self.direct_writes else None)
         self.workers[state.from_worker] = state
         self.selector.register(state.from_worker, selectors.EVENT_READ, state)
 

@@ -343,7 +343,7 @@ def _decode_json(cls: type, body: bytes) -> Message:
         raise RemoteProtocolError(f"{cls.__name__} needs fields {sorted(expected)}")
     for name, types in expected.items():
         value = fields[name]
-        if isinstance(value, bool) or not isinstance(value, types):
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
             raise RemoteProtocolError(f"{cls.__name__}.{name} has the wrong type")
     if cls is Cancel:
         ids = fields["task_ids"]

@@ -66,6 +66,8 @@ class Configure:
     workers: int
     heartbeat: float
     silence_timeout: float
+    direct_writes: bool = True  # workers may write small results straight to the client
+    cut_through: bool = True  # a big task may go to an idle worker while its bytes arrive
 
 
 @dataclass(frozen=True)
@@ -205,6 +207,8 @@ JSON_TYPES: dict[type, dict[str, tuple[type, ...]]] = {
         "workers": (int,),
         "heartbeat": (int, float),
         "silence_timeout": (int, float),
+        "direct_writes": (bool,),
+        "cut_through": (bool,),
     },
     Heartbeat: {},
     Load: {

@@ -59,7 +59,7 @@ from .messages import UNPICKLABLE as UNPICKLABLE
 from .messages import Buffer as Buffer
 
 # Hello and Configure carry it; the handshake refuses a peer that speaks another.
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 CLIENT = "client"
 NODE = "node"
