@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from ceranubis_jupyter.cluster.scheduler import HostInfo
+from ceranubis_jupyter.cluster.link import HostInfo
 from ceranubis_jupyter.jupyter.live import TextLine
 from ceranubis_jupyter.jupyter.progress import (
     OUTPUT_LINES_PER_HOST,

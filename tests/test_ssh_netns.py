@@ -19,7 +19,7 @@ import pytest
 
 from ceranubis_jupyter import CeranubisExecutor, HostUnreachable
 from ceranubis_jupyter.cluster.hosts import Host
-from ceranubis_jupyter.cluster.scheduler import CREDIT_PER_WORKER, SILENCE_TIMEOUT
+from ceranubis_jupyter.cluster.link import CREDIT_PER_WORKER, SILENCE_TIMEOUT
 from tests.fixtures_ssh import (
     TEST_PYTHON,
     OpenSSHServer,

@@ -1,7 +1,7 @@
 """``NodeExecutor``: a real ``concurrent.futures.Executor`` over local and SSH nodes.
 
 The kernel thread serializes (functions once, arguments per task) and hands a
-:class:`~ceranubis_jupyter.scheduler.TaskRecord` to the scheduler's loop thread; futures
+:class:`~ceranubis_jupyter.cluster.tasks.TaskRecord` to the scheduler's loop thread; futures
 are plain :class:`concurrent.futures.Future` objects, so ``wait``, ``as_completed`` and
 ``asyncio.wrap_future`` work on them.
 """
@@ -22,11 +22,11 @@ from ..errors import ConfigError, UnpicklableError
 from ..wire import protocol as p
 from ..wire.serialize import describe_failure, dumps, dumps_function
 from .hosts import Host, HostSpec, as_host
-from .link import SILENCE_TIMEOUT
+from .link import SILENCE_TIMEOUT, HostInfo
 from .mapping import MapSlot, MapWaiter, results_in_order
 from .reach import transports_for
-from .scheduler import DEFAULT_RETRIES, HostInfo, Scheduler, TaskRecord
-from .tasks import ResultSlot
+from .scheduler import Scheduler
+from .tasks import DEFAULT_RETRIES, ResultSlot, TaskRecord
 
 T = TypeVar("T")
 
