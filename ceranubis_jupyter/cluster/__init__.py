@@ -3,7 +3,7 @@
 ::
 
     CeranubisExecutor ─► Scheduler (loop thread) ─► NodeLink ─► Transport ─► node
-        mapping, tasks      loopthread                link       transport (pipes), ssh,
+        mapping, tasks      loopthread, outcomes      link       transport (pipes), ssh,
                                                                  bootstrap, hosts
 
 ``strays`` finds and ends nodes whose client died.
