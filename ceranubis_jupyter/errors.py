@@ -7,7 +7,8 @@
     ├── ProtocolError ─ LocalProtocolError | RemoteProtocolError ─ VersionMismatch
     ├── HostError(.host) ─ HostUnreachable | HostKeyError | AuthError
     │                     | BootstrapError | HostVersionMismatch | NodeLost
-    ├── TaskError(.host, .task_id) ─ WorkerCrashed | TaskTimeout | UnpicklableError
+    ├── TaskError(.host, .task_id) ─ WorkerCrashed | TaskTimeout
+    │                                 | UnpicklableError(TaskError, ConfigError)
     ├── StoreError
     └── BrokenCeranubisExecutor(CeranubisError, BrokenExecutor)
 
@@ -130,8 +131,12 @@ class TaskTimeout(TaskError, FuturesTimeoutError):
     """A task ran longer than its timeout; its worker was killed and replaced."""
 
 
-class UnpicklableError(TaskError):
-    """An argument or a result could not be serialized."""
+class UnpicklableError(TaskError, ConfigError):
+    """An argument, a function or a result could not be serialized.
+
+    Also a :class:`ConfigError`: before anything runs it is the user's input that will not
+    pickle (``submit``, ``map`` and a project's commit raise the same one for it).
+    """
 
 
 class StoreError(CeranubisError):

@@ -18,17 +18,25 @@ import pytest
 
 from ceranubis_jupyter import (
     CeranubisExecutor,
+    ConfigError,
     RemoteTraceback,
     TaskError,
     UnpicklableError,
     WorkerCrashed,
 )
+from ceranubis_jupyter.projects.commit import commit_function, commit_project
 from tests.remote import by_value
+from tests.task_records import TaskRecords
 
 
 @by_value
 def identity(x: Any) -> Any:
     return x
+
+
+@by_value
+def pair(a: Any, b: Any) -> tuple[Any, Any]:
+    return a, b
 
 
 @by_value
@@ -88,8 +96,8 @@ CRASH_CASES: list[tuple[str, Callable[..., Any], Any, type[BaseException], str]]
         identity,
         (i for i in range(3)),
         UnpicklableError,
-        r"argument 1 of task \d+ \(<generator object <genexpr> at 0x[0-9a-f]+>\) could not "
-        r"be pickled: TypeError: cannot pickle 'generator' object",
+        r"argument 1 of call 1 \(<generator object <genexpr> at 0x[0-9a-f]+>\) cannot "
+        r"be pickled: TypeError: cannot pickle 'generator' object; use plain data",
     ),
     (
         "unpicklable result",
@@ -168,12 +176,13 @@ def test_user_exception_carries_the_remote_traceback(ex: CeranubisExecutor) -> N
 
 
 def test_crash_errors_carry_host_and_task(ex: CeranubisExecutor) -> None:
-    future = ex.submit(sigkill_self, 1)
-    with pytest.raises(WorkerCrashed) as caught:
-        future.result(timeout=60)
-    assert caught.value.exitcode == -9
-    assert caught.value.task_id == future._ceranubis_record.task_id  # type: ignore[attr-defined]
-    assert caught.value.host == future._ceranubis_record.host  # type: ignore[attr-defined]
+    with TaskRecords(ex) as tasks:
+        future = ex.submit(sigkill_self, 1)
+        with pytest.raises(WorkerCrashed) as caught:
+            future.result(timeout=60)
+        assert caught.value.exitcode == -9
+        assert caught.value.task_id == ex.task_id_of(future) == tasks.of(future).task_id
+        assert caught.value.host == tasks.of(future).host
 
 
 def test_unserializable_function_fails_at_submit(ex: CeranubisExecutor) -> None:
@@ -183,9 +192,48 @@ def test_unserializable_function_fails_at_submit(ex: CeranubisExecutor) -> None:
         return next(gen)
 
     uses_generator.__module__ = "__main__"
-    with pytest.raises(UnpicklableError, match="could not be serialized with dill"):
+    with pytest.raises(
+        UnpicklableError, match=r"'.*uses_generator' cannot be serialized with dill"
+    ):
         ex.submit(uses_generator)
     assert ex.submit(identity, 5).result(timeout=60) == 5
+
+
+def test_submit_map_and_a_project_name_the_same_unpicklable_argument(
+    ex: CeranubisExecutor, tmp_path: Path
+) -> None:
+    bad = (i for i in range(3))
+    with pytest.raises(UnpicklableError) as by_submit:
+        ex.submit(pair, 1, bad).result(timeout=60)
+    with pytest.raises(UnpicklableError) as by_map:
+        list(ex.map(pair, [1], [bad], timeout=60))
+    with pytest.raises(UnpicklableError) as by_project:
+        code = "def pair(a, b):\n    return a, b\n"
+        commit_project(code, "pair", [(1, bad)], store=str(tmp_path / "projects.sqlite"))
+    message = str(by_submit.value)
+    assert re.match(r"argument 2 of call 1 \(<generator .*\) cannot be pickled: TypeError", message)
+    assert str(by_map.value) == message and str(by_project.value) == message
+    assert isinstance(by_project.value, ConfigError), "the magics report ConfigErrors"
+    with pytest.raises(UnpicklableError, match=r"^argument 2 of call 3 \(<generator"):
+        list(ex.map(pair, [0, 1, 2], [0, 0, bad], chunksize=2, timeout=60))
+    assert ex.submit(identity, 5).result(timeout=60) == 5
+
+
+def test_submit_and_a_project_name_the_same_unserializable_function(
+    ex: CeranubisExecutor, tmp_path: Path
+) -> None:
+    gen = (i for i in range(3))
+
+    def uses_generator(_: int) -> int:
+        return next(gen)
+
+    uses_generator.__module__ = "__main__"
+    with pytest.raises(UnpicklableError) as by_submit:
+        ex.submit(uses_generator, 1)
+    with pytest.raises(UnpicklableError) as by_project:
+        commit_function(ex, uses_generator, [(1,)], store=str(tmp_path / "projects.sqlite"))
+    assert str(by_project.value) == str(by_submit.value)
+    assert "uses_generator' cannot be serialized with dill: TypeError" in str(by_submit.value)
 
 
 def test_a_worker_killed_from_outside_is_retried(hosts: Any) -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import gc
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +16,7 @@ import pytest
 
 from ceranubis_jupyter import CeranubisExecutor, ConfigError
 from tests.remote import by_value
+from tests.task_records import TaskRecords
 
 
 @by_value
@@ -102,9 +105,33 @@ def test_large_buffers_round_trip(ex: CeranubisExecutor) -> None:
 
 
 def test_print_output_is_captured_per_task(ex: CeranubisExecutor) -> None:
-    future = ex.submit(shout, "hi")
-    assert future.result(timeout=30) == "HI"
-    assert "about to shout hi" in future._ceranubis_record.output  # type: ignore[attr-defined]
+    with TaskRecords(ex) as tasks:
+        future = ex.submit(shout, "hi")
+        assert future.result(timeout=30) == "HI"
+        assert "about to shout hi" in tasks.of(future).output
+
+
+def test_task_id_of_names_a_futures_task_while_the_caller_holds_it(
+    ex: CeranubisExecutor,
+) -> None:
+    with TaskRecords(ex) as tasks:
+        future = ex.submit(add, 1, 2)
+        task_id = ex.task_id_of(future)
+        assert isinstance(task_id, int)
+        assert future.result(timeout=30) == 3
+        assert ex.task_id_of(future) == task_id == tasks.of(future).task_id
+    assert ex.task_id_of(cf.Future()) is None
+    assert ex.task_id_of(object()) is None  # type: ignore[arg-type]
+
+
+def test_a_dropped_future_takes_its_task_and_result_with_it(ex: CeranubisExecutor) -> None:
+    future = ex.submit(echo, np.arange(1000))
+    result = weakref.ref(future.result(timeout=30))
+    dropped = weakref.ref(future)
+    del future
+    ex.scheduler.in_flight_threadsafe()  # one turn of the loop: it let go of the task too
+    gc.collect()
+    assert dropped() is None and result() is None
 
 
 def test_submit_from_many_threads(ex: CeranubisExecutor) -> None:

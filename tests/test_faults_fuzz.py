@@ -32,6 +32,7 @@ from ceranubis_jupyter.errors import RemoteProtocolError, VersionMismatch
 from ceranubis_jupyter.wire import protocol as p
 from tests.fixtures_faults import wait_for
 from tests.remote import by_value
+from tests.task_records import TaskRecords
 
 # Fake nodes tried per run (each costs a fraction of a second).
 EXAMPLES = 10
@@ -176,6 +177,7 @@ def info(executor: CeranubisExecutor, host: str) -> HostInfo:
 def test_garbage_from_a_node_drops_only_that_node(tmp_path: Path, client_log: Records) -> None:
     names = (f"fake-{n}" for n in itertools.count(1))
     with CeranubisExecutor(max_workers=2) as executor:
+        tasks = TaskRecords(executor)
         assert executor.submit(triple, 1).result(timeout=STEP_TIMEOUT) == 3
 
         @settings(
@@ -197,13 +199,11 @@ def test_garbage_from_a_node_drops_only_that_node(tmp_path: Path, client_log: Re
             ]
             assert record.exists(), "the fake node got no task"
             taken = {int(t) for t in record.read_text().split()}
-            ours = {f._ceranubis_id for f in futures}  # type: ignore[attr-defined]
+            ours = {tasks.task_id(f) for f in futures}
             assert taken and taken <= ours, "the fake node got none of the tasks"
-            assert all(
-                f._ceranubis_record.host == "local"  # type: ignore[attr-defined]
-                for f in futures
-                if f._ceranubis_id in taken  # type: ignore[attr-defined]
-            ), "the fake's tasks finished on the real node"
+            assert all(tasks.of(f).host == "local" for f in futures if tasks.task_id(f) in taken), (
+                "the fake's tasks finished on the real node"
+            )
             wait_for(lambda: info(executor, host).state != "ready", STEP_TIMEOUT, "fake dropped")
             logged = [r.getMessage() for r in client_log.records if r.levelno >= logging.ERROR]
             assert any(f"[host={host}] RemoteProtocolError" in m for m in logged), logged

@@ -19,6 +19,7 @@ from ceranubis_jupyter.cluster.link import HostInfo
 from tests.conftest import wait_until_gone
 from tests.fixtures_faults import wait_for
 from tests.remote import by_value
+from tests.task_records import TaskRecords
 
 # Seconds any single result may take here.
 RESULT_TIMEOUT = 30.0
@@ -54,6 +55,7 @@ def test_idle_nodes_survive_a_heartbeat_timeout_shorter_than_a_second() -> None:
 def test_a_frozen_node_is_detected_dropped_and_replaced() -> None:
     timeout = 1.0
     with CeranubisExecutor(max_workers=1, heartbeat_timeout=timeout) as executor:
+        tasks = TaskRecords(executor)
         wait_for(lambda: only_host(executor).state == "ready", RESULT_TIMEOUT, "node ready")
         frozen = psutil.Process(only_host(executor).pid)
         tree = {frozen.pid}
@@ -68,7 +70,7 @@ def test_a_frozen_node_is_detected_dropped_and_replaced() -> None:
         )
         assert future.result(timeout=RESULT_TIMEOUT) == 1.5
         assert only_host(executor).pid != frozen.pid
-        assert future._ceranubis_record.attempts == 1, "lost once with its node, then re-run"  # type: ignore[attr-defined]
+        assert tasks.of(future).attempts == 1, "lost once with its node, then re-run"
         assert not wait_until_gone(tree, timeout=5.0), "the frozen node was not dropped"
     assert detected <= timeout + DETECTION_SLACK, f"detection took {detected:.2f} s"
     print(f"frozen node detected after {detected:.2f} s")

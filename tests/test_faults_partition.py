@@ -23,6 +23,7 @@ from ceranubis_jupyter.node.supervisor import LOAD_INTERVAL
 from tests.fixtures_faults import PartitionHost, wait_for
 from tests.fixtures_ssh import TEST_PYTHON, SSHHome
 from tests.remote import by_value
+from tests.task_records import TaskRecords
 
 # The executor's heartbeat timeout here (seconds), short to keep the test short.
 HEARTBEAT_TIMEOUT = 3.0
@@ -59,11 +60,6 @@ def info(executor: CeranubisExecutor, host: PartitionHost) -> HostInfo:
     return found[0] if found else HostInfo(host.alias)
 
 
-def host_of(future: Future[Any]) -> str | None:
-    host: str | None = future._ceranubis_record.host  # type: ignore[attr-defined]
-    return host
-
-
 def node_tree(pid: int) -> list[psutil.Process]:
     node = psutil.Process(pid)
     return [node, *node.children(recursive=True)]
@@ -92,11 +88,12 @@ def test_partition_is_detected_requeued_and_healed(
         )
         stranded = node_tree(info(executor, cut).pid)
         assert _netns(stranded[0].pid) == cut.net_inode, "the node runs inside the namespace"
-        futures, island = start_work(executor, cut, other)
-        detected, on_cut = cut_off(executor, cut, stranded, futures)
+        tasks = TaskRecords(executor)
+        futures, island = start_work(tasks, cut, other)
+        detected, on_cut = cut_off(tasks, cut, stranded, futures)
         assert on_cut, "the cut host had no task in flight"
         nets = check_results(futures)
-        assert all(host_of(f) == other.alias for f in on_cut), "re-queued to the other host"
+        assert tasks.hosts(on_cut) == [other.alias] * len(on_cut), "re-queued to the other host"
         assert all(nets[futures.index(f)] == other.net_inode for f in on_cut)
         assert detected <= HEARTBEAT_TIMEOUT + TICK_SLACK, f"detection took {detected:.2f} s"
         assert not any(f.done() for f in island), "group tasks must wait for their host"
@@ -105,9 +102,10 @@ def test_partition_is_detected_requeued_and_healed(
 
 
 def start_work(
-    executor: CeranubisExecutor, cut: PartitionHost, other: PartitionHost
+    tasks: TaskRecords, cut: PartitionHost, other: PartitionHost
 ) -> tuple[list[Future[Any]], list[Future[Any]]]:
     """The first batch on both hosts, then urgent tasks only the cut host may run."""
+    executor = tasks.executor
     futures = [executor.submit(square_where, x) for x in range(FIRST_BATCH)]
     wait_for(
         lambda: min(info(executor, h).done for h in (cut, other)) >= 3,
@@ -116,23 +114,25 @@ def start_work(
     )
     urgent = executor.options(group=ISLAND, priority=1)
     island = [urgent.submit(square_where, x) for x in range(ISLAND_TASKS)]
-    wait_for(
-        lambda: any(host_of(f) == cut.alias for f in island), RESULT_TIMEOUT, "island task sent"
-    )
+    wait_for(lambda: cut.alias in tasks.hosts(island), RESULT_TIMEOUT, "island task sent")
     return futures, island
 
 
 def cut_off(
-    executor: CeranubisExecutor,
+    tasks: TaskRecords,
     cut: PartitionHost,
     stranded: list[psutil.Process],
     futures: list[Future[Any]],
 ) -> tuple[float, list[Future[Any]]]:
     """Cut the host; returns the seconds until the client saw it (the node must exit too)
     and the futures that were in flight there once the cut took effect."""
+    executor = tasks.executor
     cut.cut()
     time.sleep(IN_TRANSIT_SECONDS)
-    on_cut = [f for f in futures if host_of(f) == cut.alias and not f.done()]
+    hosts = tasks.hosts(futures)
+    on_cut = [
+        f for f, host in zip(futures, hosts, strict=True) if host == cut.alias and not f.done()
+    ]
     detected = IN_TRANSIT_SECONDS + wait_for(
         lambda: info(executor, cut).state != "ready",
         HEARTBEAT_TIMEOUT + TICK_SLACK + 10,

@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from ceranubis_jupyter.cluster.scheduler import HostInfo
+from ceranubis_jupyter.cluster.link import HostInfo
 from ceranubis_jupyter.jupyter.live import TextLine
 from ceranubis_jupyter.jupyter.progress import (
     OUTPUT_LINES_PER_HOST,
@@ -17,11 +17,11 @@ from ceranubis_jupyter.jupyter.progress import (
     format_duration,
     format_rate,
     last_lines_per_host,
-    short_repr,
     snapshot_of,
 )
 from ceranubis_jupyter.jupyter.widget import ProgressWidget, render_errors, render_output
 from ceranubis_jupyter.projects.views import HostsTable
+from ceranubis_jupyter.wire.describe import short_repr
 
 
 def snap(state: str = "running", **counts: int) -> Snapshot:

@@ -11,6 +11,7 @@ import pytest
 
 from ceranubis_jupyter import CeranubisExecutor, NodeLost
 from tests.remote import by_value
+from tests.task_records import TaskRecords
 
 
 @by_value
@@ -23,6 +24,7 @@ def nap(seconds: float, value: Any = None) -> Any:
 
 def test_queued_tasks_of_a_lost_node_keep_their_retries() -> None:
     with CeranubisExecutor(max_workers=1, retries=0) as executor:
+        tasks = TaskRecords(executor)
         executor.submit(nap, 0.0).result(timeout=30)
         running = executor.submit(nap, 30.0, "running")
         queued = [executor.submit(nap, 0.01, i) for i in range(3)]
@@ -35,4 +37,4 @@ def test_queued_tasks_of_a_lost_node_keep_their_retries() -> None:
         with pytest.raises(NodeLost, match=r"lost with its node 1 times"):
             running.result(timeout=30)
         assert [f.result(timeout=30) for f in queued] == [0, 1, 2]
-        assert all(f._ceranubis_record.attempts == 0 for f in queued)  # type: ignore[attr-defined]
+        assert all(tasks.of(f).attempts == 0 for f in queued)

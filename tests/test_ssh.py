@@ -19,7 +19,7 @@ import pytest
 from ceranubis_jupyter import CeranubisExecutor
 from ceranubis_jupyter.cluster.bootstrap import node_bundle
 from ceranubis_jupyter.cluster.hosts import Host
-from ceranubis_jupyter.cluster.scheduler import CREDIT_PER_WORKER
+from ceranubis_jupyter.cluster.link import CREDIT_PER_WORKER
 from ceranubis_jupyter.cluster.ssh import PREFERRED_CIPHER
 from ceranubis_jupyter.cluster.transport import NODE_MARKER
 from tests.fixtures_ssh import (
@@ -33,6 +33,7 @@ from tests.fixtures_ssh import (
     wait_until_ready,
 )
 from tests.remote import by_value
+from tests.task_records import TaskRecords
 
 # Seconds any single result may take in these tests.
 RESULT_TIMEOUT = 30.0
@@ -144,11 +145,12 @@ def test_local_and_both_servers_in_one_executor(
         Host(OPENSSH_ALIAS, python=TEST_PYTHON, workers=1),
     ]
     with CeranubisExecutor(hosts, max_workers=1) as executor:
+        tasks = TaskRecords(executor)
         wait_until_ready(executor, 3)
         # More tasks than the three nodes' credit together, so every node gets some.
         futures = [executor.submit(nap, 0.01) for _ in range(TASKS_FOR_THREE)]
         assert len({f.result(timeout=RESULT_TIMEOUT) for f in futures}) == 3
-        landed = {f._ceranubis_record.host for f in futures}  # type: ignore[attr-defined]
+        landed = set(tasks.hosts(futures))
         done = {info.host: info.done for info in executor.hosts()}
     assert landed == {"local", ASYNCSSH_ALIAS, OPENSSH_ALIAS}
     assert sum(done.values()) == TASKS_FOR_THREE and all(done.values())

@@ -28,9 +28,10 @@ from ceranubis_jupyter import (
 )
 from ceranubis_jupyter.cluster.bootstrap import _bundle_files, build_bundle
 from ceranubis_jupyter.cluster.hosts import Host
-from ceranubis_jupyter.cluster.scheduler import Scheduler, VersionMismatchOnHost
+from ceranubis_jupyter.cluster.scheduler import Scheduler
 from ceranubis_jupyter.cluster.ssh import SSHTransport
 from ceranubis_jupyter.cluster.tasks import TaskRecord
+from ceranubis_jupyter.errors import HostVersionMismatch
 from ceranubis_jupyter.wire import protocol as p
 from tests.fixtures_ssh import (
     OPENSSH_ALIAS,
@@ -226,7 +227,7 @@ def test_node_of_another_protocol_version_is_refused(
         "\nPROTOCOL_VERSION = 2\n", "\nPROTOCOL_VERSION = 99\n"
     ).encode()
     error = _error_of_patched_node(files)
-    assert isinstance(error, VersionMismatchOnHost) and not error.transient
+    assert isinstance(error, HostVersionMismatch) and not error.transient
     assert "protocol version 99" in str(error) and "speaks 2" in str(error)
 
 
@@ -257,6 +258,6 @@ def test_node_of_another_python_is_refused_naming_both_versions(
     files["ceranubis_jupyter/node/hostinfo.py"] = patched.encode()
     error = _error_of_patched_node(files)
     ours = f"{sys.version_info.major}.{sys.version_info.minor}"
-    assert isinstance(error, VersionMismatchOnHost) and not error.transient
+    assert isinstance(error, HostVersionMismatch) and not error.transient
     assert f"remote Python is 3.99.1 but the client runs {ours}" in str(error)
     assert OPENSSH_ALIAS in str(error)

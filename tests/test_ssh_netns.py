@@ -19,7 +19,7 @@ import pytest
 
 from ceranubis_jupyter import CeranubisExecutor, HostUnreachable
 from ceranubis_jupyter.cluster.hosts import Host
-from ceranubis_jupyter.cluster.scheduler import CREDIT_PER_WORKER, SILENCE_TIMEOUT
+from ceranubis_jupyter.cluster.link import CREDIT_PER_WORKER, SILENCE_TIMEOUT
 from tests.fixtures_ssh import (
     TEST_PYTHON,
     OpenSSHServer,
@@ -28,6 +28,7 @@ from tests.fixtures_ssh import (
     wait_until_ready,
 )
 from tests.remote import by_value
+from tests.task_records import TaskRecords
 from tests.test_ssh_failures import only_error
 
 # Seconds any result may take here.
@@ -128,10 +129,11 @@ def test_work_lands_on_local_and_two_namespace_hosts(
 ) -> None:
     remote = [Host(h.alias, python=TEST_PYTHON, workers=1) for h in netns_hosts]
     with CeranubisExecutor(["local", *remote], max_workers=1) as executor:
+        tasks = TaskRecords(executor)
         wait_until_ready(executor, 3)
         futures = [executor.submit(whereabouts) for _ in range(TASKS_FOR_THREE)]
         results = [f.result(timeout=RESULT_TIMEOUT) for f in futures]
-        hosts = [f._ceranubis_record.host for f in futures]  # type: ignore[attr-defined]
+        hosts = tasks.hosts(futures)
         places = dict(zip(hosts, results, strict=True))
         done = {info.host: info.done for info in executor.hosts()}
     assert set(places) == {"local", *(h.alias for h in netns_hosts)}
@@ -171,6 +173,7 @@ def test_a_partitioned_host_loses_its_node_and_its_work_moves(
     kept, cut = netns_hosts
     hosts = [Host(h.alias, python=TEST_PYTHON, workers=1) for h in netns_hosts]
     with CeranubisExecutor(hosts) as executor:
+        tasks = TaskRecords(executor)
         wait_until_ready(executor, 2)
         node = psutil.Process({i.host: i.pid for i in executor.hosts()}[cut.alias])
         processes = [node, *node.children()]
@@ -178,7 +181,7 @@ def test_a_partitioned_host_loses_its_node_and_its_work_moves(
         for _ in range(4):  # one at a time, so the credit-based dispatch alternates hosts
             slow.append(executor.submit(nap_where, PARTITION_TASK_SECONDS))
             time.sleep(0.1)
-        on_cut = [f for f in slow if f._ceranubis_record.host == cut.alias]  # type: ignore[attr-defined]
+        on_cut = [f for f, host in zip(slow, tasks.hosts(slow), strict=True) if host == cut.alias]
         assert on_cut, "no task reached the host before the cut; the test would prove nothing"
         # No FIN, no RST: a silent partition. The namespace's end goes down, so our route to
         # the host stays and reconnects die on the veth; downing our end would drop the

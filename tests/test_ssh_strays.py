@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
-from ceranubis_jupyter.cluster.scheduler import SILENCE_TIMEOUT
+from ceranubis_jupyter.cluster.link import SILENCE_TIMEOUT
 from ceranubis_jupyter.cluster.transport import NODE_MARKER
 from tests.fixtures_ssh import ASYNCSSH_ALIAS, OPENSSH_ALIAS, TEST_PYTHON, SSHHome
 

@@ -12,6 +12,7 @@ import pytest
 from ceranubis_jupyter import CeranubisExecutor, ConfigError, Host, TaskTimeout
 from tests.fixtures_ssh import OPENSSH_ALIAS, TEST_PYTHON
 from tests.remote import by_value
+from tests.task_records import TaskRecords
 
 
 @by_value
@@ -35,10 +36,6 @@ def worker_pid(_: Any = None) -> int:
     import os
 
     return os.getpid()
-
-
-def host_of(future: cf.Future[Any]) -> str:
-    return str(future._ceranubis_record.host)  # type: ignore[attr-defined]
 
 
 def wait_busy(executor: CeranubisExecutor, busy: int, timeout: float = 20.0) -> None:
@@ -117,6 +114,7 @@ def two_hosts(hosts_openssh: list[Host]) -> Iterator[CeranubisExecutor]:
 
 
 def test_groups_pin_tasks_to_their_hosts(two_hosts: CeranubisExecutor) -> None:
+    host_of = TaskRecords(two_hosts).host
     near = [two_hosts.options(group="near").submit(nap, 0.01, i) for i in range(8)]
     far = [two_hosts.options(group="far").submit(nap, 0.01, i) for i in range(8)]
     assert [f.result(timeout=60) for f in near + far] == list(range(8)) * 2
@@ -126,6 +124,8 @@ def test_groups_pin_tasks_to_their_hosts(two_hosts: CeranubisExecutor) -> None:
 
 def test_add_and_remove_hosts_while_running(hosts_openssh: list[Host]) -> None:
     with CeranubisExecutor([Host("local", workers=1)]) as executor:
+        tasks = TaskRecords(executor)
+        host_of = tasks.host
         first = [executor.submit(nap, 0.05, i) for i in range(4)]
         executor.add_hosts(Host(OPENSSH_ALIAS, python=TEST_PYTHON, workers=1))
         more = [executor.submit(nap, 0.2, i) for i in range(20)]
@@ -134,13 +134,12 @@ def test_add_and_remove_hosts_while_running(hosts_openssh: list[Host]) -> None:
 
         running = executor.submit(nap, 1.5, "drained")
         deadline = time.monotonic() + 20
-        while running._ceranubis_record.host is None:  # type: ignore[attr-defined]
+        while (ran_on := host_of(running)) is None:
             assert time.monotonic() < deadline, "the task never reached a node"
             time.sleep(0.01)
-        ran_on = host_of(running)
         executor.remove_hosts(ran_on, drain=True)
         assert running.done() and running.result() == "drained"
-        assert running._ceranubis_record.attempts == 0  # type: ignore[attr-defined]
+        assert tasks.of(running).attempts == 0
         rest = [executor.submit(nap, 0.01, i) for i in range(6)]
         assert [f.result(timeout=60) for f in rest] == list(range(6))
         assert {host_of(f) for f in rest} == {"local", OPENSSH_ALIAS} - {ran_on}
@@ -150,6 +149,7 @@ def test_add_and_remove_hosts_while_running(hosts_openssh: list[Host]) -> None:
 def test_remove_without_drain_requeues_running_work(hosts_openssh: list[Host]) -> None:
     remote = Host(OPENSSH_ALIAS, python=TEST_PYTHON, workers=1)
     with CeranubisExecutor([Host("local", workers=1), remote]) as executor:
+        host_of = TaskRecords(executor).host
         executor.submit(nap, 0.0).result(timeout=60)
         wait_ready = time.monotonic() + 30
         while len([i for i in executor.hosts() if i.state == "ready"]) < 2:

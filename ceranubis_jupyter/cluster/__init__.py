@@ -3,7 +3,7 @@
 ::
 
     CeranubisExecutor ─► Scheduler (loop thread) ─► NodeLink ─► Transport ─► node
-        mapping, tasks      loopthread                link       transport (pipes), ssh,
+        mapping, tasks      loopthread, outcomes      link       transport (pipes), ssh,
                                                                  bootstrap, hosts
 
 ``ssh_options`` resolves a host's SSH settings and refuses any that would turn host-key

@@ -1,7 +1,7 @@
 """``NodeExecutor``: a real ``concurrent.futures.Executor`` over local and SSH nodes.
 
 The kernel thread serializes (functions once, arguments per task) and hands a
-:class:`~ceranubis_jupyter.scheduler.TaskRecord` to the scheduler's loop thread; futures
+:class:`~ceranubis_jupyter.cluster.tasks.TaskRecord` to the scheduler's loop thread; futures
 are plain :class:`concurrent.futures.Future` objects, so ``wait``, ``as_completed`` and
 ``asyncio.wrap_future`` work on them.
 """
@@ -18,16 +18,17 @@ from concurrent.futures import Executor, Future
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from ..errors import ConfigError, UnpicklableError
+from ..errors import ConfigError
 from ..exits import Stage, on_exit
 from ..wire import protocol as p
-from ..wire.serialize import describe_failure, dumps, dumps_function
+from ..wire.describe import unpicklable_arguments, unpicklable_function
+from ..wire.serialize import dumps, dumps_function
 from .hosts import Host, HostSpec, as_host
-from .link import SILENCE_TIMEOUT
+from .link import SILENCE_TIMEOUT, HostInfo
 from .mapping import MapSlot, MapWaiter, results_in_order
 from .reach import transports_for
-from .scheduler import DEFAULT_RETRIES, HostInfo, Scheduler, TaskRecord
-from .tasks import ResultSlot
+from .scheduler import Scheduler
+from .tasks import DEFAULT_RETRIES, ResultSlot, TaskRecord
 
 T = TypeVar("T")
 log = logging.getLogger("ceranubis")
@@ -95,6 +96,9 @@ class NodeExecutor(Executor):
         self._scheduler = Scheduler(self._transports, silence_timeout=heartbeat_timeout)
         self._functions: dict[int, tuple[Callable[..., Any], int]] = {}
         self._fn_ids = itertools.count(1)
+        # Each submit() future's task id, for cancel() and task_id_of(). Weak keys: the
+        # values are ints, so a dropped future takes nothing of its task with it.
+        self._task_ids: weakref.WeakKeyDictionary[Future[Any], int] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         self._shutdown = False
         _live_executors.add(self)
@@ -189,9 +193,20 @@ class NodeExecutor(Executor):
 
     def cancel(self, futures: Iterable[Future[Any]]) -> None:
         """Stop these futures' tasks wherever they are, running ones included."""
-        ids = [task_id for f in futures if (task_id := getattr(f, "_ceranubis_id", 0))]
+        ids = [task_id for f in futures if (task_id := self.task_id_of(f)) is not None]
         if ids and not self._scheduler.loop.is_closed():
             self._scheduler.cancel_threadsafe(ids)
+
+    def task_id_of(self, future: Future[Any]) -> int | None:
+        """The id of the task behind a future that :meth:`submit` returned.
+
+        It is the ``task_id`` of the task's errors, of the records scheduler listeners
+        get and of :meth:`Scheduler.in_flight_threadsafe`; ``None`` for any other future.
+        """
+        try:
+            return self._task_ids.get(future)
+        except TypeError:  # not weakly referable, so not one of ours
+            return None
 
     @property
     def closed(self) -> bool:
@@ -215,9 +230,8 @@ class NodeExecutor(Executor):
         fn_id = self._check_submit(fn)
         future: Future[Any] = Future()
         record = self._record(options, fn_id, kind, arguments, future)
-        future._ceranubis_id = record.task_id  # type: ignore[attr-defined]
+        self._task_ids[future] = record.task_id
         if not future.done():  # else its arguments would not pickle
-            future._ceranubis_record = record  # type: ignore[attr-defined]
             self._scheduler.submit_threadsafe(record)
         return future
 
@@ -236,14 +250,19 @@ class NodeExecutor(Executor):
         kind: int,
         arguments: Any,
         outcome: Future[Any] | ResultSlot,
+        first_call: int = 1,
     ) -> TaskRecord:
-        """A call's record, arguments serialized; when they will not pickle, ``outcome``
-        is failed with the reason instead (and the record must not be queued)."""
+        """A task's record, arguments serialized; when they will not pickle, ``outcome``
+        is failed with the reason instead (and the record must not be queued).
+        ``first_call`` numbers its first call in that message (a map's calls count on)."""
         record = self.prepared_task(options, fn_id, outcome, kind, p.PICKLE, b"")
         try:
             codec, payload, buffers = dumps(arguments)
         except Exception as error:
-            failure = _unpicklable_arguments(record.task_id, kind, arguments, error)
+            calls = [arguments] if kind == p.CALL else [(args, {}) for args in arguments]
+            failure = unpicklable_arguments(
+                calls, error, first_call=first_call, task_id=record.task_id
+            )
             outcome.set_exception(failure)
             return record
         record.codec, record.payload = codec, payload
@@ -288,10 +307,7 @@ class NodeExecutor(Executor):
         try:
             blob = dumps_function(fn)
         except Exception as error:
-            raise UnpicklableError(
-                f"the function {_short_repr(fn)} could not be serialized with dill: "
-                f"{describe_failure(error)}"
-            ) from error
+            raise unpicklable_function(fn, error) from error
         fn_id = next(self._fn_ids)
         self._scheduler.add_function_threadsafe(fn_id, blob)
         self._functions[id(fn)] = (fn, fn_id)
@@ -330,9 +346,11 @@ class NodeExecutor(Executor):
         fn_id = self._check_submit(fn)
         slots: list[MapSlot] = []
         batch: list[TaskRecord] = []
+        chunked, first_call = kind == p.CHUNK, 1
         for call in arguments:
             slot = MapSlot(waiter)
-            record = self._record(options, fn_id, kind, call, slot)
+            record = self._record(options, fn_id, kind, call, slot, first_call)
+            first_call += len(call) if chunked else 1
             slots.append(slot)
             if not slot.done():
                 batch.append(record)
@@ -369,39 +387,6 @@ class TaskOptionsView:
 def _chunks(calls: Iterator[tuple[Any, ...]], size: int) -> Iterator[list[tuple[Any, ...]]]:
     while chunk := list(itertools.islice(calls, size)):
         yield chunk
-
-
-def _unpicklable_arguments(
-    task_id: int, kind: int, arguments: Any, error: Exception
-) -> UnpicklableError:
-    """Name the first argument that will not pickle, and why."""
-    if kind == p.CALL:
-        args, kwargs = arguments
-        named = [(f"argument {i + 1}", value) for i, value in enumerate(args)]
-        named += [(f"keyword argument {key!r}", value) for key, value in kwargs.items()]
-    else:
-        named = [(f"item {i + 1} of the chunk", value) for i, value in enumerate(arguments)]
-    for label, value in named:
-        try:
-            dumps(value)
-        except Exception as reason:
-            return UnpicklableError(
-                f"{label} of task {task_id} ({_short_repr(value)}) could not be pickled: "
-                f"{describe_failure(reason)}",
-                task_id=task_id,
-            )
-    return UnpicklableError(
-        f"the arguments of task {task_id} could not be pickled: {describe_failure(error)}",
-        task_id=task_id,
-    )
-
-
-def _short_repr(obj: Any, limit: int = 80) -> str:
-    try:
-        text = repr(obj)
-    except Exception:
-        text = f"<{type(obj).__name__} object>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _shutdown_all() -> None:

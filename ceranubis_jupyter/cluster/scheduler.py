@@ -7,7 +7,9 @@
     submit() ─► TaskRecord ─► incoming ─► pending (heap by priority) ─► NodeLink ─► node
                 (deque; one wake-up       │  dispatch while a node       │ credit =
                  per burst)               │  has credit                  │ workers*prefetch
-    Future ◄──── set_result / exception ◄─┴──────── Results ◄────────────┘
+                                          │                              │
+    Future ◄── value, or the error ◄──────┴── outcomes.failure_of ◄── Results
+               (listeners told first)         (None: pending again)
 
 How it works:
 
@@ -15,10 +17,17 @@ How it works:
    wakes the loop once per burst (``call_soon_threadsafe`` costs more than the append).
 2. The loop moves incoming records into ``pending`` and dispatches: every node takes as many
    tasks as it has free credit, functions first (each sent once per node), in one frame.
-3. Each :class:`NodeLink` reads frames; a result resolves its future and frees credit.
+3. Each :class:`NodeLink` reads frames; a result frees credit and ends its task: an ``OK``
+   result's value goes to the future, any other status becomes the error that
+   :mod:`~ceranubis_jupyter.cluster.outcomes` names for it, or (a crashed worker with
+   retries left) sends the task back to pending. Listeners hear of each finished task
+   just before its future is set.
 4. A node that ends (EOF, silence, garbage) is lost: its in-flight tasks go back to pending
-   and the link restarts it with backoff. Only when no node can start do futures fail with
+   (``outcomes.lost_with_node`` counts their attempts) and the link restarts it with
+   backoff. Only when no node can start do futures fail with
    :class:`BrokenCeranubisExecutor`.
+5. Hosts come and go while work runs: an added host gets a link at once; a removed one
+   drains (or re-queues) its tasks, and tasks pinned to a group left without hosts fail.
 
 The kernel thread never blocks on the loop except where the caller asked to wait.
 """
@@ -29,46 +38,28 @@ import asyncio
 import collections
 import heapq
 import itertools
-import json
 import logging
 import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import CancelledError
-from typing import TypeVar
 
 from ..errors import (
     BrokenCeranubisExecutor,
     CeranubisError,
     ConfigError,
     HostError,
-    HostVersionMismatch,
-    NodeLost,
     NoHostsAvailable,
-    RemoteTraceback,
-    TaskError,
-    TaskTimeout,
-    UnpicklableError,
-    WorkerCrashed,
-    crash_advice,
-    describe_exit,
 )
 from ..wire import protocol as p
-from ..wire.serialize import RemoteException, loads
-from .link import CREDIT_PER_WORKER, SILENCE_TIMEOUT, HostInfo, NodeLink
+from ..wire.serialize import loads
+from .link import SILENCE_TIMEOUT, HostInfo, NodeLink
 from .loopthread import LoopThread
-from .tasks import (
-    DEFAULT_RETRIES,
-    InFlight,
-    PendingQueue,
-    ResultSlot,
-    TaskListener,
-    TaskRecord,
-)
+from .outcomes import failure_of, lost_with_node, no_host_left, no_such_group, unpickled_result
+from .tasks import InFlight, PendingQueue, ResultSlot, TaskListener, TaskRecord
 from .transport import Transport
 
 log = logging.getLogger("ceranubis")
-T = TypeVar("T")
 
 
 # How often a draining host is checked for its last running task.
@@ -263,13 +254,7 @@ class Scheduler:
         while incoming:
             record = incoming.popleft()
             if record.group is not None and not self._group_exists(record.group):
-                self._fail(
-                    record,
-                    ConfigError(
-                        f"task {record.task_id} asks for group {record.group!r} but no host of "
-                        "the executor is in it; give a host Host(..., group=...)"
-                    ),
-                )
+                self._fail(record, no_such_group(record))
                 continue
             self.pending.push(record)
         self._dispatch()
@@ -343,21 +328,14 @@ class Scheduler:
             lambda record: record.group is not None and not self._group_exists(record.group)
         )
         for record in stranded:
-            self._fail(record, self._stranded_error(record))
+            self._fail(record, no_host_left(record, self._errors_of_group(record.group)))
 
-    def _stranded_error(self, record: TaskRecord) -> NoHostsAvailable:
-        group = record.group
-        errors = [
+    def _errors_of_group(self, group: str | None) -> list[HostError]:
+        return [
             self.host_errors[link.host]
             for link in self.links
             if link.group == group and link.host in self.host_errors
         ]
-        return NoHostsAvailable(
-            errors,
-            f"task {record.task_id} needs a host of group {group!r} and none is left "
-            "(given up or removed); add one with executor.add_hosts([Host(..., "
-            f"group={group!r})]) and submit again",
-        )
 
     def _break(self, error: BaseException) -> None:
         self.broken = error
@@ -388,49 +366,18 @@ class Scheduler:
         self._dispatch()
 
     def _resolve(self, link: NodeLink, record: TaskRecord, result: p.Result) -> None:
-        status = result.status
-        if status == p.OK:
+        if result.status == p.OK:
             self._succeed(link, record, result)
-        elif status == p.RAISED:
-            self._fail(record, _user_exception(link.host, record, result))
-        elif status == p.CRASHED:
-            self._crashed(link, record, result)
-        elif status == p.UNPICKLABLE:
-            text = bytes(result.payload).decode("utf-8", "replace")
-            self._fail(
-                record,
-                UnpicklableError(
-                    f"task {record.task_id} on {link.host}: {text}",
-                    host=link.host,
-                    task_id=record.task_id,
-                ),
-            )
-        elif status == p.TIMED_OUT:
-            self._fail(
-                record,
-                TaskTimeout(
-                    f"task {record.task_id} on {link.host} ran longer than its timeout of "
-                    f"{record.timeout:g} s; its worker was killed and replaced",
-                    host=link.host,
-                    task_id=record.task_id,
-                ),
-            )
+        elif (error := failure_of(link.host, record, result)) is None:
+            self._requeue(record)  # its worker died under it; retries are left
         else:
-            self._fail(record, CancelledError(f"task {record.task_id} was cancelled"))
+            self._fail(record, error)
 
     def _succeed(self, link: NodeLink, record: TaskRecord, result: p.Result) -> None:
         try:
             value = loads(result.codec, result.payload, result.buffers)
         except Exception as error:
-            self._fail(
-                record,
-                UnpicklableError(
-                    f"the result of task {record.task_id} from {link.host} could not be unpickled "
-                    f"here: {type(error).__name__}: {error}",
-                    host=link.host,
-                    task_id=record.task_id,
-                ),
-            )
+            self._fail(record, unpickled_result(link.host, record, error))
             return
         link.info.done += 1
         future = record.future
@@ -439,26 +386,6 @@ class Scheduler:
         self._finished(record)
         if not future.done():
             future.set_result(value)
-
-    def _crashed(self, link: NodeLink, record: TaskRecord, result: p.Result) -> None:
-        info = json.loads(bytes(result.payload))
-        exitcode = int(info.get("exitcode", 0))
-        record.attempts += 1
-        how = describe_exit(exitcode)
-        if record.attempts <= record.retries:
-            log.warning(
-                "[host=%s task=%d] worker died (%s); retrying", link.host, record.task_id, how
-            )
-            self._requeue(record)
-            return
-        message = (
-            f"worker {info.get('pid', '?')} on {link.host} died with {how} while running "
-            f"task {record.task_id} ({record.attempts} attempts); {crash_advice(exitcode)}"
-        )
-        self._fail(
-            record,
-            WorkerCrashed(message, host=link.host, task_id=record.task_id, exitcode=exitcode),
-        )
 
     def requeue_lost(
         self, link: NodeLink, records: list[TaskRecord], *, possibly_running: int = 0
@@ -470,18 +397,11 @@ class Scheduler:
         """
         log.warning("[host=%s] node lost; %d tasks re-queued", link.host, len(records))
         for index, record in enumerate(records):
-            record.attempts += index < possibly_running
-            if record.attempts <= record.retries:
+            error = lost_with_node(link.host, record, index < possibly_running)
+            if error is None:
                 self._requeue(record)
             else:
-                self._fail(
-                    record,
-                    NodeLost(
-                        link.host,
-                        f"task {record.task_id} was lost with its node "
-                        f"{record.attempts} times; giving up",
-                    ),
-                )
+                self._fail(record, error)
         self._dispatch()
 
     def _requeue(self, record: TaskRecord) -> None:
@@ -567,45 +487,3 @@ def _report_crash(task: asyncio.Task[None]) -> None:
     """A link task must never die silently of a bug."""
     if not task.cancelled() and task.exception() is not None:
         log.error("node link crashed (a bug in ceranubis)", exc_info=task.exception())
-
-
-def _user_exception(host: str, record: TaskRecord, result: p.Result) -> BaseException:
-    """The exception the user's function raised, with the remote traceback as its cause."""
-    try:
-        remote: RemoteException = loads(result.codec, result.payload)
-    except Exception as error:
-        return TaskError(
-            f"task {record.task_id} on {host} raised an exception that could not be "
-            f"unpickled here: {type(error).__name__}: {error}",
-            host=host,
-            task_id=record.task_id,
-        )
-    header = f"Remote traceback of task {record.task_id} on {host}:"
-    cause = RemoteTraceback(remote.format(header))
-    exception = remote.exception
-    if exception is None:
-        exception = TaskError(
-            f"task {record.task_id} on {host} raised {remote.type_name}: {remote.message} "
-            "(the exception itself could not be pickled)",
-            host=host,
-            task_id=record.task_id,
-        )
-    exception.__cause__ = cause
-    return exception
-
-
-# Older names, kept for callers that import them from here.
-VersionMismatchOnHost = HostVersionMismatch
-
-__all__ = [
-    "CREDIT_PER_WORKER",
-    "DEFAULT_RETRIES",
-    "SILENCE_TIMEOUT",
-    "HostInfo",
-    "LoopThread",
-    "NodeLink",
-    "Scheduler",
-    "TaskListener",
-    "TaskRecord",
-    "VersionMismatchOnHost",
-]

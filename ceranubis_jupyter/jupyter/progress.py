@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..projects.views import format_duration
+from ..wire.describe import short_repr
 
 # How many finished results the snapshot keeps (more crowds the widget).
 RECENT_RESULTS = 5
@@ -27,8 +28,6 @@ RECENT_ERRORS = 3
 OUTPUT_LINES_PER_HOST = 4
 # Output lines asked from the project (over all hosts) before the per-host cut.
 OUTPUT_LINES_FETCHED = 40
-# Longest repr of an argument tuple or result shown; longer ones are cut with "...".
-REPR_LIMIT = 80
 # Longest output line shown; a task printing a megabyte line must not flood the page.
 LINE_LIMIT = 200
 # Seconds of history the rate is measured over: shorter follows changes, longer is calmer.
@@ -271,15 +270,6 @@ def last_lines_per_host(
             kept.append((host, cut(line.rstrip("\n"), LINE_LIMIT)))
     kept.reverse()
     return tuple(kept)
-
-
-def short_repr(value: Any, limit: int = REPR_LIMIT) -> str:
-    """``repr`` cut to ``limit`` characters; never raises."""
-    try:
-        text = repr(value)
-    except Exception:
-        text = f"<{type(value).__name__} object>"
-    return cut(text, limit)
 
 
 def cut(text: str, limit: int) -> str:

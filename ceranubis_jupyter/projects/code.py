@@ -14,9 +14,10 @@ from typing import Any
 
 from ..cluster.hosts import Host, HostSpec
 from ..errors import ConfigError
+from ..wire.describe import unpicklable_arguments, unpicklable_function
 from ..wire.serialize import dumps_function, loads_function
 from .records import ProjectRow
-from .rows import encode, encode_many
+from .rows import encode_many
 
 
 def check_args(args: Any) -> list[tuple[Any, ...]]:
@@ -111,27 +112,15 @@ def check_shippable(fn: Callable[..., Any]) -> bytes:
     try:
         return dumps_function(fn)
     except Exception as error:
-        raise ConfigError(
-            f"the function {getattr(fn, '__name__', fn)!r} cannot be serialized with dill "
-            f"({type(error).__name__}: {error}); define it at top level"
-        ) from None
+        raise unpicklable_function(fn, error) from None
 
 
 def encode_args(items: list[tuple[Any, ...]]) -> list[bytes]:
     """Each argument tuple as stored (see :func:`~ceranubis_jupyter.project_rows.encode`)."""
     try:
         return encode_many(items)
-    except Exception:
-        pass
-    for index, item in enumerate(items):  # find the culprit for the message
-        try:
-            encode(item)
-        except Exception as error:
-            raise ConfigError(
-                f"args item {index} cannot be pickled ({type(error).__name__}: {error}); "
-                "use plain data as arguments"
-            ) from None
-    raise AssertionError("unreachable")
+    except Exception as error:
+        raise unpicklable_arguments(((item, {}) for item in items), error) from None
 
 
 def source_of(fn: Callable[..., Any]) -> str:

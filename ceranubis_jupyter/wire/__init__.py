@@ -6,6 +6,7 @@ loop that writes queued bytes to a descriptor.
 - ``protocol``: the connection state machine (one transition table), client and node side.
 - ``serialize``: pickle/dill choice, out-of-band buffers, remote exceptions.
 - ``iov``: zero-copy ``writev`` of queued chunks, partial writes kept for later.
+- ``describe``: how messages show a user's value, and name the one that will not pickle.
 
 May import: the standard library, dill, and ``ceranubis_jupyter.errors``. Shipped to every
 host inside the node bundle, so nothing here may import another sub-package.
