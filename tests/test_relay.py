@@ -44,14 +44,18 @@ def digest(data: bytes) -> str:
 class NodeSpeaker:
     """A real node process and the client side of its protocol, driven by hand."""
 
-    def __init__(self) -> None:
+    def __init__(self, cut_through: bool = True) -> None:
         self.process = subprocess.Popen(
             node_command(sys.executable), stdin=subprocess.PIPE, stdout=subprocess.PIPE
         )
         self.conn = p.Connection(p.CLIENT)
         assert isinstance(self.next_message(), p.Hello)
         config = p.Configure(
-            protocol=p.PROTOCOL_VERSION, workers=2, heartbeat=0, silence_timeout=60
+            protocol=p.PROTOCOL_VERSION,
+            workers=2,
+            heartbeat=0,
+            silence_timeout=60,
+            cut_through=cut_through,
         )
         self.send(config)
         self.send(p.Function(1, dumps_function(digest)))
@@ -212,3 +216,25 @@ def test_big_lone_tasks_sent_while_the_loop_sleeps_arrive_whole(hosts: object) -
             data = os.urandom(size)
             time.sleep(0.05)  # the loop is asleep when the task is submitted
             assert executor.submit(digest, data).result(60) == hashlib.sha256(data).hexdigest()
+
+
+def test_with_cut_through_off_no_worker_reads_a_frame_before_it_is_whole() -> None:
+    node = NodeSpeaker(cut_through=False)
+    try:
+        workers = node.workers()
+        before = {worker.pid: _read_by(worker) for worker in workers}
+        data = os.urandom(BIG)
+        frame = _frame(7, data)
+        node_before = _read_by(psutil.Process(node.process.pid))
+        node.write(frame[: len(frame) // 2])
+        deadline = time.monotonic() + DEADLINE
+        while _read_by(psutil.Process(node.process.pid)) - node_before < len(frame) // 2:
+            assert time.monotonic() < deadline, "the node did not read the half frame"
+            time.sleep(0.02)
+        assert all(_read_by(w) - before[w.pid] < len(frame) // 8 for w in workers)
+        node.write(frame[len(frame) // 2 :])
+        result = next(node.results())
+        assert (result.task_id, result.status) == (7, p.OK)
+        assert pickle.loads(bytes(result.payload)) == hashlib.sha256(data).hexdigest()
+    finally:
+        node.close()

@@ -23,6 +23,7 @@ from ..exits import Stage, on_exit
 from ..wire import protocol as p
 from ..wire.describe import unpicklable_arguments, unpicklable_function
 from ..wire.serialize import dumps, dumps_function
+from .fastpaths import FastPaths
 from .hosts import Host, HostSpec, as_host
 from .link import SILENCE_TIMEOUT, HostInfo
 from .mapping import MapSlot, MapWaiter, results_in_order
@@ -66,6 +67,8 @@ class NodeExecutor(Executor):
             :class:`~ceranubis_jupyter.hosts.Host`.
         max_workers: worker processes for the embedded default (default: all cores).
         retries: times a task is re-run after its worker or node died under it.
+        fast_paths: which fast paths to use (:class:`~.fastpaths.FastPaths`; default: all
+            but those ``$CERANUBIS_FAST_PATHS_OFF`` names).
         heartbeat_timeout: seconds of silence after which a host counts as lost (its tasks
             are re-queued) and after which a node gives up on a silent client.
 
@@ -85,6 +88,7 @@ class NodeExecutor(Executor):
         max_workers: int | None = None,
         retries: int = DEFAULT_RETRIES,
         heartbeat_timeout: float = SILENCE_TIMEOUT,
+        fast_paths: FastPaths | None = None,
     ) -> None:
         if max_workers is not None and (not isinstance(max_workers, int) or max_workers <= 0):
             raise ConfigError(f"max_workers must be a positive integer, got {max_workers!r}")
@@ -93,7 +97,11 @@ class NodeExecutor(Executor):
         if heartbeat_timeout <= 0:
             raise ConfigError(f"heartbeat_timeout must be > 0 seconds, got {heartbeat_timeout}")
         self._max_workers = max_workers
-        self._scheduler = Scheduler(self._transports, silence_timeout=heartbeat_timeout)
+        self._scheduler = Scheduler(
+            self._transports,
+            silence_timeout=heartbeat_timeout,
+            fast_paths=fast_paths or FastPaths.from_env(),
+        )
         self._functions: dict[int, tuple[Callable[..., Any], int]] = {}
         self._fn_ids = itertools.count(1)
         # Each submit() future's task id, for cancel() and task_id_of(). Weak keys: the

@@ -31,6 +31,7 @@ from ..errors import (
     VersionMismatch,
 )
 from ..wire import protocol as p
+from .fastpaths import FastPaths
 from .tasks import TaskRecord
 from .transport import Channel, Transport
 
@@ -70,6 +71,7 @@ class LinkOwner(Protocol):
     """What a :class:`NodeLink` reports to (the scheduler), all on the loop thread."""
 
     silence_timeout: float
+    fast_paths: FastPaths
 
     def on_node_ready(self, link: NodeLink) -> None:
         """The node said hello and is configured: it can take tasks."""
@@ -251,7 +253,12 @@ class NodeLink:
         silence = self.scheduler.silence_timeout
         interval = self.heartbeat_interval
         asked = self.transport.workers or 0
-        self._send(p.Configure(p.PROTOCOL_VERSION, asked, interval, silence))
+        fast = self.scheduler.fast_paths
+        self._send(
+            p.Configure(
+                p.PROTOCOL_VERSION, asked, interval, silence, fast.direct_writes, fast.cut_through
+            )
+        )
         hello = await asyncio.wait_for(self._first_message(), START_TIMEOUT)
         self._check_hello(hello)
         workers = asked or hello.cores

@@ -53,6 +53,7 @@ from ..errors import (
 )
 from ..wire import protocol as p
 from ..wire.serialize import loads
+from .fastpaths import ALL_ON, FastPaths
 from .link import SILENCE_TIMEOUT, HostInfo, NodeLink
 from .loopthread import LoopThread
 from .outcomes import failure_of, lost_with_node, no_host_left, no_such_group, unpickled_result
@@ -73,11 +74,16 @@ class Scheduler:
     """Owns the loop thread, the pending queue and the node links."""
 
     def __init__(
-        self, transports: Sequence[Transport], *, silence_timeout: float = SILENCE_TIMEOUT
+        self,
+        transports: Sequence[Transport],
+        *,
+        silence_timeout: float = SILENCE_TIMEOUT,
+        fast_paths: FastPaths = ALL_ON,
     ) -> None:
         if not transports:
             raise CeranubisError("a scheduler needs at least one transport")
         self.silence_timeout = silence_timeout
+        self.fast_paths = fast_paths
         self.loop_thread = LoopThread()
         self.transports = list(transports)
         self.links: list[NodeLink] = []
@@ -113,7 +119,11 @@ class Scheduler:
         """Queue a task from any thread; wakes the loop once per burst."""
         was_idle = self._count_in(1)
         self.incoming.append(record)
-        if was_idle and self.loop_thread.run_if_asleep(self._take_incoming_directly):
+        if (
+            was_idle
+            and self.fast_paths.inline_submit
+            and self.loop_thread.run_if_asleep(self._take_incoming_directly)
+        ):
             return
         self._wake_for_incoming()
 

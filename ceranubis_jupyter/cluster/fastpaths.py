@@ -1,0 +1,64 @@
+"""The fast paths, each of which one switch turns off (to measure it, or to rule it out).
+
+- ``direct_writes``: a worker writes a small results frame straight to the client instead of
+  through its node (one hop instead of two). Node side: ``node.worker.ClientPipe``.
+- ``cut_through``: a big task goes to an idle worker while its bytes are still arriving, so
+  its two hops overlap. Node side: ``node.relay``.
+- ``inline_submit``: an idle executor's first task is written to its node by the submitting
+  thread itself while the loop thread sleeps (one thread wake-up less per round trip).
+  Client side: ``Scheduler.submit_threadsafe``.
+
+Every one is on by default. ``CeranubisExecutor(fast_paths=FastPaths(cut_through=False))``
+turns one off for an executor; ``CERANUBIS_FAST_PATHS_OFF=direct_writes,cut_through`` (or
+``all``) for every executor of the process. The node learns its two from ``Configure``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+
+# The environment variable that turns fast paths off for the whole process.
+FAST_PATHS_OFF_ENV = "CERANUBIS_FAST_PATHS_OFF"
+
+
+@dataclass(frozen=True)
+class FastPaths:
+    """Which fast paths an executor uses; see the module docstring for each."""
+
+    direct_writes: bool = True
+    cut_through: bool = True
+    inline_submit: bool = True
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The switches' names."""
+        return tuple(field.name for field in dataclasses.fields(cls))
+
+    @classmethod
+    def without(cls, *names: str) -> FastPaths:
+        """All on but ``names`` (``"all"``: all off); unknown names are a ``ConfigError``."""
+        if "all" in names:
+            names = cls.names()
+        unknown = sorted(set(names) - set(cls.names()))
+        if unknown:
+            raise ConfigError(
+                f"unknown fast paths {', '.join(unknown)}; known: {', '.join(cls.names())}"
+            )
+        return cls(**{name: False for name in names})
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> FastPaths:
+        """All on, but those that ``$CERANUBIS_FAST_PATHS_OFF`` names."""
+        text = environ.get(FAST_PATHS_OFF_ENV, "")
+        return cls.without(*(name.strip() for name in text.split(",") if name.strip()))
+
+
+# Every fast path on: the default.
+ALL_ON = FastPaths()
+
+__all__ = ["ALL_ON", "FAST_PATHS_OFF_ENV", "FastPaths"]
