@@ -306,3 +306,21 @@ def test_postgres_flushes_leave_no_staged_rows_behind(pg_url: str) -> None:
         assert store.record_outcomes([], _done_values(ids[start : start + 1000])) == 1000
     [(size,)] = store._read("SELECT pg_relation_size('cj_outcomes')")
     assert size == 0 and store.counts(project_id)["done"] == 3000
+
+
+def test_outcomes_of_every_kind_and_plain_results_are_written_in_one_call(store_url: str) -> None:
+    store = open_store(store_url)
+    row, ids = store.add_project("p", "", "f", [], None, [b"a"] * 4, this_client())
+    printed, plain, failed, flat = ids
+    timing: dict[str, Any] = dict(host="h", attempts=1, started=1.0, finished=2.0)
+    outcomes = [
+        Outcome(printed, "done", b"x", output="hi\n", **timing),
+        Outcome(plain, "done", b"y", **timing),  # joins the batched results
+        Outcome(failed, "failed", error="boom", **timing),
+    ]
+    assert store.record_outcomes(outcomes, [flat, b"z", "h", 2, 3.0, 4.0]) == 4
+    rows = {r.id: r for r in store.arguments(row.id, ["done", "failed"])}
+    assert (rows[printed].result, rows[printed].output) == (b"x", "hi\n")
+    assert (rows[plain].result, rows[plain].output, rows[plain].finished) == (b"y", None, 2.0)
+    assert (rows[failed].state, rows[failed].error, rows[failed].result) == ("failed", "boom", None)
+    assert (rows[flat].result, rows[flat].attempts, rows[flat].started) == (b"z", 2, 3.0)
