@@ -141,7 +141,11 @@ class OutcomeCollector:
 
     def span(self, lo: int) -> tuple[int, int]:
         """``(lo, hi)``: the arguments of the task whose first argument is ``lo``."""
-        return lo, min(lo + self.chunksize, len(self.args))
+        return lo, self.end(lo)
+
+    def end(self, lo: int) -> int:
+        """One past the last argument of the task whose first argument is ``lo``."""
+        return min(lo + self.chunksize, len(self.args))
 
     def track(self, task_ids: Sequence[int], starts: Sequence[int]) -> None:
         """Know these tasks (before they are submitted: one may finish at once)."""
@@ -213,7 +217,7 @@ class OutcomeCollector:
         for task in in_flight:
             lo = spans.get(task.task_id)
             if lo is not None:
-                running += self.span(lo)[1] - lo
+                running += self.end(lo) - lo
         return running
 
     def running_marks(
@@ -230,7 +234,7 @@ class OutcomeCollector:
                 continue
             marked.add(task.task_id)
             started = task.started + self.clock if task.started else time.time()
-            rows.extend((arg_id, task.host, started) for arg_id in ids[lo : self.span(lo)[1]])
+            rows.extend((arg_id, task.host, started) for arg_id in ids[lo : self.end(lo)])
         return rows
 
     # ------------------------------------------------------------------ collecting

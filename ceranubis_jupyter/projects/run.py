@@ -390,8 +390,7 @@ class ProjectRun:
             kind, codec, payload = p.ARGS, blob[0], memoryview(blob)[1:]
         else:
             kind = p.CHUNK
-            hi = self.outcomes.span(lo)[1]
-            codec, payload = dumps_inband(list(self.plan.args[lo:hi]))
+            codec, payload = dumps_inband(list(self.plan.args[lo : self.outcomes.end(lo)]))
         return self.executor.prepared_task(
             self.options, self._fn_id, ResultSlot(), kind, codec, payload
         )
