@@ -21,7 +21,7 @@ from ceranubis_jupyter.cluster.link import HostInfo
 from ceranubis_jupyter.errors import NodeLost
 from ceranubis_jupyter.projects.commit import commit_function
 from ceranubis_jupyter.projects.project import Project
-from ceranubis_jupyter.projects.run import decode
+from ceranubis_jupyter.projects.rows import decode
 from tests.fixtures_faults import wait_for
 from tests.fixtures_ssh import OPENSSH_ALIAS, TEST_PYTHON, OpenSSHServer, SSHHome
 from tests.remote import by_value

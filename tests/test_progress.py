@@ -20,7 +20,7 @@ from ceranubis_jupyter.jupyter.progress import (
     snapshot_of,
 )
 from ceranubis_jupyter.jupyter.widget import ProgressWidget, render_errors, render_output
-from ceranubis_jupyter.projects.views import HostsTable
+from ceranubis_jupyter.projects.display import HostsTable
 from ceranubis_jupyter.wire.describe import short_repr
 
 

@@ -218,7 +218,8 @@ def test_a_project_bigger_than_its_submit_window_records_everything_once(
     args = [(x,) for x in range(1500)]
     with CeranubisExecutor() as executor:
         project = commit_function(executor, expected, args, store=store_url, name="window")
-        project.add_listener(lambda p: in_flight.append(p._run._in_flight()))  # type: ignore[union-attr]
+        run = project._live.run  # type: ignore[union-attr]
+        project.add_listener(lambda p: in_flight.append(run.in_flight))
         assert project.wait(DEADLINE)
     assert project.state == "done" and project.results() == [(a, expected(a[0])) for a in args]
     rows = open_store(store_url).arguments(project.id, ["done"])
@@ -242,13 +243,13 @@ def test_a_run_waiting_on_long_tasks_wakes_at_the_flush_period(store_url: str) -
     # return nothing for a second must not spin at that rate.
     with CeranubisExecutor(max_workers=2) as executor:
         project = commit_function(executor, time.sleep, [(0.01,), (2.0,)], store=store_url)
-        run = project._run
-        assert run is not None
+        assert project._live is not None
+        run = project._live.run
         wait_for(lambda: project.status()[0] == 1)
         time.sleep(0.2)
-        cycles = run._cycles_started
+        cycles = run.cycles
         time.sleep(1.0)
-        woke = run._cycles_started - cycles
+        woke = run.cycles - cycles
         assert 5 <= woke <= 1.0 / project_run.FLUSH_SECONDS + 5, woke
         assert project.wait(DEADLINE) and project.status() == (2, 2)
 

@@ -227,8 +227,8 @@ def test_batched_results_land_on_their_own_arguments(store_url: str) -> None:
     values: list[object] = []
     for k, arg_id in enumerate(chosen):
         values += (arg_id, f"result {k}".encode(), f"h{k % 3}", 1 + k % 2, k + 0.5, k + 1.5)
-    assert store.record_rows([], values) == 700
-    assert store.record_rows([], values) == 0
+    assert store.record_outcomes([], values) == 700
+    assert store.record_outcomes([], values) == 0
     rows = store.arguments(row.id, ["done"])
     assert [r.id for r in rows] == chosen
     assert [r.result for r in rows] == [f"result {k}".encode() for k in range(700)]
@@ -252,7 +252,7 @@ def test_an_unknown_state_is_refused_and_changes_nothing(store_url: str) -> None
 
 
 def _done_values(ids: list[int]) -> list[object]:
-    """``record_rows(done=...)`` values: a result per argument."""
+    """``record_outcomes(done=...)`` values: a result per argument."""
     values: list[object] = []
     for arg_id in ids:
         values += (arg_id, b"r", "h", 1, 1.0, 2.0)
@@ -277,7 +277,7 @@ def test_postgres_flush_reads_only_its_batch_whatever_the_statistics(pg_url: str
 
     store = open_store(pg_url)
     old = _new(store, "old", 20_000)
-    store.record_rows([], _done_values([r.id for r in store.arguments(old, ["pending"])]))
+    store.record_outcomes([], _done_values([r.id for r in store.arguments(old, ["pending"])]))
     with psycopg.connect(pg_url, autocommit=True) as admin:
         admin.execute("ANALYZE arguments")
     new = _new(store, "new", 2000)
@@ -303,7 +303,7 @@ def test_postgres_flushes_leave_no_staged_rows_behind(pg_url: str) -> None:
     project_id = _new(store, "p", 3000)
     ids = [r.id for r in store.arguments(project_id, ["pending"])]
     for start in range(0, len(ids), 1000):
-        assert store.record_rows([], _done_values(ids[start : start + 1000])) == 1000
+        assert store.record_outcomes([], _done_values(ids[start : start + 1000])) == 1000
     [(size,)] = store._read("SELECT pg_relation_size('cj_outcomes')")
     assert size == 0 and store.counts(project_id)["done"] == 3000
 
@@ -321,3 +321,21 @@ def test_an_existing_store_file_is_tightened_with_its_wal(tmp_path: Path) -> Non
             assert stat.S_IMODE(name.stat().st_mode) == 0o600, name
     finally:
         store.close()
+
+
+def test_outcomes_of_every_kind_and_plain_results_are_written_in_one_call(store_url: str) -> None:
+    store = open_store(store_url)
+    row, ids = store.add_project("p", "", "f", [], None, [b"a"] * 4, this_client())
+    printed, plain, failed, flat = ids
+    timing: dict[str, Any] = dict(host="h", attempts=1, started=1.0, finished=2.0)
+    outcomes = [
+        Outcome(printed, "done", b"x", output="hi\n", **timing),
+        Outcome(plain, "done", b"y", **timing),  # joins the batched results
+        Outcome(failed, "failed", error="boom", **timing),
+    ]
+    assert store.record_outcomes(outcomes, [flat, b"z", "h", 2, 3.0, 4.0]) == 4
+    rows = {r.id: r for r in store.arguments(row.id, ["done", "failed"])}
+    assert (rows[printed].result, rows[printed].output) == (b"x", "hi\n")
+    assert (rows[plain].result, rows[plain].output, rows[plain].finished) == (b"y", None, 2.0)
+    assert (rows[failed].state, rows[failed].error, rows[failed].result) == ("failed", "boom", None)
+    assert (rows[flat].result, rows[flat].attempts, rows[flat].started) == (b"z", 2, 3.0)

@@ -19,7 +19,7 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from ..cluster.hosts import LOCAL
 from ..errors import ConfigError, StoreError
 from ..projects.store import Store
-from ..projects.views import HostsTable, ProjectsTable
+from ..projects.display import HostsTable, ProjectsTable
 from .magic_args import (
     CELL_USAGE,
     DEFAULT_VAR,

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..projects.views import format_duration
+from ..projects.display import format_duration
 from ..wire.describe import short_repr
 
 # How many finished results the snapshot keeps (more crowds the widget).

@@ -3,17 +3,20 @@
 :func:`commit_project` (source text) and :func:`commit_function` (a function object;
 ``CeranubisExecutor.commit`` and the ``%%ceranubis`` magic use it) insert the project's
 row and arguments in one transaction while its run starts submitting, and return its
-:class:`~ceranubis_jupyter.project.Project`; ``project.py`` re-exports both. This module
-also keeps one open store per location in this process (:func:`shared_store`), which
-``project.py`` uses for loading and listing projects.
+:class:`~ceranubis_jupyter.projects.project.Project`. The flow: check the code, target and
+arguments (``code.py``) ─► a :class:`_Definition` (what is stored) and a
+:class:`~ceranubis_jupyter.projects.run.RunPlan` (what runs where) ─► the insert, during
+which the run starts ─► the run learns its ids, or is abandoned with the insert.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any
 
 from ..cluster.executor import NodeExecutor
 from ..cluster.hosts import HostSpec
@@ -30,6 +33,7 @@ from .code import (
 )
 from .project import Project
 from .records import ProjectRow, this_client
+from .run import ProjectRun, RunPlan, RunStart
 from .store import Store
 from .stores import shared_store
 
@@ -67,21 +71,13 @@ def commit_project(
             name, bad hosts (nothing is stored or run).
         StoreError: the store cannot be reached or is corrupt.
     """
-    items = check_args(args)
-    check_chunksize(chunksize)
+    items = _checked(args, chunksize)
     fn = function_from_code(code, target, name or target)
     check_shippable(fn)
-    blobs = encode_args(items)
-    store = shared_store(store)
-    auto = name is None
-    name = _pick_name(store, target, name)
+    definition = _define(store, name, code, target, lambda: host_names(hosts), None, items)
     executor = NodeExecutor(hosts)
     try:
-        return _create(
-            store,
-            _Definition(name, auto, code, target, host_names(hosts), None, blobs),
-            _Launch(executor, True, fn, items, chunksize, None),
-        )
+        return _create(definition, RunPlan(fn, items, definition.blobs, executor, True, chunksize))
     except BaseException:
         executor.shutdown(wait=False, cancel_futures=True)
         raise
@@ -118,24 +114,29 @@ def commit_function(
     """
     if not callable(fn):
         raise ConfigError(f"{fn!r} is not callable; pass the function to run")
+    items = _checked(args, chunksize)
+    target = getattr(fn, "__name__", type(fn).__name__)
+    code = _recorded_code(fn, code, target)
+    blob = check_shippable(fn)
+    hosts = executor.hosts
+    definition = _define(store, name, code, target, lambda: [i.host for i in hosts()], blob, items)
+    plan = RunPlan(fn, items, definition.blobs, executor, False, chunksize, timeout)
+    return _create(definition, plan)
+
+
+def _recorded_code(fn: Callable[..., Any], code: str | None, target: str) -> str:
+    """The source to record: ``code`` once it compiles, else the function's own source."""
+    if code is None:
+        return source_of(fn)
+    compile_code(code, target)
+    return code
+
+
+def _checked(args: Sequence[tuple[Any, ...]], chunksize: int) -> list[tuple[Any, ...]]:
+    """The argument list, checked, and a checked chunk size."""
     items = check_args(args)
     check_chunksize(chunksize)
-    target = getattr(fn, "__name__", type(fn).__name__)
-    if code is None:
-        code = source_of(fn)
-    else:
-        compile_code(code, target)
-    blob = check_shippable(fn)
-    blobs = encode_args(items)
-    store = shared_store(store)
-    auto = name is None
-    name = _pick_name(store, target, name)
-    hosts = [info.host for info in executor.hosts()]
-    return _create(
-        store,
-        _Definition(name, auto, code, target, hosts, blob, blobs),
-        _Launch(executor, False, fn, items, chunksize, timeout),
-    )
+    return items
 
 
 def check_project_name(name: str) -> None:
@@ -164,9 +165,11 @@ def _pick_name(store: Store, target: str, name: str | None) -> str:
     raise AssertionError("unreachable")
 
 
-class _Definition(NamedTuple):
-    """What a new project stores."""
+@dataclass(frozen=True)
+class _Definition:
+    """What a new project stores, and where."""
 
+    store: Store
     name: str
     auto: bool  # the name was picked here: take the next free one on a clash
     code: str
@@ -176,55 +179,50 @@ class _Definition(NamedTuple):
     blobs: list[bytes]
 
 
-class _Launch(NamedTuple):
-    """How a new project runs."""
+def _define(
+    store: Store | str | None,
+    name: str | None,
+    code: str,
+    target: str,
+    hosts: Callable[[], list[str]],
+    function: bytes | None,
+    items: list[tuple[Any, ...]],
+) -> _Definition:
+    """The stored form of a new project: its arguments encoded, its store opened, its name
+    checked or picked, then its ``hosts()`` (an executor's, as far as they are up)."""
+    blobs = encode_args(items)
+    opened = shared_store(store)
+    picked = _pick_name(opened, target, name)
+    return _Definition(opened, picked, name is None, code, target, hosts(), function, blobs)
 
-    executor: NodeExecutor
-    owned: bool
-    fn: Callable[..., Any]
-    args: list[tuple[Any, ...]]
-    chunksize: int
-    timeout: float | None
 
-
-def _create(store: Store, definition: _Definition, launch: _Launch) -> Project:
+def _create(definition: _Definition, plan: RunPlan) -> Project:
     """Store the project and run it; the run starts submitting as soon as the project's
     row is in, while its arguments are still being inserted (the insert costs no time
     before the first task), and writes once the transaction committed."""
-    name = definition.name
     for attempt in range(1, NAME_ATTEMPTS + 1):
         try:
-            return _insert_and_start(store, definition._replace(name=name), launch)
+            return _insert_and_start(definition, plan)
         except ConfigError:
             if not definition.auto or attempt == NAME_ATTEMPTS:
                 raise
             # another process took our default name
-            name = _pick_name(store, definition.target, None)
+            name = _pick_name(definition.store, definition.target, None)
+            definition = dataclasses.replace(definition, name=name)
     raise AssertionError("unreachable")
 
 
-def _insert_and_start(store: Store, definition: _Definition, launch: _Launch) -> Project:
-    started: list[Project] = []
+def _insert_and_start(definition: _Definition, plan: RunPlan) -> Project:
+    started: list[tuple[Project, ProjectRun]] = []
 
     def start(row: ProjectRow) -> None:
-        project = Project(store, row)
-        project._start(
-            launch.executor,
-            launch.owned,
-            launch.fn,
-            launch.args,
-            definition.blobs,
-            None,
-            launch.chunksize,
-            launch.timeout,
-            run_store,
-        )
-        started.append(project)
+        run = ProjectRun(plan, RunStart.new(len(plan.args)), run_store, row.id)
+        started.append((Project(definition.store, row, run), run))  # the project starts it
 
     # Opened first: opening a SQLite store writes, and would wait for our own insert.
-    run_store = store.reopen()
+    run_store = definition.store.reopen()
     try:
-        _, ids = store.add_project(
+        _, ids = definition.store.add_project(
             definition.name,
             definition.code,
             definition.target,
@@ -236,10 +234,10 @@ def _insert_and_start(store: Store, definition: _Definition, launch: _Launch) ->
         )
     except BaseException:
         if started:
-            started[0]._abandon()  # rolled back: its tasks must leave no trace
+            started[0][1].abandon()  # rolled back: its tasks must leave no trace
         else:
             run_store.close()
         raise
-    project = started[0]
-    project._created(ids)
+    project, run = started[0]
+    run.created(ids)
     return project

@@ -17,7 +17,7 @@ from typing import Any
 from ..cluster.transport import pid_alive
 
 # Seconds without a heartbeat after which a project's client counts as gone: several
-# heartbeats (project_run.HEARTBEAT_SECONDS) must be missed, so a busy client is not declared
+# heartbeats (run.HEARTBEAT_SECONDS) must be missed, so a busy client is not declared
 # dead, yet a crashed one on another machine is noticed within a few seconds.
 STALE_SECONDS = 10.0
 

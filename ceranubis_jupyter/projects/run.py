@@ -16,35 +16,42 @@
 The loop thread only appends the finished task's record to a deque (and wakes the run
 thread when few tasks are left in flight): the store costs the hot path no more than that.
 A project is one task per argument (``chunksize`` groups them). Its tasks have no
-:class:`~concurrent.futures.Future`: nobody waits on one in memory, so each carries an
-:class:`~ceranubis_jupyter.tasks.ResultSlot`. An argument travels as the bytes the store
-holds (task kind ``ARGS``), and a result is stored as the bytes the worker sent: neither
-is pickled twice.
+:class:`~concurrent.futures.Future`: nobody waits on one in memory, so each carries a
+:class:`~ceranubis_jupyter.cluster.tasks.ResultSlot`. An argument travels as the bytes the
+store holds (task kind ``ARGS``), and a result is stored as the bytes the worker sent:
+neither is pickled twice.
 
-A new project starts submitting while the kernel thread still inserts its arguments (the
-run is given no ids then): it reads, counts and writes nothing until :meth:`ProjectRun.created`
+A run is given a :class:`RunPlan` (what to run, where) and a :class:`RunStart` (what the
+store holds when it starts). Its life is one state, changed in one place (``lifecycle.py``).
+A new project starts submitting while the kernel thread still inserts its arguments
+(``STARTING``: the run has no ids and writes nothing) until :meth:`ProjectRun.created`
 hands it the ids of the committed rows, or stops without a trace on
 :meth:`ProjectRun.abandon` when that insert failed. Tasks that finish quickly are never
 marked ``running`` in the store: only those still in flight after RUNNING_MARK_SECONDS.
-Counting finished tasks and building their rows is in ``project_rows.py`` (a mixin).
+Counting finished tasks and building their rows is the run's
+:class:`~ceranubis_jupyter.projects.rows.OutcomeCollector`.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from ..cluster.executor import NodeExecutor, TaskOptions
+from ..cluster.executor import NodeExecutor
 from ..cluster.tasks import ResultSlot, TaskRecord
 from ..errors import CeranubisError, StoreError
+from ..exits import Stage, on_exit
 from ..wire import protocol as p
 from ..wire.serialize import dumps_inband
-from .rows import OutcomeCollector, Tally, decode, encode, error_text, final_state
-from .store import ARGUMENT_STATES, Store
+from .lifecycle import CANCELLED, ENDS_AT_ONCE, SUBMITTING, Lifecycle, RunEvent, RunState
+from .records import this_client
+from .rows import OutcomeCollector, final_state
+from .store import Store
 
 log = logging.getLogger("ceranubis")
 
@@ -52,7 +59,7 @@ log = logging.getLogger("ceranubis")
 # lose less to a crash and keep other readers more current.
 FLUSH_SECONDS = 0.1
 # Seconds between heartbeats: other processes call a client gone after
-# store_records.STALE_SECONDS of silence; a remote cancel is noticed within this time.
+# records.STALE_SECONDS of silence; a remote cancel is noticed within this time.
 HEARTBEAT_SECONDS = 1.0
 # Tasks submitted and not finished, at most: enough to keep the nodes fed through a write
 # or a GIL stall (~0.1 s of tiny tasks), few enough that a big project does not hold a
@@ -75,104 +82,148 @@ EXIT_SECONDS = 3.0
 # finish first and cost no write at all; a longer one shows as running this much later.
 RUNNING_MARK_SECONDS = 0.1
 
-# Serializes changes to a scheduler's listener list (replaced whole: the loop thread may be
-# iterating the old one).
 
+@dataclass(frozen=True)
+class RunPlan:
+    """What a run does: ``fn(*a)`` for each ``a`` in ``args``, on ``executor``.
 
-class ProjectRun(OutcomeCollector):
-    """Runs ``items`` of one project on an executor and records every outcome once.
-
-    Args:
-        store: a connection of its own (the run thread writes through it, then closes it).
-        project_id: the project's row id; ``client`` is this process's claim on it.
-        executor: where tasks run; shut down at the end when ``owns_executor``.
-        fn: the target function; ``args``: the argument tuples to run now, and
-            ``blobs``: the same as the store holds them (:func:`encode`).
-        ids: the store ids of ``args`` (same order); ``None`` while the project's insert
-            is still under way: the run submits, and writes once :meth:`created` is called.
-        counts_before: the store's counts when the run starts (done ones stay done).
-        notify: called from the run thread after finished arguments were counted (at most
-            every ~0.1 s) and once more when the run ends.
+    ``blobs`` are the same arguments as the store holds them (:func:`~ceranubis_jupyter.
+    projects.rows.encode`); the executor is shut down at the end when ``owns_executor``;
+    ``chunksize`` arguments go in one task; ``timeout``: seconds per task (None: none).
     """
 
-    def __init__(
-        self,
-        store: Store,
-        project_id: int,
-        client: str,
-        executor: NodeExecutor,
-        owns_executor: bool,
-        fn: Callable[..., Any],
-        args: Sequence[tuple[Any, ...]],
-        blobs: Sequence[bytes],
-        ids: Sequence[int] | None,
-        counts_before: dict[str, int],
-        notify: Callable[[], None],
-        chunksize: int = 1,
-        options: TaskOptions | None = None,
-    ) -> None:
-        self.store, self.project_id, self.client = store, project_id, client
-        self.executor, self.owns_executor = executor, owns_executor
-        self.fn, self.args, self.blobs, self.chunksize = fn, args, blobs, chunksize
-        self.ids: Sequence[int] = () if ids is None else ids
-        self.options = options or executor.options().task_options
-        self.notify = notify
-        self.total = sum(counts_before.values())
-        self.done_before = counts_before["done"]
-        self.tally = Tally()
-        self.final_state = "running"
-        self.cancelling = False
-        self.started = time.time()
-        self._clock = time.time() - time.monotonic()
-        self._lock = threading.Lock()
-        self._finished: collections.deque[TaskRecord] = collections.deque()
-        self._not_yet: list[TaskRecord] = []  # seen by the scheduler, outcome not yet set
-        self._seen = 0  # tasks the scheduler finished (loop thread only)
-        self._fn_id = -1
-        self._submitted = 0
-        # Unresolved tasks: task id -> index of their first argument (see _span); finished
-        # ones are dropped so a long project does not keep every result in memory. Plain
-        # ints and flat lists, not a tuple per task: fewer objects for the cyclic GC, whose
-        # full passes grow with every object that lives through a flush period.
-        self._spans: dict[int, int] = {}
-        self._marked: set[int] = set()
-        self._unwritten: list[tuple[Any, ...]] = []  # Outcome.row() form
-        self._unwritten_done: list[Any] = []  # Store.record_rows(done=...) form: flat
-        self._next = 0
-        self._stop_submitting = False
-        self._swept = False
-        self._exiting = False
-        self._claim_lost = False
-        self._abandoned = False
-        self._created = threading.Event()  # the ids are known and committed: write away
-        if ids is not None:
-            self._created.set()
+    fn: Callable[..., Any]
+    args: Sequence[tuple[Any, ...]]
+    blobs: Sequence[bytes]
+    executor: NodeExecutor
+    owns_executor: bool
+    chunksize: int = 1
+    timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class RunStart:
+    """What the store holds when a run starts: its counts (done ones stay done), the ids
+    of the arguments to run (``None`` while a new project's insert is still open), and when
+    the project's first task started (for its elapsed time)."""
+
+    counts: dict[str, int]
+    ids: Sequence[int] | None
+    first_started: float
+
+    @classmethod
+    def new(cls, count: int) -> RunStart:
+        """A new project of ``count`` arguments, all pending, whose insert is under way
+        (no store reads: they would wait for it)."""
+        counts = dict.fromkeys(("running", "done", "failed", "cancelled"), 0)
+        return cls(dict(counts, pending=count), None, time.time())
+
+    @classmethod
+    def stored(cls, store: Store, project_id: int, ids: Sequence[int]) -> RunStart:
+        """A stored project about to run the arguments ``ids`` again."""
+        previous = store.host_stats(project_id)
+        first = min([time.time(), *(stats.first_started for stats in previous)])
+        return cls(store.counts(project_id), ids, first)
+
+
+_live_runs: weakref.WeakSet[ProjectRun] = weakref.WeakSet()
+
+
+class _Cycles:
+    """The run thread's cycles, counted so :meth:`ProjectRun.flush` can wait for a write."""
+
+    def __init__(self) -> None:
+        self.started = self.ended = 0
+        self._write_asked = False  # a flush wants a write before the flush period is over
+        self._condition = threading.Condition()
+
+    def begin(self) -> None:
+        with self._condition:
+            self.started += 1
+
+    def end(self) -> None:
+        with self._condition:
+            self.ended += 1
+            self._condition.notify_all()
+
+    def take_write_request(self) -> bool:
+        """True (once) when a flush asked for a write."""
+        asked, self._write_asked = self._write_asked, False
+        return asked
+
+    def wait_for_write(self, wake: threading.Event, over: Callable[[], bool]) -> None:
+        """Ask for a write in the next cycle and wait until that cycle ended (or
+        ``over()``), at most SETTLE_SECONDS."""
+        with self._condition:
+            target = self.started + 1
+            self._write_asked = True
+            wake.set()
+            self._condition.wait_for(lambda: self.ended >= target or over(), SETTLE_SECONDS)
+
+    def release(self) -> None:
+        """The run ended: let every waiter go."""
+        with self._condition:
+            self._condition.notify_all()
+
+
+class ProjectRun:
+    """Runs a project's arguments on an executor and records every outcome once.
+
+    Args:
+        plan: what to run, and where.
+        start: what the store holds now (``start.ids`` is ``None`` for a new project whose
+            insert is still open: the run submits, and writes once :meth:`created` is
+            called).
+        store: a connection of its own (the run thread writes through it, then closes it).
+        project_id: the project's row id; :attr:`client` is this process's claim on it.
+    """
+
+    def __init__(self, plan: RunPlan, start: RunStart, store: Store, project_id: int) -> None:
+        self.plan, self.store, self.project_id = plan, store, project_id
+        self.executor = plan.executor
+        self.client = this_client()
+        self.first_started = start.first_started
+        self.options = plan.executor.options(timeout=plan.timeout).task_options
+        clock = time.time() - time.monotonic()
+        self.outcomes = OutcomeCollector(plan.args, plan.chunksize, start.counts, clock)
+        self.outcomes.ids = start.ids
         self._wake = threading.Event()
-        self._write_due = False  # flush() wants a write before the flush period is over
+        self.life = Lifecycle(
+            RunState.STARTING if start.ids is None else RunState.RUNNING, self._wake
+        )
+        self.final_state = "running"  # the project's state once the run ended
+        self.finished = threading.Event()  # set once the run thread ended
+        self._cycles = _Cycles()
+        self._reacted = self.state  # the state whose entry the run thread acted on
         self._flowing = False  # the last write found finished tasks
-        self.finished = threading.Event()
-        self._flushes = threading.Condition()
-        self._cycles_started = self._cycles_ended = 0
+        self._notify: Callable[[], None] = lambda: None
+        # Submission: the next argument to submit, the end of what can be, the tasks
+        # submitted and the ones the scheduler finished (loop thread only).
+        self._next, self._end = 0, len(plan.args)
+        self._submitted = self._seen = 0
+        self._fn_id = -1
         self._thread = threading.Thread(target=self._main, name="ceranubis-project", daemon=True)
 
-    def start(self) -> None:
-        """Start the run thread (it submits, records, and finishes the project)."""
-        self._fn_id = self.executor.register_function(self.fn)  # before any task can finish
+    def start(self, notify: Callable[[], None]) -> None:
+        """Start the run thread (it submits, records, and finishes the project).
+
+        ``notify`` is called from the run thread after finished arguments were counted (at
+        most every ~0.1 s) and once more when the run ends.
+        """
+        self._notify = notify
+        self._fn_id = self.executor.register_function(self.plan.fn)  # before any task ends
+        _live_runs.add(self)
         self._thread.start()
 
     def created(self, ids: Sequence[int]) -> None:
         """The project's insert committed: its arguments have these ids (``args`` order);
         the run may now write."""
-        self.ids = ids
-        self._created.set()
-        self._wake.set()
+        self.outcomes.ids = ids
+        self.life.on(RunEvent.CREATED)
 
     def abandon(self) -> None:
         """The project's insert failed: cancel what was submitted, write nothing, end."""
-        self.cancelling = True
-        self._stop_submitting = True
-        self._abandoned = True
-        self._wake.set()
+        self.life.on(RunEvent.ABANDON)
         self.finished.wait(SETTLE_SECONDS)
 
     # ------------------------------------------------------------------ any thread
@@ -180,74 +231,61 @@ class ProjectRun(OutcomeCollector):
     @property
     def live(self) -> bool:
         """True until the run has written its final state."""
-        return not self.finished.is_set()
+        return self.state is not RunState.FINISHED
 
     def counts(self) -> dict[str, int]:
         """Arguments per state, from memory (no I/O)."""
-        with self._lock:
-            counts = self.tally.counts
-            done, failed, cancelled = counts["done"], counts["failed"], counts["cancelled"]
-        done += self.done_before
-        running = min(self._running_now(), self.total - done - failed - cancelled)
-        pending = self.total - done - failed - cancelled - running
-        return dict(pending=pending, running=running, done=done, failed=failed, cancelled=cancelled)
+        return self.outcomes.counts(self.executor.scheduler.in_flight_threadsafe())
 
     def cancel(self) -> None:
         """Cancel pending arguments, stop running ones, keep finished results; then settle."""
-        self.cancelling = True
-        self._stop_submitting = True
-        self._wake.set()
+        self.life.on(RunEvent.CANCEL)
         self.finished.wait(SETTLE_SECONDS)
 
     def flush(self) -> None:
         """Return once every outcome known now is in the store (bounded)."""
-        if not self.live:
-            return
-        with self._flushes:
-            target = self._cycles_started + 1
-            self._write_due = True
-            self._wake.set()
-            self._flushes.wait_for(
-                lambda: self._cycles_ended >= target or not self.live, SETTLE_SECONDS
-            )
+        if self.live:
+            self._cycles.wait_for_write(self._wake, lambda: not self.live)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the run ended; ``False`` on timeout."""
+        return self.finished.wait(timeout)
 
     def stop_at_exit(self) -> None:
         """The interpreter is exiting: write what is known and leave the rest pending."""
-        self._exiting = True
-        self._stop_submitting = True
-        self._wake.set()
+        self.life.on(RunEvent.EXIT)
         self.finished.wait(EXIT_SECONDS)
 
-    def _running_now(self) -> int:
-        spans = self._spans
-        running = 0
-        for task in self.executor.scheduler.in_flight_threadsafe():
-            lo = spans.get(task.task_id)
-            if lo is not None:
-                running += self._span(lo)[1] - lo
-        return running
+    @property
+    def cycles(self) -> int:
+        """Cycles the run thread began so far (each wake-up is one)."""
+        return self._cycles.started
+
+    @property
+    def state(self) -> RunState:
+        """Where the run is in its life."""
+        return self.life.state
 
     def _on_finished(self, record: TaskRecord) -> None:
-        """Scheduler listener: a task is finished (its slot is set next); we keep ours.
-
-        Ours are those with a span: other runs and ``map`` may call the same function
-        on the same executor."""
-        if record.task_id in self._spans:
-            self._finished.append(record)
+        """Scheduler listener (loop thread): a task is finished (its slot is set next)."""
+        if self.outcomes.arrived(record):
             self._seen += 1
-            if self._next < len(self.args):
-                if self._in_flight() <= SUBMIT_LOW and not self._wake.is_set():
+            if self._next < self._end:
+                if self.in_flight <= SUBMIT_LOW and not self._wake.is_set():
                     self._wake.set()  # submit more before the nodes run dry
             elif self._seen == self._submitted:
                 self._wake.set()  # the final write need not wait for the next flush
 
-    def _in_flight(self) -> int:
+    @property
+    def in_flight(self) -> int:
+        """Tasks submitted and not handed back by the scheduler yet."""
         return self._submitted - self._seen
 
     # ------------------------------------------------------------------ run thread
 
     def _main(self) -> None:
-        self._listen(True)
+        scheduler = self.executor.scheduler
+        scheduler.add_listener(self._on_finished)
         try:
             self._loop()
             self._finish()
@@ -255,155 +293,133 @@ class ProjectRun(OutcomeCollector):
             log.exception("project %d: the run thread failed", self.project_id)
             self.final_state = "stopped"
         finally:
-            self._listen(False)
-            if self.owns_executor:
-                self.executor.shutdown(wait=not self._exiting, cancel_futures=True)
-            self.store.close()
-            self.finished.set()
-            with self._flushes:
-                self._flushes.notify_all()
-            self.notify()
-
-    def _listen(self, on: bool) -> None:
-        scheduler = self.executor.scheduler
-        if on:
-            scheduler.add_listener(self._on_finished)
-        else:
             scheduler.remove_listener(self._on_finished)
+            if self.plan.owns_executor:
+                exiting = self.state is RunState.EXITING
+                self.executor.shutdown(wait=not exiting, cancel_futures=True)
+            self.store.close()
+            self.life.on(RunEvent.END)
+            self.finished.set()
+            self._cycles.release()
+            self._notify()
 
     def _loop(self) -> None:
         next_beat = next_write = 0.0
         while True:
             self._wake.clear()  # before the work: a wake during it starts the next cycle
-            with self._flushes:
-                self._cycles_started += 1
-            if self.cancelling and not self._swept:
-                self._sweep()
+            self._cycles.begin()
+            self._react()
             if self._submitting():
                 self._submit_more()
             # Not before the project's rows are committed; while submitting (woken each
             # SUBMIT_LOW tasks) only once a flush period: each transaction costs ~1 ms.
             now = time.monotonic()
-            if self._created.is_set() and (
-                now >= next_write or self._write_due or self.cancelling or not self._submitting()
-            ):
-                self._write_due = False
+            if self._created() and self._write_now(now >= next_write):
                 self._write()
                 next_write = now + FLUSH_SECONDS
                 if time.monotonic() >= next_beat:
                     self._beat()
                     next_beat = time.monotonic() + HEARTBEAT_SECONDS
-            with self._flushes:
-                self._cycles_ended += 1
-                self._flushes.notify_all()
-            if self._abandoned or self._exiting or self._settled():
+            self._cycles.end()
+            if self.state in ENDS_AT_ONCE or self._settled():
                 return
             pause = self._pause()
             if pause:
                 self._wake.wait(pause)
 
+    def _react(self) -> None:
+        """Act on entering a new state: one that cancels cancels the unfinished tasks."""
+        state = self.state
+        if state is not self._reacted and state in CANCELLED:
+            self._sweep()
+        self._reacted = state
+
+    def _write_now(self, period_over: bool) -> bool:
+        asked = self._cycles.take_write_request()
+        return asked or period_over or self.state in CANCELLED or not self._submitting()
+
+    def _created(self) -> bool:
+        return self.outcomes.ids is not None
+
     def _pause(self) -> float:
         """Seconds to sleep before the next cycle unless woken (0: go on at once)."""
         if self._submitting():
-            return FLUSH_SECONDS if self._in_flight() >= SUBMIT_AHEAD else 0.0
-        tail = self._flowing and self._in_flight()
+            return FLUSH_SECONDS if self.in_flight >= SUBMIT_AHEAD else 0.0
+        tail = self._flowing and self.in_flight
         return TAIL_FLUSH_SECONDS if tail else FLUSH_SECONDS
 
     def _submitting(self) -> bool:
-        return not self._stop_submitting and self._next < len(self.args)
+        return self.state in SUBMITTING and self._next < self._end
 
     def _settled(self) -> bool:
-        submitted_all = self._stop_submitting or self._next >= len(self.args)
-        with self._lock:
-            resolved = self.tally.resolved_tasks
         return (
-            submitted_all
-            and self._created.is_set()
-            and resolved == self._submitted
-            and not self._finished
-            and not self._not_yet
+            not self._submitting()
+            and self._created()
+            and self.outcomes.resolved_tasks() == self._submitted
+            and self.outcomes.idle()
         )
 
     def _submit_more(self) -> None:
         """Submit tasks until SUBMIT_AHEAD are in flight (or none are left)."""
-        room = SUBMIT_AHEAD - self._in_flight()
-        end = min(self._next + room * self.chunksize, len(self.args))
-        while self._next < end and not self._stop_submitting:
-            stop = min(self._next + SUBMIT_BATCH * self.chunksize, end)
-            starts = range(self._next, stop, self.chunksize)
-            records = [self._record(lo) for lo in starts]
-            # Registered and counted first: the scheduler's listener knows our tasks by
-            # their spans, and compares what it saw with what we submitted.
-            spans = self._spans
-            for lo, record in zip(starts, records, strict=True):
-                spans[record.task_id] = lo
+        chunksize = self.plan.chunksize
+        end = min(self._next + (SUBMIT_AHEAD - self.in_flight) * chunksize, self._end)
+        while self._next < end and self.state in SUBMITTING:
+            stop = min(self._next + SUBMIT_BATCH * chunksize, end)
+            starts = range(self._next, stop, chunksize)
+            records = [self._task(lo) for lo in starts]
+            task_ids = [record.task_id for record in records]
+            # Tracked and counted first: the scheduler's listener knows our tasks by their
+            # spans, and compares what it saw with what we submitted.
+            self.outcomes.track(task_ids, starts)
             self._submitted += len(records)
             try:
                 self.executor.submit_prepared(records)
             except (RuntimeError, CeranubisError) as error:  # executor shut down or broken
                 self._submitted -= len(records)
-                for record in records:
-                    del spans[record.task_id]
+                self.outcomes.untrack(task_ids)
                 log.warning("project %d: stopped submitting: %s", self.project_id, error)
-                self._stop_submitting = True
+                self._end = self._next  # what is left stays pending
                 return
             self._next = stop
 
-    def _record(self, lo: int) -> TaskRecord:
+    def _task(self, lo: int) -> TaskRecord:
         """The task of the arguments from ``lo`` (one, or a chunk of them)."""
         payload: p.Buffer
-        if self.chunksize == 1:
-            blob = self.blobs[lo]  # a view, not a copy: a big argument is not doubled
+        if self.plan.chunksize == 1:
+            blob = self.plan.blobs[lo]  # a view, not a copy: a big argument is not doubled
             kind, codec, payload = p.ARGS, blob[0], memoryview(blob)[1:]
         else:
             kind = p.CHUNK
-            codec, payload = dumps_inband(list(self.args[lo : self._span(lo)[1]]))
+            codec, payload = dumps_inband(list(self.plan.args[lo : self.outcomes.end(lo)]))
         return self.executor.prepared_task(
             self.options, self._fn_id, ResultSlot(), kind, codec, payload
         )
 
     def _sweep(self) -> None:
         """Cancel this run's unfinished tasks (we are the only submitter: none slips by)."""
-        self._swept = True
-        task_ids = list(self._spans)
+        task_ids = self.outcomes.unresolved()
         scheduler = self.executor.scheduler
         if task_ids and not scheduler.loop.is_closed():
             scheduler.cancel_threadsafe(task_ids)
 
     def _write(self) -> None:
-        self._flowing = self._collect()
+        state, outcomes = self.state, self.outcomes
+        self._flowing = outcomes.collect(
+            cancelling=state in CANCELLED, results_only=state is RunState.ORPHANED
+        )
         if self._flowing:
-            self.notify()
-        running = self._running_rows()
+            self._notify()
+        before = time.monotonic() - RUNNING_MARK_SECONDS
+        running = outcomes.running_marks(self.executor.scheduler.in_flight_threadsafe(), before)
         try:
-            if self._unwritten or self._unwritten_done:
-                self.store.record_rows(self._unwritten, self._unwritten_done)
+            if outcomes.outcomes or outcomes.done_values:
+                self.store.record_outcomes(outcomes.outcomes, outcomes.done_values)
             if running:
                 self.store.mark_running(running)
         except StoreError as error:
             log.warning("project %d: %s; retrying", self.project_id, error)
             return
-        self._unwritten.clear()
-        self._unwritten_done.clear()
-
-    def _wall(self, monotonic: float) -> float | None:
-        return monotonic + self._clock if monotonic else None
-
-    def _running_rows(self) -> list[tuple[int, str, float]]:
-        """``(arg_id, host, started)`` of tasks in flight for RUNNING_MARK_SECONDS and not
-        marked yet."""
-        rows: list[tuple[int, str, float]] = []
-        spans, marked = self._spans, self._marked
-        before = time.monotonic() - RUNNING_MARK_SECONDS
-        for task in self.executor.scheduler.in_flight_threadsafe():
-            lo = spans.get(task.task_id)
-            if task.started > before or task.task_id in marked or lo is None:
-                continue
-            marked.add(task.task_id)
-            started = self._wall(task.started) or time.time()
-            hi = self._span(lo)[1]
-            rows.extend((arg_id, task.host, started) for arg_id in self.ids[lo:hi])
-        return rows
+        outcomes.written()
 
     def _beat(self) -> None:
         try:
@@ -411,53 +427,59 @@ class ProjectRun(OutcomeCollector):
         except StoreError as error:
             log.warning("project %d: heartbeat failed: %s", self.project_id, error)
             return
-        if state is None and not self._claim_lost:
+        if state is None and self.life.on(RunEvent.CLAIM_LOST):
             log.warning(
                 "project %d was removed or resumed elsewhere: stopping here", self.project_id
             )
-            self._claim_lost = True
-            self._cancel_from_thread()
-        elif state == "cancelled" and not self.cancelling:
+        elif state == "cancelled" and self.life.on(RunEvent.CANCEL):
             log.info("project %d was cancelled from another process", self.project_id)
-            self._cancel_from_thread()
-
-    def _cancel_from_thread(self) -> None:
-        self.cancelling = True
-        self._stop_submitting = True
-        self._sweep()
 
     def _finish(self) -> None:
-        if self._abandoned or not self._created.is_set():
-            if not self._swept:
+        if not self._created() or self.state is RunState.ABANDONED:
+            if self._reacted not in CANCELLED:
                 self._sweep()
             self.final_state = "stopped"  # nothing of it is in the store
             return
-        deadline = time.monotonic() + (EXIT_SECONDS if self._exiting else SETTLE_SECONDS)
-        while (self._unwritten or self._unwritten_done) and time.monotonic() < deadline:
+        exiting = self.state is RunState.EXITING
+        deadline = time.monotonic() + (EXIT_SECONDS if exiting else SETTLE_SECONDS)
+        while self._unwritten() and time.monotonic() < deadline:
             time.sleep(FLUSH_SECONDS)
             self._write()
-        if self._claim_lost:
-            self.final_state = "stopped"
-        elif self._exiting:
+        state = self.state
+        if state is RunState.ORPHANED:
+            self.final_state = "stopped"  # the project's state is another client's now
+        elif state is RunState.EXITING:
             self.final_state = "stopped"
             self.store.set_state(self.project_id, "stopped", release=True)
         else:
-            self._write_final_state()
+            self._write_final_state(cancelled=state is RunState.CANCELLING)
 
-    def _all_done(self) -> bool:
-        """Every argument is done, and written: by this run or before it."""
-        written = not (self._unwritten or self._unwritten_done)
-        return written and not self.cancelling and self.counts()["done"] == self.total
+    def _unwritten(self) -> bool:
+        return bool(self.outcomes.outcomes or self.outcomes.done_values)
 
-    def _write_final_state(self) -> None:
-        if self.cancelling:
+    def _write_final_state(self, cancelled: bool) -> None:
+        if cancelled:
             self.store.cancel_unfinished(self.project_id)
-        if self._all_done():
-            self.final_state = "done"  # no need to count 20,000 rows to know it
+        if not cancelled and not self._unwritten() and self.counts()["done"] == self.total:
+            self.final_state = "done"  # every argument is done and written: no need to count
         else:
             counts = self.store.counts(self.project_id)
-            self.final_state = final_state(counts, self.cancelling)
+            self.final_state = final_state(counts, cancelled)
         self.store.set_state(self.project_id, self.final_state, release=True)
 
+    @property
+    def total(self) -> int:
+        """Arguments of the project (those run before included)."""
+        return self.outcomes.total
 
-__all__ = ["ARGUMENT_STATES", "ProjectRun", "decode", "encode", "error_text"]
+
+def _stop_live_runs() -> None:
+    for run in list(_live_runs):
+        if run.live:
+            run.stop_at_exit()
+
+
+# The exit path runs this first (exits.Stage.RUNS): runs write while executors still work.
+on_exit(Stage.RUNS, _stop_live_runs)
+
+__all__ = ["ProjectRun", "RunPlan", "RunStart"]

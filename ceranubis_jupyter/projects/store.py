@@ -12,7 +12,7 @@ One interface, :class:`Store`, over plain SQL; two back ends:
 How data flows: ``project.py`` adds a project in one transaction (its row and one row
 per argument, state ``pending``; its run starts submitting once the row is in, and writes
 only after the commit); its writer thread marks arguments ``running`` (those in flight for
-a flush period) and records outcomes in batches (``record_rows``), each ``UPDATE`` guarded
+a flush period) and records outcomes in batches (``record_outcomes``), each ``UPDATE`` guarded
 by the argument's state so a result is recorded exactly once even when a task ran twice;
 any process reads counts and results at any time.
 """
@@ -20,6 +20,7 @@ any process reads counts and results at any time.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import threading
 import time
@@ -47,7 +48,7 @@ _ARGUMENT_COLUMNS = (
 )
 _OPEN = "('pending', 'running')"
 # A finished argument with a result and no printed output: the common case, batched.
-# Values per argument in record_rows(done=...): id, result, host, attempts, started, finished.
+# Values per argument in record_outcomes(done=...): id, result, host, attempts, started, finished.
 DONE_VALUES = 6
 _UPDATE_ANY = (
     "UPDATE arguments SET state = ?, result = ?, error = ?, host = ?, attempts = ?, "
@@ -193,28 +194,10 @@ class Store(ABC):
             StoreError: the store refused the write.
         """
         now = time.time()
+        draft = ProjectRow(0, name, code, target, now, hosts, "running", client, now, function)
         try:
             with self._transaction() as cursor:
-                cursor.execute(
-                    self._sql(
-                        "INSERT INTO projects (name, code, target, created, hosts, state, "
-                        "client, heartbeat, function) "
-                        "VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?) RETURNING id"
-                    ),
-                    (name, code, target, now, json.dumps(hosts), client, now, function),
-                )
-                row = ProjectRow(
-                    int(cursor.fetchone()[0]),
-                    name,
-                    code,
-                    target,
-                    now,
-                    hosts,
-                    "running",
-                    client,
-                    now,
-                    function,
-                )
+                row = dataclasses.replace(draft, id=self._insert_project(cursor, draft))
                 if started is not None:
                     started(row)
                 ids = self._insert_arguments(cursor, row.id, args)
@@ -224,6 +207,28 @@ class Store(ABC):
                 f"with `ceranubis rm {name}`"
             ) from None
         return row, ids
+
+    def _insert_project(self, cursor: Any, row: ProjectRow) -> int:
+        """Insert a project's row (its ``id`` is ignored) in the open transaction; returns
+        the id it got."""
+        cursor.execute(
+            self._sql(
+                "INSERT INTO projects (name, code, target, created, hosts, state, client, "
+                "heartbeat, function) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id"
+            ),
+            (
+                row.name,
+                row.code,
+                row.target,
+                row.created,
+                json.dumps(row.hosts),
+                row.state,
+                row.client,
+                row.heartbeat,
+                row.function,
+            ),
+        )
+        return int(cursor.fetchone()[0])
 
     def find_project(self, name_or_id: str | int) -> ProjectRow | None:
         """The project with this name, or this id (an int or a string of digits)."""
@@ -252,16 +257,16 @@ class Store(ABC):
             "FROM projects p ORDER BY p.id"
         )
         summaries = []
-        for row in rows:
-            project = project_row(row[:10])
+        for *columns, done, total in rows:
+            project = project_row(columns)
             summaries.append(
                 ProjectSummary(
                     project.name,
                     project.id,
                     project.created,
                     project.effective_state,
-                    int(row[10]),
-                    int(row[11]),
+                    int(done),
+                    int(total),
                 )
             )
         return summaries
@@ -363,24 +368,29 @@ class Store(ABC):
             [(host, started, arg_id) for arg_id, host, started in rows],
         )
 
-    def record_outcomes(self, outcomes: Sequence[Outcome]) -> int:
+    def record_outcomes(self, outcomes: Sequence[Outcome], done: Sequence[Any] = ()) -> int:
         """Record outcomes in one transaction; returns how many were new.
 
         Only arguments still pending or running change, so an outcome arriving twice (a
-        task that ran again after a re-queue, or two clients) is recorded once.
+        task that ran again after a re-queue, or two clients) is recorded once. ``done``
+        is the writer's hot path: one flat run of ``id, result, host, attempts, started,
+        finished`` (:data:`DONE_VALUES` per argument) for arguments that finished without
+        printing (no object per argument); such outcomes in ``outcomes`` join it.
         """
-        return self.record_rows([outcome.row() for outcome in outcomes])
-
-    def record_rows(self, rows: Sequence[tuple[Any, ...]], done: Sequence[Any] = ()) -> int:
-        """:meth:`record_outcomes` in the writer's hot path, one transaction: ``rows`` in
-        :meth:`Outcome.row` form, ``done`` as one flat run of ``id, result, host, attempts,
-        started, finished`` (six values per argument) for arguments that finished without
-        printing (no object per argument)."""
         plain = list(done)
-        for r in rows:
-            if _plain_done(r):
-                plain += (r[8], r[1], r[3], r[4], r[5], r[6])
-        other = [r for r in rows if not _plain_done(r)]
+        other = []
+        for outcome in outcomes:
+            if _plain_done(outcome):
+                plain += (
+                    outcome.arg_id,
+                    outcome.result,
+                    outcome.host,
+                    outcome.attempts,
+                    outcome.started,
+                    outcome.finished,
+                )
+            else:
+                other.append(outcome.row())
         if not plain and not other:
             return 0
         with self._transaction() as cursor:
@@ -406,8 +416,14 @@ class Store(ABC):
         )
 
 
-def _plain_done(row: tuple[Any, ...]) -> bool:
-    return row[0] == "done" and row[2] is None and not row[7] and row[5] is not None
+def _plain_done(outcome: Outcome) -> bool:
+    """A result that printed nothing, with its timing: the batched UPDATE's case."""
+    return (
+        outcome.state == "done"
+        and outcome.error is None
+        and not outcome.output
+        and outcome.started is not None
+    )
 
 
 # ---------------------------------------------------------------------- opening
