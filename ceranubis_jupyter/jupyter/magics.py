@@ -18,8 +18,8 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 
 from ..cluster.hosts import LOCAL
 from ..errors import ConfigError, StoreError
-from ..projects.store import Store
 from ..projects.display import HostsTable, ProjectsTable
+from ..projects.store import Store
 from .magic_args import (
     CELL_USAGE,
     DEFAULT_VAR,

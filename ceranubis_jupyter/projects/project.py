@@ -28,12 +28,12 @@ from ..cluster.executor import NodeExecutor
 from ..cluster.hosts import HostSpec
 from ..errors import ConfigError, StoreError
 from .code import function_of, host_names
-from .view import LiveView, ProjectView, StoredView, reread
 from .records import ProjectRow, ProjectSummary, this_client
 from .rows import decode
 from .run import ProjectRun, RunPlan, RunStart
 from .store import Store
 from .stores import shared_store
+from .view import LiveView, ProjectView, StoredView, reread
 
 log = logging.getLogger("ceranubis")
 
