@@ -17,8 +17,8 @@ import psutil
 from ceranubis_jupyter import CeranubisExecutor
 from ceranubis_jupyter.cluster.link import HostInfo
 from tests.conftest import wait_until_gone
-from tests.fixtures_faults import wait_for
 from tests.remote import by_value
+from tests.waiting import wait_for
 
 # Seconds any single result may take here.
 RESULT_TIMEOUT = 30.0

@@ -20,9 +20,10 @@ from ceranubis_jupyter import CeranubisExecutor
 from ceranubis_jupyter.cluster.hosts import Host
 from ceranubis_jupyter.cluster.link import HEARTBEAT_INTERVAL, HostInfo
 from ceranubis_jupyter.node.supervisor import LOAD_INTERVAL
-from tests.fixtures_faults import PartitionHost, wait_for
+from tests.fixtures_faults import PartitionHost
 from tests.fixtures_ssh import TEST_PYTHON, SSHHome
 from tests.remote import by_value
+from tests.waiting import wait_for
 
 # The executor's heartbeat timeout here (seconds), short to keep the test short.
 HEARTBEAT_TIMEOUT = 3.0
