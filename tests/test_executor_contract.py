@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ def add(a: int, b: int = 0) -> int:
 
 @by_value
 def sleep_then(seconds: float, value: Any = None) -> Any:
+    import time
 
     time.sleep(seconds)
     return value

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -29,6 +29,7 @@ from tests.fixtures_ssh import (
 )
 from tests.remote import by_value
 from tests.test_ssh_failures import only_error
+from tests.waiting import wait_for
 
 # Seconds any result may take here.
 RESULT_TIMEOUT = 30.0
@@ -156,6 +157,11 @@ def test_proxyjump_from_the_ssh_config_is_honoured(
     assert isinstance(error, HostUnreachable) and "cannot connect" in str(error)
 
 
+def host_of(future: Any) -> str | None:
+    host: str | None = future._ceranubis_record.host
+    return host
+
+
 @by_value
 def nap_where(seconds: float) -> tuple[int, str]:
     import os
@@ -177,7 +183,7 @@ def test_a_partitioned_host_loses_its_node_and_its_work_moves(
         slow = []
         for _ in range(4):  # one at a time, so the credit-based dispatch alternates hosts
             slow.append(executor.submit(nap_where, PARTITION_TASK_SECONDS))
-            time.sleep(0.1)
+            wait_for(lambda: host_of(slow[-1]) is not None, RESULT_TIMEOUT, "the task sent")
         on_cut = [f for f in slow if f._ceranubis_record.host == cut.alias]  # type: ignore[attr-defined]
         assert on_cut, "no task reached the host before the cut; the test would prove nothing"
         # No FIN, no RST: a silent partition. The namespace's end goes down, so our route to
