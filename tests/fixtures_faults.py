@@ -17,8 +17,7 @@ import contextlib
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from tests.fixtures_ssh import (
     make_openssh_server,
     wait_for_port,
 )
+from tests.waiting import wait_for
 
 # Third octets tried for this run's networks (198.19.N.0/24), from a PID-derived start.
 OCTETS = range(10, 250)
@@ -42,17 +42,6 @@ OCTETS = range(10, 250)
 FALLBACK_METRIC = "4000"
 # Seconds an ``ip`` command may take.
 IP_TIMEOUT = 30.0
-
-
-def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> float:
-    """Poll ``predicate`` (bounded) until it is true; returns the seconds it took."""
-    started = time.monotonic()
-    deadline = started + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:g} s: {what}")
-        time.sleep(0.02)
-    return time.monotonic() - started
 
 
 def ip(*args: str) -> None:

@@ -27,6 +27,7 @@ from ceranubis_jupyter import (
 from ceranubis_jupyter.projects.commit import commit_function, commit_project
 from tests.remote import by_value
 from tests.task_records import TaskRecords
+from tests.waiting import wait_for
 
 
 @by_value
@@ -236,23 +237,25 @@ def test_submit_and_a_project_name_the_same_unserializable_function(
     assert "uses_generator' cannot be serialized with dill: TypeError" in str(by_submit.value)
 
 
-def test_a_worker_killed_from_outside_is_retried(hosts: Any) -> None:
+def test_a_worker_killed_from_outside_is_retried(hosts: Any, tmp_path: Path) -> None:
     @by_value
-    def slow_pid(_: int) -> int:
+    def slow_pid(marker: str) -> int:
         import os
         import time
 
-        time.sleep(1.0)
+        if marker and not os.path.exists(marker):  # the first attempt: killed in here
+            open(marker, "w").close()
+            time.sleep(60)
         return os.getpid()
 
+    marker = tmp_path / "started"
     with CeranubisExecutor(hosts, max_workers=1) as executor:
-        first = executor.submit(slow_pid, 0).result(timeout=60)
-        future = executor.submit(slow_pid, 1)
+        first = executor.submit(slow_pid, "").result(timeout=60)
+        future = executor.submit(slow_pid, str(marker))
         import os
         import signal
-        import time
 
-        time.sleep(0.4)
+        wait_for(marker.exists, 60, "the task running in the worker")
         _kill_if_local(first, signal.SIGKILL, os)
         second = future.result(timeout=60)
         assert second != first, "the retried task ran in a fresh worker"

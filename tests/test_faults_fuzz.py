@@ -30,9 +30,9 @@ from ceranubis_jupyter.cluster.transport import (
 )
 from ceranubis_jupyter.errors import RemoteProtocolError, VersionMismatch
 from ceranubis_jupyter.wire import protocol as p
-from tests.fixtures_faults import wait_for
 from tests.remote import by_value
 from tests.task_records import TaskRecords
+from tests.waiting import wait_for
 
 # Fake nodes tried per run (each costs a fraction of a second).
 EXAMPLES = 10

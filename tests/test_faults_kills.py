@@ -22,9 +22,9 @@ from ceranubis_jupyter.errors import NodeLost
 from ceranubis_jupyter.projects.commit import commit_function
 from ceranubis_jupyter.projects.project import Project
 from ceranubis_jupyter.projects.rows import decode
-from tests.fixtures_faults import wait_for
 from tests.fixtures_ssh import OPENSSH_ALIAS, TEST_PYTHON, OpenSSHServer, SSHHome
 from tests.remote import by_value
+from tests.waiting import wait_for
 
 # Arguments of the project: enough work (0.05 s each on two workers) to outlast the faults.
 ARGUMENTS = 400

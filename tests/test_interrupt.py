@@ -2,9 +2,10 @@
 pending arguments cancelled, running ones stopped (their workers killed), finished
 results kept. Real kernel (jupyter_client), real SIGINT, real nodes.
 
-Each task writes ``start-N`` when it begins and ``end-N`` just before it returns; after the
-interrupt no new ``end-`` file may appear (nothing kept running) and the ``end-`` files
-are exactly the project's finished arguments.
+Each task writes ``start-N`` (holding its worker's PID) when it begins and ``end-N`` just
+before it returns; once the workers of the tasks stopped mid-way are gone, no new ``end-``
+file may have appeared (nothing kept running) and the ``end-`` files are exactly the
+project's finished arguments.
 """
 
 from __future__ import annotations
@@ -14,19 +15,23 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from tests.jupyter_support import execute, reply_of, running_kernel
+from tests.waiting import wait_for
 
 TASKS = 40
 TASK_SECONDS = 1.0
-# Seconds a stopped task would have needed to finish if it had not been stopped.
-LINGER_SECONDS = 2 * TASK_SECONDS + 1.0
+# Seconds for a few tasks to finish, for a worker to end, for the kernel to settle.
+DEADLINE = 60.0
 
 CELL = f"""%%ceranubis marked over [(i,) for i in range({TASKS})] --name interrupted --workers 2
-import pathlib, time
+import os, pathlib, time
 def marked(i):
-    pathlib.Path(MARKS, f"start-{{i}}").touch()
+    pid = pathlib.Path(MARKS, f".pid-{{i}}")
+    pid.write_text(str(os.getpid()))
+    pid.rename(pathlib.Path(MARKS, f"start-{{i}}"))  # whole, with its worker's PID
     time.sleep({TASK_SECONDS})
     pathlib.Path(MARKS, f"end-{{i}}").touch()
     return i
@@ -46,6 +51,26 @@ def marks(directory: Path, kind: str) -> set[int]:
     return {int(path.name.split("-")[1]) for path in directory.glob(f"{kind}-*")}
 
 
+def stopped_workers_gone(directory: Path) -> bool:
+    """Whether every worker of a task started and not ended is gone (none can end it now)."""
+    for task in marks(directory, "start") - marks(directory, "end"):
+        text = (directory / f"start-{task}").read_text()
+        try:
+            if psutil.Process(int(text)).status() != psutil.STATUS_ZOMBIE:
+                return False
+        except psutil.NoSuchProcess:
+            pass
+    return True
+
+
+def report(client: Any) -> dict[str, Any]:
+    """The project and pool as the kernel sees them (see REPORT)."""
+    reply, text = execute(client, REPORT)
+    assert reply["status"] == "ok", reply
+    state: dict[str, Any] = json.loads(text.strip().splitlines()[-1])
+    return state
+
+
 @pytest.mark.timeout(180)
 def test_interrupt_cancels_the_project_and_keeps_results(
     tmp_path: Path, jupyter_env: dict[str, str]
@@ -55,19 +80,16 @@ def test_interrupt_cancels_the_project_and_keeps_results(
     with running_kernel(jupyter_env, tmp_path) as (manager, client):
         execute(client, f"%load_ext ceranubis_jupyter\nMARKS = {str(directory)!r}")
         msg_id = client.execute(CELL)
-        for _ in range(300):  # until a few tasks finished (at most 30 s)
-            if len(marks(directory, "end")) >= 4:
-                break
-            time.sleep(0.1)
+        wait_for(lambda: len(marks(directory, "end")) >= 4, DEADLINE, "a few tasks finished")
         manager.interrupt_kernel()
         reply, text = reply_of(client, msg_id, 60)
         assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt", reply
         assert "cancelled" in text, (reply, text)
         ended_at_interrupt = marks(directory, "end")
-        time.sleep(LINGER_SECONDS)
-        report_reply, report = execute(client, REPORT)
-        assert report_reply["status"] == "ok", report_reply
-    state = json.loads(report.strip().splitlines()[-1])
+        # Once the workers of the stopped tasks are gone, no task can end any more.
+        wait_for(lambda: stopped_workers_gone(directory), DEADLINE, "stopped workers gone")
+        wait_for(lambda: not any(report(client)["busy"]), DEADLINE, "no worker busy")
+        state = report(client)
     counts = state["counts"]
     assert state["state"] == "cancelled", state
     assert counts["running"] == 0 and counts["pending"] == 0, counts
@@ -104,22 +126,17 @@ def test_cancel_button_works_while_the_cell_waits(
         execute(client, f"%load_ext ceranubis_jupyter\nMARKS = {str(directory)!r}")
         msg_id = client.execute(CELL)
         comm_id = cancel_button_comm(client, msg_id)
-        for _ in range(300):  # until a few tasks finished (at most 30 s)
-            if len(marks(directory, "end")) >= 4:
-                break
-            time.sleep(0.1)
+        wait_for(lambda: len(marks(directory, "end")) >= 4, DEADLINE, "a few tasks finished")
         click = {"method": "custom", "content": {"event": "click"}}
         client.shell_channel.send(
             client.session.msg("comm_msg", {"comm_id": comm_id, "data": click})
         )
-        started = time.monotonic()
         reply, _text = reply_of(client, msg_id, 60)
-        waited = time.monotonic() - started
-        _, report = execute(client, REPORT)
+        ended_at_reply = marks(directory, "end")
+        state = report(client)
     assert reply["status"] == "ok", reply
-    # the click ended the wait: 40 one-second tasks on 2 workers would take ~20 s more
-    assert waited < TASKS * TASK_SECONDS / 4, waited
-    state = json.loads(report.strip().splitlines()[-1])
+    # the click ended the wait: the cell returned with work not done (not after it all)
+    assert len(ended_at_reply) < TASKS, ended_at_reply
     assert state["state"] == "cancelled", state
     assert state["counts"]["running"] == 0 and state["counts"]["cancelled"] > 0, state
     assert set(state["done"]) == marks(directory, "end"), state

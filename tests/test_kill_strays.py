@@ -25,8 +25,9 @@ import psutil
 
 from ceranubis_jupyter.cluster.strays import is_stray
 from ceranubis_jupyter.cluster.transport import MACHINE_ID_LENGTH, NODE_MARKER, machine_id
-from tests.fixtures_faults import NamespaceHost, PidNamespace, wait_for
+from tests.fixtures_faults import NamespaceHost, PidNamespace
 from tests.fixtures_ssh import TEST_PYTHON, SSHHome, free_port
+from tests.waiting import wait_for
 
 # Seconds a client gets to bring its nodes up, and the command to finish.
 START_TIMEOUT = 60.0

@@ -15,6 +15,7 @@ from ceranubis_jupyter.jupyter.live import MIN_REDRAW_SECONDS, LiveProgress
 from ceranubis_jupyter.jupyter.progress import OUTPUT_LINES_PER_HOST, Snapshot
 from ceranubis_jupyter.jupyter.widget import ProgressWidget
 from ceranubis_jupyter.projects.commit import commit_function
+from tests.waiting import wait_for
 
 
 def tiny(x: int) -> int:
@@ -44,11 +45,13 @@ def test_redraws_are_throttled_while_results_stream_in(executor: CeranubisExecut
     project = commit_function(executor, tiny, [(i,) for i in range(3000)], name="many")
     live = LiveProgress(project, view).start()
     assert project.wait(timeout=60)
-    time.sleep(3 * MIN_REDRAW_SECONDS)  # the refresher draws the final state by itself
-    final = drawn[-1][1]
+    # The refresher draws the final state by itself (and then stops drawing).
+    wait_for(lambda: drawn[-1][1].final, 30, "the final state drawn")
+    by_refresher = list(drawn)
     live.stop()
+    final = by_refresher[-1][1]
     assert final.final and final.counts.done == 3000, final
-    times = [t for t, _ in drawn]
+    times = [t for t, _ in by_refresher]
     gaps = [b - a for a, b in itertools.pairwise(times[1:])]  # after start()'s own draw
     assert gaps and min(gaps) >= MIN_REDRAW_SECONDS * 0.9, gaps
     assert len({s.counts.done for _, s in drawn}) >= 2  # it moved, not only start and end

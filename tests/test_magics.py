@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import linecache
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -103,13 +104,22 @@ def test_cell_magic_runs_the_function_over_the_arguments(
     assert lines and "12/12 done" in lines[-1] and "done:" in lines[-1], lines
 
 
-def test_no_wait_and_out_return_at_once(ipshell: Any) -> None:
-    ipshell.run_cell_magic(
-        "ceranubis", "nap over [0.2] * 6 --no-wait --out p --workers 2",
-        "import time\ndef nap(s):\n    time.sleep(s)\n    return s\n",
-    )  # fmt: skip
+# A task that waits (at most a minute) until the file ``gate`` exists.
+HELD_CELL = (
+    "import os, time\ndef held(gate):\n    deadline = time.monotonic() + 60\n"
+    "    while not os.path.exists(gate) and time.monotonic() < deadline:\n"
+    "        time.sleep(0.01)\n    return gate\n"
+)
+
+
+def test_no_wait_and_out_return_at_once(ipshell: Any, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    ipshell.user_ns["GATE"] = str(gate)
+    ipshell.run_cell_magic("ceranubis", "held over [GATE] * 6 --no-wait --out p --workers 2",
+                           HELD_CELL)  # fmt: skip
     project = ipshell.user_ns["p"]
-    assert project.state == "running"  # 6 x 0.2 s on 2 workers: not done yet
+    assert project.state == "running"  # the gate is shut: nothing can be done yet
+    gate.touch()
     assert project.wait(timeout=60)
     assert project.status() == (6, 6)
 
@@ -179,10 +189,9 @@ def test_line_magics_hosts_projects_status_results_cancel(ipshell: Any) -> None:
     results = ipshell.run_line_magic("ceranubis", "results listed")
     assert sorted(v for _a, v in results) == [0, 1, 4, 9, 16]
 
-    ipshell.run_cell_magic(
-        "ceranubis", "nap over [0.5] * 20 --name to-cancel --no-wait --workers 2",
-        "import time\ndef nap(s):\n    time.sleep(s)\n    return s\n",
-    )  # fmt: skip
+    ipshell.user_ns["GATE"] = "/nonexistent/never-opened"
+    ipshell.run_cell_magic("ceranubis", "held over [GATE] * 20 --name to-cancel --no-wait "
+                           "--workers 2", HELD_CELL)  # fmt: skip
     cancelled = ipshell.run_line_magic("ceranubis", "cancel to-cancel")
     assert cancelled.wait(timeout=30)
     assert cancelled.state == "cancelled"

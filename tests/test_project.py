@@ -204,7 +204,9 @@ def test_a_failed_insert_stores_nothing_and_stops_its_tasks(store_url: str) -> N
         work = function_from_code(CODE, "work", "work")
         with pytest.raises(StoreError, match="no room"):
             commit_function(executor, work, args, store=store, name="never")
-        wait_for(lambda: executor.scheduler.outstanding == 0, timeout=3)  # cancelled
+        wait_for(lambda: executor.scheduler.outstanding == 0)
+        ran = sum(info.done for info in executor.hosts()) - 10  # past the map's 10
+        assert ran < len(args), f"{ran} of {len(args)} tasks ran: they were not stopped"
         assert list(executor.map(abs, [-1, -2])) == [1, 2]  # the executor still works
     assert list_projects(store) == [] and list_projects(store_url) == []
 
@@ -228,29 +230,54 @@ def test_a_project_bigger_than_its_submit_window_records_everything_once(
 
 
 def test_long_tasks_show_as_running_in_the_store(store_url: str) -> None:
-    # Only tasks still in flight after RUNNING_MARK_SECONDS are marked; these are.
-    args = [(x, 3.0) for x in range(4)]
+    # Only tasks still in flight after RUNNING_MARK_SECONDS are marked; these are (they
+    # run until cancelled).
+    args = [(x, float(DEADLINE)) for x in range(4)]
     project = commit_project(CODE, "work", args, store=store_url)
     reader = open_store(store_url)
-    wait_for(lambda: reader.counts(project.id)["running"] >= 1, timeout=2.5)
+    wait_for(lambda: reader.counts(project.id)["running"] >= 1)
     rows = reader.arguments(project.id, ["running"])
     assert all(row.host == "local" and row.started for row in rows)
     project.cancel()
 
 
-def test_a_run_waiting_on_long_tasks_wakes_at_the_flush_period(store_url: str) -> None:
+class _PauseLog(threading.Event):
+    """The run's wake event, keeping the pause of every cycle (its ``wait`` timeouts)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pauses: list[float | None] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.pauses.append(timeout)
+        return super().wait(timeout)
+
+
+def _wait_for_gate(gate: str) -> str:
+    wait_for(lambda: Path(gate).exists())
+    return gate
+
+
+def test_a_run_waiting_on_long_tasks_wakes_at_the_flush_period(
+    store_url: str, tmp_path: Path
+) -> None:
     # Writes come every 10 ms only while results flow in the tail; a run whose tasks
-    # return nothing for a second must not spin at that rate.
+    # return nothing for a while must not spin at that rate: once the one result has been
+    # written, every cycle pauses for the flush period (counted per cycle, not per second).
+    gate = tmp_path / "gate"
     with CeranubisExecutor(max_workers=2) as executor:
-        project = commit_function(executor, time.sleep, [(0.01,), (2.0,)], store=store_url)
+        args = [(str(tmp_path),), (str(gate),)]  # open already; shut until the end
+        project = commit_function(executor, _wait_for_gate, args, store=store_url)
         assert project._live is not None
         run = project._live.run
+        run._wake = pauses = _PauseLog()
         wait_for(lambda: project.status()[0] == 1)
-        time.sleep(0.2)
-        cycles = run.cycles
-        time.sleep(1.0)
-        woke = run.cycles - cycles
-        assert 5 <= woke <= 1.0 / project_run.FLUSH_SECONDS + 5, woke
+        seen = len(pauses.pauses)
+        wait_for(lambda: len(pauses.pauses) >= seen + 5)  # it does wake, and goes on
+        assert not project.wait(0) and project.status()[0] == 1, "the long task still runs"
+        quiet = pauses.pauses[seen + 1 : seen + 5]  # past the write that took the result
+        assert quiet == [project_run.FLUSH_SECONDS] * 4, pauses.pauses[seen:]
+        gate.touch()
         assert project.wait(DEADLINE) and project.status() == (2, 2)
 
 

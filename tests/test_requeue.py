@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
-import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +12,7 @@ import pytest
 from ceranubis_jupyter import CeranubisExecutor, NodeLost
 from tests.remote import by_value
 from tests.task_records import TaskRecords
+from tests.waiting import marked_nap, wait_for
 
 
 @by_value
@@ -22,17 +23,16 @@ def nap(seconds: float, value: Any = None) -> Any:
     return value
 
 
-def test_queued_tasks_of_a_lost_node_keep_their_retries() -> None:
+def test_queued_tasks_of_a_lost_node_keep_their_retries(tmp_path: Path) -> None:
+    marker = tmp_path / "running"
     with CeranubisExecutor(max_workers=1, retries=0) as executor:
         tasks = TaskRecords(executor)
         executor.submit(nap, 0.0).result(timeout=30)
-        running = executor.submit(nap, 30.0, "running")
+        running = executor.submit(marked_nap, str(marker), 30.0, "running")
         queued = [executor.submit(nap, 0.01, i) for i in range(3)]
-        deadline = time.monotonic() + 20
-        while len(executor.scheduler.links[0].inflight) < 2:  # running + queued on the node
-            assert time.monotonic() < deadline, "tasks never reached the node"
-            time.sleep(0.01)
-        time.sleep(0.3)  # the first task is on the worker now
+        link = executor.scheduler.links[0]
+        wait_for(lambda: len(link.inflight) >= 2, 20, "running + queued on the node")
+        wait_for(marker.exists, 20, "the first task on the worker")
         os.kill(executor.hosts()[0].pid, signal.SIGKILL)
         with pytest.raises(NodeLost, match=r"lost with its node 1 times"):
             running.result(timeout=30)

@@ -39,9 +39,9 @@ from tests.task_records import TaskRecords
 RESULT_TIMEOUT = 30.0
 # Tasks for three one-worker nodes: over their summed credit (3 x CREDIT_PER_WORKER).
 TASKS_FOR_THREE = 3 * CREDIT_PER_WORKER + 12
-# Connect timeout of the hanging host: well above a loopback start, short for shutdown
-# (which waits for a starting link to give up).
-HANGING_CONNECT_TIMEOUT = 4.0
+# Connect timeout of the hanging host: far above a loopback start even on a loaded machine,
+# short enough for shutdown (which waits for a starting link to give up).
+HANGING_CONNECT_TIMEOUT = 10.0
 
 
 @by_value
@@ -160,16 +160,12 @@ def test_a_hanging_host_does_not_hold_up_the_others(
     hosts_openssh: list[Host], silent_port: int
 ) -> None:
     hanging = Host(f"127.0.0.1:{silent_port}", connect_timeout=HANGING_CONNECT_TIMEOUT)
-    started = time.monotonic()
     with CeranubisExecutor([hanging, *hosts_openssh], max_workers=1) as executor:
         assert executor.submit(abs, -5).result(timeout=RESULT_TIMEOUT) == 5
-        first = time.monotonic() - started
         states = {info.host: info.state for info in executor.hosts()}
         executor.shutdown(wait=True)
-    assert first < HANGING_CONNECT_TIMEOUT, (
-        f"the first result took {first:.1f} s: hosts do not connect concurrently"
-    )
-    assert states[hanging.address] == "starting"
+    # A result while the hanging host still connects: the hosts connect concurrently.
+    assert states[hanging.address] == "starting", states
 
 
 def test_user_at_host_port_without_an_alias(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from tests.fixtures_ssh import (
 from tests.remote import by_value
 from tests.task_records import TaskRecords
 from tests.test_ssh_failures import only_error
+from tests.waiting import wait_for
 
 # Seconds any result may take here.
 RESULT_TIMEOUT = 30.0
@@ -180,7 +180,7 @@ def test_a_partitioned_host_loses_its_node_and_its_work_moves(
         slow = []
         for _ in range(4):  # one at a time, so the credit-based dispatch alternates hosts
             slow.append(executor.submit(nap_where, PARTITION_TASK_SECONDS))
-            time.sleep(0.1)
+            wait_for(lambda: tasks.host(slow[-1]) is not None, RESULT_TIMEOUT, "the task sent")
         on_cut = [f for f, host in zip(slow, tasks.hosts(slow), strict=True) if host == cut.alias]
         assert on_cut, "no task reached the host before the cut; the test would prove nothing"
         # No FIN, no RST: a silent partition. The namespace's end goes down, so our route to

@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from ceranubis_jupyter import CeranubisExecutor, ConfigError, Host, TaskTimeout
 from tests.fixtures_ssh import OPENSSH_ALIAS, TEST_PYTHON
 from tests.remote import by_value
 from tests.task_records import TaskRecords
+from tests.waiting import gated, marked_nap, wait_for
 
 
 @by_value
@@ -39,10 +41,10 @@ def worker_pid(_: Any = None) -> int:
 
 
 def wait_busy(executor: CeranubisExecutor, busy: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while sum(info.busy for info in executor.hosts()) < busy:
-        assert time.monotonic() < deadline, f"never {busy} busy workers: {executor.hosts()}"
-        time.sleep(0.05)
+    def enough() -> bool:
+        return sum(info.busy for info in executor.hosts()) >= busy
+
+    wait_for(enough, timeout, f"{busy} busy workers")
 
 
 @pytest.fixture
@@ -56,9 +58,10 @@ def test_timeout_kills_the_task_and_replaces_its_worker(one_worker: CeranubisExe
     before = one_worker.submit(worker_pid).result(timeout=30)
     started = time.monotonic()
     future = one_worker.options(timeout=0.5).submit(nap, 30.0)
+    # Within 20 s: the 30 s task did not end by itself, it was ended, and not too early.
     with pytest.raises(TaskTimeout, match=r"ran longer than its timeout of 0.5 s; its worker"):
         future.result(timeout=20)
-    assert time.monotonic() - started < 5.0
+    assert time.monotonic() - started >= 0.5
     assert isinstance(future.exception(), TimeoutError)
     after = one_worker.submit(worker_pid).result(timeout=30)
     assert after != before, "the worker that ran over its timeout was replaced"
@@ -71,27 +74,28 @@ def test_options_reject_bad_values(one_worker: CeranubisExecutor) -> None:
         one_worker.options(retries=-2)
 
 
-def test_higher_priority_runs_first(one_worker: CeranubisExecutor) -> None:
-    blocker = one_worker.submit(nap, 0.5)
+def test_higher_priority_runs_first(one_worker: CeranubisExecutor, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    blocker = one_worker.submit(gated, str(gate), "opened")  # holds the worker meanwhile
     fillers = [one_worker.submit(finish_time, "filler") for _ in range(20)]
     low = [one_worker.options(priority=0).submit(finish_time, "low") for _ in range(10)]
     high = [one_worker.options(priority=5).submit(finish_time, "high") for _ in range(10)]
-    blocker.result(timeout=30)
+    gate.touch()
+    assert blocker.result(timeout=30) == "opened"
     last_high = max(f.result(timeout=30)[1] for f in high)
     first_low = min(f.result(timeout=30)[1] for f in low)
     assert last_high < first_low, "every high-priority task ends before any low one"
     assert all(f.result(timeout=30)[0] == "filler" for f in fillers)
 
 
-def test_cancel_stops_a_running_task(one_worker: CeranubisExecutor) -> None:
+def test_cancel_stops_a_running_task(one_worker: CeranubisExecutor, tmp_path: Path) -> None:
     before = one_worker.submit(worker_pid).result(timeout=30)
-    running = one_worker.submit(nap, 60.0, "never")
-    time.sleep(1.5)  # surely on the worker by now (load reports lag up to a second)
-    started = time.monotonic()
+    marker = tmp_path / "running"
+    running = one_worker.submit(marked_nap, str(marker), 60.0, "never")
+    wait_for(marker.exists, 30, "the task running in its worker")
     one_worker.cancel([running])
-    with pytest.raises(cf.CancelledError):
+    with pytest.raises(cf.CancelledError):  # well before the 60 s task could end
         running.result(timeout=10)
-    assert time.monotonic() - started < 5.0
     assert one_worker.submit(worker_pid).result(timeout=30) != before
 
 
@@ -133,10 +137,9 @@ def test_add_and_remove_hosts_while_running(hosts_openssh: list[Host]) -> None:
         assert {host_of(f) for f in more} == {"local", OPENSSH_ALIAS}
 
         running = executor.submit(nap, 1.5, "drained")
-        deadline = time.monotonic() + 20
-        while (ran_on := host_of(running)) is None:
-            assert time.monotonic() < deadline, "the task never reached a node"
-            time.sleep(0.01)
+        wait_for(lambda: host_of(running) is not None, 20, "the task sent to a node")
+        ran_on = host_of(running)
+        assert ran_on is not None
         executor.remove_hosts(ran_on, drain=True)
         assert running.done() and running.result() == "drained"
         assert tasks.of(running).attempts == 0
@@ -151,10 +154,7 @@ def test_remove_without_drain_requeues_running_work(hosts_openssh: list[Host]) -
     with CeranubisExecutor([Host("local", workers=1), remote]) as executor:
         host_of = TaskRecords(executor).host
         executor.submit(nap, 0.0).result(timeout=60)
-        wait_ready = time.monotonic() + 30
-        while len([i for i in executor.hosts() if i.state == "ready"]) < 2:
-            assert time.monotonic() < wait_ready
-            time.sleep(0.05)
+        wait_for(lambda: [i.state for i in executor.hosts()] == ["ready"] * 2, 30, "both ready")
         long = [executor.submit(nap, 1.5, i) for i in range(2)]
         wait_busy(executor, 2)
         assert {host_of(f) for f in long} == {"local", OPENSSH_ALIAS}, "spread over hosts"

@@ -84,6 +84,19 @@ JS_FINAL = f"""([COUNTS, BAR]) => {{
 }}"""
 
 
+# The whole final view: counts, bar, header and the host row (its done count, 4th column).
+JS_SETTLED = f"""([COUNTS, BAR, HEADER, HOSTS]) => {{
+  const c = document.querySelector(COUNTS), b = document.querySelector(BAR),
+        h = document.querySelector(HEADER), o = document.querySelector(HOSTS);
+  if (!c || !b || !h || !o) return false;
+  const rows = o.innerText.split('\\n').filter(line => line.trim());
+  const row = rows.length ? rows[rows.length - 1].trim().split(/\\s+/) : [];
+  return c.textContent.startsWith('{TASKS}/{TASKS} done · 0 failed · 0 running · 0 pending')
+         && b.style.width === '100%' && h.textContent.includes('done')
+         && row[3] === '{TASKS}';
+}}"""
+
+
 def done_count(counts_text: str) -> int:
     match = re.match(r"^(\d+)/\d+ done", counts_text)
     return int(match.group(1)) if match else -1
@@ -135,7 +148,8 @@ def run_and_watch(page: Any) -> dict[str, Any]:
     mid = page.inner_text(COUNTS)
     page.screenshot(path=str(ARTIFACTS / "browser-widget-mid.png"))
     page.wait_for_function(JS_FINAL, arg=[COUNTS, BAR], polling=50, timeout=60_000)
-    page.wait_for_timeout(300)
+    hosts = f"{WIDGET} .ceranubis-hosts"
+    page.wait_for_function(JS_SETTLED, arg=[COUNTS, BAR, HEADER, hosts], polling=50)
     page.screenshot(path=str(ARTIFACTS / "browser-widget-final.png"))
     page.locator(WIDGET).first.screenshot(path=str(ARTIFACTS / "browser-widget-final-cell.png"))
     final = {
