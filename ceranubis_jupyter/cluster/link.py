@@ -196,10 +196,11 @@ class NodeLink:
             try:
                 await self._session()
                 failures = 0
-            except HostError as error:
+            except Exception as raised:  # HostError, or what a node's messages broke
                 if self.closing:
                     break
                 failures += 1
+                error = raised if isinstance(raised, HostError) else self._broke_us(raised)
                 self._record_failure(error, failures)
                 if not self._worth_retrying(error):
                     self.dead = True
@@ -320,6 +321,23 @@ class NodeLink:
         )
         return NodeLost(self.host, f"sent a malformed frame ({error}); node dropped")
 
+    def _broke_us(self, error: Exception) -> HostError:
+        """An error raised while handling the node's messages (a malformed payload, or a
+        bug): the node is dropped as lost, so its tasks are re-queued and it restarts."""
+        if isinstance(error, ProtocolError):
+            return self._garbage(error)
+        log.error(
+            "[host=%s] unexpected %s while handling its messages; dropping the node, its "
+            "tasks are re-queued",
+            self.host,
+            type(error).__name__,
+            exc_info=error,
+        )
+        return NodeLost(
+            self.host,
+            f"handling its messages failed ({type(error).__name__}: {error}); node dropped",
+        )
+
     def _eof_reason(self) -> str:
         tail = self.channel.stderr_tail() if self.channel else ""
         detail = f"; its last words: {tail[-500:]}" if tail else ""
@@ -428,6 +446,11 @@ class NodeLink:
         channel, self.channel = self.channel, None
         if channel is not None:
             await (channel.abort() if abort else channel.close())
+
+    def put_back(self, record: TaskRecord) -> None:
+        """Return a task taken out of :attr:`inflight` whose result could not be handled:
+        first, since it is the one most likely to have been running when the node is lost."""
+        self.inflight = {record.task_id: record, **self.inflight}
 
     async def close(self) -> None:
         """Ask the node to shut down, close its channel and wait for the link to end.

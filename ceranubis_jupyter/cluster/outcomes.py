@@ -16,7 +16,10 @@
 
 Functions of the task and what the node said, nothing else: the scheduler decides what to
 do with their answer (set the future, re-queue, tell listeners). Each names the host and
-the task and says what to do next.
+the task and says what to do next. A payload that breaks the protocol (a crash report that
+is not one, a RAISED payload that is not a remote exception) raises
+:class:`~ceranubis_jupyter.errors.RemoteProtocolError` before the task's record is
+touched: the link then drops the node and re-queues its tasks, this one included.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from ..errors import (
     HostError,
     NodeLost,
     NoHostsAvailable,
+    RemoteProtocolError,
     RemoteTraceback,
     TaskError,
     TaskTimeout,
@@ -55,7 +59,7 @@ def failure_of(host: str, record: TaskRecord, result: p.Result) -> BaseException
     if status == p.RAISED:
         return user_exception(host, record, result)
     if status == p.CRASHED:
-        return _crash(host, record, json.loads(bytes(result.payload)))
+        return _crash(host, record, crash_report(record, result.payload))
     if status == p.UNPICKLABLE:
         text = bytes(result.payload).decode("utf-8", "replace")
         return UnpicklableError(
@@ -92,6 +96,11 @@ def user_exception(host: str, record: TaskRecord, result: p.Result) -> BaseExcep
             host=host,
             task_id=record.task_id,
         )
+    if not isinstance(remote, RemoteException):
+        raise RemoteProtocolError(
+            f"the RAISED result of task {record.task_id} holds a {type(remote).__name__}, "
+            "not a remote exception"
+        )
     header = f"Remote traceback of task {record.task_id} on {host}:"
     cause = RemoteTraceback(remote.format(header))
     exception = remote.exception
@@ -106,9 +115,31 @@ def user_exception(host: str, record: TaskRecord, result: p.Result) -> BaseExcep
     return exception
 
 
-def _crash(host: str, record: TaskRecord, info: dict[str, Any]) -> WorkerCrashed | None:
+def crash_report(record: TaskRecord, payload: p.Buffer) -> dict[str, int]:
+    """The ``{"exitcode": int, "pid": int}`` of a CRASHED result, checked.
+
+    Raises:
+        RemoteProtocolError: the payload is not such a report.
+    """
+    try:
+        report: Any = json.loads(bytes(payload))
+    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError both are
+        raise RemoteProtocolError(
+            f"the CRASHED result of task {record.task_id} is not JSON: {error}"
+        ) from None
+    fields = report.items() if isinstance(report, dict) else ()
+    if not fields or not all(type(value) is int for _, value in fields):
+        raise RemoteProtocolError(
+            f"the CRASHED result of task {record.task_id} is not a crash report "
+            f"(a JSON object of integers): {bytes(payload)[:100]!r}"
+        )
+    checked: dict[str, int] = report
+    return checked
+
+
+def _crash(host: str, record: TaskRecord, info: dict[str, int]) -> WorkerCrashed | None:
     """Count an attempt of a task whose worker died; ``None`` while it has retries left."""
-    exitcode = int(info.get("exitcode", 0))
+    exitcode = info.get("exitcode", 0)
     record.attempts += 1
     how = describe_exit(exitcode)
     if record.attempts <= record.retries:

@@ -371,7 +371,11 @@ class Scheduler:
             record = link.inflight.pop(result.task_id, None)
             if record is not None:
                 record.output = result.output
-                self._resolve(link, record, result)
+                try:
+                    self._resolve(link, record, result)
+                except Exception:  # a malformed result: the link drops the node
+                    link.put_back(record)  # ... and re-queues this task with the others
+                    raise
         link.update_busy()
         self._dispatch()
 
