@@ -175,7 +175,7 @@ GARBAGE = st.one_of(
     st.builds(
         lambda kind, length, tail: p.HEADER.pack(p.MAGIC, kind, length) + tail,
         _KINDS,
-        st.integers(min_value=p.MAX_FRAME + 1, max_value=2**64 - 1),
+        st.integers(min_value=p.MAX_CONTROL_FRAME + 1, max_value=2**64 - 1),
         st.binary(max_size=20),
     ),
 )

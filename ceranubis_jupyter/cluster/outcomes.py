@@ -12,6 +12,7 @@
                      └─ CANCELLED    CancelledError
 
     a node lost under a task         None (again) while attempts ≤ retries, then NodeLost
+    a node whose messages broke us   NodeLost for the node (node_broke), its tasks re-queued
     no host of the task's group      ConfigError (at submit), NoHostsAvailable (left later)
 
 Functions of the task and what the node said, nothing else: the scheduler decides what to
@@ -32,13 +33,16 @@ from typing import Any
 from ..errors import (
     ConfigError,
     HostError,
+    HostVersionMismatch,
     NodeLost,
     NoHostsAvailable,
+    ProtocolError,
     RemoteProtocolError,
     RemoteTraceback,
     TaskError,
     TaskTimeout,
     UnpicklableError,
+    VersionMismatch,
     WorkerCrashed,
     crash_advice,
     describe_exit,
@@ -183,3 +187,23 @@ def no_host_left(record: TaskRecord, errors: list[HostError]) -> NoHostsAvailabl
         "(given up or removed); add one with executor.add_hosts([Host(..., "
         f"group={group!r})]) and submit again",
     )
+
+
+def node_broke(host: str, error: Exception) -> HostError:
+    """The error a node is dropped with when handling what it sent raised ``error``: garbage
+    (a malformed frame or result), another protocol version, or a bug. Logs the first and
+    the last, which are news to whoever reads the log."""
+    if isinstance(error, VersionMismatch):
+        return HostVersionMismatch(host, str(error))
+    if isinstance(error, ProtocolError):
+        kind = type(error).__name__ if isinstance(error, RemoteProtocolError) else "error"
+        log.error("[host=%s] %s: %s; dropping the node, its tasks are re-queued", host, kind, error)
+        return NodeLost(host, f"sent a malformed frame ({error}); node dropped")
+    log.error(
+        "[host=%s] unexpected %s while handling its messages; dropping the node, its tasks "
+        "are re-queued",
+        host,
+        type(error).__name__,
+        exc_info=error,
+    )
+    return NodeLost(host, f"handling its messages failed ({type(error).__name__}: {error})")
