@@ -281,7 +281,7 @@ MALFORMED_RESULTS = {
     "crash report not JSON": (p.CRASHED, b"\xffnot json", "is not JSON"),
     "crash report a JSON list": (p.CRASHED, b"[9, 1234]", _NOT_A_REPORT),
     "crash report with a text exit code": (p.CRASHED, b'{"exitcode": "nine"}', _NOT_A_REPORT),
-    "raised an int, not an exception": (p.RAISED, pickle.dumps(7), "holds a int"),
+    "raised an int, not an exception": (p.RAISED, pickle.dumps(7), "is a pickled int"),
     # Unpickles as a RemoteException whose frames are not a list: formatting it fails in a
     # way nothing checks for, the path of any unexpected error.
     "raised a broken remote exception": (

@@ -102,8 +102,8 @@ def user_exception(host: str, record: TaskRecord, result: p.Result) -> BaseExcep
         )
     if not isinstance(remote, RemoteException):
         raise RemoteProtocolError(
-            f"the RAISED result of task {record.task_id} holds a {type(remote).__name__}, "
-            "not a remote exception"
+            f"the RAISED result of task {record.task_id} is a pickled "
+            f"{type(remote).__name__}, not a remote exception"
         )
     header = f"Remote traceback of task {record.task_id} on {host}:"
     cause = RemoteTraceback(remote.format(header))
