@@ -12,8 +12,10 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import pickle
 import sys
 from collections.abc import Iterator
+from concurrent.futures import wait
 from pathlib import Path
 
 import pytest
@@ -28,8 +30,9 @@ from ceranubis_jupyter.cluster.transport import (
     Transport,
     start_process_channel,
 )
-from ceranubis_jupyter.errors import RemoteProtocolError, VersionMismatch
+from ceranubis_jupyter.errors import RemoteProtocolError, TaskError, VersionMismatch
 from ceranubis_jupyter.wire import protocol as p
+from ceranubis_jupyter.wire.serialize import RemoteException
 from tests.remote import by_value
 from tests.task_records import TaskRecords
 from tests.waiting import wait_for
@@ -45,14 +48,20 @@ TASKS = 12
 _PACKAGE_PARENT = str(Path(__file__).resolve().parents[1])
 
 # The fake node: the real handshake with the real protocol module, then garbage (or, in
-# "early" mode, garbage instead of its Hello). A restarted fake (its record file exists)
-# leaves at once: only the first one is the test.
+# "early" mode, garbage instead of its Hello; in "results:<status>" mode, a well-formed
+# Results frame answering each task it gets with that status and the garbage as payload).
+# A restarted fake (its record file exists) leaves at once, or in results mode stays
+# without a Hello until its input closes (so its host's error stays the first one): only
+# the first one is the test.
 FAKE_NODE = r"""
 import os, sys
 sys.path.insert(0, sys.argv[1])
 from ceranubis_jupyter.wire import protocol as p
 garbage, record, early = bytes.fromhex(sys.argv[2]), sys.argv[3], sys.argv[4] == "early"
+answer = int(sys.argv[4].split(":")[1]) if sys.argv[4].startswith("results:") else None
 if os.path.exists(record):
+    while answer is not None and os.read(0, 1 << 20):
+        pass
     sys.exit(0)
 if early:
     open(record, "w").close()
@@ -65,7 +74,7 @@ version = "%d.%d.%d" % sys.version_info[:3]
 hello = p.Hello(p.PROTOCOL_VERSION, version, "0", "fake", 1, os.getpid())
 os.write(1, b"".join(bytes(c) for c in conn.send(hello)))
 tasks = []
-while not tasks:
+while not tasks or answer is not None:
     data = os.read(0, 1 << 20)
     if not data:
         sys.exit(0)
@@ -73,6 +82,11 @@ while not tasks:
     while (message := conn.next_event()) is not None:
         if isinstance(message, p.Tasks):
             tasks += [task.task_id for task in message.tasks]
+            if answer is not None:
+                with open(record, "w") as out:
+                    out.write(" ".join(map(str, tasks)))
+                results = [p.Result(t.task_id, answer, p.PICKLE, garbage) for t in message.tasks]
+                os.write(1, b"".join(bytes(c) for c in conn.send(p.Results(tuple(results)))))
 with open(record, "w") as out:
     out.write(" ".join(map(str, tasks)))
 os.write(1, garbage)
@@ -84,12 +98,21 @@ while os.read(0, 1 << 20):
 class FakeNodeTransport(Transport):
     """Starts the fake node over pipes, exactly as the local transport starts a real one."""
 
-    def __init__(self, host: str, garbage: bytes, record: Path, early: bool = False) -> None:
+    def __init__(
+        self,
+        host: str,
+        garbage: bytes,
+        record: Path,
+        early: bool = False,
+        answer: int | None = None,
+    ) -> None:
         self.host = host
         self.workers = 1
         self.garbage = garbage
         self.record = record
-        self.early = early
+        self.mode = "early" if early else "after-hello"
+        if answer is not None:
+            self.mode = f"results:{answer}"
 
     async def start(self) -> Channel:
         argv = [
@@ -99,7 +122,7 @@ class FakeNodeTransport(Transport):
             _PACKAGE_PARENT,
             self.garbage.hex(),
             str(self.record),
-            "early" if self.early else "after-hello",
+            self.mode,
             NODE_MARKER,  # the leak check covers fakes too
         ]
         return await start_process_channel(self.host, argv, new_session=False)
@@ -152,7 +175,7 @@ GARBAGE = st.one_of(
     st.builds(
         lambda kind, length, tail: p.HEADER.pack(p.MAGIC, kind, length) + tail,
         _KINDS,
-        st.integers(min_value=p.MAX_FRAME + 1, max_value=2**64 - 1),
+        st.integers(min_value=p.MAX_CONTROL_FRAME + 1, max_value=2**64 - 1),
         st.binary(max_size=20),
     ),
 )
@@ -249,3 +272,70 @@ def test_garbage_instead_of_a_hello_fails_only_that_host(
         one_fake_node()
         assert {i.host for i in executor.hosts()} == {"local"}
     assert len(os.listdir(tmp_path)) >= 3, "too few fake nodes ran"
+
+
+# Results frames that are well-formed but whose payload breaks the client's handling:
+# (status, payload, what the host's error then says).
+_NOT_A_REPORT = "is not a crash report"
+MALFORMED_RESULTS = {
+    "crash report not JSON": (p.CRASHED, b"\xffnot json", "is not JSON"),
+    "crash report a JSON list": (p.CRASHED, b"[9, 1234]", _NOT_A_REPORT),
+    "crash report with a text exit code": (p.CRASHED, b'{"exitcode": "nine"}', _NOT_A_REPORT),
+    "raised an int, not an exception": (p.RAISED, pickle.dumps(7), "is a pickled int"),
+    # Unpickles as a RemoteException whose frames are not a list: formatting it fails in a
+    # way nothing checks for, the path of any unexpected error.
+    "raised a broken remote exception": (
+        p.RAISED,
+        pickle.dumps(RemoteException(None, "E", "m", 5, "E: m")),  # type: ignore[arg-type]
+        "handling its messages failed (TypeError",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED_RESULTS))
+def test_a_malformed_result_drops_the_node_and_its_tasks_run_elsewhere(
+    case: str, tmp_path: Path, client_log: Records
+) -> None:
+    status, payload, said = MALFORMED_RESULTS[case]
+    host, record = "fake-results", tmp_path / "fake-results"
+    with CeranubisExecutor(max_workers=2) as executor:
+        tasks = TaskRecords(executor)
+        assert executor.submit(triple, 1).result(timeout=STEP_TIMEOUT) == 3
+        fake = FakeNodeTransport(host, payload, record, answer=status)
+        executor.scheduler.add_hosts_threadsafe([fake])
+        wait_for(lambda: info(executor, host).state == "ready", STEP_TIMEOUT, "fake ready")
+        futures = [executor.submit(triple, x) for x in range(TASKS)]
+        assert [f.result(timeout=STEP_TIMEOUT) for f in futures] == [3 * x for x in range(TASKS)]
+        taken = {int(t) for t in record.read_text().split()}
+        assert taken and taken <= {tasks.task_id(f) for f in futures}
+        assert all(tasks.of(f).host == "local" for f in futures if tasks.task_id(f) in taken)
+        wait_for(lambda: info(executor, host).state == "failed", STEP_TIMEOUT, "fake dropped")
+        error = info(executor, host).error
+        assert error.startswith(f"{host}: ") and said in error, error
+        logged = [r.getMessage() for r in client_log.records if r.levelno >= logging.ERROR]
+        assert any(m.startswith(f"[host={host}] ") for m in logged), logged
+        assert not any("a bug in ceranubis" in m for m in logged), logged
+        assert info(executor, "local").state == "ready"
+
+
+def test_a_raised_exception_that_does_not_unpickle_fails_only_its_task(tmp_path: Path) -> None:
+    """Not a broken node: a user's exception class that will not unpickle here (say, one
+    whose ``__init__`` takes two arguments) is the task's own error, and re-running it
+    elsewhere would end the same way."""
+    host, record = "fake-raised", tmp_path / "fake-raised"
+    with CeranubisExecutor(max_workers=2) as executor:
+        tasks = TaskRecords(executor)
+        fake = FakeNodeTransport(host, b"\x80\x05not a pickle", record, answer=p.RAISED)
+        executor.scheduler.add_hosts_threadsafe([fake])
+        wait_for(lambda: info(executor, host).state == "ready", STEP_TIMEOUT, "fake ready")
+        futures = [executor.submit(triple, x) for x in range(TASKS)]
+        wait(futures, timeout=STEP_TIMEOUT)
+        assert all(f.done() for f in futures)
+        on_fake = [f for f in futures if tasks.of(f).host == host]
+        assert on_fake, "the fake node got none of the tasks"
+        for future in on_fake:
+            error = future.exception()
+            assert isinstance(error, TaskError) and "could not be unpickled" in str(error)
+            assert host in str(error)
+        assert all(f.result() == 3 * x for x, f in enumerate(futures) if f not in on_fake)
+        assert info(executor, host).state == "ready"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import struct
+import tracemalloc
 
 import pytest
 from hypothesis import given, settings
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 
 from ceranubis_jupyter.errors import LocalProtocolError, RemoteProtocolError, VersionMismatch
 from ceranubis_jupyter.wire import protocol as p
+from ceranubis_jupyter.wire.messages import KIND_OF
 
 HELLO = p.Hello(p.PROTOCOL_VERSION, "3.11.7", "0.4.1", "gpu1", 8, 1234)
 CONFIGURE = p.Configure(p.PROTOCOL_VERSION, 4, 1.0, 10.0)
@@ -111,7 +113,8 @@ def test_sending_out_of_order_is_a_local_error() -> None:
     [
         (b"\x00\x01" + struct.pack("!Q", 0), "bad frame magic"),
         (bytes([p.MAGIC, 99]) + struct.pack("!Q", 0), "unknown message kind"),
-        (bytes([p.MAGIC, 1]) + struct.pack("!Q", p.MAX_FRAME + 1), "larger than"),
+        (bytes([p.MAGIC, 1]) + struct.pack("!Q", p.MAX_CONTROL_FRAME + 1), "control-frame cap"),
+        (bytes([p.MAGIC, 5]) + struct.pack("!Q", p.MAX_DATA_FRAME + 1), "data-frame cap"),
         (bytes([p.MAGIC, 1]) + struct.pack("!Q", 2) + b"{}", "Hello needs fields"),
         (bytes([p.MAGIC, 1]) + struct.pack("!Q", 3) + b"\xff\xfe!", "malformed"),
         (bytes([p.MAGIC, 5]) + struct.pack("!Q", 4) + struct.pack("!I", 3), "ends early"),
@@ -173,3 +176,118 @@ def test_configure_carries_the_fast_path_switches(direct: bool, cut: bool) -> No
         direct,
         cut,
     )
+
+
+# Bytes a stream delivers per read in the cap tests (a node reads 64 KiB at a time).
+STREAM_CHUNK = 1 << 16
+# Bytes the decoder may allocate while refusing a frame: a read's worth and change, far
+# under the frame it refuses.
+REFUSAL_MEMORY = 4 * STREAM_CHUNK
+
+
+def header(kind: int, length: int) -> bytes:
+    return p.HEADER.pack(p.MAGIC, kind, length)
+
+
+@pytest.mark.parametrize(
+    "cls", [p.Hello, p.Configure, p.Heartbeat, p.Load, p.Cancel, p.NodeFailure]
+)
+def test_a_control_header_over_its_cap_is_refused_before_its_body(cls: type) -> None:
+    kind = KIND_OF[cls]
+    decoder = p.FrameDecoder()
+    decoder.feed(header(kind, 2 << 20))
+    with pytest.raises(RemoteProtocolError) as refused:
+        decoder.next_message()
+    said = str(refused.value)
+    assert cls.__name__ in said and str(2 << 20) in said and str(p.MAX_CONTROL_FRAME) in said
+
+
+def test_a_control_frame_at_its_cap_passes() -> None:
+    text = "x" * (p.MAX_CONTROL_FRAME - len('{"message":""}'))
+    frame = joined(p.encode(p.NodeFailure(text)))
+    assert len(frame) == p.HEADER.size + p.MAX_CONTROL_FRAME
+    decoder = p.FrameDecoder()
+    decoder.feed(frame)
+    assert decoder.next_message() == p.NodeFailure(text)
+
+
+def test_a_data_frame_over_a_configured_cap_is_refused_from_its_header() -> None:
+    cap = 1 << 20
+    decoder = p.FrameDecoder(max_data_frame=cap)
+    decoder.feed(header(KIND_OF[p.Results], cap + 1))
+    with pytest.raises(RemoteProtocolError) as refused:
+        decoder.next_message()
+    said = str(refused.value)
+    assert "Results" in said and str(cap + 1) in said and str(cap) in said
+    assert "max_data_frame" in said  # how to raise it
+
+
+def test_a_big_data_frame_under_the_cap_passes() -> None:
+    blob = bytes(range(256)) * (64 << 10)  # 16 MiB: through the memory-mapped large path
+    task = p.Task(7, 1, p.CALL, p.PICKLE, b"args", (blob,))
+    decoder = p.FrameDecoder(max_data_frame=len(blob) + (1 << 10))
+    for chunk in p.encode(p.Tasks((task,))):
+        decoder.feed(chunk)
+    message = decoder.next_message()
+    assert isinstance(message, p.Tasks) and bytes(message.tasks[0].buffers[0]) == blob
+
+
+def test_a_refused_header_costs_no_memory_for_its_body() -> None:
+    """A stream claiming a 64 MiB NodeFailure (or a 16 GiB Results over the default cap)
+    is refused at its first read; what the decoder allocated stays near one read."""
+    for kind, length in ((KIND_OF[p.NodeFailure], 64 << 20), (KIND_OF[p.Results], 16 << 30)):
+        decoder = p.FrameDecoder()
+        first = header(kind, length) + b"x" * (STREAM_CHUNK - p.HEADER.size)
+        tracemalloc.start()
+        try:
+            decoder.feed(first)
+            with pytest.raises(RemoteProtocolError, match="cap"):
+                decoder.next_message()
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < REFUSAL_MEMORY, f"refusing kind {kind} allocated {peak} bytes"
+
+
+def test_a_batch_over_the_cap_travels_as_several_frames() -> None:
+    cap = 1 << 20
+    client, node = p.Connection(p.CLIENT, max_data_frame=cap), p.Connection(p.NODE)
+    client.receive_data(joined(node.send(HELLO)))
+    client.next_event()
+    node.receive_data(
+        joined(client.send(p.Configure(p.PROTOCOL_VERSION, 1, 1.0, 10.0, max_data_frame=cap)))
+    )
+    configure = node.next_event()
+    assert isinstance(configure, p.Configure) and configure.max_data_frame == cap
+    payloads = [bytes([n]) * (300 << 10) for n in range(7)]  # 2.1 MB, three frames at least
+    tasks = tuple(p.Task(n, 1, p.CALL, p.PICKLE, payload) for n, payload in enumerate(payloads))
+    frame = joined(client.send(p.Tasks(tasks)))
+    received, frames = [], 0
+    node.receive_data(frame)
+    while (message := node.next_event()) is not None:
+        assert isinstance(message, p.Tasks)
+        received += [bytes(task.payload) for task in message.tasks]
+        frames += 1
+    assert received == payloads and frames >= 3
+    # ... and the node, holding the client's cap, splits its results the same way
+    results = tuple(p.Result(n, p.OK, p.PICKLE, payload) for n, payload in enumerate(payloads))
+    client.receive_data(joined(node.send(p.Results(results))))
+    back = []
+    while (message := client.next_event()) is not None:
+        assert isinstance(message, p.Results)
+        back += [bytes(result.payload) for result in message.results]
+    assert back == payloads
+
+
+def test_a_node_takes_the_data_frame_cap_from_configure() -> None:
+    cap = 2 << 20
+    client, node = p.Connection(p.CLIENT, max_data_frame=cap), p.Connection(p.NODE)
+    client.receive_data(joined(node.send(HELLO)))
+    client.next_event()
+    node.receive_data(
+        joined(client.send(p.Configure(p.PROTOCOL_VERSION, 1, 1.0, 10.0, max_data_frame=cap)))
+    )
+    node.next_event()
+    node.receive_data(header(KIND_OF[p.Tasks], cap + 1))
+    with pytest.raises(RemoteProtocolError, match="Tasks frame of"):
+        node.next_event()

@@ -7,7 +7,8 @@
                                                                  bootstrap, hosts
 
 ``ssh_options`` resolves a host's SSH settings and refuses any that would turn host-key
-checking off; ``strays`` finds and ends nodes whose client died.
+checking off; ``strays`` finds and ends nodes whose client died. ``fastpaths`` and
+``framecap`` are the executor's switches and its data-frame cap.
 
 May import: ``wire``, ``errors``, the standard library, dill and asyncssh. Never ``node``
 (the node code reaches hosts as files, not imports), ``projects``, ``jupyter`` or ``cli``.

@@ -24,6 +24,7 @@ from ..wire import protocol as p
 from ..wire.describe import unpicklable_arguments, unpicklable_function
 from ..wire.serialize import dumps, dumps_function
 from .fastpaths import FastPaths
+from .framecap import data_frame_cap
 from .hosts import Host, HostSpec, as_host
 from .link import SILENCE_TIMEOUT, HostInfo
 from .mapping import MapSlot, MapWaiter, results_in_order
@@ -71,6 +72,9 @@ class NodeExecutor(Executor):
             but those ``$CERANUBIS_FAST_PATHS_OFF`` names).
         heartbeat_timeout: seconds of silence after which a host counts as lost (its tasks
             are re-queued) and after which a node gives up on a silent client.
+        max_data_frame: the largest frame of tasks or results, in bytes (a single task's
+            arguments or result, :mod:`~.framecap`; default ``$CERANUBIS_MAX_DATA_FRAME``,
+            else 4 GiB).
 
     Raises:
         ConfigError: ``max_workers`` is not a positive integer or a host spec is bad.
@@ -89,6 +93,7 @@ class NodeExecutor(Executor):
         retries: int = DEFAULT_RETRIES,
         heartbeat_timeout: float = SILENCE_TIMEOUT,
         fast_paths: FastPaths | None = None,
+        max_data_frame: int | None = None,
     ) -> None:
         if max_workers is not None and (not isinstance(max_workers, int) or max_workers <= 0):
             raise ConfigError(f"max_workers must be a positive integer, got {max_workers!r}")
@@ -101,6 +106,7 @@ class NodeExecutor(Executor):
             self._transports,
             silence_timeout=heartbeat_timeout,
             fast_paths=fast_paths or FastPaths.from_env(),
+            max_data_frame=data_frame_cap(max_data_frame),
         )
         self._functions: dict[int, tuple[Callable[..., Any], int]] = {}
         self._fn_ids = itertools.count(1)

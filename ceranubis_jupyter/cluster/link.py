@@ -22,16 +22,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..errors import (
-    HostError,
-    HostVersionMismatch,
-    NodeLost,
-    ProtocolError,
-    RemoteProtocolError,
-    VersionMismatch,
-)
+from ..errors import HostError, HostVersionMismatch, NodeLost, ProtocolError
 from ..wire import protocol as p
 from .fastpaths import FastPaths
+from .outcomes import node_broke
 from .tasks import TaskRecord
 from .transport import Channel, Transport
 
@@ -72,6 +66,7 @@ class LinkOwner(Protocol):
 
     silence_timeout: float
     fast_paths: FastPaths
+    max_data_frame: int
 
     def on_node_ready(self, link: NodeLink) -> None:
         """The node said hello and is configured: it can take tasks."""
@@ -189,6 +184,11 @@ class NodeLink:
 
     # ------------------------------------------------------------------ lifecycle
 
+    def start(self) -> None:
+        """Run the link as a task of the running loop (:meth:`run`)."""
+        self.task = asyncio.ensure_future(self.run())
+        self.task.add_done_callback(_report_crash)
+
     async def run(self) -> None:
         """Keep a node running on this host until closed; restart it when it dies."""
         failures = 0
@@ -196,10 +196,11 @@ class NodeLink:
             try:
                 await self._session()
                 failures = 0
-            except HostError as error:
+            except Exception as raised:  # HostError, or what a node's messages broke
                 if self.closing:
                     break
                 failures += 1
+                error = raised if isinstance(raised, HostError) else node_broke(self.host, raised)
                 self._record_failure(error, failures)
                 if not self._worth_retrying(error):
                     self.dead = True
@@ -223,7 +224,7 @@ class NodeLink:
         log.warning("[host=%s] %s (attempt %d)", self.host, error, failures)
 
     async def _session(self) -> None:
-        self.conn = p.Connection(p.CLIENT)
+        self.conn = p.Connection(p.CLIENT, self.scheduler.max_data_frame)
         self.went_silent = False
         self.sent_functions = set()
         self.channel = await self._start_channel()
@@ -253,10 +254,16 @@ class NodeLink:
         silence = self.scheduler.silence_timeout
         interval = self.heartbeat_interval
         asked = self.transport.workers or 0
-        fast = self.scheduler.fast_paths
+        fast, cap = self.scheduler.fast_paths, self.scheduler.max_data_frame
         self._send(
             p.Configure(
-                p.PROTOCOL_VERSION, asked, interval, silence, fast.direct_writes, fast.cut_through
+                p.PROTOCOL_VERSION,
+                asked,
+                interval,
+                silence,
+                fast.direct_writes,
+                fast.cut_through,
+                cap,
             )
         )
         hello = await asyncio.wait_for(self._first_message(), START_TIMEOUT)
@@ -310,15 +317,6 @@ class NodeLink:
             if not data:
                 raise NodeLost(self.host, self._eof_reason())
             self.conn.receive_data(data)
-
-    def _garbage(self, error: ProtocolError) -> HostError:
-        if isinstance(error, VersionMismatch):
-            return HostVersionMismatch(self.host, str(error))
-        kind = type(error).__name__ if isinstance(error, RemoteProtocolError) else "error"
-        log.error(
-            "[host=%s] %s: %s; dropping the node, its tasks are re-queued", self.host, kind, error
-        )
-        return NodeLost(self.host, f"sent a malformed frame ({error}); node dropped")
 
     def _eof_reason(self) -> str:
         tail = self.channel.stderr_tail() if self.channel else ""
@@ -377,7 +375,7 @@ class NodeLink:
         try:
             return self.conn.next_event()
         except ProtocolError as error:
-            raise self._garbage(error) from error
+            raise node_broke(self.host, error) from error
 
     async def _heartbeat(self) -> None:
         """Send a heartbeat when we have been quiet; raise :class:`NodeLost` once the node
@@ -429,6 +427,10 @@ class NodeLink:
         if channel is not None:
             await (channel.abort() if abort else channel.close())
 
+    def put_back(self, record: TaskRecord) -> None:
+        """Return a task whose result broke us to :attr:`inflight`, first (it ran)."""
+        self.inflight = {record.task_id: record, **self.inflight}
+
     async def close(self) -> None:
         """Ask the node to shut down, close its channel and wait for the link to end.
 
@@ -474,3 +476,9 @@ class NodeLink:
         """Ask the node to stop these tasks."""
         if self.ready:
             self._send(p.Cancel(tuple(task_ids)))
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    """A link task must never die silently of a bug."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("node link crashed (a bug in ceranubis)", exc_info=task.exception())

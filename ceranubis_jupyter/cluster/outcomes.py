@@ -12,11 +12,15 @@
                      └─ CANCELLED    CancelledError
 
     a node lost under a task         None (again) while attempts ≤ retries, then NodeLost
+    a node whose messages broke us   NodeLost for the node (node_broke), its tasks re-queued
     no host of the task's group      ConfigError (at submit), NoHostsAvailable (left later)
 
 Functions of the task and what the node said, nothing else: the scheduler decides what to
 do with their answer (set the future, re-queue, tell listeners). Each names the host and
-the task and says what to do next.
+the task and says what to do next. A payload that breaks the protocol (a crash report that
+is not one, a RAISED payload that is not a remote exception) raises
+:class:`~ceranubis_jupyter.errors.RemoteProtocolError` before the task's record is
+touched: the link then drops the node and re-queues its tasks, this one included.
 """
 
 from __future__ import annotations
@@ -29,12 +33,16 @@ from typing import Any
 from ..errors import (
     ConfigError,
     HostError,
+    HostVersionMismatch,
     NodeLost,
     NoHostsAvailable,
+    ProtocolError,
+    RemoteProtocolError,
     RemoteTraceback,
     TaskError,
     TaskTimeout,
     UnpicklableError,
+    VersionMismatch,
     WorkerCrashed,
     crash_advice,
     describe_exit,
@@ -55,7 +63,7 @@ def failure_of(host: str, record: TaskRecord, result: p.Result) -> BaseException
     if status == p.RAISED:
         return user_exception(host, record, result)
     if status == p.CRASHED:
-        return _crash(host, record, json.loads(bytes(result.payload)))
+        return _crash(host, record, crash_report(record, result.payload))
     if status == p.UNPICKLABLE:
         text = bytes(result.payload).decode("utf-8", "replace")
         return UnpicklableError(
@@ -92,6 +100,11 @@ def user_exception(host: str, record: TaskRecord, result: p.Result) -> BaseExcep
             host=host,
             task_id=record.task_id,
         )
+    if not isinstance(remote, RemoteException):
+        raise RemoteProtocolError(
+            f"the RAISED result of task {record.task_id} is a pickled "
+            f"{type(remote).__name__}, not a remote exception"
+        )
     header = f"Remote traceback of task {record.task_id} on {host}:"
     cause = RemoteTraceback(remote.format(header))
     exception = remote.exception
@@ -106,9 +119,31 @@ def user_exception(host: str, record: TaskRecord, result: p.Result) -> BaseExcep
     return exception
 
 
-def _crash(host: str, record: TaskRecord, info: dict[str, Any]) -> WorkerCrashed | None:
+def crash_report(record: TaskRecord, payload: p.Buffer) -> dict[str, int]:
+    """The ``{"exitcode": int, "pid": int}`` of a CRASHED result, checked.
+
+    Raises:
+        RemoteProtocolError: the payload is not such a report.
+    """
+    try:
+        report: Any = json.loads(bytes(payload))
+    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError both are
+        raise RemoteProtocolError(
+            f"the CRASHED result of task {record.task_id} is not JSON: {error}"
+        ) from None
+    fields = report.items() if isinstance(report, dict) else ()
+    if not fields or not all(type(value) is int for _, value in fields):
+        raise RemoteProtocolError(
+            f"the CRASHED result of task {record.task_id} is not a crash report "
+            f"(a JSON object of integers): {bytes(payload)[:100]!r}"
+        )
+    checked: dict[str, int] = report
+    return checked
+
+
+def _crash(host: str, record: TaskRecord, info: dict[str, int]) -> WorkerCrashed | None:
     """Count an attempt of a task whose worker died; ``None`` while it has retries left."""
-    exitcode = int(info.get("exitcode", 0))
+    exitcode = info.get("exitcode", 0)
     record.attempts += 1
     how = describe_exit(exitcode)
     if record.attempts <= record.retries:
@@ -152,3 +187,23 @@ def no_host_left(record: TaskRecord, errors: list[HostError]) -> NoHostsAvailabl
         "(given up or removed); add one with executor.add_hosts([Host(..., "
         f"group={group!r})]) and submit again",
     )
+
+
+def node_broke(host: str, error: Exception) -> HostError:
+    """The error a node is dropped with when handling what it sent raised ``error``: garbage
+    (a malformed frame or result), another protocol version, or a bug. Logs the first and
+    the last, which are news to whoever reads the log."""
+    if isinstance(error, VersionMismatch):
+        return HostVersionMismatch(host, str(error))
+    if isinstance(error, ProtocolError):
+        kind = type(error).__name__ if isinstance(error, RemoteProtocolError) else "error"
+        log.error("[host=%s] %s: %s; dropping the node, its tasks are re-queued", host, kind, error)
+        return NodeLost(host, f"sent a malformed frame ({error}); node dropped")
+    log.error(
+        "[host=%s] unexpected %s while handling its messages; dropping the node, its tasks "
+        "are re-queued",
+        host,
+        type(error).__name__,
+        exc_info=error,
+    )
+    return NodeLost(host, f"handling its messages failed ({type(error).__name__}: {error})")

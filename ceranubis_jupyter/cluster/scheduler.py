@@ -79,11 +79,13 @@ class Scheduler:
         *,
         silence_timeout: float = SILENCE_TIMEOUT,
         fast_paths: FastPaths = ALL_ON,
+        max_data_frame: int = p.MAX_DATA_FRAME,
     ) -> None:
         if not transports:
             raise CeranubisError("a scheduler needs at least one transport")
         self.silence_timeout = silence_timeout
         self.fast_paths = fast_paths
+        self.max_data_frame = max_data_frame
         self.loop_thread = LoopThread()
         self.transports = list(transports)
         self.links: list[NodeLink] = []
@@ -232,8 +234,7 @@ class Scheduler:
     def _start_link(self, transport: Transport) -> NodeLink:
         link = NodeLink(self, transport)
         self.links.append(link)
-        link.task = asyncio.ensure_future(link.run())
-        link.task.add_done_callback(_report_crash)
+        link.start()
         return link
 
     async def _add_links(self, transports: Sequence[Transport]) -> None:
@@ -371,7 +372,11 @@ class Scheduler:
             record = link.inflight.pop(result.task_id, None)
             if record is not None:
                 record.output = result.output
-                self._resolve(link, record, result)
+                try:
+                    self._resolve(link, record, result)
+                except Exception:  # a malformed result: the link drops the node
+                    link.put_back(record)  # ... and re-queues this task with the others
+                    raise
         link.update_busy()
         self._dispatch()
 
@@ -491,9 +496,3 @@ def _fair_shares(links: list[NodeLink], tasks: int) -> list[tuple[NodeLink, int]
         if shares[id(link)] < link.free:
             heapq.heappush(heap, (link.load_with(shares[id(link)]), index))
     return [(link, shares[id(link)]) for link in links if shares[id(link)]]
-
-
-def _report_crash(task: asyncio.Task[None]) -> None:
-    """A link task must never die silently of a bug."""
-    if not task.cancelled() and task.exception() is not None:
-        log.error("node link crashed (a bug in ceranubis)", exc_info=task.exception())

@@ -26,7 +26,8 @@ class WorkerState:
     from_worker: int
     outbox: Outbox
     slot: worker.RunningSlot
-    decoder: p.FrameDecoder = field(default_factory=p.FrameDecoder)
+    # Its own worker's results: uncapped, the client's cap applies to what leaves the node.
+    decoder: p.FrameDecoder = field(default_factory=lambda: p.FrameDecoder(p.UNCAPPED))
     tasks: collections.deque[p.Task] = field(default_factory=collections.deque)  # in order
     held: set[int] = field(default_factory=set)  # the ids of ``tasks``
     seen_delivered: int = 0  # the last direct delivery the node has accounted for

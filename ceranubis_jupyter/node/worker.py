@@ -212,7 +212,7 @@ def run(read_fd: int, write_fd: int, slot: RunningSlot, client: ClientPipe | Non
     kept = {read_fd, write_fd} | ({client.fd, client.lock_fd} if client else set())
     _detach_from_supervisor(kept)
     functions: dict[int, Callable[..., Any] | str] = {}
-    decoder = p.FrameDecoder()
+    decoder = p.FrameDecoder(p.UNCAPPED)  # its node checked the frames against the cap
     outgoing = _Outgoing(write_fd, client, slot)
     while True:
         if not receive(read_fd, decoder):

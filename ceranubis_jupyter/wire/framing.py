@@ -22,6 +22,7 @@ from ..errors import LocalProtocolError, RemoteProtocolError
 from .messages import (
     CODECS,
     COUNT,
+    DATA_KINDS,
     FN_HEAD,
     FUNCTION_KIND,
     HEADER,
@@ -30,6 +31,8 @@ from .messages import (
     KIND_OF,
     LENGTH,
     MAGIC,
+    MAX_CONTROL_FRAME,
+    MAX_DATA_FRAME,
     RESULT_HEAD,
     RESULTS_KIND,
     STATUSES,
@@ -46,8 +49,6 @@ from .messages import (
     Tasks,
 )
 
-# A frame larger than this is garbage, not data: it bounds what a broken peer makes us buffer.
-MAX_FRAME = 1 << 34
 # Buffers below this size are copied into the frame; larger ones travel as their own chunk.
 INLINE_LIMIT = 1 << 16
 # Frame bodies from this size on are received into their own memory map, without copies;
@@ -69,11 +70,13 @@ class FrameDecoder:
 
     Small frames are sliced out of one shared buffer. A frame body of ``LARGE_FRAME`` bytes
     or more gets its own anonymous memory map, which the caller may read straight into
-    (:meth:`writable` / :meth:`filled`): big payloads are never copied inside the process,
-    and a garbage header claiming gigabytes costs address space, not memory.
+    (:meth:`writable` / :meth:`filled`): big payloads are never copied inside the process.
+    A header over its cap (:data:`MAX_CONTROL_FRAME`, ``max_data_frame``) is refused as
+    soon as it is read, before its body is buffered or mapped.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_data_frame: int = MAX_DATA_FRAME) -> None:
+        self.max_data_frame = max_data_frame  # public: a Configure may change it
         self._buffer = bytearray()
         self._start = 0  # consumed bytes at the front, dropped in one go (no quadratic moves)
         self._eof = False
@@ -120,7 +123,7 @@ class FrameDecoder:
             self._check_truncated(available)
             return None
         magic, kind, length = HEADER.unpack_from(self._buffer, self._start)
-        _check_header(magic, kind, length)
+        _check_header(magic, kind, length, self.max_data_frame)
         begin = self._start + HEADER.size
         if available < HEADER.size + length:
             if length >= LARGE_FRAME:
@@ -199,20 +202,36 @@ def frame_header(kind: int, length: int) -> bytes:
     return HEADER.pack(MAGIC, kind, length)
 
 
-def _check_header(magic: int, kind: int, length: int) -> None:
+def _check_header(magic: int, kind: int, length: int, max_data_frame: int) -> None:
     if magic != MAGIC:
         raise RemoteProtocolError(f"bad frame magic 0x{magic:02x} (expected 0x{MAGIC:02x})")
-    if kind not in JSON_KINDS and kind not in (FUNCTION_KIND, TASKS_KIND, RESULTS_KIND):
+    if kind in JSON_KINDS:
+        if length > MAX_CONTROL_FRAME:
+            raise RemoteProtocolError(
+                f"{JSON_KINDS[kind].__name__} frame of {length} bytes is over the "
+                f"control-frame cap of {MAX_CONTROL_FRAME} bytes"
+            )
+    elif kind not in DATA_KINDS:
         raise RemoteProtocolError(f"unknown message kind {kind}")
-    if length > MAX_FRAME:
-        raise RemoteProtocolError(f"frame of {length} bytes is larger than {MAX_FRAME}")
+    elif length > max_data_frame:
+        raise RemoteProtocolError(
+            f"{DATA_KINDS[kind].__name__} frame of {length} bytes is over the data-frame cap "
+            f"of {max_data_frame} bytes (raise it: CeranubisExecutor(max_data_frame=...) or "
+            "$CERANUBIS_MAX_DATA_FRAME)"
+        )
 
 
 # ----------------------------------------------------------------------------- encoding
 
 
-def encode(message: Message) -> list[Buffer]:
-    """Encode one message as a list of chunks whose concatenation is the frame."""
+def encode(message: Message, max_data_frame: int = MAX_DATA_FRAME) -> list[Buffer]:
+    """Encode one message as a list of chunks whose concatenation is its frame.
+
+    A ``Tasks`` or ``Results`` batch whose body would exceed ``max_data_frame`` becomes
+    several frames of the same kind, each within it (a receiver takes them as several
+    batches); a lone task or result over the cap still gets its frame, which the receiver
+    refuses.
+    """
     kind = KIND_OF.get(type(message))
     if kind is None:
         raise LocalProtocolError(f"not a protocol message: {message!r}")
@@ -222,11 +241,26 @@ def encode(message: Message) -> list[Buffer]:
         chunks.add_buffer(message.blob)
         return chunks.frame(kind)
     if isinstance(message, Tasks):
-        return _encode_tasks(message.tasks).frame(kind)
+        return _split_frames(message.tasks, _encode_tasks, kind, max_data_frame)
     if isinstance(message, Results):
-        return _encode_results(message.results).frame(kind)
+        return _split_frames(message.results, _encode_results, kind, max_data_frame)
     body = json.dumps(_json_fields(message), separators=(",", ":")).encode()
     return [frame_header(kind, len(body)) + body]
+
+
+def _split_frames(
+    entries: Sequence[Any], encoder: Callable[[Any], _FrameBody], kind: int, cap: int
+) -> list[Buffer]:
+    """The frames of a batch, halved until each fits ``cap``: one encode as long as the
+    batch fits (always, but for batches of gigabytes; big buffers are not copied)."""
+    body = encoder(entries)
+    if body.size <= cap or len(entries) < 2:
+        return body.frame(kind)
+    half = len(entries) // 2
+    return [
+        *_split_frames(entries[:half], encoder, kind, cap),
+        *_split_frames(entries[half:], encoder, kind, cap),
+    ]
 
 
 def _json_fields(message: Message) -> dict[str, Any]:
@@ -261,6 +295,11 @@ class _FrameBody:
         length = _nbytes(data)
         self.small += LENGTH.pack(length)
         self.add_data(data, length)
+
+    @property
+    def size(self) -> int:
+        """Body bytes so far."""
+        return self._size + len(self.small)
 
     def frame(self, kind: int) -> list[Buffer]:
         self._flush_small()

@@ -1,7 +1,9 @@
 """What travels between the client and a node: the messages and their layout on the wire.
 
 A frame is ``magic(1) kind(1) length(8)`` (:data:`HEADER`) followed by ``length`` body
-bytes; ``kind`` says which message the body holds (:data:`JSON_KINDS`, :data:`KIND_OF`).
+bytes; ``kind`` says which message the body holds (:data:`JSON_KINDS`, :data:`DATA_KINDS`),
+and ``length`` is at most :data:`MAX_CONTROL_FRAME` for a JSON kind, the data-frame cap
+(:data:`MAX_DATA_FRAME` unless ``Configure`` says otherwise) for a data kind.
 Control messages (frozen dataclasses) have a JSON body whose fields :data:`JSON_TYPES`
 lists; ``Function``, ``Tasks`` and ``Results`` a binary one laid out with the structs
 below. :mod:`.framing` turns messages into frames and back, :mod:`.protocol` says who may
@@ -18,6 +20,17 @@ from typing import NamedTuple
 
 MAGIC = 0xCE
 HEADER = struct.Struct("!BBQ")
+
+# A control (JSON) frame over this is garbage, refused from its header: the largest real
+# one, a Cancel of a node's whole credit, is a fraction of it. Bounds what a broken or
+# hostile peer makes us buffer and parse (a 64 MiB NodeFailure cost ~4x its size).
+MAX_CONTROL_FRAME = 1 << 20
+# Default cap of a data frame (Function, Tasks, Results), refused from its header too:
+# 4 GiB holds a task or result of a few GB (senders split batches to fit); lower bounds what
+# a broken peer makes us map. A user raises it with ``max_data_frame`` (see Configure).
+MAX_DATA_FRAME = 1 << 32
+# A data-frame cap that no frame reaches: for the node's pipes to its own workers.
+UNCAPPED = 1 << 64
 
 Buffer = bytes | bytearray | memoryview
 
@@ -68,6 +81,7 @@ class Configure:
     silence_timeout: float
     direct_writes: bool = True  # workers may write small results straight to the client
     cut_through: bool = True  # a big task may go to an idle worker while its bytes arrive
+    max_data_frame: int = MAX_DATA_FRAME  # the data-frame cap, both ways
 
 
 @dataclass(frozen=True)
@@ -178,8 +192,8 @@ JSON_KINDS: dict[int, type] = {
     10: NodeFailure,
 }
 FUNCTION_KIND, TASKS_KIND, RESULTS_KIND = 3, 4, 5
-KIND_OF: dict[type, int] = {cls: kind for kind, cls in JSON_KINDS.items()}
-KIND_OF.update({Function: FUNCTION_KIND, Tasks: TASKS_KIND, Results: RESULTS_KIND})
+DATA_KINDS: dict[int, type] = {FUNCTION_KIND: Function, TASKS_KIND: Tasks, RESULTS_KIND: Results}
+KIND_OF: dict[type, int] = {cls: kind for kind, cls in (*JSON_KINDS.items(), *DATA_KINDS.items())}
 
 # Binary bodies. A Tasks or Results body starts with its COUNT of entries; a buffer is its
 # LENGTH, then its bytes. A task: TASK_FIXED (task_id, fn_id, kind, codec, n_buffers,
@@ -209,6 +223,7 @@ JSON_TYPES: dict[type, dict[str, tuple[type, ...]]] = {
         "silence_timeout": (int, float),
         "direct_writes": (bool,),
         "cut_through": (bool,),
+        "max_data_frame": (int,),
     },
     Heartbeat: {},
     Load: {

@@ -22,7 +22,6 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import LocalProtocolError, RemoteProtocolError, VersionMismatch
-from .framing import MAX_FRAME as MAX_FRAME
 from .framing import FrameDecoder
 from .framing import encode as encode
 from .framing import frame_header as frame_header
@@ -52,14 +51,17 @@ from .messages import CRASHED as CRASHED
 from .messages import DELIVERED as DELIVERED
 from .messages import HEADER as HEADER
 from .messages import MAGIC as MAGIC
+from .messages import MAX_CONTROL_FRAME as MAX_CONTROL_FRAME
+from .messages import MAX_DATA_FRAME as MAX_DATA_FRAME
 from .messages import OK as OK
 from .messages import RAISED as RAISED
 from .messages import TIMED_OUT as TIMED_OUT
+from .messages import UNCAPPED as UNCAPPED
 from .messages import UNPICKLABLE as UNPICKLABLE
 from .messages import Buffer as Buffer
 
 # Hello and Configure carry it; the handshake refuses a peer that speaks another.
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 CLIENT = "client"
 NODE = "node"
@@ -80,15 +82,19 @@ _OPENER = {CLIENT: Hello, NODE: Configure}
 
 
 class Connection:
-    """One side of a client-node conversation, with its state machine."""
+    """One side of a client-node conversation, with its state machine.
 
-    def __init__(self, role: str) -> None:
+    ``max_data_frame`` caps data frames both ways: larger ones are refused when received
+    and split when sent. The node takes the client's from its ``Configure``.
+    """
+
+    def __init__(self, role: str, max_data_frame: int = MAX_DATA_FRAME) -> None:
         if role not in _PEER:
             raise LocalProtocolError(f"unknown role {role!r}")
         self.role = role
         self.receive_state = _HANDSHAKE
         self.send_state = _HANDSHAKE
-        self._decoder = FrameDecoder()
+        self._decoder = FrameDecoder(max_data_frame)
 
     def receive_data(self, data: Buffer) -> None:
         """Feed bytes read from the peer; ``b""`` means end of stream."""
@@ -134,11 +140,13 @@ class Connection:
             self.send_state = _RUNNING
         elif isinstance(message, (Shutdown, NodeFailure)):
             self.send_state = _CLOSED
-        return encode(message)
+        return encode(message, self._decoder.max_data_frame)
 
     def _advance_receive(self, message: Message) -> None:
         if isinstance(message, _OPENER[self.role]):
             self._check_version(message)
+            if isinstance(message, Configure):
+                self._decoder.max_data_frame = message.max_data_frame
             self.receive_state = _RUNNING
         elif isinstance(message, (Shutdown, NodeFailure)):
             self.receive_state = _CLOSED
@@ -154,7 +162,7 @@ class Connection:
 
 
 # Also re-exported, by the ``import X as X`` lines above: Buffer, encode, HEADER, MAGIC,
-# MAX_FRAME and the result statuses, which the node, the worker, the scheduler and tests
+# the frame caps and the result statuses, which the node, the worker, the scheduler and tests
 # reach as ``p.X``.
 __all__ = [
     "ARGS",
