@@ -96,7 +96,7 @@ class _Walker:
             for key, item in obj.items():
                 self.value(key)
                 self.value(item)
-        elif isinstance(obj, type) and obj.__module__ in BY_VALUE_MODULES:
+        elif isinstance(obj, type) and not by_reference(obj):
             self.add("class", obj.__qualname__)
             for base in obj.__bases__:
                 self.value(base)
@@ -119,7 +119,7 @@ class _Walker:
             self.add("data", type(obj).__qualname__, pickle.dumps(obj, pickle.HIGHEST_PROTOCOL))
 
     def function(self, fn: types.FunctionType) -> None:
-        if fn.__module__ not in BY_VALUE_MODULES:  # imported: by reference, by version
+        if by_reference(fn):  # imported: by its name, and its module's version
             self.add("ref", fn.__module__ or "", fn.__qualname__)
             self.add(module_version(sys.modules.get(fn.__module__ or "")))
             return
@@ -146,6 +146,17 @@ class _Walker:
                 self.code(const)
             else:
                 self.add(type(const).__name__, repr(const))
+
+
+def by_reference(obj: Any) -> bool:
+    """Whether dill ships ``obj`` by name (importable as itself) rather than by value."""
+    module_name = getattr(obj, "__module__", None)
+    if not module_name or module_name in BY_VALUE_MODULES:
+        return False
+    found: Any = sys.modules.get(module_name)
+    for part in getattr(obj, "__qualname__", "<>").split("."):
+        found = getattr(found, part, None)
+    return found is obj
 
 
 def global_names(code: types.CodeType) -> set[str]:
@@ -192,4 +203,10 @@ def _file_digest(path: str, mtime_ns: int, size: int) -> str:
         return _HASH(file.read()).hexdigest()
 
 
-__all__ = ["BY_VALUE_MODULES", "arguments_digest", "function_digest", "global_names"]
+__all__ = [
+    "BY_VALUE_MODULES",
+    "arguments_digest",
+    "by_reference",
+    "function_digest",
+    "global_names",
+]

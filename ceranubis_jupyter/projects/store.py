@@ -221,7 +221,7 @@ class Store(StoreBase):
             f"SELECT {PROJECT_COLUMNS}, "
             "(SELECT COUNT(*) FROM arguments a WHERE a.project = p.id AND a.state = 'done'), "
             "(SELECT COUNT(*) FROM arguments a WHERE a.project = p.id) "
-            f"FROM projects p {latest}ORDER BY p.id"
+            f"FROM projects p {latest}ORDER BY p.created, p.id"
         )
         summaries = []
         for *columns, done, total in rows:
