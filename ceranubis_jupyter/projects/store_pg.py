@@ -183,6 +183,15 @@ class PostgresStore(Store):
         )
         return [int(id_) for (id_,) in cursor.fetchall()]
 
+    def _mark_reused(self, cursor: Any, pairs: Sequence[tuple[int, int]]) -> None:
+        # One statement over two arrays: a row per pair (executemany) cost ~0.15 ms each.
+        cursor.execute(
+            "UPDATE arguments a SET state = 'done', result_of = v.holder FROM "
+            "(SELECT unnest(%s::bigint[]) AS id, unnest(%s::bigint[]) AS holder) v "
+            "WHERE a.id = v.id AND a.state = 'pending'",
+            ([arg_id for arg_id, _ in pairs], [holder for _, holder in pairs]),
+        )
+
     def _update_done(self, cursor: Any, values: Sequence[Any]) -> int:
         # COPY into a session table, then one joined UPDATE: a tenth of the client CPU of
         # parameterized statements, and far less server parsing.
