@@ -254,3 +254,28 @@ def test_an_executor_commit_attaches_too(store_url: str) -> None:
         assert again is first and again.results() == [((2,), 8), ((3,), 27)]
         more = ex.commit(__main__.cube, [(2,), (3,), (4,)], name="cubes", store=store)
         assert more.wait(DEADLINE) and (more.version, more.reused) == (2, 2)
+
+
+def test_the_command_line_lists_shows_and_removes_versions(
+    store_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ceranubis_jupyter.cli.main import main
+
+    store, log = open_store(store_url), tmp_path / "calls"
+    run(code(log), [(1,), (2,)], store, name="cli")
+    run(code(log), [(1,), (2,), (3,)], store, name="cli")
+    capsys.readouterr()
+    assert main(["projects", "--store", store_url]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert listed[0].split()[:2] == ["name", "version"] and len(listed) == 2, listed
+    assert listed[1].split()[:2] == ["cli", "2"], listed
+    assert main(["projects", "--all", "--store", store_url]) == 0
+    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()[1:]] == ["1", "2"]
+    assert main(["show", "cli", "--store", store_url]) == 0
+    shown = capsys.readouterr().out
+    assert "version  2 (1 argument added)" in shown and "reused   2 stored results" in shown
+    assert main(["rm", "cli", "--version", "1", "--store", store_url]) == 0
+    assert capsys.readouterr().out.strip() == "removed cli version 1"
+    assert Project.load("cli", store).results() == [((x,), x * x + 1) for x in (1, 2, 3)]
+    assert main(["rm", "cli", "--store", store_url]) == 0
+    assert list_projects(store, every_version=True) == []

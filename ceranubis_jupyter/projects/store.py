@@ -15,6 +15,12 @@ only after the commit); its writer thread marks arguments ``running`` (those in 
 a flush period) and records outcomes in batches (``record_outcomes``), each ``UPDATE`` guarded
 by the argument's state so a result is recorded exactly once even when a task ran twice;
 any process reads counts and results at any time.
+
+Versions and reuse: a name is unique per ``version``; each project row keeps the digests
+of its code and arguments (``digest.py``). An argument that reuses a finished result is
+``done`` with ``result_of`` pointing at the row that holds it (no copy): reads take
+``COALESCE(result, holder's result)``, and removing the holder's project first moves the
+result to one row that reuses it (:meth:`Store.remove_project`).
 """
 
 from __future__ import annotations
