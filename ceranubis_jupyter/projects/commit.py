@@ -227,7 +227,7 @@ class _Definition:
     digests: tuple[str, str]
     version: NewVersion
     reused: list[tuple[int, int]]
-    to_run: list[int]
+    to_run: Sequence[int]
 
 
 def _define(
@@ -248,7 +248,7 @@ def _define(
         return _Found(opened, version.row, wanted.reuse)
     reused = reusable_positions(opened, code_hash, blobs) if wanted.reuse else []
     taken = {at for at, _ in reused}
-    to_run = [at for at in range(len(blobs)) if at not in taken]
+    to_run = [at for at in range(len(blobs)) if at not in taken] if taken else range(len(blobs))
     return _Definition(wanted, opened, name, hosts(), blobs, digests, version, reused, to_run)
 
 
