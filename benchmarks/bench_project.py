@@ -57,7 +57,9 @@ def plain_rate(ex: CeranubisExecutor) -> tuple[float, float]:
 def project_rate(ex: CeranubisExecutor, store: Store) -> tuple[float, float]:
     """W1 as a project, until every result is in the store: tasks/s and client CPU s."""
     cpu, start = _cpu(), time.perf_counter()
-    project = ex.commit(inc, [(i,) for i in range(W1_ITEMS)], store=store)
+    # reuse=False: each sample computes and records all 20,000 results (with reuse, every
+    # sample after the first would take the first one's results from the store).
+    project = ex.commit(inc, [(i,) for i in range(W1_ITEMS)], store=store, reuse=False)
     finished = project.wait(PROJECT_TIMEOUT)
     elapsed = time.perf_counter() - start
     spent = _cpu() - cpu

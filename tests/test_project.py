@@ -381,16 +381,19 @@ def test_bad_input_fails_before_anything_is_stored(
     assert list_projects(store) == []
 
 
-def test_duplicate_and_bad_names(tmp_path: Path) -> None:
+def test_a_name_again_with_other_arguments_is_a_new_version_and_bad_names_fail(
+    tmp_path: Path,
+) -> None:
     store = str(tmp_path / "projects.sqlite")
     project = commit_project(CODE, "work", [(1,)], name="same", store=store)
     assert project.wait(DEADLINE)
-    with pytest.raises(ConfigError, match="a project named 'same' already exists"):
-        commit_project(CODE, "work", [(2,), (3,)], name="same", store=store)
+    second = commit_project(CODE, "work", [(2,), (3,)], name="same", store=store)
+    assert (second.version, second.changes) == (2, "2 arguments added, 1 removed")
+    assert second.wait(DEADLINE)
     for bad in ("", "12", "has space", "x" * 101):
         with pytest.raises(ConfigError, match="bad project name"):
             commit_project(CODE, "work", [(1,)], name=bad, store=store)
-    assert [(s.name, s.total) for s in list_projects(store)] == [("same", 1)]
+    assert [(s.name, s.version, s.total) for s in list_projects(store)] == [("same", 2, 2)]
 
 
 def test_unusable_stores_fail_before_running(tmp_path: Path) -> None:

@@ -87,7 +87,7 @@ def test_running_reset_and_cancel(store_url: str) -> None:
 def test_duplicate_name_writes_nothing(store_url: str) -> None:
     store = open_store(store_url)
     _new(store, "same", 2)
-    with pytest.raises(ConfigError, match="a project named 'same' already exists"):
+    with pytest.raises(ConfigError, match=r"a project named 'same' \(version 1\) already exists"):
         _new(store, "same", 5)
     [summary] = store.list_projects()
     assert summary.total == 2

@@ -36,8 +36,10 @@ def add_commands(subparsers: Any) -> None:
     store.add_argument("--store", help="store path or postgresql:// URL")
     named = argparse.ArgumentParser(add_help=False, parents=[store])
     named.add_argument("name", help="project name or id")
+    named.add_argument("--version", type=int, help="that version of the name (default: latest)")
 
     parser = subparsers.add_parser("projects", parents=[store], help="list stored projects")
+    parser.add_argument("--all", action="store_true", help="every version, not the latest")
     parser.set_defaults(handler=_guarded(_projects))
     parser = subparsers.add_parser("show", parents=[named], help="a project's status and errors")
     parser.set_defaults(handler=_guarded(_show))
@@ -49,7 +51,9 @@ def add_commands(subparsers: Any) -> None:
     parser.add_argument("--hosts", help="comma-separated hosts (default: the project's)")
     parser.add_argument("--no-wait", action="store_true", help="return once it runs")
     parser.set_defaults(handler=_guarded(_resume))
-    parser = subparsers.add_parser("rm", parents=[named], help="delete a project and results")
+    parser = subparsers.add_parser(
+        "rm", parents=[named], help="delete a project (every version) and its results"
+    )
     parser.add_argument("--force", action="store_true", help="even if a client runs it")
     parser.set_defaults(handler=_guarded(_rm))
 
@@ -78,27 +82,32 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
 
 
 def _projects(args: argparse.Namespace) -> int:
-    summaries = list_projects(args.store)
+    summaries = list_projects(args.store, every_version=args.all)
     if not summaries:
         print("no projects yet")
         return 0
     rows = [
-        [s.name, str(s.id), s.state, f"{s.done}/{s.total}", _when(s.created)] for s in summaries
+        [s.name, str(s.version), str(s.id), s.state, f"{s.done}/{s.total}", _when(s.created)]
+        for s in summaries
     ]
-    print(_table(["name", "id", "state", "done", "created"], rows))
+    print(_table(["name", "version", "id", "state", "done", "created"], rows))
     return 0
 
 
 def _show(args: argparse.Namespace) -> int:
-    project = Project.load(args.name, args.store)
+    project = Project.load(args.name, args.store, version=args.version)
     counts = project.counts()
     print(f"project  {project.name} (id {project.id}) in {project.store.url}")
+    changes = f" ({printable(project.changes)})" if project.changes else ""
+    print(f"version  {project.version}{changes}")
     print(f"state    {project.state}")
     print(f"target   {printable(project.target)}")
     print(f"hosts    {printable(', '.join(project.hosts)) or 'local (embedded default)'}")
     print(f"created  {_when(project.created)}")
     print(f"elapsed  {project.elapsed():.1f} s")
     print("counts   " + ", ".join(f"{state} {n}" for state, n in counts.items()))
+    if project.reused:
+        print(f"reused   {project.reused} stored results (same code, same arguments)")
     stats = project.store.host_stats(project.id)
     if stats:
         rows = [
@@ -121,7 +130,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _results(args: argparse.Namespace) -> int:
-    project = Project.load(args.name, args.store)
+    project = Project.load(args.name, args.store, version=args.version)
     results = _stored(project.results)
     kind = args.format or ("csv" if args.output and args.output.endswith(".csv") else "json")
     target = args.output or "the results"
@@ -176,7 +185,7 @@ def _cell(value: Any) -> Any:
 
 
 def _resume(args: argparse.Namespace) -> int:
-    project = Project.load(args.name, args.store)
+    project = Project.load(args.name, args.store, version=args.version)
     hosts = None if args.hosts is None else parse_host_list(args.hosts)
     project.resume(hosts=hosts)
     print(f"resumed {project.name}: {project.status()[0]}/{project.status()[1]} done")
@@ -227,6 +236,7 @@ def brief(error_text: str) -> str:
 
 
 def _rm(args: argparse.Namespace) -> int:
-    remove_project(args.name, args.store, force=args.force)
-    print(f"removed {args.name}")
+    removed = remove_project(args.name, args.store, force=args.force, version=args.version)
+    which = f" version {args.version}" if args.version is not None else ""
+    print(f"removed {args.name}{which}" + (f" ({removed} versions)" if removed > 1 else ""))
     return 0

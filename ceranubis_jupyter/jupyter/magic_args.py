@@ -25,11 +25,13 @@ from ..errors import ConfigError
 
 CELL_USAGE = (
     "%%ceranubis FN over ARGS [--hosts H1,H2,...] [--name NAME] [--store URL] "
-    "[--chunksize N] [--workers N] [--timeout S] [--no-wait] [--out VAR]"
+    "[--chunksize N] [--workers N] [--timeout S] [--no-wait] [--out VAR] [--replace] "
+    "[--no-reuse]"
 )
 LINE_USAGE = (
-    "%ceranubis hosts [--hosts H1,H2,...] [--workers N] | projects [--store URL] | "
-    "status NAME | results NAME | cancel NAME | resume NAME [--hosts ...] [--no-wait] | rm NAME"
+    "%ceranubis hosts [--hosts H1,H2,...] [--workers N] | projects [--all] [--store URL] | "
+    "status NAME [--version N] | results NAME [--version N] | cancel NAME | "
+    "resume NAME [--hosts ...] [--no-wait] | rm NAME [--version N]"
 )
 DEFAULT_VAR = "_ceranubis"
 # Workers per host the magics accept: far above any machine's cores, yet a typo such as
@@ -58,6 +60,8 @@ def _cell_parser() -> _Parser:
     parser.add_argument("--timeout", type=float, default=None)
     parser.add_argument("--no-wait", action="store_true")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--replace", action="store_true")
+    parser.add_argument("--no-reuse", action="store_true")
     return parser
 
 
@@ -72,6 +76,8 @@ def _line_parser() -> _Parser:
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--store", default=None)
     parser.add_argument("--no-wait", action="store_true")
+    parser.add_argument("--all", action="store_true")
+    parser.add_argument("--version", type=int, default=None)
     return parser
 
 

@@ -57,11 +57,16 @@ class CeranubisMagics(Magics):
         """Run the cell, then FN over every argument tuple of ARGS on the hosts.
 
         ``%%ceranubis FN over ARGS [--hosts H1,H2,...] [--name NAME] [--store URL]
-        [--chunksize N] [--workers N] [--timeout S] [--no-wait] [--out VAR]``
+        [--chunksize N] [--workers N] [--timeout S] [--no-wait] [--out VAR] [--replace]
+        [--no-reuse]``
 
         The project is bound to VAR (default: NAME made a Python name, else
         ``_ceranubis``). Without ``--no-wait`` the cell waits; interrupting the kernel
-        cancels the project and keeps the finished results.
+        cancels the project and keeps the finished results. Running the cell again with
+        the same code and ARGS follows the same project (only what has no result runs);
+        with other code or ARGS it makes a new version of NAME (``--replace``: and
+        removes the earlier ones). Arguments that the same code finished before take the
+        stored result unless ``--no-reuse``.
         """
         fn_name, expression, options = parse_cell_line(line)
         store = self._open_target(options.store, options.name)
@@ -106,7 +111,7 @@ class CeranubisMagics(Magics):
             ) from None
 
     def _open_target(self, store: str | None, name: str | None) -> Store:
-        """The store, opened, and ``name`` checked free there: before the cell runs."""
+        """The store, opened, and ``name`` checked: before the cell runs."""
         from ..projects.commit import check_project_name
         from ..projects.stores import shared_store
 
@@ -114,11 +119,6 @@ class CeranubisMagics(Magics):
             opened = shared_store(store)
             if name is not None:
                 check_project_name(name)
-                if opened.find_project(name) is not None:
-                    raise ConfigError(
-                        f"a project named {name!r} already exists in {opened.url}; pick "
-                        f"another --name or remove it with `%ceranubis rm {name}`"
-                    )
         except (ConfigError, StoreError) as error:
             raise UsageError(f"{error}\nusage: {CELL_USAGE}") from None
         return opened
@@ -139,6 +139,7 @@ class CeranubisMagics(Magics):
             return commit_function(
                 executor, fn, args, name=options.name, store=store, code=cell,
                 chunksize=options.chunksize, timeout=options.timeout,
+                replace=options.replace, reuse=not options.no_reuse,
             )  # fmt: skip
         except (ConfigError, StoreError) as error:
             raise UsageError(f"{error}\nusage: {CELL_USAGE}") from None
@@ -158,7 +159,7 @@ class CeranubisMagics(Magics):
         from ..projects.project import list_projects
 
         try:
-            return ProjectsTable(list_projects(options.store))
+            return ProjectsTable(list_projects(options.store, every_version=options.all))
         except StoreError as error:
             raise UsageError(str(error)) from None
 
@@ -166,7 +167,7 @@ class CeranubisMagics(Magics):
         from ..projects.project import Project
 
         try:
-            return Project.load(options.name, options.store)
+            return Project.load(options.name, options.store, version=options.version)
         except (ConfigError, StoreError) as error:
             raise UsageError(str(error)) from None
 
@@ -185,10 +186,12 @@ class CeranubisMagics(Magics):
         from ..projects.project import remove_project
 
         try:
-            remove_project(options.name, options.store)
+            removed = remove_project(options.name, options.store, version=options.version)
         except (ConfigError, StoreError) as error:
             raise UsageError(str(error)) from None
-        print(f"removed project {options.name!r}")
+        which = f" version {options.version}" if options.version is not None else ""
+        count = f" ({removed} versions)" if removed > 1 else ""
+        print(f"removed project {options.name!r}{which}{count}")
 
     def _resume(self, options: argparse.Namespace) -> Any:
         project = self._load(options)

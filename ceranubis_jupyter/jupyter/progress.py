@@ -111,6 +111,9 @@ class Snapshot:
         recent: the last results, as ``(args, result)`` reprs.
         errors: the last errors, as ``(args repr, remote traceback text)``.
         output: the last output lines, as ``(host, line)``, a few per host.
+        version: which version of its name the project is; ``changes``: how it differs
+            from the one before.
+        reused: arguments that took a stored result instead of running.
     """
 
     name: str
@@ -122,6 +125,9 @@ class Snapshot:
     recent: tuple[tuple[str, str], ...] = ()
     errors: tuple[tuple[str, str], ...] = ()
     output: tuple[tuple[str, str], ...] = field(default=())
+    version: int = 1
+    changes: str = ""
+    reused: int = 0
 
     @property
     def total(self) -> int:
@@ -170,6 +176,8 @@ class Snapshot:
         ]
         if c.cancelled:
             parts.append(f"{c.cancelled} cancelled")
+        if self.reused:
+            parts.append(f"{self.reused:,} reused · {c.done - self.reused:,} run")
         parts.append(f"{format_rate(self.rate)}")
         parts.append(f"elapsed {format_duration(self.elapsed)}")
         if not self.final:
@@ -180,7 +188,16 @@ class Snapshot:
         """One line for terminals and plain notebook viewers."""
         filled = round(self.fraction * TEXT_BAR_WIDTH)
         bar = "#" * filled + "-" * (TEXT_BAR_WIDTH - filled)
-        return f"{self.name} [{bar}] {self.state}: {self.summary()}"
+        return f"{self.title} [{bar}] {self.state}: {self.summary()}"
+
+    @property
+    def title(self) -> str:
+        """The name, and from the second version on which one and how it differs:
+        ``sweep v2 (code changed, 10 arguments added)``."""
+        if self.version == 1 and not self.changes:
+            return self.name
+        changes = f" ({self.changes})" if self.changes else ""
+        return f"{self.name} v{self.version}{changes}"
 
 
 class RateMeter:
@@ -202,7 +219,8 @@ class RateMeter:
 
 
 class ProgressSource(Protocol):
-    """What :func:`snapshot_of` needs from a project (``project.Project`` has it)."""
+    """What :func:`snapshot_of` needs from a project (``project.Project`` has it; its
+    ``version``, ``changes`` and ``reused`` are read when present)."""
 
     name: str
 
@@ -244,6 +262,9 @@ def snapshot_of(
         recent=tuple((short_repr(a), short_repr(r)) for a, r in project.recent(RECENT_RESULTS)),
         errors=tuple((short_repr(a), str(t)) for a, t in project.recent_errors(RECENT_ERRORS)),
         output=last_lines_per_host(project.outputs(OUTPUT_LINES_FETCHED)),
+        version=int(getattr(project, "version", 1)),
+        changes=str(getattr(project, "changes", "")),
+        reused=int(getattr(project, "reused", 0)),
     )
 
 

@@ -36,13 +36,13 @@ _STYLE = (
 
 
 def render_header(snapshot: Snapshot, hosts: list[str]) -> str:
-    """``<b>name</b> · state · hosts: a, b``."""
+    """``<b>name</b> · state · hosts: a, b`` (the name with its version from v2 on)."""
     where = ", ".join(hosts) if hosts else "local"
     colour = {"success": "green", "danger": "#c00", "warning": "#b60"}.get(snapshot.style, "")
     state = html.escape(snapshot.state)
     if colour:
         state = f'<span style="color:{colour}">{state}</span>'
-    return f"<b>{html.escape(snapshot.name)}</b> · {state} · hosts: {html.escape(where)}"
+    return f"<b>{html.escape(snapshot.title)}</b> · {state} · hosts: {html.escape(where)}"
 
 
 def render_hosts(rows: tuple[HostRow, ...]) -> str:

@@ -12,14 +12,18 @@ status and results read, from this process or any other.
   of arguments and results.
 - ``project``: the :class:`Project` handle (status, results, cancel, resume), which reads
   and acts through one ``ProjectView`` (``view``): its live run, or the store.
-- ``store``, ``store_sqlite``, ``store_pg``, ``records``, ``stores``: the store interface,
-  its two back ends, its row types, and opening one from a URL.
+- ``store``, ``store_base``, ``store_sqlite``, ``store_pg``, ``records``, ``stores``: the
+  store's queries, its plumbing and schema (upgraded at open), its two back ends, its row
+  types, and opening one from a URL.
+- ``digest``: what makes two runs the same (the function's code digest, the arguments');
+  ``rerun``: what a re-run finds in the store (the same project to attach to, or a new
+  version and how it differs) and the finished results it can reuse by reference.
 - ``display``: text and HTML reprs of projects and hosts (pure).
 - ``conninfo``: PostgreSQL passwords kept out of messages.
 - ``executor``: ``CeranubisExecutor``, the cluster's ``NodeExecutor`` plus ``commit``.
 
-Imports inside the package flow one way: ``code``/``rows``/``records`` ─► ``store*`` ─►
-``run`` ─► ``view`` ─► ``project`` ─► ``commit`` ─► ``executor``.
+Imports inside the package flow one way: ``code``/``rows``/``records``/``digest`` ─►
+``store*`` ─► ``rerun``/``run`` ─► ``view`` ─► ``project`` ─► ``commit`` ─► ``executor``.
 
 May import: ``cluster``, ``wire``, ``errors``. Never ``jupyter`` or ``cli``.
 """

@@ -1,12 +1,15 @@
-"""Committing a project: check it, store it under a free name, and start its run.
+"""Committing a project: check it, store it (or find it stored), and start its run.
 
 :func:`commit_project` (source text) and :func:`commit_function` (a function object;
 ``CeranubisExecutor.commit`` and the ``%%ceranubis`` magic use it) insert the project's
 row and arguments in one transaction while its run starts submitting, and return its
 :class:`~ceranubis_jupyter.projects.project.Project`. The flow: check the code, target and
-arguments (``code.py``) ─► a :class:`_Definition` (what is stored) and a
-:class:`~ceranubis_jupyter.projects.run.RunPlan` (what runs where) ─► the insert, during
-which the run starts ─► the run learns its ids, or is abandoned with the insert.
+arguments (``code.py``) ─► their digests (``digest.py``) ─► what the store makes of them
+(``rerun.py``): the same project as the name's latest version (attach, resume what has no
+result), or a new version ─► a :class:`_Definition` (what is stored, which arguments take
+a stored result) and a :class:`~ceranubis_jupyter.projects.run.RunPlan` (what runs where)
+─► the insert, during which the run starts ─► the run learns its ids, or is abandoned
+with the insert ─► with ``replace``, the earlier versions are removed.
 """
 
 from __future__ import annotations
@@ -31,13 +34,23 @@ from .code import (
     host_names,
     source_of,
 )
-from .project import Project
+from .digest import arguments_digest, function_digest
+from .project import Project, remove_project
 from .records import ProjectRow, this_client
+from .rerun import (
+    NO_REUSE,
+    Attach,
+    NewVersion,
+    check_replaceable,
+    decide,
+    reusable_positions,
+)
 from .run import ProjectRun, RunPlan, RunStart
 from .store import Store
 from .stores import shared_store
 
-# Tries to find a free default name when another process takes the same one meanwhile.
+# Tries to find a free default name (or version) when another process takes the same one
+# meanwhile.
 NAME_ATTEMPTS = 5
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
 
@@ -51,7 +64,9 @@ def commit_project(
     name: str | None = None,
     store: Store | str | None = None,
     chunksize: int = 1,
-) -> Project:
+    replace: bool = False,
+    reuse: bool = True,
+) -> Project:  # long: most of it is the documented public signature
     """Store a project and start running it in the background; returns at once.
 
     Args:
@@ -61,25 +76,37 @@ def commit_project(
         args: a list of tuples: ``target(*t)`` runs for each ``t``.
         hosts: where to run (default: the embedded default); a new executor is started
             and shut down when the project finishes.
-        name: a unique name (default: ``<target>_<n>``).
+        name: the project's name (default: ``<target>_<n>``, a new one). When the name's
+            latest version has the same code and arguments, that project is returned
+            (and resumed if some arguments have no result); otherwise a new version of
+            the name is stored.
         store: a :class:`Store`, a path or URL (default: ``$CERANUBIS_STORE`` or the
             user's data directory).
         chunksize: arguments per task (fewer, bigger messages for tiny functions).
+        replace: remove the earlier versions of ``name`` once this one is stored.
+        reuse: take the stored result of an argument that a function with the same code
+            already finished (``False`` for functions that read files, the time or
+            random numbers: their results are neither reused nor offered for reuse).
 
     Raises:
-        ConfigError: bad args, code that does not compile, no such function, duplicate
-            name, bad hosts (nothing is stored or run).
+        ConfigError: bad args, code that does not compile, no such function, a name
+            whose version another process took meanwhile, bad hosts (nothing is stored
+            or run).
         StoreError: the store cannot be reached or is corrupt.
     """
     items = _checked(args, chunksize)
     fn = function_from_code(code, target, name or target)
     check_shippable(fn)
-    definition = _define(store, name, code, target, lambda: host_names(hosts), None, items)
-    executor = NodeExecutor(hosts)
+    wanted = _Wanted(store, name, code, target, None, replace, reuse)
+    definition = _define(wanted, fn, items, lambda: host_names(hosts))
+    if isinstance(definition, _Found):
+        return _attach(definition, None, hosts)
+    executor = NodeExecutor(hosts) if definition.to_run else None
     try:
-        return _create(definition, RunPlan(fn, items, definition.blobs, executor, True, chunksize))
+        return _create(definition, _plan(definition, fn, items, executor, True, chunksize))
     except BaseException:
-        executor.shutdown(wait=False, cancel_futures=True)
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
         raise
 
 
@@ -93,23 +120,27 @@ def commit_function(
     code: str | None = None,
     chunksize: int = 1,
     timeout: float | None = None,
-) -> Project:
+    replace: bool = False,
+    reuse: bool = True,
+) -> Project:  # long: most of it is the documented public signature
     """Store a project for a function object and run it on ``executor``; returns at once.
 
     Args:
         executor: runs the tasks (it is not shut down when the project finishes).
         fn: the function; it is also stored (dill) so a new process can resume it.
         args: a list of tuples: ``fn(*t)`` runs for each ``t``.
-        name: a unique name (default: ``<fn name>_<n>``).
+        name: the project's name (default: ``<fn name>_<n>``); an existing name is
+            attached to or gets a new version, as in :func:`commit_project`.
         store: a :class:`Store`, a path or URL (default: ``$CERANUBIS_STORE`` or the
             user's data directory).
         code: the source to record (the magic passes its cell); default: the function's
             source when ``inspect`` finds it.
         chunksize: arguments per task; ``timeout``: seconds per task (0/None: none).
+        replace, reuse: as in :func:`commit_project`.
 
     Raises:
         ConfigError: bad args, a function that cannot be serialized, code that does not
-            compile, duplicate name (nothing is stored or run).
+            compile (nothing is stored or run).
         StoreError: the store cannot be reached or is corrupt.
     """
     if not callable(fn):
@@ -119,8 +150,11 @@ def commit_function(
     code = _recorded_code(fn, code, target)
     blob = check_shippable(fn)
     hosts = executor.hosts
-    definition = _define(store, name, code, target, lambda: [i.host for i in hosts()], blob, items)
-    plan = RunPlan(fn, items, definition.blobs, executor, False, chunksize, timeout)
+    wanted = _Wanted(store, name, code, target, blob, replace, reuse)
+    definition = _define(wanted, fn, items, lambda: [i.host for i in hosts()])
+    if isinstance(definition, _Found):
+        return _attach(definition, executor, None)
+    plan = _plan(definition, fn, items, executor, False, chunksize, timeout)
     return _create(definition, plan)
 
 
@@ -148,15 +182,8 @@ def check_project_name(name: str) -> None:
         )
 
 
-def _pick_name(store: Store, target: str, name: str | None) -> str:
-    if name is not None:
-        check_project_name(name)
-        if store.find_project(name) is not None:
-            raise ConfigError(
-                f"a project named {name!r} already exists; pick another name or remove it "
-                f"with `ceranubis rm {name}`"
-            )
-        return name
+def _free_name(store: Store, target: str) -> str:
+    """``<target>_<n>``: the first free ``n``."""
     base = re.sub(r"\W+", "_", target).strip("_")[:80] or "project"
     taken = store.names_starting(base + "_")
     for n in itertools.count(len(taken) + 1):
@@ -166,78 +193,180 @@ def _pick_name(store: Store, target: str, name: str | None) -> str:
 
 
 @dataclass(frozen=True)
-class _Definition:
-    """What a new project stores, and where."""
+class _Wanted:
+    """What the caller asked to commit (before the store is looked at)."""
 
-    store: Store
-    name: str
-    auto: bool  # the name was picked here: take the next free one on a clash
+    store: Store | str | None
+    name: str | None
     code: str
     target: str
-    hosts: list[str]
     function: bytes | None
+    replace: bool
+    reuse: bool
+
+
+@dataclass(frozen=True)
+class _Found:
+    """The project asked for is stored already (same code, target and arguments)."""
+
+    store: Store
+    row: ProjectRow
+    reuse: bool
+
+
+@dataclass(frozen=True)
+class _Definition:
+    """What a new project stores, and where; ``reused``: ``(position, holder)`` of the
+    arguments that take a stored result; ``to_run``: the positions of the others."""
+
+    wanted: _Wanted
+    store: Store
+    name: str
+    hosts: list[str]
     blobs: list[bytes]
+    digests: tuple[str, str]
+    version: NewVersion
+    reused: list[tuple[int, int]]
+    to_run: Sequence[int]
 
 
 def _define(
-    store: Store | str | None,
-    name: str | None,
-    code: str,
-    target: str,
-    hosts: Callable[[], list[str]],
-    function: bytes | None,
+    wanted: _Wanted,
+    fn: Callable[..., Any],
     items: list[tuple[Any, ...]],
-) -> _Definition:
-    """The stored form of a new project: its arguments encoded, its store opened, its name
-    checked or picked, then its ``hosts()`` (an executor's, as far as they are up)."""
+    hosts: Callable[[], list[str]],
+) -> _Definition | _Found:
+    """The stored form of the project: its arguments encoded and digested, its store
+    opened, its name and version decided (or the stored project it is), the results it
+    reuses, then its ``hosts()`` (an executor's, as far as they are up)."""
     blobs = encode_args(items)
-    opened = shared_store(store)
-    picked = _pick_name(opened, target, name)
-    return _Definition(opened, picked, name is None, code, target, hosts(), function, blobs)
+    opened = shared_store(wanted.store)
+    code_hash = function_digest(fn, wanted.target)
+    digests = (code_hash if wanted.reuse else NO_REUSE + code_hash, arguments_digest(blobs))
+    name, version = _name_and_version(opened, wanted, digests, blobs)
+    if isinstance(version, Attach):
+        return _Found(opened, version.row, wanted.reuse)
+    reused = reusable_positions(opened, code_hash, blobs) if wanted.reuse else []
+    taken = {at for at, _ in reused}
+    to_run = [at for at in range(len(blobs)) if at not in taken] if taken else range(len(blobs))
+    return _Definition(wanted, opened, name, hosts(), blobs, digests, version, reused, to_run)
 
 
-def _create(definition: _Definition, plan: RunPlan) -> Project:
+def _name_and_version(
+    store: Store, wanted: _Wanted, digests: tuple[str, str], blobs: list[bytes]
+) -> tuple[str, NewVersion | Attach]:
+    if wanted.name is None:
+        return _free_name(store, wanted.target), NewVersion()
+    check_project_name(wanted.name)
+    decision = decide(store, wanted.name, wanted.target, digests, blobs, wanted.replace)
+    if isinstance(decision, NewVersion):
+        check_replaceable(store, decision.replaced, wanted.name)
+    return wanted.name, decision
+
+
+def _plan(
+    definition: _Definition,
+    fn: Callable[..., Any],
+    items: list[tuple[Any, ...]],
+    executor: NodeExecutor | None,
+    owns_executor: bool,
+    chunksize: int,
+    timeout: float | None = None,
+) -> RunPlan | None:
+    """The run of the arguments that take no stored result (``None``: there are none)."""
+    if executor is None or not definition.to_run:
+        return None
+    if definition.reused:
+        at = definition.to_run
+        args, blobs = [items[i] for i in at], [definition.blobs[i] for i in at]
+        return RunPlan(fn, args, blobs, executor, owns_executor, chunksize, timeout)
+    return RunPlan(fn, items, definition.blobs, executor, owns_executor, chunksize, timeout)
+
+
+def _attach(found: _Found, executor: NodeExecutor | None, hosts: Any) -> Project:
+    """The stored project the caller asked for again: as it is while it runs (here or in
+    another live process), else resumed (nothing runs when every argument is done)."""
+    project = Project.load(found.row.id, found.store)
+    if project.executor is not None or found.row.live:
+        return project
+    return project.resume(executor, hosts=hosts, reuse=found.reuse)
+
+
+def _create(definition: _Definition, plan: RunPlan | None) -> Project:
     """Store the project and run it; the run starts submitting as soon as the project's
     row is in, while its arguments are still being inserted (the insert costs no time
-    before the first task), and writes once the transaction committed."""
+    before the first task), and writes once the transaction committed. Then the versions
+    it replaces are removed."""
     for attempt in range(1, NAME_ATTEMPTS + 1):
         try:
-            return _insert_and_start(definition, plan)
+            project = _insert_and_start(definition, plan)
+            break
         except ConfigError:
-            if not definition.auto or attempt == NAME_ATTEMPTS:
+            if attempt == NAME_ATTEMPTS:
                 raise
-            # another process took our default name
-            name = _pick_name(definition.store, definition.target, None)
-            definition = dataclasses.replace(definition, name=name)
-    raise AssertionError("unreachable")
+            definition = _redefined(definition)  # another process took the name or version
+    for project_id in definition.version.replaced:
+        remove_project(project_id, definition.store)
+    return project
 
 
-def _insert_and_start(definition: _Definition, plan: RunPlan) -> Project:
+def _redefined(definition: _Definition) -> _Definition:
+    """The definition again, after another process stored a project under its name."""
+    wanted, store = definition.wanted, definition.store
+    if wanted.name is None:
+        return dataclasses.replace(definition, name=_free_name(store, wanted.target))
+    version = decide(store, wanted.name, wanted.target, definition.digests, definition.blobs,
+                     wanted.replace)  # fmt: skip
+    if isinstance(version, Attach):  # the same project: the other process's is as good
+        raise ConfigError(
+            f"project {wanted.name!r} was committed by another process at the same moment; "
+            "run again to follow it"
+        )
+    return dataclasses.replace(definition, version=version)
+
+
+def _insert_and_start(definition: _Definition, plan: RunPlan | None) -> Project:
     started: list[tuple[Project, ProjectRun]] = []
 
     def start(row: ProjectRow) -> None:
-        run = ProjectRun(plan, RunStart.new(len(plan.args)), run_store, row.id)
+        assert plan is not None and run_store is not None
+        begun = RunStart.new(len(plan.args), len(definition.reused))
+        run = ProjectRun(plan, begun, run_store, row.id)
         started.append((Project(definition.store, row, run), run))  # the project starts it
 
     # Opened first: opening a SQLite store writes, and would wait for our own insert.
-    run_store = definition.store.reopen()
+    run_store = definition.store.reopen() if plan is not None else None
     try:
-        _, ids = definition.store.add_project(
-            definition.name,
-            definition.code,
-            definition.target,
-            definition.hosts,
-            definition.function,
-            definition.blobs,
-            this_client(),
-            start,
-        )
+        row, ids = _insert(definition, start if plan is not None else None)
     except BaseException:
         if started:
             started[0][1].abandon()  # rolled back: its tasks must leave no trace
-        else:
+        elif run_store is not None:
             run_store.close()
         raise
+    if not started:  # every argument took a stored result: done already
+        definition.store.set_state(row.id, "done", release=True)
+        return Project.load(row.id, definition.store)
     project, run = started[0]
-    run.created(ids)
+    run.created(ids if not definition.reused else [ids[at] for at in definition.to_run])
     return project
+
+
+def _insert(
+    definition: _Definition, start: Callable[[ProjectRow], None] | None
+) -> tuple[ProjectRow, Sequence[int]]:
+    wanted, version = definition.wanted, definition.version
+    return definition.store.add_project(
+        definition.name,
+        wanted.code,
+        wanted.target,
+        definition.hosts,
+        wanted.function,
+        definition.blobs,
+        this_client(),
+        start,
+        version=version.version,
+        digests=definition.digests,
+        changes=version.changes,
+        reused=definition.reused,
+    )

@@ -65,9 +65,9 @@ class HostsTable:
 
 
 class ProjectsTable:
-    """``%ceranubis projects``: name, state, done/total, created, id."""
+    """``%ceranubis projects``: name, version, state, done/total, created, id."""
 
-    HEAD = ("name", "state", "done", "created", "id")
+    HEAD = ("name", "version", "state", "done", "created", "id")
 
     def __init__(self, summaries: Sequence[Any]) -> None:
         self.summaries = list(summaries)
@@ -76,7 +76,8 @@ class ProjectsTable:
     def rows(self) -> list[tuple[Any, ...]]:
         """One tuple per project, in ``HEAD`` order."""
         return [
-            (s.name, s.state, f"{s.done}/{s.total}", _when(s.created), s.id) for s in self.summaries
+            (s.name, s.version, s.state, f"{s.done}/{s.total}", _when(s.created), s.id)
+            for s in self.summaries
         ]
 
     def _repr_html_(self) -> str:
@@ -98,13 +99,21 @@ def _when(created: Any) -> str:
 def _project_facts(project: Any) -> list[tuple[str, str]]:
     done, total = project.status()
     hosts = ", ".join(project.hosts) if project.hosts else "local"
-    return [
+    reused = project.reused
+    facts = [
+        ("version", version_text(project.version, project.changes)),
         ("state", str(project.state)),
-        ("done", f"{done}/{total}"),
+        ("done", f"{done}/{total}" + (f" ({reused:,} reused)" if reused else "")),
         ("target", str(project.target)),
         ("hosts", hosts),
         ("elapsed", format_duration(project.elapsed())),
     ]
+    return facts
+
+
+def version_text(version: int, changes: str) -> str:
+    """``2 (code changed, 10 arguments added)``, or ``1``."""
+    return f"{version} ({changes})" if changes else str(version)
 
 
 def project_html(project: Any) -> str:
@@ -118,9 +127,12 @@ def project_html(project: Any) -> str:
 
 
 def project_text(project: Any) -> str:
-    """One line: ``<Project sweep-7: running 45/100, hosts: local>``."""
+    """One line: ``<Project sweep v2: running 45/100, hosts: local>``."""
     facts = dict(_project_facts(project))
-    return f"<Project {project.name}: {facts['state']} {facts['done']}, hosts: {facts['hosts']}>"
+    return (
+        f"<Project {project.name} v{project.version}: {facts['state']} {facts['done']}, "
+        f"hosts: {facts['hosts']}>"
+    )
 
 
 def project_pretty(project: Any, printer: Any, cycle: bool) -> None:

@@ -29,16 +29,22 @@ class CeranubisExecutor(NodeExecutor):
         store: Any = None,
         chunksize: int = 1,
         timeout: float | None = None,
+        replace: bool = False,
+        reuse: bool = True,
     ) -> Project:
         """Run ``fn`` over ``args`` as a named project kept in the store; returns at once.
 
         ``chunksize`` arguments travel and run as one task; ``timeout`` is in seconds per
-        task (0 or ``None``: none). See
-        :func:`ceranubis_jupyter.projects.commit.commit_function`.
+        task (0 or ``None``: none). Committing a name again with the same code and
+        arguments returns that project (resumed if unfinished); with other code or
+        arguments it makes a new version (``replace``: and removes the earlier ones).
+        Arguments a function of the same code finished take the stored result unless
+        ``reuse=False``. See :func:`ceranubis_jupyter.projects.commit.commit_function`.
         """
         return commit_function(
-            self, fn, args, name=name, store=store, chunksize=chunksize, timeout=timeout
-        )
+            self, fn, args, name=name, store=store, chunksize=chunksize, timeout=timeout,
+            replace=replace, reuse=reuse,
+        )  # fmt: skip
 
 
 __all__ = ["CeranubisExecutor"]

@@ -28,7 +28,8 @@ from ..cluster.executor import NodeExecutor
 from ..cluster.hosts import HostSpec
 from ..errors import ConfigError, StoreError
 from .code import function_of, host_names
-from .records import ProjectRow, ProjectSummary, this_client
+from .records import ArgumentRow, ProjectRow, ProjectSummary, this_client
+from .rerun import reusable_positions
 from .rows import decode
 from .run import ProjectRun, RunPlan, RunStart
 from .store import Store
@@ -58,6 +59,7 @@ class Project:
         self._stored = StoredView(store, row)
         self._live: LiveView | None = None
         self._listeners: list[Callable[[Project], None]] = []
+        self._reused: int | None = None  # read once: it changes only when we resume
         if run is not None:
             self._attach(run)
 
@@ -70,6 +72,31 @@ class Project:
     def name(self) -> str:
         """The project's unique name."""
         return self._stored.row.name
+
+    @property
+    def version(self) -> int:
+        """Which version of its name this project is (1, 2, ...): a re-run with other
+        code or arguments makes the next one."""
+        return self._stored.row.version
+
+    @property
+    def changes(self) -> str:
+        """How this version differs from the one before (``code changed, 10 arguments
+        added``); empty for a first version."""
+        return self._stored.row.changes
+
+    @property
+    def reused(self) -> int:
+        """How many arguments took a stored result (same code, same arguments) instead of
+        running."""
+        if self._reused is None:
+            self._reused = self.store.reused_count(self.id)
+        return self._reused
+
+    def reused_arguments(self) -> list[tuple[Any, ...]]:
+        """The argument tuples whose result was taken from the store, in order."""
+        rows = self.store.arguments(self.id, ["done"])
+        return [decode(row.args) for row in rows if row.reused]
 
     @property
     def target(self) -> str:
@@ -109,7 +136,7 @@ class Project:
 
     def __repr__(self) -> str:
         done, total = self.status()
-        return f"<Project {self.name!r} {self.state} {done}/{total}>"
+        return f"<Project {self.name!r} v{self.version} {self.state} {done}/{total}>"
 
     def _repr_html_(self) -> str:
         from .display import project_html  # the notebook's view: name, status, hosts
@@ -182,7 +209,11 @@ class Project:
         self._view().cancel()
 
     def resume(
-        self, executor: NodeExecutor | None = None, *, hosts: Sequence[HostSpec] | None = None
+        self,
+        executor: NodeExecutor | None = None,
+        *,
+        hosts: Sequence[HostSpec] | None = None,
+        reuse: bool = True,
     ) -> Project:
         """Run every argument that has no result yet (pending, interrupted, failed,
         cancelled); finished results are kept.
@@ -191,6 +222,8 @@ class Project:
             executor: run on this executor; by default a new one on ``hosts`` (or the
                 project's hosts), shut down when the project finishes.
             hosts: hosts for that new executor.
+            reuse: first take the stored result of any such argument that a function of
+                the same code finished (see ``commit_project``).
 
         Raises:
             StoreError: another live process runs the project.
@@ -203,25 +236,47 @@ class Project:
         executor, owned = self._claim(row, executor, hosts)
         self.store.reset_unfinished(self.id)
         rows = self.store.arguments(self.id, ["pending"])
+        if reuse:
+            rows = self._take_stored(row, rows)
+        if not rows:  # every argument left took a stored result
+            self.store.set_state(self.id, "done", release=True)
+            if owned:
+                executor.shutdown(wait=False)
+            return self
         blobs = [r.args for r in rows]
         plan = RunPlan(fn, [decode(blob) for blob in blobs], blobs, executor, owned)
         start = RunStart.stored(self.store, self.id, [r.id for r in rows])
         self._attach(ProjectRun(plan, start, self.store.reopen(), self.id))
         return self
 
+    def _take_stored(self, row: ProjectRow, rows: list[ArgumentRow]) -> list[ArgumentRow]:
+        """Give pending ``rows`` the stored results they can take; returns the others."""
+        found = reusable_positions(self.store, row.code_hash, [r.args for r in rows])
+        if not found:
+            return rows
+        self.store.reuse([(rows[at].id, holder) for at, holder in found])
+        self._reused = None
+        taken = {at for at, _ in found}
+        return [r for at, r in enumerate(rows) if at not in taken]
+
     @classmethod
-    def load(cls, name_or_id: str | int, store: Store | str | None = None) -> Project:
-        """The project with this name (or id) from the store.
+    def load(
+        cls, name_or_id: str | int, store: Store | str | None = None, *, version: int | None = None
+    ) -> Project:
+        """The project with this name (its latest version, or ``version``), or this id,
+        from the store.
 
         Raises:
             ConfigError: no such project.
             StoreError: the store cannot be reached.
         """
         store = shared_store(store)
-        row = store.find_project(name_or_id)
+        row = store.find_project(name_or_id, version)
         if row is None:
+            which = "" if version is None else f" version {version}"
             raise ConfigError(
-                f"no project {name_or_id!r} in {store.url}; `ceranubis projects` lists them"
+                f"no project {name_or_id!r}{which} in {store.url}; `ceranubis projects "
+                "--all` lists them"
             )
         for project in list(_started):
             if project.store is store and project.id == row.id:
@@ -247,7 +302,8 @@ class Project:
             )
         counts = self.store.counts(self.id)
         if counts["done"] == sum(counts.values()):
-            self.store.set_state(self.id, "done", release=True)
+            if row.state != "done":
+                self.store.set_state(self.id, "done", release=True)
             return None
         return row
 
@@ -291,29 +347,47 @@ class Project:
 # ---------------------------------------------------------------------- stored projects
 
 
-def list_projects(store: Store | str | None = None) -> list[ProjectSummary]:
-    """Every project in the store (name, id, created, state, done, total), oldest first."""
-    return shared_store(store).list_projects()
+def list_projects(
+    store: Store | str | None = None, *, every_version: bool = False
+) -> list[ProjectSummary]:
+    """Projects in the store (name, id, created, state, done, total, version), oldest
+    first: the latest version of each name, or ``every_version``."""
+    return shared_store(store).list_projects(every_version=every_version)
 
 
 def remove_project(
-    name_or_id: str | int, store: Store | str | None = None, *, force: bool = False
-) -> None:
-    """Delete a project and its results.
+    name_or_id: str | int,
+    store: Store | str | None = None,
+    *,
+    force: bool = False,
+    version: int | None = None,
+) -> int:
+    """Delete a project and its results: by id, that project; by name, every version of
+    it, or ``version``. Results that other projects reuse move to them. Returns how many
+    projects were removed.
 
     Raises:
         ConfigError: no such project.
-        StoreError: it is running (in a live process) and ``force`` is false.
+        StoreError: one is running (in a live process) and ``force`` is false.
     """
     store = shared_store(store)
-    project = Project.load(name_or_id, store)
+    latest = Project.load(name_or_id, store, version=version)
+    by_name = isinstance(name_or_id, str) and not name_or_id.isdigit() and version is None
+    ids = store.versions(latest.name) if by_name else [latest.id]
+    for project_id in ids:
+        _remove_one(store, project_id, force)
+    return len(ids)
+
+
+def _remove_one(store: Store, project_id: int, force: bool) -> None:
+    project = Project.load(project_id, store)
     if project.executor is not None:  # it runs in this process: stop it first
         project.cancel()
     row = reread(store, project.id, project.name)
     if row.live and not force:
         raise StoreError(
-            f"project {row.name!r} is running (client {row.client}); cancel it first, "
-            "or remove it with force"
+            f"project {row.name!r} (version {row.version}) is running (client {row.client}); "
+            "cancel it first, or remove it with force"
         )
     store.remove_project(row.id)
 

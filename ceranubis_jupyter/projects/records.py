@@ -24,7 +24,12 @@ STALE_SECONDS = 10.0
 
 @dataclass(frozen=True)
 class ProjectRow:
-    """A project as stored: its definition and who runs it (``client``, ``heartbeat``)."""
+    """A project as stored: its definition and who runs it (``client``, ``heartbeat``).
+
+    ``version`` counts the projects of one name (1, 2, ...); ``code_hash`` and
+    ``args_hash`` are the digests (``digest.py``) that say whether a re-run is the same
+    project; ``changes`` says how this version differs from the one before it.
+    """
 
     id: int
     name: str
@@ -36,6 +41,10 @@ class ProjectRow:
     client: str
     heartbeat: float
     function: bytes | None
+    version: int = 1
+    code_hash: str = ""
+    args_hash: str = ""
+    changes: str = ""
 
     @property
     def live(self) -> bool:
@@ -58,6 +67,7 @@ class ProjectSummary:
     state: str
     done: int
     total: int
+    version: int = 1
 
 
 @dataclass(frozen=True)
@@ -75,6 +85,7 @@ class ArgumentRow:
     finished: float | None
     error: str | None
     output: str | None
+    reused: bool = False  # its result is another argument's, found by content
 
 
 @dataclass(frozen=True)
@@ -137,7 +148,8 @@ def client_alive(client: str, heartbeat: float, now: float | None = None) -> boo
 
 
 def project_row(row: Sequence[Any]) -> ProjectRow:
-    id_, name, code, target, created, hosts, state, client, heartbeat, function = row
+    id_, name, code, target, created, hosts, state, client, heartbeat, function, *rest = row
+    version, code_hash, args_hash, changes = rest
     return ProjectRow(
         int(id_),
         str(name),
@@ -149,6 +161,10 @@ def project_row(row: Sequence[Any]) -> ProjectRow:
         str(client),
         float(heartbeat),
         None if function is None else bytes(function),
+        int(version),
+        str(code_hash),
+        str(args_hash),
+        str(changes),
     )
 
 
@@ -157,4 +173,5 @@ def argument_row(row: Sequence[Any]) -> ArgumentRow:
     for index in (2, 3):
         if values[index] is not None:
             values[index] = bytes(values[index])
+    values[11] = bool(values[11])
     return ArgumentRow(*values)

@@ -112,11 +112,11 @@ class RunStart:
     first_started: float
 
     @classmethod
-    def new(cls, count: int) -> RunStart:
-        """A new project of ``count`` arguments, all pending, whose insert is under way
-        (no store reads: they would wait for it)."""
-        counts = dict.fromkeys(("running", "done", "failed", "cancelled"), 0)
-        return cls(dict(counts, pending=count), None, time.time())
+    def new(cls, count: int, reused: int = 0) -> RunStart:
+        """A new project of ``count`` arguments to run and ``reused`` ones done already,
+        whose insert is under way (no store reads: they would wait for it)."""
+        counts = dict.fromkeys(("running", "failed", "cancelled"), 0)
+        return cls(dict(counts, pending=count, done=reused), None, time.time())
 
     @classmethod
     def stored(cls, store: Store, project_id: int, ids: Sequence[int]) -> RunStart:

@@ -15,20 +15,24 @@ only after the commit); its writer thread marks arguments ``running`` (those in 
 a flush period) and records outcomes in batches (``record_outcomes``), each ``UPDATE`` guarded
 by the argument's state so a result is recorded exactly once even when a task ran twice;
 any process reads counts and results at any time.
+
+Versions and reuse: a name is unique per ``version``; each project row keeps the digests
+of its code and arguments (``digest.py``). An argument that reuses a finished result is
+``done`` with ``result_of`` pointing at the row that holds it (no copy): reads take
+``COALESCE(result, holder's result)``, and removing the holder's project first moves the
+result to one row that reuses it (:meth:`Store.remove_project`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import threading
 import time
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from abc import abstractmethod
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..errors import ConfigError, StoreError
+from ..errors import ConfigError
 from .records import (
     ArgumentRow,
     HostStats,
@@ -38,13 +42,16 @@ from .records import (
     argument_row,
     project_row,
 )
+from .store_base import PROJECT_COLUMNS, StoreBase
 
 ARGUMENT_STATES = ("pending", "running", "done", "failed", "cancelled")
 UNFINISHED = ("pending", "running")
 
-_PROJECT_COLUMNS = "id, name, code, target, created, hosts, state, client, heartbeat, function"
-_ARGUMENT_COLUMNS = (
-    "id, position, args, result, state, host, attempts, started, finished, error, output"
+# An argument as read: a reused one's result is the row it points at (result_of).
+_ARGUMENT_SELECT = (
+    "SELECT a.id, a.position, a.args, COALESCE(a.result, h.result), a.state, a.host, "
+    "a.attempts, a.started, a.finished, a.error, a.output, a.result_of IS NOT NULL "
+    "FROM arguments a LEFT JOIN arguments h ON h.id = a.result_of"
 )
 _OPEN = "('pending', 'running')"
 # A finished argument with a result and no printed output: the common case, batched.
@@ -56,117 +63,17 @@ _UPDATE_ANY = (
 )
 
 
-class Store(ABC):
+class Store(StoreBase):
     """Projects and argument outcomes behind plain SQL; thread-safe (one lock).
 
     Back ends supply a DB-API connection, the DDL, the error mapping and the two bulk
-    writes (a new project's arguments, finished outcomes); every other query is written
-    once, here, with ``?`` placeholders.
+    writes (a new project's arguments, finished outcomes) through :class:`StoreBase`;
+    every other query is written once, here, with ``?`` placeholders.
     """
-
-    url: str
-    _ddl: Sequence[str]
-    # How a write transaction starts (SQLite takes its write lock at once: no upgrades).
-    _begin_sql = "BEGIN"
-
-    def __init__(self) -> None:
-        self._lock = threading.RLock()
-
-    # ------------------------------------------------------------------ back-end hooks
-
-    @abstractmethod
-    def _cursor(self) -> Any:
-        """A DB-API cursor on this store's connection."""
-
-    @abstractmethod
-    def _rollback(self, cursor: Any) -> None:
-        """Roll back the open transaction, if the connection still has one."""
-
-    @abstractmethod
-    def _translate(self, error: Exception) -> Exception:
-        """A :class:`StoreError` or :class:`ConfigError` for a driver error (or ``error``)."""
-
-    @abstractmethod
-    def close(self) -> None:
-        """Close the connection."""
 
     @abstractmethod
     def reopen(self) -> Store:
         """Another store on the same file or database, with a connection of its own."""
-
-    @abstractmethod
-    def _insert_arguments(
-        self, cursor: Any, project_id: int, args: Sequence[bytes]
-    ) -> Sequence[int]:
-        """Insert the arguments (in position order) of a new project in the open
-        transaction; returns their ids (back ends may bulk-load, or read the ids back)."""
-
-    @abstractmethod
-    def _update_done(self, cursor: Any, values: Sequence[Any]) -> int:
-        """Record ``id, result, host, attempts, started, finished`` (flat, six values per
-        argument) of finished arguments still open; returns how many changed (back ends
-        may bulk-load)."""
-
-    def _sql(self, text: str) -> str:
-        return text
-
-    # ------------------------------------------------------------------ plumbing
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[Any]:
-        with self._lock:
-            cursor = self._cursor()
-            try:
-                cursor.execute(self._begin_sql)
-                yield cursor
-                cursor.execute("COMMIT")
-            except BaseException as error:
-                with contextlib.suppress(Exception):
-                    self._rollback(cursor)
-                if isinstance(error, Exception):
-                    raise self._translate(error) from error
-                raise
-
-    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
-            for attempt in (1, 2):
-                try:
-                    cursor = self._cursor()
-                    cursor.execute(self._sql(sql), params)
-                    return list(cursor.fetchall())
-                except Exception as error:
-                    if attempt == 1 and self._lost_connection():
-                        continue  # a read is safe to repeat on a new connection
-                    raise self._translate(error) from error
-        raise AssertionError("unreachable")
-
-    def _lost_connection(self) -> bool:
-        """True when the connection broke (the next :meth:`_cursor` makes a new one)."""
-        return False
-
-    def _write(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
-        """Run ``sql`` once per row in one transaction; returns the rows changed."""
-        if not rows:
-            return 0
-        with self._transaction() as cursor:
-            cursor.executemany(self._sql(sql), rows)
-            return int(cursor.rowcount)
-
-    def _create_schema(self) -> None:
-        with self._transaction() as cursor:
-            for statement in self._ddl:
-                cursor.execute(statement)
-        self._check_schema()
-
-    def _check_schema(self) -> None:
-        try:
-            self._read(f"SELECT {_PROJECT_COLUMNS} FROM projects WHERE 1 = 0")
-            self._read(f"SELECT {_ARGUMENT_COLUMNS}, project FROM arguments WHERE 1 = 0")
-        except StoreError as error:
-            raise StoreError(
-                f"the project store {self.url} has tables of another shape ({error}); "
-                "point CERANUBIS_STORE at a new file or database"
-            ) from error
 
     # ------------------------------------------------------------------ projects
 
@@ -180,7 +87,12 @@ class Store(ABC):
         args: Sequence[bytes],
         client: str,
         started: Callable[[ProjectRow], None] | None = None,
-    ) -> tuple[ProjectRow, Sequence[int]]:
+        *,
+        version: int = 1,
+        digests: tuple[str, str] = ("", ""),
+        changes: str = "",
+        reused: Sequence[tuple[int, int]] = (),
+    ) -> tuple[ProjectRow, Sequence[int]]:  # long: a documented signature of 12 parameters
         """Insert a project and its arguments (``pending``) in one transaction; returns
         its row and the arguments' ids in position order.
 
@@ -189,22 +101,31 @@ class Store(ABC):
         then, as long as it writes nothing before this method returns. If it raises, or
         the rest of the insert fails, nothing is stored.
 
+        ``version``, ``digests`` (of the code, of the arguments) and ``changes``: see
+        :class:`ProjectRow`. ``reused``: ``(position, holder)`` of arguments that take
+        the result of the argument ``holder`` (done at once, no copy of the result).
+
         Raises:
-            ConfigError: a project with this name exists.
+            ConfigError: a project with this name and version exists.
             StoreError: the store refused the write.
         """
         now = time.time()
-        draft = ProjectRow(0, name, code, target, now, hosts, "running", client, now, function)
+        draft = ProjectRow(
+            0, name, code, target, now, hosts, "running", client, now, function, version,
+            *digests, changes,
+        )  # fmt: skip
         try:
             with self._transaction() as cursor:
                 row = dataclasses.replace(draft, id=self._insert_project(cursor, draft))
                 if started is not None:
                     started(row)
                 ids = self._insert_arguments(cursor, row.id, args)
+                if reused:
+                    self._mark_reused(cursor, [(ids[at], holder) for at, holder in reused])
         except ConfigError:
             raise ConfigError(
-                f"a project named {name!r} already exists; pick another name or remove it "
-                f"with `ceranubis rm {name}`"
+                f"a project named {name!r} (version {version}) already exists; pick another "
+                f"name or remove it with `ceranubis rm {name}`"
             ) from None
         return row, ids
 
@@ -213,8 +134,8 @@ class Store(ABC):
         the id it got."""
         cursor.execute(
             self._sql(
-                "INSERT INTO projects (name, code, target, created, hosts, state, client, "
-                "heartbeat, function) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id"
+                f"INSERT INTO projects ({PROJECT_COLUMNS.removeprefix('id, ')}) VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id"
             ),
             (
                 row.name,
@@ -226,21 +147,67 @@ class Store(ABC):
                 row.client,
                 row.heartbeat,
                 row.function,
+                row.version,
+                row.code_hash,
+                row.args_hash,
+                row.changes,
             ),
         )
         return int(cursor.fetchone()[0])
 
-    def find_project(self, name_or_id: str | int) -> ProjectRow | None:
-        """The project with this name, or this id (an int or a string of digits)."""
+    def _mark_reused(self, cursor: Any, pairs: Sequence[tuple[int, int]]) -> None:
+        """Make each ``(arg_id, holder)`` done with the result of ``holder``, where still
+        pending (in the open transaction)."""
+        cursor.executemany(
+            self._sql(
+                "UPDATE arguments SET state = 'done', result_of = ? "
+                "WHERE id = ? AND state = 'pending'"
+            ),
+            [(holder, arg_id) for arg_id, holder in pairs],
+        )
+
+    def reuse(self, pairs: Sequence[tuple[int, int]]) -> None:
+        """Make each ``(arg_id, holder)`` done with the result of ``holder`` (see
+        :meth:`reusable`), where still pending."""
+        if pairs:
+            with self._transaction() as cursor:
+                self._mark_reused(cursor, pairs)
+
+    def reusable(self, code_hash: str) -> dict[bytes, int]:
+        """Finished results of functions with this code digest: argument bytes → the id
+        of the argument row that holds the result (one per distinct argument)."""
+        rows = self._read(
+            "SELECT a.args, a.id FROM arguments a JOIN projects p ON p.id = a.project "
+            "WHERE p.code_hash = ? AND a.state = 'done' AND a.result IS NOT NULL",
+            (code_hash,),
+        )
+        return {bytes(args): int(arg_id) for args, arg_id in rows}
+
+    def reused_count(self, project_id: int) -> int:
+        """How many of the project's arguments took another argument's result."""
+        rows = self._read(
+            "SELECT COUNT(*) FROM arguments WHERE project = ? AND result_of IS NOT NULL",
+            (project_id,),
+        )
+        return int(rows[0][0])
+
+    def find_project(self, name_or_id: str | int, version: int | None = None) -> ProjectRow | None:
+        """The project with this id (an int or a string of digits), or this name: its
+        ``version``, by default the latest."""
+        params: tuple[str | int, ...]
         if isinstance(name_or_id, int) or name_or_id.isdigit():
-            rows = self._read(
-                f"SELECT {_PROJECT_COLUMNS} FROM projects WHERE id = ?", (int(name_or_id),)
-            )
+            sql, params = "WHERE id = ?", (int(name_or_id),)
+        elif version is None:
+            sql, params = "WHERE name = ? ORDER BY version DESC LIMIT 1", (name_or_id,)
         else:
-            rows = self._read(
-                f"SELECT {_PROJECT_COLUMNS} FROM projects WHERE name = ?", (name_or_id,)
-            )
+            sql, params = "WHERE name = ? AND version = ?", (name_or_id, version)
+        rows = self._read(f"SELECT {PROJECT_COLUMNS} FROM projects {sql}", params)
         return project_row(rows[0]) if rows else None
+
+    def versions(self, name: str) -> list[int]:
+        """Ids of every version of the project ``name``, oldest first."""
+        rows = self._read("SELECT id FROM projects WHERE name = ? ORDER BY version", (name,))
+        return [int(row[0]) for row in rows]
 
     def names_starting(self, prefix: str) -> set[str]:
         """Names of projects that start with ``prefix`` (to pick a fresh default name)."""
@@ -248,13 +215,19 @@ class Store(ABC):
         rows = self._read("SELECT name FROM projects WHERE name LIKE ? ESCAPE '\\'", (pattern,))
         return {row[0] for row in rows}
 
-    def list_projects(self) -> list[ProjectSummary]:
-        """Every project, oldest first, with its done and total counts."""
+    def list_projects(self, *, every_version: bool = False) -> list[ProjectSummary]:
+        """Projects, oldest first, with their done and total counts: the latest version
+        of each name, or ``every_version``."""
+        latest = (
+            ""
+            if every_version
+            else "WHERE p.version = (SELECT MAX(q.version) FROM projects q WHERE q.name = p.name) "
+        )
         rows = self._read(
-            f"SELECT {_PROJECT_COLUMNS}, "
+            f"SELECT {PROJECT_COLUMNS}, "
             "(SELECT COUNT(*) FROM arguments a WHERE a.project = p.id AND a.state = 'done'), "
             "(SELECT COUNT(*) FROM arguments a WHERE a.project = p.id) "
-            "FROM projects p ORDER BY p.id"
+            f"FROM projects p {latest}ORDER BY p.created, p.id"
         )
         summaries = []
         for *columns, done, total in rows:
@@ -267,15 +240,43 @@ class Store(ABC):
                     project.effective_state,
                     int(done),
                     int(total),
+                    project.version,
                 )
             )
         return summaries
 
     def remove_project(self, project_id: int) -> None:
-        """Delete a project and its arguments."""
+        """Delete a project and its arguments. Results that other projects reuse stay:
+        each moves to one of the rows reusing it, which the others then point at."""
         with self._transaction() as cursor:
+            cursor.execute(
+                self._sql(
+                    "SELECT r.result_of, MIN(r.id) FROM arguments r WHERE r.result_of IN "
+                    "(SELECT id FROM arguments WHERE project = ?) AND r.project <> ? "
+                    "GROUP BY r.result_of"
+                ),
+                (project_id, project_id),
+            )
+            heirs = [(int(holder), int(heir)) for holder, heir in cursor.fetchall()]
+            if heirs:
+                self._hand_down(cursor, heirs)
             cursor.execute(self._sql("DELETE FROM arguments WHERE project = ?"), (project_id,))
             cursor.execute(self._sql("DELETE FROM projects WHERE id = ?"), (project_id,))
+
+    def _hand_down(self, cursor: Any, heirs: Sequence[tuple[int, int]]) -> None:
+        """Move each ``holder``'s result to its ``heir`` (which keeps pointing at itself,
+        so it still counts as reused); the other rows reusing it point at the heir."""
+        cursor.executemany(
+            self._sql(
+                "UPDATE arguments SET result = (SELECT h.result FROM arguments h WHERE h.id = ?), "
+                "result_of = id WHERE id = ?"
+            ),
+            heirs,
+        )
+        cursor.executemany(
+            self._sql("UPDATE arguments SET result_of = ? WHERE result_of = ? AND id <> ?"),
+            [(heir, holder, heir) for holder, heir in heirs],
+        )
 
     def set_state(self, project_id: int, state: str, *, release: bool = False) -> None:
         """Set a project's state; ``release`` also forgets its client."""
@@ -327,22 +328,30 @@ class Store(ABC):
     ) -> list[ArgumentRow]:
         """Arguments in ``states``: all in submission order, or the ``newest`` finished."""
         marks = ", ".join("?" * len(states))
-        sql = f"SELECT {_ARGUMENT_COLUMNS} FROM arguments WHERE project = ? AND state IN ({marks})"
+        sql = f"{_ARGUMENT_SELECT} WHERE a.project = ? AND a.state IN ({marks})"
         if newest is None:
             return [
                 argument_row(r)
-                for r in self._read(sql + " ORDER BY position", (project_id, *states))
+                for r in self._read(sql + " ORDER BY a.position", (project_id, *states))
             ]
         rows = self._read(
-            sql + " ORDER BY finished DESC, id DESC LIMIT ?", (project_id, *states, newest)
+            sql + " ORDER BY a.finished DESC NULLS LAST, a.id DESC LIMIT ?",
+            (project_id, *states, newest),
         )
         return [argument_row(r) for r in reversed(rows)]
+
+    def argument_blobs(self, project_id: int) -> list[bytes]:
+        """The project's arguments as stored, in position order (no results read)."""
+        rows = self._read(
+            "SELECT args FROM arguments WHERE project = ? ORDER BY position", (project_id,)
+        )
+        return [bytes(row[0]) for row in rows]
 
     def last_outputs(self, project_id: int, count: int) -> list[ArgumentRow]:
         """The ``count`` most recently finished arguments that printed something."""
         rows = self._read(
-            f"SELECT {_ARGUMENT_COLUMNS} FROM arguments WHERE project = ? AND output <> '' "
-            "ORDER BY finished DESC, id DESC LIMIT ?",
+            f"{_ARGUMENT_SELECT} WHERE a.project = ? AND a.output <> '' "
+            "ORDER BY a.finished DESC, a.id DESC LIMIT ?",
             (project_id, count),
         )
         return [argument_row(r) for r in reversed(rows)]
@@ -426,7 +435,4 @@ def _plain_done(outcome: Outcome) -> bool:
     )
 
 
-# ---------------------------------------------------------------------- opening
-
-
-__all__ = ["ARGUMENT_STATES", "DONE_VALUES", "UNFINISHED", "Store"]
+__all__ = ["ARGUMENT_STATES", "DONE_VALUES", "UNFINISHED", "Store", "StoreBase"]

@@ -26,7 +26,7 @@ _PG_DDL = (
     f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK_KEY})",
     """CREATE TABLE IF NOT EXISTS projects (
         id BIGSERIAL PRIMARY KEY,
-        name TEXT NOT NULL UNIQUE,
+        name TEXT NOT NULL,
         code TEXT NOT NULL,
         target TEXT NOT NULL,
         created DOUBLE PRECISION NOT NULL,
@@ -34,7 +34,12 @@ _PG_DDL = (
         state TEXT NOT NULL,
         client TEXT NOT NULL DEFAULT '',
         heartbeat DOUBLE PRECISION NOT NULL DEFAULT 0,
-        function BYTEA)""",
+        function BYTEA,
+        version INTEGER NOT NULL DEFAULT 1,
+        code_hash TEXT NOT NULL DEFAULT '',
+        args_hash TEXT NOT NULL DEFAULT '',
+        changes TEXT NOT NULL DEFAULT '',
+        UNIQUE (name, version))""",
     """CREATE TABLE IF NOT EXISTS arguments (
         id BIGSERIAL PRIMARY KEY,
         project BIGINT NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
@@ -48,8 +53,19 @@ _PG_DDL = (
         started DOUBLE PRECISION,
         finished DOUBLE PRECISION,
         error TEXT,
-        output TEXT)""",
+        output TEXT,
+        result_of BIGINT)""",
     "CREATE INDEX IF NOT EXISTS arguments_project ON arguments (project)",
+)
+
+# A store made before versions: the new columns, and names unique per version instead of
+# alone (the constraint had PostgreSQL's default name).
+_UPGRADE_PROJECTS = (
+    "ALTER TABLE projects ADD COLUMN version INTEGER NOT NULL DEFAULT 1, "
+    "ADD COLUMN code_hash TEXT NOT NULL DEFAULT '', ADD COLUMN args_hash TEXT NOT NULL "
+    "DEFAULT '', ADD COLUMN changes TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE projects DROP CONSTRAINT IF EXISTS projects_name_key",
+    "ALTER TABLE projects ADD CONSTRAINT projects_name_version_key UNIQUE (name, version)",
 )
 
 
@@ -127,6 +143,18 @@ class PostgresStore(Store):
     def _lost_connection(self) -> bool:
         return bool(self._connection.closed or self._connection.broken)
 
+    def _columns(self, cursor: Any, table: str) -> set[str]:
+        cursor.execute(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND table_name = %s",
+            (table,),
+        )
+        return {str(row[0]) for row in cursor.fetchall()}
+
+    def _add_versions(self, cursor: Any) -> None:
+        for statement in _UPGRADE_PROJECTS:
+            cursor.execute(statement)
+
     def _rollback(self, cursor: Any) -> None:
         if not (self._connection.closed or self._connection.broken):
             cursor.execute("ROLLBACK")
@@ -154,6 +182,15 @@ class PostgresStore(Store):
             "SELECT id FROM arguments WHERE project = %s ORDER BY position", (project_id,)
         )
         return [int(id_) for (id_,) in cursor.fetchall()]
+
+    def _mark_reused(self, cursor: Any, pairs: Sequence[tuple[int, int]]) -> None:
+        # One statement over two arrays: a row per pair (executemany) cost ~0.15 ms each.
+        cursor.execute(
+            "UPDATE arguments a SET state = 'done', result_of = v.holder FROM "
+            "(SELECT unnest(%s::bigint[]) AS id, unnest(%s::bigint[]) AS holder) v "
+            "WHERE a.id = v.id AND a.state = 'pending'",
+            ([arg_id for arg_id, _ in pairs], [holder for _, holder in pairs]),
+        )
 
     def _update_done(self, cursor: Any, values: Sequence[Any]) -> int:
         # COPY into a session table, then one joined UPDATE: a tenth of the client CPU of

@@ -70,10 +70,9 @@ _UPDATE_DONE_WHERE = (
 # temporary index of an IN list for every row it checks, which cost 0.8 us per argument
 # inserted and as much per result recorded (measured). Stores made before keep their
 # IN list: the same rule, checked more slowly.
-_SQLITE_DDL = (
-    """CREATE TABLE IF NOT EXISTS projects (
+_PROJECTS_TABLE = """CREATE TABLE IF NOT EXISTS {table} (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
-        name TEXT NOT NULL UNIQUE,
+        name TEXT NOT NULL,
         code TEXT NOT NULL,
         target TEXT NOT NULL,
         created REAL NOT NULL,
@@ -81,7 +80,25 @@ _SQLITE_DDL = (
         state TEXT NOT NULL,
         client TEXT NOT NULL DEFAULT '',
         heartbeat REAL NOT NULL DEFAULT 0,
-        function BLOB)""",
+        function BLOB,
+        version INTEGER NOT NULL DEFAULT 1,
+        code_hash TEXT NOT NULL DEFAULT '',
+        args_hash TEXT NOT NULL DEFAULT '',
+        changes TEXT NOT NULL DEFAULT '',
+        UNIQUE (name, version))"""
+# A store made before versions had UNIQUE (name), which SQLite cannot drop: the projects
+# table is copied into one of the new shape (foreign keys are not enforced yet while the
+# store opens, so the arguments stay as they are).
+_V1_COLUMNS = "id, name, code, target, created, hosts, state, client, heartbeat, function"
+_UPGRADE_PROJECTS = (
+    _PROJECTS_TABLE.format(table="projects_versioned"),
+    f"INSERT INTO projects_versioned ({_V1_COLUMNS}) SELECT {_V1_COLUMNS} FROM projects",
+    "DROP TABLE projects",
+    "ALTER TABLE projects_versioned RENAME TO projects",
+)
+
+_SQLITE_DDL = (
+    _PROJECTS_TABLE.format(table="projects"),
     """CREATE TABLE IF NOT EXISTS arguments (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         project INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
@@ -96,7 +113,8 @@ _SQLITE_DDL = (
         started REAL,
         finished REAL,
         error TEXT,
-        output TEXT)""",
+        output TEXT,
+        result_of INTEGER)""",
     "CREATE INDEX IF NOT EXISTS arguments_project ON arguments (project)",
 )
 
@@ -124,8 +142,8 @@ class SQLiteStore(Store):
         try:
             self._ensure_wal()
             self._read("PRAGMA synchronous = NORMAL")  # WAL: safe against process crashes
+            self._create_schema()  # before foreign keys: an upgrade copies the projects
             self._read("PRAGMA foreign_keys = ON")
-            self._create_schema()
         except BaseException:
             self._connection.close()
             raise
@@ -146,6 +164,14 @@ class SQLiteStore(Store):
                 if "locked" not in str(error) or attempt == WAL_ATTEMPTS:
                     raise
                 time.sleep(WAL_RETRY_SECONDS * attempt)
+
+    def _columns(self, cursor: Any, table: str) -> set[str]:
+        cursor.execute(f"PRAGMA table_info({table})")
+        return {str(row[1]) for row in cursor.fetchall()}
+
+    def _add_versions(self, cursor: Any) -> None:
+        for statement in _UPGRADE_PROJECTS:
+            cursor.execute(statement)
 
     def _rollback(self, cursor: Any) -> None:
         if self._connection.in_transaction:

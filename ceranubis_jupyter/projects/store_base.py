@@ -1,0 +1,160 @@
+"""The plumbing under the project store: back-end hooks, transactions, the schema.
+
+:class:`StoreBase` is what :class:`~ceranubis_jupyter.projects.store.Store` (the queries)
+stands on and what each back end (``store_sqlite.py``, ``store_pg.py``) fills in: a DB-API
+connection, the DDL, the error mapping and the bulk writes. Opening a store creates its
+tables, or upgrades those of an earlier version of the package in place (every row kept).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from ..errors import StoreError
+
+# The columns of a project store before versions: a table with these (and no version)
+# is upgraded at open; any other shape is refused.
+V1_PROJECT_COLUMNS = "id, name, code, target, created, hosts, state, client, heartbeat, function"
+PROJECT_COLUMNS = f"{V1_PROJECT_COLUMNS}, version, code_hash, args_hash, changes"
+ARGUMENT_COLUMNS = (
+    "id, position, args, result, state, host, attempts, started, finished, error, output"
+)
+# Indexes of both back ends, made once the columns exist (after an upgrade): finding a
+# function's finished results by its digest, and the rows that reuse a result.
+INDEXES = (
+    "CREATE INDEX IF NOT EXISTS projects_code_hash ON projects (code_hash)",
+    "CREATE INDEX IF NOT EXISTS arguments_result_of ON arguments (result_of) "
+    "WHERE result_of IS NOT NULL",
+)
+
+
+class StoreBase(ABC):
+    """The plumbing of :class:`~ceranubis_jupyter.projects.store.Store`: its back-end
+    hooks, transactions, reads and writes, and creating (or upgrading) the tables."""
+
+    url: str
+    _ddl: Sequence[str]
+    # How a write transaction starts (SQLite takes its write lock at once: no upgrades).
+    _begin_sql = "BEGIN"
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------------ back-end hooks
+
+    @abstractmethod
+    def _cursor(self) -> Any:
+        """A DB-API cursor on this store's connection."""
+
+    @abstractmethod
+    def _rollback(self, cursor: Any) -> None:
+        """Roll back the open transaction, if the connection still has one."""
+
+    @abstractmethod
+    def _translate(self, error: Exception) -> Exception:
+        """A :class:`StoreError` or :class:`ConfigError` for a driver error (or ``error``)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close the connection."""
+
+    @abstractmethod
+    def _insert_arguments(
+        self, cursor: Any, project_id: int, args: Sequence[bytes]
+    ) -> Sequence[int]:
+        """Insert the arguments (in position order) of a new project in the open
+        transaction; returns their ids (back ends may bulk-load, or read the ids back)."""
+
+    @abstractmethod
+    def _update_done(self, cursor: Any, values: Sequence[Any]) -> int:
+        """Record ``id, result, host, attempts, started, finished`` (flat, six values per
+        argument) of finished arguments still open; returns how many changed (back ends
+        may bulk-load)."""
+
+    def _sql(self, text: str) -> str:
+        return text
+
+    # ------------------------------------------------------------------ plumbing
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Any]:
+        with self._lock:
+            cursor = self._cursor()
+            try:
+                cursor.execute(self._begin_sql)
+                yield cursor
+                cursor.execute("COMMIT")
+            except BaseException as error:
+                with contextlib.suppress(Exception):
+                    self._rollback(cursor)
+                if isinstance(error, Exception):
+                    raise self._translate(error) from error
+                raise
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            for attempt in (1, 2):
+                try:
+                    cursor = self._cursor()
+                    cursor.execute(self._sql(sql), params)
+                    return list(cursor.fetchall())
+                except Exception as error:
+                    if attempt == 1 and self._lost_connection():
+                        continue  # a read is safe to repeat on a new connection
+                    raise self._translate(error) from error
+        raise AssertionError("unreachable")
+
+    def _lost_connection(self) -> bool:
+        """True when the connection broke (the next :meth:`_cursor` makes a new one)."""
+        return False
+
+    def _write(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+        """Run ``sql`` once per row in one transaction; returns the rows changed."""
+        if not rows:
+            return 0
+        with self._transaction() as cursor:
+            cursor.executemany(self._sql(sql), rows)
+            return int(cursor.rowcount)
+
+    def _create_schema(self) -> None:
+        """Create the tables, or upgrade those of an earlier store, in one transaction
+        (another process opening the store at the same time waits, then finds it done)."""
+        with self._transaction() as cursor:
+            for statement in self._ddl:
+                cursor.execute(statement)
+            columns = self._columns(cursor, "projects")
+            if "version" not in columns and set(V1_PROJECT_COLUMNS.split(", ")) <= columns:
+                self._add_versions(cursor)
+            if "result_of" not in self._columns(cursor, "arguments"):
+                cursor.execute("ALTER TABLE arguments ADD COLUMN result_of BIGINT")
+            if {"version", "code_hash"} <= self._columns(cursor, "projects"):
+                for statement in INDEXES:
+                    cursor.execute(statement)
+        self._check_schema()
+
+    @abstractmethod
+    def _columns(self, cursor: Any, table: str) -> set[str]:
+        """The names of ``table``'s columns, read in the open transaction."""
+
+    @abstractmethod
+    def _add_versions(self, cursor: Any) -> None:
+        """Upgrade a store made before versions: add the projects' ``version``,
+        ``code_hash``, ``args_hash`` and ``changes`` columns (1, '', '', '') and make names
+        unique per version, in the open transaction; every row is kept."""
+
+    def _check_schema(self) -> None:
+        try:
+            self._read(f"SELECT {PROJECT_COLUMNS} FROM projects WHERE 1 = 0")
+            self._read(f"SELECT {ARGUMENT_COLUMNS}, project, result_of FROM arguments WHERE 1 = 0")
+        except StoreError as error:
+            raise StoreError(
+                f"the project store {self.url} has tables of another shape ({error}); "
+                "point CERANUBIS_STORE at a new file or database"
+            ) from error
+
+
+__all__ = ["ARGUMENT_COLUMNS", "INDEXES", "PROJECT_COLUMNS", "V1_PROJECT_COLUMNS", "StoreBase"]
