@@ -15,6 +15,12 @@ function object) and the ``%%ceranubis`` magic; the last two go through
 :func:`commit_function`. Both are in ``commit.py``. A :class:`Project` reads and acts
 through one :class:`~ceranubis_jupyter.projects.view.ProjectView`: its run while this
 process runs it (``run.py``: threads, batching, heartbeats), the store otherwise.
+
+Trust: results, arguments and the function are stored pickled. Reading results unpickles
+them and :meth:`Project.resume` rebuilds the stored function and runs it, so whoever can
+write the store can run code in every process that reads or resumes its projects: keep a
+SQLite store private, and share a PostgreSQL store only with people you would give your
+account (README, "Trust and security").
 """
 
 from __future__ import annotations
@@ -228,6 +234,9 @@ class Project:
         Raises:
             StoreError: another live process runs the project.
             ConfigError: the function cannot be rebuilt, or bad hosts.
+
+        The stored function is unpickled and run: resume only projects of a store that
+        only trusted people can write.
         """
         row = self._resumable()
         if row is None:

@@ -44,6 +44,9 @@ def open_store(url_or_path: str | os.PathLike[str] | None = None) -> Store:
 
     Raises:
         StoreError: the store cannot be reached, created, or is not a project store.
+
+    Whoever can write the store can run code in the processes that read its results or
+    resume its projects (they are pickled): see the README's "Trust and security".
     """
     target = url_or_path if url_or_path is not None else os.environ.get(STORE_ENV) or None
     if target is None:
