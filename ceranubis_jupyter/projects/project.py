@@ -233,10 +233,8 @@ class Project:
 
         Raises:
             StoreError: another live process runs the project.
-            ConfigError: the function cannot be rebuilt, or bad hosts.
-
-        The stored function is unpickled and run: resume only projects of a store that
-        only trusted people can write.
+            ConfigError: the function cannot be rebuilt, or bad hosts (it runs the stored
+                function: see the module's word on trust).
         """
         row = self._resumable()
         if row is None:
