@@ -233,8 +233,7 @@ class Project:
 
         Raises:
             StoreError: another live process runs the project.
-            ConfigError: the function cannot be rebuilt, or bad hosts (it runs the stored
-                function: see the module's word on trust).
+            ConfigError: the function cannot be rebuilt, or bad hosts. (It runs stored code.)
         """
         row = self._resumable()
         if row is None:
