@@ -29,6 +29,7 @@ REPEATS = 5
 # Seconds the project-store benchmark (its own process) may take before it is stopped.
 PROJECT_BENCH_TIMEOUT = 120.0
 PROJECT_BENCH = Path(__file__).resolve().parent / "bench_project.py"
+RERUN_BENCH = Path(__file__).resolve().parent / "bench_rerun.py"
 SSHD = "/usr/sbin/sshd"
 
 
@@ -146,20 +147,21 @@ def ssh_unavailable() -> str:
     return ""
 
 
-def run_project_bench() -> str:
-    """Run ``bench_project.py`` (W1 with and without a project store) and return its report."""
+def run_store_bench(script: Path) -> str:
+    """Run one store benchmark (``bench_project.py``: W1 with and without a project store;
+    ``bench_rerun.py``: "Run All" of a finished sweep) and return its report."""
     try:
         done = subprocess.run(
-            [sys.executable, str(PROJECT_BENCH)],
+            [sys.executable, str(script)],
             capture_output=True,
             text=True,
             timeout=PROJECT_BENCH_TIMEOUT,
             check=False,
         )
     except subprocess.TimeoutExpired:
-        return f"bench_project.py: stopped after {PROJECT_BENCH_TIMEOUT:.0f} s"
+        return f"{script.name}: stopped after {PROJECT_BENCH_TIMEOUT:.0f} s"
     status = "" if done.returncode == 0 else f" (exit {done.returncode}: {done.stderr[-500:]})"
-    return f"bench_project.py{status}:\n{done.stdout.rstrip()}"
+    return f"{script.name}{status}:\n{done.stdout.rstrip()}"
 
 
 def _progress(label: str) -> None:
@@ -170,7 +172,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=REPEATS, help="repetitions per measurement")
     parser.add_argument("--systems", nargs="*", help="only these systems (default: all found)")
-    parser.add_argument("--no-project", action="store_true", help="skip bench_project.py")
+    parser.add_argument(
+        "--no-project", action="store_true", help="skip bench_project.py and bench_rerun.py"
+    )
     parser.add_argument("--no-ssh", action="store_true", help="skip the SSH workloads")
     return parser.parse_args(argv)
 
@@ -191,17 +195,18 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_ssh:
         bench.ssh()
     samples = {name: dict(metrics) for name, metrics in bench.samples.items()}
-    project = "" if args.no_project else run_project_bench()
+    project = "" if args.no_project else run_store_bench(PROJECT_BENCH)
+    rerun = "" if args.no_project else run_store_bench(RERUN_BENCH)
     elapsed = time.perf_counter() - started
     for section in report.SECTIONS:
         text = report.table(samples, section)
         if text:
             print(f"\n{text}")
-    for line in [*bench.notes, project]:
+    for line in [*bench.notes, project, rerun]:
         if line:
             print(f"\n{line}")
     extra = {"seconds": elapsed, "repeats": bench.repeats, "notes": bench.notes}
-    path = report.write_json(samples, {**extra, "project_bench": project})
+    path = report.write_json(samples, {**extra, "project_bench": project, "rerun_bench": rerun})
     print(f"\n{elapsed:.0f} s; medians of {bench.repeats}; ratios are ours/peer; written to {path}")
     print(
         f"load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after: on a shared "
