@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ceranubis_jupyter import CeranubisExecutor, ConfigError
+from ceranubis_jupyter import CeranubisExecutor, ConfigError, ConfigTypeError, Host
 from tests.remote import by_value
 from tests.task_records import TaskRecords
 
@@ -168,12 +168,53 @@ def test_context_manager_waits_and_shuts_down(hosts: Any) -> None:
         executor.submit(add, 1)
 
 
-@pytest.mark.parametrize("bad", [0, -1, "2", 1.5])
-def test_max_workers_must_be_a_positive_int(bad: Any) -> None:
-    with pytest.raises(ConfigError, match="max_workers must be a positive integer"):
+@pytest.mark.parametrize("bad", [0, -1])
+def test_max_workers_not_above_zero_is_the_stdlib_value_error(bad: int) -> None:
+    with pytest.raises(ValueError) as ours:
         CeranubisExecutor(max_workers=bad)
+    with pytest.raises(ValueError) as stdlib:
+        cf.ProcessPoolExecutor(max_workers=bad)
+    assert str(ours.value) == str(stdlib.value) == "max_workers must be greater than 0"
+    assert isinstance(ours.value, ConfigError)
+
+
+@pytest.mark.parametrize("bad", ["2", 1.5])
+def test_max_workers_of_another_type_is_a_type_error(bad: Any) -> None:
+    with pytest.raises(TypeError, match="max_workers must be an int") as raised:
+        CeranubisExecutor(max_workers=bad)
+    assert isinstance(raised.value, ConfigTypeError)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: CeranubisExecutor(heartbeat_timeout="5"),
+        lambda: CeranubisExecutor(retries=1.5),
+        lambda: Host("local", workers="2"),
+        lambda: Host("local", group=3),
+        lambda: CeranubisExecutor([42]),
+    ],
+    ids=["heartbeat_timeout", "retries", "workers", "group", "host"],
+)
+def test_arguments_of_the_wrong_type_are_type_errors(make: Any) -> None:
+    with pytest.raises(TypeError):
+        make()
+
+
+def test_bad_task_options_are_value_or_type_errors(ex: CeranubisExecutor) -> None:
+    with pytest.raises(TypeError):
+        ex.options(timeout="1")
+    with pytest.raises(TypeError):
+        ex.options(priority=1.5)
     with pytest.raises(ValueError):
-        CeranubisExecutor(max_workers=bad)
+        ex.options(timeout=-1)
+
+
+def test_submitting_what_is_not_callable_is_a_type_error(ex: CeranubisExecutor) -> None:
+    with pytest.raises(TypeError, match="is not callable"):
+        ex.submit(42)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="is not callable"):
+        ex.map(42, [1])  # type: ignore[arg-type]
 
 
 def test_future_cancel_of_pending_work(hosts: Any) -> None:

@@ -18,7 +18,7 @@ from concurrent.futures import Executor, Future
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ConfigTypeError
 from ..exits import Stage, on_exit
 from ..wire import protocol as p
 from ..wire.describe import unpicklable_arguments, unpicklable_function
@@ -50,11 +50,32 @@ class TaskOptions:
     retries: int = DEFAULT_RETRIES
 
     def validated(self) -> TaskOptions:
+        """These options, once checked.
+
+        Raises:
+            ConfigTypeError: a number that is not one, a group that is not a string.
+            ConfigError: a negative timeout or retry count.
+        """
+        _check_number("timeout", self.timeout)
+        _check_int("priority", self.priority)
+        _check_int("retries", self.retries)
+        if self.group is not None and not isinstance(self.group, str):
+            raise ConfigTypeError(f"group must be a string, got {self.group!r}")
         if self.timeout < 0:
             raise ConfigError(f"timeout must be >= 0 seconds, got {self.timeout}")
         if self.retries < 0:
             raise ConfigError(f"retries must be >= 0, got {self.retries}")
         return self
+
+
+def _check_int(name: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigTypeError(f"{name} must be an int, got {value!r}")
+
+
+def _check_number(name: str, value: object) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ConfigTypeError(f"{name} must be a number of seconds, got {value!r}")
 
 
 class NodeExecutor(Executor):
@@ -73,7 +94,9 @@ class NodeExecutor(Executor):
             are re-queued) and after which a node gives up on a silent client.
 
     Raises:
-        ConfigError: ``max_workers`` is not a positive integer or a host spec is bad.
+        ConfigError: ``max_workers`` is not greater than 0 (a ``ValueError``, as
+            ``ProcessPoolExecutor`` raises) or a host spec is bad.
+        ConfigTypeError: ``max_workers`` is not an int (a ``TypeError``).
 
     Example::
 
@@ -90,10 +113,13 @@ class NodeExecutor(Executor):
         heartbeat_timeout: float = SILENCE_TIMEOUT,
         fast_paths: FastPaths | None = None,
     ) -> None:
-        if max_workers is not None and (not isinstance(max_workers, int) or max_workers <= 0):
-            raise ConfigError(f"max_workers must be a positive integer, got {max_workers!r}")
+        if max_workers is not None:
+            _check_int("max_workers", max_workers)
+            if max_workers <= 0:
+                raise ConfigError("max_workers must be greater than 0")  # as the stdlib's
         self._defaults = TaskOptions(retries=retries).validated()
         self._transports = transports_for(hosts, max_workers)
+        _check_number("heartbeat_timeout", heartbeat_timeout)
         if heartbeat_timeout <= 0:
             raise ConfigError(f"heartbeat_timeout must be > 0 seconds, got {heartbeat_timeout}")
         self._max_workers = max_workers
@@ -248,7 +274,7 @@ class NodeExecutor(Executor):
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
         if not callable(fn):
-            raise TypeError(f"{fn!r} is not callable")
+            raise ConfigTypeError(f"{fn!r} is not callable")
         return self.register_function(fn)
 
     def _record(

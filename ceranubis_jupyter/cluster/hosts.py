@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ConfigTypeError
 
 LOCAL = "local"
 _SPEC = re.compile(r"^(?:(?P<user>[^@\s]+)@)?(?P<host>\[[^\]]+\]|[^@:\s\[\]]+)(?::(?P<port>\d+))?$")
@@ -47,8 +47,14 @@ class Host:
         **connect_options: Any,
     ) -> None:
         user, hostname, port = parse_address(address)
-        if workers is not None and (not isinstance(workers, int) or workers <= 0):
-            raise ConfigError(f"{address}: workers must be a positive integer, got {workers!r}")
+        if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool)):
+            raise ConfigTypeError(f"{address}: workers must be an int, got {workers!r}")
+        if workers is not None and workers <= 0:
+            raise ConfigError(f"{address}: workers must be greater than 0, got {workers}")
+        if not isinstance(python, str):
+            raise ConfigTypeError(f"{address}: python must be a string, got {python!r}")
+        if group is not None and not isinstance(group, str):
+            raise ConfigTypeError(f"{address}: group must be a string, got {group!r}")
         if not python or any(c in python for c in "\n\0"):
             raise ConfigError(f"{address}: python must be a path or command name")
         for name, value in dict(
@@ -82,7 +88,7 @@ def parse_address(address: str) -> tuple[str | None, str, int | None]:
         ConfigError: the text is not a host spec.
     """
     if not isinstance(address, str):
-        raise ConfigError(f"a host must be a string or Host(...), got {address!r}")
+        raise ConfigTypeError(f"a host must be a string or Host(...), got {address!r}")
     match = _SPEC.match(address.strip())
     if match is None:
         raise ConfigError(

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 from ..cluster.executor import NodeExecutor
 from ..cluster.hosts import HostSpec
-from ..errors import ConfigError
+from ..errors import ConfigError, ConfigTypeError
 from .code import (
     check_args,
     check_chunksize,
@@ -117,7 +117,7 @@ def commit_function(
         StoreError: the store cannot be reached or is corrupt.
     """
     if not callable(fn):
-        raise ConfigError(f"{fn!r} is not callable; pass the function to run")
+        raise ConfigTypeError(f"{fn!r} is not callable; pass the function to run")
     items = check_args(args)
     check_chunksize(chunksize)
     target = getattr(fn, "__name__", type(fn).__name__)
