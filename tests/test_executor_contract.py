@@ -134,6 +134,86 @@ def test_a_dropped_future_takes_its_task_and_result_with_it(ex: CeranubisExecuto
     assert dropped() is None and result() is None
 
 
+def travelling_classes() -> tuple[type, type]:
+    """``Box``, a weakly referable argument or result, and ``AddTo``, a callable object:
+    defined in a function, so that their methods too travel by value."""
+
+    @by_value
+    class Box:
+        def __init__(self, value: int) -> None:
+            self.value = value
+
+    @by_value
+    class AddTo:
+        def __init__(self, base: int) -> None:
+            self.base = base
+
+        def __call__(self, box: Any) -> Any:
+            return type(box)(box.value + self.base)
+
+    return Box, AddTo
+
+
+Box, AddTo = travelling_classes()
+
+
+def local_adder(base: int) -> Any:
+    def add_base(box: Any) -> Any:
+        return type(box)(box.value + base)
+
+    return by_value(add_base)
+
+
+def all_freed(executor: CeranubisExecutor, refs: list[weakref.ref[Any]]) -> bool:
+    executor.scheduler.in_flight_threadsafe()  # one turn of the loop: it let go too
+    gc.collect()
+    return [ref() for ref in refs] == [None] * len(refs)
+
+
+@pytest.mark.parametrize("make_fn", [AddTo, local_adder], ids=["callable", "local"])
+def test_a_done_submit_keeps_no_function_argument_or_result(
+    ex: CeranubisExecutor, make_fn: Any
+) -> None:
+    fn, argument = make_fn(1), Box(41)
+    future = ex.submit(fn, argument)
+    result = future.result(timeout=30)
+    assert result.value == 42
+    refs = [weakref.ref(fn), weakref.ref(argument), weakref.ref(result)]
+    del fn, argument, result, future
+    assert all_freed(ex, refs)
+
+
+@pytest.mark.parametrize("chunksize", [1, 2])
+@pytest.mark.parametrize("make_fn", [AddTo, local_adder], ids=["callable", "local"])
+def test_a_map_keeps_no_function_argument_or_result(
+    ex: CeranubisExecutor, make_fn: Any, chunksize: int
+) -> None:
+    fn, arguments = make_fn(1), [Box(i) for i in range(4)]
+    results = ex.map(fn, arguments, chunksize=chunksize)
+    refs = [weakref.ref(fn), *(weakref.ref(box) for box in arguments)]
+    del fn, arguments
+    first = next(results)
+    assert first.value == 1
+    refs.append(weakref.ref(first))
+    del first
+    assert all_freed(ex, refs), "the map still holds a result it handed out, or its inputs"
+    rest = list(results)
+    assert [box.value for box in rest] == [2, 3, 4]
+    refs += [weakref.ref(box) for box in rest]
+    del rest, results
+    assert all_freed(ex, refs)
+
+
+def test_a_function_is_shipped_once_per_node_while_it_lives(ex: CeranubisExecutor) -> None:
+    fn = AddTo(1)
+    assert ex.register_function(fn) == ex.register_function(fn)
+    first = ex.submit(fn, Box(1)).result(timeout=30)
+    assert ex.submit(fn, first).result(timeout=30).value == 3
+    # A bound method is a new object at each access: found again by what it pickles to.
+    assert ex.register_function(fn.__call__) == ex.register_function(fn.__call__)
+    assert ex.register_function(AddTo(2)) != ex.register_function(fn)
+
+
 def test_submit_from_many_threads(ex: CeranubisExecutor) -> None:
     results: list[int] = []
     lock = threading.Lock()

@@ -21,9 +21,10 @@ from typing import Any, TypeVar
 from ..errors import ConfigError, ConfigTypeError
 from ..exits import Stage, on_exit
 from ..wire import protocol as p
-from ..wire.describe import unpicklable_arguments, unpicklable_function
-from ..wire.serialize import dumps, dumps_function
+from ..wire.describe import unpicklable_arguments
+from ..wire.serialize import dumps
 from .fastpaths import FastPaths
+from .functions import FunctionIds
 from .hosts import Host, HostSpec, as_host
 from .link import SILENCE_TIMEOUT, HostInfo
 from .mapping import MapSlot, MapWaiter, results_in_order
@@ -128,8 +129,7 @@ class NodeExecutor(Executor):
             silence_timeout=heartbeat_timeout,
             fast_paths=fast_paths or FastPaths.from_env(),
         )
-        self._functions: dict[int, tuple[Callable[..., Any], int]] = {}
-        self._fn_ids = itertools.count(1)
+        self._functions = FunctionIds(self._scheduler.add_function_threadsafe)
         # Each submit() future's task id, for cancel() and task_id_of(). Weak keys: the
         # values are ints, so a dropped future takes nothing of its task with it.
         self._task_ids: weakref.WeakKeyDictionary[Future[Any], int] = weakref.WeakKeyDictionary()
@@ -335,17 +335,13 @@ class NodeExecutor(Executor):
         self._scheduler.submit_many_threadsafe(records)
 
     def register_function(self, fn: Callable[..., Any]) -> int:
-        known = self._functions.get(id(fn))
-        if known is not None and known[0] is fn:
-            return known[1]
-        try:
-            blob = dumps_function(fn)
-        except Exception as error:
-            raise unpicklable_function(fn, error) from error
-        fn_id = next(self._fn_ids)
-        self._scheduler.add_function_threadsafe(fn_id, blob)
-        self._functions[id(fn)] = (fn, fn_id)
-        return fn_id
+        """``fn``'s id for tasks (see :class:`~.functions.FunctionIds`: shipped once, and
+        never kept alive by the executor).
+
+        Raises:
+            UnpicklableError: ``fn`` cannot be serialized.
+        """
+        return self._functions.id_of(fn)
 
     def _map(
         self,
