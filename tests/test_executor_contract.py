@@ -59,7 +59,7 @@ def shout(text: str) -> str:
 def ex(hosts: Any) -> Iterator[CeranubisExecutor]:
     executor = CeranubisExecutor(hosts, max_workers=2)
     yield executor
-    executor.shutdown(wait=True, cancel_futures=True)
+    executor.shutdown(wait=True, stop_running=True)
 
 
 # ------------------------------------------------------------------ submit
@@ -440,6 +440,39 @@ def test_shutdown_cancel_futures_cancels_pending(hosts: Any) -> None:
     assert time.monotonic() - started < 5.0, "cancelled work must not be waited for"
     assert all(f.done() for f in futures)
     assert any(f.cancelled() for f in futures)
+
+
+def wait_running(future: cf.Future[Any], timeout: float = 30.0) -> None:
+    """Until the future's task is on a node (a state the loop thread sets)."""
+    deadline = time.monotonic() + timeout
+    while not future.running() and not future.done():
+        assert time.monotonic() < deadline, "the task never reached a node"
+        time.sleep(0.01)
+
+
+def test_shutdown_cancel_futures_lets_running_tasks_finish(hosts: Any) -> None:
+    executor = CeranubisExecutor(hosts, max_workers=1)
+    running = executor.submit(sleep_then, 0.5, "kept")
+    wait_running(running)
+    queued = [executor.submit(sleep_then, 0.2, i) for i in range(40)]
+    executor.shutdown(wait=True, cancel_futures=True)
+    assert running.result(timeout=0) == "kept"
+    outcomes = [f.cancelled() or f.exception(timeout=0) for f in queued]
+    assert all(outcome is True or outcome is None for outcome in outcomes), outcomes
+    assert any(f.cancelled() for f in queued)
+
+
+def test_shutdown_stop_running_stops_running_tasks_too(hosts: Any) -> None:
+    executor = CeranubisExecutor(hosts, max_workers=1)
+    running = executor.submit(sleep_then, 30.0, "never")
+    wait_running(running)
+    queued = [executor.submit(sleep_then, 30.0, i) for i in range(10)]
+    started = time.monotonic()
+    executor.shutdown(wait=True, stop_running=True)
+    assert time.monotonic() - started < 15.0, "the running task was waited for"
+    with pytest.raises(cf.CancelledError):
+        running.result(timeout=0)
+    assert all(f.done() for f in queued)
 
 
 def test_shutdown_without_wait_returns_at_once_and_work_completes(hosts: Any) -> None:

@@ -57,7 +57,7 @@ def test_shutdown_with_running_work_cancelled_leaves_no_process() -> None:
         time.sleep(0.05)
     assert len(tree) == 3, f"one node and two workers expected, got {tree}"
     started = time.monotonic()
-    executor.shutdown(wait=True, cancel_futures=True)
+    executor.shutdown(wait=True, stop_running=True)
     assert time.monotonic() - started < 5.0, "running work must be stopped, not awaited"
     assert all(f.done() for f in futures)
     assert not wait_until_gone(tree, timeout=1.0)

@@ -49,7 +49,7 @@ def wait_busy(executor: CeranubisExecutor, busy: int, timeout: float = 20.0) -> 
 def one_worker() -> Iterator[CeranubisExecutor]:
     executor = CeranubisExecutor(max_workers=1)
     yield executor
-    executor.shutdown(wait=True, cancel_futures=True)
+    executor.shutdown(wait=True, stop_running=True)
 
 
 def test_timeout_kills_the_task_and_replaces_its_worker(one_worker: CeranubisExecutor) -> None:
@@ -110,7 +110,7 @@ def two_hosts(hosts_openssh: list[Host]) -> Iterator[CeranubisExecutor]:
         ]
     )
     yield executor
-    executor.shutdown(wait=True, cancel_futures=True)
+    executor.shutdown(wait=True, stop_running=True)
 
 
 def test_groups_pin_tasks_to_their_hosts(two_hosts: CeranubisExecutor) -> None:

@@ -159,17 +159,26 @@ class NodeExecutor(Executor):
         """
         return self._map(self._defaults, fn, iterables, timeout, chunksize)
 
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Stop accepting work; optionally cancel what has not run; end every node.
+    def shutdown(
+        self, wait: bool = True, *, cancel_futures: bool = False, stop_running: bool = False
+    ) -> None:
+        """Stop accepting work; optionally cancel what has not started; end every node.
 
-        With ``cancel_futures=True`` tasks already running on nodes are stopped as well
-        (their workers are killed and replaced).
+        Args:
+            wait: return only once every task still to run has finished and the nodes
+                are gone (else at once: that happens in the background).
+            cancel_futures: cancel the tasks that have not started, as
+                ``ProcessPoolExecutor`` does; the running ones finish and keep their
+                results.
+            stop_running: also stop the running tasks (implies ``cancel_futures``): their
+                workers are killed and replaced, their futures fail with
+                ``CancelledError``, as with :meth:`cancel` of every future.
         """
         with self._lock:
             already = self._shutdown
             self._shutdown = True
-        if cancel_futures and not self._scheduler.loop.is_closed():
-            self._scheduler.cancel_pending_threadsafe(stop_running=True)
+        if (cancel_futures or stop_running) and not self._scheduler.loop.is_closed():
+            self._scheduler.cancel_pending_threadsafe(stop_running=stop_running)
         if already and not wait:
             return
         if wait:

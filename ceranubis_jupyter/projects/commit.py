@@ -83,7 +83,7 @@ def commit_project(
             _Launch(executor, True, fn, items, chunksize, None),
         )
     except BaseException:
-        executor.shutdown(wait=False, cancel_futures=True)
+        executor.shutdown(wait=False, stop_running=True)
         raise
 
 

@@ -268,7 +268,7 @@ class Project:
             self._claim(row, executor, hosts)
         except BaseException:
             if owned:
-                executor.shutdown(wait=False, cancel_futures=True)
+                executor.shutdown(wait=False, stop_running=True)
             raise
         self._store.reset_unfinished(self.id)
         rows = self._store.arguments(self.id, ["pending"])

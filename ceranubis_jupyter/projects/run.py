@@ -257,7 +257,7 @@ class ProjectRun(OutcomeCollector):
         finally:
             self._listen(False)
             if self.owns_executor:
-                self.executor.shutdown(wait=not self._exiting, cancel_futures=True)
+                self.executor.shutdown(wait=not self._exiting, stop_running=True)
             self.store.close()
             self.finished.set()
             with self._flushes:
