@@ -215,19 +215,24 @@ class NodeExecutor(Executor):
         return self._scheduler.hosts_threadsafe()
 
     def add_hosts(self, hosts: Sequence[HostSpec] | HostSpec) -> None:
-        """Start nodes on more hosts; they take work as soon as they are up."""
+        """Start nodes on more hosts; they take work as soon as they are up.
+
+        A local host of another group is another host: its nodes are named
+        ``local:<group>`` (:attr:`~.hosts.Host.name`).
+        """
         self._check_open()
         self._scheduler.add_hosts_threadsafe(transports_for(hosts, self._max_workers))
 
     def remove_hosts(self, hosts: Sequence[HostSpec] | HostSpec, *, drain: bool = True) -> None:
-        """Stop using hosts (by the spec they were given with).
+        """Stop using hosts (by the spec they were given with, or their name in
+        :meth:`hosts`: ``local:<group>`` for a local host of a group).
 
         With ``drain=True`` their running tasks finish there first; otherwise those tasks
         are re-queued to the other hosts at once. Returns when the nodes are gone.
         """
         self._check_open()
         specs = [hosts] if isinstance(hosts, (str, Host)) else list(hosts)
-        names = [as_host(spec).address for spec in specs]
+        names = [as_host(spec).name for spec in specs]
         self._scheduler.remove_hosts_threadsafe(names, drain)
 
     def _check_open(self) -> None:

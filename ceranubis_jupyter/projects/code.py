@@ -133,9 +133,9 @@ def source_of(fn: Callable[..., Any]) -> str:
 
 
 def host_names(hosts: Sequence[HostSpec] | HostSpec | None) -> list[str]:
-    """Host specs as stored: their addresses (empty for the embedded default)."""
+    """Host specs as stored: their names (empty for the embedded default)."""
     if hosts is None:
         return []
     if isinstance(hosts, (str, Host)):
         hosts = [hosts]
-    return [spec.address if isinstance(spec, Host) else str(spec) for spec in hosts]
+    return [spec.name if isinstance(spec, Host) else str(spec) for spec in hosts]
