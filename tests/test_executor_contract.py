@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import gc
+import json
+import subprocess
+import sys
 import threading
 import time
 import weakref
@@ -109,6 +112,78 @@ def test_print_output_is_captured_per_task(ex: CeranubisExecutor) -> None:
         future = ex.submit(shout, "hi")
         assert future.result(timeout=30) == "HI"
         assert "about to shout hi" in tasks.of(future).output
+
+
+@by_value
+def print_then_wait(go: str) -> str:
+    import os
+    import sys
+    import time
+
+    print("first line")
+    print("first error", file=sys.stderr)
+    deadline = time.monotonic() + 30
+    while not os.path.exists(go):
+        if time.monotonic() > deadline:
+            return "the client never saw the first lines"
+        time.sleep(0.01)
+    print("second line")
+    return "done"
+
+
+def test_what_a_running_task_prints_reaches_the_clients_streams_as_printed(
+    ex: CeranubisExecutor, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    go = tmp_path / "go"
+    future = ex.submit(print_then_wait, str(go))
+    out = err = ""
+    deadline = time.monotonic() + 30
+    while "first line" not in out or "first error" not in err:
+        assert not future.done(), f"the task ended first: {future.result()!r}"
+        assert time.monotonic() < deadline, "the first lines never came while the task ran"
+        time.sleep(0.02)
+        captured = capsys.readouterr()
+        out, err = out + captured.out, err + captured.err
+    go.touch()
+    assert future.result(timeout=30) == "done"
+    captured = capsys.readouterr()
+    out, err = out + captured.out, err + captured.err
+    host = ex.hosts()[0].host
+    assert out == f"[{host}] first line\n[{host}] second line\n"
+    assert err == f"[{host}] first error\n"
+
+
+CHILD_SCRIPT = """
+import json, sys
+from ceranubis_jupyter import CeranubisExecutor, Host
+
+def shout(text):
+    print("to stdout:", text)
+    print("to stderr:", text, file=sys.stderr)
+    return text.upper()
+
+spec = json.loads(sys.argv[1])
+hosts = None if spec is None else [Host(spec[0], python=spec[1])]
+with CeranubisExecutor(hosts, max_workers=1) as executor:
+    print("result:", executor.submit(shout, "hi").result(timeout=60), flush=True)
+    name = executor.hosts()[0].host
+print("host:", name)
+"""
+
+
+def test_a_scripts_tasks_print_on_its_own_stdout_and_stderr(hosts: Any) -> None:
+    spec = None if hosts is None else [hosts[0].address, hosts[0].python]
+    child = subprocess.run(
+        [sys.executable, "-c", CHILD_SCRIPT, json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert child.returncode == 0, child.stderr
+    name = child.stdout.rsplit("host: ", 1)[1].strip()
+    assert f"[{name}] to stdout: hi\nresult: HI\n" in child.stdout
+    assert f"[{name}] to stderr: hi\n" in child.stderr
 
 
 def test_task_id_of_names_a_futures_task_while_the_caller_holds_it(

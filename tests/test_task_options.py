@@ -141,8 +141,8 @@ def test_local_hosts_of_several_groups_at_start() -> None:
     assert Host("local:gpu") == Host("local", group="gpu")
     assert Host("local:22").port == 22 and not Host("local:22").is_local
     with CeranubisExecutor([Host("local", workers=1), "local:gpu"]) as executor:
-        assert sorted(info.host for info in executor.hosts()) == ["local", "local:gpu"]
         assert executor.options(group="gpu").submit(nap, 0.0, 1).result(timeout=60) == 1
+        assert sorted(info.host for info in executor.hosts()) == ["local", "local:gpu"]
     with pytest.raises(ConfigError, match="listed twice"):
         CeranubisExecutor(["local:gpu", Host("local", group="gpu")])
 

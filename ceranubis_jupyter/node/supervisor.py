@@ -328,6 +328,9 @@ class Supervisor:
             self._fail(f"a worker wrote garbage ({error}); this is a bug")
 
     def _on_worker_results(self, state: WorkerState, results: tuple[p.Result, ...]) -> None:
+        if results and results[0].status == p.OUTPUT:  # printed by a task: a frame of its own
+            self.pending_results.extend(results)
+            return
         now = time.monotonic()
         sample = (now - state.busy_since) / max(1, len(results))
         self.task_seconds += PACE_WEIGHT * (sample - self.task_seconds)

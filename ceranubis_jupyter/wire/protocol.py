@@ -53,13 +53,17 @@ from .messages import DELIVERED as DELIVERED
 from .messages import HEADER as HEADER
 from .messages import MAGIC as MAGIC
 from .messages import OK as OK
+from .messages import OUTPUT as OUTPUT
 from .messages import RAISED as RAISED
+from .messages import STDERR as STDERR
+from .messages import STDOUT as STDOUT
 from .messages import TIMED_OUT as TIMED_OUT
 from .messages import UNPICKLABLE as UNPICKLABLE
 from .messages import Buffer as Buffer
 
 # Hello and Configure carry it; the handshake refuses a peer that speaks another.
-PROTOCOL_VERSION = 2
+# 3: OUTPUT results stream what a running task prints.
+PROTOCOL_VERSION = 3
 
 CLIENT = "client"
 NODE = "node"
