@@ -4,9 +4,11 @@
 
     CeranubisExecutor ─► Scheduler (loop thread) ─► NodeLink ─► Transport ─► node
         mapping, tasks      loopthread, outcomes      link       transport (pipes), ssh,
-                                                                 bootstrap, hosts
+        functions           shares, echo                         bootstrap, hosts
 
-``ssh_options`` resolves a host's SSH settings and refuses any that would turn host-key
+``functions`` gives each function its id (shipped once, never kept alive); ``shares``
+splits a dispatch over the nodes; ``echo`` writes what tasks print to a script's own
+stdout and stderr. ``ssh_options`` resolves a host's SSH settings and refuses any that would turn host-key
 checking off; ``strays`` finds and ends nodes whose client died.
 
 May import: ``wire``, ``errors``, the standard library, dill and asyncssh. Never ``node``
