@@ -153,6 +153,27 @@ def test_what_a_running_task_prints_reaches_the_clients_streams_as_printed(
     assert err == f"[{host}] first error\n"
 
 
+@by_value
+def print_twice(x: int) -> int:
+    import sys
+
+    print("out", x)
+    print("err", x, file=sys.stderr)
+    return x
+
+
+def test_many_tasks_that_print_all_finish_and_every_line_arrives(
+    ex: CeranubisExecutor, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert list(ex.map(print_twice, range(300))) == list(range(300))
+    assert list(ex.map(print_twice, range(300), chunksize=7)) == list(range(300))
+    captured = capsys.readouterr()
+    host = ex.hosts()[0].host
+    for stream, name in ((captured.out, "out"), (captured.err, "err")):
+        lines = sorted(stream.splitlines())
+        assert lines == sorted(2 * [f"[{host}] {name} {x}" for x in range(300)])
+
+
 CHILD_SCRIPT = """
 import json, sys
 from ceranubis_jupyter import CeranubisExecutor, Host

@@ -24,13 +24,16 @@ def echo_output(host: str, chunks: Sequence[p.Result]) -> None:
     """Write ``OUTPUT`` chunks from ``host`` to this process's stdout / stderr, prefixed."""
     if in_kernel():
         return
-    for chunk in chunks:
-        stream = sys.stderr if chunk.payload == p.STDERR else sys.stdout
-        try:
+    written = set()
+    try:
+        for chunk in chunks:
+            stream = sys.stderr if chunk.payload == p.STDERR else sys.stdout
             stream.write(prefixed(host, chunk.output))
+            written.add(stream)
+        for stream in written:  # once per batch: a chatty task's lines come by the hundred
             stream.flush()
-        except (OSError, ValueError):  # closed or broken: the output is in the result
-            log.debug("[host=%s] task output could not be echoed", host, exc_info=True)
+    except (OSError, ValueError):  # closed or broken: the output is in the result
+        log.debug("[host=%s] task output could not be echoed", host, exc_info=True)
 
 
 def prefixed(host: str, text: str) -> str:

@@ -8,12 +8,14 @@
                (whole text, bounded;   OUTPUT_FLUSH_SECONDS, then sends the whole lines
                 unsent chunks by        so far as ``OUTPUT`` results
                 stream)
-    task ends ─► the rest is sent (``final``), then the task's result, whose ``output``
-                 is the whole text (for the widget and the project store)
+    task ends ─► the rest (``final``) goes in its result's frame, just before the
+                 result, whose ``output`` is the whole text (for the widget and the
+                 project store)
 
 A chunk's payload names its stream (``p.STDOUT``, ``p.STDERR``); the client writes it
-to its own. Chunks and the result leave in order: :class:`~.worker.Outgoing` takes them
-under its lock and sends them the same way (through the node).
+to its own. Chunks and the result leave in order: the worker's outgoing queue takes them
+under its lock, and once chunks went through the node while the task ran, its result
+goes that way too.
 
 Stdlib only: it runs on bare hosts.
 """
@@ -60,7 +62,7 @@ class TaskOutput:
 
     def __init__(self, task_id: int, wake: Callable[[], None], lock: threading.Lock) -> None:
         self.task_id = task_id
-        self.streamed = False  # some of it was sent (its result must follow the same way)
+        self.streamed = False  # some was sent while it ran: its result must go the same way
         self._wake = wake
         self._lock = lock
         self._parts: list[str] = []
@@ -106,7 +108,8 @@ class TaskOutput:
                         chunks.pop()
             if final and self._size >= OUTPUT_LIMIT:
                 chunks.append((p.STDERR, CUT_NOTE))
-        self.streamed = self.streamed or bool(chunks)
+        if chunks and not final:
+            self.streamed = True
         task_id = self.task_id
         return [p.Result(task_id, p.OUTPUT, p.PICKLE, stream, (), text) for stream, text in chunks]
 
@@ -142,7 +145,7 @@ class Streamer:
     costs two assignments.
     """
 
-    def __init__(self, send: Callable[[TaskOutput, bool], None]) -> None:
+    def __init__(self, send: Callable[[TaskOutput], None]) -> None:
         self._send = send
         self._waiting = threading.Event()
         self._wake = self._waiting.set
@@ -186,4 +189,4 @@ class Streamer:
             time.sleep(OUTPUT_FLUSH_SECONDS)
             output = self._current
             if output is not None:
-                self._send(output, False)
+                self._send(output)

@@ -150,8 +150,9 @@ class _Outgoing:
     frames go straight to the client when they can (:class:`ClientPipe`); the node then
     gets a ``DELIVERED`` note per task if it asked for news, and otherwise finds the last
     delivered task in the :class:`RunningSlot` when it next looks. What a task prints
-    (:mod:`.output`) goes through the node, in frames of its own, and so does the result
-    of a task whose output went before it ended: nothing may overtake its chunks.
+    (:mod:`.output`) and has not sent goes just before its result, in the same frame;
+    lines sent while it ran went through the node in frames of their own, and then its
+    result goes that way too: nothing may overtake them.
     """
 
     def __init__(self, fd: int, client: ClientPipe | None, slot: RunningSlot) -> None:
@@ -165,8 +166,11 @@ class _Outgoing:
         self._waiting = threading.Event()
         threading.Thread(target=self._flush_late, name="result-flusher", daemon=True).start()
 
-    def add(self, result: p.Result, started: float, more: bool) -> None:
-        """Queue a result; write the batch if it is old or this task was slow.
+    def add(
+        self, result: p.Result, started: float, more: bool, output: TaskOutput | None = None
+    ) -> None:
+        """Queue a result, after what its task printed and has not sent (``output``);
+        write the batch if it is old or this task was slow.
 
         ``more``: another task runs before the next flush, so the flusher must watch (only
         then: waking it for every lone task would cost a thread switch per round trip).
@@ -175,6 +179,10 @@ class _Outgoing:
         with self._lock:
             if not self.results:
                 self.since = started
+            if output is not None:  # the same frame as its result: nothing comes between
+                self.results += output.take(final=True)
+                if output.streamed:
+                    self.streamed.add(output.task_id)
             self.results.append(result)
             if now - self.since >= RESULT_FLUSH_SECONDS:
                 self._write()
@@ -187,14 +195,13 @@ class _Outgoing:
         with self._lock:
             self._write()
 
-    def send_output(self, output: TaskOutput, final: bool) -> None:
-        """Send what the task printed and has not sent (whole lines only unless
-        ``final``), after the results already waiting."""
+    def send_output(self, output: TaskOutput) -> None:
+        """Send the whole lines a running task printed and has not sent, in a frame of
+        their own, after the results already waiting."""
         with self._lock:
-            chunks = output.take(final)  # under the lock: chunks leave in order
-            if output.streamed:
-                self.streamed.add(output.task_id)
+            chunks = output.take(final=False)  # under the lock: chunks leave in order
             if chunks:
+                self.streamed.add(output.task_id)
                 self._write()
                 write_all(self.fd, p.encode(p.Results(tuple(chunks))))
 
@@ -207,13 +214,13 @@ class _Outgoing:
         else:
             self.slot.set_delivered(self.results[-1].task_id)
             if self.client.news_wanted():
-                notes = tuple(_delivered(r.task_id) for r in self.results)
+                notes = tuple(_delivered(r.task_id) for r in self.results if r.status != p.OUTPUT)
                 write_all(self.fd, p.encode(p.Results(notes)))
         self.results = []
 
     def _after_output(self) -> bool:
-        """Whether a waiting result follows output sent through the node (and so must
-        go that way too); forgets those tasks."""
+        """Whether a waiting result follows output its task sent through the node while
+        it ran (and so must go that way too); forgets those tasks."""
         if not self.streamed:
             return False
         ids = {result.task_id for result in self.results}
@@ -276,15 +283,15 @@ def _handle(
             started = time.monotonic()
             slot.set(task.task_id, started)
             fn = functions[task.fn_id]
+            output = None
             if isinstance(fn, str):
                 result = _text_result(task.task_id, p.UNPICKLABLE, fn)
             else:
                 streamer.begin(task.task_id)
                 result = run_task(task, fn, streamer)
-                if (output := streamer.end()) is not None:
-                    outgoing.send_output(output, final=True)
+                output = streamer.end()
             slot.set(0, 0.0)
-            outgoing.add(result, started, more=index < last)
+            outgoing.add(result, started, index < last, output)
         outgoing.flush()  # the next frame's tasks may be long: do not hold these results
     elif isinstance(message, p.Shutdown):
         os._exit(0)
