@@ -17,6 +17,7 @@ _EXPORTS = {
     "Host": "cluster.hosts",
     "CeranubisError": "errors",
     "ConfigError": "errors",
+    "ConfigTypeError": "errors",
     "ProtocolError": "errors",
     "LocalProtocolError": "errors",
     "RemoteProtocolError": "errors",

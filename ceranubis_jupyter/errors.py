@@ -3,7 +3,8 @@
 ::
 
     CeranubisError
-    ├── ConfigError(CeranubisError, ValueError)      bad host spec / option
+    ├── ConfigError(CeranubisError, ValueError)      bad host spec / option / value
+    │   └── ConfigTypeError(ConfigError, TypeError)  an argument of the wrong type
     ├── ProtocolError ─ LocalProtocolError | RemoteProtocolError ─ VersionMismatch
     ├── HostError(.host) ─ HostUnreachable | HostKeyError | AuthError
     │                     | BootstrapError | HostVersionMismatch | NodeLost
@@ -29,6 +30,14 @@ class CeranubisError(Exception):
 
 class ConfigError(CeranubisError, ValueError):
     """A bad host spec, option or argument given by the user."""
+
+
+class ConfigTypeError(ConfigError, TypeError):
+    """An argument of the wrong type (a string for a count, a non-callable for a function).
+
+    A ``TypeError``, as the standard library raises for it, and a :class:`ConfigError`, as
+    every other mistake in what the user passed.
+    """
 
 
 class ProtocolError(CeranubisError):

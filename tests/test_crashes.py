@@ -86,7 +86,7 @@ def raise_unpicklable_exception(_: int) -> None:
 def ex(hosts: Any) -> Iterator[CeranubisExecutor]:
     executor = CeranubisExecutor(hosts, max_workers=2, retries=1)
     yield executor
-    executor.shutdown(wait=True, cancel_futures=True)
+    executor.shutdown(wait=True, stop_running=True)
 
 
 # (name, fn, argument, expected type, message pattern)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import gc
+import json
+import subprocess
+import sys
 import threading
 import time
 import weakref
@@ -15,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ceranubis_jupyter import CeranubisExecutor, ConfigError
+from ceranubis_jupyter import CeranubisExecutor, ConfigError, ConfigTypeError, Host
 from tests.remote import by_value
 from tests.task_records import TaskRecords
 from tests.waiting import gated
@@ -60,7 +63,7 @@ def shout(text: str) -> str:
 def ex(hosts: Any) -> Iterator[CeranubisExecutor]:
     executor = CeranubisExecutor(hosts, max_workers=2)
     yield executor
-    executor.shutdown(wait=True, cancel_futures=True)
+    executor.shutdown(wait=True, stop_running=True)
 
 
 # ------------------------------------------------------------------ submit
@@ -112,6 +115,99 @@ def test_print_output_is_captured_per_task(ex: CeranubisExecutor) -> None:
         assert "about to shout hi" in tasks.of(future).output
 
 
+@by_value
+def print_then_wait(go: str) -> str:
+    import os
+    import sys
+    import time
+
+    print("first line")
+    print("first error", file=sys.stderr)
+    deadline = time.monotonic() + 30
+    while not os.path.exists(go):
+        if time.monotonic() > deadline:
+            return "the client never saw the first lines"
+        time.sleep(0.01)
+    print("second line")
+    return "done"
+
+
+def test_what_a_running_task_prints_reaches_the_clients_streams_as_printed(
+    ex: CeranubisExecutor, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    go = tmp_path / "go"
+    future = ex.submit(print_then_wait, str(go))
+    out = err = ""
+    deadline = time.monotonic() + 30
+    while "first line" not in out or "first error" not in err:
+        assert not future.done(), f"the task ended first: {future.result()!r}"
+        assert time.monotonic() < deadline, "the first lines never came while the task ran"
+        time.sleep(0.02)
+        captured = capsys.readouterr()
+        out, err = out + captured.out, err + captured.err
+    go.touch()
+    assert future.result(timeout=30) == "done"
+    captured = capsys.readouterr()
+    out, err = out + captured.out, err + captured.err
+    host = ex.hosts()[0].host
+    assert out == f"[{host}] first line\n[{host}] second line\n"
+    assert err == f"[{host}] first error\n"
+
+
+@by_value
+def print_twice(x: int) -> int:
+    import sys
+
+    print("out", x)
+    print("err", x, file=sys.stderr)
+    return x
+
+
+def test_many_tasks_that_print_all_finish_and_every_line_arrives(
+    ex: CeranubisExecutor, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert list(ex.map(print_twice, range(300))) == list(range(300))
+    assert list(ex.map(print_twice, range(300), chunksize=7)) == list(range(300))
+    captured = capsys.readouterr()
+    host = ex.hosts()[0].host
+    for stream, name in ((captured.out, "out"), (captured.err, "err")):
+        lines = sorted(stream.splitlines())
+        assert lines == sorted(2 * [f"[{host}] {name} {x}" for x in range(300)])
+
+
+CHILD_SCRIPT = """
+import json, sys
+from ceranubis_jupyter import CeranubisExecutor, Host
+
+def shout(text):
+    print("to stdout:", text)
+    print("to stderr:", text, file=sys.stderr)
+    return text.upper()
+
+spec = json.loads(sys.argv[1])
+hosts = None if spec is None else [Host(spec[0], python=spec[1])]
+with CeranubisExecutor(hosts, max_workers=1) as executor:
+    print("result:", executor.submit(shout, "hi").result(timeout=60), flush=True)
+    name = executor.hosts()[0].host
+print("host:", name)
+"""
+
+
+def test_a_scripts_tasks_print_on_its_own_stdout_and_stderr(hosts: Any) -> None:
+    spec = None if hosts is None else [hosts[0].address, hosts[0].python]
+    child = subprocess.run(
+        [sys.executable, "-c", CHILD_SCRIPT, json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert child.returncode == 0, child.stderr
+    name = child.stdout.rsplit("host: ", 1)[1].strip()
+    assert f"[{name}] to stdout: hi\nresult: HI\n" in child.stdout
+    assert f"[{name}] to stderr: hi\n" in child.stderr
+
+
 def test_task_id_of_names_a_futures_task_while_the_caller_holds_it(
     ex: CeranubisExecutor,
 ) -> None:
@@ -133,6 +229,86 @@ def test_a_dropped_future_takes_its_task_and_result_with_it(ex: CeranubisExecuto
     ex.scheduler.in_flight_threadsafe()  # one turn of the loop: it let go of the task too
     gc.collect()
     assert dropped() is None and result() is None
+
+
+def travelling_classes() -> tuple[type, type]:
+    """``Box``, a weakly referable argument or result, and ``AddTo``, a callable object:
+    defined in a function, so that their methods too travel by value."""
+
+    @by_value
+    class Box:
+        def __init__(self, value: int) -> None:
+            self.value = value
+
+    @by_value
+    class AddTo:
+        def __init__(self, base: int) -> None:
+            self.base = base
+
+        def __call__(self, box: Any) -> Any:
+            return type(box)(box.value + self.base)
+
+    return Box, AddTo
+
+
+Box, AddTo = travelling_classes()
+
+
+def local_adder(base: int) -> Any:
+    def add_base(box: Any) -> Any:
+        return type(box)(box.value + base)
+
+    return by_value(add_base)
+
+
+def all_freed(executor: CeranubisExecutor, refs: list[weakref.ref[Any]]) -> bool:
+    executor.scheduler.in_flight_threadsafe()  # one turn of the loop: it let go too
+    gc.collect()
+    return [ref() for ref in refs] == [None] * len(refs)
+
+
+@pytest.mark.parametrize("make_fn", [AddTo, local_adder], ids=["callable", "local"])
+def test_a_done_submit_keeps_no_function_argument_or_result(
+    ex: CeranubisExecutor, make_fn: Any
+) -> None:
+    fn, argument = make_fn(1), Box(41)
+    future = ex.submit(fn, argument)
+    result = future.result(timeout=30)
+    assert result.value == 42
+    refs = [weakref.ref(fn), weakref.ref(argument), weakref.ref(result)]
+    del fn, argument, result, future
+    assert all_freed(ex, refs)
+
+
+@pytest.mark.parametrize("chunksize", [1, 2])
+@pytest.mark.parametrize("make_fn", [AddTo, local_adder], ids=["callable", "local"])
+def test_a_map_keeps_no_function_argument_or_result(
+    ex: CeranubisExecutor, make_fn: Any, chunksize: int
+) -> None:
+    fn, arguments = make_fn(1), [Box(i) for i in range(4)]
+    results = ex.map(fn, arguments, chunksize=chunksize)
+    refs = [weakref.ref(fn), *(weakref.ref(box) for box in arguments)]
+    del fn, arguments
+    first = next(results)
+    assert first.value == 1
+    refs.append(weakref.ref(first))
+    del first
+    assert all_freed(ex, refs), "the map still holds a result it handed out, or its inputs"
+    rest = list(results)
+    assert [box.value for box in rest] == [2, 3, 4]
+    refs += [weakref.ref(box) for box in rest]
+    del rest, results
+    assert all_freed(ex, refs)
+
+
+def test_a_function_is_shipped_once_per_node_while_it_lives(ex: CeranubisExecutor) -> None:
+    fn = AddTo(1)
+    assert ex.register_function(fn) == ex.register_function(fn)
+    first = ex.submit(fn, Box(1)).result(timeout=30)
+    assert ex.submit(fn, first).result(timeout=30).value == 3
+    # A bound method is a new object at each access: found again by what it pickles to.
+    assert ex.register_function(fn.__call__) == ex.register_function(fn.__call__)
+    assert ex.register_function(AddTo(2)) != ex.register_function(fn)
 
 
 def test_submit_from_many_threads(ex: CeranubisExecutor) -> None:
@@ -169,12 +345,53 @@ def test_context_manager_waits_and_shuts_down(hosts: Any) -> None:
         executor.submit(add, 1)
 
 
-@pytest.mark.parametrize("bad", [0, -1, "2", 1.5])
-def test_max_workers_must_be_a_positive_int(bad: Any) -> None:
-    with pytest.raises(ConfigError, match="max_workers must be a positive integer"):
+@pytest.mark.parametrize("bad", [0, -1])
+def test_max_workers_not_above_zero_is_the_stdlib_value_error(bad: int) -> None:
+    with pytest.raises(ValueError) as ours:
         CeranubisExecutor(max_workers=bad)
+    with pytest.raises(ValueError) as stdlib:
+        cf.ProcessPoolExecutor(max_workers=bad)
+    assert str(ours.value) == str(stdlib.value) == "max_workers must be greater than 0"
+    assert isinstance(ours.value, ConfigError)
+
+
+@pytest.mark.parametrize("bad", ["2", 1.5])
+def test_max_workers_of_another_type_is_a_type_error(bad: Any) -> None:
+    with pytest.raises(TypeError, match="max_workers must be an int") as raised:
+        CeranubisExecutor(max_workers=bad)
+    assert isinstance(raised.value, ConfigTypeError)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: CeranubisExecutor(heartbeat_timeout="5"),
+        lambda: CeranubisExecutor(retries=1.5),
+        lambda: Host("local", workers="2"),
+        lambda: Host("local", group=3),
+        lambda: CeranubisExecutor([42]),
+    ],
+    ids=["heartbeat_timeout", "retries", "workers", "group", "host"],
+)
+def test_arguments_of_the_wrong_type_are_type_errors(make: Any) -> None:
+    with pytest.raises(TypeError):
+        make()
+
+
+def test_bad_task_options_are_value_or_type_errors(ex: CeranubisExecutor) -> None:
+    with pytest.raises(TypeError):
+        ex.options(timeout="1")
+    with pytest.raises(TypeError):
+        ex.options(priority=1.5)
     with pytest.raises(ValueError):
-        CeranubisExecutor(max_workers=bad)
+        ex.options(timeout=-1)
+
+
+def test_submitting_what_is_not_callable_is_a_type_error(ex: CeranubisExecutor) -> None:
+    with pytest.raises(TypeError, match="is not callable"):
+        ex.submit(42)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="is not callable"):
+        ex.map(42, [1])  # type: ignore[arg-type]
 
 
 def test_future_cancel_of_pending_work(hosts: Any, tmp_path: Path) -> None:
@@ -349,6 +566,39 @@ def test_shutdown_cancel_futures_cancels_pending(hosts: Any) -> None:
     executor.shutdown(wait=True, cancel_futures=True)
     assert all(f.done() for f in futures)
     assert any(f.cancelled() for f in futures), "cancelled work must not be run"
+
+
+def wait_running(future: cf.Future[Any], timeout: float = 30.0) -> None:
+    """Until the future's task is on a node (a state the loop thread sets)."""
+    deadline = time.monotonic() + timeout
+    while not future.running() and not future.done():
+        assert time.monotonic() < deadline, "the task never reached a node"
+        time.sleep(0.01)
+
+
+def test_shutdown_cancel_futures_lets_running_tasks_finish(hosts: Any) -> None:
+    executor = CeranubisExecutor(hosts, max_workers=1)
+    running = executor.submit(sleep_then, 0.5, "kept")
+    wait_running(running)
+    queued = [executor.submit(sleep_then, 0.2, i) for i in range(40)]
+    executor.shutdown(wait=True, cancel_futures=True)
+    assert running.result(timeout=0) == "kept"
+    outcomes = [f.cancelled() or f.exception(timeout=0) for f in queued]
+    assert all(outcome is True or outcome is None for outcome in outcomes), outcomes
+    assert any(f.cancelled() for f in queued)
+
+
+def test_shutdown_stop_running_stops_running_tasks_too(hosts: Any) -> None:
+    executor = CeranubisExecutor(hosts, max_workers=1)
+    running = executor.submit(sleep_then, 30.0, "never")
+    wait_running(running)
+    queued = [executor.submit(sleep_then, 30.0, i) for i in range(10)]
+    started = time.monotonic()
+    executor.shutdown(wait=True, stop_running=True)
+    assert time.monotonic() - started < 15.0, "the running task was waited for"
+    with pytest.raises(cf.CancelledError):
+        running.result(timeout=0)
+    assert all(f.done() for f in queued)
 
 
 def test_shutdown_without_wait_returns_at_once_and_work_completes(

@@ -26,7 +26,7 @@ SWITCHES = [*FastPaths.names(), "all"]
 def ex(request: pytest.FixtureRequest) -> Iterator[CeranubisExecutor]:
     executor = CeranubisExecutor(max_workers=2, fast_paths=FastPaths.without(request.param))
     yield executor
-    executor.shutdown(wait=True, cancel_futures=True)
+    executor.shutdown(wait=True, stop_running=True)
 
 
 def _executor_only(name: str, test: Any) -> bool:

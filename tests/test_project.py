@@ -320,7 +320,7 @@ def test_stopped_then_resumed_in_process(store_url: str) -> None:
     args = [(x, 0.05) for x in range(30) if x != 7]
     project = commit_function(executor, _slow_square, args, store=store_url, name="halted")
     wait_for(lambda: project.status()[0] >= 5)
-    executor.shutdown(wait=True, cancel_futures=True)
+    executor.shutdown(wait=True, stop_running=True)
     assert project.wait(DEADLINE) is False
     assert project.state == "stopped"
     done_before = dict(project.results())

@@ -70,7 +70,7 @@ def test_resume_from_the_command_line(store_url: str, capsys: pytest.CaptureFixt
     while project.status()[0] < 4:
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    executor.shutdown(wait=True, cancel_futures=True)
+    executor.shutdown(wait=True, stop_running=True)
     assert not project.wait(DEADLINE) and project.state == "stopped"
 
     assert main(["resume", "cli_resume", "--store", store_url]) == 0

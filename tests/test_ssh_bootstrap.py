@@ -67,6 +67,7 @@ def test_bundle_holds_the_node_modules_and_dill_and_nothing_else() -> None:
             "node/__init__",
             "node/hostinfo",
             "node/outbox",
+            "node/output",
             "node/pool",
             "node/relay",
             "node/supervisor",

@@ -222,14 +222,15 @@ def test_node_of_another_protocol_version_is_refused(
 ) -> None:
     files = _bundle_files()
     source = files["ceranubis_jupyter/wire/protocol.py"].decode()
-    line = f"\nPROTOCOL_VERSION = {p.PROTOCOL_VERSION}\n"
-    assert line in source
+    ours = f"\nPROTOCOL_VERSION = {p.PROTOCOL_VERSION}\n"
+    assert ours in source
     files["ceranubis_jupyter/wire/protocol.py"] = source.replace(
-        line, "\nPROTOCOL_VERSION = 99\n"
+        ours, "\nPROTOCOL_VERSION = 99\n"
     ).encode()
     error = _error_of_patched_node(files)
     assert isinstance(error, HostVersionMismatch) and not error.transient
-    assert "protocol version 99" in str(error) and f"speaks {p.PROTOCOL_VERSION}" in str(error)
+    assert "protocol version 99" in str(error)
+    assert f"speaks {p.PROTOCOL_VERSION}" in str(error)
 
 
 def test_one_bad_host_does_not_stop_the_others(

@@ -57,7 +57,7 @@ def test_shutdown_with_running_work_cancelled_leaves_no_process(tmp_path: Path) 
     wait_for(lambda: all(m.exists() for m in markers), 20, "both tasks on their workers")
     tree = node_tree(executor)
     assert len(tree) == 3, f"one node and two workers expected, got {tree}"
-    executor.shutdown(wait=True, cancel_futures=True)
+    executor.shutdown(wait=True, stop_running=True)
     assert all(f.done() for f in futures)
     assert all(f.cancelled() or f.exception() for f in futures), "stopped, not awaited"
     assert not wait_until_gone(tree, timeout=1.0)

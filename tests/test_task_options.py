@@ -51,7 +51,7 @@ def wait_busy(executor: CeranubisExecutor, busy: int, timeout: float = 20.0) -> 
 def one_worker() -> Iterator[CeranubisExecutor]:
     executor = CeranubisExecutor(max_workers=1)
     yield executor
-    executor.shutdown(wait=True, cancel_futures=True)
+    executor.shutdown(wait=True, stop_running=True)
 
 
 def test_timeout_kills_the_task_and_replaces_its_worker(one_worker: CeranubisExecutor) -> None:
@@ -114,7 +114,7 @@ def two_hosts(hosts_openssh: list[Host]) -> Iterator[CeranubisExecutor]:
         ]
     )
     yield executor
-    executor.shutdown(wait=True, cancel_futures=True)
+    executor.shutdown(wait=True, stop_running=True)
 
 
 def test_groups_pin_tasks_to_their_hosts(two_hosts: CeranubisExecutor) -> None:
@@ -122,8 +122,33 @@ def test_groups_pin_tasks_to_their_hosts(two_hosts: CeranubisExecutor) -> None:
     near = [two_hosts.options(group="near").submit(nap, 0.01, i) for i in range(8)]
     far = [two_hosts.options(group="far").submit(nap, 0.01, i) for i in range(8)]
     assert [f.result(timeout=60) for f in near + far] == list(range(8)) * 2
-    assert {host_of(f) for f in near} == {"local"}
+    assert {host_of(f) for f in near} == {"local:near"}
     assert {host_of(f) for f in far} == {OPENSSH_ALIAS}
+
+
+def test_a_local_host_of_another_group_can_be_added() -> None:
+    with CeranubisExecutor([Host("local", workers=1)]) as executor:
+        host_of = TaskRecords(executor).host
+        executor.add_hosts(Host("local", workers=1, group="gpu"))
+        assert sorted(info.host for info in executor.hosts()) == ["local", "local:gpu"]
+        pinned = [executor.options(group="gpu").submit(nap, 0.01, i) for i in range(4)]
+        assert [f.result(timeout=60) for f in pinned] == list(range(4))
+        assert {host_of(f) for f in pinned} == {"local:gpu"}
+        with pytest.raises(ConfigError, match="'local:gpu' is already in the executor"):
+            executor.add_hosts("local:gpu")
+        executor.remove_hosts(Host("local", group="gpu"))
+        assert [info.host for info in executor.hosts()] == ["local"]
+        assert executor.submit(nap, 0.0, "still").result(timeout=60) == "still"
+
+
+def test_local_hosts_of_several_groups_at_start() -> None:
+    assert Host("local:gpu") == Host("local", group="gpu")
+    assert Host("local:22").port == 22 and not Host("local:22").is_local
+    with CeranubisExecutor([Host("local", workers=1), "local:gpu"]) as executor:
+        assert executor.options(group="gpu").submit(nap, 0.0, 1).result(timeout=60) == 1
+        assert sorted(info.host for info in executor.hosts()) == ["local", "local:gpu"]
+    with pytest.raises(ConfigError, match="listed twice"):
+        CeranubisExecutor(["local:gpu", Host("local", group="gpu")])
 
 
 def test_add_and_remove_hosts_while_running(hosts_openssh: list[Host]) -> None:

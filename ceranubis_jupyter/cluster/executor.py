@@ -18,13 +18,14 @@ from concurrent.futures import Executor, Future
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ConfigTypeError
 from ..exits import Stage, on_exit
 from ..wire import protocol as p
-from ..wire.describe import unpicklable_arguments, unpicklable_function
-from ..wire.serialize import dumps, dumps_function
+from ..wire.describe import unpicklable_arguments
+from ..wire.serialize import dumps
 from .fastpaths import FastPaths
 from .framecap import data_frame_cap
+from .functions import FunctionIds
 from .hosts import Host, HostSpec, as_host
 from .link import SILENCE_TIMEOUT, HostInfo
 from .mapping import MapSlot, MapWaiter, results_in_order
@@ -51,11 +52,32 @@ class TaskOptions:
     retries: int = DEFAULT_RETRIES
 
     def validated(self) -> TaskOptions:
+        """These options, once checked.
+
+        Raises:
+            ConfigTypeError: a number that is not one, a group that is not a string.
+            ConfigError: a negative timeout or retry count.
+        """
+        _check_number("timeout", self.timeout)
+        _check_int("priority", self.priority)
+        _check_int("retries", self.retries)
+        if self.group is not None and not isinstance(self.group, str):
+            raise ConfigTypeError(f"group must be a string, got {self.group!r}")
         if self.timeout < 0:
             raise ConfigError(f"timeout must be >= 0 seconds, got {self.timeout}")
         if self.retries < 0:
             raise ConfigError(f"retries must be >= 0, got {self.retries}")
         return self
+
+
+def _check_int(name: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigTypeError(f"{name} must be an int, got {value!r}")
+
+
+def _check_number(name: str, value: object) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ConfigTypeError(f"{name} must be a number of seconds, got {value!r}")
 
 
 class NodeExecutor(Executor):
@@ -77,7 +99,9 @@ class NodeExecutor(Executor):
             else 4 GiB).
 
     Raises:
-        ConfigError: ``max_workers`` is not a positive integer or a host spec is bad.
+        ConfigError: ``max_workers`` is not greater than 0 (a ``ValueError``, as
+            ``ProcessPoolExecutor`` raises) or a host spec is bad.
+        ConfigTypeError: ``max_workers`` is not an int (a ``TypeError``).
 
     Example::
 
@@ -95,10 +119,13 @@ class NodeExecutor(Executor):
         fast_paths: FastPaths | None = None,
         max_data_frame: int | None = None,
     ) -> None:
-        if max_workers is not None and (not isinstance(max_workers, int) or max_workers <= 0):
-            raise ConfigError(f"max_workers must be a positive integer, got {max_workers!r}")
+        if max_workers is not None:
+            _check_int("max_workers", max_workers)
+            if max_workers <= 0:
+                raise ConfigError("max_workers must be greater than 0")  # as the stdlib's
         self._defaults = TaskOptions(retries=retries).validated()
         self._transports = transports_for(hosts, max_workers)
+        _check_number("heartbeat_timeout", heartbeat_timeout)
         if heartbeat_timeout <= 0:
             raise ConfigError(f"heartbeat_timeout must be > 0 seconds, got {heartbeat_timeout}")
         self._max_workers = max_workers
@@ -108,8 +135,7 @@ class NodeExecutor(Executor):
             fast_paths=fast_paths or FastPaths.from_env(),
             max_data_frame=data_frame_cap(max_data_frame),
         )
-        self._functions: dict[int, tuple[Callable[..., Any], int]] = {}
-        self._fn_ids = itertools.count(1)
+        self._functions = FunctionIds(self._scheduler.add_function_threadsafe)
         # Each submit() future's task id, for cancel() and task_id_of(). Weak keys: the
         # values are ints, so a dropped future takes nothing of its task with it.
         self._task_ids: weakref.WeakKeyDictionary[Future[Any], int] = weakref.WeakKeyDictionary()
@@ -139,17 +165,26 @@ class NodeExecutor(Executor):
         """
         return self._map(self._defaults, fn, iterables, timeout, chunksize)
 
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Stop accepting work; optionally cancel what has not run; end every node.
+    def shutdown(
+        self, wait: bool = True, *, cancel_futures: bool = False, stop_running: bool = False
+    ) -> None:
+        """Stop accepting work; optionally cancel what has not started; end every node.
 
-        With ``cancel_futures=True`` tasks already running on nodes are stopped as well
-        (their workers are killed and replaced).
+        Args:
+            wait: return only once every task still to run has finished and the nodes
+                are gone (else at once: that happens in the background).
+            cancel_futures: cancel the tasks that have not started, as
+                ``ProcessPoolExecutor`` does; the running ones finish and keep their
+                results.
+            stop_running: also stop the running tasks (implies ``cancel_futures``): their
+                workers are killed and replaced, their futures fail with
+                ``CancelledError``, as with :meth:`cancel` of every future.
         """
         with self._lock:
             already = self._shutdown
             self._shutdown = True
-        if cancel_futures and not self._scheduler.loop.is_closed():
-            self._scheduler.cancel_pending_threadsafe(stop_running=True)
+        if (cancel_futures or stop_running) and not self._scheduler.loop.is_closed():
+            self._scheduler.cancel_pending_threadsafe(stop_running=stop_running)
         if already and not wait:
             return
         if wait:
@@ -186,19 +221,24 @@ class NodeExecutor(Executor):
         return self._scheduler.hosts_threadsafe()
 
     def add_hosts(self, hosts: Sequence[HostSpec] | HostSpec) -> None:
-        """Start nodes on more hosts; they take work as soon as they are up."""
+        """Start nodes on more hosts; they take work as soon as they are up.
+
+        A local host of another group is another host: its nodes are named
+        ``local:<group>`` (:attr:`~.hosts.Host.name`).
+        """
         self._check_open()
         self._scheduler.add_hosts_threadsafe(transports_for(hosts, self._max_workers))
 
     def remove_hosts(self, hosts: Sequence[HostSpec] | HostSpec, *, drain: bool = True) -> None:
-        """Stop using hosts (by the spec they were given with).
+        """Stop using hosts (by the spec they were given with, or their name in
+        :meth:`hosts`: ``local:<group>`` for a local host of a group).
 
         With ``drain=True`` their running tasks finish there first; otherwise those tasks
         are re-queued to the other hosts at once. Returns when the nodes are gone.
         """
         self._check_open()
         specs = [hosts] if isinstance(hosts, (str, Host)) else list(hosts)
-        names = [as_host(spec).address for spec in specs]
+        names = [as_host(spec).name for spec in specs]
         self._scheduler.remove_hosts_threadsafe(names, drain)
 
     def _check_open(self) -> None:
@@ -254,7 +294,7 @@ class NodeExecutor(Executor):
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
         if not callable(fn):
-            raise TypeError(f"{fn!r} is not callable")
+            raise ConfigTypeError(f"{fn!r} is not callable")
         return self.register_function(fn)
 
     def _record(
@@ -315,17 +355,13 @@ class NodeExecutor(Executor):
         self._scheduler.submit_many_threadsafe(records)
 
     def register_function(self, fn: Callable[..., Any]) -> int:
-        known = self._functions.get(id(fn))
-        if known is not None and known[0] is fn:
-            return known[1]
-        try:
-            blob = dumps_function(fn)
-        except Exception as error:
-            raise unpicklable_function(fn, error) from error
-        fn_id = next(self._fn_ids)
-        self._scheduler.add_function_threadsafe(fn_id, blob)
-        self._functions[id(fn)] = (fn, fn_id)
-        return fn_id
+        """``fn``'s id for tasks (see :class:`~.functions.FunctionIds`: shipped once, and
+        never kept alive by the executor).
+
+        Raises:
+            UnpicklableError: ``fn`` cannot be serialized.
+        """
+        return self._functions.id_of(fn)
 
     def _map(
         self,

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ConfigTypeError
 
 LOCAL = "local"
 _SPEC = re.compile(r"^(?:(?P<user>[^@\s]+)@)?(?P<host>\[[^\]]+\]|[^@:\s\[\]]+)(?::(?P<port>\d+))?$")
@@ -21,7 +21,8 @@ class Host:
     """A host with options.
 
     Args:
-        address: ``"local"``, an ssh alias, ``"user@host"`` or ``"user@host:port"``.
+        address: ``"local"``, an ssh alias, ``"user@host"`` or ``"user@host:port"``;
+            ``"local:<group>"`` is ``"local"`` in that group.
         workers: worker processes on the host (default: its core count).
         python: the remote interpreter (path or name on the remote ``PATH``).
         group: a label; tasks submitted with ``group=`` run only on hosts of that group.
@@ -46,9 +47,16 @@ class Host:
         group: str | None = None,
         **connect_options: Any,
     ) -> None:
+        address, group = _local_group(address, group)
         user, hostname, port = parse_address(address)
-        if workers is not None and (not isinstance(workers, int) or workers <= 0):
-            raise ConfigError(f"{address}: workers must be a positive integer, got {workers!r}")
+        if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool)):
+            raise ConfigTypeError(f"{address}: workers must be an int, got {workers!r}")
+        if workers is not None and workers <= 0:
+            raise ConfigError(f"{address}: workers must be greater than 0, got {workers}")
+        if not isinstance(python, str):
+            raise ConfigTypeError(f"{address}: python must be a string, got {python!r}")
+        if group is not None and not isinstance(group, str):
+            raise ConfigTypeError(f"{address}: group must be a string, got {group!r}")
         if not python or any(c in python for c in "\n\0"):
             raise ConfigError(f"{address}: python must be a path or command name")
         for name, value in dict(
@@ -68,11 +76,32 @@ class Host:
         """True for the embedded default (node processes on this machine)."""
         return self.hostname == LOCAL and self.user is None and self.port is None
 
+    @property
+    def name(self) -> str:
+        """What the executor calls the host: its address, and for a local host of a group
+        ``local:<group>`` (so that local nodes of several groups can work side by side)."""
+        if self.is_local and self.group is not None:
+            return f"{LOCAL}:{self.group}"
+        return self.address
+
     def __hash__(self) -> int:
         return hash((self.address, self.workers, self.python, self.group))
 
 
 HostSpec = str | Host
+
+
+def _local_group(address: str, group: str | None) -> tuple[str, str | None]:
+    """``"local:<group>"`` (a :attr:`Host.name`) as ``("local", group)``; else unchanged."""
+    prefix = LOCAL + ":"
+    if not isinstance(address, str) or not address.startswith(prefix):
+        return address, group
+    named = address[len(prefix) :]
+    if not named or named.isdigit():  # "local:22": ssh to a host called local
+        return address, group
+    if group is not None and group != named:
+        raise ConfigError(f"{address}: the address names group {named!r}, group= {group!r}")
+    return LOCAL, named
 
 
 def parse_address(address: str) -> tuple[str | None, str, int | None]:
@@ -82,7 +111,7 @@ def parse_address(address: str) -> tuple[str | None, str, int | None]:
         ConfigError: the text is not a host spec.
     """
     if not isinstance(address, str):
-        raise ConfigError(f"a host must be a string or Host(...), got {address!r}")
+        raise ConfigTypeError(f"a host must be a string or Host(...), got {address!r}")
     match = _SPEC.match(address.strip())
     if match is None:
         raise ConfigError(
@@ -108,9 +137,9 @@ def parse_host_list(text: str) -> list[Host]:
 
 
 def check_unique(hosts: list[Host]) -> None:
-    """Refuse a host listed twice."""
+    """Refuse a host listed twice (local nodes of different groups are different hosts)."""
     seen: set[str] = set()
     for host in hosts:
-        if host.address in seen:
-            raise ConfigError(f"host {host.address!r} is listed twice")
-        seen.add(host.address)
+        if host.name in seen:
+            raise ConfigError(f"host {host.name!r} is listed twice")
+        seen.add(host.name)

@@ -90,21 +90,32 @@ def results_in_order(
         TimeoutError: ``end_time`` (monotonic) passed before a value was there.
         Exception: a call's own error, at its place in the order.
     On the way out (done, error, timeout or the iterator dropped) the calls not run yet
-    are cancelled, as ``concurrent.futures`` does.
+    are cancelled, as ``concurrent.futures`` does. A value handed out is no longer held
+    here: it is freed when the caller drops it, as ``concurrent.futures`` frees it.
     """
     slots.reverse()
     try:
         while slots:
-            slot = slots.pop()
-            if not slot.done():
-                _wait(slot, waiter, end_time)
+            values = _take(slots.pop(), waiter, end_time, chunked)
             if chunked:
-                yield from slot.outcome()
+                values.reverse()
+                while values:
+                    yield values.pop()
             else:
-                yield slot.outcome()
+                yield values.pop()
     finally:
         for slot in slots:
             slot.cancel()
+
+
+def _take(slot: MapSlot, waiter: MapWaiter, end_time: float | None, chunked: bool) -> list[Any]:
+    """The slot's outcome once it is there, as a list (a chunk's values, or a call's value
+    alone) that only the caller holds: the slot lets go of it."""
+    if not slot.done():
+        _wait(slot, waiter, end_time)
+    outcome = slot.outcome()
+    slot.value = None
+    return outcome if chunked else [outcome]  # type: ignore[no-any-return]
 
 
 def _wait(slot: MapSlot, waiter: MapWaiter, end_time: float | None) -> None:

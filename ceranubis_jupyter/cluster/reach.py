@@ -32,7 +32,7 @@ def transports_for(
 def transport_for(host: Host, max_workers: int | None = None) -> Transport:
     """The transport that starts nodes on ``host``."""
     if host.is_local:
-        transport = LocalTransport(host.workers or max_workers)
+        transport = LocalTransport(host.workers or max_workers, host=host.name)
         transport.group = host.group
         return transport
     from .ssh import SSHTransport  # asyncssh is imported only when a remote host is used

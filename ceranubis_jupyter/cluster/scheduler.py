@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import heapq
 import itertools
 import logging
 import threading
@@ -53,10 +52,12 @@ from ..errors import (
 )
 from ..wire import protocol as p
 from ..wire.serialize import loads
+from .echo import echo_output
 from .fastpaths import ALL_ON, FastPaths
 from .link import SILENCE_TIMEOUT, HostInfo, NodeLink
 from .loopthread import LoopThread
 from .outcomes import failure_of, lost_with_node, no_host_left, no_such_group, unpickled_result
+from .shares import fair_shares
 from .tasks import InFlight, PendingQueue, ResultSlot, TaskListener, TaskRecord
 from .transport import Transport
 
@@ -292,7 +293,7 @@ class Scheduler:
             return
         wanted = len(self.pending)
         open_links = [link for link in self.links if link.free >= min(wanted, link.batch_floor)]
-        for link, count in _fair_shares(open_links, len(self.pending)):
+        for link, count in fair_shares(open_links, len(self.pending)):
             self._send_batch(link, count)
         for link in open_links:  # what the shares left: tasks pinned to other groups
             if self.pending and link.free > 0:
@@ -366,8 +367,14 @@ class Scheduler:
             self._fail(self.incoming.popleft(), broken)
 
     def on_results(self, link: NodeLink, results: tuple[p.Result, ...]) -> None:
-        """Resolve futures for a batch of results, then refill the node."""
-        link.note_results(len(results))
+        """Resolve futures for a batch of results, then refill the node; what running
+        tasks printed goes to :func:`~.echo.echo_output`."""
+        printed = [result for result in results if result.status == p.OUTPUT]
+        if printed:
+            echo_output(link.host, printed)
+            results = tuple(result for result in results if result.status != p.OUTPUT)
+        if results:
+            link.note_results(len(results))
         for result in results:
             record = link.inflight.pop(result.task_id, None)
             if record is not None:
@@ -475,24 +482,3 @@ class Scheduler:
             if isinstance(outcome, BaseException):
                 log.error("[host=%s] closing the node failed: %r", link.host, outcome)
         self._break(BrokenCeranubisExecutor("the executor was shut down"))
-
-
-def _fair_shares(links: list[NodeLink], tasks: int) -> list[tuple[NodeLink, int]]:
-    """Split ``tasks`` over links by water-filling: each next task to the least loaded link.
-
-    Load is tasks in flight per worker, so a few long tasks spread over every host instead
-    of piling onto whichever host happens to come first.
-    """
-    if len(links) == 1:
-        return [(links[0], min(links[0].free, tasks))]
-    shares = {id(link): 0 for link in links}
-    heap = [(link.load, index) for index, link in enumerate(links)]
-    heapq.heapify(heap)
-    while heap and tasks > 0:
-        _, index = heapq.heappop(heap)
-        link = links[index]
-        shares[id(link)] += 1
-        tasks -= 1
-        if shares[id(link)] < link.free:
-            heapq.heappush(heap, (link.load_with(shares[id(link)]), index))
-    return [(link, shares[id(link)]) for link in links if shares[id(link)]]

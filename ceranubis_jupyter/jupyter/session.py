@@ -79,7 +79,7 @@ class ExecutorPool:
             executors = list(self._executors.values())
             self._executors.clear()
         for executor in executors:
-            executor.shutdown(wait=True, cancel_futures=True)
+            executor.shutdown(wait=True, stop_running=True)
 
 
 POOL = ExecutorPool()

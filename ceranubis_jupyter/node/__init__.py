@@ -5,6 +5,7 @@
 - ``relay``: cut-through of large task frames to an idle worker.
 - ``pool``: the supervisor's worker processes: their state, fork, kill, reap.
 - ``worker``: a forked worker process that runs tasks and writes results.
+- ``output``: what a worker's task prints, kept for its result and streamed while it runs.
 - ``outbox``: bytes the supervisor owes a pipe (the client's or a worker's), written as
   the pipe takes them, never blocking.
 - ``hostinfo``: what the node says of its host: its ``Hello``, and cores, load, memory and

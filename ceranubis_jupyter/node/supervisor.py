@@ -328,11 +328,17 @@ class Supervisor:
             self._fail(f"a worker wrote garbage ({error}); this is a bug")
 
     def _on_worker_results(self, state: WorkerState, results: tuple[p.Result, ...]) -> None:
+        if results and results[-1].status == p.OUTPUT:  # lines of a running task only
+            self.pending_results.extend(results)
+            return
         now = time.monotonic()
         sample = (now - state.busy_since) / max(1, len(results))
         self.task_seconds += PACE_WEIGHT * (sample - self.task_seconds)
         state.busy_since = now
         for result in results:
+            if result.status == p.OUTPUT:  # printed by the task whose result follows
+                self.pending_results.append(result)
+                continue
             held = self._pop_through(state, result.task_id) is not None
             if result.status == p.DELIVERED:  # the client has it already
                 state.cancelled.discard(result.task_id)

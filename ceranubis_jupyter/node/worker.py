@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
-import io
 import mmap
 import os
 import select
@@ -32,9 +31,8 @@ from ..wire import protocol as p
 from ..wire.framing import READ_SIZE
 from ..wire.iov import write_all
 from ..wire.serialize import RemoteException, describe_failure, dumps, loads, loads_function
+from .output import Streamer, TaskOutput
 
-# Captured print output kept per task; more is cut (the widget shows only the last lines).
-OUTPUT_LIMIT = 64 * 1024
 # How often the fallback watchdog checks that the supervisor still lives.
 PARENT_POLL_SECONDS = 0.5
 # Seconds a finished result may wait for the results of the next tasks: one frame per
@@ -151,7 +149,10 @@ class _Outgoing:
     longer: a flusher thread writes it out even while a long task runs after it. Small
     frames go straight to the client when they can (:class:`ClientPipe`); the node then
     gets a ``DELIVERED`` note per task if it asked for news, and otherwise finds the last
-    delivered task in the :class:`RunningSlot` when it next looks.
+    delivered task in the :class:`RunningSlot` when it next looks. What a task prints
+    (:mod:`.output`) and has not sent goes just before its result, in the same frame;
+    lines sent while it ran went through the node in frames of their own, and then its
+    result goes that way too: nothing may overtake them.
     """
 
     def __init__(self, fd: int, client: ClientPipe | None, slot: RunningSlot) -> None:
@@ -160,12 +161,16 @@ class _Outgoing:
         self.slot = slot
         self.results: list[p.Result] = []
         self.since = 0.0
+        self.streamed: set[int] = set()  # tasks whose result must follow their output
         self._lock = threading.Lock()
         self._waiting = threading.Event()
         threading.Thread(target=self._flush_late, name="result-flusher", daemon=True).start()
 
-    def add(self, result: p.Result, started: float, more: bool) -> None:
-        """Queue a result; write the batch if it is old or this task was slow.
+    def add(
+        self, result: p.Result, started: float, more: bool, output: TaskOutput | None = None
+    ) -> None:
+        """Queue a result, after what its task printed and has not sent (``output``);
+        write the batch if it is old or this task was slow.
 
         ``more``: another task runs before the next flush, so the flusher must watch (only
         then: waking it for every lone task would cost a thread switch per round trip).
@@ -174,6 +179,10 @@ class _Outgoing:
         with self._lock:
             if not self.results:
                 self.since = started
+            if output is not None:  # the same frame as its result: nothing comes between
+                self.results += output.take(final=True)
+                if output.streamed:
+                    self.streamed.add(output.task_id)
             self.results.append(result)
             if now - self.since >= RESULT_FLUSH_SECONDS:
                 self._write()
@@ -186,18 +195,39 @@ class _Outgoing:
         with self._lock:
             self._write()
 
+    def send_output(self, output: TaskOutput) -> None:
+        """Send the whole lines a running task printed and has not sent, in a frame of
+        their own, after the results already waiting."""
+        with self._lock:
+            chunks = output.take(final=False)  # under the lock: chunks leave in order
+            if chunks:
+                self.streamed.add(output.task_id)
+                self._write()
+                write_all(self.fd, p.encode(p.Results(tuple(chunks))))
+
     def _write(self) -> None:
         if not self.results:
             return
         frame = p.encode(p.Results(tuple(self.results)))
-        if self.client is None or not self.client.try_send(frame):
+        if self.client is None or self._after_output() or not self.client.try_send(frame):
             write_all(self.fd, frame)
         else:
             self.slot.set_delivered(self.results[-1].task_id)
             if self.client.news_wanted():
-                notes = tuple(_delivered(r.task_id) for r in self.results)
+                notes = tuple(_delivered(r.task_id) for r in self.results if r.status != p.OUTPUT)
                 write_all(self.fd, p.encode(p.Results(notes)))
         self.results = []
+
+    def _after_output(self) -> bool:
+        """Whether a waiting result follows output its task sent through the node while
+        it ran (and so must go that way too); forgets those tasks."""
+        if not self.streamed:
+            return False
+        ids = {result.task_id for result in self.results}
+        if self.streamed.isdisjoint(ids):
+            return False
+        self.streamed -= ids
+        return True
 
     def _flush_late(self) -> None:
         while True:
@@ -214,11 +244,12 @@ def run(read_fd: int, write_fd: int, slot: RunningSlot, client: ClientPipe | Non
     functions: dict[int, Callable[..., Any] | str] = {}
     decoder = p.FrameDecoder(p.UNCAPPED)  # its node checked the frames against the cap
     outgoing = _Outgoing(write_fd, client, slot)
+    streamer = Streamer(outgoing.send_output)
     while True:
         if not receive(read_fd, decoder):
             os._exit(0)
         while (message := decoder.next_message()) is not None:
-            _handle(message, functions, outgoing, slot)
+            _handle(message, functions, outgoing, streamer, slot)
         outgoing.flush()
 
 
@@ -241,6 +272,7 @@ def _handle(
     message: p.Message,
     functions: dict[int, Callable[..., Any] | str],
     outgoing: _Outgoing,
+    streamer: Streamer,
     slot: RunningSlot,
 ) -> None:
     if isinstance(message, p.Function):
@@ -251,12 +283,15 @@ def _handle(
             started = time.monotonic()
             slot.set(task.task_id, started)
             fn = functions[task.fn_id]
+            output = None
             if isinstance(fn, str):
                 result = _text_result(task.task_id, p.UNPICKLABLE, fn)
             else:
-                result = run_task(task, fn)
+                streamer.begin(task.task_id)
+                result = run_task(task, fn, streamer)
+                output = streamer.end()
             slot.set(0, 0.0)
-            outgoing.add(result, started, more=index < last)
+            outgoing.add(result, started, index < last, output)
         outgoing.flush()  # the next frame's tasks may be long: do not hold these results
     elif isinstance(message, p.Shutdown):
         os._exit(0)
@@ -275,30 +310,29 @@ def _load_function(blob: p.Buffer) -> Callable[..., Any] | str:
         )
 
 
-def run_task(task: p.Task, fn: Callable[..., Any]) -> p.Result:
-    """Run one task (a call or a chunk of calls) and package its outcome."""
+def run_task(task: p.Task, fn: Callable[..., Any], streamer: Streamer) -> p.Result:
+    """Run one task (a call or a chunk of calls), printing to ``streamer``; its outcome."""
     try:
         arguments = loads(task.codec, task.payload, task.buffers)
     except Exception as error:
         reason = f"the arguments could not be unpickled on the node: {describe_failure(error)}"
         return _text_result(task.task_id, p.UNPICKLABLE, reason)
-    output = _Capture()
     saved = sys.stdout, sys.stderr
-    sys.stdout = sys.stderr = output
+    sys.stdout, sys.stderr = streamer.stdout, streamer.stderr
     try:
         value = _call(task.kind, fn, arguments)
     except BaseException as error:
         codec, payload = RemoteException.capture(error, skip=2).to_bytes()
-        return p.Result(task.task_id, p.RAISED, codec, payload, (), output.text())
+        return p.Result(task.task_id, p.RAISED, codec, payload, (), streamer.text())
     finally:
         sys.stdout, sys.stderr = saved
     try:
         codec, payload, buffers = dumps(value)
     except Exception as error:
         reason = f"the result could not be pickled: {describe_failure(error)}"
-        return _text_result(task.task_id, p.UNPICKLABLE, reason, output.text())
+        return _text_result(task.task_id, p.UNPICKLABLE, reason, streamer.text())
     raw = tuple(buffer.raw() for buffer in buffers) if buffers else ()
-    return p.Result(task.task_id, p.OK, codec, payload, raw, output.text())
+    return p.Result(task.task_id, p.OK, codec, payload, raw, streamer.text())
 
 
 def _call(kind: int, fn: Callable[..., Any], arguments: Any) -> Any:
@@ -319,22 +353,6 @@ def _delivered(task_id: int) -> p.Result:
 
 def _text_result(task_id: int, status: int, text: str, output: str = "") -> p.Result:
     return p.Result(task_id, status, p.PICKLE, text.encode("utf-8"), (), output)
-
-
-class _Capture(io.StringIO):
-    """A bounded stand-in for ``sys.stdout``/``sys.stderr`` during one task."""
-
-    def write(self, text: str) -> int:
-        room = OUTPUT_LIMIT - self.tell()
-        if room > 0:
-            super().write(text[:room])
-        return len(text)
-
-    def text(self) -> str:
-        value = self.getvalue()
-        if len(value) >= OUTPUT_LIMIT:
-            value += "\n[output cut at 64 KiB]\n"
-        return value
 
 
 def _detach_from_supervisor(kept: set[int]) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..cluster.hosts import Host, HostSpec
-from ..errors import ConfigError
+from ..errors import ConfigError, ConfigTypeError
 from ..wire.describe import unpicklable_arguments, unpicklable_function
 from ..wire.serialize import dumps_function, loads_function
 from .records import ProjectRow
@@ -23,7 +23,7 @@ from .rows import encode_many
 def check_args(args: Any) -> list[tuple[Any, ...]]:
     """The argument list, checked: a non-empty list (or tuple) of tuples."""
     if not isinstance(args, (list, tuple)):
-        raise ConfigError(
+        raise ConfigTypeError(
             f"args must be a list of tuples, one per call (e.g. [(1, 2), (3, 4)]), "
             f"got {type(args).__name__}"
         )
@@ -31,7 +31,7 @@ def check_args(args: Any) -> list[tuple[Any, ...]]:
         raise ConfigError("args is empty: give at least one tuple of arguments")
     for index, item in enumerate(args):
         if not isinstance(item, tuple):
-            raise ConfigError(
+            raise ConfigTypeError(
                 f"args must be a list of tuples: item {index} is {item!r} "
                 f"({type(item).__name__}); write ({item!r},) for a single argument"
             )
@@ -39,13 +39,15 @@ def check_args(args: Any) -> list[tuple[Any, ...]]:
 
 
 def check_chunksize(chunksize: int) -> None:
-    if not isinstance(chunksize, int) or chunksize < 1:
+    if not isinstance(chunksize, int):
+        raise ConfigTypeError(f"chunksize must be an int, got {chunksize!r}")
+    if chunksize < 1:
         raise ConfigError(f"chunksize must be a positive integer, got {chunksize!r}")
 
 
 def compile_code(code: str, label: str) -> Any:
     if not isinstance(code, str):
-        raise ConfigError(f"code must be a string of Python source, got {type(code).__name__}")
+        raise ConfigTypeError(f"code must be a string of Python source, got {type(code).__name__}")
     filename = f"<ceranubis project {label}>"
     try:
         compiled = compile(code, filename, "exec")
@@ -131,9 +133,9 @@ def source_of(fn: Callable[..., Any]) -> str:
 
 
 def host_names(hosts: Sequence[HostSpec] | HostSpec | None) -> list[str]:
-    """Host specs as stored: their addresses (empty for the embedded default)."""
+    """Host specs as stored: their names (empty for the embedded default)."""
     if hosts is None:
         return []
     if isinstance(hosts, (str, Host)):
         hosts = [hosts]
-    return [spec.address if isinstance(spec, Host) else str(spec) for spec in hosts]
+    return [spec.name if isinstance(spec, Host) else str(spec) for spec in hosts]

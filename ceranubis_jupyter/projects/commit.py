@@ -23,7 +23,7 @@ from typing import Any
 
 from ..cluster.executor import NodeExecutor
 from ..cluster.hosts import HostSpec
-from ..errors import ConfigError
+from ..errors import ConfigError, ConfigTypeError
 from .code import (
     check_args,
     check_chunksize,
@@ -106,7 +106,7 @@ def commit_project(
         return _create(definition, _plan(definition, fn, items, executor, True, chunksize))
     except BaseException:
         if executor is not None:
-            executor.shutdown(wait=False, cancel_futures=True)
+            executor.shutdown(wait=False, stop_running=True)
         raise
 
 
@@ -144,7 +144,7 @@ def commit_function(
         StoreError: the store cannot be reached or is corrupt.
     """
     if not callable(fn):
-        raise ConfigError(f"{fn!r} is not callable; pass the function to run")
+        raise ConfigTypeError(f"{fn!r} is not callable; pass the function to run")
     items = _checked(args, chunksize)
     target = getattr(fn, "__name__", type(fn).__name__)
     code = _recorded_code(fn, code, target)

@@ -332,7 +332,7 @@ class Project:
             self._stored.refresh()
         except BaseException:
             if owned:
-                executor.shutdown(wait=False, cancel_futures=True)
+                executor.shutdown(wait=False, stop_running=True)
             raise
         return executor, owned
 

@@ -296,7 +296,7 @@ class ProjectRun:
             scheduler.remove_listener(self._on_finished)
             if self.plan.owns_executor:
                 exiting = self.state is RunState.EXITING
-                self.executor.shutdown(wait=not exiting, cancel_futures=True)
+                self.executor.shutdown(wait=not exiting, stop_running=True)
             self.store.close()
             self.life.on(RunEvent.END)
             self.finished.set()

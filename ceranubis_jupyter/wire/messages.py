@@ -53,10 +53,14 @@ CANCELLED = 5  # the task was stopped by a Cancel message
 # Worker to node only: the worker wrote this task's result straight to the client (empty
 # payload); a node never forwards it.
 DELIVERED = 6
+# Not an outcome: what a running task printed so far, in ``output``; the payload names the
+# stream (STDOUT or STDERR). Any number come before the task's own result.
+OUTPUT = 7
+STDOUT, STDERR = b"1", b"2"
 
 TASK_KINDS = frozenset((CALL, CHUNK, ARGS))
 CODECS = frozenset((PICKLE, DILL))
-STATUSES = frozenset((OK, RAISED, CRASHED, UNPICKLABLE, TIMED_OUT, CANCELLED, DELIVERED))
+STATUSES = frozenset((OK, RAISED, CRASHED, UNPICKLABLE, TIMED_OUT, CANCELLED, DELIVERED, OUTPUT))
 
 
 @dataclass(frozen=True)

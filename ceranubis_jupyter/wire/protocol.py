@@ -54,14 +54,19 @@ from .messages import MAGIC as MAGIC
 from .messages import MAX_CONTROL_FRAME as MAX_CONTROL_FRAME
 from .messages import MAX_DATA_FRAME as MAX_DATA_FRAME
 from .messages import OK as OK
+from .messages import OUTPUT as OUTPUT
 from .messages import RAISED as RAISED
+from .messages import STDERR as STDERR
+from .messages import STDOUT as STDOUT
 from .messages import TIMED_OUT as TIMED_OUT
 from .messages import UNCAPPED as UNCAPPED
 from .messages import UNPICKLABLE as UNPICKLABLE
 from .messages import Buffer as Buffer
 
 # Hello and Configure carry it; the handshake refuses a peer that speaks another.
-PROTOCOL_VERSION = 3
+# 3: Configure carries the data-frame cap.
+# 4: OUTPUT results stream what a running task prints.
+PROTOCOL_VERSION = 4
 
 CLIENT = "client"
 NODE = "node"
