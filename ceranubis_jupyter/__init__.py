@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "CeranubisExecutor": "projects.executor",
     "TaskOptions": "cluster.executor",
+    "FastPaths": "cluster.fastpaths",
     "Host": "cluster.hosts",
     "CeranubisError": "errors",
     "ConfigError": "errors",
