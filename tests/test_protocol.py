@@ -249,8 +249,8 @@ def test_a_refused_header_costs_no_memory_for_its_body() -> None:
         assert peak < REFUSAL_MEMORY, f"refusing kind {kind} allocated {peak} bytes"
 
 
-def test_a_batch_over_the_cap_travels_as_several_frames() -> None:
-    cap = 1 << 20
+def capped_pair(cap: int) -> tuple[p.Connection, p.Connection]:
+    """A client with a data-frame cap, and a node that took it from ``Configure``."""
     client, node = p.Connection(p.CLIENT, max_data_frame=cap), p.Connection(p.NODE)
     client.receive_data(joined(node.send(HELLO)))
     client.next_event()
@@ -259,6 +259,11 @@ def test_a_batch_over_the_cap_travels_as_several_frames() -> None:
     )
     configure = node.next_event()
     assert isinstance(configure, p.Configure) and configure.max_data_frame == cap
+    return client, node
+
+
+def test_a_batch_over_the_cap_travels_as_several_frames() -> None:
+    client, node = capped_pair(1 << 20)
     payloads = [bytes([n]) * (300 << 10) for n in range(7)]  # 2.1 MB, three frames at least
     tasks = tuple(p.Task(n, 1, p.CALL, p.PICKLE, payload) for n, payload in enumerate(payloads))
     frame = joined(client.send(p.Tasks(tasks)))
@@ -281,13 +286,7 @@ def test_a_batch_over_the_cap_travels_as_several_frames() -> None:
 
 def test_a_node_takes_the_data_frame_cap_from_configure() -> None:
     cap = 2 << 20
-    client, node = p.Connection(p.CLIENT, max_data_frame=cap), p.Connection(p.NODE)
-    client.receive_data(joined(node.send(HELLO)))
-    client.next_event()
-    node.receive_data(
-        joined(client.send(p.Configure(p.PROTOCOL_VERSION, 1, 1.0, 10.0, max_data_frame=cap)))
-    )
-    node.next_event()
+    _, node = capped_pair(cap)
     node.receive_data(header(KIND_OF[p.Tasks], cap + 1))
     with pytest.raises(RemoteProtocolError, match="Tasks frame of"):
         node.next_event()
