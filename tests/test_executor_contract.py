@@ -630,3 +630,11 @@ def test_a_result_is_not_held_back_by_a_long_task_after_it(hosts: Any, tmp_path:
         assert short.result(timeout=30) == "short", "the short result waited for the long task"
         assert not long.done()
         gate.touch()
+
+
+def test_hosts_are_known_from_the_executor_s_first_moment(hosts: Any) -> None:
+    with CeranubisExecutor(hosts, max_workers=1) as executor:
+        first = executor.hosts()  # before the loop thread has started any node link
+        assert len(first) == 1 and first[0].host, first
+        assert executor.submit(add, 1, 1).result(timeout=30) == 2
+        assert [info.host for info in executor.hosts()] == [first[0].host]

@@ -197,8 +197,12 @@ class Scheduler:
         ]
 
     def hosts_threadsafe(self) -> list[HostInfo]:
-        """A snapshot of every host's state."""
-        return [link.info for link in self.links]
+        """A snapshot of every host's state; a host whose link the loop has not made yet
+        shows as "starting" (so the hosts are known from the executor's first moment)."""
+        links = list(self.links)
+        started = {link.host for link in links}
+        waiting = [HostInfo(t.host) for t in self.transports if t.host not in started]
+        return [link.info for link in links] + waiting
 
     def add_hosts_threadsafe(self, transports: Sequence[Transport]) -> None:
         """Start nodes on more hosts while work runs."""
