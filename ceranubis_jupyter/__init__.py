@@ -34,6 +34,7 @@ _EXPORTS = {
     "WorkerCrashed": "errors",
     "TaskTimeout": "errors",
     "UnpicklableError": "errors",
+    "TaskTooLarge": "errors",
     "StoreError": "errors",
     "BrokenCeranubisExecutor": "errors",
     "RemoteTraceback": "errors",

@@ -148,6 +148,10 @@ class UnpicklableError(TaskError, ConfigError):
     """
 
 
+class TaskTooLarge(TaskError, ConfigError):
+    """A task's serialized arguments do not fit in one frame (``max_data_frame``)."""
+
+
 class StoreError(CeranubisError):
     """The project store is unreachable, corrupt, or refused an operation."""
 

@@ -53,3 +53,16 @@ def test_batches_over_a_small_cap_still_travel_both_ways() -> None:
         futures = [executor.submit(echo_bigger, item) for item in items]
         assert [f.result(timeout=TIMEOUT) for f in futures] == [item + b"!" for item in items]
         assert {info.state for info in executor.hosts()} == {"ready"}
+
+
+def test_a_task_too_large_for_one_frame_fails_at_submit_with_its_own_error() -> None:
+    from ceranubis_jupyter import CeranubisExecutor, TaskTooLarge
+
+    with CeranubisExecutor(max_workers=1, max_data_frame=1 << 20) as executor:
+        future = executor.submit(len, bytes(2 << 20))
+        with pytest.raises(TaskTooLarge, match="more than one frame may carry") as caught:
+            future.result(timeout=30)
+        assert isinstance(caught.value, ValueError) and caught.value.task_id
+        assert executor.submit(len, bytes(100 << 10)).result(timeout=30) == 100 << 10
+        with pytest.raises(TaskTooLarge):
+            list(executor.map(len, [b"small", bytes(2 << 20)], timeout=30))

@@ -18,7 +18,7 @@ from concurrent.futures import Executor, Future
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from ..errors import ConfigError, ConfigTypeError
+from ..errors import ConfigError, ConfigTypeError, TaskTooLarge
 from ..exits import Stage, on_exit
 from ..wire import protocol as p
 from ..wire.describe import unpicklable_arguments
@@ -34,6 +34,9 @@ from .scheduler import Scheduler
 from .tasks import DEFAULT_RETRIES, ResultSlot, TaskRecord
 
 T = TypeVar("T")
+# Bytes of a frame that are not the task's arguments (header, ids, options): a task whose
+# arguments leave less than this under the cap is refused before it is queued.
+FRAME_OVERHEAD = 4096
 log = logging.getLogger("ceranubis")
 
 _live_executors: weakref.WeakSet[NodeExecutor] = weakref.WeakSet()
@@ -321,7 +324,23 @@ class NodeExecutor(Executor):
             return record
         record.codec, record.payload = codec, payload
         record.buffers = tuple(buffer.raw() for buffer in buffers)
+        too_large = self._too_large(record)
+        if too_large is not None:
+            outcome.set_exception(too_large)
         return record
+
+    def _too_large(self, record: TaskRecord) -> TaskTooLarge | None:
+        """Why a task cannot travel in one frame, or ``None`` when it fits."""
+        size = len(record.payload) + sum(memoryview(b).nbytes for b in record.buffers)
+        cap = self._scheduler.max_data_frame
+        if size + FRAME_OVERHEAD <= cap:
+            return None
+        return TaskTooLarge(
+            f"the arguments of task {record.task_id} take {size:,} bytes, more than one frame "
+            f"may carry ({cap:,} bytes); pass max_data_frame= to the executor or set "
+            "CERANUBIS_MAX_DATA_FRAME",
+            task_id=record.task_id,
+        )
 
     def prepared_task(
         self,
