@@ -3,9 +3,9 @@
 asyncssh reads the user's ssh config, and a few of its settings must never reach a node's
 connection unasked:
 
-- ``UserKnownHostsFile none`` (or ``known_hosts=None``) turns host-key checking off. Refused
-  with a :class:`HostKeyError` naming the host, whatever set it, for the host and for every
-  ``ProxyJump`` host on the way (fail closed).
+- ``UserKnownHostsFile none`` (or a ``Host`` given no known-hosts file) turns host-key
+  checking off. Refused with a :class:`HostKeyError` naming the host, whatever set it, for
+  the host and for every ``ProxyJump`` host on the way (fail closed).
 - ``ForwardAgent`` and ``ForwardX11Trusted``: a node runs whatever tasks it is sent, so
   forwarding would lend them the user's keys or display. Off unless a ``Host(...)`` option
   asks for it.
@@ -96,8 +96,8 @@ def _check_known_hosts(
             address,
             (
                 f"the ssh settings for {which} turn host-key checking off (UserKnownHostsFile "
-                "none in ~/.ssh/config, or known_hosts=None), and ceranubis never connects "
-                "without checking host keys; remove that setting for this host (or name a "
+                "none in ~/.ssh/config, or a Host without known hosts), and ceranubis never "
+                "connects without checking host keys; remove that setting for this host (or name a "
                 "known_hosts file) and connect once with `ssh` to check and add its key"
             ),
         )

@@ -194,6 +194,7 @@ class ProjectRun:
         self.final_state = "running"  # the project's state once the run ended
         self.finished = threading.Event()  # set once the run thread ended
         self._cycles = _Cycles()
+        self._next_marks = 0.0  # when to look for arguments to mark running next
         self._reacted = self.state  # the state whose entry the run thread acted on
         self._flowing = False  # the last write found finished tasks
         self._notify: Callable[[], None] = lambda: None
@@ -402,6 +403,16 @@ class ProjectRun:
         if task_ids and not scheduler.loop.is_closed():
             scheduler.cancel_threadsafe(task_ids)
 
+    def _running_marks(self) -> list[tuple[int, str, float]]:
+        """Arguments in flight for RUNNING_MARK_SECONDS, not marked yet: asked of the loop
+        thread at most once per RUNNING_MARK_SECONDS, not on every (10 ms) write."""
+        now = time.monotonic()
+        if now < self._next_marks:
+            return []
+        self._next_marks = now + RUNNING_MARK_SECONDS
+        in_flight = self.executor.scheduler.in_flight_threadsafe()
+        return self.outcomes.running_marks(in_flight, now - RUNNING_MARK_SECONDS)
+
     def _write(self) -> None:
         state, outcomes = self.state, self.outcomes
         self._flowing = outcomes.collect(
@@ -409,8 +420,7 @@ class ProjectRun:
         )
         if self._flowing:
             self._notify()
-        before = time.monotonic() - RUNNING_MARK_SECONDS
-        running = outcomes.running_marks(self.executor.scheduler.in_flight_threadsafe(), before)
+        running = self._running_marks()
         try:
             if outcomes.outcomes or outcomes.done_values:
                 self.store.record_outcomes(outcomes.outcomes, outcomes.done_values)
