@@ -17,16 +17,18 @@ import ceranubis_jupyter
 PACKAGE = Path(ceranubis_jupyter.__file__).parent
 NAME = "ceranubis_jupyter"
 # What each layer may import (besides itself). ``errors`` is the root every layer shares;
-# ``exits`` (the one exit path) serves the client-side layers.
+# ``exits`` (the one exit path) serves the client-side layers; ``config`` (the user's saved
+# setups: host groups) is read by the client-side layers.
 ALLOWED = {
     "errors": set(),
     "exits": set(),
+    "config": {"errors"},
     "wire": {"errors"},
     "node": {"wire", "errors"},
-    "cluster": {"wire", "errors", "exits"},
-    "projects": {"cluster", "wire", "errors", "exits"},
-    "jupyter": {"projects", "cluster", "wire", "errors", "exits"},
-    "cli": {"jupyter", "projects", "cluster", "wire", "errors", "exits"},
+    "cluster": {"wire", "errors", "exits", "config"},
+    "projects": {"cluster", "wire", "errors", "exits", "config"},
+    "jupyter": {"projects", "cluster", "wire", "errors", "exits", "config"},
+    "cli": {"jupyter", "projects", "cluster", "wire", "errors", "exits", "config"},
 }
 MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 40

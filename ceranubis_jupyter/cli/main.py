@@ -2,30 +2,56 @@
 
 Each subcommand lives in the module that owns its concept and registers itself through
 an ``add_commands(subparsers)`` function listed in ``_COMMAND_MODULES``.
+
+Manners, for every command: a mistake is one line on stderr and exit status 2 (``-v``
+adds the traceback); ``-v`` also logs each step of reaching a host (SSH connection,
+bundle, node start); a reader that closes the pipe early (``| head``) ends the command
+quietly; Ctrl-C ends it with status 130.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
+import traceback
+import warnings
 from collections.abc import Sequence
+from typing import NoReturn
 
-from .output import BROKEN_PIPE_STATUS, silence_stdout
+from ..errors import CeranubisError
+from .output import BROKEN_PIPE_STATUS, add_verbose, silence_stdout
 
 # Modules that contribute subcommands (each has ``add_commands(subparsers)``).
-_COMMAND_MODULES = ["demo", "kernel", "projects", "strays"]
+_COMMAND_MODULES = ["run", "hosts", "demo", "kernel", "projects", "strays"]
+# Exit status of a mistake in what the user gave (as argparse uses).
+USAGE_STATUS = 2
+# Exit status of an unexpected failure (a bug, or something the command does not know).
+FAILURE_STATUS = 1
+
+
+class _Parser(argparse.ArgumentParser):
+    """Argument errors as one line that points at ``--help``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE_STATUS, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand registered."""
-    parser = argparse.ArgumentParser(
-        prog="ceranubis", description="Spread Python work across the cores of many machines."
+    parser = _Parser(
+        prog="ceranubis",
+        description="Spread Python work across the cores of many machines.",
+        epilog="example: ceranubis run work.py:square --range 1000 -o squares.json",
     )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log each step; tracebacks")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name in _COMMAND_MODULES:
         module = importlib.import_module(f"ceranubis_jupyter.cli.{name}")
         module.add_commands(subparsers)
+    for command in subparsers.choices.values():
+        add_verbose(command)  # also after the subcommand: `ceranubis run ... -v`
     return parser
 
 
@@ -33,6 +59,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.verbose:
+        _log_to_stderr()
+    else:  # asyncssh's notes on its own dependencies (DSA deprecated...) are not ours to show
+        warnings.filterwarnings("ignore", module=r"asyncssh(\.|$)")
     try:
         status: int = args.handler(args)
         sys.stdout.flush()  # here, where a closed pipe can still be handled
@@ -42,4 +72,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as Unix tools do
         silence_stdout()
         return BROKEN_PIPE_STATUS
+    except CeranubisError as error:
+        return _failed(args, str(error), USAGE_STATUS)
+    except Exception as error:  # one line for anything else too; -v shows where
+        return _failed(args, f"{type(error).__name__}: {error}", FAILURE_STATUS)
     return status
+
+
+def _failed(args: argparse.Namespace, message: str, status: int) -> int:
+    if args.verbose:
+        traceback.print_exc()
+    command = " ".join(c for c in (args.command, getattr(args, "verb", None)) if c)
+    line = " ".join(message.split("\n")[0].split()) or "failed"
+    hint = "" if args.verbose else " (-v shows more)" if status == FAILURE_STATUS else ""
+    print(f"ceranubis {command}: {line}{hint}", file=sys.stderr)
+    return status
+
+
+def _log_to_stderr() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+    for name in ("ceranubis", "asyncssh"):
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG if name == "ceranubis" else logging.INFO)

@@ -3,6 +3,7 @@ quiet end when the reader of a pipe goes away (``ceranubis results NAME | head``
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import errno
 import os
@@ -23,6 +24,14 @@ BROKEN_PIPE_STATUS = 141
 # C0 controls but tab and newline, DEL, and C1 controls: they steer a terminal (colours,
 # cursor moves, window titles) instead of printing.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def add_verbose(parser: argparse.ArgumentParser) -> None:
+    """Give a (sub)command the ``-v`` option (the main parser's default stays when unset)."""
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+        help="log each step (SSH connections); tracebacks on errors",
+    )  # fmt: skip
 
 
 def printable(text: str) -> str:

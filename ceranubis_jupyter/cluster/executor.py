@@ -18,6 +18,7 @@ from concurrent.futures import Executor, Future
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
+from ..config import expand_host_groups
 from ..errors import ConfigError, ConfigTypeError, TaskTooLarge
 from ..exits import Stage, on_exit
 from ..wire import protocol as p
@@ -241,7 +242,7 @@ class NodeExecutor(Executor):
         """
         self._check_open()
         specs = [hosts] if isinstance(hosts, (str, Host)) else list(hosts)
-        names = [as_host(spec).name for spec in specs]
+        names = [as_host(spec).name for spec in expand_host_groups(specs)]
         self._scheduler.remove_hosts_threadsafe(names, drain)
 
     def _check_open(self) -> None:

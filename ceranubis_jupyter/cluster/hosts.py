@@ -1,7 +1,8 @@
 """Host specs: where nodes run.
 
 A host is ``"local"`` (node processes on this machine), an ``~/.ssh/config`` alias such as
-``"gpu1"``, ``"user@host"``, ``"user@host:port"``, or a :class:`Host` for everything else.
+``"gpu1"``, ``"user@host"``, ``"user@host:port"``, or a :class:`Host` for everything else;
+``"@gpu"`` stands for the hosts of a group in the config file.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..config import expand_host_groups
 from ..errors import ConfigError, ConfigTypeError
 
 LOCAL = "local"
@@ -129,11 +131,12 @@ def as_host(spec: HostSpec) -> Host:
 
 
 def parse_host_list(text: str) -> list[Host]:
-    """Parse ``"gpu1,gpu2,local"`` (the magic's ``--hosts``)."""
+    """Parse ``"gpu1,gpu2,local"`` (the magic's ``--hosts``); ``@name`` is a host group
+    of the config file (:mod:`~ceranubis_jupyter.config`)."""
     specs = [part.strip() for part in text.split(",") if part.strip()]
     if not specs:
         raise ConfigError("--hosts needs at least one host")
-    return [Host(spec) for spec in specs]
+    return [Host(spec) for spec in expand_host_groups(specs)]
 
 
 def check_unique(hosts: list[Host]) -> None:

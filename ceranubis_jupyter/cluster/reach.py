@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ..config import expand_host_groups
 from ..errors import ConfigError
 from .hosts import Host, HostSpec, as_host, check_unique
 from .transport import LocalTransport, Transport
@@ -22,7 +23,7 @@ def transports_for(
         return [LocalTransport(max_workers)]
     if isinstance(hosts, (str, Host)):
         hosts = [hosts]
-    resolved = [as_host(spec) for spec in hosts]
+    resolved = [as_host(spec) for spec in expand_host_groups(list(hosts))]
     if not resolved:
         raise ConfigError("hosts is an empty list; pass None for the embedded default")
     check_unique(resolved)

@@ -112,14 +112,17 @@ class Stray:
     client: str
 
 
-class _Runner:
-    """Runs :data:`SCRIPT` on one host: a local subprocess, or a command over SSH."""
+class HostScript:
+    """Runs a stdlib-only Python ``script`` (default :data:`SCRIPT`) on one host: a local
+    subprocess, or a command over SSH (``probe.py`` runs its own through it)."""
 
-    def __init__(self, host: Host) -> None:
+    def __init__(self, host: Host, script: str = SCRIPT, what: str = "the stray check") -> None:
         self.host = host
+        self.script = script
+        self.what = what
         self.conn: Any = None
 
-    async def __aenter__(self) -> _Runner:
+    async def __aenter__(self) -> HostScript:
         if not self.host.is_local:
             from .ssh import SSHTransport  # asyncssh only when a remote host is asked for
 
@@ -136,11 +139,11 @@ class _Runner:
         if self.conn is None:
             out, err, status = await self._run_local(args)
         else:
-            command = shlex.join([self.host.python, "-I", "-c", SCRIPT, *args])
+            command = shlex.join([self.host.python, "-I", "-c", self.script, *args])
             result = await asyncio.wait_for(self.conn.run(command), COMMAND_TIMEOUT)
             out, err, status = str(result.stdout), str(result.stderr), result.exit_status
         if status != 0:
-            raise HostError(self.host.address, f"the stray check failed ({status}): {err[-300:]}")
+            raise HostError(self.host.address, f"{self.what} failed ({status}): {err[-300:]}")
         return json.loads(out)
 
     async def _run_local(self, args: list[str]) -> tuple[str, str, int | None]:
@@ -148,7 +151,7 @@ class _Runner:
             sys.executable,
             "-I",
             "-c",
-            SCRIPT,
+            self.script,
             *args,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -190,7 +193,7 @@ def _process_age(pid: int) -> float | None:
 
 async def kill_strays_on(host: Host, everything: bool, dry_run: bool) -> list[Stray]:
     """End the stray nodes on one host; returns what was ended (or would be)."""
-    async with _Runner(host) as runner:
+    async with HostScript(host) as runner:
         nodes = await runner.run(["list"])
         chosen = [n for n in nodes if is_stray(n["client"], n["age"], everything)]
         if dry_run or not chosen:

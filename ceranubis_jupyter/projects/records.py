@@ -12,7 +12,7 @@ import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..cluster.transport import pid_alive
 
@@ -86,6 +86,16 @@ class ArgumentRow:
     error: str | None
     output: str | None
     reused: bool = False  # its result is another argument's, found by content
+
+
+class FollowedRow(NamedTuple):
+    """An argument as a reader that follows a run sees it (blobs as stored)."""
+
+    id: int
+    state: str
+    args: bytes
+    result: bytes | None
+    error: str | None
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from typing import Any
 from ..errors import ConfigError
 from .records import (
     ArgumentRow,
+    FollowedRow,
     HostStats,
     Outcome,
     ProjectRow,
@@ -339,6 +340,18 @@ class Store(StoreBase):
             (project_id, *states, newest),
         )
         return [argument_row(r) for r in reversed(rows)]
+
+    def arguments_from(self, project_id: int, first_id: int, count: int) -> list[FollowedRow]:
+        """Up to ``count`` arguments (any state) from id ``first_id`` on, in id order (the
+        order they were committed in), with only what a reader that follows a run needs
+        (``ceranubis run -o``): a few columns, no row objects (1M rows in ~1 s)."""
+        rows = self._read(
+            "SELECT a.id, a.state, a.args, COALESCE(a.result, h.result), a.error "
+            "FROM arguments a LEFT JOIN arguments h ON h.id = a.result_of "
+            "WHERE a.project = ? AND a.id >= ? ORDER BY a.id LIMIT ?",
+            (project_id, first_id, count),
+        )
+        return [FollowedRow(*row) for row in rows]
 
     def argument_blobs(self, project_id: int) -> list[bytes]:
         """The project's arguments as stored, in position order (no results read)."""
