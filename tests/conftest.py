@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import pytest
 
 from ceranubis_jupyter.cluster.transport import NODE_MARKER, client_identity
+from ceranubis_jupyter.config import CONFIG_ENV
 
 # Fixture modules, one per area (ssh servers, postgres, jupyter), so areas stay apart.
 pytest_plugins = [
@@ -152,3 +154,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(kind)
         if kinds:
             item.add_marker("slow")
+
+
+@pytest.fixture(autouse=True)
+def no_user_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test reads its own (absent) config file, never the user's
+    ``~/.config/ceranubis/config.toml``; a test that wants one writes it there."""
+    monkeypatch.setenv(CONFIG_ENV, str(tmp_path / "ceranubis-config" / "config.toml"))

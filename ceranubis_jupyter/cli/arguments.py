@@ -13,7 +13,7 @@
     cell is ``""``). Quote nothing to keep a number as text: use JSON for that.
 
 Keyword tasks are stored as ``({...},)`` and run through a wrapper that calls the
-function with ``**kwargs`` (:data:`~.target.KEYWORDS_WRAPPER`).
+function with ``**kwargs`` (``<function>_kwargs``, see :mod:`.target`).
 """
 
 from __future__ import annotations

@@ -58,6 +58,8 @@ class ResultSink:
     def __init__(self, path: Path, columns: int | Sequence[str]) -> None:
         self.path = path
         self.kind = path.suffix.lower()
+        if path.is_dir():
+            raise ConfigError(f"cannot write {path}: Is a directory")
         if self.kind not in OUTPUT_FORMATS:
             raise ConfigError(
                 f"-o {path}: unknown format {self.kind or '(no suffix)'!r}; use "
@@ -65,6 +67,8 @@ class ResultSink:
             )
         self.keywords = not isinstance(columns, int)
         self._key = "kwargs" if self.keywords else "args"
+        self._width = columns if isinstance(columns, int) else 0
+        self._names = [] if isinstance(columns, int) else list(columns)
         self._encode = json.JSONEncoder(default=repr).encode  # made once: per row is hot
         self.count = 0
         self._temporary = self._create()
@@ -75,8 +79,6 @@ class ResultSink:
         self._guarded(self._begin, columns)
 
     def _create(self) -> str:
-        if self.path.is_dir():
-            raise ConfigError(f"cannot write {self.path}: Is a directory")
         try:
             fd, temporary = tempfile.mkstemp(
                 prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
@@ -104,7 +106,10 @@ class ResultSink:
 
     def _write(self, args: tuple[Any, ...], result: Any) -> None:
         if self._csv is not None:
-            values = list(args[0].values()) if self.keywords else list(args)
+            if self.keywords:  # by name: a task may leave out some, or order them otherwise
+                values = [args[0].get(name, "") for name in self._names]
+            else:  # shorter tuples: empty cells
+                values = list(args) + [""] * (self._width - len(args))
             self._csv.writerow([_cell(v) for v in values] + [_cell(result)])
         else:
             shown = self._encode(args[0] if self.keywords else list(args))

@@ -29,8 +29,9 @@ from ..errors import ConfigError
 
 # The module name the user's code runs under: not importable, so dill ships it by value.
 BY_VALUE_MODULE = "__ceranubis_project__"
-# The function a run with keyword arguments calls: the target with ``**kwargs``.
-KEYWORDS_WRAPPER = "ceranubis_keywords"
+# The function a run with keyword arguments calls (``<target>_kwargs``, so a project's
+# default name still starts with the target's): the target with ``**kwargs``.
+KEYWORDS_SUFFIX = "_kwargs"
 _WRAPPER_CODE = """
 
 def {wrapper}(kwargs):
@@ -61,10 +62,10 @@ def resolve(spec: str, keywords: bool = False) -> Target:
         raise ConfigError(f"bad target {spec!r}: use module:function or path/to/file.py:function")
     code, label = _source(where, function)
     if keywords:
-        code += _WRAPPER_CODE.format(wrapper=KEYWORDS_WRAPPER, target=function)
+        code += _WRAPPER_CODE.format(wrapper=function + KEYWORDS_SUFFIX, target=function)
     namespace = _run(code, label)
     _check_function(namespace, function, where)
-    called = KEYWORDS_WRAPPER if keywords else function
+    called = function + KEYWORDS_SUFFIX if keywords else function
     return Target(spec, code, called, namespace[called])
 
 

@@ -116,6 +116,7 @@ class SSHTransport(Transport):
     async def _connect(self) -> asyncssh.SSHClientConnection:
         timeout = float(self.spec.connect_options.get("connect_timeout") or CONNECT_TIMEOUT)
         client = _Client()
+        log.debug("[host=%s] connecting (timeout %g s)", self.host, timeout)
         try:
             conn = await asyncio.wait_for(self._open(client), timeout)
         except HostError:
@@ -210,6 +211,7 @@ class SSHTransport(Transport):
             channel.write([bundle.framed()])
             line = await channel.read_line()
         if line == READY:
+            log.debug("[host=%s] node started (%s)", self.host, self.spec.python)
             return
         if line is not None and line.startswith(ERROR_PREFIX):
             reason = line[len(ERROR_PREFIX) :].decode("utf-8", "replace")
