@@ -146,7 +146,7 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes_with_one_result_each(
     try:
         wait_for(lambda: _done(workdir.store, "stopped") >= FREE, DEADLINE, "the free tasks done")
         os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C in a terminal: the whole group
-        out, err = process.communicate(timeout=DEADLINE)
+        _out, err = process.communicate(timeout=DEADLINE)
     finally:
         if process.poll() is None:
             process.kill()
