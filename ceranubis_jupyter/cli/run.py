@@ -99,6 +99,7 @@ class _Settings:
     def __init__(self, args: argparse.Namespace) -> None:
         job = jobs.get_job(args.target) if ":" not in args.target else {}
         given = jobs.job_settings(args)
+        given.pop("target", None)  # the positional TARGET: the job's name here
         if "range" in given or "args" in given:
             job = {k: v for k, v in job.items() if k not in ("range", "args")}
         merged = {**job, **given}
