@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from ceranubis_jupyter.cli.output import BROKEN_PIPE_STATUS
 from ceranubis_jupyter.errors import CeranubisError
 from ceranubis_jupyter.projects.project import Project
 from tests.cli_support import DEADLINE, FREE, Workdir, make_workdir
@@ -157,10 +158,31 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes_with_one_result_each(
     assert sorted(p.name for p in workdir.path.iterdir() if "out" in p.name) == []
 
     workdir.gate.touch()
-    resumed = workdir.run("resume", "stopped")
+    resumed = workdir.run("resume", "stopped", "-o", "out.json")
     assert resumed.returncode == 0, resumed.stderr
     assert f"stopped: done, {TASKS}/{TASKS} done" in resumed.stdout
+    assert f"{TASKS} results written to out.json" in resumed.stdout
+    rows = json.loads((workdir.path / "out.json").read_text())
+    assert rows == [{"args": [x], "result": -x} for x in range(TASKS)]
     exported = workdir.run("results", "stopped", "-o", "all.json")
     assert exported.returncode == 0, exported.stderr
-    rows = json.loads((workdir.path / "all.json").read_text())
-    assert rows == [{"args": [x], "result": -x} for x in range(TASKS)]
+    assert [r["args"] for r in json.loads((workdir.path / "all.json").read_text())] == [
+        [x] for x in range(TASKS)
+    ]  # exactly one result per argument in the store too
+
+
+def test_a_reader_that_closes_the_pipe_early_ends_the_run_quietly(workdir: Workdir) -> None:
+    with (workdir.path / "stderr").open("wb") as err:
+        process = workdir.popen(
+            "run", "work:held", "--range", str(TASKS), "--name", "headed",
+            stdout=subprocess.PIPE, stderr=err,
+        )  # fmt: skip
+        assert process.stdout is not None
+        head = subprocess.run(
+            ["head", "-n", "1"], stdin=process.stdout, capture_output=True, timeout=DEADLINE
+        )
+        process.stdout.close()  # head is now the only reader, and it is gone
+        status = process.wait(timeout=DEADLINE)
+    assert head.returncode == 0 and head.stdout.startswith(b"headed [")
+    assert (workdir.path / "stderr").read_bytes() == b""
+    assert status == BROKEN_PIPE_STATUS

@@ -25,6 +25,17 @@ from .output import BROKEN_PIPE_STATUS, add_verbose, silence_stdout
 
 # Modules that contribute subcommands (each has ``add_commands(subparsers)``).
 _COMMAND_MODULES = ["run", "hosts", "demo", "kernel", "projects", "strays"]
+# An example for the commands whose module gives none (shown at the end of --help).
+_EXAMPLES = {
+    "demo": "ceranubis demo --tasks 16 --hosts local,gpu1",
+    "install-kernel": "ceranubis install-kernel --user",
+    "projects": "ceranubis projects --all --json",
+    "show": "ceranubis show sweep --version 2",
+    "results": "ceranubis results sweep -o sweep.csv",
+    "resume": "ceranubis resume sweep --hosts @gpu",
+    "rm": "ceranubis rm sweep --version 1",
+    "kill-strays": "ceranubis kill-strays --hosts @gpu --dry-run",
+}
 # Exit status of a mistake in what the user gave (as argparse uses).
 USAGE_STATUS = 2
 # Exit status of an unexpected failure (a bug, or something the command does not know).
@@ -50,8 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name in _COMMAND_MODULES:
         module = importlib.import_module(f"ceranubis_jupyter.cli.{name}")
         module.add_commands(subparsers)
-    for command in subparsers.choices.values():
+    for name, command in subparsers.choices.items():
         add_verbose(command)  # also after the subcommand: `ceranubis run ... -v`
+        if command.epilog is None and name in _EXAMPLES:
+            command.epilog = f"example: {_EXAMPLES[name]}"
     return parser
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import sys
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from ..cluster.hosts import parse_host_list
 from ..errors import CeranubisError, ConfigError, StoreError
 from ..projects.project import Project, list_projects, remove_project
 from .output import printable, write_atomically
+from .sink import write_results_file
 
 # Seconds between progress lines while `ceranubis resume` waits.
 PROGRESS_SECONDS = 1.0
@@ -40,6 +42,7 @@ def add_commands(subparsers: Any) -> None:
 
     parser = subparsers.add_parser("projects", parents=[store], help="list stored projects")
     parser.add_argument("--all", action="store_true", help="every version, not the latest")
+    parser.add_argument("--json", action="store_true", help="print them as JSON")
     parser.set_defaults(handler=_guarded(_projects))
     parser = subparsers.add_parser("show", parents=[named], help="a project's status and errors")
     parser.set_defaults(handler=_guarded(_show))
@@ -50,6 +53,7 @@ def add_commands(subparsers: Any) -> None:
     parser = subparsers.add_parser("resume", parents=[named], help="run what is not done yet")
     parser.add_argument("--hosts", help="comma-separated hosts (default: the project's)")
     parser.add_argument("--no-wait", action="store_true", help="return once it runs")
+    parser.add_argument("-o", "--output", help="then write every result (.json, .jsonl, .csv)")
     parser.set_defaults(handler=_guarded(_resume))
     parser = subparsers.add_parser(
         "rm", parents=[named], help="delete a project (every version) and its results"
@@ -83,6 +87,9 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
 
 def _projects(args: argparse.Namespace) -> int:
     summaries = list_projects(args.store, every_version=args.all)
+    if args.json:
+        print(json.dumps([dataclasses.asdict(s) for s in summaries], indent=1))
+        return 0
     if not summaries:
         print("no projects yet")
         return 0
@@ -202,6 +209,9 @@ def _resume(args: argparse.Namespace) -> int:
         )
     done, total = project.status()
     print(f"{project.name}: {project.state}, {done}/{total} done")
+    if args.output:
+        count = write_results_file(project.store, project.id, project.target, Path(args.output))
+        print(f"{count} results written to {args.output}")
     if project.state == "done":
         return 0
     _explain(project, total)

@@ -33,7 +33,7 @@ from . import jobs
 from .arguments import Tasks, file_tasks, range_tasks
 from .progress import ProgressDisplay
 from .projects import brief
-from .sink import Follower, ResultSink
+from .sink import Follower, ResultSink, columns_of
 from .target import resolve
 
 # Seconds between checks of a running project (results followed, progress drawn).
@@ -118,7 +118,11 @@ def run_command(args: argparse.Namespace) -> int:
     tasks = _tasks(settings)
     target = resolve(settings.target, tasks.keywords)
     hosts = _hosts(settings.get("hosts"), args.python or settings.get("python"))
-    sink = ResultSink(Path(args.output), _columns(tasks)) if args.output else None
+    sink = (
+        ResultSink(Path(args.output), columns_of(tasks.args, tasks.keywords))
+        if args.output
+        else None
+    )
     try:
         executor = CeranubisExecutor(hosts, retries=settings.get("retries", 2))
     except BaseException:
@@ -167,16 +171,6 @@ def _hosts(text: str | None, python: str | None) -> list[Host] | None:
     if python:
         hosts = [h if h.is_local else Host(h.address, python=python) for h in hosts]
     return hosts
-
-
-def _columns(tasks: Tasks) -> int | list[str]:
-    """CSV columns of the arguments: the widest tuple, or every keyword in first-seen order."""
-    if not tasks.keywords:
-        return max(len(a) for a in tasks.args)
-    names: dict[str, None] = {}
-    for (kwargs,) in tasks.args:
-        names.update(dict.fromkeys(kwargs))
-    return list(names)
 
 
 def _follow(

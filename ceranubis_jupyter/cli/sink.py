@@ -31,6 +31,7 @@ from ..errors import ConfigError
 from ..projects.rows import decode
 from ..projects.store import Store
 from .output import OUTPUT_MODE
+from .target import KEYWORDS_SUFFIX
 
 # Suffixes ``-o`` writes.
 OUTPUT_FORMATS = (".json", ".jsonl", ".csv")
@@ -196,3 +197,30 @@ class Follower:
             if len(rows) < batch:
                 return True
             batch = FOLLOW_BATCH
+
+
+def columns_of(args: Sequence[tuple[Any, ...]], keywords: bool) -> int | list[str]:
+    """CSV columns of the arguments: the widest tuple, or every keyword in first-seen order."""
+    if not keywords:
+        return max((len(a) for a in args), default=0)
+    names: dict[str, None] = {}
+    for (kwargs,) in args:
+        names.update(dict.fromkeys(kwargs))
+    return list(names)
+
+
+def write_results_file(store: Store, project_id: int, target: str, path: Path) -> int:
+    """Write a stored project's results to ``path`` as ``ceranubis run -o`` does (after
+    ``ceranubis resume -o``); returns how many were written."""
+    args = [decode(blob) for blob in store.argument_blobs(project_id)]
+    keywords = target.endswith(KEYWORDS_SUFFIX) and all(
+        len(a) == 1 and isinstance(a[0], dict) for a in args
+    )
+    sink = ResultSink(path, columns_of(args, keywords))
+    try:
+        Follower(store, project_id, sink).drain()
+        sink.commit()
+    except BaseException:
+        sink.discard()
+        raise
+    return sink.count
