@@ -24,6 +24,7 @@ import json
 import os
 import tempfile
 from collections.abc import Sequence
+from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import Any
 
@@ -113,14 +114,27 @@ class ResultSink:
                 values = list(args) + [""] * (self._width - len(args))
             self._csv.writerow([_cell(v) for v in values] + [_cell(result)])
         else:
-            shown = self._encode(args[0] if self.keywords else list(args))
-            text = f'{{"{self._key}": {shown}, "result": {self._encode(result)}}}'
+            if self.keywords:
+                shown = self._encode(args[0])
+            else:
+                shown = "[" + ", ".join(map(self._json, args)) + "]"
+            text = f'{{"{self._key}": {shown}, "result": {self._json(result)}}}'
             if self.kind == ".json":
                 self._file.write(",\n" if self.count else "\n")
             else:
                 text += "\n"
             self._file.write(text)
         self.count += 1
+
+    def _json(self, value: Any) -> str:
+        """``value`` as JSON: ints and strings directly (the common case, ~5x faster than
+        the encoder's per-call set-up), anything else through the encoder."""
+        kind = type(value)
+        if kind is int:
+            return int.__repr__(value)  # ValueError past int's digit limit, as json's
+        if kind is str:
+            return encode_basestring_ascii(value)
+        return self._encode(value)
 
     def commit(self) -> None:
         """Finish the file, flush it to disk and rename it over ``path``."""
