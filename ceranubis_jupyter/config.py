@@ -106,6 +106,7 @@ def load_config() -> Config:
         groups.update(_host_groups(path, data.get("hosts", {})))
         if "store" in data:
             store = _text(path, "store", data["store"])
+            store = store if "://" in store else os.path.expanduser(store)
         if "files" in data:
             files = _texts(path, "files", data["files"])
     return Config(groups, store, files, paths)

@@ -238,3 +238,33 @@ def test_hosts_without_hosts_checks_every_configured_host(workdir: Workdir) -> N
 def test_the_env_var_keeps_tests_off_the_real_home() -> None:
     assert os.environ[CONFIG_ENV].endswith("config.toml")
     assert not os.environ[CONFIG_ENV].startswith(str(Path.home() / ".config"))
+
+
+def test_hosts_watch_refreshes_until_ctrl_c(workdir: Workdir) -> None:
+    import signal
+    import subprocess
+
+    from tests.cli_support import DEADLINE
+    from tests.waiting import wait_for
+
+    output = workdir.path / "watch.txt"
+    with output.open("wb") as sink:
+        process = workdir.popen("hosts", "--watch", stdout=sink, stderr=subprocess.PIPE)
+        try:
+            wait_for(lambda: output.read_text().count("reachable") >= 2, DEADLINE, "2 tables")
+            process.send_signal(signal.SIGINT)
+            _, err = process.communicate(timeout=DEADLINE)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert process.returncode == 130 and err == b"interrupted\n"
+    assert output.read_text().count("\x1b[H\x1b[2J") >= 2  # each frame on a cleared screen
+
+
+def test_a_store_in_the_config_may_start_with_a_tilde(
+    pair_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    pair_config.write_text('store = "~/work/projects.sqlite"\n')
+    assert load_config().store == str(tmp_path / "work" / "projects.sqlite")

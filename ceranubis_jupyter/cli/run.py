@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cluster.hosts import Host, parse_host_list
+from ..cluster.tasks import DEFAULT_RETRIES
 from ..config import load_config
 from ..errors import ConfigError
 from ..projects.executor import CeranubisExecutor
@@ -124,7 +125,7 @@ def run_command(args: argparse.Namespace) -> int:
         else None
     )
     try:
-        executor = CeranubisExecutor(hosts, retries=settings.get("retries", 2))
+        executor = CeranubisExecutor(hosts, retries=settings.get("retries", DEFAULT_RETRIES))
     except BaseException:
         if sink is not None:
             sink.discard()
