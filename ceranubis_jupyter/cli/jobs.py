@@ -9,8 +9,8 @@
     ceranubis run squares --range 1000000 -o out.json   # options given here win
     ceranubis job rm squares
 
-A job keeps: the target, hosts, chunk size, timeout, retries, store, and optionally its
-arguments (a range or an ``--args`` file, kept as an absolute path). Its runs are projects
+A job keeps: the target, hosts, remote python, chunk size, timeout, retries, store, and maybe
+its arguments (a range or an ``--args`` file, kept as an absolute path). Its runs are projects
 named after the job (versions of that name as the code or arguments change). Jobs live in
 ``jobs.json`` beside the user's config file (:func:`~ceranubis_jupyter.config.jobs_path`),
 written atomically; the file is the commands' to edit, the TOML config is the user's.
@@ -29,7 +29,9 @@ from ..projects.commit import check_project_name
 from .output import add_verbose, printable, write_atomically
 
 # The keys a job may hold (``ceranubis job update`` sets them, ``run`` reads them).
-JOB_KEYS = ("target", "hosts", "chunksize", "timeout", "retries", "store", "range", "args")
+JOB_KEYS = (
+    "target", "hosts", "python", "chunksize", "timeout", "retries", "store", "range", "args",
+)  # fmt: skip
 # Version of the jobs file's layout, stored in it: a later layout can be told apart.
 JOBS_FILE_VERSION = 1
 

@@ -118,7 +118,7 @@ def run_command(args: argparse.Namespace) -> int:
     settings = _Settings(args)
     tasks = _tasks(settings)
     target = resolve(settings.target, tasks.keywords)
-    hosts = _hosts(settings.get("hosts"), args.python or settings.get("python"))
+    hosts = _hosts(settings.get("hosts"), settings.get("python"))
     sink = (
         ResultSink(Path(args.output), columns_of(tasks.args, tasks.keywords))
         if args.output
