@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from ceranubis_jupyter.projects.project import Project
-from tests.cli_support import Workdir, make_workdir
+from tests.cli_support import FREE, Workdir, make_workdir
 from tests.fixtures_ssh import OPENSSH_ALIAS, TEST_PYTHON, OpenSSHServer, SSHHome
 
 BIG_RANGE = 1_000_000
@@ -102,12 +102,29 @@ def test_failures_give_a_summary_and_a_non_zero_exit(workdir: Workdir) -> None:
     assert "fails_1: failed, 7/10 done; 7 results written to out.jsonl" in run.stdout
     lines = run.stderr.splitlines()
     assert lines[0] == "3 of 10 arguments failed:"
-    assert "  1x ValueError: 3 is bad" in lines
+    assert lines[1] == "  3x ValueError: 3 is bad"  # one kind: the numbers differ
     assert lines[-1] == "`ceranubis show fails_1` shows them in full"
     results = [
         json.loads(x)["args"][0] for x in (workdir.path / "out.jsonl").read_text().splitlines()
     ]
     assert results == [1, 2, 4, 5, 7, 8, 10]
+
+
+def test_timeout_chunksize_and_retries_reach_the_tasks(workdir: Workdir) -> None:
+    # held(x) waits a minute for a gate that never opens when x >= FREE: its timeout hits.
+    run = workdir.run(
+        "run", "work:held", "--range", str(FREE + 2), "--timeout", "10", "--retries", "0",
+        "--chunksize", "1", "-o", "out.json", "--quiet", "--name", "timed",
+    )  # fmt: skip
+    assert run.returncode == 1
+    assert run.stderr.splitlines()[:2] == [
+        "2 of 8 arguments failed:",
+        f"  2x TaskTimeout: task {FREE + 1} on local ran longer than its timeout of 10 s; "
+        "its worker was killed and replaced",
+    ]
+    assert [r["result"] for r in json.loads((workdir.path / "out.json").read_text())] == [
+        -x for x in range(FREE)
+    ]
 
 
 def test_a_file_target_travels_by_value_to_the_ssh_host(workdir: Workdir, ssh_host: str) -> None:
@@ -165,6 +182,9 @@ BAD_INPUT = [
     (["work:square", "--range", "3", "--args", "empty.json"], "give --range or --args, not both"),
     (["nosuchjob", "--range", "3"], "no job 'nosuchjob'"),
     (["work:square", "--range", "3", "-o", "out.txt"], "unknown format '.txt'"),
+    (["work:square", "--range", "3", "--chunksize", "0"], "--chunksize: must be at least 1"),
+    (["work:square", "--range", "3", "--retries", "-1"], "--retries: must be at least 0"),
+    (["work:square", "--range", "3", "--timeout", "0"], "--timeout: must be a positive"),
 ]
 
 

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,11 +67,34 @@ def setup_options() -> argparse.ArgumentParser:
     where = options.add_argument_group("where and how")
     where.add_argument("--hosts", help="comma-separated hosts or @groups (default: local)")
     where.add_argument("--python", help="the interpreter on remote hosts (default: python3)")
-    where.add_argument("--chunksize", type=int, help="arguments per task (default: 1)")
-    where.add_argument("--timeout", type=float, help="seconds per task (default: none)")
-    where.add_argument("--retries", type=int, help="re-runs after a worker died (default: 2)")
+    where.add_argument("--chunksize", type=_count(1), help="arguments per task (default: 1)")
+    where.add_argument("--timeout", type=_seconds, help="seconds per task (default: none)")
+    where.add_argument("--retries", type=_count(0), help="re-runs after a worker died (default: 2)")
     where.add_argument("--store", help="store path or postgresql:// URL")
     return options
+
+
+def _count(least: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least}, not {value}")
+        return value
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
+    return value
 
 
 def add_commands(subparsers: Any) -> None:
@@ -232,10 +257,16 @@ def _summary(project: Project, sink: ResultSink | None) -> int:
         return 0
     errors = project.errors()
     if errors:
-        kinds = Counter(brief(text) for _, text in errors)
+        kinds: Counter[str] = Counter()
+        first: dict[str, str] = {}  # kind -> its first error line, as shown
+        for _, text in errors:
+            line = brief(text)
+            kind = re.sub(r"\d+", "#", line)  # "task 3 ..." and "task 4 ..." are one kind
+            kinds[kind] += 1
+            first.setdefault(kind, line)
         print(f"{len(errors)} of {total} arguments failed:", file=sys.stderr)
-        for line, count in kinds.most_common(SUMMARY_ERRORS):
-            print(f"  {count}x {line}", file=sys.stderr)
+        for kind, count in kinds.most_common(SUMMARY_ERRORS):
+            print(f"  {count}x {first[kind]}", file=sys.stderr)
         if len(kinds) > SUMMARY_ERRORS:
             print(f"  ... and {len(kinds) - SUMMARY_ERRORS} other errors", file=sys.stderr)
         print(f"`ceranubis show {project.name}` shows them in full", file=sys.stderr)
