@@ -9,8 +9,10 @@ exit with status 2.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import logging
+import signal
 import sys
 import time
 from typing import Any
@@ -39,6 +41,7 @@ def add_commands(subparsers: Any) -> None:
 
 def _node(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>`: where each thread is
     try:
         if args.init:
             store = open_store(args.store)

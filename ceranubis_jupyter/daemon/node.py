@@ -317,8 +317,10 @@ class QueueNode:
         stopped = set(self.store.stopped_projects(self.held.projects()))
         if not stopped:
             return
+        self.held.collect()  # what finished meanwhile is written (and counted if late)
         task_ids = self.held.of_projects(stopped)
         self.held.drop(task_ids)
+        self.dropped += len(task_ids)  # claimed, and never to be recorded by this node
         assert self.executor is not None
         self.executor.scheduler.cancel_threadsafe(task_ids)
         log.info("node %s: stopped %d tasks of projects %s", self.name, len(task_ids),
