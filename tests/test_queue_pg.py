@@ -277,3 +277,36 @@ def test_a_daemon_works_under_the_nodes_role(
         with psycopg.connect(url, autocommit=True) as connection:
             connection.execute(f"DROP OWNED BY {role}".encode())
             connection.execute(f"DROP ROLE {role}".encode())
+
+
+def _grant_clients_role(url: str, role: str) -> None:
+    """The clients' role, as the README gives it: commit, read, cancel, remove; no DDL."""
+    statements = [
+        f"CREATE ROLE {role} LOGIN",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON projects, arguments, queue_projects TO {role}",
+        f"GRANT USAGE ON SEQUENCE projects_id_seq, arguments_id_seq TO {role}",
+        f"GRANT SELECT ON nodes, ceranubis_meta TO {role}",
+    ]
+    with psycopg.connect(url, autocommit=True) as connection:
+        for statement in statements:
+            connection.execute(statement.encode())
+
+
+def test_a_client_commits_and_reads_under_the_clients_role(
+    server: Server, database: str, daemons: Daemons
+) -> None:
+    url = server.url(database)
+    role = f"cj_client_{uuid.uuid4().hex[:8]}"
+    _grant_clients_role(url, role)
+    client_url = server.url(database, user=role)
+    try:
+        daemons.start(url, "owner-node", init=False)
+        project = commit_project(CODE, "square", [(i,) for i in range(5)], store=client_url,
+                                 queue=True, name="by-client")  # fmt: skip
+        assert project.wait(PROJECT_SECONDS), daemons.logs()
+        assert Project.load("by-client", client_url).results() == [((i,), i * i) for i in range(5)]
+    finally:
+        daemons.close()
+        with psycopg.connect(url, autocommit=True) as connection:
+            connection.execute(f"DROP OWNED BY {role}".encode())
+            connection.execute(f"DROP ROLE {role}".encode())

@@ -210,12 +210,22 @@ class QueueStore(StoreBase):
     def prepare_schema(self, create: bool) -> None:
         """At open: create (or upgrade) the project tables, or with ``create`` false
         (a node daemon, which may lack the right) check the store has the tables and the
-        queue schema this package expects."""
+        queue schema this package expects. A store whose tables are current is left
+        as it is: a client's role then needs no right to create tables."""
         if create:
-            self._create_schema()
+            if not self._current():
+                self._create_schema()
         else:
             self.check_queue()
             self._check_schema()
+
+    def _current(self) -> bool:
+        """Whether the project tables exist with every column of this version."""
+        try:
+            self._check_schema()
+        except StoreError:
+            return False
+        return True
 
     # ------------------------------------------------------------------ clients
 
