@@ -54,9 +54,14 @@ def _package_version() -> str:
 # Seconds a claim holds its arguments unless renewed: a lost node's work runs elsewhere
 # this long after its last renewal; shorter recovers sooner but costs more renewals.
 LEASE_SECONDS = 30.0
-# Arguments claimed per worker: more keeps tiny tasks flowing through a store round trip;
-# fewer spreads a small project over more nodes.
+# Arguments held per worker, at least: more keeps short tasks flowing through a store
+# round trip; fewer spreads a small project of long tasks over more nodes.
 CLAIM_PER_WORKER = 8
+# Seconds of work held ahead, at the rate tasks finish here: tiny tasks are then claimed
+# thousands at a time (one round trip each), long ones CLAIM_PER_WORKER per worker.
+CLAIM_AHEAD_SECONDS = 0.5
+# The most arguments held at once (memory, and what a lost node leaves to its lease).
+MAX_HELD = 20000
 # Seconds between outcome writes while tasks finish: longer batches cost fewer
 # transactions, shorter ones show progress (and free the next claim) sooner.
 WRITE_SECONDS = 0.05
@@ -114,7 +119,8 @@ class QueueNode:
         self.owner = f"{self.name}#{uuid.uuid4().hex[:8]}"  # a restart holds no old lease
         self.group, self.lease, self.drain = group, lease, drain
         self.workers = workers or os.cpu_count() or 1
-        self.capacity = self.workers * claim_per_worker
+        self.base_capacity = self.capacity = self.workers * claim_per_worker
+        self._rate = _Rate()
         pg = is_postgres_url(store)
         self.poll = poll if poll is not None else (IDLE_POLL_PG if pg else IDLE_POLL_SQLITE)
         self._wake = threading.Event()
@@ -225,6 +231,9 @@ class QueueNode:
         if held.releases:
             self.store.release(self.owner, held.releases)
         held.written()
+        self._rate.add(count)
+        ahead = int(self._rate.per_second() * CLAIM_AHEAD_SECONDS)
+        self.capacity = min(max(self.base_capacity, ahead), MAX_HELD)
         if changed < count:
             self.dropped += count - changed
             log.info("node %s: %d late outcomes dropped", self.name, count - changed)
@@ -367,6 +376,25 @@ class QueueNode:
             return  # a node served from another thread is stopped by stop()
         for number in (signal.SIGTERM, signal.SIGINT):
             signal.signal(number, lambda *_: self.stop())
+
+
+class _Rate:
+    """Outcomes per second over the last second or so (for sizing claims)."""
+
+    def __init__(self) -> None:
+        self._since = time.monotonic()
+        self._count = 0
+        self._last = 0.0
+
+    def add(self, count: int) -> None:
+        self._count += count
+        elapsed = time.monotonic() - self._since
+        if elapsed >= 1.0:
+            self._last = self._count / elapsed
+            self._since, self._count = time.monotonic(), 0
+
+    def per_second(self) -> float:
+        return self._last
 
 
 def run_node(store: str, **options: Any) -> int:
