@@ -144,8 +144,9 @@ def test_priorities_then_groups_are_honoured(store_url: str, daemons: Daemons) -
     assert sorted(grouped.results()) == [((i,), (i, "gpu-node")) for i in range(6)]
 
 
-def test_sigterm_ends_a_daemon_with_status_zero_and_nothing_held(
-    store_url: str, daemons: Daemons, tmp_path: Path
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_ends_a_daemon_with_status_zero_and_nothing_held(
+    store_url: str, daemons: Daemons, tmp_path: Path, stop_signal: signal.Signals
 ) -> None:
     marks = tmp_path / "marks"
     marks.mkdir()
@@ -153,7 +154,7 @@ def test_sigterm_ends_a_daemon_with_status_zero_and_nothing_held(
     project = commit_project(CODE, "nap", [(i, 600, str(marks)) for i in range(3)],
                              store=store_url, queue=True)  # fmt: skip
     wait_for(lambda: any(marks.iterdir()), DAEMON_SECONDS, "a task running")
-    assert daemons.stop(daemon) == 0, daemon.text()
+    assert daemons.stop(daemon, stop_signal) == 0, daemon.text()
     rows = _argument_rows(store_url, project.id)
     assert {state for _, state, _, _ in rows} == {"pending"}  # released, not lost
     assert {attempts for _, _, _, attempts in rows} == {0}  # a release counts no attempt
