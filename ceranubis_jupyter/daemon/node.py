@@ -137,11 +137,13 @@ class QueueNode:
         self._look_at = 0.0  # when to look for work again after the queue was empty
         self._listener = Listener(getattr(self.store, "dsn", ""), self._heard) if pg else None
         self.executor: NodeExecutor | None = None
+        self.status = 0  # serve()'s return: 1 once the local node broke
 
     # ------------------------------------------------------------------ public
 
     def serve(self) -> int:
-        """Run until :meth:`stop` (or SIGTERM/SIGINT in the main thread); returns 0."""
+        """Run until :meth:`stop` (or SIGTERM/SIGINT in the main thread); returns 0, or
+        1 when its local node broke (what it held is released for other nodes)."""
         self._install_signals()
         self.executor = NodeExecutor(None, max_workers=self.workers)
         self.executor.scheduler.add_listener(self.held.arrived)
@@ -157,7 +159,7 @@ class QueueNode:
             self._drain()
         finally:
             self._close()
-        return 0
+        return self.status
 
     def stop(self) -> None:
         """Stop claiming; finish or release what is held; :meth:`serve` then returns."""
@@ -295,7 +297,13 @@ class QueueNode:
             )
             held.track(record.task_id, claim)
             records.append(record)
-        self.executor.submit_prepared(records)
+        try:
+            self.executor.submit_prepared(records)
+        except (RuntimeError, CeranubisError) as error:  # the local node broke: give back
+            held.releases += [h.arg_id for h in held.drop(r.task_id for r in records)]
+            log.error("node %s: its local node broke (%s); stopping", self.name, error)
+            self.status = 1
+            self.stop()
 
     def _function(self, project: int, timeout: float) -> tuple[int, TaskOptions, Any] | str:
         """The project's function id and task options, loaded once; or why it cannot
