@@ -168,9 +168,9 @@ def test_a_signal_ends_a_daemon_with_status_zero_and_nothing_held(
 # ---------------------------------------------------------------------- bad input
 
 
-def _node_command(url: str) -> subprocess.CompletedProcess[str]:
+def _node_command(url: str, *extra: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    command = [sys.executable, "-m", "ceranubis_jupyter.cli", "node", "--store", url]
+    command = [sys.executable, "-m", "ceranubis_jupyter.cli", "node", "--store", url, *extra]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
 
 
@@ -192,6 +192,10 @@ def test_a_store_without_the_queue_schema_is_refused(store_url: str) -> None:
     done = _node_command(store_url)
     assert done.returncode == 2
     assert "has no queue schema" in done.stderr and "--init" in done.stderr
+    made = _node_command(store_url, "--init")  # what the message says to do
+    assert made.returncode == 0, made.stderr
+    store = open_store(store_url, create=False)  # a node's check passes now
+    store.close()
 
 
 @pytest.mark.parametrize(("version", "said"), [("999", "upgrade ceranubis_jupyter on this host"),
