@@ -28,7 +28,8 @@ ALLOWED = {
     "cluster": {"wire", "errors", "exits", "config"},
     "projects": {"cluster", "wire", "errors", "exits", "config"},
     "jupyter": {"projects", "cluster", "wire", "errors", "exits", "config"},
-    "cli": {"jupyter", "projects", "cluster", "wire", "errors", "exits", "config"},
+    "daemon": {"projects", "cluster", "node", "wire", "errors", "exits", "config"},
+    "cli": {"jupyter", "daemon", "projects", "cluster", "wire", "errors", "exits", "config"},
 }
 MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 40

@@ -24,7 +24,7 @@ from ..errors import CeranubisError
 from .output import BROKEN_PIPE_STATUS, add_verbose, silence_stdout
 
 # Modules that contribute subcommands (each has ``add_commands(subparsers)``).
-_COMMAND_MODULES = ["run", "hosts", "demo", "kernel", "projects", "strays"]
+_COMMAND_MODULES = ["run", "hosts", "demo", "kernel", "nodes", "projects", "strays"]
 # An example for the commands whose module gives none (shown at the end of --help).
 _EXAMPLES = {
     "demo": "ceranubis demo --tasks 16 --hosts local,gpu1",
@@ -35,6 +35,8 @@ _EXAMPLES = {
     "resume": "ceranubis resume sweep --hosts @gpu",
     "rm": "ceranubis rm sweep --version 1",
     "kill-strays": "ceranubis kill-strays --hosts @gpu --dry-run",
+    "node": "ceranubis node --store postgresql://db/ceranubis --workers 8 --group gpu",
+    "nodes": "ceranubis nodes --store postgresql://db/ceranubis --json",
 }
 # Exit status of a mistake in what the user gave (as argparse uses).
 USAGE_STATUS = 2

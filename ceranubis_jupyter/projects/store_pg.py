@@ -14,11 +14,23 @@ from typing import Any
 
 from ..errors import ConfigError, StoreError
 from .conninfo import PASSWORD_ADVICE, passwords_in, redact, scrub
+from .queue_store import PG_QUEUE
 from .store import DONE_VALUES, Store
 
 # Seconds to wait for the server when connecting: an unreachable store is reported
 # quickly, a slow network still gets a chance.
 CONNECT_TIMEOUT = 5
+# How a connection notices a server that went silent (a partition: no FIN, no RST):
+# TCP keepalives after this many idle seconds, and unacknowledged data given up after
+# this many milliseconds. Shorter notices sooner; too short drops a slow but live link.
+# A URL that sets these keeps its own.
+TCP_OPTIONS = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 3,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 15000,
+}
 # Any constant: serializes concurrent schema creation (CREATE TABLE IF NOT EXISTS races).
 _SCHEMA_LOCK_KEY = 0x63657261
 
@@ -95,9 +107,11 @@ class PostgresStore(Store):
     """The store in a PostgreSQL database; reconnects when the connection broke."""
 
     _ddl = _PG_DDL
+    _queue = PG_QUEUE
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, create: bool = True) -> None:
         super().__init__()
+        self._create = create
         self.url = redact(url)
         self._dsn = url
         try:
@@ -110,7 +124,7 @@ class PostgresStore(Store):
         self._connection: Any = None
         self._connect()
         try:
-            self._create_schema()
+            self.prepare_schema(create)
         except BaseException:
             self.close()
             raise
@@ -118,7 +132,10 @@ class PostgresStore(Store):
     def _connect(self) -> None:
         try:
             self._connection = self._psycopg.connect(
-                self._dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT
+                self._dsn,
+                autocommit=True,
+                connect_timeout=CONNECT_TIMEOUT,
+                **tcp_options(self._dsn),
             )
             for statement in _OUTCOMES_TABLE:
                 self._connection.execute(statement)
@@ -213,7 +230,12 @@ class PostgresStore(Store):
 
     def reopen(self) -> PostgresStore:
         """Another store on the same database, with a connection of its own."""
-        return PostgresStore(self._dsn)
+        return PostgresStore(self._dsn, create=self._create)
+
+    @property
+    def dsn(self) -> str:
+        """The connection URL as given (with any password: keep it out of messages)."""
+        return self._dsn
 
     def _translate(self, error: Exception) -> Exception:
         if isinstance(error, (StoreError, ConfigError)):
@@ -228,6 +250,11 @@ class PostgresStore(Store):
         if isinstance(error, self._psycopg.Error):
             return StoreError(f"the project store {self.url} failed: {self._said(error)}")
         return error
+
+
+def tcp_options(dsn: str) -> dict[str, Any]:
+    """:data:`TCP_OPTIONS` that ``dsn`` does not set itself."""
+    return {name: value for name, value in TCP_OPTIONS.items() if f"{name}=" not in dsn}
 
 
 def _first_line(error: BaseException) -> str:
