@@ -34,6 +34,7 @@ _EXAMPLES = {
     "results": "ceranubis results sweep -o sweep.csv",
     "resume": "ceranubis resume sweep --hosts @gpu",
     "rm": "ceranubis rm sweep --version 1",
+    "cancel": "ceranubis cancel sweep --store postgresql://db/ceranubis",
     "kill-strays": "ceranubis kill-strays --hosts @gpu --dry-run",
     "node": "ceranubis node --store postgresql://db/ceranubis --workers 8 --group gpu",
     "nodes": "ceranubis nodes --store postgresql://db/ceranubis --json",

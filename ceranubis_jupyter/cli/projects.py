@@ -56,6 +56,10 @@ def add_commands(subparsers: Any) -> None:
     parser.add_argument("-o", "--output", help="then write every result (.json, .jsonl, .csv)")
     parser.set_defaults(handler=_guarded(_resume))
     parser = subparsers.add_parser(
+        "cancel", parents=[named], help="stop a project wherever it runs (results kept)"
+    )
+    parser.set_defaults(handler=_guarded(_cancel))
+    parser = subparsers.add_parser(
         "rm", parents=[named], help="delete a project (every version) and its results"
     )
     parser.add_argument("--force", action="store_true", help="even if a client runs it")
@@ -216,6 +220,14 @@ def _resume(args: argparse.Namespace) -> int:
         return 0
     _explain(project, total)
     return 1
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    project = Project.load(args.name, args.store, version=args.version)
+    project.cancel()
+    done, total = project.status()
+    print(f"{project.name}: {project.state}, {done}/{total} done (finished results kept)")
+    return 0
 
 
 def _explain(project: Project, total: int) -> None:

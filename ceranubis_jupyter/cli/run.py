@@ -36,6 +36,7 @@ from . import jobs
 from .arguments import Tasks, file_tasks, range_tasks
 from .progress import ProgressDisplay
 from .projects import brief
+from .queued import add_queue_options, commit_queued, follow_queued
 from .sink import Follower, ResultSink, columns_of
 from .target import resolve
 
@@ -71,6 +72,7 @@ def setup_options() -> argparse.ArgumentParser:
     where.add_argument("--timeout", type=_seconds, help="seconds per task (default: none)")
     where.add_argument("--retries", type=_count(0), help="re-runs after a worker died (default: 2)")
     where.add_argument("--store", help="store path or postgresql:// URL")
+    add_queue_options(options)
     return options
 
 
@@ -113,8 +115,9 @@ def add_commands(subparsers: Any) -> None:
     parser.add_argument("--name", help="the project's name (default: a job's, or FUNCTION_n)")
     parser.add_argument("-o", "--output", help="write the results to a .json, .jsonl or .csv")
     parser.add_argument("--quiet", action="store_true", help="no progress, only the summary")
-    # --files (data sync: branch wt-code) and queue mode (branch wt-queue) plug in here:
-    # their options are added to `setup` (so jobs keep them) and read in _Settings.
+    parser.add_argument(
+        "--detach", action="store_true", help="with --queue: return once it is stored"
+    )
     parser.set_defaults(handler=run_command)
     jobs.add_commands(subparsers, setup)
 
@@ -149,6 +152,8 @@ def run_command(args: argparse.Namespace) -> int:
         if args.output
         else None
     )
+    if settings.get("queue"):
+        return _run_queued(args, settings, target.function, tasks.args, sink)
     try:
         executor = CeranubisExecutor(hosts, retries=settings.get("retries", DEFAULT_RETRIES))
     except BaseException:
@@ -167,6 +172,31 @@ def run_command(args: argparse.Namespace) -> int:
             sink.discard()
         executor.shutdown(wait=True, cancel_futures=True, stop_running=True)
         raise
+
+
+def _run_queued(
+    args: argparse.Namespace,
+    settings: _Settings,
+    function: Any,
+    arguments: list[tuple[Any, ...]],
+    sink: ResultSink | None,
+) -> int:
+    """``--queue``: store the project for the node daemons, then follow it (or not)."""
+    try:
+        project = commit_queued(settings, function, arguments)
+    except BaseException:
+        if sink is not None:
+            sink.discard()
+        raise
+    done, total = project.status()
+    print(f"queued {project.name} in {project.store.url}: {done}/{total} done", flush=True)
+    if args.detach:
+        if sink is not None:
+            sink.discard()
+        return 0
+    display = None if args.quiet else ProgressDisplay(sys.stdout)
+    stopped = follow_queued(project, sink, display)
+    return _summary(project, sink) if stopped is None else stopped
 
 
 def _tasks(settings: _Settings) -> Tasks:
