@@ -16,6 +16,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, replace
+from types import ModuleType
 from typing import Any, TypeVar
 
 from ..errors import ConfigError, ConfigTypeError, TaskTooLarge
@@ -29,6 +30,7 @@ from .functions import FunctionIds
 from .hosts import Host, HostSpec, as_host
 from .link import SILENCE_TIMEOUT, HostInfo
 from .mapping import MapSlot, MapWaiter, results_in_order
+from .modules import ModuleShipper, auto_default
 from .reach import transports_for
 from .scheduler import Scheduler
 from .tasks import DEFAULT_RETRIES, ResultSlot, TaskRecord
@@ -100,6 +102,10 @@ class NodeExecutor(Executor):
         max_data_frame: the largest frame of tasks or results, in bytes (a single task's
             arguments or result, :mod:`~.framecap`; default ``$CERANUBIS_MAX_DATA_FRAME``,
             else 4 GiB).
+        modules: modules (names or module objects) whose source goes to every host and
+            is imported there from it, user code or not (:mod:`~.modules`).
+        auto_modules: also send the user's own modules that submitted functions refer to
+            (default: on, unless ``$CERANUBIS_AUTO_MODULES`` is ``0``).
 
     Raises:
         ConfigError: ``max_workers`` is not greater than 0 (a ``ValueError``, as
@@ -121,6 +127,8 @@ class NodeExecutor(Executor):
         heartbeat_timeout: float = SILENCE_TIMEOUT,
         fast_paths: FastPaths | None = None,
         max_data_frame: int | None = None,
+        modules: Sequence[str | ModuleType] = (),
+        auto_modules: bool | None = None,
     ) -> None:
         if max_workers is not None:
             _check_int("max_workers", max_workers)
@@ -139,6 +147,9 @@ class NodeExecutor(Executor):
             max_data_frame=data_frame_cap(max_data_frame),
         )
         self._functions = FunctionIds(self._scheduler.add_function_threadsafe)
+        self._code = ModuleShipper(
+            self._scheduler.code, modules, auto=auto_default(auto_modules), idle=self._idle
+        )
         # Each submit() future's task id, for cancel() and task_id_of(). Weak keys: the
         # values are ints, so a dropped future takes nothing of its task with it.
         self._task_ids: weakref.WeakKeyDictionary[Future[Any], int] = weakref.WeakKeyDictionary()
@@ -380,7 +391,21 @@ class NodeExecutor(Executor):
         Raises:
             UnpicklableError: ``fn`` cannot be serialized.
         """
-        return self._functions.id_of(fn)
+        fn_id = self._functions.id_of(fn)
+        self._code.before_submit(fn_id, self._scheduler.functions.get(fn_id))
+        return fn_id
+
+    def _idle(self) -> bool:
+        return self._scheduler.outstanding == 0
+
+    def add_modules(self, modules: Sequence[str | ModuleType]) -> None:
+        """Send these modules' source to every host from now on (as ``modules=``)."""
+        self._code.add(modules)
+
+    @property
+    def code_bytes_sent(self) -> int:
+        """Bytes of the user's source sent to hosts so far (0 when their caches had it)."""
+        return self._scheduler.code.bytes_sent
 
     def _map(
         self,

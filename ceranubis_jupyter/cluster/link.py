@@ -25,6 +25,7 @@ from typing import Protocol
 from ..errors import HostError, HostVersionMismatch, NodeLost, ProtocolError
 from ..wire import protocol as p
 from .fastpaths import FastPaths
+from .modules import CodeRegistry, LinkCode
 from .outcomes import node_broke
 from .tasks import TaskRecord
 from .transport import Channel, Transport
@@ -67,6 +68,7 @@ class LinkOwner(Protocol):
     silence_timeout: float
     fast_paths: FastPaths
     max_data_frame: int
+    code: CodeRegistry
 
     def on_node_ready(self, link: NodeLink) -> None:
         """The node said hello and is configured: it can take tasks."""
@@ -117,6 +119,7 @@ class NodeLink:
         self.capacity = 0
         self.inflight: dict[int, TaskRecord] = {}
         self.sent_functions: set[int] = set()
+        self.code = LinkCode()  # the user's code packs offered to this node
         self.last_heard = 0.0
         self.last_sent = 0.0
         self.ready = False
@@ -226,7 +229,7 @@ class NodeLink:
     async def _session(self) -> None:
         self.conn = p.Connection(p.CLIENT, self.scheduler.max_data_frame)
         self.went_silent = False
-        self.sent_functions = set()
+        self.sent_functions, self.code = set(), LinkCode()
         self.channel = await self._start_channel()
         try:
             if self.closing:
@@ -404,6 +407,11 @@ class NodeLink:
             self._on_load(message)
         elif isinstance(message, p.NodeFailure):
             raise NodeLost(self.host, f"node gave up: {message.message}")
+        elif isinstance(message, p.CodeNeed):
+            code = self.code.answer(message, self.scheduler.code, self.host)
+            if code is None:
+                raise NodeLost(self.host, f"node asked for unknown code {message.digest[:12]}")
+            self._send(code)
 
     def _on_load(self, load: p.Load) -> None:
         self.info.loadavg = load.loadavg
@@ -462,6 +470,8 @@ class NodeLink:
     def send_tasks(self, records: list[TaskRecord], functions: dict[int, bytes]) -> None:
         """Send a batch of tasks, preceded by any function this node has not seen."""
         now = time.monotonic()
+        for offer in self.code.offers(self.scheduler.code):  # before tasks that need it
+            self._send(offer)
         for record in records:
             if record.fn_id not in self.sent_functions:
                 self._send(p.Function(record.fn_id, functions[record.fn_id]))

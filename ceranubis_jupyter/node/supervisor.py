@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from ..errors import RemoteProtocolError
 from ..wire import protocol as p
 from . import hostinfo, pool, worker
+from .code import CodeCache, CodeError
 from .outbox import Outbox, grow_pipe
 from .pool import WorkerState
 from .relay import Relay
@@ -82,6 +83,7 @@ class Supervisor:
         self.next_load = 0.0
         self.cpu = hostinfo.CpuMeter()
         self.running = True
+        self.code = CodeCache(self._send, self._tell_workers)
 
     # ------------------------------------------------------------------ main loop
 
@@ -170,6 +172,23 @@ class Supervisor:
             self._cancel(set(message.task_ids))
         elif isinstance(message, p.Shutdown):
             self.running = False
+        elif isinstance(message, (p.CodeOffer, p.Code)):
+            self._on_code(message)
+
+    def _on_code(self, message: p.CodeOffer | p.Code) -> None:
+        """The user's code (node/code.py); tasks wait while a pack is on its way."""
+        try:
+            if isinstance(message, p.CodeOffer):
+                self.code.on_offer(message)
+            else:
+                self.code.on_code(message)
+        except CodeError as error:
+            self._fail(str(error))
+
+    def _tell_workers(self, message: p.Message) -> None:
+        for state in self.workers.values():  # no relay runs: a frame came in whole
+            state.outbox.add(p.encode(message))
+            state.outbox.flush()
 
     def _configure(self, message: p.Configure) -> None:
         self.n_workers = message.workers if message.workers > 0 else hostinfo.cores()
@@ -201,6 +220,8 @@ class Supervisor:
         """The worker for a relayed task of ``fn_id``: an idle one, the function shipped."""
         if not self.cut_through or fn_id not in self.functions or self.queue:
             return None  # the usual way: queued once complete, dispatched in turn
+        if self.code.waiting:
+            return None  # a code pack is on its way: tasks wait for it
         self._catch_up_all()  # a worker whose results went straight to the client is idle
         idle = [w for w in self.workers.values() if not w.tasks]
         if not idle:
@@ -227,8 +248,8 @@ class Supervisor:
 
     def _dispatch(self) -> None:
         """Hand queued tasks to workers with room, least loaded first, a batch each."""
-        if not self.queue or not self.workers:
-            return
+        if not self.queue or not self.workers or self.code.waiting:
+            return  # (a code pack on its way: its tasks must not run without it)
         self._want_news(True)  # before catching up: a delivery from now on is told
         self._catch_up_all()
         limit = self._prefetch()

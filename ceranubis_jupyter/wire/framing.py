@@ -20,6 +20,7 @@ from typing import Any
 
 from ..errors import LocalProtocolError, RemoteProtocolError
 from .messages import (
+    CODE_KIND,
     CODECS,
     COUNT,
     DATA_KINDS,
@@ -41,6 +42,8 @@ from .messages import (
     TASKS_KIND,
     Buffer,
     Cancel,
+    Code,
+    CodeOffer,
     Function,
     Message,
     Result,
@@ -240,6 +243,11 @@ def encode(message: Message, max_data_frame: int = MAX_DATA_FRAME) -> list[Buffe
         chunks.small += FN_HEAD.pack(message.fn_id)
         chunks.add_buffer(message.blob)
         return chunks.frame(kind)
+    if isinstance(message, Code):
+        chunks = _FrameBody()
+        chunks.add_buffer(message.digest.encode("ascii"))
+        chunks.add_buffer(message.blob)
+        return chunks.frame(kind)
     if isinstance(message, Tasks):
         return _split_frames(message.tasks, _encode_tasks, kind, max_data_frame)
     if isinstance(message, Results):
@@ -267,6 +275,8 @@ def _json_fields(message: Message) -> dict[str, Any]:
     fields = dict(message.__dict__)
     if isinstance(message, Cancel):
         fields["task_ids"] = list(message.task_ids)
+    elif isinstance(message, CodeOffer):
+        fields["names"] = list(message.names)
     return fields
 
 
@@ -389,6 +399,10 @@ def _decode_json(cls: type, body: bytes) -> Message:
         if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
             raise RemoteProtocolError("Cancel.task_ids must be integers")
         fields["task_ids"] = tuple(ids)
+    elif cls is CodeOffer:
+        if not all(isinstance(name, str) for name in fields["names"]):
+            raise RemoteProtocolError("CodeOffer.names must be strings")
+        fields["names"] = tuple(fields["names"])
     message: Message = cls(**fields)
     return message
 
@@ -439,6 +453,10 @@ def _decode_function(reader: _Reader) -> Function:
     return Function(fn_id, reader.buffer())
 
 
+def _decode_code(reader: _Reader) -> Code:
+    return Code(str(reader.buffer(), "ascii"), reader.buffer())
+
+
 def _decode_tasks(reader: _Reader) -> Tasks:
     tasks = []
     for _ in range(reader.count()):
@@ -475,4 +493,5 @@ _BINARY_DECODERS: dict[int, Callable[[_Reader], Message]] = {
     FUNCTION_KIND: _decode_function,
     TASKS_KIND: _decode_tasks,
     RESULTS_KIND: _decode_results,
+    CODE_KIND: _decode_code,
 }

@@ -172,6 +172,34 @@ class NodeFailure:
     message: str
 
 
+# ---- User code that travels with the work (protocol 5; see node/code.py, cluster/modules.py)
+
+
+@dataclass(frozen=True)
+class CodeOffer:
+    """Client → node (and node → worker): the user's module or package ``names`` are in the
+    code pack ``digest``; use it if cached, else answer :class:`CodeNeed`. Tasks wait
+    meanwhile."""
+
+    digest: str
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class CodeNeed:
+    """Node → client: send the code pack ``digest`` (it is not in the host's cache)."""
+
+    digest: str
+
+
+@dataclass(frozen=True)
+class Code:
+    """Client → node: a code pack, a zip of source files named by their tree digest."""
+
+    digest: str
+    blob: Buffer
+
+
 Message = (
     Hello
     | Configure
@@ -183,6 +211,9 @@ Message = (
     | Cancel
     | Shutdown
     | NodeFailure
+    | CodeOffer
+    | CodeNeed
+    | Code
 )
 
 # The ``kind`` byte of a frame's header.
@@ -194,9 +225,16 @@ JSON_KINDS: dict[int, type] = {
     8: Cancel,
     9: Shutdown,
     10: NodeFailure,
+    11: CodeOffer,
+    12: CodeNeed,
 }
-FUNCTION_KIND, TASKS_KIND, RESULTS_KIND = 3, 4, 5
-DATA_KINDS: dict[int, type] = {FUNCTION_KIND: Function, TASKS_KIND: Tasks, RESULTS_KIND: Results}
+FUNCTION_KIND, TASKS_KIND, RESULTS_KIND, CODE_KIND = 3, 4, 5, 13
+DATA_KINDS: dict[int, type] = {
+    FUNCTION_KIND: Function,
+    TASKS_KIND: Tasks,
+    RESULTS_KIND: Results,
+    CODE_KIND: Code,
+}
 KIND_OF: dict[type, int] = {cls: kind for kind, cls in (*JSON_KINDS.items(), *DATA_KINDS.items())}
 
 # Binary bodies. A Tasks or Results body starts with its COUNT of entries; a buffer is its
@@ -240,4 +278,6 @@ JSON_TYPES: dict[type, dict[str, tuple[type, ...]]] = {
     Cancel: {"task_ids": (list,)},
     Shutdown: {},
     NodeFailure: {"message": (str,)},
+    CodeOffer: {"digest": (str,), "names": (list,)},
+    CodeNeed: {"digest": (str,)},
 }
