@@ -43,8 +43,9 @@ from .bootstrap import build_bundle
 # Bytes of source one pack may hold: a package under development is a few MB at most; a
 # larger tree is more likely a data directory by mistake (use files= for data).
 MAX_PACK_BYTES = 64 << 20
-# While tasks are in flight, a module's files are looked at (stat) at most this often; the
-# first submit after the executor was idle always looks, so edit-and-rerun just works.
+# A pack's whole tree is looked at (stat) at most this often on submit; in between, the
+# first submit after the executor was idle looks at the files of the pack's modules the
+# client has loaded (one stat for a module), so edit-and-rerun just works.
 RECHECK_SECONDS = 1.0
 # Top-level names that never travel: the node brings its own (the bundle), and a script's
 # ``__main__`` travels by value.
@@ -69,6 +70,18 @@ class CodePack:
     digest: str
     data: bytes
     signature: tuple[tuple[str, int, int], ...]  # (path, size, mtime_ns) of each file
+    watched: tuple[tuple[str, int, int], ...] = ()  # those of the modules the client loaded
+
+    def loaded_changed(self) -> bool:
+        """Whether a file of a module the client had loaded changed since (cheap)."""
+        for path, size, mtime in self.watched:
+            try:
+                info = os.stat(path)
+            except OSError:
+                return True
+            if (info.st_size, info.st_mtime_ns) != (size, mtime):
+                return True
+        return False
 
 
 @dataclass
@@ -189,9 +202,18 @@ class ModuleShipper:
         if not names and not self._explicit:
             return
         now = time.monotonic()
-        if now - self._checked >= RECHECK_SECONDS or self._idle():
+        if now - self._checked >= RECHECK_SECONDS:
             self._checked = now
             self._refresh(names)
+        elif self._idle() and self._loaded_changed(names):
+            self._refresh(names)
+
+    def _loaded_changed(self, names: tuple[str, ...]) -> bool:
+        for name in (*self._explicit, *names):
+            pack = self._packs.get(name)
+            if pack is None or pack.loaded_changed():
+                return True
+        return False
 
     def ship_missing(self, name: str) -> bool:
         """A worker could not import ``name``: publish its pack if the client has it as
@@ -315,7 +337,21 @@ def make_pack(name: str, *, explicit: bool = False) -> CodePack | None:
         return None
     files, signature = _read_tree(name, root)
     bundle = build_bundle(files)
-    return CodePack(name, bundle.digest, bundle.data, signature)
+    loaded = {_real(m.__file__) for m in _loaded(name) if isinstance(m.__file__, str)}
+    watched = tuple(entry for entry in signature if _real(entry[0]) in loaded)
+    return CodePack(name, bundle.digest, bundle.data, signature, watched)
+
+
+def _loaded(top: str) -> list[types.ModuleType]:
+    return [
+        module
+        for name, module in list(sys.modules.items())
+        if name.partition(".")[0] == top and getattr(module, "__file__", None)
+    ]
+
+
+def _real(path: str) -> str:
+    return os.path.realpath(path)
 
 
 def _pack_root(name: str, explicit: bool) -> str | None:

@@ -24,6 +24,8 @@ from .messages import (
     CODECS,
     COUNT,
     DATA_KINDS,
+    FILE_HEAD,
+    FILE_KIND,
     FN_HEAD,
     FUNCTION_KIND,
     HEADER,
@@ -37,6 +39,7 @@ from .messages import (
     RESULT_HEAD,
     RESULTS_KIND,
     STATUSES,
+    SYNC_OPS,
     TASK_FIXED,
     TASK_KINDS,
     TASKS_KIND,
@@ -44,6 +47,7 @@ from .messages import (
     Cancel,
     Code,
     CodeOffer,
+    FileSync,
     Function,
     Message,
     Result,
@@ -247,6 +251,11 @@ def encode(message: Message, max_data_frame: int = MAX_DATA_FRAME) -> list[Buffe
         chunks = _FrameBody()
         chunks.add_buffer(message.digest.encode("ascii"))
         chunks.add_buffer(message.blob)
+        return chunks.frame(kind)
+    if isinstance(message, FileSync):
+        chunks = _FrameBody()
+        chunks.small += FILE_HEAD.pack(message.op, message.sync_id, message.index, message.offset)
+        chunks.add_buffer(message.data)
         return chunks.frame(kind)
     if isinstance(message, Tasks):
         return _split_frames(message.tasks, _encode_tasks, kind, max_data_frame)
@@ -457,6 +466,12 @@ def _decode_code(reader: _Reader) -> Code:
     return Code(str(reader.buffer(), "ascii"), reader.buffer())
 
 
+def _decode_file(reader: _Reader) -> FileSync:
+    op, sync_id, index, offset = reader.unpack(FILE_HEAD)
+    _check_choice("file operation", op, SYNC_OPS)
+    return FileSync(op, sync_id, index, offset, reader.buffer())
+
+
 def _decode_tasks(reader: _Reader) -> Tasks:
     tasks = []
     for _ in range(reader.count()):
@@ -494,4 +509,5 @@ _BINARY_DECODERS: dict[int, Callable[[_Reader], Message]] = {
     TASKS_KIND: _decode_tasks,
     RESULTS_KIND: _decode_results,
     CODE_KIND: _decode_code,
+    FILE_KIND: _decode_file,
 }

@@ -37,6 +37,7 @@ from .messages import (
     CodeNeed,
     CodeOffer,
     Configure,
+    FileSync,
     Function,
     Heartbeat,
     Hello,
@@ -69,7 +70,8 @@ from .messages import Buffer as Buffer
 # Hello and Configure carry it; the handshake refuses a peer that speaks another.
 # 3: Configure carries the data-frame cap.
 # 4: OUTPUT results stream what a running task prints.
-# 5: CodeOffer / CodeNeed / Code: the user's modules travel to the node.
+# 5: CodeOffer / CodeNeed / Code: the user's modules travel to the node; FileSync: data
+#    files travel both ways.
 PROTOCOL_VERSION = 5
 
 CLIENT = "client"
@@ -81,9 +83,18 @@ _CLOSED = "closed"
 # (role, state) -> message types that role may *receive* in that state.
 _RECEIVABLE: dict[tuple[str, str], tuple[type, ...]] = {
     (CLIENT, _HANDSHAKE): (Hello, NodeFailure),
-    (CLIENT, _RUNNING): (Results, Heartbeat, Load, NodeFailure, CodeNeed),
+    (CLIENT, _RUNNING): (Results, Heartbeat, Load, NodeFailure, CodeNeed, FileSync),
     (NODE, _HANDSHAKE): (Configure, Shutdown),
-    (NODE, _RUNNING): (Function, Tasks, Heartbeat, Cancel, Shutdown, CodeOffer, Code),
+    (NODE, _RUNNING): (
+        Function,
+        Tasks,
+        Heartbeat,
+        Cancel,
+        Shutdown,
+        CodeOffer,
+        Code,
+        FileSync,
+    ),
 }
 _PEER = {CLIENT: NODE, NODE: CLIENT}
 # The message that moves each side from handshake to running.
@@ -188,6 +199,7 @@ __all__ = [
     "CodeOffer",
     "Configure",
     "Connection",
+    "FileSync",
     "FrameDecoder",
     "Function",
     "Heartbeat",
