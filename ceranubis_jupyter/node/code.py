@@ -110,7 +110,7 @@ def install(digest: str, blob: p.Buffer) -> None:
     base = cache_root()
     mask = os.umask(0o077)
     try:
-        _private_dir(base)
+        private_dir(base)
         tmp = tempfile.mkdtemp(prefix=".tmp-", dir=base)
         try:
             _unpack(blob, tmp, digest)
@@ -124,7 +124,7 @@ def install(digest: str, blob: p.Buffer) -> None:
         os.umask(mask)
 
 
-def _private_dir(path: str) -> None:
+def private_dir(path: str) -> None:
     """Make ``path`` (0700); refuse it if another account owns it."""
     os.makedirs(path, 0o700, exist_ok=True)
     info = os.lstat(path)
@@ -192,6 +192,13 @@ class CodeCache:
         self._tell_workers = tell_workers
         self.waiting: dict[str, tuple[str, ...]] = {}  # digest -> names, asked of the client
         self._active: dict[str, str] = {}
+
+    def on_message(self, message: p.CodeOffer | p.Code) -> None:
+        """An offer or a pack from the client (raises :class:`CodeError` on failure)."""
+        if isinstance(message, p.CodeOffer):
+            self.on_offer(message)
+        else:
+            self.on_code(message)
 
     def on_offer(self, offer: p.CodeOffer) -> None:
         """Use the pack if this host has it; else ask the client for it."""

@@ -33,6 +33,7 @@ from ..errors import RemoteProtocolError
 from ..wire import protocol as p
 from . import hostinfo, pool, worker
 from .code import CodeCache, CodeError
+from .files import FileStore
 from .outbox import Outbox, grow_pipe
 from .pool import WorkerState
 from .relay import Relay
@@ -84,6 +85,7 @@ class Supervisor:
         self.cpu = hostinfo.CpuMeter()
         self.running = True
         self.code = CodeCache(self._send, self._tell_workers)
+        self.files = FileStore(self._send, self._tell_workers)
 
     # ------------------------------------------------------------------ main loop
 
@@ -116,6 +118,8 @@ class Supervisor:
             return
         self._dispatch()
         self._flush_results()
+        if self.files.fetching:
+            self.files.pump(lambda: not self.out)  # a file going back, as the pipe takes it
         self._on_clock()
 
     def _select_timeout(self) -> float:
@@ -172,18 +176,13 @@ class Supervisor:
             self._cancel(set(message.task_ids))
         elif isinstance(message, p.Shutdown):
             self.running = False
+        elif isinstance(message, p.FileSync):
+            self.files.on_message(message)  # data files (node/files.py)
         elif isinstance(message, (p.CodeOffer, p.Code)):
-            self._on_code(message)
-
-    def _on_code(self, message: p.CodeOffer | p.Code) -> None:
-        """The user's code (node/code.py); tasks wait while a pack is on its way."""
-        try:
-            if isinstance(message, p.CodeOffer):
-                self.code.on_offer(message)
-            else:
-                self.code.on_code(message)
-        except CodeError as error:
-            self._fail(str(error))
+            try:
+                self.code.on_message(message)  # the user's modules (node/code.py)
+            except CodeError as error:
+                self._fail(str(error))
 
     def _tell_workers(self, message: p.Message) -> None:
         for state in self.workers.values():  # no relay runs: a frame came in whole
@@ -220,8 +219,8 @@ class Supervisor:
         """The worker for a relayed task of ``fn_id``: an idle one, the function shipped."""
         if not self.cut_through or fn_id not in self.functions or self.queue:
             return None  # the usual way: queued once complete, dispatched in turn
-        if self.code.waiting:
-            return None  # a code pack is on its way: tasks wait for it
+        if self.code.waiting or self.files.busy:
+            return None  # a code pack or a data sync is on its way: tasks wait for it
         self._catch_up_all()  # a worker whose results went straight to the client is idle
         idle = [w for w in self.workers.values() if not w.tasks]
         if not idle:
@@ -248,8 +247,8 @@ class Supervisor:
 
     def _dispatch(self) -> None:
         """Hand queued tasks to workers with room, least loaded first, a batch each."""
-        if not self.queue or not self.workers or self.code.waiting:
-            return  # (a code pack on its way: its tasks must not run without it)
+        if not self.queue or not self.workers or self.code.waiting or self.files.busy:
+            return  # (a code pack or data on its way: tasks must not run without it)
         self._want_news(True)  # before catching up: a delivery from now on is told
         self._catch_up_all()
         limit = self._prefetch()

@@ -32,6 +32,7 @@ from ..wire.framing import READ_SIZE
 from ..wire.iov import write_all
 from ..wire.serialize import RemoteException, describe_failure, dumps, loads, loads_function
 from .code import activate
+from .files import worker_chdir
 from .output import Streamer, TaskOutput
 
 # How often the fallback watchdog checks that the supervisor still lives.
@@ -299,6 +300,8 @@ def _handle(
         functions.load(message.fn_id, message.blob)
     elif isinstance(message, p.CodeOffer):
         functions.use_code(message)
+    elif isinstance(message, p.FileSync):
+        worker_chdir(message)
     elif isinstance(message, p.Tasks):
         last = len(message.tasks) - 1
         for index, task in enumerate(message.tasks):
