@@ -30,10 +30,10 @@ from .functions import FunctionIds
 from .hosts import Host, HostSpec, as_host
 from .link import SILENCE_TIMEOUT, HostInfo
 from .mapping import MapSlot, MapWaiter, results_in_order
-from .modules import ModuleShipper, auto_default
 from .reach import transports_for
 from .scheduler import Scheduler
 from .tasks import DEFAULT_RETRIES, ResultSlot, TaskRecord
+from .travel import Travel
 
 T = TypeVar("T")
 # Bytes of a frame that are not the task's arguments (header, ids, options): a task whose
@@ -85,7 +85,7 @@ def _check_number(name: str, value: object) -> None:
         raise ConfigTypeError(f"{name} must be a number of seconds, got {value!r}")
 
 
-class NodeExecutor(Executor):
+class NodeExecutor(Travel, Executor):
     """Runs calls on every core of local and remote hosts (the public
     :class:`~ceranubis_jupyter.CeranubisExecutor` adds projects to it).
 
@@ -106,6 +106,9 @@ class NodeExecutor(Executor):
             is imported there from it, user code or not (:mod:`~.modules`).
         auto_modules: also send the user's own modules that submitted functions refer to
             (default: on, unless ``$CERANUBIS_AUTO_MODULES`` is ``0``).
+        files: data files and directories, relative to the working directory, that every
+            remote host gets a copy of (synced by content) and runs tasks in; see
+            :meth:`sync` and :meth:`fetch`. Local nodes use the originals.
 
     Raises:
         ConfigError: ``max_workers`` is not greater than 0 (a ``ValueError``, as
@@ -129,6 +132,7 @@ class NodeExecutor(Executor):
         max_data_frame: int | None = None,
         modules: Sequence[str | ModuleType] = (),
         auto_modules: bool | None = None,
+        files: Sequence[str] = (),
     ) -> None:
         if max_workers is not None:
             _check_int("max_workers", max_workers)
@@ -147,9 +151,7 @@ class NodeExecutor(Executor):
             max_data_frame=data_frame_cap(max_data_frame),
         )
         self._functions = FunctionIds(self._scheduler.add_function_threadsafe)
-        self._code = ModuleShipper(
-            self._scheduler.code, modules, auto=auto_default(auto_modules), idle=self._idle
-        )
+        self._init_travel(modules, auto_modules, files)
         # Each submit() future's task id, for cancel() and task_id_of(). Weak keys: the
         # values are ints, so a dropped future takes nothing of its task with it.
         self._task_ids: weakref.WeakKeyDictionary[Future[Any], int] = weakref.WeakKeyDictionary()
@@ -394,18 +396,6 @@ class NodeExecutor(Executor):
         fn_id = self._functions.id_of(fn)
         self._code.before_submit(fn_id, self._scheduler.functions.get(fn_id))
         return fn_id
-
-    def _idle(self) -> bool:
-        return self._scheduler.outstanding == 0
-
-    def add_modules(self, modules: Sequence[str | ModuleType]) -> None:
-        """Send these modules' source to every host from now on (as ``modules=``)."""
-        self._code.add(modules)
-
-    @property
-    def code_bytes_sent(self) -> int:
-        """Bytes of the user's source sent to hosts so far (0 when their caches had it)."""
-        return self._scheduler.code.bytes_sent
 
     def _map(
         self,

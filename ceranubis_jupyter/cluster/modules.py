@@ -4,7 +4,7 @@
 
     kernel thread (submit)                        loop thread (NodeLink)
     ──────────────────────                        ──────────────────────
-    ModuleShipper.before_submit(fn_id, blob)      LinkCode.offers(): CodeOffer(SHA, names)
+    ModuleShipper.before_submit(fn_id, blob)      LinkCode.offers(): CodeOffer(SHA, name)
       names the function's pickle refers to  ─►     for each pack this node was not offered,
       (+ modules=[...]) that are user code          before the next tasks
       → CodePack per top-level name, rebuilt      LinkCode.answer(CodeNeed): Code(SHA, zip),
@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, NodeLost
 from ..wire import protocol as p
 from .bootstrap import build_bundle
 
@@ -143,13 +143,13 @@ class LinkCode:
         self.version = registry.version
         fresh = [pack for pack in registry.packs if pack.digest not in self.offered]
         self.offered.update((pack.digest, pack) for pack in fresh)
-        return [p.CodeOffer(pack.digest, (pack.name,)) for pack in fresh]
+        return [p.CodeOffer(pack.digest, pack.name) for pack in fresh]
 
-    def answer(self, need: p.CodeNeed, registry: CodeRegistry, host: str) -> p.Code | None:
-        """The pack a node asked for (``None`` if it was never offered to it)."""
+    def answer(self, need: p.CodeNeed, registry: CodeRegistry, host: str) -> p.Code:
+        """The pack a node asked for (:class:`NodeLost` if it was never offered to it)."""
         pack = self.offered.get(need.digest)
         if pack is None:
-            return None
+            raise NodeLost(host, f"the node asked for code pack {need.digest[:12]}, never offered")
         registry.count_sent(host, len(pack.data))
         return p.Code(pack.digest, pack.data)
 

@@ -54,6 +54,7 @@ from ..wire import protocol as p
 from ..wire.serialize import loads
 from .echo import echo_output
 from .fastpaths import ALL_ON, FastPaths
+from .filesync import FileRegistry
 from .link import SILENCE_TIMEOUT, HostInfo, NodeLink
 from .loopthread import LoopThread
 from .modules import CodeRegistry
@@ -95,6 +96,7 @@ class Scheduler:
         self.incoming: collections.deque[TaskRecord] = collections.deque()
         self.functions: dict[int, bytes] = {}
         self.code = CodeRegistry()  # the user's modules that travel (modules.py)
+        self.files = FileRegistry()  # the data files that travel (filesync.py)
         # Replaced whole (copy on write) under the lock, so the loop reads it without one.
         self.listeners: list[TaskListener] = []
         self._listeners_lock = threading.Lock()

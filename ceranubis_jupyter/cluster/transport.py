@@ -184,6 +184,8 @@ def _new_machine_id(path: Path) -> str:
 class LocalTransport(Transport):
     """The embedded default: a node as a subprocess of the client, over pipes."""
 
+    shares_files = True  # runs in the client's own working directory: no data copy
+
     def __init__(self, workers: int | None = None, host: str = "local") -> None:
         self.host = host
         self.workers = workers

@@ -3,7 +3,7 @@
 ::
 
     client                         supervisor                         worker
-    CodeOffer(SHA, names) ──────►  cached and verified? ── yes ─►  CodeOffer: evict names
+    CodeOffer(SHA, name) ───────►  cached and verified? ── yes ─►  CodeOffer: evict name
                           ◄──────  no: CodeNeed(SHA), tasks wait      from sys.modules, put
     Code(SHA, zip) ─────────────►  unpack (0700), check SHA,          the pack first on
                                    rename into place ───────────►    sys.path, reload functions
@@ -14,7 +14,7 @@ its files, as the node bundle is (``cluster.bootstrap.tree_digest``). It lives i
 ``$XDG_CACHE_HOME/ceranubis/code/<digest>`` (``~/.cache`` by default), so a host keeps every
 version it has seen and a pack crosses the network once per host and version. A cached pack
 is used only if the directory is this account's, 0700, and its files still hash to its name;
-otherwise it is unpacked afresh. A newer pack of the same names replaces the older one on
+otherwise it is unpacked afresh. A newer pack of the same name replaces the older one on
 ``sys.path`` and drops those modules from ``sys.modules``: an edited module runs its new
 code on the next task.
 
@@ -32,7 +32,7 @@ import stat
 import sys
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from ..wire import protocol as p
 
@@ -156,20 +156,19 @@ def _replace(tmp: str, path: str) -> None:
     os.rename(tmp, path)
 
 
-def activate(digest: str, names: Iterable[str], active: dict[str, str]) -> None:
-    """Put the pack first on ``sys.path`` in place of older packs of the same ``names``,
-    and forget those modules, so the next import loads the pack's code.
+def activate(digest: str, name: str, active: dict[str, str]) -> None:
+    """Put the pack first on ``sys.path`` in place of an older pack of module ``name``,
+    and forget that module, so the next import loads the pack's code.
 
     ``active`` maps each name to the directory of its pack in use (kept by the caller).
     """
     path = pack_dir(digest)
-    for name in names:
-        old = active.get(name)
-        if old is not None and old != path and old in sys.path:
-            sys.path.remove(old)
-        active[name] = path
-        for loaded in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
-            del sys.modules[loaded]
+    old = active.get(name)
+    if old is not None and old != path and old in sys.path:
+        sys.path.remove(old)
+    active[name] = path
+    for loaded in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
+        del sys.modules[loaded]
     if path in sys.path:
         sys.path.remove(path)
     sys.path.insert(0, path)
@@ -190,7 +189,7 @@ class CodeCache:
     ) -> None:
         self._send = send
         self._tell_workers = tell_workers
-        self.waiting: dict[str, tuple[str, ...]] = {}  # digest -> names, asked of the client
+        self.waiting: dict[str, str] = {}  # digest -> module name, asked of the client
         self._active: dict[str, str] = {}
 
     def on_message(self, message: p.CodeOffer | p.Code) -> None:
@@ -203,20 +202,20 @@ class CodeCache:
     def on_offer(self, offer: p.CodeOffer) -> None:
         """Use the pack if this host has it; else ask the client for it."""
         if is_cached(offer.digest):
-            self._use(offer.digest, offer.names)
+            self._use(offer.digest, offer.name)
         elif offer.digest not in self.waiting:
-            self.waiting[offer.digest] = offer.names
+            self.waiting[offer.digest] = offer.name
             self._send(p.CodeNeed(offer.digest))
 
     def on_code(self, code: p.Code) -> None:
         """Store a pack the client sent (raises :class:`CodeError` if it cannot)."""
-        names = self.waiting.get(code.digest)
-        if names is None:
+        name = self.waiting.get(code.digest)
+        if name is None:
             raise CodeError(f"the client sent code pack {code.digest[:12]} unasked")
         install(code.digest, code.blob)
         del self.waiting[code.digest]
-        self._use(code.digest, names)
+        self._use(code.digest, name)
 
-    def _use(self, digest: str, names: tuple[str, ...]) -> None:
-        activate(digest, names, self._active)  # workers forked later inherit sys.path
-        self._tell_workers(p.CodeOffer(digest, names))
+    def _use(self, digest: str, name: str) -> None:
+        activate(digest, name, self._active)  # workers forked later inherit sys.path
+        self._tell_workers(p.CodeOffer(digest, name))

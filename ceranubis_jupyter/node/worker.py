@@ -284,7 +284,7 @@ class _Functions(dict[int, "Callable[..., Any] | str"]):
         self[fn_id] = _load_function(blob)
 
     def use_code(self, offer: p.CodeOffer) -> None:
-        activate(offer.digest, offer.names, self.active_code)
+        activate(offer.digest, offer.name, self.active_code)
         for fn_id, blob in self.blobs.items():
             self[fn_id] = _load_function(blob)
 

@@ -19,15 +19,11 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ..errors import LocalProtocolError, RemoteProtocolError
+from . import messages as m
 from .messages import (
-    CODE_KIND,
     CODECS,
     COUNT,
     DATA_KINDS,
-    FILE_HEAD,
-    FILE_KIND,
-    FN_HEAD,
-    FUNCTION_KIND,
     HEADER,
     JSON_KINDS,
     JSON_TYPES,
@@ -39,15 +35,11 @@ from .messages import (
     RESULT_HEAD,
     RESULTS_KIND,
     STATUSES,
-    SYNC_OPS,
     TASK_FIXED,
     TASK_KINDS,
     TASKS_KIND,
     Buffer,
     Cancel,
-    Code,
-    CodeOffer,
-    FileSync,
     Function,
     Message,
     Result,
@@ -244,18 +236,18 @@ def encode(message: Message, max_data_frame: int = MAX_DATA_FRAME) -> list[Buffe
         raise LocalProtocolError(f"not a protocol message: {message!r}")
     if isinstance(message, Function):
         chunks = _FrameBody()
-        chunks.small += FN_HEAD.pack(message.fn_id)
+        chunks.small += m.FN_HEAD.pack(message.fn_id)
         chunks.add_buffer(message.blob)
         return chunks.frame(kind)
-    if isinstance(message, Code):
+    if isinstance(message, (m.Code, m.FileSync)):  # a head, then the data as a buffer
         chunks = _FrameBody()
-        chunks.add_buffer(message.digest.encode("ascii"))
-        chunks.add_buffer(message.blob)
-        return chunks.frame(kind)
-    if isinstance(message, FileSync):
-        chunks = _FrameBody()
-        chunks.small += FILE_HEAD.pack(message.op, message.sync_id, message.index, message.offset)
-        chunks.add_buffer(message.data)
+        if isinstance(message, m.Code):
+            chunks.add_buffer(message.digest.encode("ascii"))
+        else:
+            chunks.small += m.FILE_HEAD.pack(
+                message.op, message.sync_id, message.index, message.offset
+            )
+        chunks.add_buffer(message.blob if isinstance(message, m.Code) else message.data)
         return chunks.frame(kind)
     if isinstance(message, Tasks):
         return _split_frames(message.tasks, _encode_tasks, kind, max_data_frame)
@@ -284,8 +276,6 @@ def _json_fields(message: Message) -> dict[str, Any]:
     fields = dict(message.__dict__)
     if isinstance(message, Cancel):
         fields["task_ids"] = list(message.task_ids)
-    elif isinstance(message, CodeOffer):
-        fields["names"] = list(message.names)
     return fields
 
 
@@ -408,10 +398,6 @@ def _decode_json(cls: type, body: bytes) -> Message:
         if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
             raise RemoteProtocolError("Cancel.task_ids must be integers")
         fields["task_ids"] = tuple(ids)
-    elif cls is CodeOffer:
-        if not all(isinstance(name, str) for name in fields["names"]):
-            raise RemoteProtocolError("CodeOffer.names must be strings")
-        fields["names"] = tuple(fields["names"])
     message: Message = cls(**fields)
     return message
 
@@ -458,18 +444,18 @@ class _Reader:
 
 
 def _decode_function(reader: _Reader) -> Function:
-    (fn_id,) = reader.unpack(FN_HEAD)
+    (fn_id,) = reader.unpack(m.FN_HEAD)
     return Function(fn_id, reader.buffer())
 
 
-def _decode_code(reader: _Reader) -> Code:
-    return Code(str(reader.buffer(), "ascii"), reader.buffer())
+def _decode_code(reader: _Reader) -> m.Code:
+    return m.Code(str(reader.buffer(), "ascii"), reader.buffer())
 
 
-def _decode_file(reader: _Reader) -> FileSync:
-    op, sync_id, index, offset = reader.unpack(FILE_HEAD)
-    _check_choice("file operation", op, SYNC_OPS)
-    return FileSync(op, sync_id, index, offset, reader.buffer())
+def _decode_file(reader: _Reader) -> m.FileSync:
+    op, sync_id, index, offset = reader.unpack(m.FILE_HEAD)
+    _check_choice("file operation", op, m.SYNC_OPS)
+    return m.FileSync(op, sync_id, index, offset, reader.buffer())
 
 
 def _decode_tasks(reader: _Reader) -> Tasks:
@@ -505,9 +491,9 @@ def _check_choice(what: str, value: int, choices: Iterable[int]) -> None:
 
 
 _BINARY_DECODERS: dict[int, Callable[[_Reader], Message]] = {
-    FUNCTION_KIND: _decode_function,
+    m.FUNCTION_KIND: _decode_function,
     TASKS_KIND: _decode_tasks,
     RESULTS_KIND: _decode_results,
-    CODE_KIND: _decode_code,
-    FILE_KIND: _decode_file,
+    m.CODE_KIND: _decode_code,
+    m.FILE_KIND: _decode_file,
 }

@@ -177,12 +177,12 @@ class NodeFailure:
 
 @dataclass(frozen=True)
 class CodeOffer:
-    """Client → node (and node → worker): the user's module or package ``names`` are in the
-    code pack ``digest``; use it if cached, else answer :class:`CodeNeed`. Tasks wait
-    meanwhile."""
+    """Client → node (and node → worker): the user's top-level module or package ``name``
+    is in the code pack ``digest``; use it if cached, else answer :class:`CodeNeed`. Tasks
+    wait meanwhile."""
 
     digest: str
-    names: tuple[str, ...]
+    name: str
 
 
 @dataclass(frozen=True)
@@ -306,6 +306,6 @@ JSON_TYPES: dict[type, dict[str, tuple[type, ...]]] = {
     Cancel: {"task_ids": (list,)},
     Shutdown: {},
     NodeFailure: {"message": (str,)},
-    CodeOffer: {"digest": (str,), "names": (list,)},
+    CodeOffer: {"digest": (str,), "name": (str,)},
     CodeNeed: {"digest": (str,)},
 }
