@@ -44,8 +44,13 @@ class Travel:
         self._files: list[str] = list(files)
         self._fetch_tags = iter(range(1, 1 << 62))
         self._tag_lock = threading.Lock()
-        if self._files:  # checked now (a missing path fails here); sent before the tasks
+        if not self._files:
+            return
+        try:  # checked now (a missing path fails here); sent before the first tasks
             scheduler.files.publish(build_manifest(self._files, self._hashes))
+        except BaseException:
+            scheduler.close_threadsafe()  # no executor is returned: its nodes must go
+            raise
 
     def add_modules(self, modules: Sequence[str | ModuleType]) -> None:
         """Send these modules' source to every host from now on (as ``modules=``)."""
