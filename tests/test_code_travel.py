@@ -17,13 +17,14 @@ import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
 from ceranubis_jupyter import CeranubisExecutor
 from ceranubis_jupyter.cluster.hosts import Host
 from ceranubis_jupyter.errors import UnpicklableError
-from tests.fixtures_ssh import TEST_PYTHON, SSHHome
+from tests.fixtures_ssh import OPENSSH_ALIAS, TEST_PYTHON, SSHHome
 from tests.remote import by_value
 from tests.test_ssh_netns import NetnsHost, netns_hosts  # noqa: F401  (the fixture)
 
@@ -184,3 +185,27 @@ def test_a_local_node_imports_through_pythonpath_and_pth_files_and_their_hooks(
 
 def _worktree() -> str:
     return str(Path(__file__).resolve().parent.parent)
+
+
+def test_the_cell_magic_sends_modules_and_files(
+    ipshell: Any,
+    openssh_server: object,
+    ssh_env: SSHHome,
+    user_code: UserCode,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "one.txt").write_text("from the data directory")
+    module = user_code.module
+    cell = (
+        f"import {module}\n"
+        "def use(x):\n"
+        f"    return {module}.where(x)[0], open('data/one.txt').read()\n"
+    )
+    line = f"use over [(1,)] --hosts {OPENSSH_ALIAS} --modules {module} --files data --name tr"
+    ipshell.run_cell_magic("ceranubis", line, cell)
+    project = ipshell.user_ns["tr"]
+    assert project.state == "done"
+    assert [value for _args, value in project.results()] == [("v1", "from the data directory")]

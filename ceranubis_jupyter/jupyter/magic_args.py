@@ -26,7 +26,7 @@ from ..errors import ConfigError
 CELL_USAGE = (
     "%%ceranubis FN over ARGS [--hosts H1,H2,...] [--name NAME] [--store URL] "
     "[--chunksize N] [--workers N] [--timeout S] [--no-wait] [--out VAR] [--replace] "
-    "[--no-reuse]"
+    "[--no-reuse] [--modules M1,M2,...] [--files PATH1,PATH2,...]"
 )
 LINE_USAGE = (
     "%ceranubis hosts [--hosts H1,H2,...] [--workers N] | projects [--all] [--store URL] | "
@@ -62,7 +62,14 @@ def _cell_parser() -> _Parser:
     parser.add_argument("--out", default=None)
     parser.add_argument("--replace", action="store_true")
     parser.add_argument("--no-reuse", action="store_true")
+    parser.add_argument("--modules", type=_comma_list, default=[])
+    parser.add_argument("--files", type=_comma_list, default=[])
     return parser
+
+
+def _comma_list(text: str) -> list[str]:
+    """``a,b,c`` as a list (empty items dropped)."""
+    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 def _line_parser() -> _Parser:

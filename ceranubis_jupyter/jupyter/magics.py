@@ -58,7 +58,7 @@ class CeranubisMagics(Magics):
 
         ``%%ceranubis FN over ARGS [--hosts H1,H2,...] [--name NAME] [--store URL]
         [--chunksize N] [--workers N] [--timeout S] [--no-wait] [--out VAR] [--replace]
-        [--no-reuse]``
+        [--no-reuse] [--modules M1,M2] [--files PATH1,PATH2]``
 
         The project is bound to VAR (default: NAME made a Python name, else
         ``_ceranubis``). Without ``--no-wait`` the cell waits; interrupting the kernel
@@ -66,7 +66,9 @@ class CeranubisMagics(Magics):
         the same code and ARGS follows the same project (only what has no result runs);
         with other code or ARGS it makes a new version of NAME (``--replace``: and
         removes the earlier ones). Arguments that the same code finished before take the
-        stored result unless ``--no-reuse``.
+        stored result unless ``--no-reuse``. ``--modules`` sends those modules' source
+        to every host; ``--files`` syncs data files and directories (relative to the
+        notebook's directory) to every remote host, where the tasks run in that copy.
         """
         fn_name, expression, options = parse_cell_line(line)
         store = self._open_target(options.store, options.name)
@@ -77,6 +79,7 @@ class CeranubisMagics(Magics):
             raise UsageError(f"{fn_name} is not callable\nusage: {CELL_USAGE}")
         args = as_argument_tuples(self._evaluate(expression, "ARGS"))
         executor = self._executor(split_hosts(options.hosts), options.workers, CELL_USAGE)
+        self._travel(executor, options)
         project = self._commit(executor, fn, args, cell, store, options)
         self._bind(project, options.out or variable_name(options.name))
         live = follow(project, executor, waiting=not options.no_wait)
@@ -128,6 +131,17 @@ class CeranubisMagics(Magics):
             return POOL.get(hosts, workers)
         except ConfigError as error:
             raise UsageError(f"{error}\nusage: {usage}") from None
+
+    def _travel(self, executor: Any, options: argparse.Namespace) -> None:
+        """``--modules`` go to every host from now on; ``--files`` are synced now (hosts
+        still starting get them before their first task)."""
+        try:
+            if options.modules:
+                executor.add_modules(options.modules)
+            if options.files:
+                executor.sync(options.files)
+        except (ConfigError, ImportError) as error:
+            raise UsageError(f"{error}\nusage: {CELL_USAGE}") from None
 
     def _commit(
         self, executor: Any, fn: Any, args: list[tuple[Any, ...]], cell: str, store: Store,
