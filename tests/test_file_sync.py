@@ -18,6 +18,8 @@ import pytest
 from ceranubis_jupyter import CeranubisExecutor
 from ceranubis_jupyter.cluster.hosts import Host
 from ceranubis_jupyter.errors import ConfigError, FileSyncError
+from ceranubis_jupyter.jupyter.progress import Counts, HostRow, Snapshot
+from ceranubis_jupyter.jupyter.widget import render_hosts
 from tests.fixtures_ssh import (
     OpenSSHServer,
     SSHHome,
@@ -169,7 +171,11 @@ def test_a_full_disk_names_the_host_and_file_and_leaves_no_partial_file(
         with pytest.raises(FileSyncError, match=rf"{alias}.*too-big\.bin.*No space left"):
             executor.sync(["data"])
         listing = executor.submit(_listing).result(RESULT_TIMEOUT)
+        row = HostRow.from_info(executor.hosts()[0])  # the widget's and text's host row
     assert listing == ["data/a.txt"]  # no partial file, no temporary name left behind
+    assert "data sync failed: too-big.bin" in row.sync or "data/too-big.bin" in row.sync
+    assert "too-big.bin" in render_hosts((row,))
+    assert "too-big.bin" in Snapshot("p", "running", Counts(pending=1), hosts=(row,)).text()
 
 
 @by_value

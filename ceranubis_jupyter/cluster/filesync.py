@@ -163,6 +163,18 @@ class SyncProgress:
     directory: str = ""  # where the host keeps the files (and runs tasks)
     error: str = ""
 
+    def describe(self) -> str:
+        """A short line while syncing or after a failure (empty otherwise)."""
+        if self.state == "failed":
+            return f"data sync failed: {self.error}"
+        if self.state != "syncing":
+            return ""
+        mb = 1 << 20
+        return (
+            f"syncing data: {self.files_done}/{self.files_total} files, "
+            f"{self.bytes_done / mb:.1f}/{self.bytes_total / mb:.1f} MB"
+        )
+
 
 @dataclass
 class FileRegistry:
@@ -179,10 +191,14 @@ class FileRegistry:
             self.manifest, self.version = manifest, self.version + 1
             return self.version
 
-    def note(self, host: str, update: Callable[[SyncProgress], None]) -> None:
-        """(Loop thread) Change a host's progress; wakes :meth:`wait`."""
+    def note(self, host: str, update: Callable[[SyncProgress], None], info: Any = None) -> None:
+        """(Loop thread) Change a host's progress (and its ``HostInfo.sync`` line);
+        wakes :meth:`wait`."""
         with self._changed:
-            update(self.progress.setdefault(host, SyncProgress()))
+            progress = self.progress.setdefault(host, SyncProgress())
+            update(progress)
+            if info is not None:
+                info.sync = progress.describe()
             self._changed.notify_all()
 
     def wait(self, hosts: Callable[[], Sequence[str]], version: int, timeout: float | None) -> None:
@@ -218,7 +234,7 @@ class LinkFiles:
             return  # a local node runs in the client's own directory
         self.version, self._manifest = registry.version, registry.manifest
         body = registry.manifest.offer()
-        registry.note(self.host, lambda s: _started(s, self.version, len(body)))
+        registry.note(self.host, lambda s: _started(s, self.version, len(body)), self._link.info)
         self._send(p.FileSync(SYNC_OFFER, self.version, 0, 0, body))
 
     def on_message(self, message: p.FileSync, registry: FileRegistry) -> None:
@@ -227,7 +243,7 @@ class LinkFiles:
             self._streamer = asyncio.ensure_future(self._stream(need, registry))
         elif message.op == SYNC_DONE and message.sync_id == self.version:
             done = json.loads(bytes(message.data))
-            registry.note(self.host, lambda s: _ended(s, done))
+            registry.note(self.host, lambda s: _ended(s, done), self._link.info)
         elif message.op in (FETCH_CHUNK, FETCH_DONE) and message.index in self.fetches:
             self._on_fetch(message)
 
@@ -240,10 +256,10 @@ class LinkFiles:
         assert manifest is not None
         entries = [manifest.entries[i] for i in need]
         total = sum(e.size for e in entries)
-        registry.note(self.host, lambda s: _planned(s, len(entries), total))
+        registry.note(self.host, lambda s: _planned(s, len(entries), total), self._link.info)
         for index, entry in zip(need, entries, strict=True):
             await self._send_file(index, entry, version, registry)
-            registry.note(self.host, _file_sent)
+            registry.note(self.host, _file_sent, self._link.info)
 
     async def _send_file(
         self, index: int, entry: FileEntry, version: int, registry: FileRegistry
@@ -258,7 +274,9 @@ class LinkFiles:
                 self._send(p.FileSync(SYNC_CHUNK, version, index, offset, block))
                 offset += len(block)
                 registry.bytes_sent += len(block)
-                registry.note(self.host, functools.partial(_bytes_sent, size=len(block)))
+                registry.note(
+                    self.host, functools.partial(_bytes_sent, size=len(block)), self._link.info
+                )
                 channel = self._link.channel
                 if channel is None:
                     return offset

@@ -106,6 +106,7 @@ class HostInfo:
     memory_percent: float = 0.0
     done: int = 0
     error: str = ""
+    sync: str = ""  # a data sync under way or failed: files and bytes (filesync.py)
 
 
 class NodeLink:
