@@ -209,3 +209,23 @@ def test_the_cell_magic_sends_modules_and_files(
     project = ipshell.user_ns["tr"]
     assert project.state == "done"
     assert [value for _args, value in project.results()] == [("v1", "from the data directory")]
+
+
+def test_old_unused_code_packs_are_pruned_recent_ones_kept(tmp_path: Path) -> None:
+    from ceranubis_jupyter.node import code
+
+    packs = []
+    for i in range(code.KEEP_PACKS + 5):
+        pack = tmp_path / f"{i:064x}"
+        pack.mkdir()
+        os.utime(pack, (1e9 + i, 1e9 + i))  # long unused, the higher i the more recent
+        packs.append(pack)
+    fresh = tmp_path / ("f" * 64)
+    fresh.mkdir()  # used just now
+    leftover = tmp_path / ".tmp-abc"
+    leftover.mkdir()
+    os.utime(leftover, (1e9, 1e9))
+    code.prune(str(tmp_path))
+    kept = sorted(p.name for p in tmp_path.iterdir())
+    expected = sorted([fresh.name, *(p.name for p in packs[-(code.KEEP_PACKS - 1) :])])
+    assert kept == expected

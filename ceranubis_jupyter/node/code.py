@@ -23,6 +23,7 @@ Stdlib only: it runs on bare hosts.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import io
@@ -31,6 +32,7 @@ import shutil
 import stat
 import sys
 import tempfile
+import time
 import zipfile
 from collections.abc import Callable
 
@@ -38,6 +40,11 @@ from ..wire import protocol as p
 
 # The cache's sub-directory for code packs (beside the node bundles).
 CODE_DIR = "code"
+# Packs a host keeps however old (by last use); older ones go once unused this long. An
+# edit-and-rerun session leaves a pack per edit: this keeps the cache from growing forever
+# while a running node's pack (used within the day) stays.
+KEEP_PACKS = 20
+PRUNE_UNUSED_SECONDS = 24 * 3600
 _HEX = "0123456789abcdef"
 
 
@@ -97,7 +104,28 @@ def is_cached(digest: str) -> bool:
         return False
     if info.st_uid != os.getuid() or not stat.S_ISDIR(info.st_mode) or info.st_mode & 0o077:
         return False
-    return tree_digest(path) == digest
+    if tree_digest(path) != digest:
+        return False
+    with contextlib.suppress(OSError):
+        os.utime(path, None)  # its last use, for prune()
+    return True
+
+
+def prune(base: str) -> None:
+    """Remove the packs beyond the :data:`KEEP_PACKS` most recently used that nobody used
+    for :data:`PRUNE_UNUSED_SECONDS`, and what failed installs left (``.tmp-*``)."""
+    now, packs = time.time(), []
+    for name in os.listdir(base):
+        entry = os.path.join(base, name)
+        with contextlib.suppress(OSError):
+            used = os.lstat(entry).st_mtime
+            if name.startswith(".tmp-") and now - used > PRUNE_UNUSED_SECONDS:
+                shutil.rmtree(entry, ignore_errors=True)
+            elif len(name) == 64 and not name.strip(_HEX):
+                packs.append((used, entry))
+    for used, entry in sorted(packs, reverse=True)[KEEP_PACKS:]:
+        if now - used > PRUNE_UNUSED_SECONDS:
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def install(digest: str, blob: p.Buffer) -> None:
@@ -111,6 +139,7 @@ def install(digest: str, blob: p.Buffer) -> None:
     mask = os.umask(0o077)
     try:
         private_dir(base)
+        prune(base)
         tmp = tempfile.mkdtemp(prefix=".tmp-", dir=base)
         try:
             _unpack(blob, tmp, digest)
