@@ -231,15 +231,26 @@ class ModuleShipper:
             self._publish(name, explicit=name in self._explicit)
 
     def _publish(self, name: str, *, explicit: bool) -> bool:
+        """Publish ``name``'s pack, rebuilt if its files changed; ``True`` if it is new.
+        A module whose source cannot be read is not sent (the node then says it cannot
+        import it), unless it was asked for by name (a :class:`ConfigError`)."""
         with self._lock:
-            known = self._packs.get(name)
-            if known is not None and _signature_of(name, explicit) == known.signature:
-                return self.registry.publish(known)
-            pack = make_pack(name, explicit=explicit)
-            if pack is None:
+            try:
+                return self._publish_locked(name, explicit)
+            except OSError as error:
+                if explicit:
+                    raise ConfigError(f"module {name!r} cannot be shipped: {error}") from None
                 return False
-            self._packs[name] = pack
-            return self.registry.publish(pack)
+
+    def _publish_locked(self, name: str, explicit: bool) -> bool:
+        known = self._packs.get(name)
+        if known is not None and _signature_of(name, explicit) == known.signature:
+            return self.registry.publish(known)
+        pack = make_pack(name, explicit=explicit)
+        if pack is None:
+            return False
+        self._packs[name] = pack
+        return self.registry.publish(pack)
 
 
 def auto_default(auto: bool | None) -> bool:
