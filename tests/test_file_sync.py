@@ -188,3 +188,15 @@ def _listing() -> list[str]:
             if not name.startswith(".ceranubis-index"):
                 found.append(os.path.relpath(os.path.join(folder, name), "."))
     return sorted(found)
+
+
+def test_local_nodes_need_no_copy_they_run_in_the_clients_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "x.txt").write_text("local")
+    with CeranubisExecutor(max_workers=1, files=["data"]) as executor:
+        assert executor.submit(read_relative, "data/x.txt").result(RESULT_TIMEOUT) == (5, "local")
+        assert executor.sync() == {}  # no remote host: nothing to send
+        assert executor.file_bytes_sent == 0
