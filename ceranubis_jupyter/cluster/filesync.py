@@ -232,6 +232,8 @@ class LinkFiles:
             return
         if getattr(self._link.transport, "shares_files", False):
             return  # a local node runs in the client's own directory
+        if self._streamer is not None:
+            self._streamer.cancel()  # the node drops what it got of the older sync
         self.version, self._manifest = registry.version, registry.manifest
         body = registry.manifest.offer()
         registry.note(self.host, lambda s: _started(s, self.version, len(body)), self._link.info)

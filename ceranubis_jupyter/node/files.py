@@ -29,6 +29,7 @@ import json
 import os
 import socket
 import stat
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -52,6 +53,10 @@ INDEX_NAME = ".ceranubis-index.json"
 # Bytes of a fetched file per frame: large enough to amortize a frame, small enough to
 # keep the node's memory flat and other messages flowing between chunks.
 FETCH_CHUNK_SIZE = 1 << 20
+# A temporary file this old is what a node killed mid-sync left: removed at the next offer
+# (a younger one may be another node's, of the same client, still writing).
+STALE_TMP_SECONDS = 3600
+_TMP_MARK = ".ceranubis-"
 _KEY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
 
 
@@ -82,6 +87,18 @@ def _sha256_of(path: str) -> str:
     return digest.hexdigest()
 
 
+def _remove_stale(root: str) -> None:
+    """Remove the temporary files of syncs that died (older than STALE_TMP_SECONDS)."""
+    now = time.time()
+    for folder, _, names in os.walk(root):
+        for name in names:
+            if name.startswith(".") and _TMP_MARK in name:
+                path = os.path.join(folder, name)
+                with contextlib.suppress(OSError):
+                    if now - os.lstat(path).st_mtime > STALE_TMP_SECONDS:
+                        os.unlink(path)
+
+
 def _safe_parent(root: str, name: str) -> str:
     """The directory of ``name`` under ``root``, made (0700) with no symlink on the way."""
     folder = root
@@ -102,7 +119,7 @@ class _Incoming:
         self.name, self.size, self.sha = name, size, sha
         folder = _safe_parent(root, name)
         self.target = os.path.join(root, name)
-        self.tmp = os.path.join(folder, f".{os.path.basename(name)}.ceranubis-{tag}")
+        self.tmp = os.path.join(folder, f".{os.path.basename(name)}{_TMP_MARK}{tag}")
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
         self.fd = os.open(self.tmp, flags, 0o600)
         self.written = 0
@@ -181,10 +198,17 @@ class FileStore:
         except (FileError, CodeError, OSError, ValueError, TypeError, KeyError) as error:
             self._done(message.sync_id, "", [str(error)])
             return
+        self._abandon()  # a newer offer replaces a sync still under way
         need = [i for i, (name, size, sha) in enumerate(files) if not self._have(root, *files[i])]
         self.job = _Job(message.sync_id, root, files, need)
         self._send(p.FileSync(SYNC_NEED, message.sync_id, 0, 0, json.dumps(need).encode()))
         self._maybe_finish()
+
+    def _abandon(self) -> None:
+        if self.job is not None:
+            for incoming in self.job.open.values():
+                incoming.drop()
+            self.job = None
 
     def _prepare(self, offer: dict[str, Any]) -> tuple[str, list[list[Any]]]:
         key = str(offer["dir"])
@@ -197,6 +221,7 @@ class FileStore:
         private_dir(root)
         files = [[check_name(str(n)), int(size), str(sha)] for n, size, sha in offer["files"]]
         self.index = self._load_index(root)
+        _remove_stale(root)
         return root, files
 
     def _load_index(self, root: str) -> dict[str, list[Any]]:
