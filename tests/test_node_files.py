@@ -12,7 +12,13 @@ import pytest
 
 from ceranubis_jupyter.node import files
 from ceranubis_jupyter.wire import protocol as p
-from ceranubis_jupyter.wire.messages import SYNC_CHUNK, SYNC_DONE, SYNC_NEED, SYNC_OFFER
+from ceranubis_jupyter.wire.messages import (
+    SYNC_CHUNK,
+    SYNC_DONE,
+    SYNC_NEED,
+    SYNC_OFFER,
+    SYNC_SKIP,
+)
 
 # Another account's uid (nobody), for a cache directory that is not ours.
 OTHER_UID = 65534
@@ -92,9 +98,11 @@ def test_files_are_private_and_stale_temporary_files_go(node: Node) -> None:
     assert not stale.exists() and fresh.exists()
 
 
-def test_a_file_that_does_not_match_its_hash_is_not_kept(node: Node) -> None:
-    node.offer(1, [("a.txt", b"right")])
-    node.send(1, 0, b"wrong")
+def test_a_file_the_client_saw_change_is_dropped_and_named(node: Node) -> None:
+    node.offer(1, [("a.txt", b"right"), ("empty.txt", b"")])
+    node.send(1, 1, b"")  # an empty file is one empty chunk
+    node.store.on_message(p.FileSync(SYNC_SKIP, 1, 0, 0, b""))
     root = Path(str(node.done()["dir"]))
-    assert "a.txt" in str(node.done()["error"])
-    assert [p.name for p in root.iterdir() if not p.name.startswith(".ceranubis-index")] == []
+    assert "a.txt: it changed while it was being sent" in str(node.done()["error"])
+    names = sorted(p.name for p in root.iterdir() if not p.name.startswith(".ceranubis-index"))
+    assert names == ["empty.txt"]  # no partial a.txt, no temporary file

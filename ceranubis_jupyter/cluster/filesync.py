@@ -32,7 +32,15 @@ from typing import Any
 
 from ..errors import ConfigError, FileSyncError
 from ..wire import protocol as p
-from ..wire.messages import FETCH_CHUNK, FETCH_DONE, SYNC_CHUNK, SYNC_DONE, SYNC_NEED, SYNC_OFFER
+from ..wire.messages import (
+    FETCH_CHUNK,
+    FETCH_DONE,
+    SYNC_CHUNK,
+    SYNC_DONE,
+    SYNC_NEED,
+    SYNC_OFFER,
+    SYNC_SKIP,
+)
 from .transport import machine_id
 
 # Bytes per SYNC_CHUNK frame: 4 MiB frames are received in place on the node (over
@@ -49,6 +57,7 @@ class FileEntry:
     path: str  # absolute, on the client
     size: int
     sha256: str
+    mtime_ns: int = 0  # when it was hashed: a file changed since is not sent as it
 
 
 @dataclass(frozen=True)
@@ -144,7 +153,7 @@ def _check_inside(base: str, path: str, shown: str) -> None:
 def _entry(name: str, path: str, cache: HashCache) -> FileEntry:
     try:
         info = os.stat(path)
-        return FileEntry(name, path, info.st_size, cache.sha256(path, info))
+        return FileEntry(name, path, info.st_size, cache.sha256(path, info), info.st_mtime_ns)
     except OSError as error:
         raise ConfigError(f"files=: cannot read {name}: {error.strerror or error}") from None
 
@@ -266,13 +275,16 @@ class LinkFiles:
     async def _send_file(
         self, index: int, entry: FileEntry, version: int, registry: FileRegistry
     ) -> int:
-        """Stream one file in chunks, each once the channel drained; bytes sent."""
+        """Stream one file in chunks (one, maybe empty, at least), each once the channel
+        drained; before the last, check it is the file that was hashed. Bytes sent."""
         offset = 0
         with open(entry.path, "rb") as source:
-            while offset < entry.size:
+            while True:
                 block = source.read(min(CHUNK_SIZE, entry.size - offset))
-                if not block:
-                    break  # it shrank since it was hashed: the host says so
+                last = offset + len(block) >= entry.size or not block
+                if last and _changed(entry):
+                    self._send(p.FileSync(SYNC_SKIP, version, index, offset, b""))
+                    return offset
                 self._send(p.FileSync(SYNC_CHUNK, version, index, offset, block))
                 offset += len(block)
                 registry.bytes_sent += len(block)
@@ -280,10 +292,9 @@ class LinkFiles:
                     self.host, functools.partial(_bytes_sent, size=len(block)), self._link.info
                 )
                 channel = self._link.channel
-                if channel is None:
+                if last or channel is None:
                     return offset
                 await channel.drain()
-        return offset
 
     def close(self) -> None:
         if self._streamer is not None:
@@ -291,6 +302,15 @@ class LinkFiles:
         for fetch in self.fetches.values():
             fetch.fail("the node went away during the fetch; fetch again")
         self.fetches.clear()
+
+
+def _changed(entry: FileEntry) -> bool:
+    """Whether the file is no longer the one that was hashed (size and mtime, as rsync)."""
+    try:
+        info = os.stat(entry.path)
+    except OSError:
+        return True
+    return (info.st_size, info.st_mtime_ns) != (entry.size, entry.mtime_ns)
 
 
 def _started(progress: SyncProgress, version: int, offer_bytes: int) -> None:

@@ -211,7 +211,8 @@ SYNC_CWD = 4  # node → worker: data is the directory tasks run in
 FETCH = 5  # client → node: data is the JSON name of a file to send back (``index``: a tag)
 FETCH_CHUNK = 6  # node → client: bytes of the fetched file ``index`` at ``offset``
 FETCH_DONE = 7  # node → client: data is JSON {"size": int, "error": text or null}
-SYNC_OPS = frozenset(range(8))
+SYNC_SKIP = 8  # client → node: file ``index`` changed while being sent; drop what came
+SYNC_OPS = frozenset(range(9))
 
 
 @dataclass(frozen=True)
