@@ -229,3 +229,14 @@ def test_old_unused_code_packs_are_pruned_recent_ones_kept(tmp_path: Path) -> No
     kept = sorted(p.name for p in tmp_path.iterdir())
     expected = sorted([fresh.name, *(p.name for p in packs[-(code.KEEP_PACKS - 1) :])])
     assert kept == expected
+
+
+def test_local_workers_run_an_edited_module_without_a_reload(
+    user_code: UserCode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    helpers = user_code.imported(user_code.module)
+    with CeranubisExecutor(max_workers=1) as executor:
+        assert executor.submit(helpers.where, 1).result(RESULT_TIMEOUT)[0] == "v1"
+        user_code.write_module("v2")  # the kernel's module object is the old one
+        assert executor.submit(helpers.where, 2).result(RESULT_TIMEOUT)[0] == "v2"
