@@ -75,7 +75,8 @@ class Manifest:
 
 
 class HashCache:
-    """sha256 of files by (size, mtime, inode): a re-sync hashes only what changed."""
+    """sha256 of files by (size, mtime, inode): a re-sync hashes only what changed.
+    Thread-safe enough: two threads hashing one file at once both get its hash."""
 
     def __init__(self) -> None:
         self._known: dict[str, tuple[int, int, int, str]] = {}

@@ -20,6 +20,9 @@ from .scheduler import Scheduler
 
 # Seconds ``fetch`` waits for a file by default (a big file over a slow link takes long).
 FETCH_TIMEOUT = 3600.0
+# Files' hashes, shared by every executor of the process: a new executor (a cell's) does
+# not hash a big data directory again (entries are checked by size, mtime and inode).
+_HASHES = HashCache()
 
 
 class Travel:
@@ -40,7 +43,7 @@ class Travel:
             auto=auto_default(auto_modules),
             idle=lambda: scheduler.outstanding == 0,
         )
-        self._hashes = HashCache()
+        self._hashes = _HASHES
         self._files: list[str] = list(files)
         self._fetch_tags = iter(range(1, 1 << 62))
         self._tag_lock = threading.Lock()
