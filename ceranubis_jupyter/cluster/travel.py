@@ -95,8 +95,9 @@ class Travel:
         registry.wait(self._remote_ready_hosts, version, timeout)
         outcome = {host: SyncProgress(**vars(p)) for host, p in registry.progress.items()}
         failed = [(host, p.error) for host, p in outcome.items() if p.state == "failed"]
-        if failed:
-            raise FileSyncError(failed[0][0], "; ".join(f"{h}: {e}" for h, e in failed))
+        if failed:  # "h1: data/x: No space left on device; h2: ..."
+            (host, error), others = failed[0], failed[1:]
+            raise FileSyncError(host, "; ".join([error, *(f"{h}: {e}" for h, e in others)]))
         return outcome
 
     def _offer_files(self) -> None:
