@@ -30,6 +30,9 @@ REPEATS = 5
 PROJECT_BENCH_TIMEOUT = 120.0
 PROJECT_BENCH = Path(__file__).resolve().parent / "bench_project.py"
 RERUN_BENCH = Path(__file__).resolve().parent / "bench_rerun.py"
+SYNC_BENCH = Path(__file__).resolve().parent / "bench_sync.py"
+# Seconds the data-sync benchmark (its own process: 1,001 files, 200 MB, both ways) may take.
+SYNC_BENCH_TIMEOUT = 600.0
 SSHD = "/usr/sbin/sshd"
 
 
@@ -147,7 +150,7 @@ def ssh_unavailable() -> str:
     return ""
 
 
-def run_store_bench(script: Path) -> str:
+def run_store_bench(script: Path, timeout: float = PROJECT_BENCH_TIMEOUT) -> str:
     """Run one store benchmark (``bench_project.py``: W1 with and without a project store;
     ``bench_rerun.py``: "Run All" of a finished sweep) and return its report."""
     try:
@@ -155,11 +158,11 @@ def run_store_bench(script: Path) -> str:
             [sys.executable, str(script)],
             capture_output=True,
             text=True,
-            timeout=PROJECT_BENCH_TIMEOUT,
+            timeout=timeout,
             check=False,
         )
     except subprocess.TimeoutExpired:
-        return f"{script.name}: stopped after {PROJECT_BENCH_TIMEOUT:.0f} s"
+        return f"{script.name}: stopped after {timeout:.0f} s"
     status = "" if done.returncode == 0 else f" (exit {done.returncode}: {done.stderr[-500:]})"
     return f"{script.name}{status}:\n{done.stdout.rstrip()}"
 
@@ -197,16 +200,18 @@ def main(argv: list[str] | None = None) -> int:
     samples = {name: dict(metrics) for name, metrics in bench.samples.items()}
     project = "" if args.no_project else run_store_bench(PROJECT_BENCH)
     rerun = "" if args.no_project else run_store_bench(RERUN_BENCH)
+    sync = "" if args.no_ssh else run_store_bench(SYNC_BENCH, SYNC_BENCH_TIMEOUT)
     elapsed = time.perf_counter() - started
     for section in report.SECTIONS:
         text = report.table(samples, section)
         if text:
             print(f"\n{text}")
-    for line in [*bench.notes, project, rerun]:
+    for line in [*bench.notes, project, rerun, sync]:
         if line:
             print(f"\n{line}")
     extra = {"seconds": elapsed, "repeats": bench.repeats, "notes": bench.notes}
-    path = report.write_json(samples, {**extra, "project_bench": project, "rerun_bench": rerun})
+    stores = {"project_bench": project, "rerun_bench": rerun, "sync_bench": sync}
+    path = report.write_json(samples, {**extra, **stores})
     print(f"\n{elapsed:.0f} s; medians of {bench.repeats}; ratios are ours/peer; written to {path}")
     print(
         f"load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after: on a shared "

@@ -24,6 +24,7 @@ _EXPORTS = {
     "RemoteProtocolError": "errors",
     "VersionMismatch": "errors",
     "HostError": "errors",
+    "FileSyncError": "errors",
     "HostUnreachable": "errors",
     "HostKeyError": "errors",
     "AuthError": "errors",

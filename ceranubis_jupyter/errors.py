@@ -71,6 +71,12 @@ class HostError(CeranubisError):
         self.reason = message
 
 
+class FileSyncError(HostError):
+    """Data files could not be synced to, or fetched from, a host (names host and file)."""
+
+    transient = False
+
+
 class HostUnreachable(HostError):
     """The host could not be reached (DNS, refused, timed out)."""
 

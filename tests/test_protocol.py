@@ -86,6 +86,32 @@ def test_control_messages_round_trip() -> None:
         client.send(p.Heartbeat())
 
 
+def test_code_and_file_messages_round_trip_both_ways() -> None:
+    client, node = running_pair()
+    offer, pack = p.CodeOffer("ab" * 32, "helpers"), p.Code("ab" * 32, b"PK\x03\x04zip")
+    chunk = p.FileSync(2, 7, 3, 1 << 33, b"x" * 100_000)  # SYNC_CHUNK, a large offset
+    node.receive_data(joined([*client.send(offer), *client.send(pack), *client.send(chunk)]))
+    got = [node.next_event() for _ in range(3)]
+    assert got[0] == offer
+    assert isinstance(got[1], p.Code) and (got[1].digest, bytes(got[1].blob)) == (
+        pack.digest,
+        pack.blob,
+    )
+    assert isinstance(got[2], p.FileSync) and bytes(got[2].data) == chunk.data
+    assert (got[2].op, got[2].sync_id, got[2].index, got[2].offset) == (2, 7, 3, 1 << 33)
+    client.receive_data(joined([*node.send(p.CodeNeed("cd" * 32)), *node.send(chunk)]))
+    assert client.next_event() == p.CodeNeed("cd" * 32)
+    assert isinstance(client.next_event(), p.FileSync)
+
+
+def test_an_unknown_file_operation_is_a_remote_error() -> None:
+    body = struct.pack("!BIQQ", 200, 1, 0, 0) + struct.pack("!Q", 0)
+    decoder = p.FrameDecoder()
+    decoder.feed(bytes([p.MAGIC, 14]) + struct.pack("!Q", len(body)) + body)
+    with pytest.raises(RemoteProtocolError, match="unknown file operation 200"):
+        decoder.next_message()
+
+
 def test_version_mismatch_is_refused_with_both_versions() -> None:
     client = p.Connection(p.CLIENT)
     old = p.Hello(p.PROTOCOL_VERSION + 1, "3.11.7", "0.4.1", "old", 1, 1)
@@ -151,7 +177,7 @@ def test_fuzz_arbitrary_bytes_only_raise_remote_protocol_error(data: bytes) -> N
             pass
 
 
-frame_kinds = st.sampled_from([1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
+frame_kinds = st.sampled_from([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14])
 
 
 @settings(max_examples=400, deadline=None)

@@ -65,6 +65,8 @@ def test_bundle_holds_the_node_modules_and_dill_and_nothing_else() -> None:
             "__init__",
             "errors",
             "node/__init__",
+            "node/code",
+            "node/files",
             "node/hostinfo",
             "node/outbox",
             "node/output",

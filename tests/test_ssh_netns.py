@@ -7,6 +7,7 @@ to the namespaces this module creates.
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 from collections.abc import Iterator
@@ -31,6 +32,9 @@ from tests.task_records import TaskRecords
 from tests.test_ssh_failures import only_error
 from tests.waiting import wait_for
 
+# Numbers each fixture's aliases: other test modules make these hosts too (importing the
+# fixture), and the ssh config keeps every alias it was given.
+_ALIAS_SERIAL = itertools.count(1)
 # Seconds any result may take here.
 RESULT_TIMEOUT = 30.0
 # Third octets tried for this run's /24s (198.18.N.0/24), starting at a PID-derived one.
@@ -87,7 +91,7 @@ def _make_host(index: int, octet: int, home: SSHHome, directory: Path) -> NetnsH
     _ip("netns", "exec", netns, "ip", "link", "set", peer, "up")
     _ip("netns", "exec", netns, "ip", "link", "set", "lo", "up")
     server = make_openssh_server(directory, home, address, netns, also_listen=("127.0.0.1",))
-    alias = f"{prefix}-h{index}"
+    alias = f"{prefix}-h{index}-{next(_ALIAS_SERIAL)}"  # each fixture's own (config entries stay)
     home.add_alias(alias, address, server.port)
     home.trust(address, server.port, server.host_key.with_suffix(".pub"))
     return NetnsHost(netns, link, address, alias, server)

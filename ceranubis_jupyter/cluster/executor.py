@@ -16,6 +16,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, replace
+from types import ModuleType
 from typing import Any, TypeVar
 
 from ..config import expand_host_groups
@@ -33,6 +34,7 @@ from .mapping import MapSlot, MapWaiter, results_in_order
 from .reach import transports_for
 from .scheduler import Scheduler
 from .tasks import DEFAULT_RETRIES, ResultSlot, TaskRecord
+from .travel import Travel
 
 T = TypeVar("T")
 # Bytes of a frame that are not the task's arguments (header, ids, options): a task whose
@@ -84,7 +86,7 @@ def _check_number(name: str, value: object) -> None:
         raise ConfigTypeError(f"{name} must be a number of seconds, got {value!r}")
 
 
-class NodeExecutor(Executor):
+class NodeExecutor(Travel, Executor):
     """Runs calls on every core of local and remote hosts (the public
     :class:`~ceranubis_jupyter.CeranubisExecutor` adds projects to it).
 
@@ -101,6 +103,13 @@ class NodeExecutor(Executor):
         max_data_frame: the largest frame of tasks or results, in bytes (a single task's
             arguments or result, :mod:`~.framecap`; default ``$CERANUBIS_MAX_DATA_FRAME``,
             else 4 GiB).
+        modules: modules (names or module objects) whose source goes to every host and
+            is imported there from it, user code or not (:mod:`~.modules`).
+        auto_modules: also send the user's own modules that submitted functions refer to
+            (default: on, unless ``$CERANUBIS_AUTO_MODULES`` is ``0``).
+        files: data files and directories, relative to the working directory, that every
+            remote host gets a copy of (synced by content) and runs tasks in; see
+            :meth:`sync` and :meth:`fetch`. Local nodes use the originals.
 
     Raises:
         ConfigError: ``max_workers`` is not greater than 0 (a ``ValueError``, as
@@ -122,6 +131,9 @@ class NodeExecutor(Executor):
         heartbeat_timeout: float = SILENCE_TIMEOUT,
         fast_paths: FastPaths | None = None,
         max_data_frame: int | None = None,
+        modules: Sequence[str | ModuleType] = (),
+        auto_modules: bool | None = None,
+        files: Sequence[str] = (),
     ) -> None:
         if max_workers is not None:
             _check_int("max_workers", max_workers)
@@ -140,6 +152,7 @@ class NodeExecutor(Executor):
             max_data_frame=data_frame_cap(max_data_frame),
         )
         self._functions = FunctionIds(self._scheduler.add_function_threadsafe)
+        self._init_travel(modules, auto_modules, files)
         # Each submit() future's task id, for cancel() and task_id_of(). Weak keys: the
         # values are ints, so a dropped future takes nothing of its task with it.
         self._task_ids: weakref.WeakKeyDictionary[Future[Any], int] = weakref.WeakKeyDictionary()
@@ -381,7 +394,9 @@ class NodeExecutor(Executor):
         Raises:
             UnpicklableError: ``fn`` cannot be serialized.
         """
-        return self._functions.id_of(fn)
+        fn_id = self._functions.id_of(fn)
+        self._code.before_submit(fn_id, self._scheduler.functions.get(fn_id))
+        return fn_id
 
     def _map(
         self,

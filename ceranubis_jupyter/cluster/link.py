@@ -25,6 +25,8 @@ from typing import Protocol
 from ..errors import HostError, HostVersionMismatch, NodeLost, ProtocolError
 from ..wire import protocol as p
 from .fastpaths import FastPaths
+from .filesync import FileRegistry, LinkFiles
+from .modules import CodeRegistry, LinkCode
 from .outcomes import node_broke
 from .tasks import TaskRecord
 from .transport import Channel, Transport
@@ -67,6 +69,8 @@ class LinkOwner(Protocol):
     silence_timeout: float
     fast_paths: FastPaths
     max_data_frame: int
+    code: CodeRegistry
+    files: FileRegistry
 
     def on_node_ready(self, link: NodeLink) -> None:
         """The node said hello and is configured: it can take tasks."""
@@ -102,6 +106,7 @@ class HostInfo:
     memory_percent: float = 0.0
     done: int = 0
     error: str = ""
+    sync: str = ""  # a data sync under way or failed: files and bytes (filesync.py)
 
 
 class NodeLink:
@@ -117,6 +122,8 @@ class NodeLink:
         self.capacity = 0
         self.inflight: dict[int, TaskRecord] = {}
         self.sent_functions: set[int] = set()
+        self.code = LinkCode()  # the user's code packs offered to this node
+        self.files = LinkFiles(self)  # data files sent to this node (filesync.py)
         self.last_heard = 0.0
         self.last_sent = 0.0
         self.ready = False
@@ -226,7 +233,8 @@ class NodeLink:
     async def _session(self) -> None:
         self.conn = p.Connection(p.CLIENT, self.scheduler.max_data_frame)
         self.went_silent = False
-        self.sent_functions = set()
+        self.files.close()
+        self.sent_functions, self.code, self.files = set(), LinkCode(), LinkFiles(self)
         self.channel = await self._start_channel()
         try:
             if self.closing:
@@ -255,7 +263,7 @@ class NodeLink:
         interval = self.heartbeat_interval
         asked = self.transport.workers or 0
         fast, cap = self.scheduler.fast_paths, self.scheduler.max_data_frame
-        self._send(
+        self.send(
             p.Configure(
                 p.PROTOCOL_VERSION,
                 asked,
@@ -393,7 +401,7 @@ class NodeLink:
                     "or the host is down",
                 )
             if now - self.last_sent >= interval:
-                self._send(p.Heartbeat())
+                self.send(p.Heartbeat())
             wake = min(self.last_sent + interval, self.last_heard + silence)
             await asyncio.sleep(max(0.0, wake - time.monotonic()) + SILENCE_CHECK_SLACK)
 
@@ -404,6 +412,10 @@ class NodeLink:
             self._on_load(message)
         elif isinstance(message, p.NodeFailure):
             raise NodeLost(self.host, f"node gave up: {message.message}")
+        elif isinstance(message, p.FileSync):
+            self.files.on_message(message, self.scheduler.files)
+        elif isinstance(message, p.CodeNeed):
+            self.send(self.code.answer(message, self.scheduler.code, self.host))
 
     def _on_load(self, load: p.Load) -> None:
         self.info.loadavg = load.loadavg
@@ -441,7 +453,7 @@ class NodeLink:
         self.closing = True
         starting = self.channel is None
         if self.channel is not None and self.ready:
-            self._send(p.Shutdown())
+            self.send(p.Shutdown())
         await self._close_channel()
         if self.task is None:
             return
@@ -454,7 +466,8 @@ class NodeLink:
 
     # ------------------------------------------------------------------ sending
 
-    def _send(self, message: p.Message) -> None:
+    def send(self, message: p.Message) -> None:
+        """Send one message to the node (dropped when it has no channel)."""
         if self.channel is not None:
             self.channel.write(self.conn.send(message))
             self.last_sent = time.monotonic()
@@ -462,20 +475,23 @@ class NodeLink:
     def send_tasks(self, records: list[TaskRecord], functions: dict[int, bytes]) -> None:
         """Send a batch of tasks, preceded by any function this node has not seen."""
         now = time.monotonic()
+        self.files.offer_if_new(self.scheduler.files)  # the data and code tasks need first
+        for offer in self.code.offers(self.scheduler.code):
+            self.send(offer)
         for record in records:
             if record.fn_id not in self.sent_functions:
-                self._send(p.Function(record.fn_id, functions[record.fn_id]))
+                self.send(p.Function(record.fn_id, functions[record.fn_id]))
                 self.sent_functions.add(record.fn_id)
             record.host = self.host
             record.started = now
             self.inflight[record.task_id] = record
         self.update_busy()
-        self._send(p.Tasks(tuple(record.as_task() for record in records)))
+        self.send(p.Tasks(tuple(record.as_task() for record in records)))
 
     def send_cancel(self, task_ids: Sequence[int]) -> None:
         """Ask the node to stop these tasks."""
         if self.ready:
-            self._send(p.Cancel(tuple(task_ids)))
+            self.send(p.Cancel(tuple(task_ids)))
 
 
 def _report_crash(task: asyncio.Task[None]) -> None:

@@ -54,8 +54,10 @@ from ..wire import protocol as p
 from ..wire.serialize import loads
 from .echo import echo_output
 from .fastpaths import ALL_ON, FastPaths
+from .filesync import FileRegistry
 from .link import SILENCE_TIMEOUT, HostInfo, NodeLink
 from .loopthread import LoopThread
+from .modules import CodeRegistry
 from .outcomes import failure_of, lost_with_node, no_host_left, no_such_group, unpickled_result
 from .shares import fair_shares
 from .tasks import InFlight, PendingQueue, ResultSlot, TaskListener, TaskRecord
@@ -93,6 +95,8 @@ class Scheduler:
         self.pending = PendingQueue()
         self.incoming: collections.deque[TaskRecord] = collections.deque()
         self.functions: dict[int, bytes] = {}
+        self.code = CodeRegistry()  # the user's modules that travel (modules.py)
+        self.files = FileRegistry()  # the data files that travel (filesync.py)
         # Replaced whole (copy on write) under the lock, so the loop reads it without one.
         self.listeners: list[TaskListener] = []
         self._listeners_lock = threading.Lock()
@@ -396,6 +400,8 @@ class Scheduler:
             self._succeed(link, record, result)
         elif (error := failure_of(link.host, record, result)) is None:
             self._requeue(record)  # its worker died under it; retries are left
+        elif self.code.retry_missing(record.task_id, error):
+            self._requeue(record)  # a module a worker lacked is on its way: once more
         else:
             self._fail(record, error)
 

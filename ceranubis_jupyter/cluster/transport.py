@@ -13,6 +13,7 @@ import contextlib
 import functools
 import os
 import secrets
+import site
 import socket
 import sys
 import tempfile
@@ -94,22 +95,43 @@ def node_command(python: str) -> list[str]:
     """The command that runs the node from this installation (local transport).
 
     ``-I`` keeps the user's environment and current directory out of the node's own
-    imports; the client's import path is appended after the node's, so that the user's
-    tasks can import what the client can (a module beside the notebook) while nothing of
-    the user's can shadow the standard library the node runs on.
+    imports (the standard library, dill and the node code come first, whatever the user's
+    path holds). The user's tasks then import whatever the client can by name: the
+    client's import path (the notebook's directory, ``PYTHONPATH`` entries, what ``.pth``
+    files added) and ``$PYTHONPATH`` as it is now are appended after the node's, and the
+    ``.pth`` files of every directory on that path are run as ``site`` runs them (their
+    import lines too: editable installs' finders, site hooks), as the client's were.
     """
     boot = (
-        f"import sys; sys.path.insert(0, {_package_parent()!r}); "
+        f"import sys, site; sys.path.insert(0, {_package_parent()!r}); "
         f"sys.path.extend(p for p in {client_path()!r} if p not in sys.path); "
+        f"[site.addsitedir(d) for d in {pth_dirs()!r}]; "
         "from ceranubis_jupyter.node.supervisor import main; main()"
     )
     return [python, "-I", "-c", boot, NODE_MARKER, client_identity()]
 
 
 def client_path() -> list[str]:
-    """This process's import path, the current directory spelled out."""
+    """This process's import path and ``$PYTHONPATH``, the current directory spelled out."""
     cwd = os.getcwd()
-    return list(dict.fromkeys(os.path.abspath(entry or cwd) for entry in sys.path))
+    extra = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    entries = [*sys.path, *(entry for entry in extra if entry)]
+    return list(dict.fromkeys(os.path.abspath(entry or cwd) for entry in entries))
+
+
+def pth_dirs() -> list[str]:
+    """The directories of :func:`client_path` that hold ``.pth`` files, but for this
+    interpreter's own site-packages, which the node's ``site`` runs itself (a hook must
+    not run twice)."""
+    own = {os.path.abspath(entry) for entry in site.getsitepackages()}
+    found = []
+    for entry in client_path():
+        if entry in own:
+            continue
+        with contextlib.suppress(OSError):
+            if any(name.endswith(".pth") for name in os.listdir(entry)):
+                found.append(entry)
+    return found
 
 
 def client_identity() -> str:
@@ -161,6 +183,8 @@ def _new_machine_id(path: Path) -> str:
 
 class LocalTransport(Transport):
     """The embedded default: a node as a subprocess of the client, over pipes."""
+
+    shares_files = True  # runs in the client's own working directory: no data copy
 
     def __init__(self, workers: int | None = None, host: str = "local") -> None:
         self.host = host

@@ -26,7 +26,8 @@ from ..errors import ConfigError
 CELL_USAGE = (
     "%%ceranubis FN over ARGS [--hosts H1,H2,...] [--name NAME] [--store URL] "
     "[--chunksize N] [--workers N] [--timeout S] [--no-wait] [--out VAR] [--replace] "
-    "[--no-reuse] [--queue [--priority N] [--group NAME]]"
+    "[--no-reuse] [--modules M1,M2,...] [--files PATH1,PATH2,...] "
+    "[--queue [--priority N] [--group NAME]]"
 )
 LINE_USAGE = (
     "%ceranubis hosts [--hosts H1,H2,...] [--workers N] | projects [--all] [--store URL] | "
@@ -65,7 +66,14 @@ def _cell_parser() -> _Parser:
     parser.add_argument("--queue", action="store_true")
     parser.add_argument("--priority", type=int, default=0)
     parser.add_argument("--group", default=None)
+    parser.add_argument("--modules", type=_comma_list, default=[])
+    parser.add_argument("--files", type=_comma_list, default=[])
     return parser
+
+
+def _comma_list(text: str) -> list[str]:
+    """``a,b,c`` as a list (empty items dropped)."""
+    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 def _line_parser() -> _Parser:

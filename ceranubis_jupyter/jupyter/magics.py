@@ -54,11 +54,8 @@ class CeranubisMagics(Magics):
 
     @cell_magic("ceranubis")  # type: ignore[arg-type]
     def ceranubis_cell(self, line: str, cell: str) -> None:
-        """Run the cell, then FN over every argument tuple of ARGS on the hosts.
-
-        ``%%ceranubis FN over ARGS [--hosts H1,H2,...] [--name NAME] [--store URL]
-        [--chunksize N] [--workers N] [--timeout S] [--no-wait] [--out VAR] [--replace]
-        [--no-reuse]``
+        """Run the cell, then FN over every argument tuple of ARGS on the hosts
+        (usage: :data:`~ceranubis_jupyter.jupyter.magic_args.CELL_USAGE`).
 
         The project is bound to VAR (default: NAME made a Python name, else
         ``_ceranubis``). Without ``--no-wait`` the cell waits; interrupting the kernel
@@ -66,9 +63,12 @@ class CeranubisMagics(Magics):
         the same code and ARGS follows the same project (only what has no result runs);
         with other code or ARGS it makes a new version of NAME (``--replace``: and
         removes the earlier ones). Arguments that the same code finished before take the
-        stored result unless ``--no-reuse``. ``--queue``: store the project for the
-        node daemons (``ceranubis node --store URL``) instead of running it here;
-        ``--priority`` and ``--group`` say which first and where.
+        stored result unless ``--no-reuse``. ``--modules`` sends those modules' source
+        to every host; ``--files`` syncs data files and directories (relative to the
+        notebook's directory) to every remote host, where the tasks run in that copy.
+        ``--queue``: store the project for the node daemons (``ceranubis node --store
+        URL``) instead of running it here; ``--priority`` and ``--group`` say which first
+        and where.
         """
         fn_name, expression, options = parse_cell_line(line)
         store = self._open_target(options.store, options.name)
@@ -78,11 +78,11 @@ class CeranubisMagics(Magics):
         if not callable(fn):
             raise UsageError(f"{fn_name} is not callable\nusage: {CELL_USAGE}")
         args = as_argument_tuples(self._evaluate(expression, "ARGS"))
-        executor = (
-            None
-            if options.queue
-            else self._executor(split_hosts(options.hosts), options.workers, CELL_USAGE)
-        )
+        if options.queue:
+            executor = None
+        else:
+            executor = self._executor(split_hosts(options.hosts), options.workers, CELL_USAGE)
+            self._travel(executor, options)
         project = self._commit(executor, fn, args, cell, store, options)
         self._bind(project, options.out or variable_name(options.name))
         live = follow(project, executor, waiting=not options.no_wait)
@@ -134,6 +134,17 @@ class CeranubisMagics(Magics):
             return POOL.get(hosts, workers)
         except ConfigError as error:
             raise UsageError(f"{error}\nusage: {usage}") from None
+
+    def _travel(self, executor: Any, options: argparse.Namespace) -> None:
+        """``--modules`` go to every host from now on; ``--files`` are synced now (hosts
+        still starting get them before their first task)."""
+        try:
+            if options.modules:
+                executor.add_modules(options.modules)
+            if options.files:
+                executor.sync(options.files)
+        except (ConfigError, ImportError) as error:
+            raise UsageError(f"{error}\nusage: {CELL_USAGE}") from None
 
     def _commit(
         self, executor: Any, fn: Any, args: list[tuple[Any, ...]], cell: str, store: Store,

@@ -80,6 +80,7 @@ class HostRow:
     cpu_percent: float = 0.0
     memory_percent: float = 0.0
     error: str = ""
+    sync: str = ""  # a data sync under way or failed
 
     @classmethod
     def from_info(cls, info: Any) -> HostRow:
@@ -94,6 +95,7 @@ class HostRow:
             info.cpu_percent,
             info.memory_percent,
             info.error,
+            str(getattr(info, "sync", "")),
         )
 
 
@@ -176,6 +178,7 @@ class Snapshot:
         ]
         if c.cancelled:
             parts.append(f"{c.cancelled} cancelled")
+        parts += [f"{row.host} {row.sync}" for row in self.hosts if row.sync]
         if self.reused:
             parts.append(f"{self.reused:,} reused · {c.done - self.reused:,} run")
         parts.append(f"{format_rate(self.rate)}")

@@ -58,7 +58,9 @@ def render_hosts(rows: tuple[HostRow, ...]) -> str:
 
 
 def _host_row(row: HostRow) -> str:
-    state = html.escape(row.state + (f": {row.error}" if row.error else ""))
+    state = html.escape(
+        row.state + (f": {row.error}" if row.error else "") + (f" · {row.sync}" if row.sync else "")
+    )
     return (
         f"<tr><td>{html.escape(row.host)}</td><td>{state}</td>"
         f"<td>{row.busy}/{row.workers}</td><td>{row.done}</td><td>{row.loadavg:.2f}</td>"

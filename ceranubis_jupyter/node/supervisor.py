@@ -32,6 +32,8 @@ from collections.abc import Sequence
 from ..errors import RemoteProtocolError
 from ..wire import protocol as p
 from . import hostinfo, pool, worker
+from .code import CodeCache, CodeError
+from .files import FileStore
 from .outbox import Outbox, grow_pipe
 from .pool import WorkerState
 from .relay import Relay
@@ -82,6 +84,8 @@ class Supervisor:
         self.next_load = 0.0
         self.cpu = hostinfo.CpuMeter()
         self.running = True
+        self.code = CodeCache(self._send, self._tell_workers)
+        self.files = FileStore(self._send, self._tell_workers)
 
     # ------------------------------------------------------------------ main loop
 
@@ -114,6 +118,8 @@ class Supervisor:
             return
         self._dispatch()
         self._flush_results()
+        if self.files.fetching:
+            self.files.pump(lambda: not self.out)  # a file going back, as the pipe takes it
         self._on_clock()
 
     def _select_timeout(self) -> float:
@@ -170,6 +176,18 @@ class Supervisor:
             self._cancel(set(message.task_ids))
         elif isinstance(message, p.Shutdown):
             self.running = False
+        elif isinstance(message, p.FileSync):
+            self.files.on_message(message)  # data files (node/files.py)
+        elif isinstance(message, (p.CodeOffer, p.Code)):
+            try:
+                self.code.on_message(message)  # the user's modules (node/code.py)
+            except CodeError as error:
+                self._fail(str(error))
+
+    def _tell_workers(self, message: p.Message) -> None:
+        for state in self.workers.values():  # no relay runs: a frame came in whole
+            state.outbox.add(p.encode(message))
+            state.outbox.flush()
 
     def _configure(self, message: p.Configure) -> None:
         self.n_workers = message.workers if message.workers > 0 else hostinfo.cores()
@@ -201,6 +219,8 @@ class Supervisor:
         """The worker for a relayed task of ``fn_id``: an idle one, the function shipped."""
         if not self.cut_through or fn_id not in self.functions or self.queue:
             return None  # the usual way: queued once complete, dispatched in turn
+        if self.code.waiting or self.files.busy:
+            return None  # a code pack or a data sync is on its way: tasks wait for it
         self._catch_up_all()  # a worker whose results went straight to the client is idle
         idle = [w for w in self.workers.values() if not w.tasks]
         if not idle:
@@ -227,8 +247,8 @@ class Supervisor:
 
     def _dispatch(self) -> None:
         """Hand queued tasks to workers with room, least loaded first, a batch each."""
-        if not self.queue or not self.workers:
-            return
+        if not self.queue or not self.workers or self.code.waiting or self.files.busy:
+            return  # (a code pack or data on its way: tasks must not run without it)
         self._want_news(True)  # before catching up: a delivery from now on is told
         self._catch_up_all()
         limit = self._prefetch()

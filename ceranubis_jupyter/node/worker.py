@@ -31,6 +31,8 @@ from ..wire import protocol as p
 from ..wire.framing import READ_SIZE
 from ..wire.iov import write_all
 from ..wire.serialize import RemoteException, describe_failure, dumps, loads, loads_function
+from .code import activate
+from .files import worker_chdir
 from .output import Streamer, TaskOutput
 
 # How often the fallback watchdog checks that the supervisor still lives.
@@ -241,7 +243,7 @@ def run(read_fd: int, write_fd: int, slot: RunningSlot, client: ClientPipe | Non
     """Serve tasks until the input pipe closes; never returns."""
     kept = {read_fd, write_fd} | ({client.fd, client.lock_fd} if client else set())
     _detach_from_supervisor(kept)
-    functions: dict[int, Callable[..., Any] | str] = {}
+    functions = _Functions()
     decoder = p.FrameDecoder(p.UNCAPPED)  # its node checked the frames against the cap
     outgoing = _Outgoing(write_fd, client, slot)
     streamer = Streamer(outgoing.send_output)
@@ -268,15 +270,38 @@ def receive(fd: int, decoder: p.FrameDecoder | p.Connection) -> bool:
     return bool(data)
 
 
+class _Functions(dict[int, "Callable[..., Any] | str"]):
+    """The worker's functions by id, loaded (or why not), and their bytes: a new code
+    pack of the user's makes them load again, from the new code."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blobs: dict[int, bytes] = {}
+        self.active_code: dict[str, str] = {}  # module name -> its code pack's directory
+
+    def load(self, fn_id: int, blob: p.Buffer) -> None:
+        self.blobs[fn_id] = bytes(blob)
+        self[fn_id] = _load_function(blob)
+
+    def use_code(self, offer: p.CodeOffer) -> None:
+        activate(offer.digest, offer.name, self.active_code)
+        for fn_id, blob in self.blobs.items():
+            self[fn_id] = _load_function(blob)
+
+
 def _handle(
     message: p.Message,
-    functions: dict[int, Callable[..., Any] | str],
+    functions: _Functions,
     outgoing: _Outgoing,
     streamer: Streamer,
     slot: RunningSlot,
 ) -> None:
     if isinstance(message, p.Function):
-        functions[message.fn_id] = _load_function(message.blob)
+        functions.load(message.fn_id, message.blob)
+    elif isinstance(message, p.CodeOffer):
+        functions.use_code(message)
+    elif isinstance(message, p.FileSync):
+        worker_chdir(message)
     elif isinstance(message, p.Tasks):
         last = len(message.tasks) - 1
         for index, task in enumerate(message.tasks):

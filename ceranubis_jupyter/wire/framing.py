@@ -19,12 +19,11 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ..errors import LocalProtocolError, RemoteProtocolError
+from . import messages as m
 from .messages import (
     CODECS,
     COUNT,
     DATA_KINDS,
-    FN_HEAD,
-    FUNCTION_KIND,
     HEADER,
     JSON_KINDS,
     JSON_TYPES,
@@ -237,8 +236,18 @@ def encode(message: Message, max_data_frame: int = MAX_DATA_FRAME) -> list[Buffe
         raise LocalProtocolError(f"not a protocol message: {message!r}")
     if isinstance(message, Function):
         chunks = _FrameBody()
-        chunks.small += FN_HEAD.pack(message.fn_id)
+        chunks.small += m.FN_HEAD.pack(message.fn_id)
         chunks.add_buffer(message.blob)
+        return chunks.frame(kind)
+    if isinstance(message, (m.Code, m.FileSync)):  # a head, then the data as a buffer
+        chunks = _FrameBody()
+        if isinstance(message, m.Code):
+            chunks.add_buffer(message.digest.encode("ascii"))
+        else:
+            chunks.small += m.FILE_HEAD.pack(
+                message.op, message.sync_id, message.index, message.offset
+            )
+        chunks.add_buffer(message.blob if isinstance(message, m.Code) else message.data)
         return chunks.frame(kind)
     if isinstance(message, Tasks):
         return _split_frames(message.tasks, _encode_tasks, kind, max_data_frame)
@@ -435,8 +444,18 @@ class _Reader:
 
 
 def _decode_function(reader: _Reader) -> Function:
-    (fn_id,) = reader.unpack(FN_HEAD)
+    (fn_id,) = reader.unpack(m.FN_HEAD)
     return Function(fn_id, reader.buffer())
+
+
+def _decode_code(reader: _Reader) -> m.Code:
+    return m.Code(str(reader.buffer(), "ascii"), reader.buffer())
+
+
+def _decode_file(reader: _Reader) -> m.FileSync:
+    op, sync_id, index, offset = reader.unpack(m.FILE_HEAD)
+    _check_choice("file operation", op, m.SYNC_OPS)
+    return m.FileSync(op, sync_id, index, offset, reader.buffer())
 
 
 def _decode_tasks(reader: _Reader) -> Tasks:
@@ -472,7 +491,9 @@ def _check_choice(what: str, value: int, choices: Iterable[int]) -> None:
 
 
 _BINARY_DECODERS: dict[int, Callable[[_Reader], Message]] = {
-    FUNCTION_KIND: _decode_function,
+    m.FUNCTION_KIND: _decode_function,
     TASKS_KIND: _decode_tasks,
     RESULTS_KIND: _decode_results,
+    m.CODE_KIND: _decode_code,
+    m.FILE_KIND: _decode_file,
 }

@@ -172,6 +172,60 @@ class NodeFailure:
     message: str
 
 
+# ---- User code that travels with the work (protocol 5; see node/code.py, cluster/modules.py)
+
+
+@dataclass(frozen=True)
+class CodeOffer:
+    """Client → node (and node → worker): the user's top-level module or package ``name``
+    is in the code pack ``digest``; use it if cached, else answer :class:`CodeNeed`. Tasks
+    wait meanwhile."""
+
+    digest: str
+    name: str
+
+
+@dataclass(frozen=True)
+class CodeNeed:
+    """Node → client: send the code pack ``digest`` (it is not in the host's cache)."""
+
+    digest: str
+
+
+@dataclass(frozen=True)
+class Code:
+    """Client → node: a code pack, a zip of source files named by their tree digest."""
+
+    digest: str
+    blob: Buffer
+
+
+# ---- Data files that travel (protocol 5; see node/files.py, cluster/filesync.py)
+
+# FileSync operations
+SYNC_OFFER = 0  # client → node: JSON manifest {"dir": key, "files": [[name, size, sha256]]}
+SYNC_NEED = 1  # node → client: data is the JSON list of the manifest indices to send
+SYNC_CHUNK = 2  # client → node: bytes of file ``index`` at ``offset``
+SYNC_DONE = 3  # node → client: data is JSON {"dir": path, "error": text or null}
+SYNC_CWD = 4  # node → worker: data is the directory tasks run in
+FETCH = 5  # client → node: data is the JSON name of a file to send back (``index``: a tag)
+FETCH_CHUNK = 6  # node → client: bytes of the fetched file ``index`` at ``offset``
+FETCH_DONE = 7  # node → client: data is JSON {"size": int, "error": text or null}
+SYNC_SKIP = 8  # client → node: file ``index`` changed while being sent; drop what came
+SYNC_OPS = frozenset(range(9))
+
+
+@dataclass(frozen=True)
+class FileSync:
+    """Either way: one step of a data sync or a fetch (``op``, one of ``SYNC_OPS``)."""
+
+    op: int
+    sync_id: int
+    index: int
+    offset: int
+    data: Buffer
+
+
 Message = (
     Hello
     | Configure
@@ -183,6 +237,10 @@ Message = (
     | Cancel
     | Shutdown
     | NodeFailure
+    | CodeOffer
+    | CodeNeed
+    | Code
+    | FileSync
 )
 
 # The ``kind`` byte of a frame's header.
@@ -194,9 +252,17 @@ JSON_KINDS: dict[int, type] = {
     8: Cancel,
     9: Shutdown,
     10: NodeFailure,
+    11: CodeOffer,
+    12: CodeNeed,
 }
-FUNCTION_KIND, TASKS_KIND, RESULTS_KIND = 3, 4, 5
-DATA_KINDS: dict[int, type] = {FUNCTION_KIND: Function, TASKS_KIND: Tasks, RESULTS_KIND: Results}
+FUNCTION_KIND, TASKS_KIND, RESULTS_KIND, CODE_KIND, FILE_KIND = 3, 4, 5, 13, 14
+DATA_KINDS: dict[int, type] = {
+    FUNCTION_KIND: Function,
+    TASKS_KIND: Tasks,
+    RESULTS_KIND: Results,
+    CODE_KIND: Code,
+    FILE_KIND: FileSync,
+}
 KIND_OF: dict[type, int] = {cls: kind for kind, cls in (*JSON_KINDS.items(), *DATA_KINDS.items())}
 
 # Binary bodies. A Tasks or Results body starts with its COUNT of entries; a buffer is its
@@ -209,6 +275,7 @@ RESULT_HEAD = struct.Struct("!QBBHI")  # task_id, status, codec, n_buffers, outp
 COUNT = struct.Struct("!I")
 LENGTH = struct.Struct("!Q")
 FN_HEAD = struct.Struct("!I")
+FILE_HEAD = struct.Struct("!BIQQ")  # op, sync_id, index, offset; then data as a buffer
 
 # JSON bodies: each control message's fields and the types each may have.
 JSON_TYPES: dict[type, dict[str, tuple[type, ...]]] = {
@@ -240,4 +307,6 @@ JSON_TYPES: dict[type, dict[str, tuple[type, ...]]] = {
     Cancel: {"task_ids": (list,)},
     Shutdown: {},
     NodeFailure: {"message": (str,)},
+    CodeOffer: {"digest": (str,), "name": (str,)},
+    CodeNeed: {"digest": (str,)},
 }

@@ -33,7 +33,11 @@ from .messages import (
     DILL,
     PICKLE,
     Cancel,
+    Code,
+    CodeNeed,
+    CodeOffer,
     Configure,
+    FileSync,
     Function,
     Heartbeat,
     Hello,
@@ -66,7 +70,9 @@ from .messages import Buffer as Buffer
 # Hello and Configure carry it; the handshake refuses a peer that speaks another.
 # 3: Configure carries the data-frame cap.
 # 4: OUTPUT results stream what a running task prints.
-PROTOCOL_VERSION = 4
+# 5: CodeOffer / CodeNeed / Code: the user's modules travel to the node; FileSync: data
+#    files travel both ways.
+PROTOCOL_VERSION = 5
 
 CLIENT = "client"
 NODE = "node"
@@ -77,9 +83,18 @@ _CLOSED = "closed"
 # (role, state) -> message types that role may *receive* in that state.
 _RECEIVABLE: dict[tuple[str, str], tuple[type, ...]] = {
     (CLIENT, _HANDSHAKE): (Hello, NodeFailure),
-    (CLIENT, _RUNNING): (Results, Heartbeat, Load, NodeFailure),
+    (CLIENT, _RUNNING): (Results, Heartbeat, Load, NodeFailure, CodeNeed, FileSync),
     (NODE, _HANDSHAKE): (Configure, Shutdown),
-    (NODE, _RUNNING): (Function, Tasks, Heartbeat, Cancel, Shutdown),
+    (NODE, _RUNNING): (
+        Function,
+        Tasks,
+        Heartbeat,
+        Cancel,
+        Shutdown,
+        CodeOffer,
+        Code,
+        FileSync,
+    ),
 }
 _PEER = {CLIENT: NODE, NODE: CLIENT}
 # The message that moves each side from handshake to running.
@@ -179,8 +194,12 @@ __all__ = [
     "PICKLE",
     "PROTOCOL_VERSION",
     "Cancel",
+    "Code",
+    "CodeNeed",
+    "CodeOffer",
     "Configure",
     "Connection",
+    "FileSync",
     "FrameDecoder",
     "Function",
     "Heartbeat",
