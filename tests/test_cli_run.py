@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -144,6 +143,26 @@ def test_a_file_target_travels_by_value_to_the_ssh_host(workdir: Workdir, ssh_ho
     ]
 
 
+def test_files_travel_and_tasks_read_them_by_relative_path(workdir: Workdir, ssh_host: str) -> None:
+    data = workdir.path / "data"
+    data.mkdir(exist_ok=True)
+    (data / "scale.txt").write_text("7\n")
+    (workdir.path / "reader.py").write_text(
+        "import os\n"
+        "def scaled(x):\n"
+        "    with open('data/scale.txt') as f:\n"
+        "        return (x * int(f.read()), os.getcwd())\n"
+    )
+    run = workdir.run(
+        "run", "reader.py:scaled", "--range", "3", "--hosts", ssh_host, "--python", TEST_PYTHON,
+        "--files", "data", "-o", "out.json", "--quiet",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    rows = [r["result"] for r in json.loads((workdir.path / "out.json").read_text())]
+    assert [value for value, _ in rows] == [0, 7, 14]
+    assert all(Path(cwd) != workdir.path for _, cwd in rows)  # a copy on the host, not here
+
+
 def test_an_installed_module_travels_by_reference(workdir: Workdir) -> None:
     run = workdir.run("run", "math:factorial", "--range", "5", "-o", "out.json", "--quiet")
     assert run.returncode == 0, run.stderr
@@ -253,7 +272,3 @@ def test_a_bad_config_file_is_one_line_and_verbose_shows_the_traceback(
     assert "hosts.broken must be a list of strings" in run.stderr
     verbose = workdir.run("run", "work:square", "--range", "2", "--hosts", "@broken", "-v")
     assert verbose.returncode == 2 and "Traceback" in verbose.stderr
-
-
-if sys.platform != "linux":  # pragma: no cover
-    pytest.skip("real sshd and /proc", allow_module_level=True)

@@ -31,7 +31,7 @@ from .output import add_verbose, printable, write_atomically
 # The keys a job may hold (``ceranubis job update`` sets them, ``run`` reads them).
 JOB_KEYS = (
     "target", "hosts", "python", "chunksize", "timeout", "retries", "store", "range", "args",
-    "queue", "priority", "group",
+    "files", "modules", "queue", "priority", "group",
 )  # fmt: skip
 # Version of the jobs file's layout, stored in it: a later layout can be told apart.
 JOBS_FILE_VERSION = 1

@@ -72,8 +72,23 @@ def setup_options() -> argparse.ArgumentParser:
     where.add_argument("--timeout", type=_seconds, help="seconds per task (default: none)")
     where.add_argument("--retries", type=_count(0), help="re-runs after a worker died (default: 2)")
     where.add_argument("--store", help="store path or postgresql:// URL")
+    where.add_argument(
+        "--files", type=_names, help="data files/directories synced to every host, comma-"
+        "separated, relative to here (default: the config's `files`)",
+    )  # fmt: skip
+    where.add_argument(
+        "--modules", type=_names, help="modules whose source goes to every host (your own "
+        "modules go by themselves)",
+    )  # fmt: skip
     add_queue_options(options)
     return options
+
+
+def _names(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("give at least one name")
+    return names
 
 
 def _count(least: int) -> Callable[[str], int]:
@@ -155,7 +170,11 @@ def run_command(args: argparse.Namespace) -> int:
     if settings.get("queue"):
         return _run_queued(args, settings, target.function, tasks.args, sink)
     try:
-        executor = CeranubisExecutor(hosts, retries=settings.get("retries", DEFAULT_RETRIES))
+        executor = CeranubisExecutor(
+            hosts, retries=settings.get("retries", DEFAULT_RETRIES),
+            files=settings.get("files") or load_config().files,
+            modules=settings.get("modules") or (),
+        )  # fmt: skip
     except BaseException:
         if sink is not None:
             sink.discard()
