@@ -30,6 +30,11 @@ REPEATS = 5
 PROJECT_BENCH_TIMEOUT = 120.0
 PROJECT_BENCH = Path(__file__).resolve().parent / "bench_project.py"
 RERUN_BENCH = Path(__file__).resolve().parent / "bench_rerun.py"
+# Queue mode against pgqueuer and procrastinate (Q1-Q3) on its own PostgreSQL server.
+QUEUE_BENCH = Path(__file__).resolve().parent / "bench_queue.py"
+# Seconds bench_queue.py may take: procrastinate's Q1 alone takes ~1 minute, and Q3 waits
+# through three 30 s windows.
+QUEUE_BENCH_TIMEOUT = 900.0
 SSHD = "/usr/sbin/sshd"
 
 
@@ -147,19 +152,20 @@ def ssh_unavailable() -> str:
     return ""
 
 
-def run_store_bench(script: Path) -> str:
+def run_store_bench(script: Path, timeout: float = PROJECT_BENCH_TIMEOUT) -> str:
     """Run one store benchmark (``bench_project.py``: W1 with and without a project store;
-    ``bench_rerun.py``: "Run All" of a finished sweep) and return its report."""
+    ``bench_rerun.py``: "Run All" of a finished sweep; ``bench_queue.py``: queue mode and
+    its peers) and return its report."""
     try:
         done = subprocess.run(
             [sys.executable, str(script)],
             capture_output=True,
             text=True,
-            timeout=PROJECT_BENCH_TIMEOUT,
+            timeout=timeout,
             check=False,
         )
     except subprocess.TimeoutExpired:
-        return f"{script.name}: stopped after {PROJECT_BENCH_TIMEOUT:.0f} s"
+        return f"{script.name}: stopped after {timeout:.0f} s"
     status = "" if done.returncode == 0 else f" (exit {done.returncode}: {done.stderr[-500:]})"
     return f"{script.name}{status}:\n{done.stdout.rstrip()}"
 
@@ -176,6 +182,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--no-project", action="store_true", help="skip bench_project.py and bench_rerun.py"
     )
     parser.add_argument("--no-ssh", action="store_true", help="skip the SSH workloads")
+    parser.add_argument("--no-queue", action="store_true", help="skip bench_queue.py")
     return parser.parse_args(argv)
 
 
@@ -197,16 +204,19 @@ def main(argv: list[str] | None = None) -> int:
     samples = {name: dict(metrics) for name, metrics in bench.samples.items()}
     project = "" if args.no_project else run_store_bench(PROJECT_BENCH)
     rerun = "" if args.no_project else run_store_bench(RERUN_BENCH)
+    queue = "" if args.no_queue else run_store_bench(QUEUE_BENCH, QUEUE_BENCH_TIMEOUT)
     elapsed = time.perf_counter() - started
     for section in report.SECTIONS:
         text = report.table(samples, section)
         if text:
             print(f"\n{text}")
-    for line in [*bench.notes, project, rerun]:
+    for line in [*bench.notes, project, rerun, queue]:
         if line:
             print(f"\n{line}")
     extra = {"seconds": elapsed, "repeats": bench.repeats, "notes": bench.notes}
-    path = report.write_json(samples, {**extra, "project_bench": project, "rerun_bench": rerun})
+    path = report.write_json(
+        samples, {**extra, "project_bench": project, "rerun_bench": rerun, "queue_bench": queue}
+    )
     print(f"\n{elapsed:.0f} s; medians of {bench.repeats}; ratios are ours/peer; written to {path}")
     print(
         f"load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after: on a shared "
