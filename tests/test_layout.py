@@ -26,7 +26,8 @@ ALLOWED = {
     "cluster": {"wire", "errors", "exits"},
     "projects": {"cluster", "wire", "errors", "exits"},
     "jupyter": {"projects", "cluster", "wire", "errors", "exits"},
-    "cli": {"jupyter", "projects", "cluster", "wire", "errors", "exits"},
+    "daemon": {"projects", "cluster", "node", "wire", "errors", "exits"},
+    "cli": {"jupyter", "daemon", "projects", "cluster", "wire", "errors", "exits"},
 }
 MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 40

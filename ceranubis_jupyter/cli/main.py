@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from .output import BROKEN_PIPE_STATUS, silence_stdout
 
 # Modules that contribute subcommands (each has ``add_commands(subparsers)``).
-_COMMAND_MODULES = ["demo", "kernel", "projects", "strays"]
+_COMMAND_MODULES = ["demo", "kernel", "nodes", "projects", "strays"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -36,7 +36,7 @@ from .code import (
 )
 from .digest import arguments_digest, function_digest
 from .project import Project, remove_project
-from .records import ProjectRow, this_client
+from .records import QUEUE_CLIENT, ProjectRow, this_client
 from .rerun import (
     NO_REUSE,
     Attach,
@@ -66,6 +66,9 @@ def commit_project(
     chunksize: int = 1,
     replace: bool = False,
     reuse: bool = True,
+    queue: bool = False,
+    priority: int = 0,
+    group: str | None = None,
 ) -> Project:  # long: most of it is the documented public signature
     """Store a project and start running it in the background; returns at once.
 
@@ -87,6 +90,10 @@ def commit_project(
         reuse: take the stored result of an argument that a function with the same code
             already finished (``False`` for functions that read files, the time or
             random numbers: their results are neither reused nor offered for reuse).
+        queue: queue mode: store the project for the node daemons (``ceranubis node``)
+            and return; nothing runs in this process, which may exit at once.
+        priority, group: in queue mode, higher priorities are served first (then the
+            oldest); a project with a group runs only on nodes of that group.
 
     Raises:
         ConfigError: bad args, code that does not compile, no such function, a name
@@ -98,6 +105,8 @@ def commit_project(
     fn = function_from_code(code, target, name or target)
     check_shippable(fn)
     wanted = _Wanted(store, name, code, target, None, replace, reuse)
+    if queue:
+        return _commit_queued(wanted, fn, items, (priority, group or "", 0.0))
     definition = _define(wanted, fn, items, lambda: host_names(hosts))
     if isinstance(definition, _Found):
         return _attach(definition, None, hosts)
@@ -122,6 +131,9 @@ def commit_function(
     timeout: float | None = None,
     replace: bool = False,
     reuse: bool = True,
+    queue: bool = False,
+    priority: int = 0,
+    group: str | None = None,
 ) -> Project:  # long: most of it is the documented public signature
     """Store a project for a function object and run it on ``executor``; returns at once.
 
@@ -136,7 +148,8 @@ def commit_function(
         code: the source to record (the magic passes its cell); default: the function's
             source when ``inspect`` finds it.
         chunksize: arguments per task; ``timeout``: seconds per task (0/None: none).
-        replace, reuse: as in :func:`commit_project`.
+        replace, reuse, queue, priority, group: as in :func:`commit_project` (with
+            ``queue``, the executor runs nothing: the node daemons do).
 
     Raises:
         ConfigError: bad args, a function that cannot be serialized, code that does not
@@ -151,6 +164,8 @@ def commit_function(
     blob = check_shippable(fn)
     hosts = executor.hosts
     wanted = _Wanted(store, name, code, target, blob, replace, reuse)
+    if queue:
+        return _commit_queued(wanted, fn, items, (priority, group or "", float(timeout or 0)))
     definition = _define(wanted, fn, items, lambda: [i.host for i in hosts()])
     if isinstance(definition, _Found):
         return _attach(definition, executor, None)
@@ -292,14 +307,39 @@ def _attach(found: _Found, executor: NodeExecutor | None, hosts: Any) -> Project
     return project.resume(executor, hosts=hosts, reuse=found.reuse)
 
 
-def _create(definition: _Definition, plan: RunPlan | None) -> Project:
+def _commit_queued(
+    wanted: _Wanted,
+    fn: Callable[..., Any],
+    items: list[tuple[Any, ...]],
+    queued: tuple[int, str, float],
+) -> Project:
+    """Queue mode: store the project for the node daemons, or queue again the stored
+    project it is; run nothing here."""
+    opened = shared_store(wanted.store)
+    if opened.queue_schema() is None:
+        opened.init_queue()
+    opened.check_queue()
+    definition = _define(dataclasses.replace(wanted, store=opened), fn, items, list)
+    if isinstance(definition, _Found):
+        if not definition.row.live:
+            opened.requeue(definition.row.id, queued)
+        return Project.load(definition.row.id, opened)
+    return _create(definition, None, queued)
+
+
+def _create(
+    definition: _Definition, plan: RunPlan | None, queued: tuple[int, str, float] | None = None
+) -> Project:
     """Store the project and run it; the run starts submitting as soon as the project's
     row is in, while its arguments are still being inserted (the insert costs no time
     before the first task), and writes once the transaction committed. Then the versions
     it replaces are removed."""
     for attempt in range(1, NAME_ATTEMPTS + 1):
         try:
-            project = _insert_and_start(definition, plan)
+            if queued is None:
+                project = _insert_and_start(definition, plan)
+            else:
+                project = _insert_queued(definition, queued)
             break
         except ConfigError:
             if attempt == NAME_ATTEMPTS:
@@ -352,8 +392,20 @@ def _insert_and_start(definition: _Definition, plan: RunPlan | None) -> Project:
     return project
 
 
+def _insert_queued(definition: _Definition, queued: tuple[int, str, float]) -> Project:
+    """Store a queued project (its queue row in the same transaction, the nodes
+    notified at the commit)."""
+    store = definition.store
+    row, _ = _insert(definition, None, queued)
+    if not definition.to_run:  # every argument took a stored result: done already
+        store.set_state(row.id, "done", release=True)
+    return Project.load(row.id, store)
+
+
 def _insert(
-    definition: _Definition, start: Callable[[ProjectRow], None] | None
+    definition: _Definition,
+    start: Callable[[ProjectRow], None] | None,
+    queued: tuple[int, str, float] | None = None,
 ) -> tuple[ProjectRow, Sequence[int]]:
     wanted, version = definition.wanted, definition.version
     return definition.store.add_project(
@@ -363,10 +415,11 @@ def _insert(
         definition.hosts,
         wanted.function,
         definition.blobs,
-        this_client(),
+        this_client() if queued is None else QUEUE_CLIENT,
         start,
         version=version.version,
         digests=definition.digests,
         changes=version.changes,
         reused=definition.reused,
+        queued=queued,
     )

@@ -20,6 +20,9 @@ from ..cluster.transport import pid_alive
 # heartbeats (run.HEARTBEAT_SECONDS) must be missed, so a busy client is not declared
 # dead, yet a crashed one on another machine is noticed within a few seconds.
 STALE_SECONDS = 10.0
+# The client of a queued project: the node daemons serve it, so it lives while it runs,
+# whatever process committed it.
+QUEUE_CLIENT = "(queue)"
 
 
 @dataclass(frozen=True)
@@ -48,8 +51,10 @@ class ProjectRow:
 
     @property
     def live(self) -> bool:
-        """True when a client process is running this project now."""
-        return self.state == "running" and client_alive(self.client, self.heartbeat)
+        """True when a client process (or the queue) is running this project now."""
+        if self.state != "running":
+            return False
+        return self.client == QUEUE_CLIENT or client_alive(self.client, self.heartbeat)
 
     @property
     def effective_state(self) -> str:

@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..errors import ConfigError
+from .queue_store import QueueStore
 from .records import (
     ArgumentRow,
     HostStats,
@@ -63,7 +64,7 @@ _UPDATE_ANY = (
 )
 
 
-class Store(StoreBase):
+class Store(QueueStore):
     """Projects and argument outcomes behind plain SQL; thread-safe (one lock).
 
     Back ends supply a DB-API connection, the DDL, the error mapping and the two bulk
@@ -92,6 +93,7 @@ class Store(StoreBase):
         digests: tuple[str, str] = ("", ""),
         changes: str = "",
         reused: Sequence[tuple[int, int]] = (),
+        queued: tuple[int, str, float] | None = None,
     ) -> tuple[ProjectRow, Sequence[int]]:  # long: a documented signature of 12 parameters
         """Insert a project and its arguments (``pending``) in one transaction; returns
         its row and the arguments' ids in position order.
@@ -122,6 +124,8 @@ class Store(StoreBase):
                 ids = self._insert_arguments(cursor, row.id, args)
                 if reused:
                     self._mark_reused(cursor, [(ids[at], holder) for at, holder in reused])
+                if queued is not None:
+                    self.queue_project(cursor, row.id, *queued)
         except ConfigError:
             raise ConfigError(
                 f"a project named {name!r} (version {version}) already exists; pick another "

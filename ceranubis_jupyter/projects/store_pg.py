@@ -14,6 +14,7 @@ from typing import Any
 
 from ..errors import ConfigError, StoreError
 from .conninfo import PASSWORD_ADVICE, passwords_in, redact, scrub
+from .queue_store import PG_QUEUE
 from .store import DONE_VALUES, Store
 
 # Seconds to wait for the server when connecting: an unreachable store is reported
@@ -95,9 +96,11 @@ class PostgresStore(Store):
     """The store in a PostgreSQL database; reconnects when the connection broke."""
 
     _ddl = _PG_DDL
+    _queue = PG_QUEUE
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, create: bool = True) -> None:
         super().__init__()
+        self._create = create
         self.url = redact(url)
         self._dsn = url
         try:
@@ -110,7 +113,7 @@ class PostgresStore(Store):
         self._connection: Any = None
         self._connect()
         try:
-            self._create_schema()
+            self.prepare_schema(create)
         except BaseException:
             self.close()
             raise
@@ -213,7 +216,12 @@ class PostgresStore(Store):
 
     def reopen(self) -> PostgresStore:
         """Another store on the same database, with a connection of its own."""
-        return PostgresStore(self._dsn)
+        return PostgresStore(self._dsn, create=self._create)
+
+    @property
+    def dsn(self) -> str:
+        """The connection URL as given (with any password: keep it out of messages)."""
+        return self._dsn
 
     def _translate(self, error: Exception) -> Exception:
         if isinstance(error, (StoreError, ConfigError)):

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, StoreError
+from .queue_store import SQLITE_QUEUE
 from .store import DONE_VALUES, Store
 
 # Seconds a writer waits for another process's write lock: long enough to ride out a
@@ -124,9 +125,11 @@ class SQLiteStore(Store):
 
     _ddl = _SQLITE_DDL
     _begin_sql = "BEGIN IMMEDIATE"
+    _queue = SQLITE_QUEUE
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, create: bool = True) -> None:
         super().__init__()
+        self._create = create
         self.path = Path(path).expanduser()
         self.url = str(self.path)
         _prepare_file(self.path)
@@ -142,7 +145,7 @@ class SQLiteStore(Store):
         try:
             self._ensure_wal()
             self._read("PRAGMA synchronous = NORMAL")  # WAL: safe against process crashes
-            self._create_schema()  # before foreign keys: an upgrade copies the projects
+            self.prepare_schema(create)  # before foreign keys: an upgrade copies the projects
             self._read("PRAGMA foreign_keys = ON")
         except BaseException:
             self._connection.close()
@@ -184,7 +187,7 @@ class SQLiteStore(Store):
 
     def reopen(self) -> SQLiteStore:
         """Another store on the same file, with a connection of its own."""
-        return SQLiteStore(self.path)
+        return SQLiteStore(self.path, create=self._create)
 
     def _translate(self, error: Exception) -> Exception:
         if isinstance(error, (StoreError, ConfigError)):

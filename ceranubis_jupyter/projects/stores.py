@@ -35,12 +35,14 @@ def is_postgres_url(text: str) -> bool:
     return text.startswith(("postgresql://", "postgres://"))
 
 
-def open_store(url_or_path: str | os.PathLike[str] | None = None) -> Store:
+def open_store(url_or_path: str | os.PathLike[str] | None = None, *, create: bool = True) -> Store:
     """Open (creating if needed) the project store.
 
     Args:
         url_or_path: a SQLite file path, ``sqlite:///path``, or a ``postgresql://`` URL;
             ``None`` means ``$CERANUBIS_STORE`` or :func:`default_store_path`.
+        create: create or upgrade the tables; ``False`` (a node daemon): only check that
+            the project and queue tables are there, of this package's version.
 
     Raises:
         StoreError: the store cannot be reached, created, or is not a project store.
@@ -50,17 +52,17 @@ def open_store(url_or_path: str | os.PathLike[str] | None = None) -> Store:
     """
     target = url_or_path if url_or_path is not None else os.environ.get(STORE_ENV) or None
     if target is None:
-        return SQLiteStore(default_store_path())
+        return SQLiteStore(default_store_path(), create=create)
     text = os.fspath(target)
     if is_postgres_url(text):
         from .store_pg import PostgresStore  # psycopg is an optional extra
 
-        return PostgresStore(text)
+        return PostgresStore(text, create=create)
     if text.startswith("sqlite://"):
         text = text.removeprefix("sqlite://")
     if "://" in text:
         raise StoreError(f"unknown store URL {text!r}: use a file path or a postgresql:// URL")
-    return SQLiteStore(text)
+    return SQLiteStore(text, create=create)
 
 
 def shared_store(store: Store | str | os.PathLike[str] | None) -> Store:

@@ -155,6 +155,7 @@ class StoredView:
         live_elsewhere = self.refresh().live
         if self.store.cancel_unfinished(self.row.id) or live_elsewhere:
             self.store.set_state(self.row.id, "cancelled")  # a finished project stays so
+            self.store.notify(f"cancel:{self.row.id}")  # queue nodes stop its tasks now
 
     def flush(self) -> None:
         pass  # nothing of it is in this process's memory

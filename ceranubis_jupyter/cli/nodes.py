@@ -1,0 +1,82 @@
+"""``ceranubis node`` (a queue-mode node daemon) and ``ceranubis nodes`` (list them).
+
+``ceranubis node --store URL [--workers N] [--group NAME] [--name NAME] [--lease S]``
+serves the store until SIGTERM or SIGINT (then exits 0); ``--init`` instead creates the
+queue schema (as a role that may create tables) and exits. Errors print one line and
+exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+from ..daemon.node import LEASE_SECONDS, QueueNode
+from ..errors import CeranubisError
+from ..projects.records import STALE_SECONDS
+from ..projects.stores import open_store
+
+
+def add_commands(subparsers: Any) -> None:
+    """Register ``node`` and ``nodes``."""
+    parser = subparsers.add_parser("node", help="run a queue node daemon on a store")
+    parser.add_argument("--store", required=True, help="store path or postgresql:// URL")
+    parser.add_argument("--workers", type=int, help="worker processes (default: all cores)")
+    parser.add_argument("--group", default="", help="serve this group's projects too")
+    parser.add_argument("--name", help="this node's name (default: host:pid)")
+    parser.add_argument("--lease", type=float, default=LEASE_SECONDS, help="lease seconds")
+    parser.add_argument("--init", action="store_true", help="create the queue schema, exit")
+    parser.set_defaults(handler=_node)
+    parser = subparsers.add_parser("nodes", help="list the queue node daemons of a store")
+    parser.add_argument("--store", help="store path or postgresql:// URL")
+    parser.add_argument("--json", action="store_true", help="one JSON object per node")
+    parser.set_defaults(handler=_nodes)
+
+
+def _node(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    try:
+        if args.init:
+            store = open_store(args.store)
+            store.init_queue()
+            print(f"queue schema ready in {store.url}")
+            store.close()
+            return 0
+        node = QueueNode(
+            args.store, workers=args.workers, group=args.group, name=args.name, lease=args.lease
+        )
+    except CeranubisError as error:
+        print(f"ceranubis node: {error}", file=sys.stderr)
+        return 2
+    return node.serve()
+
+
+def _nodes(args: argparse.Namespace) -> int:
+    try:
+        store = open_store(args.store, create=False)
+        rows, now = store.nodes(), store.database_time()
+    except CeranubisError as error:
+        print(f"ceranubis nodes: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        for row in rows:
+            print(json.dumps({**row.__dict__, "seen_seconds_ago": round(now - row.heartbeat, 3)}))
+        return 0
+    head = ["NAME", "HOST", "PID", "WORKERS", "GROUP", "LOAD", "LAST BEAT", "CLAIMED", "DONE",
+            "DROPPED", "STATE"]  # fmt: skip
+    lines = [head]
+    for row in rows:
+        fresh = row.state == "stopped" or now - row.heartbeat <= STALE_SECONDS
+        state = row.state if fresh else f"silent ({row.state})"
+        lines.append([row.name, row.host, str(row.pid), str(row.workers), row.group or "-",
+                      f"{row.load:.2f}", time.strftime("%H:%M:%S", time.localtime(row.heartbeat)),
+                      str(row.claimed), str(row.done), str(row.dropped), state])  # fmt: skip
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    for line in lines:
+        cells = (cell.ljust(width) for cell, width in zip(line, widths, strict=True))
+        print("  ".join(cells).rstrip())
+    return 0

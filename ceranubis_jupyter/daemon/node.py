@@ -1,0 +1,378 @@
+"""A queue node: claim arguments from the store, run them on local workers, write outcomes.
+
+One thread (the caller's: ``ceranubis node`` runs it in the main thread, where it also
+takes SIGTERM and SIGINT) runs :meth:`QueueNode.serve`'s cycle:
+
+1. collect finished tasks; write their outcomes in one batch (first writer wins: rows a
+   faster node or a cancel finished are left alone, and counted as dropped);
+2. stop the tasks of projects that stopped running (cancelled, removed);
+3. renew the leases it holds, heartbeat its ``nodes`` row, send others' expired leases
+   back to the queue;
+4. claim more when few are left (a batch sized to the free places), by priority;
+5. sleep until a task finishes, a ``NOTIFY`` arrives, or the next timer.
+
+A store error in any step keeps what is unwritten and retries after a bounded backoff
+(PostgreSQL restarted: the connection is made again). On stop it claims nothing more,
+lets what runs finish for ``drain`` seconds, writes, releases the rest, and returns 0.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from ..cluster.executor import NodeExecutor, TaskOptions
+from ..cluster.tasks import ResultSlot
+from ..errors import CeranubisError, StoreError
+from ..projects.code import function_of
+from ..projects.queue_store import QUEUE_SCHEMA, Claimed, NodeRow
+from ..projects.rows import final_state
+from ..projects.store import Store
+from ..projects.stores import is_postgres_url, open_store
+from ..wire import protocol as p
+from .held import Held, HeldTask
+from .listen import Listener
+
+log = logging.getLogger("ceranubis")
+
+
+def _package_version() -> str:
+    try:
+        return importlib.metadata.version("ceranubis_jupyter")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree
+        return "source"
+
+
+# Seconds a claim holds its arguments unless renewed: a lost node's work runs elsewhere
+# this long after its last renewal; shorter recovers sooner but costs more renewals.
+LEASE_SECONDS = 30.0
+# Arguments claimed per worker: more keeps tiny tasks flowing through a store round trip;
+# fewer spreads a small project over more nodes.
+CLAIM_PER_WORKER = 8
+# Seconds between outcome writes while tasks finish: longer batches cost fewer
+# transactions, shorter ones show progress (and free the next claim) sooner.
+WRITE_SECONDS = 0.05
+# Seconds between heartbeats of the nodes row.
+BEAT_SECONDS = 2.0
+# Seconds between looks for cancelled projects (a NOTIFY makes it at once): the bound on
+# how long a cancelled task may go on running.
+CANCEL_POLL_SECONDS = 0.5
+# Seconds an idle node sleeps before looking for work unwoken: with LISTEN (PostgreSQL)
+# only a fallback, so long; on SQLite the only way, so short.
+IDLE_POLL_PG = 5.0
+IDLE_POLL_SQLITE = 0.2
+# Seconds a stopping node lets its running tasks finish before releasing them.
+DRAIN_SECONDS = 10.0
+# What the nodes table says of this node's version: package and wire protocol.
+_VERSION = f"{_package_version()} (protocol {p.PROTOCOL_VERSION})"
+# Backoff after a store error: first pause, and the longest.
+BACKOFF_FIRST = 0.1
+BACKOFF_MAX = 5.0
+
+
+class QueueNode:
+    """A node daemon on ``store``: see the module's docstring.
+
+    Args:
+        store: a SQLite path or ``postgresql://`` URL whose queue schema exists
+            (``ceranubis node --init``); checked at once.
+        workers: worker processes (default: all cores).
+        group: serve projects of this group (and those of none).
+        name: this node's name in the ``nodes`` table (default ``host:pid``).
+        lease: seconds a claim holds without renewal (:data:`LEASE_SECONDS`).
+        claim_per_worker: arguments held per worker (:data:`CLAIM_PER_WORKER`).
+        drain: seconds to let running tasks finish when stopping.
+        poll: seconds an idle node waits before looking for work unwoken.
+
+    Raises:
+        StoreError: the store cannot be reached, has no queue schema, or another
+            version of it (the message says what to upgrade).
+    """
+
+    def __init__(
+        self,
+        store: str,
+        *,
+        workers: int | None = None,
+        group: str = "",
+        name: str | None = None,
+        lease: float = LEASE_SECONDS,
+        claim_per_worker: int = CLAIM_PER_WORKER,
+        drain: float = DRAIN_SECONDS,
+        poll: float | None = None,
+    ) -> None:  # long: the documented signature
+        self.store: Store = open_store(store, create=False)
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        self.owner = f"{self.name}#{uuid.uuid4().hex[:8]}"  # a restart holds no old lease
+        self.group, self.lease, self.drain = group, lease, drain
+        self.workers = workers or os.cpu_count() or 1
+        self.capacity = self.workers * claim_per_worker
+        pg = is_postgres_url(store)
+        self.poll = poll if poll is not None else (IDLE_POLL_PG if pg else IDLE_POLL_SQLITE)
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self.held = Held(self.name, self._wake)
+        self._cancel_asked = threading.Event()
+        self._functions: dict[int, tuple[int, TaskOptions, Any] | str] = {}
+        self._exhausted: set[int] = set()  # projects whose last claim found too few
+        self.claimed = self.dropped = 0
+        self.started = time.time()
+        self._timers = dict.fromkeys(("renew", "beat", "expire", "cancel", "write"), 0.0)
+        self._backoff = 0.0
+        self._retry_at = 0.0  # after a store error: when to try again
+        self._look_at = 0.0  # when to look for work again after the queue was empty
+        self._listener = Listener(getattr(self.store, "dsn", ""), self._heard) if pg else None
+        self.executor: NodeExecutor | None = None
+
+    # ------------------------------------------------------------------ public
+
+    def serve(self) -> int:
+        """Run until :meth:`stop` (or SIGTERM/SIGINT in the main thread); returns 0."""
+        self._install_signals()
+        self.executor = NodeExecutor(None, max_workers=self.workers)
+        self.executor.scheduler.add_listener(self.held.arrived)
+        if self._listener is not None:
+            self._listener.start()
+        log.info("node %s serves %s with %d workers", self.name, self.store.url, self.workers)
+        try:
+            self._safely(lambda: self._beat("running"))
+            while not self._stopping.is_set():
+                self._wake.clear()
+                self._cycle(claim=True)
+                self._wake.wait(self._pause())
+            self._drain()
+        finally:
+            self._close()
+        return 0
+
+    def stop(self) -> None:
+        """Stop claiming; finish or release what is held; :meth:`serve` then returns."""
+        self._stopping.set()
+        self._wake.set()
+
+    # ------------------------------------------------------------------ the cycle
+
+    def _cycle(self, claim: bool) -> None:
+        self.held.collect()
+        now = time.monotonic()
+        if now < self._retry_at:
+            return  # the store failed: wait out the backoff
+        if self._safely(lambda: self._store_work(now, claim)):
+            self._backoff = 0.0
+        else:
+            self._backoff = min(max(self._backoff * 2, BACKOFF_FIRST), BACKOFF_MAX)
+            self._retry_at = now + self._backoff
+
+    def _store_work(self, now: float, claim: bool) -> None:
+        due = self._write_due(now)
+        if self.held.unwritten() and (due or not self.held.tasks or not claim):
+            self._write()
+        if self._cancel_asked.is_set() or now >= self._timers["cancel"]:
+            self._cancel_asked.clear()
+            self._stop_cancelled()
+            self._timers["cancel"] = now + CANCEL_POLL_SECONDS
+        if now >= self._timers["renew"]:
+            if self.held.tasks:
+                self.store.renew_leases(self.owner, self.lease)
+            self._timers["renew"] = now + self.lease / 3
+        if now >= self._timers["expire"]:
+            self._settle(self.store.expire_leases())
+            self._timers["expire"] = now + self.lease / 4
+        if now >= self._timers["beat"]:
+            self._beat("running" if claim else "stopping")
+            self._timers["beat"] = now + BEAT_SECONDS
+        wants = claim and len(self.held.tasks) <= self.capacity // 2 and now >= self._look_at
+        if wants and not self._claim():  # the queue has nothing for us: until a NOTIFY or poll
+            self._look_at = now + self.poll
+
+    def _write_due(self, now: float) -> bool:
+        """Whether the write timer is due (and restart it)."""
+        if now >= self._timers["write"]:
+            self._timers["write"] = now + WRITE_SECONDS
+            return True
+        return False
+
+    def _pause(self) -> float:
+        if self._backoff:
+            return self._backoff
+        if self.held.tasks or self.held.unwritten():
+            return WRITE_SECONDS
+        return min(self.poll, self.lease / 4)
+
+    def _safely(self, work: Callable[[], None]) -> bool:
+        try:
+            work()
+            return True
+        except StoreError as error:
+            log.warning("node %s: %s; retrying", self.name, error)
+            return False
+
+    # ------------------------------------------------------------------ writing
+
+    def _write(self) -> None:
+        held = self.held
+        count = held.count()
+        touched = set(held.touched)
+        changed = self.store.record_outcomes(held.outcomes, held.done_values) if count else 0
+        if held.releases:
+            self.store.release(self.owner, held.releases)
+        held.written()
+        if changed < count:
+            self.dropped += count - changed
+            log.info("node %s: %d late outcomes dropped", self.name, count - changed)
+        for project in touched:
+            self.store.notify(f"outcome:{project}")
+        self._settle(sorted(touched & self._exhausted))
+
+    def _settle(self, projects: list[int]) -> None:
+        """Give projects with nothing left pending or running their final state."""
+        for project in projects:
+            counts = self.store.counts(project)
+            if counts["pending"] + counts["running"] == 0:
+                self.store.settle(project, final_state(counts, cancelled=False))
+                self._exhausted.discard(project)
+                self._functions.pop(project, None)
+
+    def _beat(self, state: str) -> None:
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        self.store.beat(
+            NodeRow(self.name, socket.gethostname(), os.getpid(), self.workers, self.group,
+                    load, _VERSION, QUEUE_SCHEMA, self.claimed, self.held.written_count,
+                    self.dropped, self.started, 0.0, state)
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------ claiming
+
+    def _claim(self) -> bool:
+        """Claim up to the free places, by priority; ``False`` when nothing was found."""
+        room = self.capacity - len(self.held.tasks)
+        found = False
+        for project in self.store.queued_projects(self.group):
+            if room <= 0:
+                break
+            claimed = self.store.claim_arguments(project.id, self.owner, self.name, room,
+                                                 self.lease)  # fmt: skip
+            if len(claimed) < room:
+                self._exhausted.add(project.id)
+            if claimed:
+                found = True
+                room -= len(claimed)
+                self.claimed += len(claimed)
+                self._run(project.id, project.timeout, claimed)
+        return found
+
+    def _run(self, project: int, timeout: float, claimed: list[Claimed]) -> None:
+        loaded = self._function(project, timeout)
+        held = self.held
+        if isinstance(loaded, str):  # the project's code cannot load here
+            for claim in claimed:
+                held.fail(HeldTask(claim.arg_id, project, claim.attempts), loaded)
+            return
+        fn_id, options, _ = loaded
+        assert self.executor is not None
+        records = []
+        for claim in claimed:
+            blob = claim.args
+            record = self.executor.prepared_task(
+                options, fn_id, ResultSlot(), p.ARGS, blob[0], memoryview(blob)[1:]
+            )
+            held.track(record.task_id, claim)
+            records.append(record)
+        self.executor.submit_prepared(records)
+
+    def _function(self, project: int, timeout: float) -> tuple[int, TaskOptions, Any] | str:
+        """The project's function id and task options, loaded once; or why it cannot
+        load here (its tasks then fail with that reason)."""
+        known = self._functions.get(project)
+        if known is not None:
+            return known
+        assert self.executor is not None
+        try:
+            row = self.store.find_project(project)
+            if row is None:
+                raise CeranubisError(f"project {project} was removed")
+            fn = function_of(row)
+            fn_id = self.executor.register_function(fn)
+            options = self.executor.options(timeout=timeout or None).task_options
+            loaded: tuple[int, TaskOptions, Any] | str = (fn_id, options, fn)  # keeps fn alive
+        except StoreError:
+            raise
+        except Exception as error:  # any failure of the project's own code
+            loaded = f"project {project}'s function cannot load on node {self.name}: {error}"
+            log.warning("%s", loaded)
+        self._functions[project] = loaded
+        return loaded
+
+    # ------------------------------------------------------------------ stopping
+
+    def _stop_cancelled(self) -> None:
+        stopped = set(self.store.stopped_projects(self.held.projects()))
+        if not stopped:
+            return
+        task_ids = self.held.of_projects(stopped)
+        self.held.drop(task_ids)
+        assert self.executor is not None
+        self.executor.scheduler.cancel_threadsafe(task_ids)
+        log.info("node %s: stopped %d tasks of projects %s", self.name, len(task_ids),
+                 sorted(stopped))  # fmt: skip
+
+    def _drain(self) -> None:
+        """Stopping: let running tasks finish for ``drain`` seconds, write, release."""
+        deadline = time.monotonic() + self.drain
+        while self.held.tasks and time.monotonic() < deadline:
+            self._wake.clear()
+            self._cycle(claim=False)
+            self._wake.wait(WRITE_SECONDS)
+        left = list(self.held.tasks)
+        if left and self.executor is not None:
+            self.held.releases += [h.arg_id for h in self.held.drop(left)]
+            self.executor.scheduler.cancel_threadsafe(left)
+        self.held.collect()
+        deadline = time.monotonic() + self.drain + BACKOFF_MAX
+        while self.held.unwritten() and time.monotonic() < deadline:
+            if not self._safely(self._write):
+                time.sleep(BACKOFF_FIRST)
+        self._safely(lambda: self._beat("stopped"))
+
+    def _close(self) -> None:
+        if self._listener is not None:
+            self._listener.stop()
+        if self.executor is not None:
+            self.executor.shutdown(wait=False, stop_running=True)
+        self.store.close()
+        log.info("node %s stopped (%d outcomes written)", self.name, self.held.written_count)
+
+    def _heard(self, payload: str) -> None:
+        """A queue event (listener thread): wake the cycle; a cancel is looked at now."""
+        if payload.startswith("cancel:"):
+            self._cancel_asked.set()
+        elif payload.startswith("outcome:"):
+            return  # other nodes' progress: nothing to do here
+        else:  # a commit, or the listener (re)connected: look for work now
+            self._look_at = 0.0
+        self._wake.set()
+
+    def _install_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # a node served from another thread is stopped by stop()
+        for number in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(number, lambda *_: self.stop())
+
+
+def run_node(store: str, **options: Any) -> int:
+    """Serve ``store`` as a node daemon until stopped; returns the exit status (0).
+
+    ``options``: those of :class:`QueueNode`.
+    """
+    return QueueNode(store, **options).serve()
+
+
+__all__ = ["CLAIM_PER_WORKER", "LEASE_SECONDS", "QueueNode", "run_node"]
