@@ -219,7 +219,9 @@ class Bench:
         url = self.urls["pgqueuer"]
         await self.q3("pgqueuer", lambda: Consumers.start("pgqueuer", url, Q3_CONSUMERS))
         if ours.available():
-            await self.q3("ceranubis-queue", lambda: ours.idle_daemons(self.urls["ours"]))
+            await self.q3(
+                "ceranubis-queue", lambda: ours.idle_daemons(self.urls["ours"], Q3_CONSUMERS)
+            )
 
 
 async def run(bench: Bench) -> None:
