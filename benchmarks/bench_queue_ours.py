@@ -111,12 +111,11 @@ class Daemons:
 
 def init_queue(url: str) -> None:
     """Create the queue schema (``ceranubis node --init``)."""
-    subprocess.run(
-        [*NODE, "--store", url, "--init"],
-        check=True,
-        capture_output=True,
-        timeout=DAEMON_TIMEOUT,
+    done = subprocess.run(
+        [*NODE, "--store", url, "--init"], capture_output=True, text=True, timeout=DAEMON_TIMEOUT
     )
+    if done.returncode != 0:
+        raise RuntimeError(f"ceranubis node --init failed: {done.stderr.strip()}")
 
 
 def _left(project: Any) -> int:

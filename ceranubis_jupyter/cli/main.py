@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from .output import BROKEN_PIPE_STATUS, silence_stdout
 
 # Modules that contribute subcommands (each has ``add_commands(subparsers)``).
-_COMMAND_MODULES = ["demo", "kernel", "nodes", "projects", "strays"]
+# ``nodes_remote`` adds ``start``/``stop`` under ``nodes``, so it comes after it.
+_COMMAND_MODULES = ["demo", "kernel", "nodes", "nodes_remote", "projects", "strays"]
 
 
 def build_parser() -> argparse.ArgumentParser:
