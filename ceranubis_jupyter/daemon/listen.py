@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..projects.queue_store import CHANNEL
+from ..projects.store_pg import tcp_options
 
 log = logging.getLogger("ceranubis")
 
@@ -55,7 +56,10 @@ class Listener:
         while not self._stopped.is_set():
             try:
                 with psycopg.connect(
-                    self._dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT
+                    self._dsn,
+                    autocommit=True,
+                    connect_timeout=CONNECT_TIMEOUT,
+                    **tcp_options(self._dsn),
                 ) as connection:
                     connection.execute(f"LISTEN {CHANNEL}")
                     pause = RECONNECT_FIRST

@@ -184,7 +184,7 @@ class QueueNode:
                 self.store.renew_leases(self.owner, self.lease)
             self._timers["renew"] = now + self.lease / 3
         if now >= self._timers["expire"]:
-            self._settle(self.store.expire_leases())
+            self._settle(sorted({*self.store.expire_leases(), *self.store.unsettled()}))
             self._timers["expire"] = now + self.lease / 4
         if now >= self._timers["beat"]:
             self._beat("running" if claim else "stopping")

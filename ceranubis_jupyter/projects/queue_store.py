@@ -343,6 +343,16 @@ class QueueStore(StoreBase):
             cursor.execute(self._sql(sql))
             return sorted({int(row[0]) for row in cursor.fetchall()})
 
+    def unsettled(self) -> list[int]:
+        """Queued projects still running with nothing pending or running (their last
+        writer died before it set their final state)."""
+        rows = self._read(
+            "SELECT q.project FROM queue_projects q JOIN projects p ON p.id = q.project "
+            "WHERE p.state = 'running' AND NOT EXISTS (SELECT 1 FROM arguments a WHERE "
+            "a.project = q.project AND a.state IN ('pending', 'running'))"
+        )
+        return [int(row[0]) for row in rows]
+
     def settle(self, project: int, state: str) -> bool:
         """Move a running project to its final ``state`` (once: the first caller)."""
         changed = self._write(

@@ -20,6 +20,17 @@ from .store import DONE_VALUES, Store
 # Seconds to wait for the server when connecting: an unreachable store is reported
 # quickly, a slow network still gets a chance.
 CONNECT_TIMEOUT = 5
+# How a connection notices a server that went silent (a partition: no FIN, no RST):
+# TCP keepalives after this many idle seconds, and unacknowledged data given up after
+# this many milliseconds. Shorter notices sooner; too short drops a slow but live link.
+# A URL that sets these keeps its own.
+TCP_OPTIONS = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 3,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 15000,
+}
 # Any constant: serializes concurrent schema creation (CREATE TABLE IF NOT EXISTS races).
 _SCHEMA_LOCK_KEY = 0x63657261
 
@@ -121,7 +132,10 @@ class PostgresStore(Store):
     def _connect(self) -> None:
         try:
             self._connection = self._psycopg.connect(
-                self._dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT
+                self._dsn,
+                autocommit=True,
+                connect_timeout=CONNECT_TIMEOUT,
+                **tcp_options(self._dsn),
             )
             for statement in _OUTCOMES_TABLE:
                 self._connection.execute(statement)
@@ -236,6 +250,11 @@ class PostgresStore(Store):
         if isinstance(error, self._psycopg.Error):
             return StoreError(f"the project store {self.url} failed: {self._said(error)}")
         return error
+
+
+def tcp_options(dsn: str) -> dict[str, Any]:
+    """:data:`TCP_OPTIONS` that ``dsn`` does not set itself."""
+    return {name: value for name, value in TCP_OPTIONS.items() if f"{name}=" not in dsn}
 
 
 def _first_line(error: BaseException) -> str:

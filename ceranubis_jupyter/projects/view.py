@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from ..cluster.executor import NodeExecutor
 from ..errors import ConfigError
-from .records import ProjectRow
+from .records import QUEUE_CLIENT, ProjectRow
 from .rows import decode
 from .run import ProjectRun
 from .store import Store
@@ -141,9 +141,16 @@ class StoredView:
         end = time.time() if self.state() == "running" else max(s.last_finished for s in stats)
         return max(0.0, end - start)
 
+    def _finished(self) -> bool:
+        """Nothing is left to run, and a queued project has its final state (a node sets
+        it just after its last outcome)."""
+        if not self.nothing_left():
+            return False
+        return self.refresh().client != QUEUE_CLIENT or self.row.state != "running"
+
     def wait(self, timeout: float | None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.nothing_left():
+        while not self._finished():
             if self.state() != "running":
                 return False
             if deadline is not None and time.monotonic() >= deadline:
