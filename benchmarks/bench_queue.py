@@ -65,6 +65,7 @@ POLL = 0.005
 # Seconds a consumer process may take to start, or to end after SIGTERM.
 PROCESS_TIMEOUT = 60.0
 PEERS = ("pgqueuer", "procrastinate")
+OURS_QUEUE = "ceranubis-queue"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 HERE = Path(__file__).resolve().parent
 
@@ -155,12 +156,10 @@ class Bench:
             if sample:
                 self.record(peer, "q2_ms", (float(stamp) - sent) * 1000)
 
-    async def peers_q1_q2(self) -> None:
-        """Q1 rounds (alternating with our ``map`` and our queue), then Q2, per peer."""
-        import psycopg
-
+    async def q1_q2(self) -> None:
+        """Q1 rounds, each sampling every system in turn, then Q2 per system."""
         running: dict[str, tuple[Consumers, Any]] = {}
-        poll = await psycopg.AsyncConnection.connect(self.server.url, autocommit=True)
+        queue = ours.OurQueue(self.urls["ours"]) if ours.available() else None
         try:
             for peer in PEERS:
                 await qp.SETUP[peer](self.urls[peer])
@@ -168,26 +167,37 @@ class Bench:
                 producer = qp.PRODUCERS[peer](self.urls[peer])
                 await producer.open()
                 running[peer] = (consumers, producer)
-            await self._q1_rounds(running)
+            if queue is not None:
+                queue.ready()
+            await self._q1_rounds(running, queue)
             for peer, (consumers, producer) in running.items():
                 _progress(f"Q2 {peer}")
                 await self.q2_peer(peer, producer, consumers)
+            if queue is not None:
+                _progress("Q2 ours")
+                for value in queue.q2(Q2_SAMPLES):
+                    self.record(OURS_QUEUE, "q2_ms", value)
         finally:
-            await poll.close()
             for consumers, producer in running.values():
                 await producer.close()
                 await consumers.stop()
+            if queue is not None:
+                await queue.stop()
 
-    async def _q1_rounds(self, running: dict[str, tuple[Consumers, Any]]) -> None:
-        polls = {}
+    async def _q1_rounds(
+        self, running: dict[str, tuple[Consumers, Any]], queue: ours.OurQueue | None
+    ) -> None:
         import psycopg
 
+        polls = {}
         for peer in running:
             polls[peer] = await psycopg.AsyncConnection.connect(self.urls[peer], autocommit=True)
         try:
             for round_ in range(self.repeats):
                 _progress(f"Q1 round {round_ + 1} of {self.repeats}")
                 self.record("ceranubis-map", "q1", ours.map_rate(inc, Q1_TASKS))
+                if queue is not None:
+                    self.record(OURS_QUEUE, "q1", queue.q1(Q1_TASKS))
                 for peer, (_, producer) in running.items():
                     if peer == "procrastinate" and round_ >= PROCRASTINATE_Q1_REPEATS:
                         continue
@@ -226,11 +236,9 @@ class Bench:
 
 async def run(bench: Bench) -> None:
     """Every measurement, in the order of the module's docstring."""
-    await bench.peers_q1_q2()
-    if ours.available():
-        await ours.measure_q1_q2(bench, inc, Q1_TASKS, Q2_SAMPLES)
-    else:
+    if not ours.available():
         bench.notes.append(f"our queue rows skipped: {ours.why_unavailable()}")
+    await bench.q1_q2()
     await bench.all_q3()
 
 

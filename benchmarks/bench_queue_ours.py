@@ -157,22 +157,27 @@ def q2_queue(url: str, samples: int) -> list[float]:
     return found
 
 
-async def measure_q1_q2(bench: Any, fn: Callable[[int], int], tasks: int, samples: int) -> None:
-    """Q1 (alternating with our ``map``) and Q2 through our queue with 2 daemons x 1 worker."""
-    url = bench.urls["ours"]
-    init_queue(url)
-    daemons = Daemons(url, Q1_DAEMONS, 1)
-    try:
-        daemons.wait_running()
-        q1_queue(url, WARM_UP)  # the daemons' first load of the function
-        for round_ in range(bench.repeats):
-            print(f"[{time.strftime('%H:%M:%S')}] Q1 ours, round {round_ + 1}", file=sys.stderr)
-            bench.record("ceranubis-queue", "q1", q1_queue(url, tasks))
-            bench.record("ceranubis-map", "q1", map_rate(fn, tasks))
-        for value in q2_queue(url, samples):
-            bench.record("ceranubis-queue", "q2_ms", value)
-    finally:
-        await daemons.stop()
+class OurQueue:
+    """Q1 and Q2's two daemons x 1 worker on our store, alive across the rounds."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        init_queue(url)
+        self.daemons = Daemons(url, Q1_DAEMONS, 1)
+
+    def ready(self) -> None:
+        """Wait for the daemons, and let them load the tiny function once."""
+        self.daemons.wait_running()
+        q1_queue(self.url, WARM_UP)
+
+    def q1(self, tasks: int) -> float:
+        return q1_queue(self.url, tasks)
+
+    def q2(self, samples: int) -> list[float]:
+        return q2_queue(self.url, samples)
+
+    async def stop(self) -> None:
+        await self.daemons.stop()
 
 
 async def idle_daemons(url: str, count: int) -> Daemons:
