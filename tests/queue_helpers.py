@@ -25,8 +25,8 @@ from tests.waiting import wait_for
 TEST_LEASE = 2.0
 # Seconds a daemon may take to start, or to stop after SIGTERM.
 DAEMON_SECONDS = 60.0
-# Seconds a queued project of the tests may take to finish.
-PROJECT_SECONDS = 240.0
+# Seconds a queued project of the tests may take to finish (within pytest's timeout).
+PROJECT_SECONDS = 90.0
 REPO = Path(__file__).resolve().parent.parent
 
 # The code of the tests' projects (run by the daemons from the store).
@@ -75,14 +75,17 @@ class Daemons:
         lease: float = TEST_LEASE,
         group: str = "",
         netns: str | None = None,
+        init: bool = True,
     ) -> Daemon:
         """Start ``ceranubis node`` on ``url`` (inside ``netns`` when given), once the
-        store has its queue schema (as its owner makes it: ``ceranubis node --init``)."""
-        store = open_store(url)
-        try:
-            store.init_queue()
-        finally:
-            store.close()
+        store has its queue schema (as its owner makes it: ``ceranubis node --init``;
+        ``init=False``: the test made it)."""
+        if init:
+            store = open_store(url)
+            try:
+                store.init_queue()
+            finally:
+                store.close()
         command = [sys.executable, "-m", "ceranubis_jupyter.cli", "node", "--store", url,
                    "--workers", str(workers), "--name", name, "--lease", str(lease)]  # fmt: skip
         if group:

@@ -9,14 +9,17 @@ exit with status 2.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import logging
+import signal
 import sys
 import time
 from typing import Any
 
 from ..daemon.node import LEASE_SECONDS, QueueNode
 from ..errors import CeranubisError
+from ..projects.queue_store import NodeRow
 from ..projects.records import STALE_SECONDS
 from ..projects.stores import open_store
 
@@ -39,6 +42,7 @@ def add_commands(subparsers: Any) -> None:
 
 def _node(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>`: where each thread is
     try:
         if args.init:
             store = open_store(args.store)
@@ -66,17 +70,21 @@ def _nodes(args: argparse.Namespace) -> int:
         for row in rows:
             print(json.dumps({**row.__dict__, "seen_seconds_ago": round(now - row.heartbeat, 3)}))
         return 0
-    head = ["NAME", "HOST", "PID", "WORKERS", "GROUP", "LOAD", "LAST BEAT", "CLAIMED", "DONE",
-            "DROPPED", "STATE"]  # fmt: skip
-    lines = [head]
-    for row in rows:
-        fresh = row.state == "stopped" or now - row.heartbeat <= STALE_SECONDS
-        state = row.state if fresh else f"silent ({row.state})"
-        lines.append([row.name, row.host, str(row.pid), str(row.workers), row.group or "-",
-                      f"{row.load:.2f}", time.strftime("%H:%M:%S", time.localtime(row.heartbeat)),
-                      str(row.claimed), str(row.done), str(row.dropped), state])  # fmt: skip
+    head = ["NAME", "HOST", "PID", "WORKERS", "GROUP", "LOAD", "LAST BEAT", "CLAIMED", "HELD",
+            "DONE", "DROPPED", "STATE"]  # fmt: skip
+    lines = [head, *(_cells(row, now) for row in rows)]
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     for line in lines:
         cells = (cell.ljust(width) for cell, width in zip(line, widths, strict=True))
         print("  ".join(cells).rstrip())
     return 0
+
+
+def _cells(row: NodeRow, now: float) -> list[str]:
+    """One node's line: a node silent for long is shown so (it may be gone)."""
+    fresh = row.state == "stopped" or now - row.heartbeat <= STALE_SECONDS
+    beat = time.strftime("%H:%M:%S", time.localtime(row.heartbeat))
+    numbers = (row.pid, row.workers)
+    counts = (row.claimed, row.held, row.done, row.dropped)
+    return [row.name, row.host, *map(str, numbers), row.group or "-", f"{row.load:.2f}", beat,
+            *map(str, counts), row.state if fresh else f"silent ({row.state})"]  # fmt: skip

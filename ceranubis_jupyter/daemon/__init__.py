@@ -15,7 +15,7 @@ executor's own::
 
 - ``node``: :class:`QueueNode`, the loop (claim, submit, write, renew, stop).
 - ``held``: what a node holds: its claimed arguments' tasks, and their outcomes to write.
-- ``listen``: the ``LISTEN`` thread (PostgreSQL), reconnecting with backoff.
+- the ``LISTEN`` thread (PostgreSQL) is ``projects.queue_listen``'s (clients use it too).
 
 May import: ``projects``, ``cluster``, ``node``, ``wire``, ``errors``, ``exits``.
 """

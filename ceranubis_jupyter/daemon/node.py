@@ -33,13 +33,13 @@ from ..cluster.executor import NodeExecutor, TaskOptions
 from ..cluster.tasks import ResultSlot
 from ..errors import CeranubisError, StoreError
 from ..projects.code import function_of
+from ..projects.queue_listen import Listener
 from ..projects.queue_store import QUEUE_SCHEMA, Claimed, NodeRow
 from ..projects.rows import final_state
 from ..projects.store import Store
 from ..projects.stores import is_postgres_url, open_store
 from ..wire import protocol as p
 from .held import Held, HeldTask
-from .listen import Listener
 
 log = logging.getLogger("ceranubis")
 
@@ -245,8 +245,8 @@ class QueueNode:
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
         self.store.beat(
             NodeRow(self.name, socket.gethostname(), os.getpid(), self.workers, self.group,
-                    load, _VERSION, QUEUE_SCHEMA, self.claimed, self.held.written_count,
-                    self.dropped, self.started, 0.0, state)
+                    load, _VERSION, QUEUE_SCHEMA, self.claimed, len(self.held.tasks),
+                    self.held.written_count, self.dropped, self.started, 0.0, state)
         )  # fmt: skip
 
     # ------------------------------------------------------------------ claiming
@@ -317,8 +317,10 @@ class QueueNode:
         stopped = set(self.store.stopped_projects(self.held.projects()))
         if not stopped:
             return
+        self.held.collect()  # what finished meanwhile is written (and counted if late)
         task_ids = self.held.of_projects(stopped)
         self.held.drop(task_ids)
+        self.dropped += len(task_ids)  # claimed, and never to be recorded by this node
         assert self.executor is not None
         self.executor.scheduler.cancel_threadsafe(task_ids)
         log.info("node %s: stopped %d tasks of projects %s", self.name, len(task_ids),

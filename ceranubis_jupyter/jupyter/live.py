@@ -65,6 +65,7 @@ class LiveProgress:
         self._thread = threading.Thread(target=self._run, name="ceranubis-progress", daemon=True)
         self.last: Snapshot | None = None
         self.executor: Any = executor
+        self._on_stop: list[Callable[[], Any]] = []
 
     def start(self) -> LiveProgress:
         """Draw once now, then follow the project; returns self."""
@@ -105,7 +106,18 @@ class LiveProgress:
         except Exception:  # a shut-down executor has no hosts to show
             return []
 
+    def on_stop(self, callback: Callable[[], Any]) -> None:
+        """Call ``callback()`` once the refresher thread ended (what it used is let go)."""
+        self._on_stop.append(callback)
+
     def _run(self) -> None:
+        try:
+            self._follow()
+        finally:
+            for callback in self._on_stop:
+                callback()
+
+    def _follow(self) -> None:
         while not self._stopped.is_set():
             self._poked.wait(IDLE_REFRESH_SECONDS)
             self._poked.clear()

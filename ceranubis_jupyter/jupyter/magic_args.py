@@ -26,7 +26,7 @@ from ..errors import ConfigError
 CELL_USAGE = (
     "%%ceranubis FN over ARGS [--hosts H1,H2,...] [--name NAME] [--store URL] "
     "[--chunksize N] [--workers N] [--timeout S] [--no-wait] [--out VAR] [--replace] "
-    "[--no-reuse]"
+    "[--no-reuse] [--queue [--priority N] [--group NAME]]"
 )
 LINE_USAGE = (
     "%ceranubis hosts [--hosts H1,H2,...] [--workers N] | projects [--all] [--store URL] | "
@@ -62,6 +62,9 @@ def _cell_parser() -> _Parser:
     parser.add_argument("--out", default=None)
     parser.add_argument("--replace", action="store_true")
     parser.add_argument("--no-reuse", action="store_true")
+    parser.add_argument("--queue", action="store_true")
+    parser.add_argument("--priority", type=int, default=0)
+    parser.add_argument("--group", default=None)
     return parser
 
 

@@ -66,7 +66,9 @@ class CeranubisMagics(Magics):
         the same code and ARGS follows the same project (only what has no result runs);
         with other code or ARGS it makes a new version of NAME (``--replace``: and
         removes the earlier ones). Arguments that the same code finished before take the
-        stored result unless ``--no-reuse``.
+        stored result unless ``--no-reuse``. ``--queue``: store the project for the
+        node daemons (``ceranubis node --store URL``) instead of running it here;
+        ``--priority`` and ``--group`` say which first and where.
         """
         fn_name, expression, options = parse_cell_line(line)
         store = self._open_target(options.store, options.name)
@@ -76,7 +78,11 @@ class CeranubisMagics(Magics):
         if not callable(fn):
             raise UsageError(f"{fn_name} is not callable\nusage: {CELL_USAGE}")
         args = as_argument_tuples(self._evaluate(expression, "ARGS"))
-        executor = self._executor(split_hosts(options.hosts), options.workers, CELL_USAGE)
+        executor = (
+            None
+            if options.queue
+            else self._executor(split_hosts(options.hosts), options.workers, CELL_USAGE)
+        )
         project = self._commit(executor, fn, args, cell, store, options)
         self._bind(project, options.out or variable_name(options.name))
         live = follow(project, executor, waiting=not options.no_wait)
@@ -139,7 +145,8 @@ class CeranubisMagics(Magics):
             return commit_function(
                 executor, fn, args, name=options.name, store=store, code=cell,
                 chunksize=options.chunksize, timeout=options.timeout,
-                replace=options.replace, reuse=not options.no_reuse,
+                replace=options.replace, reuse=not options.no_reuse, queue=options.queue,
+                priority=options.priority, group=options.group,
             )  # fmt: skip
         except (ConfigError, StoreError) as error:
             raise UsageError(f"{error}\nusage: {CELL_USAGE}") from None

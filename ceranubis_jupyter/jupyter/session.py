@@ -112,10 +112,14 @@ def run_cell_body(shell: Any, magic_line: str, body: str) -> bool:
 def follow(project: Any, executor: Any = None, *, waiting: bool = True) -> LiveProgress:
     """Show ``project`` live: the widget in a Jupyter kernel, a text line elsewhere.
 
-    ``executor`` is the one running it; its host rows stay in the view after the end.
+    ``executor`` is the one running it; its host rows stay in the view after the end. A
+    queued project shows the store's node daemons as its hosts, and is redrawn on its
+    ``NOTIFY`` events (PostgreSQL) rather than by polling alone.
     A text line is only kept moving while the cell waits (``waiting``): lines printed
     from a background thread would land in the middle of later cells or the prompt.
     """
+    nodes = queue_hosts(project) if executor is None else None
+    executor = executor if executor is not None else nodes
     if progress_mode() == "widget":
         from .widget import ProgressWidget
 
@@ -124,13 +128,35 @@ def follow(project: Any, executor: Any = None, *, waiting: bool = True) -> LiveP
         live.refresh()
         view.display()
         _settle_after_cells(live)
-        return live.start()
+        return _woken_by_events(project, live.start(), nodes)
     text = TextLine()
     live = LiveProgress(project, text, min_interval=text.interval, executor=executor)
     if waiting:
-        return live.start()
+        return _woken_by_events(project, live.start(), nodes)
     live.refresh()
     print(f"running in the background; `%ceranubis status {project.name}` shows progress")
+    return live
+
+
+def queue_hosts(project: Any) -> Any:
+    """For a queued project: its store's node daemons, read as an executor's hosts."""
+    from ..projects.queue_listen import QueueNodes
+
+    store = getattr(project, "store", None)
+    if store is None or not store.is_queued(project.id):
+        return None
+    return QueueNodes(store)
+
+
+def _woken_by_events(project: Any, live: LiveProgress, nodes: Any) -> LiveProgress:
+    """Redraw a queued project on each of its events (PostgreSQL LISTEN), until the
+    view stops following it."""
+    from ..projects.queue_listen import watch
+
+    if nodes is not None:
+        listener = watch(nodes.store, project.id, live.poke)
+        if listener is not None:
+            live.on_stop(listener.stop)
     return live
 
 

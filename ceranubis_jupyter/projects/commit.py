@@ -120,7 +120,7 @@ def commit_project(
 
 
 def commit_function(
-    executor: NodeExecutor,
+    executor: NodeExecutor | None,
     fn: Callable[..., Any],
     args: Sequence[tuple[Any, ...]],
     *,
@@ -138,7 +138,8 @@ def commit_function(
     """Store a project for a function object and run it on ``executor``; returns at once.
 
     Args:
-        executor: runs the tasks (it is not shut down when the project finishes).
+        executor: runs the tasks (it is not shut down when the project finishes); may
+            be ``None`` with ``queue`` (the node daemons run them).
         fn: the function; it is also stored (dill) so a new process can resume it.
         args: a list of tuples: ``fn(*t)`` runs for each ``t``.
         name: the project's name (default: ``<fn name>_<n>``); an existing name is
@@ -162,10 +163,12 @@ def commit_function(
     target = getattr(fn, "__name__", type(fn).__name__)
     code = _recorded_code(fn, code, target)
     blob = check_shippable(fn)
-    hosts = executor.hosts
     wanted = _Wanted(store, name, code, target, blob, replace, reuse)
     if queue:
         return _commit_queued(wanted, fn, items, (priority, group or "", float(timeout or 0)))
+    if executor is None:
+        raise ConfigTypeError("commit_function needs an executor unless queue=True")
+    hosts = executor.hosts
     definition = _define(wanted, fn, items, lambda: [i.host for i in hosts()])
     if isinstance(definition, _Found):
         return _attach(definition, executor, None)

@@ -31,6 +31,9 @@ class CeranubisExecutor(NodeExecutor):
         timeout: float | None = None,
         replace: bool = False,
         reuse: bool = True,
+        queue: bool = False,
+        priority: int = 0,
+        group: str | None = None,
     ) -> Project:
         """Run ``fn`` over ``args`` as a named project kept in the store; returns at once.
 
@@ -39,11 +42,13 @@ class CeranubisExecutor(NodeExecutor):
         arguments returns that project (resumed if unfinished); with other code or
         arguments it makes a new version (``replace``: and removes the earlier ones).
         Arguments a function of the same code finished take the stored result unless
-        ``reuse=False``. See :func:`ceranubis_jupyter.projects.commit.commit_function`.
+        ``reuse=False``. ``queue``: store it for the node daemons (``ceranubis node``)
+        and return; this executor runs nothing of it (``priority``, ``group``: which
+        first, and where). See :func:`ceranubis_jupyter.projects.commit.commit_function`.
         """
         return commit_function(
             self, fn, args, name=name, store=store, chunksize=chunksize, timeout=timeout,
-            replace=replace, reuse=reuse,
+            replace=replace, reuse=reuse, queue=queue, priority=priority, group=group,
         )  # fmt: skip
 
 

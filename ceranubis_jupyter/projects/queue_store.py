@@ -76,7 +76,7 @@ SQLITE_QUEUE = QueueDialect(
 )
 
 _NODE_COLUMNS = (
-    "name, host, pid, workers, node_group, load, version, protocol, claimed, done, "
+    "name, host, pid, workers, node_group, load, version, protocol, claimed, held, done, "
     "dropped, started, heartbeat, state"
 )
 
@@ -94,8 +94,8 @@ def _queue_tables(double: str) -> tuple[str, ...]:
             name TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL,
             workers INTEGER NOT NULL, node_group TEXT NOT NULL, load {double} NOT NULL,
             version TEXT NOT NULL, protocol INTEGER NOT NULL, claimed BIGINT NOT NULL,
-            done BIGINT NOT NULL, dropped BIGINT NOT NULL, started {double} NOT NULL,
-            heartbeat {double} NOT NULL, state TEXT NOT NULL)""",
+            held INTEGER NOT NULL, done BIGINT NOT NULL, dropped BIGINT NOT NULL,
+            started {double} NOT NULL, heartbeat {double} NOT NULL, state TEXT NOT NULL)""",
     )
 
 
@@ -139,9 +139,10 @@ class NodeRow:
     load: float
     version: str
     protocol: int
-    claimed: int
-    done: int
-    dropped: int
+    claimed: int  # arguments claimed since it started
+    held: int  # arguments it holds now
+    done: int  # outcomes it wrote
+    dropped: int  # claimed arguments whose outcome another node or a cancel got first
     started: float
     heartbeat: float
     state: str
@@ -209,12 +210,22 @@ class QueueStore(StoreBase):
     def prepare_schema(self, create: bool) -> None:
         """At open: create (or upgrade) the project tables, or with ``create`` false
         (a node daemon, which may lack the right) check the store has the tables and the
-        queue schema this package expects."""
+        queue schema this package expects. A store whose tables are current is left
+        as it is: a client's role then needs no right to create tables."""
         if create:
-            self._create_schema()
+            if not self._current():
+                self._create_schema()
         else:
             self.check_queue()
             self._check_schema()
+
+    def _current(self) -> bool:
+        """Whether the project tables exist with every column of this version."""
+        try:
+            self._check_schema()
+        except StoreError:
+            return False
+        return True
 
     # ------------------------------------------------------------------ clients
 
@@ -377,15 +388,15 @@ class QueueStore(StoreBase):
     def beat(self, node: NodeRow) -> None:
         """Insert or update a node's heartbeat row (its time is the database's)."""
         values = [getattr(node, f) for f in NodeRow.__dataclass_fields__]
-        values[12] = None  # the heartbeat: the database's clock, below
-        marks = ", ".join("?" * 12) + f", {self._queue.now}, ?"
+        beat = len(values) - 2  # the heartbeat: the database's clock, below
+        marks = ", ".join("?" * beat) + f", {self._queue.now}, ?"
         updates = ", ".join(
             f"{column} = excluded.{column}" for column in _NODE_COLUMNS.split(", ")[1:]
         )
         self._write(
             f"INSERT INTO nodes ({_NODE_COLUMNS}) VALUES ({marks}) "
             f"ON CONFLICT (name) DO UPDATE SET {updates}",
-            [values[:12] + values[13:]],
+            [values[:beat] + values[beat + 1 :]],
         )
 
     def nodes(self) -> list[NodeRow]:

@@ -1,4 +1,6 @@
-"""The ``LISTEN`` side of queue mode: a thread that hears the store's queue events.
+"""The ``LISTEN`` side of queue mode: a thread that hears the store's queue events, and
+what a client's view of a queued project needs (its nodes as host rows, a wake-up on
+each of its events).
 
 PostgreSQL delivers a ``NOTIFY`` sent in a transaction when it commits; the thread hands
 each payload (``commit:<id>``, ``cancel:<id>``, ``outcome:<id>``) to a callback that must
@@ -12,10 +14,13 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from ..projects.queue_store import CHANNEL
-from ..projects.store_pg import tcp_options
+from .queue_store import CHANNEL, NodeRow
+from .records import STALE_SECONDS
+from .store import Store
+from .store_pg import tcp_options
 
 log = logging.getLogger("ceranubis")
 
@@ -63,8 +68,8 @@ class Listener:
                 ) as connection:
                     connection.execute(f"LISTEN {CHANNEL}")
                     pause = RECONNECT_FIRST
-                    self.connected.set()
                     self._on_event(RECONNECTED)
+                    self.connected.set()
                     self._hear(connection)
             except psycopg.Error as error:
                 self.connected.clear()
@@ -78,4 +83,55 @@ class Listener:
                 self._on_event(notice.payload)
 
 
-__all__ = ["RECONNECTED", "Listener"]
+@dataclass(frozen=True)
+class NodeInfo:
+    """A node daemon as a host row of the progress view (``HostInfo``'s fields)."""
+
+    host: str
+    state: str
+    busy: int
+    workers: int
+    done: int
+    loadavg: float
+    cpu_percent: float = 0.0
+    memory_percent: float = 0.0
+    error: str = ""
+
+    @classmethod
+    def of(cls, row: NodeRow, now: float) -> NodeInfo:
+        silent = row.state != "stopped" and now - row.heartbeat > STALE_SECONDS
+        state = "lost" if silent else {"running": "ready"}.get(row.state, row.state)
+        return cls(row.name, state, min(row.held, row.workers), row.workers, row.done, row.load)
+
+
+class QueueNodes:
+    """The node daemons of a store, read as an executor's ``hosts()`` (for the views)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def hosts(self) -> list[NodeInfo]:
+        """Every node that beat within the last minute, or is running."""
+        now = self.store.database_time()
+        rows = self.store.nodes()
+        return [NodeInfo.of(r, now) for r in rows if r.state == "running" or now - r.heartbeat < 60]
+
+
+def watch(store: Store, project: int, callback: Callable[[], None]) -> Listener | None:
+    """Call ``callback()`` on each event of ``project`` (PostgreSQL: a started
+    :class:`Listener`, to stop when done); ``None`` on SQLite (poll instead)."""
+    dsn = getattr(store, "dsn", None)
+    if dsn is None:
+        return None
+    mine = {f"{kind}:{project}" for kind in ("commit", "cancel", "outcome")}
+
+    def heard(payload: str) -> None:
+        if payload in mine or payload == RECONNECTED:
+            callback()
+
+    listener = Listener(dsn, heard)
+    listener.start()
+    return listener
+
+
+__all__ = ["RECONNECTED", "Listener", "NodeInfo", "QueueNodes", "watch"]
