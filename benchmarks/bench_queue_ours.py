@@ -128,7 +128,7 @@ def q1_queue(url: str, tasks: int) -> float:
     deadline = started + Q1_TIMEOUT
     # The project's row turns "done" when a node writes its last outcome: one row read per
     # look (counting the 20,000 arguments every 5 ms would load the server it measures).
-    while project.state() == "running":
+    while project.state == "running":
         if time.perf_counter() > deadline:
             raise RuntimeError(f"our queue: Q1 not done after {Q1_TIMEOUT:.0f} s")
         time.sleep(POLL)
