@@ -113,9 +113,9 @@ class Daemons:
         finally:
             store.close()
 
-    def stop(self, daemon: Daemon) -> int:
-        """SIGTERM, then wait for the exit status."""
-        daemon.process.send_signal(signal.SIGTERM)
+    def stop(self, daemon: Daemon, stop_signal: int = signal.SIGTERM) -> int:
+        """SIGTERM (or ``stop_signal``), then wait for the exit status."""
+        daemon.process.send_signal(stop_signal)
         return daemon.process.wait(DAEMON_SECONDS)
 
     def kill(self, daemon: Daemon) -> None:

@@ -144,8 +144,9 @@ def test_priorities_then_groups_are_honoured(store_url: str, daemons: Daemons) -
     assert sorted(grouped.results()) == [((i,), (i, "gpu-node")) for i in range(6)]
 
 
-def test_sigterm_ends_a_daemon_with_status_zero_and_nothing_held(
-    store_url: str, daemons: Daemons, tmp_path: Path
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_ends_a_daemon_with_status_zero_and_nothing_held(
+    store_url: str, daemons: Daemons, tmp_path: Path, stop_signal: signal.Signals
 ) -> None:
     marks = tmp_path / "marks"
     marks.mkdir()
@@ -153,7 +154,7 @@ def test_sigterm_ends_a_daemon_with_status_zero_and_nothing_held(
     project = commit_project(CODE, "nap", [(i, 600, str(marks)) for i in range(3)],
                              store=store_url, queue=True)  # fmt: skip
     wait_for(lambda: any(marks.iterdir()), DAEMON_SECONDS, "a task running")
-    assert daemons.stop(daemon) == 0, daemon.text()
+    assert daemons.stop(daemon, stop_signal) == 0, daemon.text()
     rows = _argument_rows(store_url, project.id)
     assert {state for _, state, _, _ in rows} == {"pending"}  # released, not lost
     assert {attempts for _, _, _, attempts in rows} == {0}  # a release counts no attempt
@@ -167,9 +168,9 @@ def test_sigterm_ends_a_daemon_with_status_zero_and_nothing_held(
 # ---------------------------------------------------------------------- bad input
 
 
-def _node_command(url: str) -> subprocess.CompletedProcess[str]:
+def _node_command(url: str, *extra: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    command = [sys.executable, "-m", "ceranubis_jupyter.cli", "node", "--store", url]
+    command = [sys.executable, "-m", "ceranubis_jupyter.cli", "node", "--store", url, *extra]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
 
 
@@ -191,6 +192,10 @@ def test_a_store_without_the_queue_schema_is_refused(store_url: str) -> None:
     done = _node_command(store_url)
     assert done.returncode == 2
     assert "has no queue schema" in done.stderr and "--init" in done.stderr
+    made = _node_command(store_url, "--init")  # what the message says to do
+    assert made.returncode == 0, made.stderr
+    store = open_store(store_url, create=False)  # a node's check passes now
+    store.close()
 
 
 @pytest.mark.parametrize(("version", "said"), [("999", "upgrade ceranubis_jupyter on this host"),

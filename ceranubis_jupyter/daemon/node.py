@@ -54,9 +54,14 @@ def _package_version() -> str:
 # Seconds a claim holds its arguments unless renewed: a lost node's work runs elsewhere
 # this long after its last renewal; shorter recovers sooner but costs more renewals.
 LEASE_SECONDS = 30.0
-# Arguments claimed per worker: more keeps tiny tasks flowing through a store round trip;
-# fewer spreads a small project over more nodes.
+# Arguments held per worker, at least: more keeps short tasks flowing through a store
+# round trip; fewer spreads a small project of long tasks over more nodes.
 CLAIM_PER_WORKER = 8
+# Seconds of work held ahead, at the rate tasks finish here: tiny tasks are then claimed
+# thousands at a time (one round trip each), long ones CLAIM_PER_WORKER per worker.
+CLAIM_AHEAD_SECONDS = 0.5
+# The most arguments held at once (memory, and what a lost node leaves to its lease).
+MAX_HELD = 20000
 # Seconds between outcome writes while tasks finish: longer batches cost fewer
 # transactions, shorter ones show progress (and free the next claim) sooner.
 WRITE_SECONDS = 0.05
@@ -114,7 +119,8 @@ class QueueNode:
         self.owner = f"{self.name}#{uuid.uuid4().hex[:8]}"  # a restart holds no old lease
         self.group, self.lease, self.drain = group, lease, drain
         self.workers = workers or os.cpu_count() or 1
-        self.capacity = self.workers * claim_per_worker
+        self.base_capacity = self.capacity = self.workers * claim_per_worker
+        self._rate = _Rate()
         pg = is_postgres_url(store)
         self.poll = poll if poll is not None else (IDLE_POLL_PG if pg else IDLE_POLL_SQLITE)
         self._wake = threading.Event()
@@ -131,11 +137,13 @@ class QueueNode:
         self._look_at = 0.0  # when to look for work again after the queue was empty
         self._listener = Listener(getattr(self.store, "dsn", ""), self._heard) if pg else None
         self.executor: NodeExecutor | None = None
+        self.status = 0  # serve()'s return: 1 once the local node broke
 
     # ------------------------------------------------------------------ public
 
     def serve(self) -> int:
-        """Run until :meth:`stop` (or SIGTERM/SIGINT in the main thread); returns 0."""
+        """Run until :meth:`stop` (or SIGTERM/SIGINT in the main thread); returns 0, or
+        1 when its local node broke (what it held is released for other nodes)."""
         self._install_signals()
         self.executor = NodeExecutor(None, max_workers=self.workers)
         self.executor.scheduler.add_listener(self.held.arrived)
@@ -151,7 +159,7 @@ class QueueNode:
             self._drain()
         finally:
             self._close()
-        return 0
+        return self.status
 
     def stop(self) -> None:
         """Stop claiming; finish or release what is held; :meth:`serve` then returns."""
@@ -225,6 +233,9 @@ class QueueNode:
         if held.releases:
             self.store.release(self.owner, held.releases)
         held.written()
+        self._rate.add(count)
+        ahead = int(self._rate.per_second() * CLAIM_AHEAD_SECONDS)
+        self.capacity = min(max(self.base_capacity, ahead), MAX_HELD)
         if changed < count:
             self.dropped += count - changed
             log.info("node %s: %d late outcomes dropped", self.name, count - changed)
@@ -286,7 +297,13 @@ class QueueNode:
             )
             held.track(record.task_id, claim)
             records.append(record)
-        self.executor.submit_prepared(records)
+        try:
+            self.executor.submit_prepared(records)
+        except (RuntimeError, CeranubisError) as error:  # the local node broke: give back
+            held.releases += [h.arg_id for h in held.drop(r.task_id for r in records)]
+            log.error("node %s: its local node broke (%s); stopping", self.name, error)
+            self.status = 1
+            self.stop()
 
     def _function(self, project: int, timeout: float) -> tuple[int, TaskOptions, Any] | str:
         """The project's function id and task options, loaded once; or why it cannot
@@ -367,6 +384,25 @@ class QueueNode:
             return  # a node served from another thread is stopped by stop()
         for number in (signal.SIGTERM, signal.SIGINT):
             signal.signal(number, lambda *_: self.stop())
+
+
+class _Rate:
+    """Outcomes per second over the last second or so (for sizing claims)."""
+
+    def __init__(self) -> None:
+        self._since = time.monotonic()
+        self._count = 0
+        self._last = 0.0
+
+    def add(self, count: int) -> None:
+        self._count += count
+        elapsed = time.monotonic() - self._since
+        if elapsed >= 1.0:
+            self._last = self._count / elapsed
+            self._since, self._count = time.monotonic(), 0
+
+    def per_second(self) -> float:
+        return self._last
 
 
 def run_node(store: str, **options: Any) -> int:

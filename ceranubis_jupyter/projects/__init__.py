@@ -21,9 +21,14 @@ status and results read, from this process or any other.
 - ``display``: text and HTML reprs of projects and hosts (pure).
 - ``conninfo``: PostgreSQL passwords kept out of messages.
 - ``executor``: ``CeranubisExecutor``, the cluster's ``NodeExecutor`` plus ``commit``.
+- ``queue_store``, ``queue_listen``: queue mode (``commit(..., queue=True)``): the
+  store's queue schema and queries (claims under leases, heartbeats of node daemons,
+  NOTIFY), which ``Store`` inherits; the ``LISTEN`` thread, and the daemons as a view's
+  host rows. The daemons themselves are the ``daemon`` package.
 
 Imports inside the package flow one way: ``code``/``rows``/``records``/``digest`` ─►
-``store*`` ─► ``rerun``/``run`` ─► ``view`` ─► ``project`` ─► ``commit`` ─► ``executor``.
+``queue_store`` ─► ``store*`` ─► ``queue_listen``/``rerun``/``run`` ─► ``view`` ─►
+``project`` ─► ``commit`` ─► ``executor``.
 
 May import: ``cluster``, ``wire``, ``errors``. Never ``jupyter`` or ``cli``.
 """

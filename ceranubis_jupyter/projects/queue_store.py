@@ -291,13 +291,15 @@ class QueueStore(StoreBase):
         """Running queued projects a node of ``group`` serves: by priority, then age.
 
         A project with a group runs only on that group's nodes; one without runs on any.
+        One a client resumed in its own process (its client is no longer the queue) is
+        left to that client.
         """
         rows = self._read(
             "SELECT q.project, q.timeout, q.max_attempts FROM queue_projects q "
-            "JOIN projects p ON p.id = q.project WHERE p.state = 'running' "
+            "JOIN projects p ON p.id = q.project WHERE p.state = 'running' AND p.client = ? "
             "AND (q.node_group = '' OR q.node_group = ?) "
             "ORDER BY q.priority DESC, p.created, p.id",
-            (group,),
+            (QUEUE_CLIENT, group),
         )
         return [QueuedProject(int(i), float(t), int(m)) for i, t, m in rows]
 
@@ -374,13 +376,14 @@ class QueueStore(StoreBase):
         return changed == 1
 
     def stopped_projects(self, projects: Sequence[int]) -> list[int]:
-        """Which of ``projects`` no longer run (cancelled, removed, finished)."""
+        """Which of ``projects`` no longer run in the queue (cancelled, removed,
+        finished, or resumed by a client in its own process)."""
         if not projects:
             return []
         marks = ", ".join("?" * len(projects))
         rows = self._read(
-            f"SELECT id FROM projects WHERE id IN ({marks}) AND state = 'running'",
-            list(projects),
+            f"SELECT id FROM projects WHERE id IN ({marks}) AND state = 'running' AND client = ?",
+            [*projects, QUEUE_CLIENT],
         )
         running = {int(row[0]) for row in rows}
         return [p for p in projects if p not in running]
