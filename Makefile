@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 # The demo needs only the package; tests, lint and benchmarks need the dev extra.
 BASE_STAMP := $(VENV)/.installed-base
 DEV_STAMP := $(VENV)/.installed-dev
+# The benchmarks' peers (pgqueuer, procrastinate) come with the bench extra.
+BENCH_STAMP := $(VENV)/.installed-bench
 
 .PHONY: demo test lint bench bench-ab system-deps venv clean
 
@@ -16,6 +18,10 @@ $(BASE_STAMP): pyproject.toml
 
 $(DEV_STAMP): $(BASE_STAMP)
 	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+$(BENCH_STAMP): $(DEV_STAMP)
+	$(BIN)/pip install -q -e '.[bench]'
 	touch $@
 
 venv: $(DEV_STAMP)
@@ -34,12 +40,12 @@ lint: venv
 	$(BIN)/ruff format --check ceranubis_jupyter tests benchmarks notebooks
 	$(BIN)/mypy
 
-bench: venv
+bench: $(BENCH_STAMP) system-deps
 	$(BIN)/python benchmarks/run.py
 
 # A/B against an earlier commit in alternating blocks: make bench-ab BASE=<rev>
 BASE ?= HEAD~1
-bench-ab: venv
+bench-ab: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/ab.py --base $(BASE)
 
 clean:

@@ -33,6 +33,11 @@ RERUN_BENCH = Path(__file__).resolve().parent / "bench_rerun.py"
 SYNC_BENCH = Path(__file__).resolve().parent / "bench_sync.py"
 # Seconds the data-sync benchmark (its own process: 1,001 files, 200 MB, both ways) may take.
 SYNC_BENCH_TIMEOUT = 600.0
+# Queue mode against pgqueuer and procrastinate (Q1-Q3) on its own PostgreSQL server.
+QUEUE_BENCH = Path(__file__).resolve().parent / "bench_queue.py"
+# Seconds bench_queue.py may take: procrastinate's Q1 alone takes ~1 minute, and Q3 waits
+# through three 30 s windows.
+QUEUE_BENCH_TIMEOUT = 900.0
 SSHD = "/usr/sbin/sshd"
 
 
@@ -152,7 +157,8 @@ def ssh_unavailable() -> str:
 
 def run_store_bench(script: Path, timeout: float = PROJECT_BENCH_TIMEOUT) -> str:
     """Run one store benchmark (``bench_project.py``: W1 with and without a project store;
-    ``bench_rerun.py``: "Run All" of a finished sweep) and return its report."""
+    ``bench_rerun.py``: "Run All" of a finished sweep; ``bench_queue.py``: queue mode and
+    its peers) and return its report."""
     try:
         done = subprocess.run(
             [sys.executable, str(script)],
@@ -179,6 +185,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--no-project", action="store_true", help="skip bench_project.py and bench_rerun.py"
     )
     parser.add_argument("--no-ssh", action="store_true", help="skip the SSH workloads")
+    parser.add_argument("--no-queue", action="store_true", help="skip bench_queue.py")
     return parser.parse_args(argv)
 
 
@@ -201,17 +208,18 @@ def main(argv: list[str] | None = None) -> int:
     project = "" if args.no_project else run_store_bench(PROJECT_BENCH)
     rerun = "" if args.no_project else run_store_bench(RERUN_BENCH)
     sync = "" if args.no_ssh else run_store_bench(SYNC_BENCH, SYNC_BENCH_TIMEOUT)
+    queue = "" if args.no_queue else run_store_bench(QUEUE_BENCH, QUEUE_BENCH_TIMEOUT)
     elapsed = time.perf_counter() - started
     for section in report.SECTIONS:
         text = report.table(samples, section)
         if text:
             print(f"\n{text}")
-    for line in [*bench.notes, project, rerun, sync]:
+    for line in [*bench.notes, project, rerun, sync, queue]:
         if line:
             print(f"\n{line}")
     extra = {"seconds": elapsed, "repeats": bench.repeats, "notes": bench.notes}
     stores = {"project_bench": project, "rerun_bench": rerun, "sync_bench": sync}
-    path = report.write_json(samples, {**extra, **stores})
+    path = report.write_json(samples, {**extra, **stores, "queue_bench": queue})
     print(f"\n{elapsed:.0f} s; medians of {bench.repeats}; ratios are ours/peer; written to {path}")
     print(
         f"load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after: on a shared "

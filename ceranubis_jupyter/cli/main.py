@@ -24,7 +24,7 @@ from ..errors import CeranubisError
 from .output import BROKEN_PIPE_STATUS, add_verbose, silence_stdout
 
 # Modules that contribute subcommands (each has ``add_commands(subparsers)``).
-_COMMAND_MODULES = ["run", "hosts", "demo", "kernel", "nodes", "projects", "strays"]
+_COMMAND_MODULES = ["run", "hosts", "demo", "kernel", "nodes", "nodes_remote", "projects", "strays"]
 # An example for the commands whose module gives none (shown at the end of --help).
 _EXAMPLES = {
     "demo": "ceranubis demo --tasks 16 --hosts local,gpu1",
