@@ -18,14 +18,23 @@ so a wake-up is never lost.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError
 from concurrent.futures import TimeoutError as FuturesTimeoutError
 from typing import Any
 
-from .tasks import CANCELLED, FINISHED, ResultSlot
+from .tasks import CANCELLED, FINISHED, ResultSlot, TaskRecord
+
+# A map's calls queued at once: one lock and one wake-up each, and the first ones reach
+# the nodes while the rest are still being serialized.
+MAP_BATCH = 256
+# With a buffersize, refill once 1/this of the buffer is free (batched submits; a smaller
+# fraction keeps the buffer fuller at the cost of more, smaller submits).
+REFILL_FRACTION = 4
 
 
 class MapWaiter:
@@ -82,21 +91,32 @@ class MapSlot(ResultSlot):
 
 
 def results_in_order(
-    slots: list[MapSlot], waiter: MapWaiter, end_time: float | None, *, chunked: bool
+    slots: deque[MapSlot],
+    waiter: MapWaiter,
+    end_time: float | None,
+    *,
+    chunked: bool,
+    refill: MapRefill | None = None,
 ) -> Iterator[Any]:
     """Yield each slot's value in order (a chunk's values one by one), waiting as needed.
 
+    With ``refill``, the calls not read yet are read and queued as earlier ones are
+    handed out (never more than its ``buffersize`` not handed out).
+
     Raises:
         TimeoutError: ``end_time`` (monotonic) passed before a value was there.
-        Exception: a call's own error, at its place in the order.
+        Exception: a call's own error, at its place in the order, or the iterable's.
     On the way out (done, error, timeout or the iterator dropped) the calls not run yet
     are cancelled, as ``concurrent.futures`` does. A value handed out is no longer held
     here: it is freed when the caller drops it, as ``concurrent.futures`` frees it.
     """
-    slots.reverse()
     try:
-        while slots:
-            values = _take(slots.pop(), waiter, end_time, chunked)
+        while True:
+            if refill is not None:
+                refill.top_up(slots)
+            if not slots:
+                return
+            values = _take(slots.popleft(), waiter, end_time, chunked)
             if chunked:
                 values.reverse()
                 while values:
@@ -106,6 +126,83 @@ def results_in_order(
     finally:
         for slot in slots:
             slot.cancel()
+
+
+class MapFeeder:
+    """Reads a map's calls from its iterable and queues them, ``MAP_BATCH`` at a time.
+
+    Args:
+        calls: the calls (argument tuples, or chunks of them), read only as needed.
+        chunked: each call is a chunk (a list of calls).
+        waiter: the map's waiter, which every slot wakes.
+        make: a call's task record for ``slot`` (numbering its first call), or ``None``
+            when its arguments would not travel (the slot then holds the reason).
+        submit: queues records (one lock and one wake-up per batch).
+    """
+
+    def __init__(
+        self,
+        calls: Iterator[Any],
+        chunked: bool,
+        waiter: MapWaiter,
+        make: Callable[[Any, MapSlot, int], TaskRecord | None],
+        submit: Callable[[list[TaskRecord]], None],
+    ) -> None:
+        self.calls, self.chunked, self.waiter = calls, chunked, waiter
+        self.make, self.submit = make, submit
+        self.first_call = 1
+
+    def feed(self, count: int) -> list[MapSlot]:
+        """Read up to ``count`` calls, queue them; their slots (fewer once it runs out)."""
+        slots: list[MapSlot] = []
+        batch: list[TaskRecord] = []
+        for call in itertools.islice(self.calls, count):
+            slot = MapSlot(self.waiter)
+            record = self.make(call, slot, self.first_call)
+            self.first_call += len(call) if self.chunked else 1
+            slots.append(slot)
+            if record is not None:
+                batch.append(record)
+            if len(batch) == MAP_BATCH:
+                self.submit(batch)
+                batch = []
+        if batch:
+            self.submit(batch)
+        return slots
+
+
+class MapRefill:
+    """Keeps at most ``buffersize`` of a map's calls queued and not handed out
+    (``Executor.map(buffersize=...)`` of Python 3.14), reading its iterable lazily."""
+
+    __slots__ = ("exhausted", "feeder", "limit", "step")
+
+    def __init__(self, feeder: MapFeeder, buffersize: int) -> None:
+        self.feeder, self.limit, self.exhausted = feeder, buffersize, False
+        # Top up once this many places are free: one submit per batch, not per call.
+        self.step = max(1, min(MAP_BATCH, buffersize // REFILL_FRACTION))
+
+    def top_up(self, slots: deque[MapSlot]) -> None:
+        """Read and queue calls until ``slots`` holds ``buffersize`` (or the end)."""
+        room = self.limit - len(slots)
+        if self.exhausted or (room < self.step and slots):
+            return
+        fresh = self.feeder.feed(room)
+        self.exhausted = len(fresh) < room
+        slots.extend(fresh)
+
+
+def check_buffersize(buffersize: int | None) -> None:
+    """As Python 3.14's ``Executor.map`` checks it.
+
+    Raises:
+        TypeError: not an int or ``None``.
+        ValueError: below 1.
+    """
+    if buffersize is not None and not isinstance(buffersize, int):
+        raise TypeError("buffersize must be an integer or None")
+    if buffersize is not None and buffersize < 1:
+        raise ValueError("buffersize must be None or > 0")
 
 
 def _take(slot: MapSlot, waiter: MapWaiter, end_time: float | None, chunked: bool) -> list[Any]:
@@ -131,4 +228,12 @@ def _wait(slot: MapSlot, waiter: MapWaiter, end_time: float | None) -> None:
             waiter.slot = None
 
 
-__all__ = ["MapSlot", "MapWaiter", "results_in_order"]
+__all__ = [
+    "MAP_BATCH",
+    "MapFeeder",
+    "MapRefill",
+    "MapSlot",
+    "MapWaiter",
+    "check_buffersize",
+    "results_in_order",
+]
