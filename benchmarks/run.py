@@ -30,6 +30,11 @@ REPEATS = 5
 PROJECT_BENCH_TIMEOUT = 120.0
 PROJECT_BENCH = Path(__file__).resolve().parent / "bench_project.py"
 RERUN_BENCH = Path(__file__).resolve().parent / "bench_rerun.py"
+# The many-hosts (H16) and how-cost-grows benchmarks, each in its own process.
+HOSTS_BENCH = Path(__file__).resolve().parent / "bench_hosts.py"
+SCALE_BENCH = Path(__file__).resolve().parent / "bench_scale.py"
+# Seconds those two may take: 16 sshd and 32 Python processes start on 2 cores; 10M items.
+LONG_BENCH_TIMEOUT = 900.0
 SSHD = "/usr/sbin/sshd"
 
 
@@ -125,7 +130,7 @@ class Run:
         self.samples.setdefault(report.OURS_SSH, defaultdict(list))
         self.samples.setdefault(report.RAW_SSH, defaultdict(list))
         self.samples.setdefault(report.EXECNET_SSH, defaultdict(list))
-        ssh_bench.run_ssh(self.record, inc, self.repeats, _progress)
+        self.notes += ssh_bench.run_ssh(self.record, inc, self.repeats, _progress)
 
     def _throughput(self) -> None:
         for kind, payload in w.w4_payloads().items():
@@ -147,21 +152,48 @@ def ssh_unavailable() -> str:
     return ""
 
 
-def run_store_bench(script: Path) -> str:
-    """Run one store benchmark (``bench_project.py``: W1 with and without a project store;
-    ``bench_rerun.py``: "Run All" of a finished sweep) and return its report."""
+def run_store_bench(
+    script: Path, *args: str, timeout: float = PROJECT_BENCH_TIMEOUT, label: str = ""
+) -> str:
+    """Run one benchmark script in its own process (``bench_project.py``: W1 with and without
+    a project store; ``bench_rerun.py``: "Run All" of a finished sweep; ``bench_hosts.py``,
+    ``bench_scale.py``) and return its report."""
+    name = f"{script.name}{label}"
     try:
         done = subprocess.run(
-            [sys.executable, str(script)],
+            [sys.executable, str(script), *args],
             capture_output=True,
             text=True,
-            timeout=PROJECT_BENCH_TIMEOUT,
+            timeout=timeout,
             check=False,
         )
     except subprocess.TimeoutExpired:
-        return f"{script.name}: stopped after {PROJECT_BENCH_TIMEOUT:.0f} s"
+        return f"{name}: stopped after {timeout:.0f} s"
     status = "" if done.returncode == 0 else f" (exit {done.returncode}: {done.stderr[-500:]})"
-    return f"{script.name}{status}:\n{done.stdout.rstrip()}"
+    return f"{name}{status}:\n{done.stdout.rstrip()}"
+
+
+def run_other_benches(args: argparse.Namespace) -> list[str]:
+    """The benchmarks that run in their own processes: projects vs map (SQLite, and
+    PostgreSQL when its server binaries are there), re-runs, many hosts, how cost grows."""
+    reports = []
+    if not args.no_project:
+        import pg
+
+        reports.append(run_store_bench(PROJECT_BENCH, label=" (SQLite)"))
+        with pg.postgres() as url:
+            if url is None:
+                reports.append("bench_project.py (PostgreSQL): skipped, no server binaries")
+            else:
+                reports.append(
+                    run_store_bench(PROJECT_BENCH, "--store", url, label=" (PostgreSQL)")
+                )
+        reports.append(run_store_bench(RERUN_BENCH))
+    if not args.no_ssh and not ssh_unavailable():
+        reports.append(run_store_bench(HOSTS_BENCH, timeout=LONG_BENCH_TIMEOUT))
+    if not args.no_scale:
+        reports.append(run_store_bench(SCALE_BENCH, timeout=LONG_BENCH_TIMEOUT))
+    return reports
 
 
 def _progress(label: str) -> None:
@@ -176,6 +208,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--no-project", action="store_true", help="skip bench_project.py and bench_rerun.py"
     )
     parser.add_argument("--no-ssh", action="store_true", help="skip the SSH workloads")
+    parser.add_argument(
+        "--no-scale", action="store_true", help="skip bench_scale.py (10M map, 1M project)"
+    )
     return parser.parse_args(argv)
 
 
@@ -195,18 +230,17 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_ssh:
         bench.ssh()
     samples = {name: dict(metrics) for name, metrics in bench.samples.items()}
-    project = "" if args.no_project else run_store_bench(PROJECT_BENCH)
-    rerun = "" if args.no_project else run_store_bench(RERUN_BENCH)
+    others = run_other_benches(args)
     elapsed = time.perf_counter() - started
     for section in report.SECTIONS:
         text = report.table(samples, section)
         if text:
             print(f"\n{text}")
-    for line in [*bench.notes, project, rerun]:
+    for line in [*bench.notes, *others]:
         if line:
             print(f"\n{line}")
     extra = {"seconds": elapsed, "repeats": bench.repeats, "notes": bench.notes}
-    path = report.write_json(samples, {**extra, "project_bench": project, "rerun_bench": rerun})
+    path = report.write_json(samples, {**extra, "other_benches": others})
     print(f"\n{elapsed:.0f} s; medians of {bench.repeats}; ratios are ours/peer; written to {path}")
     print(
         f"load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after: on a shared "
