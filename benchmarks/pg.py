@@ -15,6 +15,9 @@ import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
+
+import psutil
 
 # The unprivileged account that owns the cluster when the benchmark runs as root.
 PG_USER = "cjpg"
@@ -33,9 +36,30 @@ def _free_port() -> int:
         return port
 
 
+@dataclass(frozen=True)
+class Server:
+    """A running server: its URL and its data folder."""
+
+    url: str
+    data: str
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds the server used so far: the postmaster, its ended backends (reaped
+        by it) and its live ones; what the store costs a machine beside the client."""
+        with open(os.path.join(self.data, "postmaster.pid")) as pid_file:
+            postmaster = psutil.Process(int(pid_file.readline()))
+        times = postmaster.cpu_times()
+        total = times.user + times.system + times.children_user + times.children_system
+        for child in postmaster.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                child_times = child.cpu_times()
+                total += child_times.user + child_times.system
+        return total
+
+
 @contextlib.contextmanager
-def postgres() -> Iterator[str | None]:
-    """A running server's URL, or ``None`` without PostgreSQL's server binaries."""
+def postgres() -> Iterator[Server | None]:
+    """A running server, or ``None`` without PostgreSQL's server binaries."""
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     if not found:
         yield None
@@ -52,7 +76,7 @@ def postgres() -> Iterator[str | None]:
         _run([f"{bin_dir}/initdb", "-D", data, "-A", "trust", "-U", "postgres"])
         options = f"-k {base} -p {port} -c listen_addresses=127.0.0.1"
         _run([*ctl, "-o", options, "-l", os.path.join(base, "log"), "start"])
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        yield Server(f"postgresql://postgres@127.0.0.1:{port}/postgres", data)
     finally:
         subprocess.run(
             _as_pg_user([*ctl, "-m", "fast", "stop"]),

@@ -33,6 +33,8 @@ RERUN_BENCH = Path(__file__).resolve().parent / "bench_rerun.py"
 # The many-hosts (H16) and how-cost-grows benchmarks, each in its own process.
 HOSTS_BENCH = Path(__file__).resolve().parent / "bench_hosts.py"
 SCALE_BENCH = Path(__file__).resolve().parent / "bench_scale.py"
+# Results bench_project.py stores in one run (9 projects of 20,000): for per-result costs.
+PROJECT_STORED_TASKS = 9 * 20_000
 # Seconds those two may take: 16 sshd and 32 Python processes start on 2 cores; 10M items.
 LONG_BENCH_TIMEOUT = 900.0
 SSHD = "/usr/sbin/sshd"
