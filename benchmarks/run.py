@@ -18,6 +18,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import Executor
 from pathlib import Path
+from typing import Any
 
 import peers
 import report
@@ -175,6 +176,18 @@ def run_store_bench(
     return f"{name}{status}:\n{done.stdout.rstrip()}"
 
 
+def _project_on_postgres(server: Any) -> str:
+    """``bench_project.py`` on a PostgreSQL server, and the server's CPU per result."""
+    before = server.cpu_seconds()
+    text = run_store_bench(PROJECT_BENCH, "--store", server.url, label=" (PostgreSQL)")
+    spent = server.cpu_seconds() - before
+    per_result = spent / PROJECT_STORED_TASKS * 1e6
+    return (
+        f"{text}\nPostgreSQL server CPU: {spent:.2f} s over the run, {per_result:.1f} us per "
+        "stored result (on this machine, the cores it takes are the workers')"
+    )
+
+
 def run_other_benches(args: argparse.Namespace) -> list[str]:
     """The benchmarks that run in their own processes: projects vs map (SQLite, and
     PostgreSQL when its server binaries are there), re-runs, many hosts, how cost grows."""
@@ -183,13 +196,11 @@ def run_other_benches(args: argparse.Namespace) -> list[str]:
         import pg
 
         reports.append(run_store_bench(PROJECT_BENCH, label=" (SQLite)"))
-        with pg.postgres() as url:
-            if url is None:
+        with pg.postgres() as server:
+            if server is None:
                 reports.append("bench_project.py (PostgreSQL): skipped, no server binaries")
             else:
-                reports.append(
-                    run_store_bench(PROJECT_BENCH, "--store", url, label=" (PostgreSQL)")
-                )
+                reports.append(_project_on_postgres(server))
         reports.append(run_store_bench(RERUN_BENCH))
     if not args.no_ssh and not ssh_unavailable():
         reports.append(run_store_bench(HOSTS_BENCH, timeout=LONG_BENCH_TIMEOUT))

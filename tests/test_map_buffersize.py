@@ -3,6 +3,8 @@
 At most ``N`` tasks (chunks with ``chunksize``) queued whose results were not handed out; the
 iterables read lazily as results are taken; results in order; the timeout still applies.
 Every test waits on states (how far an iterable was read, marker files), never the clock.
+Also here: a map's result that does not unpickle in the client fails at its place with the
+same error whether the ``lazy_results`` fast path unpickles it late or the loop thread now.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import pytest
 
 from ceranubis_jupyter import CeranubisExecutor
+from ceranubis_jupyter.errors import UnpicklableError
 from tests.remote import by_value
 from tests.waiting import gated, wait_for
 
@@ -39,6 +42,17 @@ def mark_then_wait(directory: str, i: int) -> int:
             break
         time.sleep(0.01)
     return i
+
+
+@by_value
+def unpicklable_at(x: int, bad: int) -> Any:
+    """``x``, but at ``bad`` a value whose unpickling fails in the client (``int("x")``)."""
+
+    class Refused:
+        def __reduce__(self) -> Any:
+            return (int, ("not a number",))
+
+    return Refused() if x == bad else x
 
 
 class Counting:
@@ -141,3 +155,14 @@ def test_a_bad_buffersize_is_refused_as_the_stdlib_refuses_it(
 ) -> None:
     with pytest.raises(error, match="buffersize must be"):
         ex.map(add, range(3), buffersize=bad)
+
+
+@pytest.mark.parametrize("chunksize", [1, 2])
+def test_a_result_that_does_not_unpickle_fails_at_its_place(
+    ex: CeranubisExecutor, chunksize: int
+) -> None:
+    results = ex.map(unpicklable_at, range(6), [3] * 6, chunksize=chunksize)
+    before = 3 if chunksize == 1 else 2  # a chunk's result is one pickle: [2, 3] fails whole
+    assert [next(results) for _ in range(before)] == list(range(before))
+    with pytest.raises(UnpicklableError, match="could not be unpickled here: ValueError"):
+        next(results)

@@ -18,6 +18,7 @@ so a wake-up is never lost.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import threading
 import time
@@ -25,8 +26,12 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError
 from concurrent.futures import TimeoutError as FuturesTimeoutError
+from dataclasses import dataclass
 from typing import Any
 
+from ..wire import protocol as p
+from ..wire.serialize import loads
+from .outcomes import unpickled_result_of
 from .tasks import CANCELLED, FINISHED, ResultSlot, TaskRecord
 
 # A map's calls queued at once: one lock and one wake-up each, and the first ones reach
@@ -35,6 +40,28 @@ MAP_BATCH = 256
 # With a buffersize, refill once 1/this of the buffer is free (batched submits; a smaller
 # fraction keeps the buffer fuller at the cost of more, smaller submits).
 REFILL_FRACTION = 4
+# Bytes of a map's result, at most, kept as its pickle until taken (``lazy_results``):
+# a chunk of small values is a fifth of its objects' size; a big pickle would be copied.
+LAZY_RESULT_LIMIT = 1 << 16
+
+
+@dataclass(frozen=True, slots=True)
+class Pickled:
+    """A result as it came: codec, its own copy of the pickle, and the error to raise
+    instead when it does not unpickle here (given what unpickling raised)."""
+
+    codec: int
+    payload: bytes
+    failure: Callable[[Exception], BaseException]
+
+
+def pickled_result(result: p.Result, host: str, task_id: int) -> Pickled | None:
+    """A map's small in-band result as its own copy of its pickle (the ``lazy_results`` fast
+    path), or ``None`` for a result to unpickle now."""
+    if result.buffers or len(result.payload) > LAZY_RESULT_LIMIT:
+        return None
+    failure = functools.partial(unpickled_result_of, host, task_id)
+    return Pickled(result.codec, bytes(result.payload), failure)
 
 
 class MapWaiter:
@@ -48,13 +75,24 @@ class MapWaiter:
 
 
 class MapSlot(ResultSlot):
-    """A :class:`ResultSlot` that wakes its map's consumer when it is the one awaited."""
+    """A :class:`ResultSlot` that wakes its map's consumer when it is the one awaited.
 
-    __slots__ = ("waiter",)
+    A result may be set as its pickle (:meth:`set_pickled`): the consumer unpickles it
+    when it takes it, so results that wait to be taken hold their compact bytes.
+    """
+
+    __slots__ = ("pickled", "waiter")
 
     def __init__(self, waiter: MapWaiter) -> None:
         super().__init__()
         self.waiter = waiter
+        self.pickled: Pickled | None = None
+
+    def set_pickled(self, pickled: Pickled) -> None:
+        """The call returned the value ``pickled`` holds (unpickled when taken)."""
+        self.pickled = pickled
+        self.state = FINISHED
+        self._wake()
 
     def set_result(self, value: Any) -> None:
         """The call returned ``value``."""
@@ -79,6 +117,12 @@ class MapSlot(ResultSlot):
         """The value, or raise the call's error (``CancelledError`` when cancelled)."""
         if self.state == CANCELLED:
             raise CancelledError()
+        if self.pickled is not None:
+            pickled, self.pickled = self.pickled, None
+            try:
+                self.value = loads(pickled.codec, pickled.payload)
+            except Exception as error:
+                self.error = pickled.failure(error)
         if self.error is not None:
             raise self.error
         return self.value
@@ -234,6 +278,8 @@ __all__ = [
     "MapRefill",
     "MapSlot",
     "MapWaiter",
+    "Pickled",
     "check_buffersize",
+    "pickled_result",
     "results_in_order",
 ]

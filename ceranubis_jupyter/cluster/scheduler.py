@@ -56,6 +56,7 @@ from .echo import echo_output
 from .fastpaths import ALL_ON, FastPaths
 from .link import SILENCE_TIMEOUT, HostInfo, NodeLink
 from .loopthread import LoopThread
+from .mapping import MapSlot, pickled_result
 from .outcomes import failure_of, lost_with_node, no_host_left, no_such_group, unpickled_result
 from .shares import fair_shares
 from .tasks import InFlight, PendingQueue, ResultSlot, TaskListener, TaskRecord
@@ -400,13 +401,21 @@ class Scheduler:
             self._fail(record, error)
 
     def _succeed(self, link: NodeLink, record: TaskRecord, result: p.Result) -> None:
+        future = record.future
+        if type(future) is MapSlot and self.fast_paths.lazy_results:
+            pickled = pickled_result(result, link.host, record.task_id)
+            if pickled is not None:  # the consumer unpickles it when it takes it
+                link.info.done += 1
+                self._finished(record)
+                if not future.done():
+                    future.set_pickled(pickled)
+                return
         try:
             value = loads(result.codec, result.payload, result.buffers)
         except Exception as error:
             self._fail(record, unpickled_result(link.host, record, error))
             return
         link.info.done += 1
-        future = record.future
         if type(future) is ResultSlot:
             future.keep_bytes(result)
         self._finished(record)
