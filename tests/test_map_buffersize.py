@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from ceranubis_jupyter import CeranubisExecutor
+from ceranubis_jupyter.cluster.mapping import MAP_BATCH
 from ceranubis_jupyter.errors import UnpicklableError
 from tests.remote import by_value
 from tests.waiting import gated, wait_for
@@ -164,5 +165,21 @@ def test_a_result_that_does_not_unpickle_fails_at_its_place(
     results = ex.map(unpicklable_at, range(6), [3] * 6, chunksize=chunksize)
     before = 3 if chunksize == 1 else 2  # a chunk's result is one pickle: [2, 3] fails whole
     assert [next(results) for _ in range(before)] == list(range(before))
+    with pytest.raises(UnpicklableError, match="could not be unpickled here: ValueError"):
+        next(results)
+
+
+def test_a_chunk_that_came_back_while_map_read_fails_at_its_place(ex: CeranubisExecutor) -> None:
+    # The iterable waits until the first chunk ([0, 1], whose 1 does not unpickle) is back,
+    # so its result arrives while map() still reads (kept pickled with lazy_results). The
+    # calls go out MAP_BATCH at a time: the first batch is read in full before the wait.
+    first_batch = 2 * MAP_BATCH
+
+    def items() -> Iterator[int]:
+        yield from range(first_batch)
+        wait_for(lambda: sum(h.done for h in ex.hosts()) >= 1, 60, "the first chunk is back")
+        yield from range(first_batch, first_batch + 4)
+
+    results = ex.map(unpicklable_at, items(), itertools.repeat(1), chunksize=2)
     with pytest.raises(UnpicklableError, match="could not be unpickled here: ValueError"):
         next(results)

@@ -55,23 +55,25 @@ class Pickled:
     failure: Callable[[Exception], BaseException]
 
 
-def pickled_result(result: p.Result, host: str, task_id: int) -> Pickled | None:
-    """A map's small in-band result as its own copy of its pickle (the ``lazy_results`` fast
-    path), or ``None`` for a result to unpickle now."""
-    if result.buffers or len(result.payload) > LAZY_RESULT_LIMIT:
+def pickled_result(result: p.Result, host: str, record: TaskRecord) -> Pickled | None:
+    """A chunk's small in-band result as its own copy of its pickle (the ``lazy_results``
+    fast path), or ``None`` for a result to unpickle now. Only a chunk's: a single call's
+    small value takes no more room than its pickle would."""
+    if record.kind != p.CHUNK or result.buffers or len(result.payload) > LAZY_RESULT_LIMIT:
         return None
-    failure = functools.partial(unpickled_result_of, host, task_id)
+    failure = functools.partial(unpickled_result_of, host, record.task_id)
     return Pickled(result.codec, bytes(result.payload), failure)
 
 
 class MapWaiter:
     """Where a map's consumer sleeps, and the slot it waits for."""
 
-    __slots__ = ("condition", "slot")
+    __slots__ = ("condition", "reading", "slot")
 
     def __init__(self) -> None:
         self.condition = threading.Condition(threading.Lock())
         self.slot: MapSlot | None = None
+        self.reading = False  # the consumer reads the iterable and queues calls
 
 
 class MapSlot(ResultSlot):
@@ -87,6 +89,14 @@ class MapSlot(ResultSlot):
         super().__init__()
         self.waiter = waiter
         self.pickled: Pickled | None = None
+
+    def unawaited(self) -> bool:
+        """Whether the map's consumer is still reading its iterable and queueing calls
+        (``map()`` without ``buffersize`` reads it all): results that come back meanwhile
+        wait, so they are worth keeping as their compact pickle. Once it takes results,
+        the loop thread unpickles them as before (measured: faster, as the consumer does
+        not compete with the loop thread for the GIL)."""
+        return self.waiter.reading
 
     def set_pickled(self, pickled: Pickled) -> None:
         """The call returned the value ``pickled`` holds (unpickled when taken)."""
@@ -200,6 +210,14 @@ class MapFeeder:
         """Read up to ``count`` calls, queue them; their slots (fewer once it runs out)."""
         slots: list[MapSlot] = []
         batch: list[TaskRecord] = []
+        self.waiter.reading = True
+        try:
+            self._feed(count, slots, batch)
+        finally:
+            self.waiter.reading = False
+        return slots
+
+    def _feed(self, count: int, slots: list[MapSlot], batch: list[TaskRecord]) -> None:
         for call in itertools.islice(self.calls, count):
             slot = MapSlot(self.waiter)
             record = self.make(call, slot, self.first_call)
@@ -212,7 +230,6 @@ class MapFeeder:
                 batch = []
         if batch:
             self.submit(batch)
-        return slots
 
 
 class MapRefill:

@@ -402,8 +402,8 @@ class Scheduler:
 
     def _succeed(self, link: NodeLink, record: TaskRecord, result: p.Result) -> None:
         future = record.future
-        if type(future) is MapSlot and self.fast_paths.lazy_results:
-            pickled = pickled_result(result, link.host, record.task_id)
+        if type(future) is MapSlot and future.unawaited() and self.fast_paths.lazy_results:
+            pickled = pickled_result(result, link.host, record)
             if pickled is not None:  # the consumer unpickles it when it takes it
                 link.info.done += 1
                 self._finished(record)
