@@ -3,8 +3,8 @@
 ``python benchmarks/bench_project.py [--store URL] [--repeats N]``. One executor runs both
 paths, interleaved: ``list(ex.map(inc, range(20_000)))`` and the same 20,000 calls as a
 project (``ex.commit(inc, args)`` then ``wait()``, every result committed to the store).
-Prints both rates (medians), their ratio and whether the target (>= 0.8) is met; exits 1
-when it is not. ``inc`` lives in ``__main__``, so it travels by value.
+Prints both rates (medians), their ratio and whether the target (>= 0.9 SQLite, >= 0.8
+PostgreSQL) is met; exits 1 when it is not. ``inc`` lives in ``__main__``, so it travels by value.
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ W1_ITEMS = 20_000
 # Repetitions of each path: the median of 9 resists four noisy samples on a shared machine
 # (with 5, runs of the same code gave ratios from 0.71 to 0.91).
 REPEATS = 9
-# The project path may be at most this much slower than the plain one (the issue's 20 %).
-TARGET_RATIO = 0.8
+# The project path's rate over the plain one, at least (issue 18: 0.9 on SQLite, 0.8 on
+# PostgreSQL, whose server takes cores from the workers on the same machine).
+TARGET_RATIO = {"sqlite": 0.9, "postgresql": 0.8}
 # Seconds one project may take before the benchmark calls it stuck.
 PROJECT_TIMEOUT = 120.0
 
@@ -100,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     plain_median = statistics.median(rate for rate, _ in plain)
     stored_median = statistics.median(rate for rate, _ in stored)
     ratio = stored_median / plain_median
-    verdict = "met" if ratio >= TARGET_RATIO else "NOT met"
+    target = TARGET_RATIO[kind]
+    verdict = "met" if ratio >= target else "NOT met"
     print(
         f"W1 plain map     : {plain_median:10,.0f} tasks/s  (median of {len(plain)}: "
         f"{', '.join(f'{r:,.0f}' for r, _ in plain)})"
@@ -109,14 +111,14 @@ def main(argv: list[str] | None = None) -> int:
         f"W1 as a project  : {stored_median:10,.0f} tasks/s  (store: {kind}; "
         f"{', '.join(f'{r:,.0f}' for r, _ in stored)})"
     )
-    print(f"ratio project/map: {ratio:10.2f}          (target >= {TARGET_RATIO}: {verdict})")
+    print(f"ratio project/map: {ratio:10.2f}          (target >= {target}: {verdict})")
     plain_cpu = statistics.median(cpu for _, cpu in plain)
     stored_cpu = statistics.median(cpu for _, cpu in stored)
     print(
         f"client CPU s     : map {plain_cpu:.2f}, project {stored_cpu:.2f} "
         f"(+{(stored_cpu - plain_cpu) / W1_ITEMS * 1e6:.1f} us per task)"
     )
-    return 0 if ratio >= TARGET_RATIO else 1
+    return 0 if ratio >= target else 1
 
 
 if __name__ == "__main__":

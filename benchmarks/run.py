@@ -18,6 +18,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import Executor
 from pathlib import Path
+from typing import Any
 
 import peers
 import report
@@ -38,6 +39,13 @@ QUEUE_BENCH = Path(__file__).resolve().parent / "bench_queue.py"
 # Seconds bench_queue.py may take: procrastinate's Q1 alone takes ~1 minute, and Q3 waits
 # through three 30 s windows.
 QUEUE_BENCH_TIMEOUT = 900.0
+# The many-hosts (H16) and how-cost-grows benchmarks, each in its own process.
+HOSTS_BENCH = Path(__file__).resolve().parent / "bench_hosts.py"
+SCALE_BENCH = Path(__file__).resolve().parent / "bench_scale.py"
+# Results bench_project.py stores in one run (9 projects of 20,000): for per-result costs.
+PROJECT_STORED_TASKS = 9 * 20_000
+# Seconds those two may take: 16 sshd and 32 Python processes start on 2 cores; 10M items.
+LONG_BENCH_TIMEOUT = 900.0
 SSHD = "/usr/sbin/sshd"
 
 
@@ -133,7 +141,7 @@ class Run:
         self.samples.setdefault(report.OURS_SSH, defaultdict(list))
         self.samples.setdefault(report.RAW_SSH, defaultdict(list))
         self.samples.setdefault(report.EXECNET_SSH, defaultdict(list))
-        ssh_bench.run_ssh(self.record, inc, self.repeats, _progress)
+        self.notes += ssh_bench.run_ssh(self.record, inc, self.repeats, _progress)
 
     def _throughput(self) -> None:
         for kind, payload in w.w4_payloads().items():
@@ -155,22 +163,63 @@ def ssh_unavailable() -> str:
     return ""
 
 
-def run_store_bench(script: Path, timeout: float = PROJECT_BENCH_TIMEOUT) -> str:
-    """Run one store benchmark (``bench_project.py``: W1 with and without a project store;
-    ``bench_rerun.py``: "Run All" of a finished sweep; ``bench_queue.py``: queue mode and
-    its peers) and return its report."""
+def run_store_bench(
+    script: Path, *args: str, timeout: float = PROJECT_BENCH_TIMEOUT, label: str = ""
+) -> str:
+    """Run one benchmark script in its own process (``bench_project.py``: W1 with and without
+    a project store; ``bench_rerun.py``: "Run All" of a finished sweep; ``bench_hosts.py``,
+    ``bench_scale.py``) and return its report."""
+    name = f"{script.name}{label}"
     try:
         done = subprocess.run(
-            [sys.executable, str(script)],
+            [sys.executable, str(script), *args],
             capture_output=True,
             text=True,
             timeout=timeout,
             check=False,
         )
     except subprocess.TimeoutExpired:
-        return f"{script.name}: stopped after {timeout:.0f} s"
+        return f"{name}: stopped after {timeout:.0f} s"
     status = "" if done.returncode == 0 else f" (exit {done.returncode}: {done.stderr[-500:]})"
-    return f"{script.name}{status}:\n{done.stdout.rstrip()}"
+    return f"{name}{status}:\n{done.stdout.rstrip()}"
+
+
+def _project_on_postgres(server: Any) -> str:
+    """``bench_project.py`` on a PostgreSQL server, and the server's CPU per result."""
+    before = server.cpu_seconds()
+    text = run_store_bench(PROJECT_BENCH, "--store", server.url, label=" (PostgreSQL)")
+    spent = server.cpu_seconds() - before
+    per_result = spent / PROJECT_STORED_TASKS * 1e6
+    return (
+        f"{text}\nPostgreSQL server CPU: {spent:.2f} s over the run, {per_result:.1f} us per "
+        "stored result (on this machine, the cores it takes are the workers')"
+    )
+
+
+def run_other_benches(args: argparse.Namespace) -> list[str]:
+    """The benchmarks that run in their own processes: projects vs map (SQLite, and
+    PostgreSQL when its server binaries are there), re-runs, many hosts, data sync, how
+    cost grows, queue mode against its peers."""
+    reports = []
+    if not args.no_project:
+        import pg
+
+        reports.append(run_store_bench(PROJECT_BENCH, label=" (SQLite)"))
+        with pg.postgres() as server:
+            if server is None:
+                reports.append("bench_project.py (PostgreSQL): skipped, no server binaries")
+            else:
+                reports.append(_project_on_postgres(server))
+        reports.append(run_store_bench(RERUN_BENCH))
+    if not args.no_ssh and not ssh_unavailable():
+        reports.append(run_store_bench(HOSTS_BENCH, timeout=LONG_BENCH_TIMEOUT))
+    if not args.no_ssh and not ssh_unavailable():
+        reports.append(run_store_bench(SYNC_BENCH, timeout=SYNC_BENCH_TIMEOUT))
+    if not args.no_scale:
+        reports.append(run_store_bench(SCALE_BENCH, timeout=LONG_BENCH_TIMEOUT))
+    if not args.no_queue:
+        reports.append(run_store_bench(QUEUE_BENCH, timeout=QUEUE_BENCH_TIMEOUT))
+    return reports
 
 
 def _progress(label: str) -> None:
@@ -186,6 +235,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--no-ssh", action="store_true", help="skip the SSH workloads")
     parser.add_argument("--no-queue", action="store_true", help="skip bench_queue.py")
+    parser.add_argument(
+        "--no-scale", action="store_true", help="skip bench_scale.py (10M map, 1M project)"
+    )
     return parser.parse_args(argv)
 
 
@@ -205,21 +257,17 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_ssh:
         bench.ssh()
     samples = {name: dict(metrics) for name, metrics in bench.samples.items()}
-    project = "" if args.no_project else run_store_bench(PROJECT_BENCH)
-    rerun = "" if args.no_project else run_store_bench(RERUN_BENCH)
-    sync = "" if args.no_ssh else run_store_bench(SYNC_BENCH, SYNC_BENCH_TIMEOUT)
-    queue = "" if args.no_queue else run_store_bench(QUEUE_BENCH, QUEUE_BENCH_TIMEOUT)
+    others = run_other_benches(args)
     elapsed = time.perf_counter() - started
     for section in report.SECTIONS:
         text = report.table(samples, section)
         if text:
             print(f"\n{text}")
-    for line in [*bench.notes, project, rerun, sync, queue]:
+    for line in [*bench.notes, *others]:
         if line:
             print(f"\n{line}")
     extra = {"seconds": elapsed, "repeats": bench.repeats, "notes": bench.notes}
-    stores = {"project_bench": project, "rerun_bench": rerun, "sync_bench": sync}
-    path = report.write_json(samples, {**extra, **stores, "queue_bench": queue})
+    path = report.write_json(samples, {**extra, "other_benches": others})
     print(f"\n{elapsed:.0f} s; medians of {bench.repeats}; ratios are ours/peer; written to {path}")
     print(
         f"load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after: on a shared "

@@ -1,6 +1,6 @@
 """SSH workloads: ours over a real loopback sshd, against bare asyncssh on the same server.
 
-The bench starts its own OpenSSH ``sshd`` on 127.0.0.1 (the test fixtures' helpers), in a
+The bench starts its own OpenSSH ``sshd`` on 127.0.0.1 (``sshd.py``), in a
 temporary ``HOME`` whose ``~/.ssh/config`` names it and whose ``known_hosts`` holds its key:
 host-key checking stays on. Then, one after the other:
 
@@ -17,20 +17,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
-import os
-import shutil
+import logging
 import statistics
 import struct
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import asyncssh
+import sshd
 import workloads as w
 from report import EXECNET_SSH, OURS_SSH
 from report import RAW_SSH as RAW
@@ -39,19 +36,7 @@ from ceranubis_jupyter import CeranubisExecutor
 from ceranubis_jupyter.cluster.hosts import Host
 from ceranubis_jupyter.cluster.ssh import PREFERRED_CIPHER
 
-_REPO = Path(__file__).resolve().parent.parent
-if str(_REPO) not in sys.path:
-    sys.path.insert(0, str(_REPO))
-
-from tests.fixtures_ssh import (  # noqa: E402 - the repo root must be importable first
-    OpenSSHServer,
-    SSHHome,
-    keygen,
-    make_openssh_server,
-    reset_cache,
-)
-
-ALIAS = "cj-bench"
+ALIAS = "cj-bench-0"
 # Remote echo for W3: one line in, the same line out, flushed.
 _ECHO = (
     "import sys\n"
@@ -73,12 +58,11 @@ _SINK = (
 )
 
 
-@dataclass
 class Loopback:
-    """The running sshd and the client HOME that reaches it as ``ALIAS``."""
+    """The running sshd (one) and the client HOME that reaches it as ``ALIAS``."""
 
-    home: SSHHome
-    server: OpenSSHServer
+    def __init__(self, hosts: sshd.Loopback) -> None:
+        self.hosts = hosts
 
     def host(self) -> Host:
         return Host(ALIAS, python=sys.executable, workers=2)
@@ -87,30 +71,8 @@ class Loopback:
 @contextlib.contextmanager
 def loopback() -> Iterator[Loopback]:
     """Start sshd on loopback with a temporary HOME pointing at it; stop it (by PID) after."""
-    root = Path(tempfile.mkdtemp(prefix="cj-bench-ssh-"))
-    saved = {name: os.environ.get(name) for name in ("HOME", "SSH_AUTH_SOCK")}
-    server = None
-    try:
-        home = SSHHome(root / "home")
-        home.ssh.mkdir(mode=0o700, parents=True)
-        keygen(home.key)
-        (home.ssh / "config").write_text("")
-        home.known_hosts.write_text("")
-        server = make_openssh_server(root / "sshd", home)
-        home.add_alias(ALIAS, "127.0.0.1", server.port)
-        home.trust("127.0.0.1", server.port, server.host_key.with_suffix(".pub"))
-        os.environ["HOME"] = str(home.path)
-        os.environ.pop("SSH_AUTH_SOCK", None)
-        yield Loopback(home, server)
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        if server is not None:
-            server.stop()
-        shutil.rmtree(root, ignore_errors=True)
+    with sshd.loopback_hosts(1) as hosts:
+        yield Loopback(hosts)
 
 
 def ours(setup: Loopback) -> Executor:
@@ -121,7 +83,7 @@ def ours(setup: Loopback) -> Executor:
 
 def cold_start(setup: Loopback, inc: w.IntFn) -> float:
     """W5 with an empty remote bundle cache."""
-    reset_cache(setup.server.cache)
+    setup.hosts.reset_cache(0)
     return w.w5_startup(lambda: ours(setup), inc)
 
 
@@ -146,8 +108,9 @@ async def _echo(calls: int, warmup: int) -> list[float]:
         return samples
 
 
-async def _throughput(payload: bytes, repeats: int) -> list[float]:
+async def _throughput(payload: bytes, repeats: int) -> tuple[list[float], str]:
     async with await _connect() as conn:
+        cipher = str(conn.get_extra_info("send_cipher"))
         process = await conn.create_process(_remote(_SINK), encoding=None)
         rates = []
         for _ in range(repeats):
@@ -157,7 +120,7 @@ async def _throughput(payload: bytes, repeats: int) -> list[float]:
             count = int(await process.stdout.readline())
             rates.append(count / 1e6 / (time.perf_counter() - start))
         process.stdin.write_eof()
-        return rates
+        return rates, cipher
 
 
 def _remote(source: str) -> str:
@@ -174,16 +137,45 @@ def raw_echo() -> tuple[float, float]:
     return statistics.median(samples), w.percentile(samples, 99)
 
 
-def raw_throughput(repeats: int) -> list[float]:
-    """Raw asyncssh channel, 100 MB round trips (send, length back): MB/s each."""
+def raw_throughput(repeats: int) -> tuple[list[float], str]:
+    """Raw asyncssh channel, 100 MB round trips (send, length back): MB/s each, and the
+    cipher negotiated."""
     return asyncio.run(_throughput(bytes(w.W4_BYTES), repeats))
 
 
 Record = Callable[[str, str, float], None]
 
 
-def run_ssh(record: Record, inc: w.IntFn, repeats: int, progress: Callable[[str], None]) -> None:
-    """Every SSH workload, ``repeats`` times, ours and bare asyncssh interleaved."""
+class CipherSeen(logging.Handler):
+    """Catches the cipher our SSH transport logs once connected (``ssh.py``, debug)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.ciphers: set[str] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "connected (cipher" in record.msg:
+            self.ciphers.add(str(record.args[-1] if record.args else "?"))
+
+
+def run_ssh(
+    record: Record, inc: w.IntFn, repeats: int, progress: Callable[[str], None]
+) -> list[str]:
+    """Every SSH workload, ``repeats`` times, ours and bare asyncssh interleaved; returns
+    notes (the ciphers each side negotiated)."""
+    seen = CipherSeen()
+    logger = logging.getLogger("ceranubis")
+    logger.addHandler(seen)
+    logger.setLevel(logging.DEBUG)
+    try:
+        raw_cipher = _run_ssh(record, inc, repeats, progress)
+    finally:
+        logger.removeHandler(seen)
+    ours_cipher = ", ".join(sorted(seen.ciphers)) or "?"
+    return [f"SSH cipher: ours {ours_cipher}; raw asyncssh channel {raw_cipher}"]
+
+
+def _run_ssh(record: Record, inc: w.IntFn, repeats: int, progress: Callable[[str], None]) -> str:
     with loopback() as setup:
         progress("SSH W5 start-up (cold, warm)")
         for _ in range(repeats):
@@ -193,10 +185,11 @@ def run_ssh(record: Record, inc: w.IntFn, repeats: int, progress: Callable[[str]
         try:
             executor.submit(inc, 1).result()
             _latency(record, executor, inc, repeats, progress)
-            _bandwidth(record, executor, repeats, progress)
+            cipher = _bandwidth(record, executor, repeats, progress)
             _versus_execnet(record, setup, executor, inc, repeats, progress)
         finally:
             executor.shutdown(wait=True)
+        return cipher
 
 
 def _versus_execnet(
@@ -213,7 +206,7 @@ def _versus_execnet(
     from execnet_peer import ExecnetExecutor
 
     progress("SSH W1-W4 vs execnet over ssh")
-    config = str(setup.home.ssh / "config")
+    config = str(setup.hosts.ssh_config)
     peer = ExecnetExecutor(ALIAS, config, sys.executable, PREFERRED_CIPHER, workers=2)
     try:
         peer.submit(inc, 1).result()
@@ -247,11 +240,15 @@ def _latency(
 
 def _bandwidth(
     record: Record, executor: Executor, repeats: int, progress: Callable[[str], None]
-) -> None:
+) -> str:
+    """W4 ours and raw, interleaved (one raw round trip per connection: its first transfer
+    is counted, as ours after the executor's warm-up); returns the raw side's cipher."""
     progress("SSH W4 throughput vs raw asyncssh channel")
     payloads = w.w4_payloads()
-    for rate in raw_throughput(repeats):
-        record(RAW, "w4_bytes", rate)
-    for kind, payload in payloads.items():
-        for _ in range(repeats):
+    cipher = "?"
+    for _ in range(repeats):
+        rates, cipher = raw_throughput(1)
+        record(RAW, "w4_bytes", rates[0])
+        for kind, payload in payloads.items():
             record(OURS_SSH, f"w4_{kind}", w.w4_throughput(executor, payload))
+    return cipher

@@ -1,7 +1,8 @@
 """Each fast path turned off: the executor contract holds with the same results.
 
-The contract tests of ``test_executor_contract.py`` that take only an executor run here
-again, once per switch (and with all of them off), on the embedded default. The switches
+The contract tests of ``test_executor_contract.py`` and ``test_map_buffersize.py`` that
+take only an executor run here again, once per switch (and with all of them off), on the
+embedded default. The switches
 themselves are shown to take effect in ``test_relay.py`` (cut-through) and below
 (submits from the submitting thread).
 """
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 
 import tests.test_executor_contract as contract
+import tests.test_map_buffersize as buffered
 from ceranubis_jupyter import CeranubisExecutor, ConfigError
 from ceranubis_jupyter.cluster.fastpaths import FAST_PATHS_OFF_ENV, FastPaths
 from tests.remote import by_value
@@ -33,7 +35,7 @@ def _executor_only(name: str, test: Any) -> bool:
     return name.startswith("test_") and list(inspect.signature(test).parameters)[:1] == ["ex"]
 
 
-for _name, _test in vars(contract).copy().items():
+for _name, _test in [*vars(contract).items(), *vars(buffered).items()]:
     if (
         callable(_test)
         and _executor_only(_name, _test)
@@ -67,7 +69,7 @@ def test_switches_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv(FAST_PATHS_OFF_ENV, "cut_through, direct_writes")
     assert FastPaths.from_env() == FastPaths(direct_writes=False, cut_through=False)
     monkeypatch.setenv(FAST_PATHS_OFF_ENV, "all")
-    assert FastPaths.from_env() == FastPaths(False, False, False)
+    assert FastPaths.from_env() == FastPaths(False, False, False, False)
     monkeypatch.setenv(FAST_PATHS_OFF_ENV, "warp_drive")
     with pytest.raises(ConfigError, match="unknown fast paths warp_drive"):
         FastPaths.from_env()

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import itertools
 import logging
+import sys
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, replace
@@ -30,7 +32,7 @@ from .framecap import data_frame_cap
 from .functions import FunctionIds
 from .hosts import Host, HostSpec, as_host
 from .link import SILENCE_TIMEOUT, HostInfo
-from .mapping import MapSlot, MapWaiter, results_in_order
+from .mapping import MapFeeder, MapRefill, MapSlot, MapWaiter, check_buffersize, results_in_order
 from .reach import transports_for
 from .scheduler import Scheduler
 from .tasks import DEFAULT_RETRIES, ResultSlot, TaskRecord
@@ -43,9 +45,6 @@ FRAME_OVERHEAD = 4096
 log = logging.getLogger("ceranubis")
 
 _live_executors: weakref.WeakSet[NodeExecutor] = weakref.WeakSet()
-# A map's calls queued at once: one lock and one wake-up each, and the first ones reach
-# the nodes while the rest are still being serialized.
-MAP_BATCH = 256
 
 
 @dataclass(frozen=True)
@@ -174,13 +173,18 @@ class NodeExecutor(Travel, Executor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
+        buffersize: int | None = None,
     ) -> Iterator[T]:
         """Like :func:`map`, in parallel; results come back in order, lazily.
 
         ``chunksize`` items travel as one message and run in one go on a worker.
         ``timeout`` bounds the whole iteration: ``TimeoutError`` when it is exceeded.
+        ``buffersize`` (as Python 3.14's): at most that many tasks (chunks) queued whose
+        results were not handed out yet, the iterables read lazily as results are taken;
+        ``None`` reads and queues every call at once, so that each runs even if the
+        results are never read.
         """
-        return self._map(self._defaults, fn, iterables, timeout, chunksize)
+        return self._map(self._defaults, fn, iterables, timeout, chunksize, buffersize)
 
     def shutdown(
         self, wait: bool = True, *, cancel_futures: bool = False, stop_running: bool = False
@@ -405,9 +409,11 @@ class NodeExecutor(Travel, Executor):
         iterables: tuple[Iterable[Any], ...],
         timeout: float | None,
         chunksize: int,
+        buffersize: int | None = None,
     ) -> Iterator[Any]:
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
+        check_buffersize(buffersize)
         end_time = None if timeout is None else timeout + time.monotonic()
         calls = zip(*iterables, strict=False)  # like map(): stop at the shortest
         arguments: Iterator[Any]
@@ -416,35 +422,17 @@ class NodeExecutor(Travel, Executor):
         else:
             kind, arguments = p.CHUNK, _chunks(calls, chunksize)
         waiter = MapWaiter()
-        slots = self._submit_calls(options, fn, kind, arguments, waiter)
-        return results_in_order(slots, waiter, end_time, chunked=chunksize > 1)
-
-    def _submit_calls(
-        self,
-        options: TaskOptions,
-        fn: Callable[..., Any],
-        kind: int,
-        arguments: Iterator[Any],
-        waiter: MapWaiter,
-    ) -> list[MapSlot]:
-        """Queue a map's calls, MAP_BATCH at a time (one lock and one wake-up each)."""
         fn_id = self._check_submit(fn)
-        slots: list[MapSlot] = []
-        batch: list[TaskRecord] = []
-        chunked, first_call = kind == p.CHUNK, 1
-        for call in arguments:
-            slot = MapSlot(waiter)
+
+        def make(call: Any, slot: MapSlot, first_call: int) -> TaskRecord | None:
             record = self._record(options, fn_id, kind, call, slot, first_call)
-            first_call += len(call) if chunked else 1
-            slots.append(slot)
-            if not slot.done():
-                batch.append(record)
-            if len(batch) == MAP_BATCH:
-                self.submit_prepared(batch)
-                batch = []
-        if batch:
-            self.submit_prepared(batch)
-        return slots
+            return None if slot.done() else record
+
+        feeder = MapFeeder(arguments, kind == p.CHUNK, waiter, make, self.submit_prepared)
+        # As Python 3.14: without a buffersize every call is read and queued now.
+        slots = deque(feeder.feed(buffersize or sys.maxsize))
+        refill = None if buffersize is None else MapRefill(feeder, buffersize)
+        return results_in_order(slots, waiter, end_time, chunked=chunksize > 1, refill=refill)
 
 
 class TaskOptionsView:
@@ -464,9 +452,10 @@ class TaskOptionsView:
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
+        buffersize: int | None = None,
     ) -> Iterator[T]:
         """Like :meth:`NodeExecutor.map`, with these options."""
-        return self._executor._map(self.task_options, fn, iterables, timeout, chunksize)
+        return self._executor._map(self.task_options, fn, iterables, timeout, chunksize, buffersize)
 
 
 def _chunks(calls: Iterator[tuple[Any, ...]], size: int) -> Iterator[list[tuple[Any, ...]]]:

@@ -7,6 +7,10 @@
 - ``inline_submit``: an idle executor's first task is written to its node by the submitting
   thread itself while the loop thread sleeps (one thread wake-up less per round trip).
   Client side: ``Scheduler.submit_threadsafe``.
+- ``lazy_results``: a ``map`` chunk's result that comes back while ``map()`` still reads its
+  iterable is kept as the bytes that came (a fifth of its values' size as objects) and
+  unpickled by the thread that takes it, not by the loop thread; an error unpickling it is
+  raised at its place, the same error. Client side: ``mapping.MapSlot.set_pickled``.
 
 Every one is on by default. ``CeranubisExecutor(fast_paths=FastPaths(cut_through=False))``
 turns one off for an executor; ``CERANUBIS_FAST_PATHS_OFF=direct_writes,cut_through`` (or
@@ -33,6 +37,7 @@ class FastPaths:
     direct_writes: bool = True
     cut_through: bool = True
     inline_submit: bool = True
+    lazy_results: bool = True
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

@@ -81,11 +81,16 @@ def failure_of(host: str, record: TaskRecord, result: p.Result) -> BaseException
 
 def unpickled_result(host: str, record: TaskRecord, error: Exception) -> UnpicklableError:
     """The error for a result that came back but does not unpickle here."""
+    return unpickled_result_of(host, record.task_id, error)
+
+
+def unpickled_result_of(host: str, task_id: int, error: Exception) -> UnpicklableError:
+    """:func:`unpickled_result` by task id (for a result unpickled after its record is gone)."""
     return UnpicklableError(
-        f"the result of task {record.task_id} from {host} could not be unpickled here: "
+        f"the result of task {task_id} from {host} could not be unpickled here: "
         f"{describe_failure(error)}",
         host=host,
-        task_id=record.task_id,
+        task_id=task_id,
     )
 
 

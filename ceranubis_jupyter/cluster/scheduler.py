@@ -22,14 +22,11 @@ How it works:
    :mod:`~ceranubis_jupyter.cluster.outcomes` names for it, or (a crashed worker with
    retries left) sends the task back to pending. Listeners hear of each finished task
    just before its future is set.
-4. A node that ends (EOF, silence, garbage) is lost: its in-flight tasks go back to pending
-   (``outcomes.lost_with_node`` counts their attempts) and the link restarts it with
-   backoff. Only when no node can start do futures fail with
-   :class:`BrokenCeranubisExecutor`.
-5. Hosts come and go while work runs: an added host gets a link at once; a removed one
-   drains (or re-queues) its tasks, and tasks pinned to a group left without hosts fail.
-
-The kernel thread never blocks on the loop except where the caller asked to wait.
+4. A lost node (EOF, silence, garbage): its in-flight tasks go back to pending (attempts
+   counted) and the link restarts it with backoff; futures fail with
+   :class:`BrokenCeranubisExecutor` only when no node can start.
+5. Hosts come and go while work runs (an added host gets a link at once; a removed one
+   drains its tasks). The kernel thread never blocks on the loop unless asked to wait.
 """
 
 from __future__ import annotations
@@ -57,6 +54,7 @@ from .fastpaths import ALL_ON, FastPaths
 from .filesync import FileRegistry
 from .link import SILENCE_TIMEOUT, HostInfo, NodeLink
 from .loopthread import LoopThread
+from .mapping import MapSlot, pickled_result
 from .modules import CodeRegistry
 from .outcomes import failure_of, lost_with_node, no_host_left, no_such_group, unpickled_result
 from .shares import fair_shares
@@ -406,13 +404,21 @@ class Scheduler:
             self._fail(record, error)
 
     def _succeed(self, link: NodeLink, record: TaskRecord, result: p.Result) -> None:
+        future = record.future
+        if type(future) is MapSlot and future.unawaited() and self.fast_paths.lazy_results:
+            pickled = pickled_result(result, link.host, record)
+            if pickled is not None:  # the consumer unpickles it when it takes it
+                link.info.done += 1
+                self._finished(record)
+                if not future.done():
+                    future.set_pickled(pickled)
+                return
         try:
             value = loads(result.codec, result.payload, result.buffers)
         except Exception as error:
             self._fail(record, unpickled_result(link.host, record, error))
             return
         link.info.done += 1
-        future = record.future
         if type(future) is ResultSlot:
             future.keep_bytes(result)
         self._finished(record)

@@ -1,0 +1,100 @@
+"""H16: many hosts. 16 loopback sshd (each its own port and bundle cache) x 1 worker.
+
+Prints, each against our own 1-host figure from the same run: start to a first result on
+every host (cold caches, then warm), W1 per item at 1, 4 and 16 hosts, and the client's CPU
+time per task at 1, 4 and 16 hosts (user + system of this process over the W1 map).
+
+``.venv/bin/python benchmarks/bench_hosts.py`` (``run.py`` calls it in its own process: it
+points ``HOME`` at a temporary client home).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import psutil
+import sshd
+import workloads as w
+
+from ceranubis_jupyter import CeranubisExecutor, Host
+
+HOST_COUNTS = (1, 4, 16)
+# Seconds the start measurement waits for a first result on every host before giving up.
+START_LIMIT = 120.0
+# Tiny tasks sent per round while waiting for every host to have run one.
+PROBE_BATCH = 64
+
+
+def inc(x: int) -> int:
+    """The tiny task (in ``__main__``: it travels by value)."""
+    return x + 1
+
+
+def executor_on(aliases: list[str]) -> CeranubisExecutor:
+    return CeranubisExecutor([Host(a, python=sys.executable, workers=1) for a in aliases])
+
+
+def start_to_every_host(aliases: list[str]) -> float:
+    """Seconds from constructing the executor to a first result from every host."""
+    start = time.perf_counter()
+    ex = executor_on(aliases)
+    try:
+        deadline = time.monotonic() + START_LIMIT
+        while min(info.done for info in ex.hosts()) < 1:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not every host answered within {START_LIMIT:g} s")
+            list(ex.map(inc, range(PROBE_BATCH)))
+        return time.perf_counter() - start
+    finally:
+        ex.shutdown(wait=True)
+
+
+def per_item(aliases: list[str], repeats: int) -> tuple[float, float]:
+    """W1 per item (tasks/s) and client CPU µs per task, medians over ``repeats``."""
+    ex = executor_on(aliases)
+    rates, cpu = [], []
+    try:
+        w.w1_map(ex, inc)  # warm: every node up, the function shipped
+        me = psutil.Process()
+        for _ in range(repeats):
+            before = me.cpu_times()
+            rates.append(w.w1_map(ex, inc))
+            after = me.cpu_times()
+            used = (after.user - before.user) + (after.system - before.system)
+            cpu.append(used / w.W1_ITEMS * 1e6)
+    finally:
+        ex.shutdown(wait=True)
+    return statistics.median(rates), statistics.median(cpu)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    most = max(HOST_COUNTS)
+    with sshd.loopback_hosts(most) as hosts:
+        aliases = [server.alias for server in hosts.servers]
+        cold = start_to_every_host(aliases)
+        warm = statistics.median(start_to_every_host(aliases) for _ in range(args.repeats))
+        one = statistics.median(start_to_every_host(aliases[:1]) for _ in range(args.repeats))
+        print(
+            f"start -> first result on every host, {most} hosts: cold {cold:.2f} s, warm "
+            f"{warm:.2f} s (target <= 1.5 s); 1 host warm {one:.2f} s"
+        )
+        figures = {n: per_item(aliases[:n], args.repeats) for n in HOST_COUNTS}
+    base_rate, base_cpu = figures[1]
+    print(
+        f"{'hosts':>6}{'W1 tasks/s':>14}{'vs 1 host':>11}{'client CPU µs/task':>21}"
+        f"{'vs 1 host':>11}"
+    )
+    for n, (rate, cpu) in figures.items():
+        print(f"{n:>6}{rate:>14,.0f}{rate / base_rate:>10.2f}x{cpu:>21.1f}{cpu / base_cpu:>10.2f}x")
+    print("targets: W1 at 16 hosts >= 1x the 1-host figure; client CPU per task flat")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
