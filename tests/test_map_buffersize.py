@@ -96,7 +96,8 @@ def test_no_more_than_buffersize_calls_run_before_results_are_taken(
 ) -> None:
     source = Counting()
     results = ex.map(mark_then_wait, itertools.repeat(str(tmp_path)), source, buffersize=2)
-    wait_for(lambda: (tmp_path / "ran-1").exists(), 60, "the two buffered calls started")
+    both = [tmp_path / "ran-0", tmp_path / "ran-1"]
+    wait_for(lambda: all(p.exists() for p in both), 60, "the two buffered calls started")
     assert source.read == 2
     assert sorted(p.name for p in tmp_path.glob("ran-*")) == ["ran-0", "ran-1"]
     (tmp_path / "gate").touch()
