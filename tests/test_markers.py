@@ -33,6 +33,8 @@ def test_the_quick_subset_starts_no_server() -> None:
 
 def test_the_long_tests_carry_their_kind() -> None:
     postgres = _collected("postgres")
-    assert postgres and all("postgres" in line for line in postgres)
+    assert any(line.endswith("[postgresql]") for line in postgres)  # parametrized stores
+    assert any(line.startswith("tests/test_queue_pg.py::") for line in postgres)  # fixtures
+    assert not [line for line in postgres if "[sqlite]" in line]
     assert any(line.startswith("tests/test_ssh.py::") for line in _collected("ssh"))
     assert any(line.startswith("tests/test_widget_browser.py::") for line in _collected("browser"))

@@ -30,6 +30,9 @@ from tests.fixtures_pg import PG_CTL_TIMEOUT, PG_USER
 from tests.queue_helpers import CODE, DAEMON_SECONDS, PROJECT_SECONDS, Daemons, commit_in_child
 from tests.waiting import wait_for
 
+# Its own PostgreSQL server, reachable from a network namespace (fixtures below).
+pytestmark = [pytest.mark.postgres, pytest.mark.netns, pytest.mark.slow]
+
 # Third octets tried for this module's /24 (198.18.N.0/24).
 OCTETS = range(10, 250)
 BIG_PROJECT = 2000
