@@ -4,12 +4,15 @@ refused in one line."""
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from ceranubis_jupyter.cli.main import build_parser
 from ceranubis_jupyter.projects.project import Project
 from tests.cli_support import FREE, Workdir, make_workdir
 from tests.fixtures_ssh import OPENSSH_ALIAS, TEST_PYTHON, OpenSSHServer, SSHHome
@@ -249,12 +252,21 @@ def test_a_result_json_cannot_write_leaves_the_old_file(workdir: Workdir) -> Non
     assert _others(workdir.path, "out.json") == []
 
 
+def _every_parser(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                yield from _every_parser(child)
+
+
 def test_help_of_every_command_has_an_example(workdir: Workdir) -> None:
-    commands = [["run"], ["hosts"], ["job"], ["job", "new"], ["job", "list"], ["job", "update"],
-                ["job", "add-host"], ["job", "rm"], []]  # fmt: skip
-    for command in commands:
-        run = workdir.run(*command, "--help")
-        assert run.returncode == 0 and "example" in run.stdout, (command, run.stdout)
+    parsers = list(_every_parser(build_parser()))
+    assert len(parsers) > 20  # every command and action is walked
+    missing = [p.prog for p in parsers if "example" not in p.format_help()]
+    assert missing == []
+    run = workdir.run("job", "new", "--help")  # and the command prints it
+    assert run.returncode == 0 and "example" in run.stdout
 
 
 def test_an_unknown_option_is_one_line(workdir: Workdir) -> None:

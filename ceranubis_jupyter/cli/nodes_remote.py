@@ -50,7 +50,11 @@ _PACKAGE = Path(__file__).resolve().parent.parent
 def add_commands(subparsers: Any) -> None:
     """Add ``start`` and ``stop`` under ``nodes`` (registered by ``cli/nodes.py``)."""
     actions = subparsers.choices["nodes"].add_subparsers(dest="nodes_action", metavar="ACTION")
-    start = actions.add_parser("start", help="start queue daemons on SSH hosts (detached)")
+    start = actions.add_parser(
+        "start", help="start queue daemons on SSH hosts (detached)",
+        epilog="example: ceranubis nodes start --hosts gpu1,gpu2 --store "
+        "postgresql://me@db/cj --workers 8",
+    )  # fmt: skip
     start.add_argument("--hosts", required=True, help="comma-separated ssh hosts")
     start.add_argument("--store", required=True, help="store path or postgresql:// URL")
     start.add_argument("--workers", type=int, help="workers per daemon (default: all cores)")
@@ -58,7 +62,10 @@ def add_commands(subparsers: Any) -> None:
     start.add_argument("--group", default="", help="the daemons' group")
     start.add_argument("--python", default="python3", help="the hosts' python")
     start.set_defaults(handler=_start)
-    stop = actions.add_parser("stop", help="stop the queue daemons started with nodes start")
+    stop = actions.add_parser(
+        "stop", help="stop the queue daemons started with nodes start",
+        epilog="example: ceranubis nodes stop --hosts gpu2 --timeout 60",
+    )  # fmt: skip
     stop.add_argument("--hosts", help="comma-separated ssh hosts (default: where started)")
     stop.add_argument("--timeout", type=float, default=STOP_TIMEOUT, help="seconds to wait")
     stop.add_argument("--python", default="python3", help="the hosts' python")
