@@ -35,6 +35,7 @@ _EXPORTS = {
     "TaskTimeout": "errors",
     "UnpicklableError": "errors",
     "TaskTooLarge": "errors",
+    "DependencyError": "errors",
     "StoreError": "errors",
     "BrokenCeranubisExecutor": "errors",
     "RemoteTraceback": "errors",

@@ -23,6 +23,7 @@ from ..exits import Stage, on_exit
 from ..wire import protocol as p
 from ..wire.describe import unpicklable_arguments
 from ..wire.serialize import dumps
+from .dependencies import FutureInArguments, TaskFuture, WrappedIds, with_inputs
 from .fastpaths import FastPaths
 from .framecap import data_frame_cap
 from .functions import FunctionIds
@@ -139,6 +140,7 @@ class NodeExecutor(Executor):
             max_data_frame=data_frame_cap(max_data_frame),
         )
         self._functions = FunctionIds(self._scheduler.add_function_threadsafe)
+        self._wrapped = WrappedIds(self.register_function)
         # Each submit() future's task id, for cancel() and task_id_of(). Weak keys: the
         # values are ints, so a dropped future takes nothing of its task with it.
         self._task_ids: weakref.WeakKeyDictionary[Future[Any], int] = weakref.WeakKeyDictionary()
@@ -285,8 +287,8 @@ class NodeExecutor(Executor):
         self, options: TaskOptions, fn: Callable[..., Any], kind: int, arguments: Any
     ) -> Future[Any]:
         fn_id = self._check_submit(fn)
-        future: Future[Any] = Future()
-        record = self._record(options, fn_id, kind, arguments, future)
+        future: Future[Any] = TaskFuture()
+        record = self._record(options, fn, fn_id, kind, arguments, future)
         self._task_ids[future] = record.task_id
         if not future.done():  # else its arguments would not pickle
             self._scheduler.submit_threadsafe(record)
@@ -303,6 +305,7 @@ class NodeExecutor(Executor):
     def _record(
         self,
         options: TaskOptions,
+        fn: Callable[..., Any],
         fn_id: int,
         kind: int,
         arguments: Any,
@@ -311,10 +314,14 @@ class NodeExecutor(Executor):
     ) -> TaskRecord:
         """A task's record, arguments serialized; when they will not pickle, ``outcome``
         is failed with the reason instead (and the record must not be queued).
-        ``first_call`` numbers its first call in that message (a map's calls count on)."""
+        ``first_call`` numbers its first call in that message (a map's calls count on).
+        Futures among the arguments make it wait for them (:mod:`~.dependencies`)."""
         record = self.prepared_task(options, fn_id, outcome, kind, p.PICKLE, b"")
         try:
             codec, payload, buffers = dumps(arguments)
+        except FutureInArguments:
+            with_inputs(record, fn, arguments, first_call, self.task_id_of, self._wrapped)
+            return record
         except Exception as error:
             calls = [arguments] if kind == p.CALL else [(args, {}) for args in arguments]
             failure = unpicklable_arguments(
@@ -418,7 +425,7 @@ class NodeExecutor(Executor):
         chunked, first_call = kind == p.CHUNK, 1
         for call in arguments:
             slot = MapSlot(waiter)
-            record = self._record(options, fn_id, kind, call, slot, first_call)
+            record = self._record(options, fn, fn_id, kind, call, slot, first_call)
             first_call += len(call) if chunked else 1
             slots.append(slot)
             if not slot.done():

@@ -52,6 +52,7 @@ from ..errors import (
 )
 from ..wire import protocol as p
 from ..wire.serialize import loads
+from .dependencies import Dependencies
 from .echo import echo_output
 from .fastpaths import ALL_ON, FastPaths
 from .link import SILENCE_TIMEOUT, HostInfo, NodeLink
@@ -102,6 +103,7 @@ class Scheduler:
         self._wakeup_pending = False
         self._ids = itertools.count(1)
         self._idle = threading.Condition()
+        self.dependencies = Dependencies(self)  # tasks given futures as arguments
         self.loop_thread.call_threadsafe(self._start_links)
 
     @property
@@ -255,7 +257,7 @@ class Scheduler:
         await asyncio.gather(*(link.close() for link in leaving), return_exceptions=True)
         self.links = [link for link in self.links if link not in leaving]
         self._fail_stranded_groups()
-        self._dispatch()
+        self.dispatch()
 
     async def _wait_drained(self, links: list[NodeLink]) -> None:
         while any(link.inflight and link.ready for link in links):
@@ -270,10 +272,12 @@ class Scheduler:
         while incoming:
             record = incoming.popleft()
             if record.group is not None and not self._group_exists(record.group):
-                self._fail(record, no_such_group(record))
-                continue
-            self.pending.push(record)
-        self._dispatch()
+                self.fail(record, no_such_group(record))
+            elif record.inputs is not None:
+                self.dependencies.hold(record)
+            else:
+                self.pending.push(record)
+        self.dispatch()
 
     def _take_incoming_directly(self) -> bool:
         """:meth:`_take_incoming` from a submitting thread while the loop sleeps (see
@@ -291,7 +295,7 @@ class Scheduler:
     def _group_exists(self, group: str) -> bool:
         return any(link.group == group and not link.dead for link in self.links)
 
-    def _dispatch(self) -> None:
+    def dispatch(self) -> None:
         """Give pending tasks to nodes with free credit, one frame per node."""
         if not self.pending:
             return
@@ -325,7 +329,7 @@ class Scheduler:
     def on_node_ready(self, link: NodeLink) -> None:
         """A node finished its handshake: give it work."""
         self.host_errors.pop(link.host, None)
-        self._dispatch()
+        self.dispatch()
 
     def on_node_failed(self, link: NodeLink, error: HostError) -> None:
         """A node could not start or was lost."""
@@ -344,7 +348,7 @@ class Scheduler:
             lambda record: record.group is not None and not self._group_exists(record.group)
         )
         for record in stranded:
-            self._fail(record, no_host_left(record, self._errors_of_group(record.group)))
+            self.fail(record, no_host_left(record, self._errors_of_group(record.group)))
 
     def _errors_of_group(self, group: str | None) -> list[HostError]:
         return [
@@ -357,7 +361,7 @@ class Scheduler:
         self.broken = error
         broken = self._broken_error()
         for record in self.pending.remove(lambda record: True):
-            self._fail(record, broken)
+            self.fail(record, broken)
         self._fail_incoming()
 
     def _broken_error(self) -> BrokenCeranubisExecutor:
@@ -368,7 +372,7 @@ class Scheduler:
     def _fail_incoming(self) -> None:
         broken = self._broken_error()
         while self.incoming:
-            self._fail(self.incoming.popleft(), broken)
+            self.fail(self.incoming.popleft(), broken)
 
     def on_results(self, link: NodeLink, results: tuple[p.Result, ...]) -> None:
         """Resolve futures for a batch of results, then refill the node; what running
@@ -389,7 +393,7 @@ class Scheduler:
                     link.put_back(record)  # ... and re-queues this task with the others
                     raise
         link.update_busy()
-        self._dispatch()
+        self.dispatch()
 
     def _resolve(self, link: NodeLink, record: TaskRecord, result: p.Result) -> None:
         if result.status == p.OK:
@@ -397,18 +401,20 @@ class Scheduler:
         elif (error := failure_of(link.host, record, result)) is None:
             self._requeue(record)  # its worker died under it; retries are left
         else:
-            self._fail(record, error)
+            self.fail(record, error)
 
     def _succeed(self, link: NodeLink, record: TaskRecord, result: p.Result) -> None:
         try:
             value = loads(result.codec, result.payload, result.buffers)
         except Exception as error:
-            self._fail(record, unpickled_result(link.host, record, error))
+            self.fail(record, unpickled_result(link.host, record, error))
             return
         link.info.done += 1
         future = record.future
         if type(future) is ResultSlot:
             future.keep_bytes(result)
+        elif self.dependencies.held:
+            self.dependencies.keep(record, result)
         self._finished(record)
         if not future.done():
             future.set_result(value)
@@ -427,14 +433,15 @@ class Scheduler:
             if error is None:
                 self._requeue(record)
             else:
-                self._fail(record, error)
-        self._dispatch()
+                self.fail(record, error)
+        self.dispatch()
 
     def _requeue(self, record: TaskRecord) -> None:
         record.host = None
         self.pending.push(record)
 
-    def _fail(self, record: TaskRecord, error: BaseException) -> None:
+    def fail(self, record: TaskRecord, error: BaseException) -> None:
+        """End a task with ``error`` (listeners first, then its future)."""
         self._finished(record)
         if not record.future.done():
             record.future.set_exception(error)
@@ -442,6 +449,8 @@ class Scheduler:
     def _finished(self, record: TaskRecord) -> None:
         record.finished = time.monotonic()
         record.payload, record.buffers = b"", ()  # a held future must not pin its arguments
+        if self.dependencies.held:
+            self.dependencies.finished(record)
         for listener in self.listeners:
             try:
                 listener(record)
@@ -456,7 +465,8 @@ class Scheduler:
         self._take_incoming()
         waiting = self.pending.remove(lambda record: stop_running or not record.dispatched)
         for record in waiting:
-            self._cancel_waiting(record)
+            self.cancel_waiting(record)
+        self.dependencies.cancel(None)
         if stop_running:
             for link in self.links:
                 if link.inflight:
@@ -465,13 +475,14 @@ class Scheduler:
     async def _cancel_ids(self, task_ids: set[int]) -> None:
         self._take_incoming()
         for record in self.pending.remove(lambda record: record.task_id in task_ids):
-            self._cancel_waiting(record)
+            self.cancel_waiting(record)
+        self.dependencies.cancel(task_ids)
         for link in self.links:
             running = [task_id for task_id in link.inflight if task_id in task_ids]
             if running:
                 link.send_cancel(running)
 
-    def _cancel_waiting(self, record: TaskRecord) -> None:
+    def cancel_waiting(self, record: TaskRecord) -> None:
         """Cancel a task that is on no node (a re-queued one is already running: fail it)."""
         future = record.future
         if not future.cancel() and not future.done():

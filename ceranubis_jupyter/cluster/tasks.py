@@ -6,10 +6,13 @@ import heapq
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..wire import protocol as p
 from ..wire.serialize import SCAN_LIMIT
+
+if TYPE_CHECKING:
+    from .dependencies import Inputs
 
 # Default times a task is re-run after its worker or node died under it.
 DEFAULT_RETRIES = 2
@@ -94,6 +97,7 @@ class TaskRecord:
     started: float = 0.0
     finished: float = 0.0
     output: str = ""
+    inputs: Inputs | None = None  # futures it waits for (see dependencies), until ready
 
     def __lt__(self, other: TaskRecord) -> bool:
         return self.task_id < other.task_id
