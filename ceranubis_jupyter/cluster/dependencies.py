@@ -22,22 +22,21 @@ A Held entry lives while some dependent still waits for it: the last one to take
 
 from __future__ import annotations
 
+import asyncio
 import pickle
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..errors import ConfigError, DependencyError, TaskTooLarge
 from ..wire import protocol as p
 from ..wire.describe import unpicklable_arguments
 from ..wire.inputs import RawResult, WithInputs, input_ref
 from ..wire.serialize import OUT_OF_BAND_BYTES, PICKLE_PROTOCOL, dumps
-from .tasks import TaskRecord
-
-if TYPE_CHECKING:
-    from .scheduler import Scheduler
+from .link import NodeLink
+from .tasks import Inputs, PendingQueue, TaskRecord
 
 # An input at least this big sends its dependent to the host that made it (when that host
 # has a free worker); below it, any host will do: the bytes cost less than waiting.
@@ -67,16 +66,6 @@ class TaskFuture(Future[Any]):
                 "or map() of its executor, which fill in its result"
             )
         return input_ref, (collected.setdefault(self, len(collected)),)
-
-
-@dataclass(slots=True)
-class Inputs:
-    """What a dependent task waits for (``record.inputs`` until it is ready)."""
-
-    kind: int
-    futures: list[TaskFuture]
-    task_ids: list[int]
-    missing: int = 0
 
 
 @dataclass(slots=True)
@@ -113,8 +102,8 @@ def with_inputs(
         return
     finally:
         _collecting.inputs = None
-    task_ids = [task_id_of(future) for future in collected]
-    if None in task_ids:
+    task_ids = [i for future in collected if (i := task_id_of(future)) is not None]
+    if len(task_ids) < len(collected):
         record.future.set_exception(
             ConfigError(
                 f"task {record.task_id} was given a future of another executor; pass "
@@ -124,7 +113,7 @@ def with_inputs(
         return
     record.codec, record.payload = codec, payload
     record.buffers = tuple(buffer.raw() for buffer in buffers)
-    record.inputs = Inputs(record.kind, list(collected), task_ids)  # type: ignore[arg-type]
+    record.inputs = Inputs(record.kind, list(collected), task_ids)
     record.kind, record.fn_id = p.CALL, wrapped.id_of(record.fn_id, fn)
 
 
@@ -143,10 +132,28 @@ class WrappedIds:
         return wrapped
 
 
+class DependencyOwner(Protocol):
+    """What :class:`Dependencies` needs of the scheduler."""
+
+    pending: PendingQueue
+    links: list[NodeLink]
+    functions: dict[int, bytes]
+    max_data_frame: int
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    def dispatch(self) -> None: ...
+
+    def fail(self, record: TaskRecord, error: BaseException) -> None: ...
+
+    def cancel_waiting(self, record: TaskRecord) -> None: ...
+
+
 class Dependencies:
     """The scheduler's waiting dependents and held inputs (loop thread only)."""
 
-    def __init__(self, scheduler: Scheduler) -> None:
+    def __init__(self, scheduler: DependencyOwner) -> None:
         self._scheduler = scheduler
         self.held: dict[int, Held] = {}  # input task id -> entry; empty when nothing waits
         self.waiting: dict[int, TaskRecord] = {}  # dependent task id -> its record
@@ -172,7 +179,7 @@ class Dependencies:
         elif any(future.done() for future in inputs.futures):
             self._note_ended([future_record(f, i) for f, i in _ended_inputs(inputs)])
 
-    def _entry_for(self, future: TaskFuture) -> Held:
+    def _entry_for(self, future: Future[Any]) -> Held:
         """An entry for an input not yet held: one that finished before its dependent
         reached the loop takes its value from its future (pickled again: rare)."""
         held = Held()
@@ -316,12 +323,12 @@ class Dependencies:
             self._scheduler.cancel_waiting(record)
 
 
-def future_record(future: TaskFuture, task_id: int) -> TaskRecord:
+def future_record(future: Future[Any], task_id: int) -> TaskRecord:
     """A stand-in record for an input that ended before its dependent was held."""
     return TaskRecord(task_id, future, 0, p.CALL, p.PICKLE, b"")
 
 
-def _ended_inputs(inputs: Inputs) -> list[tuple[TaskFuture, int]]:
+def _ended_inputs(inputs: Inputs) -> list[tuple[Future[Any], int]]:
     return [(f, i) for f, i in zip(inputs.futures, inputs.task_ids, strict=True) if f.done()]
 
 

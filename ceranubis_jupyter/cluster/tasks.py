@@ -6,13 +6,10 @@ import heapq
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..wire import protocol as p
 from ..wire.serialize import SCAN_LIMIT
-
-if TYPE_CHECKING:
-    from .dependencies import Inputs
 
 # Default times a task is re-run after its worker or node died under it.
 DEFAULT_RETRIES = 2
@@ -74,6 +71,16 @@ class ResultSlot:
         size the worker scanned for ``__main__`` (as ``project_rows.encode`` would make)."""
         if not result.buffers and len(result.payload) <= SCAN_LIMIT:
             self.blob = bytes((result.codec,)) + result.payload
+
+
+@dataclass(slots=True)
+class Inputs:
+    """What a dependent task waits for (``record.inputs`` until it is ready)."""
+
+    kind: int
+    futures: list[Future[Any]]
+    task_ids: list[int]
+    missing: int = 0
 
 
 @dataclass(slots=True)
