@@ -64,6 +64,16 @@ def __getattr__(name: str) -> Any:
     return value
 
 
+def _install_joblib_backend() -> None:
+    """``backend="ceranubis"`` for joblib, registered without importing joblib."""
+    from .cluster.joblib_hook import install
+
+    install()
+
+
+_install_joblib_backend()
+
+
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext ceranubis_jupyter``: register ``%%ceranubis`` and ``%ceranubis``."""
     from .jupyter.magics import load
