@@ -67,15 +67,14 @@ def test_registered_when_joblib_is_imported_later_without_importing_it() -> None
 
 def test_registered_when_joblib_was_imported_first() -> None:
     out = _python(
-        "import joblib.parallel, ceranubis_jupyter\n"
-        "print('ceranubis' in joblib.parallel.BACKENDS)"
+        "import joblib.parallel, ceranubis_jupyter\nprint('ceranubis' in joblib.parallel.BACKENDS)"
     )
     assert out == "True"
 
 
 def test_parallel_on_the_embedded_default() -> None:
     with joblib.parallel_config(backend="ceranubis", max_workers=2):
-        backend, n_jobs = get_active_backend()
+        backend, _ = get_active_backend()
         try:
             assert Parallel(n_jobs=-1)(delayed(square)(x) for x in range(50)) == [
                 x * x for x in range(50)
