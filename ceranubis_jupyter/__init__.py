@@ -40,6 +40,7 @@ _EXPORTS = {
     "BrokenCeranubisExecutor": "errors",
     "RemoteTraceback": "errors",
     "Project": "projects.project",
+    "ResultOf": "projects.refs",
     "commit_project": "projects.commit",
     "list_projects": "projects.project",
     "remove_project": "projects.project",

@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..errors import DependencyError
 from .protocol import ARGS, CALL, Buffer
 from .serialize import loads
 
@@ -70,3 +71,9 @@ class WithInputs:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return WithInputs, (self.fn,)
+
+
+def upstream_failed(reason: str) -> None:
+    """Raise, as a stored argument whose referred result failed is unpickled on the node
+    (``projects.refs``): that argument then fails with ``reason``."""
+    raise DependencyError(reason)
