@@ -256,10 +256,9 @@ class Project:
                 executor.shutdown(wait=False)
             return self
         blobs = [r.args for r in rows]
-        plan = RunPlan(fn, [decode(blob) for blob in blobs], blobs, executor, owned)
-        plan = with_refs(plan, self.store)
+        plan = RunPlan(fn, [decode(b) for b in blobs], blobs, executor, owned)
         start = RunStart.stored(self.store, self.id, [r.id for r in rows])
-        self._attach(ProjectRun(plan, start, self.store.reopen(), self.id))
+        self._attach(ProjectRun(with_refs(plan, self.store), start, self.store.reopen(), self.id))
         return self
 
     def _take_stored(self, row: ProjectRow, rows: list[ArgumentRow]) -> list[ArgumentRow]:
