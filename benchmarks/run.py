@@ -30,6 +30,10 @@ REPEATS = 5
 PROJECT_BENCH_TIMEOUT = 120.0
 PROJECT_BENCH = Path(__file__).resolve().parent / "bench_project.py"
 RERUN_BENCH = Path(__file__).resolve().parent / "bench_rerun.py"
+# Tasks that depend on tasks and joblib, against dask.distributed and loky (its own process).
+DEPS_BENCH = Path(__file__).resolve().parent / "bench_deps.py"
+# Seconds it may take: dask's 10,000-task DAG runs for tens of seconds on a loaded machine.
+DEPS_BENCH_TIMEOUT = 600.0
 SSHD = "/usr/sbin/sshd"
 
 
@@ -147,21 +151,31 @@ def ssh_unavailable() -> str:
     return ""
 
 
-def run_store_bench(script: Path) -> str:
-    """Run one store benchmark (``bench_project.py``: W1 with and without a project store;
-    ``bench_rerun.py``: "Run All" of a finished sweep) and return its report."""
+def run_store_bench(script: Path, timeout: float = PROJECT_BENCH_TIMEOUT) -> str:
+    """Run one benchmark of its own process (``bench_project.py``: W1 with and without a
+    project store; ``bench_rerun.py``: "Run All" of a finished sweep; ``bench_deps.py``:
+    dependent tasks and joblib against dask and loky) and return its report."""
     try:
         done = subprocess.run(
             [sys.executable, str(script)],
             capture_output=True,
             text=True,
-            timeout=PROJECT_BENCH_TIMEOUT,
+            timeout=timeout,
             check=False,
         )
     except subprocess.TimeoutExpired:
-        return f"{script.name}: stopped after {PROJECT_BENCH_TIMEOUT:.0f} s"
+        return f"{script.name}: stopped after {timeout:.0f} s"
     status = "" if done.returncode == 0 else f" (exit {done.returncode}: {done.stderr[-500:]})"
     return f"{script.name}{status}:\n{done.stdout.rstrip()}"
+
+
+def deps_bench() -> str:
+    """``bench_deps.py``'s report, or why it was skipped (dask is in the ``bench`` extra)."""
+    missing = [m for m in ("distributed", "joblib") if importlib.util.find_spec(m) is None]
+    if missing:
+        return f"bench_deps.py skipped: {', '.join(missing)} not installed (the bench extra)"
+    _progress("dependent tasks and joblib vs dask and loky")
+    return run_store_bench(DEPS_BENCH, DEPS_BENCH_TIMEOUT)
 
 
 def _progress(label: str) -> None:
@@ -176,6 +190,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--no-project", action="store_true", help="skip bench_project.py and bench_rerun.py"
     )
     parser.add_argument("--no-ssh", action="store_true", help="skip the SSH workloads")
+    parser.add_argument("--no-deps", action="store_true", help="skip bench_deps.py (dask)")
     return parser.parse_args(argv)
 
 
@@ -197,16 +212,18 @@ def main(argv: list[str] | None = None) -> int:
     samples = {name: dict(metrics) for name, metrics in bench.samples.items()}
     project = "" if args.no_project else run_store_bench(PROJECT_BENCH)
     rerun = "" if args.no_project else run_store_bench(RERUN_BENCH)
+    deps = "" if args.no_deps else deps_bench()
     elapsed = time.perf_counter() - started
     for section in report.SECTIONS:
         text = report.table(samples, section)
         if text:
             print(f"\n{text}")
-    for line in [*bench.notes, project, rerun]:
+    for line in [*bench.notes, project, rerun, deps]:
         if line:
             print(f"\n{line}")
     extra = {"seconds": elapsed, "repeats": bench.repeats, "notes": bench.notes}
-    path = report.write_json(samples, {**extra, "project_bench": project, "rerun_bench": rerun})
+    benches = {"project_bench": project, "rerun_bench": rerun, "deps_bench": deps}
+    path = report.write_json(samples, {**extra, **benches})
     print(f"\n{elapsed:.0f} s; medians of {bench.repeats}; ratios are ours/peer; written to {path}")
     print(
         f"load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after: on a shared "

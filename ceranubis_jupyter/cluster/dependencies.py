@@ -34,7 +34,7 @@ from ..errors import ConfigError, DependencyError, TaskTooLarge
 from ..wire import protocol as p
 from ..wire.describe import unpicklable_arguments
 from ..wire.inputs import RawResult, WithInputs, input_ref
-from ..wire.serialize import OUT_OF_BAND_BYTES, PICKLE_PROTOCOL, dumps
+from ..wire.serialize import OUT_OF_BAND_BYTES, PICKLE_PROTOCOL, FutureInArguments, dumps
 from .link import NodeLink
 from .tasks import Inputs, PendingQueue, TaskRecord
 
@@ -45,10 +45,6 @@ AFFINITY_BYTES = 1 << 16
 FRAME_OVERHEAD = 4096
 
 _collecting = threading.local()
-
-
-class FutureInArguments(TypeError):
-    """A future of a ceranubis executor was pickled outside of ``submit``/``map``."""
 
 
 class TaskFuture(Future[Any]):

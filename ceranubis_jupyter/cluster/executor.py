@@ -22,8 +22,8 @@ from ..errors import ConfigError, ConfigTypeError, TaskTooLarge
 from ..exits import Stage, on_exit
 from ..wire import protocol as p
 from ..wire.describe import unpicklable_arguments
-from ..wire.serialize import dumps
-from .dependencies import FutureInArguments, TaskFuture, WrappedIds, with_inputs
+from ..wire.serialize import FutureInArguments, dumps
+from .dependencies import TaskFuture, WrappedIds, with_inputs
 from .fastpaths import FastPaths
 from .framecap import data_frame_cap
 from .functions import FunctionIds
