@@ -16,6 +16,7 @@ processes. Medians per system, and the ratios the targets are about.
 from __future__ import annotations
 
 import argparse
+import logging
 import statistics
 import sys
 import time
@@ -118,6 +119,7 @@ def _measure(blocks: int) -> dict[str, dict[str, list[float]]]:  # long: one blo
                 for key, run in runs[system]:
                     note(system, key, run())
             print(f"block {block + 1}/{blocks} done", file=sys.stderr, flush=True)
+        logging.getLogger("distributed").setLevel(logging.CRITICAL)  # its shutdown chatter
     cluster.close()
     return samples
 
