@@ -33,7 +33,7 @@ from typing import Any, Protocol
 from ..errors import ConfigError, DependencyError, TaskTooLarge
 from ..wire import protocol as p
 from ..wire.describe import unpicklable_arguments
-from ..wire.inputs import RawResult, WithInputs, input_ref
+from ..wire.inputs import RawResult, WithInputs, given, input_ref
 from ..wire.serialize import OUT_OF_BAND_BYTES, PICKLE_PROTOCOL, FutureInArguments, dumps
 from .link import NodeLink
 from .tasks import Inputs, PendingQueue, TaskRecord
@@ -61,7 +61,14 @@ class TaskFuture(Future[Any]):
                 "a future of a ceranubis executor cannot be pickled; pass it to submit() "
                 "or map() of its executor, which fill in its result"
             )
+        ours = _collecting.task_id_of(self) is not None  # another's is refused, done or not
+        if ours and self not in collected and _succeeded(self):  # its value goes in
+            return given, (self.result(),)
         return input_ref, (collected.setdefault(self, len(collected)),)
+
+
+def _succeeded(future: Future[Any]) -> bool:
+    return future.done() and not future.cancelled() and future.exception() is None
 
 
 @dataclass(slots=True)
@@ -88,7 +95,7 @@ def with_inputs(
     (arguments that will not pickle, a future of another executor) its outcome is failed
     instead, and the record must not be queued."""
     collected: dict[TaskFuture, int] = {}
-    _collecting.inputs = collected
+    _collecting.inputs, _collecting.task_id_of = collected, task_id_of
     try:
         codec, payload, buffers = dumps(arguments)
     except Exception as error:
@@ -109,6 +116,8 @@ def with_inputs(
         return
     record.codec, record.payload = codec, payload
     record.buffers = tuple(buffer.raw() for buffer in buffers)
+    if not collected:  # every future was done: their values are in the arguments
+        return
     record.inputs = Inputs(record.kind, list(collected), task_ids)
     record.kind, record.fn_id = p.CALL, wrapped.id_of(record.fn_id, fn)
 

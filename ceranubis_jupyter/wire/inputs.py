@@ -40,6 +40,12 @@ def input_ref(index: int) -> Any:
     return values[index]
 
 
+def given(value: Any) -> Any:
+    """``value`` itself: a future that was done when its task was submitted pickles as a
+    call of this with its result (pickled in the submitting thread, not the loop's)."""
+    return value
+
+
 class WithInputs:
     """A task's function, called once its inputs are filled into its arguments."""
 
