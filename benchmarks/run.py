@@ -46,6 +46,10 @@ SCALE_BENCH = Path(__file__).resolve().parent / "bench_scale.py"
 PROJECT_STORED_TASKS = 9 * 20_000
 # Seconds those two may take: 16 sshd and 32 Python processes start on 2 cores; 10M items.
 LONG_BENCH_TIMEOUT = 900.0
+# Tasks that depend on tasks and joblib, against dask.distributed and loky (its own process).
+DEPS_BENCH = Path(__file__).resolve().parent / "bench_deps.py"
+# Seconds it may take: dask's 10,000-task DAG runs for tens of seconds on a loaded machine.
+DEPS_BENCH_TIMEOUT = 600.0
 SSHD = "/usr/sbin/sshd"
 
 
@@ -199,7 +203,7 @@ def _project_on_postgres(server: Any) -> str:
 def run_other_benches(args: argparse.Namespace) -> list[str]:
     """The benchmarks that run in their own processes: projects vs map (SQLite, and
     PostgreSQL when its server binaries are there), re-runs, many hosts, data sync, how
-    cost grows, queue mode against its peers."""
+    cost grows, queue mode against its peers, dependent tasks and joblib."""
     reports = []
     if not args.no_project:
         import pg
@@ -219,7 +223,18 @@ def run_other_benches(args: argparse.Namespace) -> list[str]:
         reports.append(run_store_bench(SCALE_BENCH, timeout=LONG_BENCH_TIMEOUT))
     if not args.no_queue:
         reports.append(run_store_bench(QUEUE_BENCH, timeout=QUEUE_BENCH_TIMEOUT))
+    if not args.no_deps:
+        reports.append(deps_bench())
     return reports
+
+
+def deps_bench() -> str:
+    """``bench_deps.py``'s report, or why it was skipped (dask is in the ``bench`` extra)."""
+    missing = [m for m in ("distributed", "joblib") if importlib.util.find_spec(m) is None]
+    if missing:
+        return f"bench_deps.py skipped: {', '.join(missing)} not installed (the bench extra)"
+    _progress("dependent tasks and joblib vs dask and loky")
+    return run_store_bench(DEPS_BENCH, timeout=DEPS_BENCH_TIMEOUT)
 
 
 def _progress(label: str) -> None:
@@ -238,6 +253,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--no-scale", action="store_true", help="skip bench_scale.py (10M map, 1M project)"
     )
+    parser.add_argument("--no-deps", action="store_true", help="skip bench_deps.py (dask)")
     return parser.parse_args(argv)
 
 

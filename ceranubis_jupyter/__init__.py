@@ -36,10 +36,12 @@ _EXPORTS = {
     "TaskTimeout": "errors",
     "UnpicklableError": "errors",
     "TaskTooLarge": "errors",
+    "DependencyError": "errors",
     "StoreError": "errors",
     "BrokenCeranubisExecutor": "errors",
     "RemoteTraceback": "errors",
     "Project": "projects.project",
+    "ResultOf": "projects.refs",
     "commit_project": "projects.commit",
     "list_projects": "projects.project",
     "remove_project": "projects.project",
@@ -62,6 +64,16 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value
     return value
+
+
+def _install_joblib_backend() -> None:
+    """``backend="ceranubis"`` for joblib, registered without importing joblib."""
+    from .cluster.joblib_hook import install
+
+    install()
+
+
+_install_joblib_backend()
 
 
 def load_ipython_extension(ipython: Any) -> None:

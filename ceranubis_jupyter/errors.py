@@ -8,7 +8,7 @@
     ├── ProtocolError ─ LocalProtocolError | RemoteProtocolError ─ VersionMismatch
     ├── HostError(.host) ─ HostUnreachable | HostKeyError | AuthError
     │                     | BootstrapError | HostVersionMismatch | NodeLost
-    ├── TaskError(.host, .task_id) ─ WorkerCrashed | TaskTimeout
+    ├── TaskError(.host, .task_id) ─ WorkerCrashed | TaskTimeout | DependencyError
     │                                 | UnpicklableError(TaskError, ConfigError)
     ├── StoreError
     └── BrokenCeranubisExecutor(CeranubisError, BrokenExecutor)
@@ -144,6 +144,18 @@ class WorkerCrashed(TaskError):
 
 class TaskTimeout(TaskError, FuturesTimeoutError):
     """A task ran longer than its timeout; its worker was killed and replaced."""
+
+
+class DependencyError(TaskError):
+    """A task did not run because a future it was given as an argument failed.
+
+    Its ``__cause__`` is that input's own exception (the original type, with the remote
+    traceback as *its* cause); ``input_task_id`` names the input task.
+    """
+
+    def __init__(self, message: str, *, task_id: int | None = None, input_task_id: int = 0):
+        super().__init__(message, task_id=task_id)
+        self.input_task_id = input_task_id
 
 
 class UnpicklableError(TaskError, ConfigError):

@@ -26,7 +26,8 @@ from ..errors import ConfigError, ConfigTypeError, TaskTooLarge
 from ..exits import Stage, on_exit
 from ..wire import protocol as p
 from ..wire.describe import unpicklable_arguments
-from ..wire.serialize import dumps
+from ..wire.serialize import FutureInArguments, dumps
+from .dependencies import TaskFuture, WrappedIds, with_inputs
 from .fastpaths import FastPaths
 from .framecap import data_frame_cap
 from .functions import FunctionIds
@@ -152,6 +153,7 @@ class NodeExecutor(Travel, Executor):
         )
         self._functions = FunctionIds(self._scheduler.add_function_threadsafe)
         self._init_travel(modules, auto_modules, files)
+        self._wrapped = WrappedIds(self.register_function)
         # Each submit() future's task id, for cancel() and task_id_of(). Weak keys: the
         # values are ints, so a dropped future takes nothing of its task with it.
         self._task_ids: weakref.WeakKeyDictionary[Future[Any], int] = weakref.WeakKeyDictionary()
@@ -303,8 +305,8 @@ class NodeExecutor(Travel, Executor):
         self, options: TaskOptions, fn: Callable[..., Any], kind: int, arguments: Any
     ) -> Future[Any]:
         fn_id = self._check_submit(fn)
-        future: Future[Any] = Future()
-        record = self._record(options, fn_id, kind, arguments, future)
+        future: Future[Any] = TaskFuture()
+        record = self._record(options, fn, fn_id, kind, arguments, future)
         self._task_ids[future] = record.task_id
         if not future.done():  # else its arguments would not pickle
             self._scheduler.submit_threadsafe(record)
@@ -321,6 +323,7 @@ class NodeExecutor(Travel, Executor):
     def _record(
         self,
         options: TaskOptions,
+        fn: Callable[..., Any],
         fn_id: int,
         kind: int,
         arguments: Any,
@@ -329,10 +332,14 @@ class NodeExecutor(Travel, Executor):
     ) -> TaskRecord:
         """A task's record, arguments serialized; when they will not pickle, ``outcome``
         is failed with the reason instead (and the record must not be queued).
-        ``first_call`` numbers its first call in that message (a map's calls count on)."""
+        ``first_call`` numbers its first call in that message (a map's calls count on).
+        Futures among the arguments make it wait for them (:mod:`~.dependencies`)."""
         record = self.prepared_task(options, fn_id, outcome, kind, p.PICKLE, b"")
         try:
             codec, payload, buffers = dumps(arguments)
+        except FutureInArguments:
+            with_inputs(record, fn, arguments, first_call, self.task_id_of, self._wrapped)
+            return record
         except Exception as error:
             calls = [arguments] if kind == p.CALL else [(args, {}) for args in arguments]
             failure = unpicklable_arguments(
@@ -425,7 +432,7 @@ class NodeExecutor(Travel, Executor):
         fn_id = self._check_submit(fn)
 
         def make(call: Any, slot: MapSlot, first_call: int) -> TaskRecord | None:
-            record = self._record(options, fn_id, kind, call, slot, first_call)
+            record = self._record(options, fn, fn_id, kind, call, slot, first_call)
             return None if slot.done() else record
 
         feeder = MapFeeder(arguments, kind == p.CHUNK, waiter, make, self.submit_prepared)

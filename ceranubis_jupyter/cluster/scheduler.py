@@ -12,19 +12,15 @@
                (listeners told first)         (None: pending again)
 
 How it works:
-
 1. ``submit_threadsafe`` appends a ready-serialized :class:`TaskRecord` to ``incoming`` and
    wakes the loop once per burst (``call_soon_threadsafe`` costs more than the append).
 2. The loop moves incoming records into ``pending`` and dispatches: every node takes as many
    tasks as it has free credit, functions first (each sent once per node), in one frame.
-3. Each :class:`NodeLink` reads frames; a result frees credit and ends its task: an ``OK``
-   result's value goes to the future, any other status becomes the error that
-   :mod:`~ceranubis_jupyter.cluster.outcomes` names for it, or (a crashed worker with
-   retries left) sends the task back to pending. Listeners hear of each finished task
-   just before its future is set.
-4. A lost node (EOF, silence, garbage): its in-flight tasks go back to pending (attempts
-   counted) and the link restarts it with backoff; futures fail with
-   :class:`BrokenCeranubisExecutor` only when no node can start.
+3. Each :class:`NodeLink` reads frames; a result frees credit and ends its task: its value
+   goes to the future, else the error :mod:`~.outcomes` names (a crashed worker with
+   retries left: back to pending). Listeners hear of each task just before its future.
+4. A lost node (EOF, silence, garbage): its tasks go back to pending (attempts counted),
+   the link restarts it; futures break only when no node can start.
 5. Hosts come and go while work runs (an added host gets a link at once; a removed one
    drains its tasks). The kernel thread never blocks on the loop unless asked to wait.
 """
@@ -49,10 +45,12 @@ from ..errors import (
 )
 from ..wire import protocol as p
 from ..wire.serialize import loads
+from .dependencies import Dependencies
 from .echo import echo_output
 from .fastpaths import ALL_ON, FastPaths
 from .filesync import FileRegistry
 from .link import SILENCE_TIMEOUT, HostInfo, NodeLink
+from .listeners import Listeners
 from .loopthread import LoopThread
 from .mapping import MapSlot, pickled_result
 from .modules import CodeRegistry
@@ -95,15 +93,14 @@ class Scheduler:
         self.functions: dict[int, bytes] = {}
         self.code = CodeRegistry()  # the user's modules that travel (modules.py)
         self.files = FileRegistry()  # the data files that travel (filesync.py)
-        # Replaced whole (copy on write) under the lock, so the loop reads it without one.
-        self.listeners: list[TaskListener] = []
-        self._listeners_lock = threading.Lock()
+        self.listeners = Listeners()
         self.outstanding = 0
         self.broken: BaseException | None = None
         self.host_errors: dict[str, HostError] = {}
         self._wakeup_pending = False
         self._ids = itertools.count(1)
         self._idle = threading.Condition()
+        self.dependencies = Dependencies(self)  # tasks given futures as arguments
         self.loop_thread.call_threadsafe(self._start_links)
 
     @property
@@ -171,14 +168,11 @@ class Scheduler:
 
     def add_listener(self, listener: TaskListener) -> None:
         """Call ``listener(record)`` on the loop thread as each task finishes (any thread)."""
-        with self._listeners_lock:
-            if listener not in self.listeners:
-                self.listeners = [*self.listeners, listener]
+        self.listeners.add(listener)
 
     def remove_listener(self, listener: TaskListener) -> None:
         """Stop calling ``listener`` (any thread); unknown listeners are ignored."""
-        with self._listeners_lock:
-            self.listeners = [f for f in self.listeners if f != listener]
+        self.listeners.remove(listener)
 
     def in_flight_threadsafe(self) -> list[InFlight]:
         """A snapshot of the tasks on nodes now, taken on the loop thread."""
@@ -257,7 +251,7 @@ class Scheduler:
         await asyncio.gather(*(link.close() for link in leaving), return_exceptions=True)
         self.links = [link for link in self.links if link not in leaving]
         self._fail_stranded_groups()
-        self._dispatch()
+        self.dispatch()
 
     async def _wait_drained(self, links: list[NodeLink]) -> None:
         while any(link.inflight and link.ready for link in links):
@@ -272,10 +266,12 @@ class Scheduler:
         while incoming:
             record = incoming.popleft()
             if record.group is not None and not self._group_exists(record.group):
-                self._fail(record, no_such_group(record))
-                continue
-            self.pending.push(record)
-        self._dispatch()
+                self.fail(record, no_such_group(record))
+            elif record.inputs is not None:
+                self.dependencies.hold(record)
+            else:
+                self.pending.push(record)
+        self.dispatch()
 
     def _take_incoming_directly(self) -> bool:
         """:meth:`_take_incoming` from a submitting thread while the loop sleeps (see
@@ -293,7 +289,7 @@ class Scheduler:
     def _group_exists(self, group: str) -> bool:
         return any(link.group == group and not link.dead for link in self.links)
 
-    def _dispatch(self) -> None:
+    def dispatch(self) -> None:
         """Give pending tasks to nodes with free credit, one frame per node."""
         if not self.pending:
             return
@@ -327,7 +323,7 @@ class Scheduler:
     def on_node_ready(self, link: NodeLink) -> None:
         """A node finished its handshake: give it work."""
         self.host_errors.pop(link.host, None)
-        self._dispatch()
+        self.dispatch()
 
     def on_node_failed(self, link: NodeLink, error: HostError) -> None:
         """A node could not start or was lost."""
@@ -346,7 +342,7 @@ class Scheduler:
             lambda record: record.group is not None and not self._group_exists(record.group)
         )
         for record in stranded:
-            self._fail(record, no_host_left(record, self._errors_of_group(record.group)))
+            self.fail(record, no_host_left(record, self._errors_of_group(record.group)))
 
     def _errors_of_group(self, group: str | None) -> list[HostError]:
         return [
@@ -359,7 +355,7 @@ class Scheduler:
         self.broken = error
         broken = self._broken_error()
         for record in self.pending.remove(lambda record: True):
-            self._fail(record, broken)
+            self.fail(record, broken)
         self._fail_incoming()
 
     def _broken_error(self) -> BrokenCeranubisExecutor:
@@ -370,7 +366,7 @@ class Scheduler:
     def _fail_incoming(self) -> None:
         broken = self._broken_error()
         while self.incoming:
-            self._fail(self.incoming.popleft(), broken)
+            self.fail(self.incoming.popleft(), broken)
 
     def on_results(self, link: NodeLink, results: tuple[p.Result, ...]) -> None:
         """Resolve futures for a batch of results, then refill the node; what running
@@ -391,7 +387,7 @@ class Scheduler:
                     link.put_back(record)  # ... and re-queues this task with the others
                     raise
         link.update_busy()
-        self._dispatch()
+        self.dispatch()
 
     def _resolve(self, link: NodeLink, record: TaskRecord, result: p.Result) -> None:
         if result.status == p.OK:
@@ -401,7 +397,7 @@ class Scheduler:
         elif self.code.retry_missing(record.task_id, error):
             self._requeue(record)  # a module a worker lacked is on its way: once more
         else:
-            self._fail(record, error)
+            self.fail(record, error)
 
     def _succeed(self, link: NodeLink, record: TaskRecord, result: p.Result) -> None:
         future = record.future
@@ -416,11 +412,13 @@ class Scheduler:
         try:
             value = loads(result.codec, result.payload, result.buffers)
         except Exception as error:
-            self._fail(record, unpickled_result(link.host, record, error))
+            self.fail(record, unpickled_result(link.host, record, error))
             return
         link.info.done += 1
         if type(future) is ResultSlot:
             future.keep_bytes(result)
+        elif self.dependencies.held:
+            self.dependencies.keep(record, result)
         self._finished(record)
         if not future.done():
             future.set_result(value)
@@ -439,14 +437,15 @@ class Scheduler:
             if error is None:
                 self._requeue(record)
             else:
-                self._fail(record, error)
-        self._dispatch()
+                self.fail(record, error)
+        self.dispatch()
 
     def _requeue(self, record: TaskRecord) -> None:
         record.host = None
         self.pending.push(record)
 
-    def _fail(self, record: TaskRecord, error: BaseException) -> None:
+    def fail(self, record: TaskRecord, error: BaseException) -> None:
+        """End a task with ``error`` (listeners first, then its future)."""
         self._finished(record)
         if not record.future.done():
             record.future.set_exception(error)
@@ -454,11 +453,9 @@ class Scheduler:
     def _finished(self, record: TaskRecord) -> None:
         record.finished = time.monotonic()
         record.payload, record.buffers = b"", ()  # a held future must not pin its arguments
-        for listener in self.listeners:
-            try:
-                listener(record)
-            except Exception:  # a broken listener must not stop the scheduler
-                log.exception("task listener failed")
+        if self.dependencies.held:
+            self.dependencies.finished(record)
+        self.listeners.tell(record)
         with self._idle:
             self.outstanding -= 1
             if self.outstanding == 0:
@@ -468,7 +465,8 @@ class Scheduler:
         self._take_incoming()
         waiting = self.pending.remove(lambda record: stop_running or not record.dispatched)
         for record in waiting:
-            self._cancel_waiting(record)
+            self.cancel_waiting(record)
+        self.dependencies.cancel(None)
         if stop_running:
             for link in self.links:
                 if link.inflight:
@@ -477,13 +475,14 @@ class Scheduler:
     async def _cancel_ids(self, task_ids: set[int]) -> None:
         self._take_incoming()
         for record in self.pending.remove(lambda record: record.task_id in task_ids):
-            self._cancel_waiting(record)
+            self.cancel_waiting(record)
+        self.dependencies.cancel(task_ids)
         for link in self.links:
             running = [task_id for task_id in link.inflight if task_id in task_ids]
             if running:
                 link.send_cancel(running)
 
-    def _cancel_waiting(self, record: TaskRecord) -> None:
+    def cancel_waiting(self, record: TaskRecord) -> None:
         """Cancel a task that is on no node (a re-queued one is already running: fail it)."""
         future = record.future
         if not future.cancel() and not future.done():

@@ -74,6 +74,16 @@ class ResultSlot:
 
 
 @dataclass(slots=True)
+class Inputs:
+    """What a dependent task waits for (``record.inputs`` until it is ready)."""
+
+    kind: int
+    futures: list[Future[Any]]
+    task_ids: list[int]
+    missing: int = 0
+
+
+@dataclass(slots=True)
 class TaskRecord:
     """A task as the client tracks it, from submit to result."""
 
@@ -94,6 +104,7 @@ class TaskRecord:
     started: float = 0.0
     finished: float = 0.0
     output: str = ""
+    inputs: Inputs | None = None  # futures it waits for (see dependencies), until ready
 
     def __lt__(self, other: TaskRecord) -> bool:
         return self.task_id < other.task_id

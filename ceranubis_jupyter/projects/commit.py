@@ -37,6 +37,7 @@ from .code import (
 from .digest import arguments_digest, function_digest
 from .project import Project, remove_project
 from .records import QUEUE_CLIENT, ProjectRow, this_client
+from .refs import with_refs
 from .rerun import (
     NO_REUSE,
     Attach,
@@ -294,11 +295,12 @@ def _plan(
     """The run of the arguments that take no stored result (``None``: there are none)."""
     if executor is None or not definition.to_run:
         return None
+    args, blobs = items, definition.blobs
     if definition.reused:
         at = definition.to_run
         args, blobs = [items[i] for i in at], [definition.blobs[i] for i in at]
-        return RunPlan(fn, args, blobs, executor, owns_executor, chunksize, timeout)
-    return RunPlan(fn, items, definition.blobs, executor, owns_executor, chunksize, timeout)
+    plan = RunPlan(fn, args, blobs, executor, owns_executor, chunksize, timeout)
+    return with_refs(plan, definition.store)
 
 
 def _attach(found: _Found, executor: NodeExecutor | None, hosts: Any) -> Project:

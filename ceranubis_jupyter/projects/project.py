@@ -35,6 +35,7 @@ from ..cluster.hosts import HostSpec
 from ..errors import ConfigError, StoreError
 from .code import function_of, host_names
 from .records import ArgumentRow, ProjectRow, ProjectSummary, this_client
+from .refs import ResultOf, with_refs
 from .rerun import reusable_positions
 from .rows import decode
 from .run import ProjectRun, RunPlan, RunStart
@@ -161,6 +162,11 @@ class Project:
         ``cancelled``."""
         return self._view().counts()
 
+    def result_refs(self) -> list[ResultOf]:
+        """A reference to each argument's result, in order: arguments of another committed
+        project that start as these results are stored (see :mod:`~.refs`)."""
+        return [ResultOf(self.id, position) for position in range(sum(self.counts().values()))]
+
     def status(self) -> tuple[int, int]:
         """``(done, total)``."""
         counts = self.counts()
@@ -250,9 +256,9 @@ class Project:
                 executor.shutdown(wait=False)
             return self
         blobs = [r.args for r in rows]
-        plan = RunPlan(fn, [decode(blob) for blob in blobs], blobs, executor, owned)
+        plan = RunPlan(fn, [decode(b) for b in blobs], blobs, executor, owned)
         start = RunStart.stored(self.store, self.id, [r.id for r in rows])
-        self._attach(ProjectRun(plan, start, self.store.reopen(), self.id))
+        self._attach(ProjectRun(with_refs(plan, self.store), start, self.store.reopen(), self.id))
         return self
 
     def _take_stored(self, row: ProjectRow, rows: list[ArgumentRow]) -> list[ArgumentRow]:

@@ -99,6 +99,7 @@ class RunPlan:
     owns_executor: bool
     chunksize: int = 1
     timeout: float | None = None
+    ready_until: Callable[[int, int], int] | None = None  # refs (:mod:`.refs`) wait for this
 
 
 @dataclass(frozen=True)
@@ -364,6 +365,8 @@ class ProjectRun:
         """Submit tasks until SUBMIT_AHEAD are in flight (or none are left)."""
         chunksize = self.plan.chunksize
         end = min(self._next + (SUBMIT_AHEAD - self.in_flight) * chunksize, self._end)
+        if self.plan.ready_until is not None:  # arguments that wait for stored results
+            end = self.plan.ready_until(self._next, end)
         while self._next < end and self.state in SUBMITTING:
             stop = min(self._next + SUBMIT_BATCH * chunksize, end)
             starts = range(self._next, stop, chunksize)

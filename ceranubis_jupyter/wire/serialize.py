@@ -36,6 +36,11 @@ SCAN_LIMIT = 1 << 20
 OUT_OF_BAND_BYTES = 1 << 16
 
 
+class FutureInArguments(TypeError):
+    """An executor's future was pickled outside of ``submit``/``map`` (where the executor
+    collects it as an input): raised through :func:`dumps` at once, with no dill retry."""
+
+
 def needs_dill(pickled: bytes) -> bool:
     """Whether a plain pickle will not do and dill must make the payload instead.
 
@@ -70,6 +75,8 @@ def dumps(obj: Any) -> tuple[int, bytes, list[pickle.PickleBuffer]]:
         payload = pickle.dumps(lifted, PICKLE_PROTOCOL, buffer_callback=buffers.append)
         if len(payload) > SCAN_LIMIT or not needs_dill(payload):
             return PICKLE, payload, buffers
+    except FutureInArguments:
+        raise
     except Exception:
         pass
     buffers = []
