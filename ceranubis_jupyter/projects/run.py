@@ -352,7 +352,9 @@ class ProjectRun:
         """Submit tasks until enough are in flight (or none are left)."""
         chunksize = self.plan.chunksize
         room = min(self._ahead - self.in_flight, self._room())
-        end = min(self._next + max(room, 0) * chunksize, self._end)
+        if room <= 0:
+            return  # full: neither a task nor a look at the store for referred results
+        end = min(self._next + room * chunksize, self._end)
         if self.plan.ready_until is not None:  # arguments that wait for stored results
             end = self.plan.ready_until(self._next, end)
         while self._next < end and self.state in SUBMITTING:
