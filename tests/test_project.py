@@ -215,7 +215,6 @@ def test_a_project_bigger_than_its_submit_window_records_everything_once(
     store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(project_run, "SUBMIT_AHEAD", 40)  # many refills, each on a wake
-    monkeypatch.setattr(project_run, "SUBMIT_LOW", 20)
     in_flight: list[int] = []
     args = [(x,) for x in range(1500)]
     with CeranubisExecutor() as executor:

@@ -295,10 +295,12 @@ def _plan(
     """The run of the arguments that take no stored result (``None``: there are none)."""
     if executor is None or not definition.to_run:
         return None
-    args, blobs = items, definition.blobs
+    # A chunk travels as its tuples pickled together: the stored bytes of its arguments
+    # are not kept for the run (they are freed once the commit returns).
+    args, blobs = items, definition.blobs if chunksize == 1 else ()
     if definition.reused:
         at = definition.to_run
-        args, blobs = [items[i] for i in at], [definition.blobs[i] for i in at]
+        args, blobs = [items[i] for i in at], [blobs[i] for i in at] if blobs else ()
     plan = RunPlan(fn, args, blobs, executor, owns_executor, chunksize, timeout)
     return with_refs(plan, definition.store)
 

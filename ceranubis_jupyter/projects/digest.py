@@ -42,6 +42,9 @@ _SCALARS = (bool, int, float, complex, str, bytes)
 # Digest algorithm: collisions must be out of the question (a collision reuses a wrong
 # result); sha256 costs ~1 ms per MB, far below pickling the same bytes.
 _HASH = hashlib.sha256
+# Arguments digested per step: the lengths and bytes of a step are packed and joined at
+# once (C speed); bigger steps save little time and hold more transient memory.
+_DIGEST_STEP = 65536
 
 
 def function_digest(fn: Callable[..., Any], target: str) -> str:
@@ -56,8 +59,12 @@ def function_digest(fn: Callable[..., Any], target: str) -> str:
 
 def arguments_digest(blobs: Sequence[bytes]) -> str:
     """The digest of an argument list as stored (each tuple's bytes, in order)."""
-    digest = _HASH(struct.pack(f"<{len(blobs)}Q", *map(len, blobs)))
-    digest.update(b"".join(blobs))
+    digest = _HASH()  # every length, then every blob: fed in steps, not packed whole
+    for start in range(0, len(blobs), _DIGEST_STEP):
+        step = blobs[start : start + _DIGEST_STEP]
+        digest.update(struct.pack(f"<{len(step)}Q", *map(len, step)))
+    for start in range(0, len(blobs), _DIGEST_STEP):
+        digest.update(b"".join(blobs[start : start + _DIGEST_STEP]))
     return digest.hexdigest()
 
 

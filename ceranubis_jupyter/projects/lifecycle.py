@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import enum
 import threading
+from collections.abc import Callable
 
 
 class RunState(enum.Enum):
@@ -109,11 +110,52 @@ class Lifecycle:
         return after is not before
 
 
+class Cycles:
+    """A run thread's cycles, counted so a flush (:meth:`~ceranubis_jupyter.projects.run.
+    ProjectRun.flush`) can wait for a write."""
+
+    def __init__(self) -> None:
+        self.started = self.ended = 0
+        self._write_asked = False  # a flush wants a write before the flush period is over
+        self._condition = threading.Condition()
+
+    def begin(self) -> None:
+        with self._condition:
+            self.started += 1
+
+    def end(self) -> None:
+        with self._condition:
+            self.ended += 1
+            self._condition.notify_all()
+
+    def take_write_request(self) -> bool:
+        """True (once) when a flush asked for a write."""
+        asked, self._write_asked = self._write_asked, False
+        return asked
+
+    def wait_for_write(
+        self, wake: threading.Event, over: Callable[[], bool], timeout: float
+    ) -> None:
+        """Ask for a write in the next cycle and wait until that cycle ended (or
+        ``over()``), at most ``timeout`` seconds."""
+        with self._condition:
+            target = self.started + 1
+            self._write_asked = True
+            wake.set()
+            self._condition.wait_for(lambda: self.ended >= target or over(), timeout)
+
+    def release(self) -> None:
+        """The run ended: let every waiter go."""
+        with self._condition:
+            self._condition.notify_all()
+
+
 __all__ = [
     "CANCELLED",
     "ENDS_AT_ONCE",
     "SUBMITTING",
     "TRANSITIONS",
+    "Cycles",
     "Lifecycle",
     "RunEvent",
     "RunState",

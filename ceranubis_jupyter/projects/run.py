@@ -48,7 +48,15 @@ from ..errors import CeranubisError, StoreError
 from ..exits import Stage, on_exit
 from ..wire import protocol as p
 from ..wire.serialize import dumps_inband
-from .lifecycle import CANCELLED, ENDS_AT_ONCE, SUBMITTING, Lifecycle, RunEvent, RunState
+from .lifecycle import (
+    CANCELLED,
+    ENDS_AT_ONCE,
+    SUBMITTING,
+    Cycles,
+    Lifecycle,
+    RunEvent,
+    RunState,
+)
 from .records import this_client
 from .rows import OutcomeCollector, final_state
 from .store import Store
@@ -65,8 +73,12 @@ HEARTBEAT_SECONDS = 1.0
 # or a GIL stall (~0.1 s of tiny tasks), few enough that a big project does not hold a
 # future per argument at once (memory; every full GC pass walks them all).
 SUBMIT_AHEAD = 8000
-# Submitting resumes when this few are left: the scheduler's listener wakes the run thread.
-SUBMIT_LOW = SUBMIT_AHEAD // 2
+# Arguments in flight at most (big chunks): 8000 tasks of 1000 would be a whole project's
+# payloads at once; this many keep the nodes busy for far longer than a write.
+SUBMIT_AHEAD_ARGUMENTS = 200_000
+# Arguments finished and not collected at most before submitting pauses (they wait for the
+# insert to commit): more lets a run go on during a long insert, and holds more results.
+UNCOLLECTED_ARGUMENTS = 200_000
 # Tasks handed to the scheduler at once: one lock and one wake-up each, and the first
 # ones reach the nodes while the rest are still being made.
 SUBMIT_BATCH = 256
@@ -88,8 +100,10 @@ class RunPlan:
     """What a run does: ``fn(*a)`` for each ``a`` in ``args``, on ``executor``.
 
     ``blobs`` are the same arguments as the store holds them (:func:`~ceranubis_jupyter.
-    projects.rows.encode`); the executor is shut down at the end when ``owns_executor``;
-    ``chunksize`` arguments go in one task; ``timeout``: seconds per task (None: none).
+    projects.rows.encode`), the payloads of single-argument tasks (empty when ``chunksize``
+    > 1: a chunk pickles its tuples together); the executor is shut down at the end when
+    ``owns_executor``; ``chunksize`` arguments go in one task; ``timeout``: seconds per task
+    (None: none).
     """
 
     fn: Callable[..., Any]
@@ -130,43 +144,6 @@ class RunStart:
 _live_runs: weakref.WeakSet[ProjectRun] = weakref.WeakSet()
 
 
-class _Cycles:
-    """The run thread's cycles, counted so :meth:`ProjectRun.flush` can wait for a write."""
-
-    def __init__(self) -> None:
-        self.started = self.ended = 0
-        self._write_asked = False  # a flush wants a write before the flush period is over
-        self._condition = threading.Condition()
-
-    def begin(self) -> None:
-        with self._condition:
-            self.started += 1
-
-    def end(self) -> None:
-        with self._condition:
-            self.ended += 1
-            self._condition.notify_all()
-
-    def take_write_request(self) -> bool:
-        """True (once) when a flush asked for a write."""
-        asked, self._write_asked = self._write_asked, False
-        return asked
-
-    def wait_for_write(self, wake: threading.Event, over: Callable[[], bool]) -> None:
-        """Ask for a write in the next cycle and wait until that cycle ended (or
-        ``over()``), at most SETTLE_SECONDS."""
-        with self._condition:
-            target = self.started + 1
-            self._write_asked = True
-            wake.set()
-            self._condition.wait_for(lambda: self.ended >= target or over(), SETTLE_SECONDS)
-
-    def release(self) -> None:
-        """The run ended: let every waiter go."""
-        with self._condition:
-            self._condition.notify_all()
-
-
 class ProjectRun:
     """Runs a project's arguments on an executor and records every outcome once.
 
@@ -194,7 +171,7 @@ class ProjectRun:
         )
         self.final_state = "running"  # the project's state once the run ended
         self.finished = threading.Event()  # set once the run thread ended
-        self._cycles = _Cycles()
+        self._cycles = Cycles()
         self._next_marks = 0.0  # when to look for arguments to mark running next
         self._reacted = self.state  # the state whose entry the run thread acted on
         self._flowing = False  # the last write found finished tasks
@@ -203,6 +180,11 @@ class ProjectRun:
         # submitted and the ones the scheduler finished (loop thread only).
         self._next, self._end = 0, len(plan.args)
         self._submitted = self._seen = 0
+        # Tasks in flight at most (the listener wakes the run thread when half are left);
+        # tasks submitted and not collected at most.
+        self._ahead = min(SUBMIT_AHEAD, max(2, SUBMIT_AHEAD_ARGUMENTS // plan.chunksize))
+        self._low = self._ahead // 2
+        self._held_most = self._ahead + max(1, UNCOLLECTED_ARGUMENTS // plan.chunksize)
         self._fn_id = -1
         self._thread = threading.Thread(target=self._main, name="ceranubis-project", daemon=True)
 
@@ -247,7 +229,7 @@ class ProjectRun:
     def flush(self) -> None:
         """Return once every outcome known now is in the store (bounded)."""
         if self.live:
-            self._cycles.wait_for_write(self._wake, lambda: not self.live)
+            self._cycles.wait_for_write(self._wake, lambda: not self.live, SETTLE_SECONDS)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until the run ended; ``False`` on timeout."""
@@ -273,7 +255,7 @@ class ProjectRun:
         if self.outcomes.arrived(record):
             self._seen += 1
             if self._next < self._end:
-                if self.in_flight <= SUBMIT_LOW and not self._wake.is_set():
+                if self.in_flight <= self._low and not self._wake.is_set():
                     self._wake.set()  # submit more before the nodes run dry
             elif self._seen == self._submitted:
                 self._wake.set()  # the final write need not wait for the next flush
@@ -338,15 +320,20 @@ class ProjectRun:
 
     def _write_now(self, period_over: bool) -> bool:
         asked = self._cycles.take_write_request()
-        return asked or period_over or self.state in CANCELLED or not self._submitting()
+        if asked or period_over or self.state in CANCELLED:
+            return True
+        return not self._submitting() or self.outcomes.backlog()
 
     def _created(self) -> bool:
         return self.outcomes.ids is not None
 
     def _pause(self) -> float:
         """Seconds to sleep before the next cycle unless woken (0: go on at once)."""
+        if self._created() and self.outcomes.backlog():
+            return 0.0  # the last write left finished tasks to collect
         if self._submitting():
-            return FLUSH_SECONDS if self.in_flight >= SUBMIT_AHEAD else 0.0
+            full = self.in_flight >= self._ahead or self._room() <= 0
+            return FLUSH_SECONDS if full else 0.0
         tail = self._flowing and self.in_flight
         return TAIL_FLUSH_SECONDS if tail else FLUSH_SECONDS
 
@@ -362,9 +349,12 @@ class ProjectRun:
         )
 
     def _submit_more(self) -> None:
-        """Submit tasks until SUBMIT_AHEAD are in flight (or none are left)."""
+        """Submit tasks until enough are in flight (or none are left)."""
         chunksize = self.plan.chunksize
-        end = min(self._next + (SUBMIT_AHEAD - self.in_flight) * chunksize, self._end)
+        room = min(self._ahead - self.in_flight, self._room())
+        if room <= 0:
+            return  # full: neither a task nor a look at the store for referred results
+        end = min(self._next + room * chunksize, self._end)
         if self.plan.ready_until is not None:  # arguments that wait for stored results
             end = self.plan.ready_until(self._next, end)
         while self._next < end and self.state in SUBMITTING:
@@ -385,6 +375,11 @@ class ProjectRun:
                 self._end = self._next  # what is left stays pending
                 return
             self._next = stop
+
+    def _room(self) -> int:
+        """Tasks that may be submitted before the finished ones not collected yet (and
+        those in flight) reach their bound."""
+        return self._held_most - (self._submitted - self.outcomes.resolved_tasks())
 
     def _task(self, lo: int) -> TaskRecord:
         """The task of the arguments from ``lo`` (one, or a chunk of them)."""
@@ -456,7 +451,8 @@ class ProjectRun:
         exiting = self.state is RunState.EXITING
         deadline = time.monotonic() + (EXIT_SECONDS if exiting else SETTLE_SECONDS)
         while self._unwritten() and time.monotonic() < deadline:
-            time.sleep(FLUSH_SECONDS)
+            if not self.outcomes.backlog():  # else collect the rest at once
+                time.sleep(FLUSH_SECONDS)
             self._write()
         state = self.state
         if state is RunState.ORPHANED:
@@ -468,7 +464,8 @@ class ProjectRun:
             self._write_final_state(cancelled=state is RunState.CANCELLING)
 
     def _unwritten(self) -> bool:
-        return bool(self.outcomes.outcomes or self.outcomes.done_values)
+        outcomes = self.outcomes
+        return bool(outcomes.outcomes or outcomes.done_values or outcomes.backlog())
 
     def _write_final_state(self, cancelled: bool) -> None:
         if cancelled:
