@@ -32,8 +32,15 @@ from .store_base import StoreBase
 # The queue schema's version: a daemon refuses a store of another (bump it when the queue
 # tables or their meaning change).
 QUEUE_SCHEMA = 1
-# The NOTIFY channel of queue events: ``commit:<id>``, ``cancel:<id>``, ``outcome:<id>``.
+# The NOTIFY channel the node daemons hear: ``commit:<id>``, ``cancel:<id>``.
 CHANNEL = "ceranubis_queue"
+# The NOTIFY channel of progress, for the views only (``outcome:<id>``): the daemons do
+# not hear it, so a busy project's writes wake no idle daemon.
+PROGRESS_CHANNEL = "ceranubis_progress"
+# Seconds of silence after which a running node daemon is shown as silent (it may be
+# gone): three idle heartbeats (the daemon's IDLE_BEAT_SECONDS), so a loaded host's late
+# beat is not taken for a lost node.
+NODE_SILENT_SECONDS = 90.0
 # Attempts an argument gets (claims whose lease ran out count) before it fails.
 QUEUE_ATTEMPTS = 3
 # The init command the messages point at.
@@ -48,8 +55,9 @@ class QueueDialect:
     skip_locked: str  # appended to the claim's row selection
     double: str  # a float column's type
     lease_columns: tuple[str, ...]  # DDL adding the argument lease columns
-    notify: str | None  # SQL sending one notification, or None (SQLite has none)
+    notify: str | None  # SQL sending one notification (channel, payload), or None
     schema_lock: str | None  # serializes schema changes (SQLite: the write lock does)
+    relaxed: str | None  # makes a transaction's commit not wait for its WAL flush
 
 
 PG_QUEUE = QueueDialect(
@@ -60,8 +68,9 @@ PG_QUEUE = QueueDialect(
         "ALTER TABLE arguments ADD COLUMN IF NOT EXISTS lease_owner TEXT, "
         "ADD COLUMN IF NOT EXISTS lease_expires DOUBLE PRECISION",
     ),
-    notify=f"SELECT pg_notify('{CHANNEL}', ?)",
+    notify="SELECT pg_notify(?, ?)",
     schema_lock="SELECT pg_advisory_xact_lock(1667592801)",  # store_pg's key, as a number
+    relaxed="SET LOCAL synchronous_commit = off",
 )
 SQLITE_QUEUE = QueueDialect(
     now="((julianday('now') - 2440587.5) * 86400.0)",
@@ -73,6 +82,7 @@ SQLITE_QUEUE = QueueDialect(
     ),
     notify=None,
     schema_lock=None,
+    relaxed=None,
 )
 
 _NODE_COLUMNS = (
@@ -185,6 +195,18 @@ class QueueStore(StoreBase):
             return None
         return int(rows[0][0]) if rows else None
 
+    def ensure_queue(self) -> None:
+        """A queued commit's check: create the queue schema when the store has none,
+        else check its version; once per store object (a schema does not go away while
+        it is open, and each check costs a round trip on every commit)."""
+        if getattr(self, "_queue_ready", False):
+            return
+        if self.queue_schema() is None:
+            self.init_queue()
+        else:
+            self.check_queue()
+        self._queue_ready = True
+
     def check_queue(self) -> None:
         """Raise :class:`StoreError` unless the store has this package's queue schema,
         saying what to create or upgrade."""
@@ -276,14 +298,28 @@ class QueueStore(StoreBase):
         rows = self._read("SELECT 1 FROM queue_projects WHERE project = ?", (project,))
         return bool(rows)
 
-    def notify(self, payload: str) -> None:
+    def notify(self, payload: str, channel: str = CHANNEL) -> None:
         """Send a queue event (PostgreSQL; nothing on SQLite, whose nodes poll)."""
         if self._queue.notify is not None:
-            self._write(self._queue.notify, [(payload,)])
+            self._write(self._queue.notify, [(channel, payload)])
 
-    def _notify_in(self, cursor: Any, payload: str) -> None:
+    def _notify_in(self, cursor: Any, payload: str, channel: str = CHANNEL) -> None:
         if self._queue.notify is not None:
-            cursor.execute(self._sql(self._queue.notify), (payload,))
+            cursor.execute(self._sql(self._queue.notify), (channel, payload))
+
+    def _relaxed_write(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+        """``_write`` whose commit does not wait for the server's disk (PostgreSQL).
+
+        For what a server crash may lose harmlessly: a claim or renewal (the rows stay
+        or go back to pending, and the first outcome written still wins) and heartbeats.
+        """
+        if not rows:
+            return 0
+        with self._transaction() as cursor:
+            if self._queue.relaxed is not None:
+                cursor.execute(self._queue.relaxed)
+            cursor.executemany(self._sql(sql), rows)
+            return int(cursor.rowcount)
 
     # ------------------------------------------------------------------ nodes
 
@@ -316,13 +352,15 @@ class QueueStore(StoreBase):
             f"{self._queue.skip_locked}) RETURNING id, args, attempts"
         )
         with self._transaction() as cursor:
+            if self._queue.relaxed is not None:  # a claim lost in a crash: see _relaxed_write
+                cursor.execute(self._queue.relaxed)
             cursor.execute(self._sql(sql), (owner, lease, host, project, count))
             rows = cursor.fetchall()
         return [Claimed(int(i), project, bytes(a), int(n)) for i, a, n in rows]
 
     def renew_leases(self, owner: str, lease: float) -> int:
         """Extend every lease ``owner`` holds by ``lease`` seconds from now."""
-        return self._write(
+        return self._relaxed_write(
             f"UPDATE arguments SET lease_expires = {self._queue.now} + ? "
             "WHERE lease_owner = ? AND state = 'running'",
             [(lease, owner)],
@@ -372,7 +410,7 @@ class QueueStore(StoreBase):
             "UPDATE projects SET state = ? WHERE id = ? AND state = 'running'", [(state, project)]
         )
         if changed:
-            self.notify(f"outcome:{project}")
+            self.notify(f"outcome:{project}", PROGRESS_CHANNEL)
         return changed == 1
 
     def stopped_projects(self, projects: Sequence[int]) -> list[int]:
@@ -396,7 +434,7 @@ class QueueStore(StoreBase):
         updates = ", ".join(
             f"{column} = excluded.{column}" for column in _NODE_COLUMNS.split(", ")[1:]
         )
-        self._write(
+        self._relaxed_write(
             f"INSERT INTO nodes ({_NODE_COLUMNS}) VALUES ({marks}) "
             f"ON CONFLICT (name) DO UPDATE SET {updates}",
             [values[:beat] + values[beat + 1 :]],
@@ -415,7 +453,9 @@ class QueueStore(StoreBase):
 
 __all__ = [
     "CHANNEL",
+    "NODE_SILENT_SECONDS",
     "PG_QUEUE",
+    "PROGRESS_CHANNEL",
     "QUEUE_ATTEMPTS",
     "QUEUE_SCHEMA",
     "SQLITE_QUEUE",
