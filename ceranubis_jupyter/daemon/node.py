@@ -309,8 +309,10 @@ class QueueNode:
                 break
             claimed = self.store.claim_arguments(project.id, self.owner, self.name, room,
                                                  self.lease)  # fmt: skip
-            if len(claimed) < room:
+            if len(claimed) < room and project.id not in self._exhausted:
                 self._exhausted.add(project.id)
+                if not claimed and project.id not in self.held.projects():
+                    self._settle([project.id])  # our last outcomes may have been its last
             if claimed:
                 found = True
                 room -= len(claimed)
