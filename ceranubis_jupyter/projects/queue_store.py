@@ -57,7 +57,7 @@ class QueueDialect:
     lease_columns: tuple[str, ...]  # DDL adding the argument lease columns
     notify: str | None  # SQL sending one notification (channel, payload), or None
     schema_lock: str | None  # serializes schema changes (SQLite: the write lock does)
-    relaxed: str | None  # makes a transaction's commit not wait for its WAL flush
+    autocommits: bool  # one statement outside BEGIN is a transaction of its own
 
 
 PG_QUEUE = QueueDialect(
@@ -70,7 +70,7 @@ PG_QUEUE = QueueDialect(
     ),
     notify="SELECT pg_notify(?, ?)",
     schema_lock="SELECT pg_advisory_xact_lock(1667592801)",  # store_pg's key, as a number
-    relaxed="SET LOCAL synchronous_commit = off",
+    autocommits=True,
 )
 SQLITE_QUEUE = QueueDialect(
     now="((julianday('now') - 2440587.5) * 86400.0)",
@@ -82,7 +82,7 @@ SQLITE_QUEUE = QueueDialect(
     ),
     notify=None,
     schema_lock=None,
-    relaxed=None,
+    autocommits=False,  # the store's SQLite connection is not in autocommit mode
 )
 
 _NODE_COLUMNS = (
@@ -116,6 +116,14 @@ _QUEUE_INDEXES = (
     "CREATE INDEX IF NOT EXISTS arguments_leases ON arguments (lease_owner) "
     "WHERE state = 'running'",
 )
+
+
+def _run(cursor: Any, sql: str, params: Sequence[Any]) -> tuple[int, list[Any]]:
+    if params:
+        cursor.execute(sql, params)
+    else:
+        cursor.execute(sql)
+    return int(cursor.rowcount), list(cursor.fetchall()) if cursor.description else []
 
 
 @dataclass(frozen=True)
@@ -307,19 +315,19 @@ class QueueStore(StoreBase):
         if self._queue.notify is not None:
             cursor.execute(self._sql(self._queue.notify), (channel, payload))
 
-    def _relaxed_write(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
-        """``_write`` whose commit does not wait for the server's disk (PostgreSQL).
-
-        For what a server crash may lose harmlessly: a claim or renewal (the rows stay
-        or go back to pending, and the first outcome written still wins) and heartbeats.
-        """
-        if not rows:
-            return 0
-        with self._transaction() as cursor:
-            if self._queue.relaxed is not None:
-                cursor.execute(self._queue.relaxed)
-            cursor.executemany(self._sql(sql), rows)
-            return int(cursor.rowcount)
+    def _statement(self, sql: str, params: Sequence[Any]) -> tuple[int, list[Any]]:
+        """Run one writing statement as its own transaction: ``(rows changed, rows
+        returned)``. On PostgreSQL one round trip (no BEGIN/COMMIT: the connection
+        autocommits), which is what an idle node's periodic work and a claim cost.
+        Without ``params`` the text is not scanned for placeholders (it quotes ``?``)."""
+        if not self._queue.autocommits:
+            with self._transaction() as cursor:
+                return _run(cursor, self._sql(sql), params)
+        with self._lock:
+            try:
+                return _run(self._cursor(), self._sql(sql), params)
+            except Exception as error:
+                raise self._translate(error) from error
 
     # ------------------------------------------------------------------ nodes
 
@@ -351,20 +359,17 @@ class QueueStore(StoreBase):
             "FROM arguments WHERE project = ? AND state = 'pending' ORDER BY id LIMIT ?"
             f"{self._queue.skip_locked}) RETURNING id, args, attempts"
         )
-        with self._transaction() as cursor:
-            if self._queue.relaxed is not None:  # a claim lost in a crash: see _relaxed_write
-                cursor.execute(self._queue.relaxed)
-            cursor.execute(self._sql(sql), (owner, lease, host, project, count))
-            rows = cursor.fetchall()
+        _, rows = self._statement(sql, (owner, lease, host, project, count))
         return [Claimed(int(i), project, bytes(a), int(n)) for i, a, n in rows]
 
     def renew_leases(self, owner: str, lease: float) -> int:
         """Extend every lease ``owner`` holds by ``lease`` seconds from now."""
-        return self._relaxed_write(
+        changed, _ = self._statement(
             f"UPDATE arguments SET lease_expires = {self._queue.now} + ? "
             "WHERE lease_owner = ? AND state = 'running'",
-            [(lease, owner)],
+            (lease, owner),
         )
+        return changed
 
     def release(self, owner: str, arg_ids: Sequence[int] | None = None) -> int:
         """Give back arguments ``owner`` holds (all, or ``arg_ids``) without counting
@@ -390,9 +395,8 @@ class QueueStore(StoreBase):
             "lease_owner = NULL WHERE id IN (SELECT id FROM arguments WHERE state = 'running' "
             f"AND lease_expires < {now}{lock}) RETURNING project"
         )
-        with self._transaction() as cursor:
-            cursor.execute(self._sql(sql))
-            return sorted({int(row[0]) for row in cursor.fetchall()})
+        _, rows = self._statement(sql, ())
+        return sorted({int(row[0]) for row in rows})
 
     def unsettled(self) -> list[int]:
         """Queued projects still running with nothing pending or running (their last
@@ -434,10 +438,10 @@ class QueueStore(StoreBase):
         updates = ", ".join(
             f"{column} = excluded.{column}" for column in _NODE_COLUMNS.split(", ")[1:]
         )
-        self._relaxed_write(
+        self._statement(
             f"INSERT INTO nodes ({_NODE_COLUMNS}) VALUES ({marks}) "
             f"ON CONFLICT (name) DO UPDATE SET {updates}",
-            [values[:beat] + values[beat + 1 :]],
+            values[:beat] + values[beat + 1 :],
         )
 
     def nodes(self) -> list[NodeRow]:
