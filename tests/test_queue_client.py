@@ -19,7 +19,8 @@ import pytest
 
 from ceranubis_jupyter import CeranubisExecutor, Project
 from ceranubis_jupyter.jupyter.session import queue_hosts
-from ceranubis_jupyter.projects.queue_listen import QueueNodes, watch
+from ceranubis_jupyter.projects.queue_listen import RECONNECTED, Listener, QueueNodes, watch
+from ceranubis_jupyter.projects.queue_store import PROGRESS_CHANNEL
 from ceranubis_jupyter.projects.stores import open_store
 from tests.queue_helpers import DAEMON_SECONDS, PROJECT_SECONDS, REPO, Daemons
 from tests.waiting import wait_for
@@ -112,6 +113,43 @@ def test_a_queued_project_s_events_reach_a_watcher_through_listen(
         assert project.wait(PROJECT_SECONDS)
     finally:
         listener.stop()
+
+
+def test_a_daemon_s_listener_hears_commits_and_cancels_but_not_the_views_progress(
+    pg_url: str,
+) -> None:
+    store = open_store(pg_url)
+    store.ensure_queue()
+    heard: list[str] = []
+    arrived = threading.Event()
+
+    def on_event(payload: str) -> None:
+        heard.append(payload)
+        arrived.set()
+
+    listener = Listener(pg_url, on_event)  # the daemons' channel only
+    listener.start()
+    try:
+        wait_for(listener.connected.is_set, DAEMON_SECONDS, "the listener listening")
+        store.notify("outcome:7", PROGRESS_CHANNEL)  # sent first, on the views' channel
+        store.notify("cancel:7")
+        wait_for(lambda: "cancel:7" in heard, DAEMON_SECONDS, "the cancel heard")
+        assert heard == [RECONNECTED, "cancel:7"]  # the progress event never reached it
+    finally:
+        listener.stop()
+        store.close()
+
+
+def test_projects_of_the_same_code_run_one_after_another_on_one_daemon(
+    pg_url: str, daemons: Daemons
+) -> None:
+    daemons.start(pg_url, "reuser")
+    with CeranubisExecutor(max_workers=1) as executor:
+        first = executor.commit(cube, [(2,)], store=pg_url, queue=True)
+        assert first.wait(PROJECT_SECONDS), daemons.logs()
+        second = executor.commit(cube, [(3,)], store=pg_url, queue=True)  # its code, loaded
+        assert second.wait(PROJECT_SECONDS), daemons.logs()
+    assert (first.results(), second.results()) == ([((2,), 8)], [((3,), 27)])
 
 
 def test_a_project_queued_on_sqlite_has_no_watcher(tmp_path: Path) -> None:

@@ -19,8 +19,7 @@ from typing import Any
 
 from ..daemon.node import LEASE_SECONDS, QueueNode
 from ..errors import CeranubisError
-from ..projects.queue_store import NodeRow
-from ..projects.records import STALE_SECONDS
+from ..projects.queue_store import NODE_SILENT_SECONDS, NodeRow
 from ..projects.stores import open_store
 
 
@@ -82,7 +81,7 @@ def _nodes(args: argparse.Namespace) -> int:
 
 def _cells(row: NodeRow, now: float) -> list[str]:
     """One node's line: a node silent for long is shown so (it may be gone)."""
-    fresh = row.state == "stopped" or now - row.heartbeat <= STALE_SECONDS
+    fresh = row.state == "stopped" or now - row.heartbeat <= NODE_SILENT_SECONDS
     beat = time.strftime("%H:%M:%S", time.localtime(row.heartbeat))
     numbers = (row.pid, row.workers)
     counts = (row.claimed, row.held, row.done, row.dropped)

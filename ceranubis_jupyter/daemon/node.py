@@ -34,7 +34,7 @@ from ..cluster.tasks import ResultSlot
 from ..errors import CeranubisError, StoreError
 from ..projects.code import function_of
 from ..projects.queue_listen import Listener
-from ..projects.queue_store import QUEUE_SCHEMA, Claimed, NodeRow
+from ..projects.queue_store import PROGRESS_CHANNEL, QUEUE_SCHEMA, Claimed, NodeRow
 from ..projects.rows import final_state
 from ..projects.store import Store
 from ..projects.stores import is_postgres_url, open_store
@@ -60,20 +60,33 @@ CLAIM_PER_WORKER = 8
 # Seconds of work held ahead, at the rate tasks finish here: tiny tasks are then claimed
 # thousands at a time (one round trip each), long ones CLAIM_PER_WORKER per worker.
 CLAIM_AHEAD_SECONDS = 0.5
+# Seconds over which the task rate (for CLAIM_AHEAD_SECONDS) is measured: shorter
+# follows a new project's pace sooner, longer is steadier.
+RATE_WINDOW = 0.25
 # The most arguments held at once (memory, and what a lost node leaves to its lease).
 MAX_HELD = 20000
 # Seconds between outcome writes while tasks finish: longer batches cost fewer
 # transactions, shorter ones show progress (and free the next claim) sooner.
 WRITE_SECONDS = 0.05
-# Seconds between heartbeats of the nodes row.
+# Seconds between heartbeats of the nodes row while the node holds work (the views show
+# its progress at this pace), and while idle (each beat is a transaction on the server,
+# times every node: see NODE_SILENT_SECONDS, which must stay well above it).
 BEAT_SECONDS = 2.0
+IDLE_BEAT_SECONDS = 30.0
+# Seconds between a project's progress notifications (``outcome:<id>`` on the views'
+# channel): a view needs a few a second; one per write batch would be one per 50 ms.
+PROGRESS_NOTIFY_SECONDS = 0.25
 # Seconds between looks for cancelled projects (a NOTIFY makes it at once): the bound on
 # how long a cancelled task may go on running.
 CANCEL_POLL_SECONDS = 0.5
 # Seconds an idle node sleeps before looking for work unwoken: with LISTEN (PostgreSQL)
-# only a fallback, so long; on SQLite the only way, so short.
-IDLE_POLL_PG = 5.0
+# only a fallback (and each look costs the server, times every node), so long; on SQLite
+# the only way, so short. An idle node sweeps others' expired leases at this pace too.
+IDLE_POLL_PG = 30.0
 IDLE_POLL_SQLITE = 0.2
+# Functions kept loaded by their code, for projects committed again with the same code
+# (more keeps more functions alive in the node and its workers).
+CODE_CACHE = 32
 # Seconds a stopping node lets its running tasks finish before releasing them.
 DRAIN_SECONDS = 10.0
 # What the nodes table says of this node's version: package and wire protocol.
@@ -128,6 +141,9 @@ class QueueNode:
         self.held = Held(self.name, self._wake)
         self._cancel_asked = threading.Event()
         self._functions: dict[int, tuple[int, TaskOptions, Any] | str] = {}
+        self._code_ids: dict[tuple[str, str, bytes | None], tuple[int, Any]] = {}
+        self._progress: dict[int, float] = {}  # project -> when it may be notified again
+        self._progress_owed: set[int] = set()  # written since its last notification
         self._exhausted: set[int] = set()  # projects whose last claim found too few
         self.claimed = self.dropped = 0
         self.started = time.time()
@@ -187,19 +203,29 @@ class QueueNode:
             self._cancel_asked.clear()
             self._stop_cancelled()
             self._timers["cancel"] = now + CANCEL_POLL_SECONDS
+        self._timed_work(now, claim)
+        wants = claim and len(self.held.tasks) <= self.capacity // 2 and now >= self._look_at
+        if wants and not self._claim():  # the queue has nothing for us: until a NOTIFY or poll
+            self._look_at = now + self.poll
+        elif wants:  # busy again: beat at the busy pace
+            self._timers["beat"] = min(self._timers["beat"], now + BEAT_SECONDS)
+        self._notify_progress(now)
+
+    def _timed_work(self, now: float, claim: bool) -> None:
+        """Renewals, sweeps of expired leases and heartbeats, each when due: at a busy
+        pace while the node holds work, at an idle one (cheap for the server) else."""
+        busy = bool(self.held.tasks)
         if now >= self._timers["renew"]:
-            if self.held.tasks:
+            if busy:
                 self.store.renew_leases(self.owner, self.lease)
             self._timers["renew"] = now + self.lease / 3
         if now >= self._timers["expire"]:
             self._settle(sorted({*self.store.expire_leases(), *self.store.unsettled()}))
-            self._timers["expire"] = now + self.lease / 4
+            idle_sweep = max(self.lease / 4, min(self.lease, self.poll))
+            self._timers["expire"] = now + (self.lease / 4 if busy else idle_sweep)
         if now >= self._timers["beat"]:
             self._beat("running" if claim else "stopping")
-            self._timers["beat"] = now + BEAT_SECONDS
-        wants = claim and len(self.held.tasks) <= self.capacity // 2 and now >= self._look_at
-        if wants and not self._claim():  # the queue has nothing for us: until a NOTIFY or poll
-            self._look_at = now + self.poll
+            self._timers["beat"] = now + (BEAT_SECONDS if busy else IDLE_BEAT_SECONDS)
 
     def _write_due(self, now: float) -> bool:
         """Whether the write timer is due (and restart it)."""
@@ -239,9 +265,17 @@ class QueueNode:
         if changed < count:
             self.dropped += count - changed
             log.info("node %s: %d late outcomes dropped", self.name, count - changed)
-        for project in touched:
-            self.store.notify(f"outcome:{project}")
+        self._progress_owed |= touched
         self._settle(sorted(touched & self._exhausted))
+
+    def _notify_progress(self, now: float) -> None:
+        """Tell the views of the projects written since their last notification, each
+        at most every PROGRESS_NOTIFY_SECONDS (a throttled write is told later)."""
+        for project in sorted(self._progress_owed):
+            if now >= self._progress.get(project, 0.0):
+                self.store.notify(f"outcome:{project}", PROGRESS_CHANNEL)
+                self._progress[project] = now + PROGRESS_NOTIFY_SECONDS
+                self._progress_owed.discard(project)
 
     def _settle(self, projects: list[int]) -> None:
         """Give projects with nothing left pending or running their final state."""
@@ -251,6 +285,8 @@ class QueueNode:
                 self.store.settle(project, final_state(counts, cancelled=False))
                 self._exhausted.discard(project)
                 self._functions.pop(project, None)
+                self._progress.pop(project, None)
+                self._progress_owed.discard(project)  # settle told the views
 
     def _beat(self, state: str) -> None:
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
@@ -265,14 +301,18 @@ class QueueNode:
     def _claim(self) -> bool:
         """Claim up to the free places, by priority; ``False`` when nothing was found."""
         room = self.capacity - len(self.held.tasks)
+        if not self.held.tasks:
+            self._rate.restart()
         found = False
         for project in self.store.queued_projects(self.group):
             if room <= 0:
                 break
             claimed = self.store.claim_arguments(project.id, self.owner, self.name, room,
                                                  self.lease)  # fmt: skip
-            if len(claimed) < room:
+            if len(claimed) < room and project.id not in self._exhausted:
                 self._exhausted.add(project.id)
+                if not claimed and project.id not in self.held.projects():
+                    self._settle([project.id])  # our last outcomes may have been its last
             if claimed:
                 found = True
                 room -= len(claimed)
@@ -316,8 +356,7 @@ class QueueNode:
             row = self.store.find_project(project)
             if row is None:
                 raise CeranubisError(f"project {project} was removed")
-            fn = function_of(row)
-            fn_id = self.executor.register_function(fn)
+            fn_id, fn = self._loaded_code(row)
             options = self.executor.options(timeout=timeout or None).task_options
             loaded: tuple[int, TaskOptions, Any] | str = (fn_id, options, fn)  # keeps fn alive
         except StoreError:
@@ -327,6 +366,19 @@ class QueueNode:
             log.warning("%s", loaded)
         self._functions[project] = loaded
         return loaded
+
+    def _loaded_code(self, row: Any) -> tuple[int, Any]:
+        """The function id of a project's code: rebuilt and shipped to the workers once
+        per code (projects committed again with the same function start at once)."""
+        key = (row.code, row.target, row.function)
+        known = self._code_ids.get(key)
+        if known is None:
+            fn = function_of(row)
+            assert self.executor is not None
+            known = self._code_ids[key] = (self.executor.register_function(fn), fn)
+            if len(self._code_ids) > CODE_CACHE:
+                del self._code_ids[next(iter(self._code_ids))]  # the oldest
+        return known
 
     # ------------------------------------------------------------------ stopping
 
@@ -373,8 +425,6 @@ class QueueNode:
         """A queue event (listener thread): wake the cycle; a cancel is looked at now."""
         if payload.startswith("cancel:"):
             self._cancel_asked.set()
-        elif payload.startswith("outcome:"):
-            return  # other nodes' progress: nothing to do here
         else:  # a commit, or the listener (re)connected: look for work now
             self._look_at = 0.0
         self._wake.set()
@@ -387,17 +437,26 @@ class QueueNode:
 
 
 class _Rate:
-    """Outcomes per second over the last second or so (for sizing claims)."""
+    """Outcomes per second while busy, over the last RATE_WINDOW or so (for sizing
+    claims); idle time does not count, so the rate a node knew holds for its next work."""
 
     def __init__(self) -> None:
         self._since = time.monotonic()
         self._count = 0
         self._last = 0.0
+        self._added = 0.0  # when outcomes last came
+
+    def restart(self) -> None:
+        """The node starts work after holding none: measure from now if it was idle
+        (a node that ran dry between two claims goes on measuring)."""
+        if time.monotonic() - self._added > RATE_WINDOW:
+            self._since, self._count = time.monotonic(), 0
 
     def add(self, count: int) -> None:
         self._count += count
+        self._added = time.monotonic()
         elapsed = time.monotonic() - self._since
-        if elapsed >= 1.0:
+        if elapsed >= RATE_WINDOW:
             self._last = self._count / elapsed
             self._since, self._count = time.monotonic(), 0
 

@@ -323,9 +323,7 @@ def _commit_queued(
     """Queue mode: store the project for the node daemons, or queue again the stored
     project it is; run nothing here."""
     opened = shared_store(wanted.store)
-    if opened.queue_schema() is None:
-        opened.init_queue()
-    opened.check_queue()
+    opened.ensure_queue()
     definition = _define(dataclasses.replace(wanted, store=opened), fn, items, list)
     if isinstance(definition, _Found):
         if not definition.row.live:

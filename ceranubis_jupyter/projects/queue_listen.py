@@ -3,8 +3,9 @@ what a client's view of a queued project needs (its nodes as host rows, a wake-u
 each of its events).
 
 PostgreSQL delivers a ``NOTIFY`` sent in a transaction when it commits; the thread hands
-each payload (``commit:<id>``, ``cancel:<id>``, ``outcome:<id>``) to a callback that must
-be quick (it sets an event). A lost connection is made again with bounded backoff, and
+each payload (``commit:<id>``, ``cancel:<id>`` on :data:`CHANNEL`; ``outcome:<id>`` on
+:data:`PROGRESS_CHANNEL`, which only the views hear) to a callback that must be quick
+(it sets an event). A lost connection is made again with bounded backoff, and
 the callback then gets :data:`RECONNECTED`: events sent meanwhile were lost, so the
 listener's owner looks at the store itself.
 """
@@ -17,8 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .queue_store import CHANNEL, NodeRow
-from .records import STALE_SECONDS
+from .queue_store import CHANNEL, NODE_SILENT_SECONDS, PROGRESS_CHANNEL, NodeRow
 from .store import Store
 from .store_pg import tcp_options
 
@@ -36,11 +36,15 @@ RECONNECTED = "listening"
 
 
 class Listener:
-    """Hears queue events on ``dsn`` in a daemon thread until :meth:`stop`."""
+    """Hears queue events on ``dsn`` in a daemon thread until :meth:`stop` (on
+    ``channels``: the daemons' by default)."""
 
-    def __init__(self, dsn: str, on_event: Callable[[str], None]) -> None:
+    def __init__(
+        self, dsn: str, on_event: Callable[[str], None], channels: tuple[str, ...] = (CHANNEL,)
+    ) -> None:
         self._dsn = dsn
         self._on_event = on_event
+        self._channels = channels
         self._stopped = threading.Event()
         self.connected = threading.Event()
         self._thread = threading.Thread(target=self._main, name="ceranubis-listen", daemon=True)
@@ -66,7 +70,8 @@ class Listener:
                     connect_timeout=CONNECT_TIMEOUT,
                     **tcp_options(self._dsn),
                 ) as connection:
-                    connection.execute(f"LISTEN {CHANNEL}")
+                    for channel in self._channels:
+                        connection.execute(f"LISTEN {channel}")
                     pause = RECONNECT_FIRST
                     self._on_event(RECONNECTED)
                     self.connected.set()
@@ -99,7 +104,7 @@ class NodeInfo:
 
     @classmethod
     def of(cls, row: NodeRow, now: float) -> NodeInfo:
-        silent = row.state != "stopped" and now - row.heartbeat > STALE_SECONDS
+        silent = row.state != "stopped" and now - row.heartbeat > NODE_SILENT_SECONDS
         state = "lost" if silent else {"running": "ready"}.get(row.state, row.state)
         return cls(row.name, state, min(row.held, row.workers), row.workers, row.done, row.load)
 
@@ -129,7 +134,7 @@ def watch(store: Store, project: int, callback: Callable[[], None]) -> Listener 
         if payload in mine or payload == RECONNECTED:
             callback()
 
-    listener = Listener(dsn, heard)
+    listener = Listener(dsn, heard, (CHANNEL, PROGRESS_CHANNEL))
     listener.start()
     return listener
 

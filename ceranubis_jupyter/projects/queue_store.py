@@ -32,8 +32,15 @@ from .store_base import StoreBase
 # The queue schema's version: a daemon refuses a store of another (bump it when the queue
 # tables or their meaning change).
 QUEUE_SCHEMA = 1
-# The NOTIFY channel of queue events: ``commit:<id>``, ``cancel:<id>``, ``outcome:<id>``.
+# The NOTIFY channel the node daemons hear: ``commit:<id>``, ``cancel:<id>``.
 CHANNEL = "ceranubis_queue"
+# The NOTIFY channel of progress, for the views only (``outcome:<id>``): the daemons do
+# not hear it, so a busy project's writes wake no idle daemon.
+PROGRESS_CHANNEL = "ceranubis_progress"
+# Seconds of silence after which a running node daemon is shown as silent (it may be
+# gone): three idle heartbeats (the daemon's IDLE_BEAT_SECONDS), so a loaded host's late
+# beat is not taken for a lost node.
+NODE_SILENT_SECONDS = 90.0
 # Attempts an argument gets (claims whose lease ran out count) before it fails.
 QUEUE_ATTEMPTS = 3
 # The init command the messages point at.
@@ -48,8 +55,9 @@ class QueueDialect:
     skip_locked: str  # appended to the claim's row selection
     double: str  # a float column's type
     lease_columns: tuple[str, ...]  # DDL adding the argument lease columns
-    notify: str | None  # SQL sending one notification, or None (SQLite has none)
+    notify: str | None  # SQL sending one notification (channel, payload), or None
     schema_lock: str | None  # serializes schema changes (SQLite: the write lock does)
+    autocommits: bool  # one statement outside BEGIN is a transaction of its own
 
 
 PG_QUEUE = QueueDialect(
@@ -60,8 +68,9 @@ PG_QUEUE = QueueDialect(
         "ALTER TABLE arguments ADD COLUMN IF NOT EXISTS lease_owner TEXT, "
         "ADD COLUMN IF NOT EXISTS lease_expires DOUBLE PRECISION",
     ),
-    notify=f"SELECT pg_notify('{CHANNEL}', ?)",
+    notify="SELECT pg_notify(?, ?)",
     schema_lock="SELECT pg_advisory_xact_lock(1667592801)",  # store_pg's key, as a number
+    autocommits=True,
 )
 SQLITE_QUEUE = QueueDialect(
     now="((julianday('now') - 2440587.5) * 86400.0)",
@@ -73,6 +82,7 @@ SQLITE_QUEUE = QueueDialect(
     ),
     notify=None,
     schema_lock=None,
+    autocommits=False,  # the store's SQLite connection is not in autocommit mode
 )
 
 _NODE_COLUMNS = (
@@ -106,6 +116,14 @@ _QUEUE_INDEXES = (
     "CREATE INDEX IF NOT EXISTS arguments_leases ON arguments (lease_owner) "
     "WHERE state = 'running'",
 )
+
+
+def _run(cursor: Any, sql: str, params: Sequence[Any]) -> tuple[int, list[Any]]:
+    if params:
+        cursor.execute(sql, params)
+    else:
+        cursor.execute(sql)
+    return int(cursor.rowcount), list(cursor.fetchall()) if cursor.description else []
 
 
 @dataclass(frozen=True)
@@ -184,6 +202,18 @@ class QueueStore(StoreBase):
         except StoreError:  # no such table (each read is its own transaction)
             return None
         return int(rows[0][0]) if rows else None
+
+    def ensure_queue(self) -> None:
+        """A queued commit's check: create the queue schema when the store has none,
+        else check its version; once per store object (a schema does not go away while
+        it is open, and each check costs a round trip on every commit)."""
+        if getattr(self, "_queue_ready", False):
+            return
+        if self.queue_schema() is None:
+            self.init_queue()
+        else:
+            self.check_queue()
+        self._queue_ready = True
 
     def check_queue(self) -> None:
         """Raise :class:`StoreError` unless the store has this package's queue schema,
@@ -276,14 +306,28 @@ class QueueStore(StoreBase):
         rows = self._read("SELECT 1 FROM queue_projects WHERE project = ?", (project,))
         return bool(rows)
 
-    def notify(self, payload: str) -> None:
+    def notify(self, payload: str, channel: str = CHANNEL) -> None:
         """Send a queue event (PostgreSQL; nothing on SQLite, whose nodes poll)."""
         if self._queue.notify is not None:
-            self._write(self._queue.notify, [(payload,)])
+            self._write(self._queue.notify, [(channel, payload)])
 
-    def _notify_in(self, cursor: Any, payload: str) -> None:
+    def _notify_in(self, cursor: Any, payload: str, channel: str = CHANNEL) -> None:
         if self._queue.notify is not None:
-            cursor.execute(self._sql(self._queue.notify), (payload,))
+            cursor.execute(self._sql(self._queue.notify), (channel, payload))
+
+    def _statement(self, sql: str, params: Sequence[Any]) -> tuple[int, list[Any]]:
+        """Run one writing statement as its own transaction: ``(rows changed, rows
+        returned)``. On PostgreSQL one round trip (no BEGIN/COMMIT: the connection
+        autocommits), which is what an idle node's periodic work and a claim cost.
+        Without ``params`` the text is not scanned for placeholders (it quotes ``?``)."""
+        if not self._queue.autocommits:
+            with self._transaction() as cursor:
+                return _run(cursor, self._sql(sql), params)
+        with self._lock:
+            try:
+                return _run(self._cursor(), self._sql(sql), params)
+            except Exception as error:
+                raise self._translate(error) from error
 
     # ------------------------------------------------------------------ nodes
 
@@ -315,18 +359,17 @@ class QueueStore(StoreBase):
             "FROM arguments WHERE project = ? AND state = 'pending' ORDER BY id LIMIT ?"
             f"{self._queue.skip_locked}) RETURNING id, args, attempts"
         )
-        with self._transaction() as cursor:
-            cursor.execute(self._sql(sql), (owner, lease, host, project, count))
-            rows = cursor.fetchall()
+        _, rows = self._statement(sql, (owner, lease, host, project, count))
         return [Claimed(int(i), project, bytes(a), int(n)) for i, a, n in rows]
 
     def renew_leases(self, owner: str, lease: float) -> int:
         """Extend every lease ``owner`` holds by ``lease`` seconds from now."""
-        return self._write(
+        changed, _ = self._statement(
             f"UPDATE arguments SET lease_expires = {self._queue.now} + ? "
             "WHERE lease_owner = ? AND state = 'running'",
-            [(lease, owner)],
+            (lease, owner),
         )
+        return changed
 
     def release(self, owner: str, arg_ids: Sequence[int] | None = None) -> int:
         """Give back arguments ``owner`` holds (all, or ``arg_ids``) without counting
@@ -352,9 +395,8 @@ class QueueStore(StoreBase):
             "lease_owner = NULL WHERE id IN (SELECT id FROM arguments WHERE state = 'running' "
             f"AND lease_expires < {now}{lock}) RETURNING project"
         )
-        with self._transaction() as cursor:
-            cursor.execute(self._sql(sql))
-            return sorted({int(row[0]) for row in cursor.fetchall()})
+        _, rows = self._statement(sql, ())
+        return sorted({int(row[0]) for row in rows})
 
     def unsettled(self) -> list[int]:
         """Queued projects still running with nothing pending or running (their last
@@ -372,7 +414,7 @@ class QueueStore(StoreBase):
             "UPDATE projects SET state = ? WHERE id = ? AND state = 'running'", [(state, project)]
         )
         if changed:
-            self.notify(f"outcome:{project}")
+            self.notify(f"outcome:{project}", PROGRESS_CHANNEL)
         return changed == 1
 
     def stopped_projects(self, projects: Sequence[int]) -> list[int]:
@@ -396,10 +438,10 @@ class QueueStore(StoreBase):
         updates = ", ".join(
             f"{column} = excluded.{column}" for column in _NODE_COLUMNS.split(", ")[1:]
         )
-        self._write(
+        self._statement(
             f"INSERT INTO nodes ({_NODE_COLUMNS}) VALUES ({marks}) "
             f"ON CONFLICT (name) DO UPDATE SET {updates}",
-            [values[:beat] + values[beat + 1 :]],
+            values[:beat] + values[beat + 1 :],
         )
 
     def nodes(self) -> list[NodeRow]:
@@ -415,7 +457,9 @@ class QueueStore(StoreBase):
 
 __all__ = [
     "CHANNEL",
+    "NODE_SILENT_SECONDS",
     "PG_QUEUE",
+    "PROGRESS_CHANNEL",
     "QUEUE_ATTEMPTS",
     "QUEUE_SCHEMA",
     "SQLITE_QUEUE",
