@@ -19,6 +19,7 @@ pytest_plugins = [
     "tests.fixtures_pg",
     "tests.fixtures_jupyter",
     "tests.fixtures_faults",
+    "tests.queue_helpers",
 ]
 
 # How long nodes get to go away after a test before they count as leaked.

@@ -12,10 +12,12 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+import pytest
 
 from ceranubis_jupyter.projects.stores import open_store
 from tests.waiting import wait_for
@@ -168,3 +170,13 @@ def commit_in_child(
     line = process.stdout.readline().decode()
     assert line.startswith("committed"), f"the committing process said {line!r}"
     return process
+
+
+@pytest.fixture
+def daemons(tmp_path: Path) -> Iterator[Daemons]:
+    """Node daemons for one test, all ended (by PID) when it ends."""
+    started = Daemons(tmp_path)
+    try:
+        yield started
+    finally:
+        started.close()

@@ -4,7 +4,6 @@ node daemon (a real process) on a SQLite store."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,15 +17,6 @@ from tests.queue_helpers import Daemons
 @pytest.fixture
 def workdir(tmp_path: Path) -> Workdir:
     return make_workdir(tmp_path)
-
-
-@pytest.fixture
-def daemons(tmp_path: Path) -> Iterator[Daemons]:
-    started = Daemons(tmp_path)
-    try:
-        yield started
-    finally:
-        started.close()
 
 
 def test_run_queue_is_served_by_a_daemon_and_writes_the_output(

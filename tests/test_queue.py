@@ -11,7 +11,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -31,15 +30,6 @@ from tests.waiting import wait_for
 
 # Arguments of the project whose committing process is killed.
 BIG_PROJECT = 2000
-
-
-@pytest.fixture
-def daemons(tmp_path: Path) -> Iterator[Daemons]:
-    started = Daemons(tmp_path)
-    try:
-        yield started
-    finally:
-        started.close()
 
 
 def _argument_rows(url: str, project: int) -> list[tuple[int, str, str, int]]:

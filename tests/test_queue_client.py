@@ -11,11 +11,8 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from ceranubis_jupyter import CeranubisExecutor, Project
 from ceranubis_jupyter.jupyter.session import queue_hosts
@@ -24,15 +21,6 @@ from ceranubis_jupyter.projects.queue_store import PROGRESS_CHANNEL
 from ceranubis_jupyter.projects.stores import open_store
 from tests.queue_helpers import DAEMON_SECONDS, PROJECT_SECONDS, REPO, Daemons
 from tests.waiting import wait_for
-
-
-@pytest.fixture
-def daemons(tmp_path: Path) -> Iterator[Daemons]:
-    started = Daemons(tmp_path)
-    try:
-        yield started
-    finally:
-        started.close()
 
 
 def cube(x: int) -> int:

@@ -158,15 +158,6 @@ def database(server: Server) -> Iterator[str]:
         connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)".encode())
 
 
-@pytest.fixture
-def daemons(tmp_path: Path) -> Iterator[Daemons]:
-    started = Daemons(tmp_path)
-    try:
-        yield started
-    finally:
-        started.close()
-
-
 def _cut(namespace: Namespace, state: str) -> None:
     """Take the namespace's end of the veth down (a silent partition) or up again."""
     _ip("netns", "exec", namespace.netns, "ip", "link", "set", f"{namespace.link}p", state)
