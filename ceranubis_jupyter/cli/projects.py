@@ -20,7 +20,7 @@ from ..cluster.hosts import parse_host_list
 from ..errors import CeranubisError, ConfigError, StoreError
 from ..projects.project import Project, list_projects, remove_project
 from .output import printable, write_atomically
-from .sink import write_results_file
+from .sink import csv_cell, write_results_file
 
 # Seconds between progress lines while `ceranubis resume` waits.
 PROGRESS_SECONDS = 1.0
@@ -183,16 +183,9 @@ def _write_results(results: list[tuple[tuple[Any, ...], Any]], kind: str, file: 
     writer = csv.writer(file)
     writer.writerow([f"arg{i}" for i in range(width)] + ["result"])
     for args, result in results:
-        writer.writerow([_cell(a) for a in args] + [""] * (width - len(args)) + [_cell(result)])
-
-
-def _cell(value: Any) -> Any:
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    try:
-        return json.dumps(value)
-    except (TypeError, ValueError):
-        return repr(value)
+        writer.writerow(
+            [csv_cell(a) for a in args] + [""] * (width - len(args)) + [csv_cell(result)]
+        )
 
 
 def _resume(args: argparse.Namespace) -> int:

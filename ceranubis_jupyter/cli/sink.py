@@ -112,7 +112,7 @@ class ResultSink:
                 values = [args[0].get(name, "") for name in self._names]
             else:  # shorter tuples: empty cells
                 values = list(args) + [""] * (self._width - len(args))
-            self._csv.writerow([_cell(v) for v in values] + [_cell(result)])
+            self._csv.writerow([csv_cell(v) for v in values] + [csv_cell(result)])
         else:
             if self.keywords:
                 shown = self._encode(args[0])
@@ -173,7 +173,8 @@ class ResultSink:
             raise ConfigError(f"cannot write {self.path}: {error}") from None
 
 
-def _cell(value: Any) -> Any:
+def csv_cell(value: Any) -> Any:
+    """A value as a CSV cell: plain scalars as they are, others as JSON (else repr)."""
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     try:
