@@ -66,7 +66,7 @@ class Rsync:
     """``rsync -a data/ ALIAS:dest/`` with our loopback's ssh config and cipher."""
 
     def __init__(self, setup: ssh_bench.Loopback, dest: Path) -> None:
-        config = setup.home.ssh / "config"
+        config = setup.hosts.ssh_config
         self.ssh = f"ssh -F {config} -c {PREFERRED_CIPHER}"
         self.dest = dest
 
@@ -97,7 +97,7 @@ def measure(repeats: int) -> dict[str, list[float]]:  # long: one setup, then th
         os.chdir(root)
         with ssh_bench.loopback() as setup:
             rsync = Rsync(setup, root / "rsync-dest")
-            ours_dir = setup.server.cache / "ceranubis" / "files"
+            ours_dir = setup.hosts.servers[0].cache / "ceranubis" / "files"
             with CeranubisExecutor([setup.host()], files=["data"]) as executor:
                 ssh_bench_ready(executor)
                 for block in range(repeats):
