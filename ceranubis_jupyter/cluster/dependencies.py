@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import pickle
 import threading
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field
@@ -48,35 +47,12 @@ FRAME_OVERHEAD = 4096
 _collecting = threading.local()
 
 
-# Called by a future before it waits: may read its result in (``inline_receive``).
-InlineWaiter = Callable[[Future[Any], "float | None"], None]
-
-
 class TaskFuture(Future[Any]):
     """The future :meth:`~.executor.NodeExecutor.submit` returns.
 
     Given as an argument (anywhere inside the arguments) to ``submit`` or ``map`` of its
-    executor, it makes that task wait for it and pass its result instead. Before it waits
-    for its outcome, ``wait_inline`` (if given) may read it in, in the waiting thread.
+    executor, it makes that task wait for it and pass its result instead.
     """
-
-    def __init__(self, wait_inline: InlineWaiter | None = None) -> None:
-        super().__init__()
-        self._wait_inline = wait_inline
-
-    def result(self, timeout: float | None = None) -> Any:
-        return super().result(self._waited(timeout))
-
-    def exception(self, timeout: float | None = None) -> BaseException | None:
-        return super().exception(self._waited(timeout))
-
-    def _waited(self, timeout: float | None) -> float | None:
-        """Let ``wait_inline`` try first, if not done; what is left of ``timeout``."""
-        if self._wait_inline is None or self.done():
-            return timeout
-        started = time.monotonic()
-        self._wait_inline(self, timeout)
-        return None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
 
     def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
         collected: dict[TaskFuture, int] | None = getattr(_collecting, "inputs", None)

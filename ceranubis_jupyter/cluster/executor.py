@@ -32,7 +32,6 @@ from .fastpaths import FastPaths
 from .framecap import data_frame_cap
 from .functions import FunctionIds
 from .hosts import Host, HostSpec, as_host
-from .inline_receive import InlineReceiver
 from .link import SILENCE_TIMEOUT, HostInfo
 from .mapping import MapFeeder, MapRefill, MapSlot, MapWaiter, check_buffersize, results_in_order
 from .reach import transports_for
@@ -152,7 +151,6 @@ class NodeExecutor(Travel, Executor):
             fast_paths=fast_paths or FastPaths.from_env(),
             max_data_frame=data_frame_cap(max_data_frame),
         )
-        self._receive_inline = InlineReceiver(self._scheduler)
         self._functions = FunctionIds(self._scheduler.add_function_threadsafe)
         self._init_travel(modules, auto_modules, files)
         self._wrapped = WrappedIds(self.register_function)
@@ -307,7 +305,7 @@ class NodeExecutor(Travel, Executor):
         self, options: TaskOptions, fn: Callable[..., Any], kind: int, arguments: Any
     ) -> Future[Any]:
         fn_id = self._check_submit(fn)
-        future: Future[Any] = TaskFuture(self._receive_inline)
+        future: Future[Any] = TaskFuture()
         record = self._record(options, fn, fn_id, kind, arguments, future)
         self._task_ids[future] = record.task_id
         if not future.done():  # else its arguments would not pickle

@@ -11,9 +11,6 @@
   iterable is kept as the bytes that came (a fifth of its values' size as objects) and
   unpickled by the thread that takes it, not by the loop thread; an error unpickling it is
   raised at its place, the same error. Client side: ``mapping.MapSlot.set_pickled``.
-- ``inline_receive``: a thread that waits for the result of the executor's only task in
-  flight reads the node's answer itself while the loop thread sleeps (one thread wake-up
-  less per round trip). Client side: ``inline_receive.InlineReceiver``.
 
 Every one is on by default. ``CeranubisExecutor(fast_paths=FastPaths(cut_through=False))``
 turns one off for an executor; ``CERANUBIS_FAST_PATHS_OFF=direct_writes,cut_through`` (or
@@ -41,7 +38,6 @@ class FastPaths:
     cut_through: bool = True
     inline_submit: bool = True
     lazy_results: bool = True
-    inline_receive: bool = True
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

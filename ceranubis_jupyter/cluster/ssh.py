@@ -25,10 +25,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, cast
 
 import asyncssh
@@ -69,8 +67,6 @@ MAX_BOOT_LINE = 4096
 _NOT_FOUND = 127
 # The port known_hosts names hosts without (others are written ``[host]:port``).
 _SSH_PORT = 22
-# Linux's TCP_CORK (``None`` elsewhere: writes then go out as asyncssh makes them).
-_TCP_CORK: int | None = getattr(socket, "TCP_CORK", None)
 
 
 class SSHTransport(Transport):
@@ -381,7 +377,6 @@ class SSHChannel(Channel):
         self.chan = chan
         self.session = session
         self._closed = False
-        self._sock = _tcp_socket(conn)
 
     def set_receiver(self, receiver: Receiver) -> None:
         self.session.push_to(receiver)
@@ -409,7 +404,7 @@ class SSHChannel(Channel):
         if self._closed:
             return
         small: list[Buffer] = []
-        with contextlib.suppress(OSError, asyncssh.Error), self._corked():
+        with contextlib.suppress(OSError, asyncssh.Error):
             for chunk in chunks:
                 if len(chunk) >= JOIN_LIMIT:
                     self._write_joined(small)
@@ -417,24 +412,6 @@ class SSHChannel(Channel):
                 else:
                     small.append(chunk)
             self._write_joined(small)
-
-    @contextlib.contextmanager
-    def _corked(self) -> Iterator[None]:
-        """Hold back partial TCP segments while asyncssh writes, then send them together.
-
-        asyncssh puts an SSH_MSG_IGNORE packet before every data packet and hands each to
-        the socket in its own ``send``: uncorked, a small write leaves as two segments and
-        the server (sshd) may wake for each. Corked, they leave as one.
-        """
-        sock = self._sock if _TCP_CORK is not None and os.environ.get("CJ_NOCORK") is None else None
-        if sock is None:
-            yield
-            return
-        sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 1)
-        try:
-            yield
-        finally:
-            sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 0)
 
     def _write_joined(self, small: list[Buffer]) -> None:
         if small:
@@ -476,19 +453,6 @@ class SSHChannel(Channel):
 
     def stderr_tail(self) -> str:
         return self.session.stderr.decode("utf-8", "replace").strip()
-
-    def read_fd(self) -> int | None:
-        sock = None if self._closed else self.conn.get_extra_info("socket")
-        return sock.fileno() if sock is not None else None
-
-
-def _tcp_socket(conn: asyncssh.SSHClientConnection) -> socket.socket | None:
-    """The connection's TCP socket, or ``None`` (another kind of stream: a ProxyCommand's
-    pipe, a tunnel through another connection)."""
-    sock = conn.get_extra_info("socket")
-    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
-        return None
-    return cast(socket.socket, sock)
 
 
 async def _close_connection(conn: asyncssh.SSHClientConnection) -> None:
