@@ -9,12 +9,16 @@ for times).
 
 ``--ssh-w3`` measures W3 alone over a loopback sshd (``sshd.py``), each tree's median
 beside the bare asyncssh echo's measured right after it in the same child, and reports the
-ratio ours/echo per tree (the issue-18 target: at most 1.3).
+ratio ours/echo per tree (the issue-18 target: at most 1.3), with the client's CPU per round
+trip; and the same through the ``ssh`` binary (``CERANUBIS_SSH_CLIENT=openssh``) where the
+tree has it, with W1 per item for both (the ``w*_openssh`` figures).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import io
 import json
 import os
@@ -48,6 +52,12 @@ HIGHER_IS_BETTER = {
     "w3_ssh_us": False,
     "w3_echo_us": False,
     "w3_ssh_per_echo": False,
+    "w3_client_cpu_us": False,
+    "w1_ssh_per_s": True,
+    "w3_openssh_us": False,
+    "w3_openssh_per_echo": False,
+    "w3_openssh_client_cpu_us": False,
+    "w1_openssh_per_s": True,
 }
 _PROJECT_LINE = re.compile(r"ratio project/map:\s+([0-9.]+)")
 
@@ -87,14 +97,46 @@ def measure_ssh_w3() -> dict[str, float]:
     from ceranubis_jupyter.cluster.hosts import Host
 
     host = Host(ssh_bench.ALIAS, python=sys.executable, workers=WORKERS)
-    ours, echo = [], []
-    with CeranubisExecutor([host]) as ex:
-        ex.submit(inc, 1).result()
-        for _ in range(SSH_W3_ROUNDS):
-            ours.append(w.w3_latency(ex, inc)[0])
-            echo.append(ssh_bench.raw_echo()[0])
-    median, echo_median = statistics.median(ours), statistics.median(echo)
-    return {"w3_ssh_us": median, "w3_echo_us": echo_median, "w3_ssh_per_echo": median / echo_median}
+    kinds = ["ssh"]
+    if importlib.util.find_spec("ceranubis_jupyter.cluster.openssh") is not None:
+        kinds.append("openssh")
+    executors = {}
+    for kind in kinds:
+        os.environ["CERANUBIS_SSH_CLIENT"] = "openssh" if kind == "openssh" else "asyncssh"
+        executors[kind] = CeranubisExecutor([host])
+        executors[kind].submit(inc, 1).result()
+    samples: dict[str, list[float]] = {kind: [] for kind in [*kinds, "echo"]}
+    cpu = dict.fromkeys(kinds, 0.0)
+    for _ in range(SSH_W3_ROUNDS):
+        for kind in kinds:
+            started = _client_cpu()
+            samples[kind].append(w.w3_latency(executors[kind], inc)[0])
+            cpu[kind] += _client_cpu() - started
+        samples["echo"].append(ssh_bench.raw_echo()[0])
+    figures = {"w3_echo_us": statistics.median(samples["echo"])}
+    calls = SSH_W3_ROUNDS * (w.W3_CALLS + w.W3_WARMUP)
+    for kind in kinds:
+        median = statistics.median(samples[kind])
+        figures[f"w3_{kind}_us"] = median
+        figures[f"w3_{kind}_per_echo"] = median / figures["w3_echo_us"]
+        prefix = "w3_" if kind == "ssh" else f"w3_{kind}_"
+        figures[f"{prefix}client_cpu_us"] = cpu[kind] / calls * 1e6
+        figures[f"w1_{kind}_per_s"] = w.w1_map(executors[kind], inc)
+        executors[kind].shutdown(wait=True)
+    return figures
+
+
+def _client_cpu() -> float:
+    """CPU seconds of this process and its children that are ``ssh`` clients."""
+    import psutil
+
+    seconds = time.process_time()
+    for child in psutil.Process().children():
+        with contextlib.suppress(psutil.Error):
+            if child.name() == "ssh":
+                times = child.cpu_times()
+                seconds += times.user + times.system
+    return seconds
 
 
 def _export(rev: str, into: Path) -> Path:
