@@ -38,7 +38,6 @@ from report import RAW_SSH as RAW
 
 from ceranubis_jupyter import CeranubisExecutor
 from ceranubis_jupyter.cluster.hosts import Host
-from ceranubis_jupyter.cluster.reach import SSH_CLIENT_ENV
 from ceranubis_jupyter.cluster.ssh import PREFERRED_CIPHER
 
 ALIAS = "cj-bench-0"
@@ -88,6 +87,9 @@ def ours(setup: Loopback) -> Executor:
 
 def ours_openssh(setup: Loopback) -> Executor:
     """Ours again, its node started through the ssh binary (``cluster/openssh.py``)."""
+    from ceranubis_jupyter.cluster.reach import SSH_CLIENT_ENV  # (ab.py imports this module
+    # with an older tree's package too)
+
     os.environ[SSH_CLIENT_ENV] = "openssh"
     try:
         return ours(setup)
