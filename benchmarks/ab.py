@@ -59,6 +59,13 @@ HIGHER_IS_BETTER = {
     "w3_openssh_client_cpu_us": False,
     "w1_openssh_per_s": True,
 }
+# The ssh-binary figures of the new tree, each against the old tree's asyncssh figure.
+OPENSSH_VERSUS = {
+    "w3_openssh_us": "w3_ssh_us",
+    "w3_openssh_per_echo": "w3_ssh_per_echo",
+    "w3_openssh_client_cpu_us": "w3_client_cpu_us",
+    "w1_openssh_per_s": "w1_ssh_per_s",
+}
 _PROJECT_LINE = re.compile(r"ratio project/map:\s+([0-9.]+)")
 
 
@@ -194,6 +201,10 @@ def _report(samples: dict[str, dict[str, list[float]]], rev: str) -> None:
         ratio = b / a if a else float("nan")
         better = "higher" if higher else "lower"
         print(f"{key:<20}{a:>14,.2f}{b:>14,.2f}{ratio:>10.2f}   {better}")
+    for key, base in OPENSSH_VERSUS.items():
+        if key in new and key not in old and base in old:
+            a, b = statistics.median(old[base]), statistics.median(new[key])
+            print(f"{key:<26}{b:>14,.2f}   old {base}: {a:,.2f}, new/old {b / a:.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:
