@@ -87,7 +87,7 @@ def ours(setup: Loopback) -> Executor:
 
 def ours_openssh(setup: Loopback) -> Executor:
     """Ours again, its node started through the ssh binary (``cluster/openssh.py``)."""
-    from ceranubis_jupyter.cluster.reach import SSH_CLIENT_ENV  # (ab.py imports this module
+    from ceranubis_jupyter.cluster.openssh import SSH_CLIENT_ENV  # (ab.py imports this module
     # with an older tree's package too)
 
     os.environ[SSH_CLIENT_ENV] = "openssh"

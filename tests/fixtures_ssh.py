@@ -29,7 +29,7 @@ import psutil
 import pytest
 
 from ceranubis_jupyter.cluster.hosts import Host
-from ceranubis_jupyter.cluster.reach import SSH_CLIENT_ENV
+from ceranubis_jupyter.cluster.openssh import SSH_CLIENT_ENV
 
 SSHD = "/usr/sbin/sshd"
 # Seconds a server gets to start listening before the fixture fails.

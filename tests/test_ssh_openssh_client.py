@@ -20,12 +20,13 @@ from ceranubis_jupyter.cluster.hosts import Host
 from ceranubis_jupyter.cluster.openssh import (
     FORCED_OPTIONS,
     PREFERRED_CIPHER,
+    SSH_CLIENT_ENV,
     OpenSSHTransport,
     classify_ssh_error,
     client_config,
     config_text,
 )
-from ceranubis_jupyter.cluster.reach import SSH_CLIENT_ENV, transport_for
+from ceranubis_jupyter.cluster.reach import transport_for
 from ceranubis_jupyter.errors import AuthError, HostError, HostKeyError, HostUnreachable
 from tests.fixtures_ssh import (
     OPENSSH_ALIAS,

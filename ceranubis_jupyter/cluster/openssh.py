@@ -42,9 +42,12 @@ from ..errors import (
 )
 from .bootstrap import ERROR_PREFIX, NEED, READY, Bundle, node_bundle, remote_command
 from .hosts import Host
-from .reach import SSH_CLIENT_ENV
 from .transport import EXIT_GRACE_SECONDS, Channel, ProcessChannel, Transport, start_process_channel
 
+# The environment variable that picks the SSH client for remote hosts: "asyncssh" (the
+# default, in this process) or "openssh" (the system's ssh binary in its own process).
+SSH_CLIENT_ENV = "CERANUBIS_SSH_CLIENT"
+SSH_CLIENTS = ("asyncssh", "openssh")
 # The OpenSSH client (looked up on PATH).
 SSH_BINARY = "ssh"
 # Seconds to reach the host and log in (ssh's ConnectTimeout, unless the user's config

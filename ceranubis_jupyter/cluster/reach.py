@@ -14,12 +14,8 @@ from collections.abc import Sequence
 from ..config import expand_host_groups
 from ..errors import ConfigError
 from .hosts import Host, HostSpec, as_host, check_unique
+from .openssh import SSH_CLIENT_ENV, SSH_CLIENTS, OpenSSHTransport
 from .transport import LocalTransport, Transport
-
-# The environment variable that picks the SSH client for remote hosts: "asyncssh" (the
-# default, in this process) or "openssh" (the system's ssh binary in its own process).
-SSH_CLIENT_ENV = "CERANUBIS_SSH_CLIENT"
-SSH_CLIENTS = ("asyncssh", "openssh")
 
 
 def transports_for(
@@ -47,8 +43,6 @@ def transport_for(host: Host, max_workers: int | None = None) -> Transport:
     if client not in SSH_CLIENTS:
         raise ConfigError(f"{SSH_CLIENT_ENV}={client!r}: use one of {', '.join(SSH_CLIENTS)}")
     if client == "openssh":
-        from .openssh import OpenSSHTransport
-
         return OpenSSHTransport(host, max_workers)
     from .ssh import SSHTransport  # asyncssh is imported only when a remote host is used
 
