@@ -25,7 +25,6 @@ asyncssh's and are refused here.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import os
 import re
@@ -42,7 +41,7 @@ from ..errors import (
 )
 from .bootstrap import ERROR_PREFIX, NEED, READY, Bundle, node_bundle, remote_command
 from .hosts import Host
-from .transport import EXIT_GRACE_SECONDS, Channel, ProcessChannel, Transport, start_process_channel
+from .transport import Channel, ProcessChannel, Transport, start_process_channel
 
 # The environment variable that picks the SSH client for remote hosts: "asyncssh" (the
 # default, in this process) or "openssh" (the system's ssh binary in its own process).
@@ -171,10 +170,7 @@ class OpenSSHTransport(Transport):
     async def _failure(self, channel: ProcessChannel, line: bytes | None) -> HostError:
         """Why ssh or the node ended before BOOT's answer (from the exit status and
         ssh's stderr)."""
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(channel.process.wait(), EXIT_GRACE_SECONDS)
-        await asyncio.sleep(0)  # let the stderr reader take what is left
-        status, tail = channel.process.returncode, channel.stderr_tail()[-500:]
+        status, tail = await channel.exited(), channel.stderr_tail()[-500:]
         if status == _SSH_FAILED:
             return classify_ssh_error(self.host, tail)
         if status == _NOT_FOUND:
