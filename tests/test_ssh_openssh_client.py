@@ -20,6 +20,7 @@ from ceranubis_jupyter.cluster.hosts import Host
 from ceranubis_jupyter.cluster.openssh import (
     FORCED_OPTIONS,
     PREFERRED_CIPHER,
+    PREFERRED_KEX,
     SSH_CLIENT_ENV,
     OpenSSHTransport,
     classify_ssh_error,
@@ -112,7 +113,7 @@ def test_the_user_config_wins_over_the_written_defaults(
     text = config_text(str(ssh_env.path))
     assert text.index("Include") < text.index("Host *")
 
-    def ciphers(alias: str) -> str:
+    def resolved(alias: str, name: str) -> str:
         shown = subprocess.run(
             ["ssh", "-F", str(client_config()), "-G", alias],
             capture_output=True,
@@ -120,10 +121,11 @@ def test_the_user_config_wins_over_the_written_defaults(
             check=True,
             timeout=RESULT_TIMEOUT,
         ).stdout
-        return next(line.split()[1] for line in shown.splitlines() if line.startswith("ciphers "))
+        return next(line.split()[1] for line in shown.splitlines() if line.startswith(name + " "))
 
-    assert ciphers(OPENSSH_ALIAS).split(",")[0] == PREFERRED_CIPHER
-    assert ciphers("cj-chacha-client") == chosen
+    assert resolved(OPENSSH_ALIAS, "ciphers").split(",")[0] == PREFERRED_CIPHER
+    assert resolved(OPENSSH_ALIAS, "kexalgorithms").split(",")[0] == PREFERRED_KEX
+    assert resolved("cj-chacha-client", "ciphers") == chosen
 
 
 def test_an_unknown_host_key_is_refused(
