@@ -6,11 +6,19 @@ measures both trees, each in a fresh process that imports its own package, in th
 A B, then B A, then A B...: drift on a shared machine hits both alike. The report gives the
 median of every figure per tree and the ratio new/old (above 1 is better for rates, below 1
 for times).
+
+``--ssh-w3`` measures W3 alone over a loopback sshd (``sshd.py``), each tree's median
+beside the bare asyncssh echo's measured right after it in the same child, and reports the
+ratio ours/echo per tree (the issue-18 target: at most 1.3), with the client's CPU per round
+trip; and the same through the ``ssh`` binary (``CERANUBIS_SSH_CLIENT=openssh``) where the
+tree has it, with W1 per item for both (the ``w*_openssh`` figures).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import io
 import json
 import os
@@ -31,6 +39,8 @@ BLOCKS = 4
 WORKERS = 2
 # Seconds one tree's measurement may take before the run is stopped.
 MEASURE_TIMEOUT = 300.0
+# W3 medians per tree and block with --ssh-w3 (each beside an echo median).
+SSH_W3_ROUNDS = 3
 # What each figure is: a rate (higher is better) or a time (lower is better).
 HIGHER_IS_BETTER = {
     "w1_per_s": True,
@@ -39,6 +49,22 @@ HIGHER_IS_BETTER = {
     "w3_median_us": False,
     "w4_mb_per_s": True,
     "project_map_ratio": True,
+    "w3_ssh_us": False,
+    "w3_echo_us": False,
+    "w3_ssh_per_echo": False,
+    "w3_client_cpu_us": False,
+    "w1_ssh_per_s": True,
+    "w3_openssh_us": False,
+    "w3_openssh_per_echo": False,
+    "w3_openssh_client_cpu_us": False,
+    "w1_openssh_per_s": True,
+}
+# The ssh-binary figures of the new tree, each against the old tree's asyncssh figure.
+OPENSSH_VERSUS = {
+    "w3_openssh_us": "w3_ssh_us",
+    "w3_openssh_per_echo": "w3_ssh_per_echo",
+    "w3_openssh_client_cpu_us": "w3_client_cpu_us",
+    "w1_openssh_per_s": "w1_ssh_per_s",
 }
 _PROJECT_LINE = re.compile(r"ratio project/map:\s+([0-9.]+)")
 
@@ -67,6 +93,59 @@ def measure() -> dict[str, float]:
     return figures
 
 
+def measure_ssh_w3() -> dict[str, float]:
+    """W3 over the loopback sshd that the parent started (its ``HOME`` names it), then
+    the bare asyncssh echo to the same remote Python, three times each, interleaved."""
+    sys.path.insert(0, str(HERE))
+    import ssh_bench
+    import workloads as w
+
+    from ceranubis_jupyter import CeranubisExecutor
+    from ceranubis_jupyter.cluster.hosts import Host
+
+    host = Host(ssh_bench.ALIAS, python=sys.executable, workers=WORKERS)
+    kinds = ["ssh"]
+    if importlib.util.find_spec("ceranubis_jupyter.cluster.openssh") is not None:
+        kinds.append("openssh")
+    executors = {}
+    for kind in kinds:
+        os.environ["CERANUBIS_SSH_CLIENT"] = "openssh" if kind == "openssh" else "asyncssh"
+        executors[kind] = CeranubisExecutor([host])
+        executors[kind].submit(inc, 1).result()
+    samples: dict[str, list[float]] = {kind: [] for kind in [*kinds, "echo"]}
+    cpu = dict.fromkeys(kinds, 0.0)
+    for _ in range(SSH_W3_ROUNDS):
+        for kind in kinds:
+            started = _client_cpu()
+            samples[kind].append(w.w3_latency(executors[kind], inc)[0])
+            cpu[kind] += _client_cpu() - started
+        samples["echo"].append(ssh_bench.raw_echo()[0])
+    figures = {"w3_echo_us": statistics.median(samples["echo"])}
+    calls = SSH_W3_ROUNDS * (w.W3_CALLS + w.W3_WARMUP)
+    for kind in kinds:
+        median = statistics.median(samples[kind])
+        figures[f"w3_{kind}_us"] = median
+        figures[f"w3_{kind}_per_echo"] = median / figures["w3_echo_us"]
+        prefix = "w3_" if kind == "ssh" else f"w3_{kind}_"
+        figures[f"{prefix}client_cpu_us"] = cpu[kind] / calls * 1e6
+        figures[f"w1_{kind}_per_s"] = w.w1_map(executors[kind], inc)
+        executors[kind].shutdown(wait=True)
+    return figures
+
+
+def _client_cpu() -> float:
+    """CPU seconds of this process and its children that are ``ssh`` clients."""
+    import psutil
+
+    seconds = time.process_time()
+    for child in psutil.Process().children():
+        with contextlib.suppress(psutil.Error):
+            if child.name() == "ssh":
+                times = child.cpu_times()
+                seconds += times.user + times.system
+    return seconds
+
+
 def _export(rev: str, into: Path) -> Path:
     archive = subprocess.run(
         ["git", "-C", str(ROOT), "archive", rev], capture_output=True, check=True
@@ -78,10 +157,10 @@ def _export(rev: str, into: Path) -> Path:
     return tree
 
 
-def _run_tree(tree: Path, with_project: bool) -> dict[str, float]:
+def _run_tree(tree: Path, with_project: bool, mode: str = "--measure") -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": str(tree)}
     child = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--measure"],
+        [sys.executable, str(Path(__file__).resolve()), mode],
         env=env,
         cwd=tree,
         capture_output=True,
@@ -112,7 +191,8 @@ def _project_ratio(tree: Path, env: dict[str, str]) -> float:
 
 def _report(samples: dict[str, dict[str, list[float]]], rev: str) -> None:
     old, new = samples["old"], samples["new"]
-    print(f"\nA/B: old = {rev}, new = this checkout; medians of {len(old['w1_per_s'])} blocks")
+    blocks = len(next(iter(old.values())))
+    print(f"\nA/B: old = {rev}, new = this checkout; medians of {blocks} blocks")
     print(f"{'figure':<20}{'old':>14}{'new':>14}{'new/old':>10}   better")
     for key, higher in HIGHER_IS_BETTER.items():
         if key not in old:
@@ -121,6 +201,10 @@ def _report(samples: dict[str, dict[str, list[float]]], rev: str) -> None:
         ratio = b / a if a else float("nan")
         better = "higher" if higher else "lower"
         print(f"{key:<20}{a:>14,.2f}{b:>14,.2f}{ratio:>10.2f}   {better}")
+    for key, base in OPENSSH_VERSUS.items():
+        if key in new and key not in old and base in old:
+            a, b = statistics.median(old[base]), statistics.median(new[key])
+            print(f"{key:<26}{b:>14,.2f}   old {base}: {a:,.2f}, new/old {b / a:.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,11 +213,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", default="HEAD~1", help="the earlier commit (git rev)")
     parser.add_argument("--blocks", type=int, default=BLOCKS)
     parser.add_argument("--no-project", action="store_true", help="skip bench_project.py")
+    parser.add_argument("--ssh-w3", action="store_true", help="W3 over a loopback sshd only")
     parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--measure-ssh-w3", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.measure:
-        print(json.dumps(measure()))
+    if args.measure or args.measure_ssh_w3:
+        print(json.dumps(measure_ssh_w3() if args.measure_ssh_w3 else measure()))
         return 0
+    if args.ssh_w3:
+        sys.path.insert(0, str(HERE))
+        import sshd
+
+        with sshd.loopback_hosts(1):
+            _blocks(args, "--measure-ssh-w3")
+        return 0
+    _blocks(args, "--measure")
+    return 0
+
+
+def _blocks(args: argparse.Namespace, mode: str) -> None:
     samples: dict[str, dict[str, list[float]]] = {"old": {}, "new": {}}
     with tempfile.TemporaryDirectory(prefix="cj-ab-") as tmp:
         trees = {"old": _export(args.base, Path(tmp)), "new": ROOT}
@@ -141,13 +239,13 @@ def main(argv: list[str] | None = None) -> int:
             order = ["old", "new"] if block % 2 == 0 else ["new", "old"]
             for name in order:
                 started = time.monotonic()
-                figures = _run_tree(trees[name], not args.no_project)
+                with_project = mode == "--measure" and not args.no_project
+                figures = _run_tree(trees[name], with_project, mode)
                 for key, value in figures.items():
                     samples[name].setdefault(key, []).append(value)
                 took = time.monotonic() - started
                 print(f"block {block + 1} {name}: {json.dumps(figures)} ({took:.0f} s)")
     _report(samples, args.base)
-    return 0
 
 
 if __name__ == "__main__":

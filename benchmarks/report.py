@@ -22,6 +22,8 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 OURS_SSH = "ceranubis-ssh"
 RAW_SSH = "asyncssh"
 EXECNET_SSH = "execnet-ssh"
+# Ours again, through the ssh binary (CERANUBIS_SSH_CLIENT=openssh: cluster/openssh.py).
+OURS_OPENSSH = "ceranubis-openssh"
 
 Samples = dict[str, dict[str, list[float]]]
 Medians = dict[str, dict[str, float]]
@@ -107,7 +109,7 @@ LOCAL = Section(
 SSH = Section(
     "Over SSH to a loopback sshd (2 workers) vs bare asyncssh and execnet, same cipher",
     OURS_SSH,
-    (OURS_SSH, RAW_SSH, EXECNET_SSH),
+    (OURS_SSH, RAW_SSH, EXECNET_SSH, OURS_OPENSSH),
     (
         Metric(
             "w1",
@@ -270,4 +272,14 @@ def _section_json(meds: Medians, section: Section) -> dict[str, Any]:
     }
 
 
-__all__ = ["LOCAL", "LOKY", "OURS_SSH", "RAW_SSH", "SECTIONS", "SSH", "table", "write_json"]
+__all__ = [
+    "LOCAL",
+    "LOKY",
+    "OURS_OPENSSH",
+    "OURS_SSH",
+    "RAW_SSH",
+    "SECTIONS",
+    "SSH",
+    "table",
+    "write_json",
+]

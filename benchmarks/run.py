@@ -145,6 +145,7 @@ class Run:
         self.samples.setdefault(report.OURS_SSH, defaultdict(list))
         self.samples.setdefault(report.RAW_SSH, defaultdict(list))
         self.samples.setdefault(report.EXECNET_SSH, defaultdict(list))
+        self.samples.setdefault(report.OURS_OPENSSH, defaultdict(list))
         self.notes += ssh_bench.run_ssh(self.record, inc, self.repeats, _progress)
 
     def _throughput(self) -> None:

@@ -10,6 +10,9 @@ host-key checking stays on. Then, one after the other:
 - W1 (per item and chunksize=1000), W2, W3 and W4 against execnet over ssh with a minimal
   dill executor (``execnet_peer.py``), the SSH peer of benchmarks/README.md (left out, with a
   line saying so, where execnet is not installed: it comes with the dev extra).
+
+Every SSH row is measured for ours twice: through asyncssh (the default) and through the
+``ssh`` binary (``CERANUBIS_SSH_CLIENT=openssh``, the ``ceranubis-openssh`` column).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import asyncio
 import contextlib
 import importlib.util
 import logging
+import os
 import statistics
 import struct
 import sys
@@ -29,7 +33,7 @@ from typing import Any
 import asyncssh
 import sshd
 import workloads as w
-from report import EXECNET_SSH, OURS_SSH
+from report import EXECNET_SSH, OURS_OPENSSH, OURS_SSH
 from report import RAW_SSH as RAW
 
 from ceranubis_jupyter import CeranubisExecutor
@@ -79,6 +83,18 @@ def ours(setup: Loopback) -> Executor:
     """Our executor on the loopback host, two workers."""
     executor: Executor = CeranubisExecutor([setup.host()])
     return executor
+
+
+def ours_openssh(setup: Loopback) -> Executor:
+    """Ours again, its node started through the ssh binary (``cluster/openssh.py``)."""
+    from ceranubis_jupyter.cluster.openssh import SSH_CLIENT_ENV  # (ab.py imports this module
+    # with an older tree's package too)
+
+    os.environ[SSH_CLIENT_ENV] = "openssh"
+    try:
+        return ours(setup)
+    finally:
+        del os.environ[SSH_CLIENT_ENV]
 
 
 def cold_start(setup: Loopback, inc: w.IntFn) -> float:
@@ -181,14 +197,16 @@ def _run_ssh(record: Record, inc: w.IntFn, repeats: int, progress: Callable[[str
         for _ in range(repeats):
             record(OURS_SSH, "w5_cold", cold_start(setup, inc))
             record(OURS_SSH, "w5_warm", w.w5_startup(lambda: ours(setup), inc))
-        executor = ours(setup)
+        executor, openssh = ours(setup), ours_openssh(setup)
         try:
             executor.submit(inc, 1).result()
-            _latency(record, executor, inc, repeats, progress)
-            cipher = _bandwidth(record, executor, repeats, progress)
-            _versus_execnet(record, setup, executor, inc, repeats, progress)
+            openssh.submit(inc, 1).result()
+            _latency(record, executor, openssh, inc, repeats, progress)
+            cipher = _bandwidth(record, executor, openssh, repeats, progress)
+            _versus_execnet(record, setup, executor, openssh, inc, repeats, progress)
         finally:
             executor.shutdown(wait=True)
+            openssh.shutdown(wait=True)
         return cipher
 
 
@@ -196,6 +214,7 @@ def _versus_execnet(
     record: Record,
     setup: Loopback,
     ours_executor: Executor,
+    openssh: Executor,
     inc: w.IntFn,
     repeats: int,
     progress: Callable[[str], None],
@@ -212,7 +231,8 @@ def _versus_execnet(
         peer.submit(inc, 1).result()
         payload = w.w4_payloads()["bytes"]
         for _ in range(repeats):
-            for system, executor in ((OURS_SSH, ours_executor), (EXECNET_SSH, peer)):
+            systems = ((OURS_SSH, ours_executor), (EXECNET_SSH, peer), (OURS_OPENSSH, openssh))
+            for system, executor in systems:
                 record(system, "w1", w.w1_map(executor, inc))
                 record(system, "w1_batched", w.w1_map(executor, inc, chunksize=1000))
                 record(system, "w2", w.w2_submit(executor, inc))
@@ -226,20 +246,30 @@ def _versus_execnet(
 
 
 def _latency(
-    record: Record, executor: Executor, inc: w.IntFn, repeats: int, progress: Callable[[str], None]
+    record: Record,
+    executor: Executor,
+    openssh: Executor,
+    inc: w.IntFn,
+    repeats: int,
+    progress: Callable[[str], None],
 ) -> None:
     progress("SSH W3 latency vs asyncssh echo")
     for _ in range(repeats):
-        median, p99 = w.w3_latency(executor, inc)
-        record(OURS_SSH, "w3_median", median)
-        record(OURS_SSH, "w3_p99", p99)
+        for system, ours_executor in ((OURS_SSH, executor), (OURS_OPENSSH, openssh)):
+            median, p99 = w.w3_latency(ours_executor, inc)
+            record(system, "w3_median", median)
+            record(system, "w3_p99", p99)
         median, p99 = raw_echo()
         record(RAW, "w3_median", median)
         record(RAW, "w3_p99", p99)
 
 
 def _bandwidth(
-    record: Record, executor: Executor, repeats: int, progress: Callable[[str], None]
+    record: Record,
+    executor: Executor,
+    openssh: Executor,
+    repeats: int,
+    progress: Callable[[str], None],
 ) -> str:
     """W4 ours and raw, interleaved (one raw round trip per connection: its first transfer
     is counted, as ours after the executor's warm-up); returns the raw side's cipher."""
@@ -251,4 +281,5 @@ def _bandwidth(
         record(RAW, "w4_bytes", rates[0])
         for kind, payload in payloads.items():
             record(OURS_SSH, f"w4_{kind}", w.w4_throughput(executor, payload))
+            record(OURS_OPENSSH, f"w4_{kind}", w.w4_throughput(openssh, payload))
     return cipher

@@ -85,9 +85,10 @@ def no_stray_nodes(request: pytest.FixtureRequest) -> Iterator[None]:
     assert not leaked, f"stray node/worker processes after the test: {sorted(leaked)}"
 
 
-# Transports the executor tests run over; the SSH area adds "asyncssh" and "openssh"
+# Transports the executor tests run over; the SSH area adds "asyncssh" and "openssh" (the
+# two servers, reached with asyncssh) and "openssh_client" (the sshd through the ssh binary)
 # (each name N needs a fixture ``hosts_N`` returning the ``hosts`` argument of the executor).
-TRANSPORTS = ["local", "asyncssh", "openssh"]
+TRANSPORTS = ["local", "asyncssh", "openssh", "openssh_client"]
 
 
 @pytest.fixture
@@ -132,6 +133,7 @@ _FIXTURE_KINDS = {
     "jupyterlab": "browser",
 }
 _PARAM_KINDS = {("hosts", "asyncssh"): "ssh", ("hosts", "openssh"): "ssh"}
+_PARAM_KINDS[("hosts", "openssh_client")] = "ssh"
 _PARAM_KINDS[("store_url", "postgresql")] = "postgres"
 _MODULE_KINDS = {"test_notebooks": "kernel", "test_binder": "kernel"}
 

@@ -29,6 +29,7 @@ import psutil
 import pytest
 
 from ceranubis_jupyter.cluster.hosts import Host
+from ceranubis_jupyter.cluster.openssh import SSH_CLIENT_ENV
 
 SSHD = "/usr/sbin/sshd"
 # Seconds a server gets to start listening before the fixture fails.
@@ -255,6 +256,15 @@ def openssh_server(
 @pytest.fixture
 def hosts_openssh(openssh_server: OpenSSHServer, ssh_env: SSHHome) -> list[Host]:
     """Executor hosts: the loopback sshd through its ssh-config alias."""
+    return [Host(OPENSSH_ALIAS, python=TEST_PYTHON)]
+
+
+@pytest.fixture
+def hosts_openssh_client(
+    openssh_server: OpenSSHServer, ssh_env: SSHHome, monkeypatch: pytest.MonkeyPatch
+) -> list[Host]:
+    """The loopback sshd again, reached through the ``ssh`` binary (cluster/openssh.py)."""
+    monkeypatch.setenv(SSH_CLIENT_ENV, "openssh")
     return [Host(OPENSSH_ALIAS, python=TEST_PYTHON)]
 
 

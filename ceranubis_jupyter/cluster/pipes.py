@@ -50,6 +50,11 @@ class PipeReader:
             await self._waiter
         return self._chunks.popleft() if self._chunks else b""
 
+    def unread(self, data: bytes) -> None:
+        """Put ``data`` back, to be the next bytes :meth:`read` returns (or the receiver
+        gets first)."""
+        self._chunks.appendleft(data)
+
     def set_receiver(self, receiver: Receiver) -> None:
         """Deliver everything from now on to ``receiver``, starting with what is kept."""
         self._receiver = receiver

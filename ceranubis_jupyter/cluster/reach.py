@@ -2,16 +2,19 @@
 
 Local hosts get a :class:`~.transport.LocalTransport` (pipes); the others an
 :class:`~.ssh.SSHTransport`, whose module (and asyncssh) is imported only when a remote host
-is used, so the embedded default starts without it.
+is used, so the embedded default starts without it. ``CERANUBIS_SSH_CLIENT=openssh`` gives
+the remote hosts an :class:`~.openssh.OpenSSHTransport` instead (the ``ssh`` binary).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 from ..config import expand_host_groups
 from ..errors import ConfigError
 from .hosts import Host, HostSpec, as_host, check_unique
+from .openssh import SSH_CLIENT_ENV, SSH_CLIENTS, OpenSSHTransport
 from .transport import LocalTransport, Transport
 
 
@@ -36,6 +39,11 @@ def transport_for(host: Host, max_workers: int | None = None) -> Transport:
         transport = LocalTransport(host.workers or max_workers, host=host.name)
         transport.group = host.group
         return transport
+    client = os.environ.get(SSH_CLIENT_ENV, "").strip().lower() or SSH_CLIENTS[0]
+    if client not in SSH_CLIENTS:
+        raise ConfigError(f"{SSH_CLIENT_ENV}={client!r}: use one of {', '.join(SSH_CLIENTS)}")
+    if client == "openssh":
+        return OpenSSHTransport(host, max_workers)
     from .ssh import SSHTransport  # asyncssh is imported only when a remote host is used
 
     return SSHTransport(host, max_workers)

@@ -284,6 +284,17 @@ class ProcessChannel(Channel):
     def stderr_tail(self) -> str:
         return self._stderr.decode("utf-8", "replace").strip()
 
+    async def exited(self) -> int | None:
+        """The process's exit status once it and its stderr have ended (``None``: still
+        running after ``EXIT_GRACE_SECONDS``); its last words are then in
+        :meth:`stderr_tail`."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(
+                asyncio.gather(self.process.wait(), asyncio.shield(self._stderr_task)),
+                EXIT_GRACE_SECONDS,
+            )
+        return self.process.returncode
+
     async def _collect_stderr(self) -> None:
         stream = self.process.stderr
         assert stream is not None
