@@ -20,9 +20,9 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from pathlib import Path
 
+import bench_hosts
 import psutil
 import sshd
 
@@ -33,8 +33,6 @@ BLOCKS = 3
 HOST_COUNTS = (1, 4, 16)
 # Seconds one tree's measurement may take before the run is stopped.
 MEASURE_TIMEOUT = 600.0
-# Tiny tasks sent per round while waiting for every host to have run one.
-PROBE_BATCH = 64
 # Warm starts measured per block and tree.
 STARTS = 2
 
@@ -47,25 +45,6 @@ def inc(x: int) -> int:
 def _cpu(process: psutil.Process) -> float:
     times = process.cpu_times()
     return times.user + times.system
-
-
-def _start(aliases: list[str], pids: list[int]) -> tuple[float, float, float]:
-    """Seconds to a result on every host, the client's CPU and the host side's CPU."""
-    from ceranubis_jupyter import CeranubisExecutor, Host
-
-    me = psutil.Process()
-    sshd.wait_reaped(pids)
-    client, hosts = _cpu(me), sshd.host_side_cpu(pids)
-    start = time.perf_counter()
-    ex = CeranubisExecutor([Host(a, python=sys.executable, workers=1) for a in aliases])
-    try:
-        while min(info.done for info in ex.hosts()) < 1:
-            list(ex.map(inc, range(PROBE_BATCH)))
-        elapsed = time.perf_counter() - start
-    finally:
-        ex.shutdown(wait=True)
-    sshd.wait_reaped(pids)
-    return elapsed, _cpu(me) - client, sshd.host_side_cpu(pids) - hosts
 
 
 def _w1(aliases: list[str]) -> tuple[float, float]:
@@ -88,8 +67,10 @@ def _w1(aliases: list[str]) -> tuple[float, float]:
 def measure(aliases: list[str], pids: list[int]) -> dict[str, float]:
     """One tree's figures (this process imports that tree's package)."""
     figures: dict[str, float] = {}
-    _start(aliases, pids)  # untimed: a tree whose bundle is new installs it on every host
-    starts = [_start(aliases, pids) for _ in range(STARTS)]
+    bench_hosts.start_to_every_host(
+        aliases, inc
+    )  # untimed: a tree whose bundle is new installs it on every host
+    starts = [bench_hosts.start_cost(aliases, pids, inc) for _ in range(STARTS)]
     figures["start16_s"] = statistics.median(s[0] for s in starts)
     figures["start16_client_cpu_s"] = statistics.median(s[1] for s in starts)
     figures["start16_host_cpu_ms_per_host"] = statistics.median(

@@ -1,7 +1,8 @@
 """H16: many hosts. 16 loopback sshd (each its own port and bundle cache) x 1 worker.
 
 Prints, each against our own 1-host figure from the same run: start to a first result on
-every host (cold caches, then warm), W1 per item at 1, 4 and 16 hosts, and the client's CPU
+every host (cold caches, then warm; one task pinned to each host), the client's CPU and the
+host side's CPU per host of a warm start, W1 per item at 1, 4 and 16 hosts, and the client's CPU
 time per task at 1, 4 and 16 hosts (user + system of this process over the W1 map).
 
 ``.venv/bin/python benchmarks/bench_hosts.py`` (``run.py`` calls it in its own process: it
@@ -14,6 +15,8 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
+from concurrent.futures import wait
 
 import psutil
 import sshd
@@ -24,8 +27,6 @@ from ceranubis_jupyter import CeranubisExecutor, Host
 HOST_COUNTS = (1, 4, 16)
 # Seconds the start measurement waits for a first result on every host before giving up.
 START_LIMIT = 120.0
-# Tiny tasks sent per round while waiting for every host to have run one.
-PROBE_BATCH = 64
 
 
 def inc(x: int) -> int:
@@ -37,27 +38,32 @@ def executor_on(aliases: list[str]) -> CeranubisExecutor:
     return CeranubisExecutor([Host(a, python=sys.executable, workers=1) for a in aliases])
 
 
-def start_cost(aliases: list[str], pids: list[int]) -> tuple[float, float, float]:
+def start_cost(
+    aliases: list[str], pids: list[int], task: Callable[[int], int] = inc
+) -> tuple[float, float, float]:
     """A warm start: its seconds, the client's CPU seconds and the CPU seconds on the host
     side (every sshd session, shell, node and worker), once every session has ended."""
     me = psutil.Process()
     sshd.wait_reaped(pids)
     client, hosts = sum(me.cpu_times()[:2]), sshd.host_side_cpu(pids)
-    elapsed = start_to_every_host(aliases)
+    elapsed = start_to_every_host(aliases, task)
     sshd.wait_reaped(pids)
     return elapsed, sum(me.cpu_times()[:2]) - client, sshd.host_side_cpu(pids) - hosts
 
 
-def start_to_every_host(aliases: list[str]) -> float:
-    """Seconds from constructing the executor to a first result from every host."""
+def start_to_every_host(aliases: list[str], task: Callable[[int], int] = inc) -> float:
+    """Seconds from constructing the executor to a first result from every host.
+
+    Each host is its own group and gets one task of its own: a probe that spun maps over
+    the hosts already up would burn the 2 cores the other hosts start on.
+    """
     start = time.perf_counter()
-    ex = executor_on(aliases)
+    ex = CeranubisExecutor([Host(a, python=sys.executable, workers=1, group=a) for a in aliases])
     try:
-        deadline = time.monotonic() + START_LIMIT
-        while min(info.done for info in ex.hosts()) < 1:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"not every host answered within {START_LIMIT:g} s")
-            list(ex.map(inc, range(PROBE_BATCH)))
+        probes = [ex.options(group=alias).submit(task, 1) for alias in aliases]
+        wait(probes, timeout=START_LIMIT)
+        for probe in probes:
+            probe.result(timeout=0)  # a host that failed (or did not answer) says so here
         return time.perf_counter() - start
     finally:
         ex.shutdown(wait=True)
