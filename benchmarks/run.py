@@ -41,6 +41,8 @@ QUEUE_BENCH = Path(__file__).resolve().parent / "bench_queue.py"
 QUEUE_BENCH_TIMEOUT = 900.0
 # The many-hosts (H16) and how-cost-grows benchmarks, each in its own process.
 HOSTS_BENCH = Path(__file__).resolve().parent / "bench_hosts.py"
+# W6 over SSH with the CPU of the client, sshd, node and workers (its own process).
+W6_BENCH = Path(__file__).resolve().parent / "bench_w6.py"
 SCALE_BENCH = Path(__file__).resolve().parent / "bench_scale.py"
 # Results bench_project.py stores in one run (9 projects of 20,000): for per-result costs.
 PROJECT_STORED_TASKS = 9 * 20_000
@@ -218,6 +220,7 @@ def run_other_benches(args: argparse.Namespace) -> list[str]:
         reports.append(run_store_bench(RERUN_BENCH))
     if not args.no_ssh and not ssh_unavailable():
         reports.append(run_store_bench(HOSTS_BENCH, timeout=LONG_BENCH_TIMEOUT))
+        reports.append(run_store_bench(W6_BENCH))
     if not args.no_ssh and not ssh_unavailable():
         reports.append(run_store_bench(SYNC_BENCH, timeout=SYNC_BENCH_TIMEOUT))
     if not args.no_scale:

@@ -26,6 +26,9 @@ import psutil
 SSHD = "/usr/sbin/sshd"
 # Seconds an sshd gets to start listening before the benchmark gives up.
 START_TIMEOUT = 10.0
+# Seconds to wait for the sessions of a closed executor to end (their CPU reaches the
+# sshd's children times only once it has reaped them).
+REAP_TIMEOUT = 10.0
 
 
 @dataclass
@@ -57,12 +60,36 @@ class Server:
         psutil.wait_procs(sessions, timeout=3)
 
 
+def host_side_cpu(pids: list[int]) -> float:
+    """CPU seconds of the sshd with these PIDs and every session they have reaped
+    (sessions, shells, nodes and workers: each parent reaps its children)."""
+    total = 0.0
+    for pid in pids:
+        times = psutil.Process(pid).cpu_times()
+        total += times.user + times.system + times.children_user + times.children_system
+    return total
+
+
+def wait_reaped(pids: list[int]) -> None:
+    """Wait until no sshd has a session left (so :func:`host_side_cpu` counts them)."""
+    deadline = time.monotonic() + REAP_TIMEOUT
+    while any(psutil.Process(pid).children() for pid in pids):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"sshd sessions still running {REAP_TIMEOUT:g} s after close")
+        time.sleep(0.05)
+
+
 @dataclass
 class Loopback:
     """The client HOME and the servers it reaches by alias."""
 
     home: Path
     servers: list[Server]
+
+    @property
+    def pids(self) -> list[int]:
+        """The servers' sshd PIDs (for :func:`host_side_cpu`)."""
+        return [server.process.pid for server in self.servers]
 
     @property
     def ssh_config(self) -> Path:

@@ -18,8 +18,8 @@ import pytest
 
 from ceranubis_jupyter import CeranubisExecutor
 from ceranubis_jupyter.cluster.bootstrap import node_bundle
+from ceranubis_jupyter.cluster.credit import CREDIT_PER_WORKER
 from ceranubis_jupyter.cluster.hosts import Host
-from ceranubis_jupyter.cluster.link import CREDIT_PER_WORKER
 from ceranubis_jupyter.cluster.ssh import PREFERRED_CIPHER
 from ceranubis_jupyter.cluster.transport import NODE_MARKER
 from tests.fixtures_ssh import (

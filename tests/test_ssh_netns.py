@@ -18,8 +18,9 @@ import psutil
 import pytest
 
 from ceranubis_jupyter import CeranubisExecutor, HostUnreachable
+from ceranubis_jupyter.cluster.credit import CREDIT_PER_WORKER
 from ceranubis_jupyter.cluster.hosts import Host
-from ceranubis_jupyter.cluster.link import CREDIT_PER_WORKER, SILENCE_TIMEOUT
+from ceranubis_jupyter.cluster.link import SILENCE_TIMEOUT
 from tests.fixtures_ssh import (
     TEST_PYTHON,
     OpenSSHServer,

@@ -24,24 +24,17 @@ from typing import Protocol
 
 from ..errors import HostError, HostVersionMismatch, NodeLost, ProtocolError
 from ..wire import protocol as p
+from . import credit
+from .credit import MIN_CREDIT_PER_WORKER, QUEUED_SECONDS
 from .fastpaths import FastPaths
 from .filesync import FileRegistry, LinkFiles
 from .modules import CodeRegistry, LinkCode
 from .outcomes import node_broke
-from .tasks import TaskRecord
+from .tasks import PendingQueue, TaskRecord
 from .transport import Channel, Transport
 
 log = logging.getLogger("ceranubis")
 
-# Tasks in flight per worker of a node, at most: enough to hide a network round trip behind
-# tiny tasks and let them travel in big batches; the adaptive credit below (QUEUED_SECONDS)
-# keeps slower tasks far under it, so a slow host does not hoard the tail of a sweep.
-CREDIT_PER_WORKER = 128
-# ... and at least (one running, one waiting); a node starts here and grows its credit
-# while it returns results quickly.
-MIN_CREDIT_PER_WORKER = 2
-# Seconds of work to keep queued per worker when sizing credit from observed task times.
-QUEUED_SECONDS = 0.02
 # Weight of the newest observation in the per-node task-time average.
 SERVICE_SMOOTHING = 0.2
 # Seconds to start a node and get its Hello before the host counts as failed.
@@ -71,6 +64,8 @@ class LinkOwner(Protocol):
     max_data_frame: int
     code: CodeRegistry
     files: FileRegistry
+    links: list[NodeLink]
+    pending: PendingQueue  # the tasks waiting client-side
 
     def on_node_ready(self, link: NodeLink) -> None:
         """The node said hello and is configured: it can take tasks."""
@@ -170,10 +165,15 @@ class NodeLink:
         if self.last_result_at and len(self.inflight) >= workers and count:
             per_task = (now - self.last_result_at) * workers / count
             self.service_time += SERVICE_SMOOTHING * (per_task - self.service_time)
-            per_worker = int(QUEUED_SECONDS / max(self.service_time, 1e-6)) + 1
-            per_worker = max(MIN_CREDIT_PER_WORKER, min(CREDIT_PER_WORKER, per_worker))
-            self.capacity = workers * per_worker
+            self.capacity = workers * credit.per_worker(self.service_time, self._waiting())
         self.last_result_at = now
+
+    def _waiting(self) -> float:
+        """Tasks waiting client-side per worker of the ready nodes (credit.per_worker)."""
+        waiting = len(self.scheduler.pending)
+        if not waiting:
+            return 0.0  # the common case for a lone submit: skip the sum
+        return waiting / max(1, sum(n.info.workers for n in self.scheduler.links if n.ready))
 
     @property
     def heartbeat_interval(self) -> float:

@@ -24,7 +24,6 @@ Stdlib only: it runs on bare hosts.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib
 import io
 import os
@@ -33,7 +32,6 @@ import stat
 import sys
 import tempfile
 import time
-import zipfile
 from collections.abc import Callable
 
 from ..wire import protocol as p
@@ -84,10 +82,16 @@ def tree_digest(root: str) -> str | None:
                 lines.append(f"{_file_sha256(path)} {relative}\n")
     except OSError:
         return None
+    import hashlib  # only once a code pack comes (see _file_sha256)
+
     return hashlib.sha256("".join(sorted(lines)).encode()).hexdigest()
 
 
 def _file_sha256(path: str) -> str:
+    # hashlib (OpenSSL) and zipfile load on first use, not with the node: ~5 ms of every
+    # host's start for a path that only runs once a code pack or a data file comes.
+    import hashlib
+
     digest = hashlib.sha256()
     with open(path, "rb") as source:
         while block := source.read(1 << 20):
@@ -167,6 +171,8 @@ def private_dir(path: str) -> None:
 
 
 def _unpack(blob: p.Buffer, tmp: str, digest: str) -> None:
+    import zipfile  # on first use (see _file_sha256)
+
     try:
         with zipfile.ZipFile(io.BytesIO(bytes(blob))) as archive:
             for member in archive.namelist():

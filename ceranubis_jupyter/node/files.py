@@ -24,7 +24,6 @@ Stdlib only: it runs on bare hosts.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import socket
@@ -81,6 +80,8 @@ def check_name(name: str) -> str:
 
 
 def _sha256_of(path: str) -> str:
+    import hashlib  # on first use, not with the node (see code._file_sha256)
+
     digest = hashlib.sha256()
     with open(path, "rb") as source:
         while block := source.read(1 << 20):
