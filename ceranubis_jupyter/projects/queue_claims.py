@@ -94,6 +94,7 @@ class QueueClaims(StoreBase):
         claimed = self._claim(params)
         if not claimed and self._rewind(project):
             claimed = self._claim(params)
+        claimed.sort(key=lambda row: int(row[0]))  # RETURNING keeps no order
         return [Claimed(int(i), project, bytes(a), int(n)) for i, a, n in claimed]
 
     def _claim(self, params: tuple[str, float, str, int, int]) -> list[Any]:
