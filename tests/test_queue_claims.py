@@ -130,9 +130,21 @@ def test_a_schema_1_store_is_refused_then_upgraded_by_init(store_url: str, store
     _execute(store_url, "CREATE INDEX arguments_queue ON arguments (project, id) "
                         "WHERE state = 'pending'")  # fmt: skip
     _execute(store_url, "UPDATE ceranubis_meta SET value = '1' WHERE key = 'queue_schema'")
+    if is_postgres_url(store_url):  # as a store made before the arguments' storage tuning
+        _execute(store_url, "ALTER TABLE arguments RESET (fillfactor)")
+        _execute(store_url, "ALTER TABLE arguments ADD CONSTRAINT arguments_project_fkey "
+                            "FOREIGN KEY (project) REFERENCES projects(id)")  # fmt: skip
     with pytest.raises(StoreError, match="older than this package"):
         store.check_queue()
     store.init_queue()  # what the refusal says to run
     store.check_queue()
     assert store.queue_schema() == QUEUE_SCHEMA == 2
+    assert not _execute(store_url, "SELECT 1 FROM sqlite_master WHERE name = 'arguments_queue'"
+                        if not is_postgres_url(store_url) else
+                        "SELECT 1 FROM pg_indexes WHERE indexname = 'arguments_queue'")  # fmt: skip
+    if is_postgres_url(store_url):
+        options = _execute(store_url, "SELECT reloptions FROM pg_class WHERE relname = 'arguments'")
+        assert "fillfactor=50" in str(options[0][0])
+        assert not _execute(store_url, "SELECT 1 FROM pg_constraint WHERE contype = 'f' AND "
+                                       "conrelid = 'arguments'::regclass")  # fmt: skip
     assert len(_ids(store, project, "a", 100)) == ARGUMENTS

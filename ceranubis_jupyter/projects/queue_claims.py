@@ -11,6 +11,7 @@ move it back down; a claim that finds nothing looks once for any left below it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,12 @@ _LIVE = (
 )
 # Ids per statement when releasing given arguments.
 _RELEASE_CHUNK = 500
+# Seconds between two looks below a project's next_id from one store (each scans the
+# project's arguments). Only a claim that rolled back, or a release racing a claim, leaves
+# pending arguments there, so a look skipped delays them by at most a node's next look;
+# shorter finds them sooner, longer costs the server less while a project's last
+# arguments run and claims of it come back empty.
+REWIND_SECONDS = 1.0
 
 
 def _run(cursor: Any, sql: str, params: Sequence[Any]) -> tuple[int, list[Any]]:
@@ -48,6 +55,7 @@ class QueueDialect:
     autocommits: bool  # one statement outside BEGIN is a transaction of its own
     greatest: str  # the larger of two values, as SQL
     least: str  # the smaller of two values, as SQL
+    arguments_storage: tuple[str, ...]  # DDL tuning the arguments table (any store age)
 
 
 @dataclass(frozen=True)
@@ -136,7 +144,12 @@ class QueueClaims(StoreBase):
     def _rewind(self, project: int) -> bool:
         """Move ``project``'s ``next_id`` back to its lowest pending argument, if one is
         below it; whether it moved. A scan of the project's arguments: run only when a
-        claim found nothing."""
+        claim found nothing, at most every :data:`REWIND_SECONDS` per project."""
+        looked: dict[int, float] = self.__dict__.setdefault("_rewound", {})
+        now = time.monotonic()
+        if now < looked.get(project, -REWIND_SECONDS) + REWIND_SECONDS:
+            return False
+        looked[project] = now
         lowest = "(SELECT MIN(id) FROM arguments WHERE project = ? AND state = 'pending')"
         changed, _ = self._statement(
             f"UPDATE queue_projects SET next_id = {lowest} WHERE project = ? AND next_id > "

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import ConfigError, StoreError
 from .conninfo import PASSWORD_ADVICE, passwords_in, redact, scrub
-from .queue_store import PG_QUEUE
+from .queue_store import ARGUMENTS_FILLFACTOR, PG_QUEUE
 from .store import DONE_VALUES, Store
 
 # Seconds to wait for the server when connecting: an unreachable store is reported
@@ -33,22 +33,6 @@ TCP_OPTIONS = {
 }
 # Any constant: serializes concurrent schema creation (CREATE TABLE IF NOT EXISTS races).
 _SCHEMA_LOCK_KEY = 0x63657261
-
-# Percent of each arguments page a COPY fills, the rest kept for the updated version of
-# its rows: an outcome's UPDATE (and a queue claim's) then stays on the page, a HOT
-# update that writes no index entry (measured, batches of 2,000: the outcome's server CPU
-# per row 14-15 us at 100, 10-11.5 at 60, 6.5-10.5 at 50). Lower makes more updates HOT;
-# a freshly committed project's pages take 100/N times the space until its outcomes
-# fill them.
-ARGUMENTS_FILLFACTOR = 50
-# The arguments table's storage for stores made before it: the fillfactor, and no
-# foreign key to projects (its check is one query per inserted row, ~10 us of server CPU
-# per argument of a commit; the store's own code is the only writer, inserts a project's
-# arguments in the transaction that inserts the project, and deletes them before it).
-_TUNE_ARGUMENTS = (
-    f"ALTER TABLE arguments SET (fillfactor = {ARGUMENTS_FILLFACTOR})",
-    "ALTER TABLE arguments DROP CONSTRAINT IF EXISTS arguments_project_fkey",
-)
 
 _PG_DDL = (
     f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK_KEY})",
@@ -83,7 +67,7 @@ _PG_DDL = (
         error TEXT,
         output TEXT,
         result_of BIGINT) WITH (fillfactor = {ARGUMENTS_FILLFACTOR})""",
-    *_TUNE_ARGUMENTS,
+    *PG_QUEUE.arguments_storage,
     "CREATE INDEX IF NOT EXISTS arguments_project ON arguments (project)",
 )
 
