@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -17,7 +19,7 @@ from ceranubis_jupyter.errors import StoreError
 from ceranubis_jupyter.projects.queue_store import QUEUE_SCHEMA
 from ceranubis_jupyter.projects.store import Store
 from ceranubis_jupyter.projects.stores import is_postgres_url, open_store
-from tests.queue_helpers import CODE
+from tests.queue_helpers import CODE, PROJECT_SECONDS
 
 # Seconds of the leases these tests take (none runs out unless a test makes it).
 LEASE = 600.0
@@ -148,3 +150,48 @@ def test_a_schema_1_store_is_refused_then_upgraded_by_init(store_url: str, store
         assert not _execute(store_url, "SELECT 1 FROM pg_constraint WHERE contype = 'f' AND "
                                        "conrelid = 'arguments'::regclass")  # fmt: skip
     assert len(_ids(store, project, "a", 100)) == ARGUMENTS
+
+
+# Threads claiming one project at once in the stress test, and the most claims each makes
+# (a claim that finds nothing looks below next_id at most every REWIND_SECONDS, so a
+# thread may go round many times before it finds an argument a race left there).
+CLAIMERS = 4
+MOST_CLAIMS = 100_000
+
+
+def test_concurrent_claims_and_releases_hold_each_argument_once(
+    store_url: str, store: Store
+) -> None:
+    project = _project(store_url)
+    holding: set[int] = set()
+    guard = threading.Lock()
+    twice: list[int] = []
+
+    def claimer(owner: str) -> None:
+        mine = open_store(store_url, create=False)
+        deadline = time.monotonic() + PROJECT_SECONDS
+        try:
+            for turn in range(MOST_CLAIMS):
+                if time.monotonic() > deadline:
+                    return
+                ids = _ids(mine, project, owner, 3)
+                with guard:
+                    twice.extend(i for i in ids if i in holding)
+                    holding.update(ids)
+                    if not ids and mine.counts(project)["pending"] == 0:
+                        return
+                    given_back = ids[:1] if turn % 2 else []
+                    holding.difference_update(given_back)  # before another can take it
+                if given_back:
+                    mine.release(owner, given_back)
+        finally:
+            mine.close()
+
+    threads = [threading.Thread(target=claimer, args=(f"t{n}",)) for n in range(CLAIMERS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(PROJECT_SECONDS)
+    assert not any(thread.is_alive() for thread in threads)
+    assert twice == []
+    assert store.counts(project)["running"] == ARGUMENTS == len(holding)
