@@ -4,9 +4,9 @@
 queue mode adds (``Store`` inherits it; each back end gives its :class:`QueueDialect`):
 
 - the schema (:meth:`QueueStore.init_queue`): a ``queue_projects`` row per queued project
-  (priority, group, per-task timeout, attempts allowed), a lease (``lease_owner``,
-  ``lease_expires``) on each argument, a ``nodes`` table of daemon heartbeats, and a
-  ``ceranubis_meta`` row with :data:`QUEUE_SCHEMA` that daemons check;
+  (priority, group, per-task timeout, attempts allowed, where its claims start), a
+  lease (``lease_owner``, ``lease_expires``) on each argument, a ``nodes`` table of daemon
+  heartbeats, and a ``ceranubis_meta`` row with :data:`QUEUE_SCHEMA` that daemons check;
 - claiming arguments in batches (PostgreSQL: ``FOR UPDATE SKIP LOCKED``; SQLite: one
   immediate transaction holds the write lock), renewing and releasing leases, and sending
   expired ones back to the queue with an attempt counted (failed after the project's
