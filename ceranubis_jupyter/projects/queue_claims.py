@@ -106,7 +106,12 @@ class QueueClaims(StoreBase):
         return [Claimed(int(i), project, bytes(a), int(n)) for i, a, n in claimed]
 
     def _claim(self, params: tuple[str, float, str, int, int]) -> list[Any]:
-        """One claim (see :meth:`claim_arguments`): its rows ``(id, args, attempts)``."""
+        """One claim (see :meth:`claim_arguments`): its rows ``(id, args, attempts)``.
+
+        ``next_id`` moves forward only while ``lowered`` is what the claim read: a
+        release or an expiry that committed meanwhile (moving it back, ``lowered + 1``)
+        wins, so arguments the claim saw as running are not left below it.
+        """
         now, dialect = self._queue.now, self._queue
         owner, lease, host, project, count = params
         update = (
@@ -115,30 +120,28 @@ class QueueClaims(StoreBase):
             "FROM arguments WHERE project = ? AND id >= {start} AND state = 'pending' "
             f"ORDER BY id LIMIT ?{dialect.skip_locked}) RETURNING id, args, attempts"
         )
-        advance = (
-            f"UPDATE queue_projects SET next_id = {dialect.greatest}(next_id, ?) WHERE project = ?"
-        )
+        advance = f"UPDATE queue_projects SET next_id = {dialect.greatest}(next_id, {{top}}) "
+        advance += "WHERE project = ? AND lowered = {seen}"
         if dialect.autocommits:  # PostgreSQL: one statement, one round trip
-            start = "(SELECT next_id FROM queue_projects WHERE project = ?)"
             sql = (
-                f"WITH claimed AS ({update.format(start=start)}), moved AS "
-                f"(UPDATE queue_projects SET next_id = {dialect.greatest}(next_id, "
-                "(SELECT MAX(id) + 1 FROM claimed)) WHERE project = ? AND EXISTS "
-                "(SELECT 1 FROM claimed)) SELECT id, args, attempts FROM claimed"
-            )
-            _, rows = self._statement(sql, (owner, lease, host, project, project, count, project))
-            return rows
+                "WITH seen AS (SELECT next_id, lowered FROM queue_projects WHERE project = ?), "
+                f"claimed AS ({update.format(start='(SELECT next_id FROM seen)')}), moved AS ("
+                + advance.format(top="(SELECT MAX(id) + 1 FROM claimed)",
+                                 seen="(SELECT lowered FROM seen)")
+                + " AND EXISTS (SELECT 1 FROM claimed)) SELECT id, args, attempts FROM claimed"
+            )  # fmt: skip
+            return self._statement(sql, (project, owner, lease, host, project, count, project))[1]
         with self._transaction() as cursor:  # SQLite: the write lock serializes claims
-            cursor.execute(
-                self._sql("SELECT next_id FROM queue_projects WHERE project = ?"), (project,)
-            )
+            cursor.execute("SELECT next_id, lowered FROM queue_projects WHERE project = ?",
+                           (project,))  # fmt: skip
             found = cursor.fetchone()
             if found is None:
                 return []
-            cursor.execute(self._sql(update.format(start="?")), (*params[:4], found[0], count))
+            cursor.execute(update.format(start="?"), (*params[:4], found[0], count))
             rows = list(cursor.fetchall())
             if rows:
-                cursor.execute(self._sql(advance), (max(int(r[0]) for r in rows) + 1, project))
+                top = max(int(row[0]) for row in rows) + 1
+                cursor.execute(advance.format(top="?", seen="?"), (top, project, found[1]))
             return rows
 
     def _rewind(self, project: int) -> bool:
@@ -152,7 +155,8 @@ class QueueClaims(StoreBase):
         looked[project] = now
         lowest = "(SELECT MIN(id) FROM arguments WHERE project = ? AND state = 'pending')"
         changed, _ = self._statement(
-            f"UPDATE queue_projects SET next_id = {lowest} WHERE project = ? AND next_id > "
+            f"UPDATE queue_projects SET next_id = {lowest}, lowered = lowered + 1 "
+            "WHERE project = ? AND next_id > "
             f"{lowest}",
             (project, project, project),
         )
@@ -166,8 +170,8 @@ class QueueClaims(StoreBase):
             lowest[int(project)] = min(int(arg_id), lowest.get(int(project), int(arg_id)))
         if lowest:
             self._write(
-                f"UPDATE queue_projects SET next_id = {self._queue.least}(next_id, ?) "
-                "WHERE project = ?",
+                f"UPDATE queue_projects SET next_id = {self._queue.least}(next_id, ?), "
+                "lowered = lowered + 1 WHERE project = ?",
                 [(arg_id, project) for project, arg_id in sorted(lowest.items())],
             )
 

@@ -111,7 +111,8 @@ def _queue_tables(double: str) -> tuple[str, ...]:
             node_group TEXT NOT NULL DEFAULT '',
             timeout {double} NOT NULL DEFAULT 0,
             max_attempts INTEGER NOT NULL DEFAULT {QUEUE_ATTEMPTS},
-            next_id BIGINT NOT NULL DEFAULT 0)""",
+            next_id BIGINT NOT NULL DEFAULT 0,
+            lowered BIGINT NOT NULL DEFAULT 0)""",
         f"""CREATE TABLE IF NOT EXISTS nodes (
             name TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL,
             workers INTEGER NOT NULL, node_group TEXT NOT NULL, load {double} NOT NULL,
@@ -131,8 +132,13 @@ _QUEUE_INDEXES = (
     "DROP INDEX IF EXISTS arguments_leases",
     "CREATE INDEX IF NOT EXISTS arguments_claim ON arguments (project, id)",
 )
-# Schema 1 stores: the claim's starting point (0: from the first argument).
-_ADD_NEXT_ID = "ALTER TABLE queue_projects ADD COLUMN next_id BIGINT NOT NULL DEFAULT 0"
+# Schema 1 stores: the claim's starting point (0: from the first argument), and how many
+# times it was moved back (a claim moves it forward only if that did not change since
+# the claim read it, so it never undoes a move back it did not see).
+_CLAIM_COLUMNS = {
+    "next_id": "ALTER TABLE queue_projects ADD COLUMN next_id BIGINT NOT NULL DEFAULT 0",
+    "lowered": "ALTER TABLE queue_projects ADD COLUMN lowered BIGINT NOT NULL DEFAULT 0",
+}
 
 
 @dataclass(frozen=True)
@@ -184,8 +190,10 @@ class QueueStore(QueueClaims):
             if "lease_owner" not in self._columns(cursor, "arguments"):
                 for statement in dialect.lease_columns:
                     cursor.execute(statement)
-            if "next_id" not in self._columns(cursor, "queue_projects"):
-                cursor.execute(_ADD_NEXT_ID)
+            present = self._columns(cursor, "queue_projects")
+            for column, statement in _CLAIM_COLUMNS.items():
+                if column not in present:
+                    cursor.execute(statement)
             for statement in (*dialect.arguments_storage, *_QUEUE_INDEXES):
                 cursor.execute(statement)
             cursor.execute(
@@ -294,7 +302,10 @@ class QueueStore(QueueClaims):
             )
             count = int(cursor.rowcount)
             cursor.execute(
-                self._sql("UPDATE queue_projects SET next_id = 0 WHERE project = ?"), (project,)
+                self._sql(
+                    "UPDATE queue_projects SET next_id = 0, lowered = lowered + 1 WHERE project = ?"
+                ),
+                (project,),
             )
             cursor.execute(
                 self._sql("UPDATE projects SET state = 'running', client = ? WHERE id = ?"),
