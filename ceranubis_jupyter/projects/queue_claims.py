@@ -6,7 +6,8 @@ A claim starts at its project's ``queue_projects.next_id`` and moves it past wha
 so it needs no index of pending rows: no index names a column that a claim, a renewal or
 an outcome changes, and on PostgreSQL those updates are HOT (the new row version stays on
 its page; no index gets an entry). Arguments that become pending again below ``next_id``
-move it back down; a claim that finds nothing looks once for any left below it.
+move it back down (and count the move in ``lowered``, so a claim racing with it does not
+undo it); a claim that finds nothing looks once for any left below it.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ _LIVE = (
 # Ids per statement when releasing given arguments.
 _RELEASE_CHUNK = 500
 # Seconds between two looks below a project's next_id from one store (each scans the
-# project's arguments). Only a claim that rolled back, or a release racing a claim, leaves
-# pending arguments there, so a look skipped delays them by at most a node's next look;
+# project's arguments). Only a claim that rolled back after another moved next_id past
+# it leaves pending arguments there, so a look skipped delays them by a node's next look;
 # shorter finds them sooner, longer costs the server less while a project's last
 # arguments run and claims of it come back empty.
 REWIND_SECONDS = 1.0
