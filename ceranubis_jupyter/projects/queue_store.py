@@ -4,13 +4,13 @@
 queue mode adds (``Store`` inherits it; each back end gives its :class:`QueueDialect`):
 
 - the schema (:meth:`QueueStore.init_queue`): a ``queue_projects`` row per queued project
-  (priority, group, per-task timeout, attempts allowed), a lease (``lease_owner``,
-  ``lease_expires``) on each argument, a ``nodes`` table of daemon heartbeats, and a
-  ``ceranubis_meta`` row with :data:`QUEUE_SCHEMA` that daemons check;
+  (priority, group, per-task timeout, attempts allowed, where its claims start), a
+  lease (``lease_owner``, ``lease_expires``) on each argument, a ``nodes`` table of daemon
+  heartbeats, and a ``ceranubis_meta`` row with :data:`QUEUE_SCHEMA` that daemons check;
 - claiming arguments in batches (PostgreSQL: ``FOR UPDATE SKIP LOCKED``; SQLite: one
   immediate transaction holds the write lock), renewing and releasing leases, and sending
   expired ones back to the queue with an attempt counted (failed after the project's
-  limit);
+  limit): :mod:`.queue_claims`, which ``QueueStore`` inherits;
 - heartbeats and ``NOTIFY`` (PostgreSQL) on commit, cancel and outcome batches.
 
 Outcomes go through :meth:`Store.record_outcomes`, whose ``UPDATE`` is guarded by the
@@ -26,12 +26,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import StoreError
+from .queue_claims import Claimed, QueueClaims, QueueDialect
 from .records import QUEUE_CLIENT
-from .store_base import StoreBase
 
 # The queue schema's version: a daemon refuses a store of another (bump it when the queue
-# tables or their meaning change).
-QUEUE_SCHEMA = 1
+# tables or their meaning change). 2: claims start at queue_projects.next_id, and no
+# index names a column that a claim or an outcome changes.
+QUEUE_SCHEMA = 2
 # The NOTIFY channel the node daemons hear: ``commit:<id>``, ``cancel:<id>``.
 CHANNEL = "ceranubis_queue"
 # The NOTIFY channel of progress, for the views only (``outcome:<id>``): the daemons do
@@ -47,18 +48,22 @@ QUEUE_ATTEMPTS = 3
 INIT_ADVICE = "ceranubis node --store URL --init"
 
 
-@dataclass(frozen=True)
-class QueueDialect:
-    """What differs between the back ends' queue SQL."""
-
-    now: str  # seconds since the epoch, as SQL
-    skip_locked: str  # appended to the claim's row selection
-    double: str  # a float column's type
-    lease_columns: tuple[str, ...]  # DDL adding the argument lease columns
-    notify: str | None  # SQL sending one notification (channel, payload), or None
-    schema_lock: str | None  # serializes schema changes (SQLite: the write lock does)
-    autocommits: bool  # one statement outside BEGIN is a transaction of its own
-
+# Percent of each arguments page a COPY fills, the rest kept for the updated version of
+# its rows: an outcome's UPDATE (and a queue claim's) then stays on the page, a HOT
+# update that writes no index entry (measured, batches of 2,000: the outcome's server CPU
+# per row 14-15 us at 100, 10-11.5 at 60, 6.5-10.5 at 50). Lower makes more updates HOT;
+# a freshly committed project's pages take 100/N times the space until its outcomes
+# fill them.
+ARGUMENTS_FILLFACTOR = 50
+# The arguments table's storage, also for stores made before it (run when the project
+# tables are created or upgraded, and by init_queue): the fillfactor, and no foreign key
+# to projects (its check is one query per inserted row, ~10 us of server CPU
+# per argument of a commit; the store's own code is the only writer, inserts a project's
+# arguments in the transaction that inserts the project, and deletes them before it).
+_PG_ARGUMENTS_STORAGE = (
+    f"ALTER TABLE arguments SET (fillfactor = {ARGUMENTS_FILLFACTOR})",
+    "ALTER TABLE arguments DROP CONSTRAINT IF EXISTS arguments_project_fkey",
+)
 
 PG_QUEUE = QueueDialect(
     now="EXTRACT(EPOCH FROM clock_timestamp())::double precision",
@@ -71,6 +76,9 @@ PG_QUEUE = QueueDialect(
     notify="SELECT pg_notify(?, ?)",
     schema_lock="SELECT pg_advisory_xact_lock(1667592801)",  # store_pg's key, as a number
     autocommits=True,
+    greatest="GREATEST",
+    least="LEAST",
+    arguments_storage=_PG_ARGUMENTS_STORAGE,
 )
 SQLITE_QUEUE = QueueDialect(
     now="((julianday('now') - 2440587.5) * 86400.0)",
@@ -83,6 +91,9 @@ SQLITE_QUEUE = QueueDialect(
     notify=None,
     schema_lock=None,
     autocommits=False,  # the store's SQLite connection is not in autocommit mode
+    greatest="MAX",
+    least="MIN",
+    arguments_storage=(),
 )
 
 _NODE_COLUMNS = (
@@ -99,7 +110,9 @@ def _queue_tables(double: str) -> tuple[str, ...]:
             priority INTEGER NOT NULL DEFAULT 0,
             node_group TEXT NOT NULL DEFAULT '',
             timeout {double} NOT NULL DEFAULT 0,
-            max_attempts INTEGER NOT NULL DEFAULT {QUEUE_ATTEMPTS})""",
+            max_attempts INTEGER NOT NULL DEFAULT {QUEUE_ATTEMPTS},
+            next_id BIGINT NOT NULL DEFAULT 0,
+            lowered BIGINT NOT NULL DEFAULT 0)""",
         f"""CREATE TABLE IF NOT EXISTS nodes (
             name TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL,
             workers INTEGER NOT NULL, node_group TEXT NOT NULL, load {double} NOT NULL,
@@ -109,21 +122,23 @@ def _queue_tables(double: str) -> tuple[str, ...]:
     )
 
 
-# Pending arguments per project in claim order, and the leased ones: both partial, so
-# they hold only the few rows that are waiting or running.
+# Arguments per project in claim order. No index names (in its key or a predicate) a
+# column that a claim, a renewal or an outcome changes, so on PostgreSQL those updates
+# are HOT: the new row version stays on its page and no index gets an entry (schema 1's
+# partial indexes on ``state`` made each of them write into every index). A claim finds
+# its rows from the project's ``next_id`` instead of an index of pending rows.
 _QUEUE_INDEXES = (
-    "CREATE INDEX IF NOT EXISTS arguments_queue ON arguments (project, id) WHERE state = 'pending'",
-    "CREATE INDEX IF NOT EXISTS arguments_leases ON arguments (lease_owner) "
-    "WHERE state = 'running'",
+    "DROP INDEX IF EXISTS arguments_queue",
+    "DROP INDEX IF EXISTS arguments_leases",
+    "CREATE INDEX IF NOT EXISTS arguments_claim ON arguments (project, id)",
 )
-
-
-def _run(cursor: Any, sql: str, params: Sequence[Any]) -> tuple[int, list[Any]]:
-    if params:
-        cursor.execute(sql, params)
-    else:
-        cursor.execute(sql)
-    return int(cursor.rowcount), list(cursor.fetchall()) if cursor.description else []
+# Schema 1 stores: the claim's starting point (0: from the first argument), and how many
+# times it was moved back (a claim moves it forward only if that did not change since
+# the claim read it, so it never undoes a move back it did not see).
+_CLAIM_COLUMNS = {
+    "next_id": "ALTER TABLE queue_projects ADD COLUMN next_id BIGINT NOT NULL DEFAULT 0",
+    "lowered": "ALTER TABLE queue_projects ADD COLUMN lowered BIGINT NOT NULL DEFAULT 0",
+}
 
 
 @dataclass(frozen=True)
@@ -133,16 +148,6 @@ class QueuedProject:
     id: int
     timeout: float
     max_attempts: int
-
-
-@dataclass(frozen=True)
-class Claimed:
-    """One argument a node holds under its lease."""
-
-    arg_id: int
-    project: int
-    args: bytes
-    attempts: int
 
 
 @dataclass(frozen=True)
@@ -166,7 +171,7 @@ class NodeRow:
     state: str
 
 
-class QueueStore(StoreBase):
+class QueueStore(QueueClaims):
     """The queue's queries (see the module's docstring); ``Store`` inherits them."""
 
     _queue: QueueDialect
@@ -185,7 +190,11 @@ class QueueStore(StoreBase):
             if "lease_owner" not in self._columns(cursor, "arguments"):
                 for statement in dialect.lease_columns:
                     cursor.execute(statement)
-            for statement in _QUEUE_INDEXES:
+            present = self._columns(cursor, "queue_projects")
+            for column, statement in _CLAIM_COLUMNS.items():
+                if column not in present:
+                    cursor.execute(statement)
+            for statement in (*dialect.arguments_storage, *_QUEUE_INDEXES):
                 cursor.execute(statement)
             cursor.execute(
                 self._sql(
@@ -293,6 +302,12 @@ class QueueStore(StoreBase):
             )
             count = int(cursor.rowcount)
             cursor.execute(
+                self._sql(
+                    "UPDATE queue_projects SET next_id = 0, lowered = lowered + 1 WHERE project = ?"
+                ),
+                (project,),
+            )
+            cursor.execute(
                 self._sql("UPDATE projects SET state = 'running', client = ? WHERE id = ?"),
                 (QUEUE_CLIENT, project),
             )
@@ -315,20 +330,6 @@ class QueueStore(StoreBase):
         if self._queue.notify is not None:
             cursor.execute(self._sql(self._queue.notify), (channel, payload))
 
-    def _statement(self, sql: str, params: Sequence[Any]) -> tuple[int, list[Any]]:
-        """Run one writing statement as its own transaction: ``(rows changed, rows
-        returned)``. On PostgreSQL one round trip (no BEGIN/COMMIT: the connection
-        autocommits), which is what an idle node's periodic work and a claim cost.
-        Without ``params`` the text is not scanned for placeholders (it quotes ``?``)."""
-        if not self._queue.autocommits:
-            with self._transaction() as cursor:
-                return _run(cursor, self._sql(sql), params)
-        with self._lock:
-            try:
-                return _run(self._cursor(), self._sql(sql), params)
-            except Exception as error:
-                raise self._translate(error) from error
-
     # ------------------------------------------------------------------ nodes
 
     def queued_projects(self, group: str) -> list[QueuedProject]:
@@ -346,57 +347,6 @@ class QueueStore(StoreBase):
             (QUEUE_CLIENT, group),
         )
         return [QueuedProject(int(i), float(t), int(m)) for i, t, m in rows]
-
-    def claim_arguments(
-        self, project: int, owner: str, host: str, count: int, lease: float
-    ) -> list[Claimed]:
-        """Claim up to ``count`` pending arguments of ``project`` under a lease of
-        ``lease`` seconds; each claim counts an attempt."""
-        now = self._queue.now
-        sql = (
-            f"UPDATE arguments SET state = 'running', lease_owner = ?, lease_expires = {now} "
-            f"+ ?, host = ?, started = {now}, attempts = attempts + 1 WHERE id IN (SELECT id "
-            "FROM arguments WHERE project = ? AND state = 'pending' ORDER BY id LIMIT ?"
-            f"{self._queue.skip_locked}) RETURNING id, args, attempts"
-        )
-        _, rows = self._statement(sql, (owner, lease, host, project, count))
-        return [Claimed(int(i), project, bytes(a), int(n)) for i, a, n in rows]
-
-    def renew_leases(self, owner: str, lease: float) -> int:
-        """Extend every lease ``owner`` holds by ``lease`` seconds from now."""
-        changed, _ = self._statement(
-            f"UPDATE arguments SET lease_expires = {self._queue.now} + ? "
-            "WHERE lease_owner = ? AND state = 'running'",
-            (lease, owner),
-        )
-        return changed
-
-    def release(self, owner: str, arg_ids: Sequence[int] | None = None) -> int:
-        """Give back arguments ``owner`` holds (all, or ``arg_ids``) without counting
-        the attempt: they are pending again for any node."""
-        sql = (
-            "UPDATE arguments SET state = 'pending', lease_owner = NULL, "
-            "attempts = attempts - 1 WHERE lease_owner = ? AND state = 'running'"
-        )
-        if arg_ids is None:
-            return self._write(sql, [(owner,)])
-        return self._write(sql + " AND id = ?", [(owner, arg_id) for arg_id in arg_ids])
-
-    def expire_leases(self) -> list[int]:
-        """Send arguments whose lease ran out back to the queue (an attempt counted),
-        or fail them when their project's attempts are used up; returns the projects
-        touched."""
-        now, lock = self._queue.now, self._queue.skip_locked
-        used_up = "attempts >= (SELECT q.max_attempts FROM queue_projects q WHERE q.project = arguments.project)"  # noqa: E501
-        sql = (
-            f"UPDATE arguments SET state = CASE WHEN {used_up} THEN 'failed' ELSE 'pending' "
-            f"END, error = CASE WHEN {used_up} THEN 'its node was lost (lease expired) ' || "
-            "attempts || ' times, last on ' || COALESCE(host, '?') ELSE NULL END, "
-            "lease_owner = NULL WHERE id IN (SELECT id FROM arguments WHERE state = 'running' "
-            f"AND lease_expires < {now}{lock}) RETURNING project"
-        )
-        _, rows = self._statement(sql, ())
-        return sorted({int(row[0]) for row in rows})
 
     def unsettled(self) -> list[int]:
         """Queued projects still running with nothing pending or running (their last
@@ -456,6 +406,7 @@ class QueueStore(StoreBase):
 
 
 __all__ = [
+    "ARGUMENTS_FILLFACTOR",
     "CHANNEL",
     "NODE_SILENT_SECONDS",
     "PG_QUEUE",

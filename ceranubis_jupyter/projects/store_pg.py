@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import ConfigError, StoreError
 from .conninfo import PASSWORD_ADVICE, passwords_in, redact, scrub
-from .queue_store import PG_QUEUE
+from .queue_store import ARGUMENTS_FILLFACTOR, PG_QUEUE
 from .store import DONE_VALUES, Store
 
 # Seconds to wait for the server when connecting: an unreachable store is reported
@@ -52,9 +52,9 @@ _PG_DDL = (
         args_hash TEXT NOT NULL DEFAULT '',
         changes TEXT NOT NULL DEFAULT '',
         UNIQUE (name, version))""",
-    """CREATE TABLE IF NOT EXISTS arguments (
+    f"""CREATE TABLE IF NOT EXISTS arguments (
         id BIGSERIAL PRIMARY KEY,
-        project BIGINT NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+        project BIGINT NOT NULL,
         position INTEGER NOT NULL,
         args BYTEA NOT NULL,
         result BYTEA,
@@ -66,7 +66,8 @@ _PG_DDL = (
         finished DOUBLE PRECISION,
         error TEXT,
         output TEXT,
-        result_of BIGINT)""",
+        result_of BIGINT) WITH (fillfactor = {ARGUMENTS_FILLFACTOR})""",
+    *PG_QUEUE.arguments_storage,
     "CREATE INDEX IF NOT EXISTS arguments_project ON arguments (project)",
 )
 

@@ -1,0 +1,197 @@
+"""The queue's claims in the store (schema 2): from ``next_id``, back below it when
+arguments become pending again, and the arguments' indexes that keep updates HOT.
+
+Store calls only (no daemons), once on a SQLite file and once on a real PostgreSQL server.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from ceranubis_jupyter import commit_project
+from ceranubis_jupyter.errors import StoreError
+from ceranubis_jupyter.projects.queue_store import QUEUE_SCHEMA
+from ceranubis_jupyter.projects.store import Store
+from ceranubis_jupyter.projects.stores import is_postgres_url, open_store
+from tests.queue_helpers import CODE, PROJECT_SECONDS
+
+# Seconds of the leases these tests take (none runs out unless a test makes it).
+LEASE = 600.0
+# Arguments of each test's project.
+ARGUMENTS = 40
+# Columns a claim, a renewal or an outcome changes: no index of the arguments may name them.
+CHANGING = ("state", "lease_owner", "lease_expires", "host", "started", "attempts", "result")
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[Store]:
+    opened = open_store(store_url)
+    opened.init_queue()
+    yield opened
+    opened.close()
+
+
+def _project(url: str) -> int:
+    project = commit_project(CODE, "square", [(i,) for i in range(ARGUMENTS)], store=url,
+                             queue=True, reuse=False)  # fmt: skip
+    return project.id
+
+
+def _execute(url: str, sql: str) -> list[tuple[object, ...]]:
+    if is_postgres_url(url):
+        import psycopg
+
+        with psycopg.connect(url, autocommit=True) as connection:
+            cursor = connection.execute(sql.encode())
+            return list(cursor.fetchall()) if cursor.description else []
+    with sqlite3.connect(url) as connection:
+        return list(connection.execute(sql).fetchall())
+
+
+def _ids(store: Store, project: int, owner: str, count: int) -> list[int]:
+    return [c.arg_id for c in store.claim_arguments(project, owner, "h", count, LEASE)]
+
+
+def test_claims_take_the_lowest_pending_ids_once_each(store_url: str, store: Store) -> None:
+    project = _project(store_url)
+    first = _ids(store, project, "a", 15)
+    second = _ids(store, project, "b", 15)
+    rest = _ids(store, project, "a", 100)
+    assert len(first) == len(second) == 15 and len(rest) == ARGUMENTS - 30
+    assert first + second + rest == sorted(first + second + rest)  # by id, none twice
+    assert _ids(store, project, "b", 10) == []  # nothing left pending
+    assert store.counts(project)["running"] == ARGUMENTS
+
+
+def test_released_arguments_are_claimed_again_first(store_url: str, store: Store) -> None:
+    project = _project(store_url)
+    held = _ids(store, project, "a", 20)
+    assert store.release("a", held[3:6]) == 3
+    again = store.claim_arguments(project, "b", "h", 5, LEASE)
+    assert [c.arg_id for c in again] == [*held[3:6], held[-1] + 1, held[-1] + 2]
+    assert [c.attempts for c in again[:3]] == [1, 1, 1]  # a release counts no attempt
+    assert store.release("a") == 17  # all it still holds
+    assert sorted(_ids(store, project, "c", 100)) == sorted(
+        [*held[:3], *held[6:], *range(held[-1] + 3, held[0] + ARGUMENTS)]
+    )
+
+
+def test_expired_leases_go_back_to_the_queue(store_url: str, store: Store) -> None:
+    project = _project(store_url)
+    lost = [c.arg_id for c in store.claim_arguments(project, "gone", "h", 10, -1.0)]
+    kept = _ids(store, project, "alive", 10)
+    assert store.expire_leases() == [project]
+    again = store.claim_arguments(project, "alive", "h", 10, LEASE)
+    assert [c.arg_id for c in again] == lost and {c.attempts for c in again} == {2}
+    assert store.renew_leases("alive", LEASE) == len(kept) + len(lost)
+
+
+def test_a_pending_argument_left_below_next_id_is_still_claimed(
+    store_url: str, store: Store
+) -> None:
+    project = _project(store_url)
+    held = _ids(store, project, "a", ARGUMENTS)
+    # As a claim that rolled back after another moved next_id past it would leave it.
+    _execute(store_url, f"UPDATE arguments SET state = 'pending' WHERE id = {held[7]}")
+    assert _ids(store, project, "b", 10) == [held[7]]
+
+
+def test_a_requeued_project_is_claimed_from_its_first_unfinished_argument(
+    store_url: str, store: Store
+) -> None:
+    project = _project(store_url)
+    held = _ids(store, project, "a", ARGUMENTS)
+    assert store.requeue(project, (0, "", 0.0)) == ARGUMENTS
+    assert _ids(store, project, "b", 5) == held[:5]
+
+
+def test_no_index_names_a_column_that_claims_or_outcomes_change(
+    store_url: str, store: Store
+) -> None:
+    if is_postgres_url(store_url):
+        rows = _execute(store_url, "SELECT indexdef FROM pg_indexes WHERE tablename = 'arguments'")
+        options = _execute(store_url, "SELECT reloptions FROM pg_class WHERE relname = 'arguments'")
+        assert "fillfactor=50" in str(options[0][0])
+    else:
+        rows = _execute(store_url, "SELECT sql FROM sqlite_master WHERE type = 'index' AND "
+                                   "tbl_name = 'arguments' AND sql IS NOT NULL")  # fmt: skip
+    definitions = [str(row[0]) for row in rows]
+    assert any("(project, id)" in d for d in definitions), definitions
+    for definition in definitions:
+        assert not any(re.search(rf"\b{c}\b", definition) for c in CHANGING), definition
+
+
+def test_a_schema_1_store_is_refused_then_upgraded_by_init(store_url: str, store: Store) -> None:
+    project = _project(store_url)
+    _execute(store_url, "CREATE INDEX arguments_queue ON arguments (project, id) "
+                        "WHERE state = 'pending'")  # fmt: skip
+    _execute(store_url, "UPDATE ceranubis_meta SET value = '1' WHERE key = 'queue_schema'")
+    if is_postgres_url(store_url):  # as a store made before the arguments' storage tuning
+        _execute(store_url, "ALTER TABLE arguments RESET (fillfactor)")
+        _execute(store_url, "ALTER TABLE arguments ADD CONSTRAINT arguments_project_fkey "
+                            "FOREIGN KEY (project) REFERENCES projects(id)")  # fmt: skip
+    with pytest.raises(StoreError, match="older than this package"):
+        store.check_queue()
+    store.init_queue()  # what the refusal says to run
+    store.check_queue()
+    assert store.queue_schema() == QUEUE_SCHEMA == 2
+    assert not _execute(store_url, "SELECT 1 FROM sqlite_master WHERE name = 'arguments_queue'"
+                        if not is_postgres_url(store_url) else
+                        "SELECT 1 FROM pg_indexes WHERE indexname = 'arguments_queue'")  # fmt: skip
+    if is_postgres_url(store_url):
+        options = _execute(store_url, "SELECT reloptions FROM pg_class WHERE relname = 'arguments'")
+        assert "fillfactor=50" in str(options[0][0])
+        assert not _execute(store_url, "SELECT 1 FROM pg_constraint WHERE contype = 'f' AND "
+                                       "conrelid = 'arguments'::regclass")  # fmt: skip
+    assert len(_ids(store, project, "a", 100)) == ARGUMENTS
+
+
+# Threads claiming one project at once in the stress test, and the most claims each makes
+# (a claim that finds nothing looks below next_id at most every REWIND_SECONDS, so a
+# thread may go round many times before it finds an argument a race left there).
+CLAIMERS = 4
+MOST_CLAIMS = 100_000
+
+
+def test_concurrent_claims_and_releases_hold_each_argument_once(
+    store_url: str, store: Store
+) -> None:
+    project = _project(store_url)
+    holding: set[int] = set()
+    guard = threading.Lock()
+    twice: list[int] = []
+
+    def claimer(owner: str) -> None:
+        mine = open_store(store_url, create=False)
+        deadline = time.monotonic() + PROJECT_SECONDS
+        try:
+            for turn in range(MOST_CLAIMS):
+                if time.monotonic() > deadline:
+                    return
+                ids = _ids(mine, project, owner, 3)
+                with guard:
+                    twice.extend(i for i in ids if i in holding)
+                    holding.update(ids)
+                    if not ids and mine.counts(project)["pending"] == 0:
+                        return
+                    given_back = ids[:1] if turn % 2 else []
+                    holding.difference_update(given_back)  # before another can take it
+                if given_back:
+                    mine.release(owner, given_back)
+        finally:
+            mine.close()
+
+    threads = [threading.Thread(target=claimer, args=(f"t{n}",)) for n in range(CLAIMERS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(PROJECT_SECONDS)
+    assert not any(thread.is_alive() for thread in threads)
+    assert twice == []
+    assert store.counts(project)["running"] == ARGUMENTS == len(holding)
