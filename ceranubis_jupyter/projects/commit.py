@@ -404,7 +404,8 @@ def _insert_queued(definition: _Definition, queued: tuple[int, str, float]) -> P
     row, _ = _insert(definition, None, queued)
     if not definition.to_run:  # every argument took a stored result: done already
         store.set_state(row.id, "done", release=True)
-    return Project.load(row.id, store)
+        return Project.load(row.id, store)
+    return Project(store, row)  # as inserted: no read while the nodes claim it
 
 
 def _insert(

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import StoreError
+from .queue_events import commit_payload
 from .records import QUEUE_CLIENT
 from .store_base import StoreBase
 
@@ -270,7 +271,7 @@ class QueueStore(StoreBase):
             ),
             (project, priority, group, timeout),
         )
-        self._notify_in(cursor, f"commit:{project}")
+        self._notify_in(cursor, commit_payload(project, priority, group))
 
     def requeue(self, project: int, queued: tuple[int, str, float]) -> int:
         """Queue a stored project again (or for the first time, with ``queued``:
@@ -296,7 +297,7 @@ class QueueStore(StoreBase):
                 self._sql("UPDATE projects SET state = 'running', client = ? WHERE id = ?"),
                 (QUEUE_CLIENT, project),
             )
-            self._notify_in(cursor, f"commit:{project}")
+            self._notify_in(cursor, commit_payload(project, queued[0], queued[1]))
         return count
 
     def is_queued(self, project: int) -> bool:

@@ -118,6 +118,10 @@ class Store(QueueStore):
             *digests, changes,
         )  # fmt: skip
         try:
+            if queued is not None and started is None and not reused:
+                at_once = self.insert_queued_at_once(draft, args, queued)
+                if at_once is not None:
+                    return dataclasses.replace(draft, id=at_once[0]), at_once[1]
             with self._transaction() as cursor:
                 row = dataclasses.replace(draft, id=self._insert_project(cursor, draft))
                 if started is not None:
@@ -133,6 +137,13 @@ class Store(QueueStore):
                 f"name or remove it with `ceranubis rm {name}`"
             ) from None
         return row, ids
+
+    def insert_queued_at_once(
+        self, row: ProjectRow, args: Sequence[bytes], queued: tuple[int, str, float]
+    ) -> tuple[int, list[int]] | None:
+        """A queued project stored in one statement (PostgreSQL: ``queue_fast.py``):
+        ``(its id, its arguments' ids)``; ``None``: this back end stores it in steps."""
+        return None
 
     def _insert_project(self, cursor: Any, row: ProjectRow) -> int:
         """Insert a project's row (its ``id`` is ignored) in the open transaction; returns

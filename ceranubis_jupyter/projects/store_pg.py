@@ -14,6 +14,7 @@ from typing import Any
 
 from ..errors import ConfigError, StoreError
 from .conninfo import PASSWORD_ADVICE, passwords_in, redact, scrub
+from .queue_fast import FastQueue
 from .queue_store import PG_QUEUE
 from .store import DONE_VALUES, Store
 
@@ -103,7 +104,7 @@ _UPDATE_FROM_OUTCOMES = (
 )
 
 
-class PostgresStore(Store):
+class PostgresStore(FastQueue, Store):
     """The store in a PostgreSQL database; reconnects when the connection broke."""
 
     _ddl = _PG_DDL

@@ -1,0 +1,151 @@
+"""Queue mode's one-round-trip paths on PostgreSQL: the commit of a small project, and
+the claim of a node daemon woken by a commit.
+
+On a loaded machine each round trip to the server costs a wake-up of the server and of
+the client, so the latency from a commit to its task starting is mostly round trips:
+
+- :meth:`FastQueue.insert_queued_at_once`: a queued project of at most
+  :data:`AT_ONCE_ARGUMENTS` arguments, with nothing reused, is stored in one statement
+  (the project row, its arguments, its queue row and the ``NOTIFY``, as data-modifying
+  ``WITH`` parts of one autocommitted statement: one transaction, as before) instead of
+  BEGIN, INSERT, COPY, an id check, INSERT, NOTIFY and COMMIT;
+- :meth:`FastQueue.claim_woken`: a daemon that heard ``commit:<id>`` claims that project
+  in one statement, which also reads its function when the daemon does not have it yet,
+  instead of a look for queued projects, a claim and a row read. Priorities and groups
+  hold: the statement claims nothing while another project the daemon serves has
+  pending arguments and comes first (higher priority, or as high and older), and says
+  whether any other such project has work, so that the daemon then looks as usual.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .queue_store import CHANNEL, PG_QUEUE, Claimed
+from .records import QUEUE_CLIENT, ProjectRow, project_row
+from .store_base import PROJECT_COLUMNS, StoreBase
+
+# The most arguments a queued commit stores in one statement (as one array parameter);
+# beyond it COPY streams them cheaper than an array the server unpacks.
+AT_ONCE_ARGUMENTS = 100
+
+_NEW_COLUMNS = PROJECT_COLUMNS.removeprefix("id, ")
+# A queued project at once: each WITH part runs once (PostgreSQL runs data-modifying
+# parts whether or not they are read), in one transaction; the foreign keys are checked
+# at the statement's end, when the project's row is there.
+_INSERT_AT_ONCE = f"""WITH p AS (
+    INSERT INTO projects ({_NEW_COLUMNS}) VALUES
+    (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id),
+a AS (INSERT INTO arguments (project, position, args)
+    SELECT p.id, t.n - 1, t.blob FROM p, unnest(%s::bytea[]) WITH ORDINALITY AS t(blob, n)
+    RETURNING id, position),
+q AS (INSERT INTO queue_projects (project, priority, node_group, timeout)
+    SELECT p.id, %s, %s, %s FROM p)
+SELECT p.id, (SELECT array_agg(a.id ORDER BY a.position) FROM a),
+    pg_notify(%s, 'commit:' || p.id || ' ' || %s || ' ' || %s) FROM p"""
+
+# Queued projects a daemon of group %(group)s serves (running, served by the queue).
+_SERVED = (
+    "p.state = 'running' AND p.client = %(client)s "
+    "AND (q.node_group = '' OR q.node_group = %(group)s)"
+)
+_ROW = ", ".join(f"r.{column}" for column in PROJECT_COLUMNS.split(", "))
+# The woken claim: y is the project heard of, if this daemon serves it; others, the
+# other served projects with pending arguments (first: served before y, or y is not ours).
+_CLAIM_WOKEN = f"""WITH y AS (
+    SELECT q.project, q.priority, p.created, q.timeout
+    FROM queue_projects q JOIN projects p ON p.id = q.project
+    WHERE {_SERVED} AND q.project = %(project)s),
+others AS (
+    SELECT COALESCE(q.priority > y.priority OR (q.priority = y.priority
+        AND (p.created, p.id) < (y.created, y.project)), TRUE) AS first
+    FROM queue_projects q JOIN projects p ON p.id = q.project LEFT JOIN y ON TRUE
+    WHERE {_SERVED} AND q.project <> %(project)s AND EXISTS (
+        SELECT 1 FROM arguments w WHERE w.project = q.project AND w.state = 'pending')),
+c AS (UPDATE arguments SET state = 'running', lease_owner = %(owner)s,
+    lease_expires = {PG_QUEUE.now} + %(lease)s, host = %(host)s, started = {PG_QUEUE.now},
+    attempts = attempts + 1
+    WHERE id IN (SELECT a.id FROM arguments a WHERE a.project = %(project)s
+        AND a.state = 'pending' AND EXISTS (SELECT 1 FROM y)
+        AND NOT EXISTS (SELECT 1 FROM others WHERE first)
+        ORDER BY a.id LIMIT %(count)s FOR UPDATE SKIP LOCKED)
+    RETURNING id, args, attempts)
+SELECT (SELECT timeout FROM y), EXISTS (SELECT 1 FROM others),
+    (SELECT array_agg(id ORDER BY id) FROM c), (SELECT array_agg(args ORDER BY id) FROM c),
+    (SELECT array_agg(attempts ORDER BY id) FROM c), {_ROW}
+FROM (SELECT 1) one LEFT JOIN projects r ON %(code)s AND r.id = %(project)s
+    AND EXISTS (SELECT 1 FROM c)"""
+
+
+@dataclass(frozen=True)
+class Woken:
+    """What a woken claim got: ``claimed`` (empty when the project is not this daemon's,
+    has nothing pending, or another project comes first); ``timeout``: the project's
+    per-task timeout; ``others``: another project this daemon serves has pending
+    arguments; ``row``: the project's row when it was asked for and something claimed."""
+
+    claimed: list[Claimed]
+    timeout: float
+    others: bool
+    row: ProjectRow | None
+
+
+class FastQueue(StoreBase):
+    """The one-round-trip paths (see the module's docstring), for PostgreSQL."""
+
+    def insert_queued_at_once(
+        self, row: ProjectRow, args: Sequence[bytes], queued: tuple[int, str, float]
+    ) -> tuple[int, list[int]] | None:
+        """Store a queued project (``row``'s id is ignored) with its arguments and
+        queue row, and notify the daemons, in one statement: ``(its id, the arguments'
+        ids in position order)``; ``None`` when too many arguments for it.
+
+        Raises:
+            ConfigError: a project with this name and version exists.
+            StoreError: the store refused the write.
+        """
+        if len(args) > AT_ONCE_ARGUMENTS or not args:
+            return None
+        values = (
+            row.name, row.code, row.target, row.created, json.dumps(row.hosts), row.state,
+            row.client, row.heartbeat, row.function, row.version, row.code_hash,
+            row.args_hash, row.changes, list(args), *queued, CHANNEL, queued[0], queued[1],
+        )  # fmt: skip
+        with self._lock:
+            try:
+                cursor = self._cursor()
+                cursor.execute(_INSERT_AT_ONCE, values)
+                project, ids, _ = cursor.fetchone()
+            except Exception as error:
+                raise self._translate(error) from error
+        return int(project), [int(i) for i in ids]
+
+    def claim_woken(
+        self, project: int, owner: str, host: str, count: int, lease: float, group: str,
+        want_row: bool,
+    ) -> Woken:  # fmt: skip
+        """Claim up to ``count`` pending arguments of ``project`` under a lease, in one
+        statement, unless another project a node of ``group`` serves comes first; with
+        ``want_row``, read the project's row too (its function)."""
+        params = {
+            "project": project, "owner": owner, "host": host, "count": count,
+            "lease": lease, "group": group, "client": QUEUE_CLIENT, "code": want_row,
+        }  # fmt: skip
+        with self._lock:
+            try:
+                cursor = self._cursor()
+                cursor.execute(_CLAIM_WOKEN, params)
+                timeout, others, ids, blobs, attempts, *row = cursor.fetchone()
+            except Exception as error:
+                raise self._translate(error) from error
+        claimed = [
+            Claimed(int(i), project, bytes(b), int(n))
+            for i, b, n in zip(ids or (), blobs or (), attempts or (), strict=True)
+        ]
+        found = project_row(tuple(row)) if row[0] is not None else None
+        return Woken(claimed, float(timeout or 0), bool(others), found)
+
+
+__all__ = ["AT_ONCE_ARGUMENTS", "FastQueue", "Woken"]
