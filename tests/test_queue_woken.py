@@ -94,13 +94,13 @@ def test_a_woken_claim_takes_nothing_while_a_higher_priority_project_waits(
 ) -> None:
     high = _queued(pg_url, "high", 2, priority=5)
     low = _queued(pg_url, "low", 1, priority=0)
-    got = store.claim_woken(low, "n#1", "n", 8, LEASE, "", True)
+    got = store.claim_woken(low, 0, "n#1", "n", 8, LEASE, "", True)
     assert got.claimed == [] and got.others and got.row is None
     assert store.counts(low)["pending"] == 1
-    got = store.claim_woken(high, "n#1", "n", 8, LEASE, "", True)
+    got = store.claim_woken(high, 5, "n#1", "n", 8, LEASE, "", True)
     assert [c.project for c in got.claimed] == [high, high] and got.others
     assert got.row is not None and got.row.target == "square" and got.row.id == high
-    got = store.claim_woken(low, "n#1", "n", 8, LEASE, "", False)  # high is all claimed
+    got = store.claim_woken(low, 0, "n#1", "n", 8, LEASE, "", False)  # high is all claimed
     assert len(got.claimed) == 1 and not got.others and got.row is None
     assert store.counts(high)["running"] == 2 and store.counts(low)["running"] == 1
 
@@ -110,19 +110,19 @@ def test_a_woken_claim_serves_the_older_of_equal_priorities_first(
 ) -> None:
     older = _queued(pg_url, "older", 1)
     newer = _queued(pg_url, "newer", 1)
-    assert store.claim_woken(newer, "n#1", "n", 8, LEASE, "", False).claimed == []
-    assert len(store.claim_woken(older, "n#1", "n", 8, LEASE, "", False).claimed) == 1
-    got = store.claim_woken(newer, "n#1", "n", 8, LEASE, "", False)
+    assert store.claim_woken(newer, 0, "n#1", "n", 8, LEASE, "", False).claimed == []
+    assert len(store.claim_woken(older, 0, "n#1", "n", 8, LEASE, "", False).claimed) == 1
+    got = store.claim_woken(newer, 0, "n#1", "n", 8, LEASE, "", False)
     assert len(got.claimed) == 1 and not got.others
 
 
 def test_a_woken_claim_keeps_to_groups(pg_url: str, store: PostgresStore) -> None:
     gpu = _queued(pg_url, "gpu", 1, group="gpu")
     plain = _queued(pg_url, "plain", 1)
-    got = store.claim_woken(gpu, "n#1", "n", 8, LEASE, "", False)
+    got = store.claim_woken(gpu, 0, "n#1", "n", 8, LEASE, "", False)
     assert got.claimed == [] and got.others  # not its group; another project waits
-    assert len(store.claim_woken(gpu, "g#1", "g", 8, LEASE, "gpu", False).claimed) == 1
-    got = store.claim_woken(plain, "g#1", "g", 8, LEASE, "gpu", False)
+    assert len(store.claim_woken(gpu, 0, "g#1", "g", 8, LEASE, "gpu", False).claimed) == 1
+    got = store.claim_woken(plain, 0, "g#1", "g", 8, LEASE, "gpu", False)
     assert len(got.claimed) == 1 and not got.others  # a group's node serves ungrouped ones
 
 

@@ -146,7 +146,7 @@ class QueueNode:
         self._progress: dict[int, float] = {}  # project -> when it may be notified again
         self._progress_owed: set[int] = set()  # written since its last notification
         self._exhausted: set[int] = set()  # projects whose last claim found too few
-        self._woken: deque[int] = deque()  # events heard (listener thread) not yet served
+        self._woken: deque[tuple[int, int]] = deque()  # heard commits (id, priority)
         self.claimed = self.dropped = 0
         self.started = time.time()
         self._timers = dict.fromkeys(("renew", "beat", "expire", "cancel", "write"), 0.0)
@@ -302,14 +302,14 @@ class QueueNode:
 
     # ------------------------------------------------------------------ claiming
 
-    def _claim(self, woken: list[int]) -> bool:
+    def _claim(self, woken: list[tuple[int, int]]) -> bool:
         """Claim up to the free places, by priority; ``False`` when nothing was found.
         Idle and woken by one commit: claim that project at once, if it comes first."""
         room = self.capacity - len(self.held.tasks)
         if not self.held.tasks:
             self._rate.restart()
-            one = len(woken) == 1 and woken[0] >= 0  # a reconnection (-1): look
-            at_once = self._claim_woken(woken[0], room) if one else None
+            one = len(woken) == 1 and woken[0][0] >= 0  # a reconnection (-1): look
+            at_once = self._claim_woken(*woken[0], room) if one else None
             if at_once is not None:
                 return at_once
         found = False
@@ -329,13 +329,14 @@ class QueueNode:
                 self._run(project.id, project.timeout, claimed)
         return found
 
-    def _claim_woken(self, project: int, room: int) -> bool | None:
-        """One statement: claim ``project`` (heard committed) and read its function if
+    def _claim_woken(self, project: int, priority: int, room: int) -> bool | None:
+        """One round trip: claim ``project`` (heard committed) and read its function if
         not known; ``None`` when another project has work (then look as usual)."""
         if not isinstance(self.store, FastQueue):
             return None
-        got = self.store.claim_woken(project, self.owner, self.name, room, self.lease,
-                                     self.group, project not in self._functions)  # fmt: skip
+        unknown = project not in self._functions
+        got = self.store.claim_woken(project, priority, self.owner, self.name, room,
+                                     self.lease, self.group, unknown)  # fmt: skip
         if got.claimed:
             if len(got.claimed) < room:
                 self._exhausted.add(project)
@@ -455,7 +456,7 @@ class QueueNode:
             return  # another group's project: not for this node
         else:  # a commit, or the listener (re)connected (-1): look for work now
             self._look_at = 0.0  # (a busy node looks once it has room)
-            self._woken.append(commit[0] if commit else -1)
+            self._woken.append(commit[:2] if commit else (-1, 0))
         self._wake.set()
 
     def _install_signals(self) -> None:
