@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import re
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -53,7 +54,13 @@ from .stores import shared_store
 # Tries to find a free default name (or version) when another process takes the same one
 # meanwhile.
 NAME_ATTEMPTS = 5
+# Sources (code, target) whose function was found to pickle: one committed again (a
+# cell run again, a queue fed in a loop) skips that check, ~1 ms of dill; more entries
+# keep more source texts alive.
+SHIPPABLE_SOURCES = 64
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
+_shippable: dict[tuple[str, str], None] = {}  # oldest first
+_shippable_lock = threading.Lock()
 
 
 def commit_project(
@@ -104,7 +111,7 @@ def commit_project(
     """
     items = _checked(args, chunksize)
     fn = function_from_code(code, target, name or target)
-    check_shippable(fn)
+    _check_source_shippable(code, target, fn)
     wanted = _Wanted(store, name, code, target, None, replace, reuse)
     if queue:
         return _commit_queued(wanted, fn, items, (priority, group or "", 0.0))
@@ -177,6 +184,20 @@ def commit_function(
     return _create(definition, plan)
 
 
+def _check_source_shippable(code: str, target: str, fn: Callable[..., Any]) -> None:
+    """Raise :class:`ConfigError` unless ``fn`` (made from ``code``) pickles; checked once
+    per source (running the same source again makes the same function)."""
+    key = (code, target)
+    with _shippable_lock:
+        if key in _shippable:
+            return
+    check_shippable(fn)
+    with _shippable_lock:
+        _shippable[key] = None
+        if len(_shippable) > SHIPPABLE_SOURCES:
+            del _shippable[next(iter(_shippable))]
+
+
 def _recorded_code(fn: Callable[..., Any], code: str | None, target: str) -> str:
     """The source to record: ``code`` once it compiles, else the function's own source."""
     if code is None:
@@ -201,10 +222,16 @@ def check_project_name(name: str) -> None:
         )
 
 
-def _free_name(store: Store, target: str) -> str:
-    """``<target>_<n>``: the first free ``n``."""
-    base = re.sub(r"\W+", "_", target).strip("_")[:80] or "project"
-    taken = store.names_starting(base + "_")
+def _name_base(target: str) -> str:
+    """What a default name starts with (before ``_<n>``)."""
+    return re.sub(r"\W+", "_", target).strip("_")[:80] or "project"
+
+
+def _free_name(store: Store, target: str, taken: set[str] | None = None) -> str:
+    """``<target>_<n>``: the first free ``n`` (``taken``: the names read already)."""
+    base = _name_base(target)
+    if taken is None:
+        taken = store.names_starting(base + "_")
     for n in itertools.count(len(taken) + 1):
         if f"{base}_{n}" not in taken:
             return f"{base}_{n}"
@@ -262,10 +289,17 @@ def _define(
     opened = shared_store(wanted.store)
     code_hash = function_digest(fn, wanted.target)
     digests = (code_hash if wanted.reuse else NO_REUSE + code_hash, arguments_digest(blobs))
-    name, version = _name_and_version(opened, wanted, digests, blobs)
+    known: dict[bytes, int] | None = None
+    version: NewVersion | Attach = NewVersion()
+    if wanted.name is None:  # a new name: it and the results it may take in one round trip
+        prefix, reusing = _name_base(wanted.target) + "_", code_hash if wanted.reuse else ""
+        names, known = opened.names_and_reusable(prefix, reusing)
+        name = _free_name(opened, wanted.target, names)
+    else:
+        name, version = _name_and_version(opened, wanted, digests, blobs)
     if isinstance(version, Attach):
         return _Found(opened, version.row, wanted.reuse)
-    reused = reusable_positions(opened, code_hash, blobs) if wanted.reuse else []
+    reused = reusable_positions(opened, code_hash, blobs, known) if wanted.reuse else []
     taken = {at for at, _ in reused}
     to_run = [at for at in range(len(blobs)) if at not in taken] if taken else range(len(blobs))
     return _Definition(wanted, opened, name, hosts(), blobs, digests, version, reused, to_run)
@@ -274,8 +308,7 @@ def _define(
 def _name_and_version(
     store: Store, wanted: _Wanted, digests: tuple[str, str], blobs: list[bytes]
 ) -> tuple[str, NewVersion | Attach]:
-    if wanted.name is None:
-        return _free_name(store, wanted.target), NewVersion()
+    assert wanted.name is not None
     check_project_name(wanted.name)
     decision = decide(store, wanted.name, wanted.target, digests, blobs, wanted.replace)
     if isinstance(decision, NewVersion):
