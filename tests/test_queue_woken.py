@@ -154,3 +154,26 @@ def test_a_woken_daemon_serves_a_higher_priority_project_it_was_not_told_of_firs
         store.close()
     assert len(started_high) == 3 and len(started_low) == 1
     assert max(started_high) <= min(started_low)  # claimed in priority order
+
+
+def test_a_default_named_queued_commit_picks_its_name_and_reuses_results_as_before(
+    store_url: str, daemons: Daemons
+) -> None:
+    # On PostgreSQL the store decides both in the insert; on SQLite commit.py does.
+    store = open_store(store_url)
+    store.add_project("square_2", CODE, "square", [], None, [b"x"], "someone")  # taken
+    first = commit_project(CODE, "square", [(1,), (2,)], store=store_url, queue=True)
+    assert first.name == "square_3"  # from n = the names taken + 1
+    daemons.start(store_url, "plain")
+    assert first.wait(PROJECT_SECONDS), daemons.logs()
+    second = commit_project(CODE, "square", [(2,), (3,)], store=store_url, queue=True)
+    assert second.name == "square_4"  # square_1 is free, but n starts at 3
+    assert store.reused_count(second.id) == 1  # (2,) took the first project's result
+    assert second.wait(PROJECT_SECONDS), daemons.logs()
+    assert second.results() == [((2,), 4), ((3,), 9)]
+    third = commit_project(CODE, "square", [(3,), (1,)], store=store_url, queue=True)
+    assert (third.name, third.state) == ("square_5", "done")  # every result was stored
+    assert third.results() == [((3,), 9), ((1,), 1)]
+    fresh = commit_project(CODE, "square", [(1,)], store=store_url, queue=True, reuse=False)
+    assert store.reused_count(fresh.id) == 0 and fresh.state == "running"
+    store.close()

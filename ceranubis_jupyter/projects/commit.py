@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import re
-import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +29,7 @@ from .code import (
     check_args,
     check_chunksize,
     check_shippable,
+    check_source_shippable,
     compile_code,
     encode_args,
     function_from_code,
@@ -37,6 +38,7 @@ from .code import (
 )
 from .digest import arguments_digest, function_digest
 from .project import Project, remove_project
+from .queue_fast import AT_ONCE_ARGUMENTS, FastQueue
 from .records import QUEUE_CLIENT, ProjectRow, this_client
 from .refs import with_refs
 from .rerun import (
@@ -54,13 +56,7 @@ from .stores import shared_store
 # Tries to find a free default name (or version) when another process takes the same one
 # meanwhile.
 NAME_ATTEMPTS = 5
-# Sources (code, target) whose function was found to pickle: one committed again (a
-# cell run again, a queue fed in a loop) skips that check, ~1 ms of dill; more entries
-# keep more source texts alive.
-SHIPPABLE_SOURCES = 64
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
-_shippable: dict[tuple[str, str], None] = {}  # oldest first
-_shippable_lock = threading.Lock()
 
 
 def commit_project(
@@ -111,7 +107,7 @@ def commit_project(
     """
     items = _checked(args, chunksize)
     fn = function_from_code(code, target, name or target)
-    _check_source_shippable(code, target, fn)
+    check_source_shippable(code, target, fn)
     wanted = _Wanted(store, name, code, target, None, replace, reuse)
     if queue:
         return _commit_queued(wanted, fn, items, (priority, group or "", 0.0))
@@ -182,20 +178,6 @@ def commit_function(
         return _attach(definition, executor, None)
     plan = _plan(definition, fn, items, executor, False, chunksize, timeout)
     return _create(definition, plan)
-
-
-def _check_source_shippable(code: str, target: str, fn: Callable[..., Any]) -> None:
-    """Raise :class:`ConfigError` unless ``fn`` (made from ``code``) pickles; checked once
-    per source (running the same source again makes the same function)."""
-    key = (code, target)
-    with _shippable_lock:
-        if key in _shippable:
-            return
-    check_shippable(fn)
-    with _shippable_lock:
-        _shippable[key] = None
-        if len(_shippable) > SHIPPABLE_SOURCES:
-            del _shippable[next(iter(_shippable))]
 
 
 def _recorded_code(fn: Callable[..., Any], code: str | None, target: str) -> str:
@@ -357,12 +339,45 @@ def _commit_queued(
     project it is; run nothing here."""
     opened = shared_store(wanted.store)
     opened.ensure_queue()
+    at_once = wanted.name is None and len(items) <= AT_ONCE_ARGUMENTS
+    if at_once and isinstance(opened, FastQueue):
+        return _queued_at_once(opened, wanted, fn, items, queued)
     definition = _define(dataclasses.replace(wanted, store=opened), fn, items, list)
     if isinstance(definition, _Found):
         if not definition.row.live:
             opened.requeue(definition.row.id, queued)
         return Project.load(definition.row.id, opened)
     return _create(definition, None, queued)
+
+
+def _queued_at_once(
+    store: FastQueue,
+    wanted: _Wanted,
+    fn: Callable[..., Any],
+    items: list[tuple[Any, ...]],
+    queued: tuple[int, str, float],
+) -> Project:
+    """A small queued project under a new default name in one statement: the store
+    picks the free name and the stored results it takes (one round trip, not three)."""
+    blobs = encode_args(items)
+    code_hash = function_digest(fn, wanted.target)
+    digests = (code_hash if wanted.reuse else NO_REUSE + code_hash, arguments_digest(blobs))
+    now = time.time()
+    draft = ProjectRow(0, "", wanted.code, wanted.target, now, [], "running", QUEUE_CLIENT,
+                       now, wanted.function, 1, *digests, "")  # fmt: skip
+    prefix, reuse = _name_base(wanted.target) + "_", code_hash if wanted.reuse else ""
+    for attempt in range(1, NAME_ATTEMPTS + 1):
+        try:
+            done = store.insert_new_queued(draft, prefix, blobs, queued, reuse)
+            break
+        except ConfigError:  # another process took the name meanwhile: the next one
+            if attempt == NAME_ATTEMPTS:
+                raise
+    assert done is not None and isinstance(store, Store)
+    if done.reused == len(blobs):  # every argument took a stored result: done already
+        store.set_state(done.row.id, "done", release=True)
+        return Project.load(done.row.id, store)
+    return Project(store, done.row)  # as inserted: no read while the nodes claim it
 
 
 def _create(

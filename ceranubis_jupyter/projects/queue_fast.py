@@ -20,6 +20,7 @@ the client, so the latency from a commit to its task starting is mostly round tr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,17 +37,32 @@ AT_ONCE_ARGUMENTS = 100
 _NEW_COLUMNS = PROJECT_COLUMNS.removeprefix("id, ")
 # A queued project at once: each WITH part runs once (PostgreSQL runs data-modifying
 # parts whether or not they are read), in one transaction; the foreign keys are checked
-# at the statement's end, when the project's row is there.
-_INSERT_AT_ONCE = f"""WITH p AS (
-    INSERT INTO projects ({_NEW_COLUMNS}) VALUES
-    (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id),
-a AS (INSERT INTO arguments (project, position, args)
-    SELECT p.id, t.n - 1, t.blob FROM p, unnest(%s::bytea[]) WITH ORDINALITY AS t(blob, n)
-    RETURNING id, position),
+# at the statement's end, when the project's row is there. Without a name, it takes the
+# first free ``<prefix><n>`` from n = the names taken + 1 (as commit.py's default name);
+# with a reuse digest, an argument whose bytes a finished argument of a function with
+# that code digest has is done at once, pointing at that result (as rerun.py's reuse).
+_INSERT_AT_ONCE = f"""WITH taken AS (
+    SELECT DISTINCT name FROM projects
+    WHERE %(name)s::text IS NULL AND name LIKE %(pattern)s ESCAPE '\\'),
+pick AS (SELECT COALESCE(%(name)s::text, (SELECT %(prefix)s::text || n FROM generate_series(
+    (SELECT count(*) FROM taken) + 1, (SELECT count(*) FROM taken) * 2 + 1) AS n
+    WHERE %(prefix)s::text || n NOT IN (SELECT name FROM taken) ORDER BY n LIMIT 1)) AS name),
+p AS (INSERT INTO projects ({_NEW_COLUMNS}) SELECT pick.name, %(code)s, %(target)s,
+    %(created)s, %(hosts)s, %(state)s, %(client)s, %(heartbeat)s, %(function)s, %(version)s,
+    %(code_hash)s, %(args_hash)s, %(changes)s FROM pick RETURNING id, name),
+known AS (SELECT DISTINCT ON (r.args) r.args, r.id FROM arguments r
+    JOIN projects k ON k.id = r.project WHERE %(reuse)s::text <> '' AND k.code_hash = %(reuse)s
+    AND r.state = 'done' AND r.result IS NOT NULL AND r.args = ANY(%(args)s::bytea[])),
+a AS (INSERT INTO arguments (project, position, args, state, result_of)
+    SELECT p.id, t.n - 1, t.blob, CASE WHEN known.id IS NULL THEN 'pending' ELSE 'done' END,
+    known.id FROM p CROSS JOIN unnest(%(args)s::bytea[]) WITH ORDINALITY AS t(blob, n)
+    LEFT JOIN known ON known.args = t.blob RETURNING id, position, state),
 q AS (INSERT INTO queue_projects (project, priority, node_group, timeout)
-    SELECT p.id, %s, %s, %s FROM p)
-SELECT p.id, (SELECT array_agg(a.id ORDER BY a.position) FROM a),
-    pg_notify(%s, 'commit:' || p.id || ' ' || %s || ' ' || %s) FROM p"""
+    SELECT p.id, %(priority)s, %(group)s, %(timeout)s FROM p)
+SELECT p.id, p.name, (SELECT array_agg(a.id ORDER BY a.position) FROM a),
+    (SELECT count(*) FROM a WHERE a.state = 'done'),
+    pg_notify(%(channel)s, 'commit:' || p.id || ' ' || %(priority)s::int || ' ' || %(group)s::text)
+FROM p"""
 
 # Queued projects a daemon of group %(group)s serves (running, served by the queue)
 # other than %(project)s that have pending arguments.
@@ -88,6 +104,16 @@ _WOKEN_ROW = (
 
 
 @dataclass(frozen=True)
+class Inserted:
+    """A project stored at once: its ``row``, its arguments' ``ids`` in position order,
+    and how many of them took a stored result (``reused``)."""
+
+    row: ProjectRow
+    ids: list[int]
+    reused: int
+
+
+@dataclass(frozen=True)
 class Woken:
     """What a woken claim got: ``claimed`` (empty when the project is not the queue's,
     has nothing pending, or another project comes first); ``others``: another project
@@ -116,21 +142,44 @@ class FastQueue(StoreBase):
             ConfigError: a project with this name and version exists.
             StoreError: the store refused the write.
         """
+        done = self.insert_new_queued(row, None, args, queued)
+        return None if done is None else (done.row.id, done.ids)
+
+    def insert_new_queued(
+        self,
+        row: ProjectRow,
+        prefix: str | None,
+        args: Sequence[bytes],
+        queued: tuple[int, str, float],
+        reuse: str = "",
+    ) -> Inserted | None:
+        """:meth:`insert_queued_at_once`, named ``row.name`` or (with ``prefix``) the
+        first free ``<prefix><n>``; with ``reuse`` (a code digest), the arguments whose
+        result a function of that code already has take it. ``None``: too many
+        arguments for one statement.
+
+        Raises:
+            ConfigError: another process took the name meanwhile.
+            StoreError: the store refused the write.
+        """
         if len(args) > AT_ONCE_ARGUMENTS or not args:
             return None
-        values = (
-            row.name, row.code, row.target, row.created, json.dumps(row.hosts), row.state,
-            row.client, row.heartbeat, row.function, row.version, row.code_hash,
-            row.args_hash, row.changes, list(args), *queued, CHANNEL, queued[0], queued[1],
-        )  # fmt: skip
+        values = {
+            **{f: getattr(row, f) for f in _NEW_COLUMNS.split(", ")},
+            "name": None if prefix is not None else row.name,
+            "prefix": prefix or "", "pattern": _pattern(prefix or ""), "reuse": reuse,
+            "hosts": json.dumps(row.hosts), "args": list(args), "channel": CHANNEL,
+            "priority": queued[0], "group": queued[1], "timeout": queued[2],
+        }  # fmt: skip
         with self._lock:
             try:
                 cursor = self._cursor()
                 cursor.execute(_INSERT_AT_ONCE, values)
-                project, ids, _ = cursor.fetchone()
+                project, name, ids, reused, _ = cursor.fetchone()
             except Exception as error:
                 raise self._translate(error) from error
-        return int(project), [int(i) for i in ids]
+        made = dataclasses.replace(row, id=int(project), name=str(name))
+        return Inserted(made, [int(i) for i in ids], int(reused))
 
     def claim_woken(
         self, project: int, priority: int, owner: str, host: str, count: int, lease: float,
@@ -163,4 +212,9 @@ class FastQueue(StoreBase):
         return Woken(claimed, timeout, bool(waiting and waiting[0]), row)
 
 
-__all__ = ["AT_ONCE_ARGUMENTS", "FastQueue", "Woken"]
+def _pattern(prefix: str) -> str:
+    """A LIKE pattern for names starting with ``prefix`` (escape character ``\\``)."""
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+__all__ = ["AT_ONCE_ARGUMENTS", "FastQueue", "Inserted", "Woken"]
