@@ -109,7 +109,7 @@ def _note(events: Any, stage: str, what: Any, begun: float, ended: float) -> Non
         events[project].setdefault(key, when)
 
     if stage == "heard" and str(what).startswith("commit:"):
-        first(int(str(what).split(":")[1].split()[0]), "heard", ended)
+        first(int(str(what).split(":")[1].split()[0]), "heard", begun)
     elif stage in ("claim", "woken") and what[1]:
         first(int(what[0]), "claim begun", begun)
         first(int(what[0]), "claim done", ended)

@@ -138,6 +138,7 @@ class QueueNode:
         pg = is_postgres_url(store)
         self.poll = poll if poll is not None else (IDLE_POLL_PG if pg else IDLE_POLL_SQLITE)
         self._wake = threading.Event()
+        self._cycle_lock = threading.Lock()  # the cycle runs in one thread at a time
         self._stopping = threading.Event()
         self.held = Held(self.name, self._wake)
         self._cancel_asked = threading.Event()
@@ -187,6 +188,10 @@ class QueueNode:
     # ------------------------------------------------------------------ the cycle
 
     def _cycle(self, claim: bool) -> None:
+        with self._cycle_lock:
+            self._cycle_held(claim)
+
+    def _cycle_held(self, claim: bool) -> None:
         self.held.collect()
         now = time.monotonic()
         if now < self._retry_at:
@@ -457,7 +462,25 @@ class QueueNode:
         else:  # a commit, or the listener (re)connected (-1): look for work now
             self._look_at = 0.0  # (a busy node looks once it has room)
             self._woken.append(commit[:2] if commit else (-1, 0))
+            if commit is not None and self._cycle_here():
+                return
         self._wake.set()
+
+    def _cycle_here(self) -> bool:
+        """Listener thread, on a commit: an idle node claims here (one thread wake-up
+        less; the serving thread wakes for the outcome); ``False``: leave it to that one."""
+        if not self._cycle_lock.acquire(blocking=False):
+            return False
+        try:
+            if self._stopping.is_set() or self.held.tasks or self.executor is None:
+                return False
+            self._cycle_held(claim=True)
+            return True
+        except Exception:  # a bug must not end the listener: the serving thread retries
+            log.exception("node %s: claiming from the listener failed", self.name)
+            return False
+        finally:
+            self._cycle_lock.release()
 
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
