@@ -339,9 +339,8 @@ class QueueNode:
         not known; ``None`` when another project has work (then look as usual)."""
         if not isinstance(self.store, FastQueue):
             return None
-        unknown = project not in self._functions
-        got = self.store.claim_woken(project, priority, self.owner, self.name, room,
-                                     self.lease, self.group, unknown)  # fmt: skip
+        got = self.store.claim_woken(project, priority, self.owner, self.name, room, self.lease,
+                                     self.group, project not in self._functions)  # fmt: skip
         if got.claimed:
             if len(got.claimed) < room:
                 self._exhausted.add(project)
