@@ -4,11 +4,13 @@ the claim of a node daemon woken by a commit.
 On a loaded machine each round trip to the server costs a wake-up of the server and of
 the client, so the latency from a commit to its task starting is mostly round trips:
 
-- :meth:`FastQueue.insert_queued_at_once`: a queued project of at most
-  :data:`AT_ONCE_ARGUMENTS` arguments, with nothing reused, is stored in one statement
-  (the project row, its arguments, its queue row and the ``NOTIFY``, as data-modifying
-  ``WITH`` parts of one autocommitted statement: one transaction, as before) instead of
-  BEGIN, INSERT, COPY, an id check, INSERT, NOTIFY and COMMIT;
+- :meth:`FastQueue.insert_new_queued`: a queued project of at most
+  :data:`AT_ONCE_ARGUMENTS` arguments is stored in one statement (the project row, its
+  arguments, its queue row and the ``NOTIFY``, as data-modifying ``WITH`` parts of one
+  autocommitted statement: one transaction, as before); under a default name the
+  statement also picks the free name and the stored results the arguments take. Before:
+  a name lookup, a reuse lookup, BEGIN, INSERT, COPY, an id check, INSERT, NOTIFY and
+  COMMIT;
 - :meth:`FastQueue.claim_woken`: a daemon that heard ``commit:<id> <priority> <group>``
   claims that project, and reads its function when it does not have it yet, in one
   round trip (a pipeline of plain statements) instead of a look for queued
@@ -72,7 +74,7 @@ _OTHERS = (
     "AND q.project <> %(project)s AND EXISTS (SELECT 1 FROM arguments w "
     "WHERE w.project = q.project AND w.state = 'pending')"
 )
-# The woken claim, three plain statements sent together (each plans in microseconds; one
+# The woken claim, plain statements sent together (each plans in microseconds; one
 # statement of WITH parts doing the same took a millisecond to plan): the claim, unless
 # the project is not this daemon's (any more) or another one comes first (a higher
 # priority, or as high and committed before it: a smaller id); whether other projects
