@@ -26,6 +26,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +34,8 @@ from ..cluster.executor import NodeExecutor, TaskOptions
 from ..cluster.tasks import ResultSlot
 from ..errors import CeranubisError, StoreError
 from ..projects.code import function_of
+from ..projects.queue_events import parse_commit
+from ..projects.queue_fast import FastQueue
 from ..projects.queue_listen import Listener
 from ..projects.queue_store import PROGRESS_CHANNEL, QUEUE_SCHEMA, Claimed, NodeRow
 from ..projects.rows import final_state
@@ -40,6 +43,7 @@ from ..projects.store import Store
 from ..projects.stores import is_postgres_url, open_store
 from ..wire import protocol as p
 from .held import Held, HeldTask
+from .rate import TaskRate
 
 log = logging.getLogger("ceranubis")
 
@@ -60,9 +64,6 @@ CLAIM_PER_WORKER = 8
 # Seconds of work held ahead, at the rate tasks finish here: tiny tasks are then claimed
 # thousands at a time (one round trip each), long ones CLAIM_PER_WORKER per worker.
 CLAIM_AHEAD_SECONDS = 0.5
-# Seconds over which the task rate (for CLAIM_AHEAD_SECONDS) is measured: shorter
-# follows a new project's pace sooner, longer is steadier.
-RATE_WINDOW = 0.25
 # The most arguments held at once (memory, and what a lost node leaves to its lease).
 MAX_HELD = 20000
 # Seconds between outcome writes while tasks finish: longer batches cost fewer
@@ -133,10 +134,11 @@ class QueueNode:
         self.group, self.lease, self.drain = group, lease, drain
         self.workers = workers or os.cpu_count() or 1
         self.base_capacity = self.capacity = self.workers * claim_per_worker
-        self._rate = _Rate()
+        self._rate = TaskRate()
         pg = is_postgres_url(store)
         self.poll = poll if poll is not None else (IDLE_POLL_PG if pg else IDLE_POLL_SQLITE)
         self._wake = threading.Event()
+        self._cycle_lock = threading.Lock()  # the cycle runs in one thread at a time
         self._stopping = threading.Event()
         self.held = Held(self.name, self._wake)
         self._cancel_asked = threading.Event()
@@ -145,6 +147,7 @@ class QueueNode:
         self._progress: dict[int, float] = {}  # project -> when it may be notified again
         self._progress_owed: set[int] = set()  # written since its last notification
         self._exhausted: set[int] = set()  # projects whose last claim found too few
+        self._woken: deque[tuple[int, int]] = deque()  # heard commits (id, priority)
         self.claimed = self.dropped = 0
         self.started = time.time()
         self._timers = dict.fromkeys(("renew", "beat", "expire", "cancel", "write"), 0.0)
@@ -185,6 +188,10 @@ class QueueNode:
     # ------------------------------------------------------------------ the cycle
 
     def _cycle(self, claim: bool) -> None:
+        with self._cycle_lock:
+            self._cycle_held(claim)
+
+    def _cycle_held(self, claim: bool) -> None:
         self.held.collect()
         now = time.monotonic()
         if now < self._retry_at:
@@ -204,10 +211,12 @@ class QueueNode:
             self._stop_cancelled()
             self._timers["cancel"] = now + CANCEL_POLL_SECONDS
         self._timed_work(now, claim)
-        wants = claim and len(self.held.tasks) <= self.capacity // 2 and now >= self._look_at
-        if wants and not self._claim():  # the queue has nothing for us: until a NOTIFY or poll
+        # Heard events are taken one by one: one heard meanwhile stays for the next cycle.
+        woken = [self._woken.popleft() for _ in range(len(self._woken))]
+        wants = len(self.held.tasks) <= self.capacity // 2 and (woken or now >= self._look_at)
+        if claim and wants and not self._claim(woken):  # nothing for us: until NOTIFY or poll
             self._look_at = now + self.poll
-        elif wants:  # busy again: beat at the busy pace
+        elif claim and wants:  # busy again: beat at the busy pace
             self._timers["beat"] = min(self._timers["beat"], now + BEAT_SECONDS)
         self._notify_progress(now)
 
@@ -298,11 +307,16 @@ class QueueNode:
 
     # ------------------------------------------------------------------ claiming
 
-    def _claim(self) -> bool:
-        """Claim up to the free places, by priority; ``False`` when nothing was found."""
+    def _claim(self, woken: list[tuple[int, int]]) -> bool:
+        """Claim up to the free places, by priority; ``False`` when nothing was found.
+        Idle and woken by one commit: claim that project at once, if it comes first."""
         room = self.capacity - len(self.held.tasks)
         if not self.held.tasks:
             self._rate.restart()
+            one = len(woken) == 1 and woken[0][0] >= 0  # a reconnection (-1): look
+            at_once = self._claim_woken(*woken[0], room) if one else None
+            if at_once is not None:
+                return at_once
         found = False
         for project in self.store.queued_projects(self.group):
             if room <= 0:
@@ -320,8 +334,22 @@ class QueueNode:
                 self._run(project.id, project.timeout, claimed)
         return found
 
-    def _run(self, project: int, timeout: float, claimed: list[Claimed]) -> None:
-        loaded = self._function(project, timeout)
+    def _claim_woken(self, project: int, priority: int, room: int) -> bool | None:
+        """One round trip: claim ``project`` (heard committed) and read its function if
+        not known; ``None`` when another project has work (then look as usual)."""
+        if not isinstance(self.store, FastQueue):
+            return None
+        got = self.store.claim_woken(project, priority, self.owner, self.name, room, self.lease,
+                                     self.group, project not in self._functions)  # fmt: skip
+        if got.claimed:
+            if len(got.claimed) < room:
+                self._exhausted.add(project)
+            self.claimed += len(got.claimed)
+            self._run(project, got.timeout, got.claimed, got.row)
+        return None if got.others else bool(got.claimed)
+
+    def _run(self, project: int, timeout: float, claimed: list[Claimed], row: Any = None) -> None:
+        loaded = self._function(project, timeout, row)
         held = self.held
         if isinstance(loaded, str):  # the project's code cannot load here
             for claim in claimed:
@@ -345,15 +373,17 @@ class QueueNode:
             self.status = 1
             self.stop()
 
-    def _function(self, project: int, timeout: float) -> tuple[int, TaskOptions, Any] | str:
-        """The project's function id and task options, loaded once; or why it cannot
-        load here (its tasks then fail with that reason)."""
+    def _function(
+        self, project: int, timeout: float, row: Any = None
+    ) -> tuple[int, TaskOptions, Any] | str:
+        """The project's function id and task options, loaded once (from ``row`` when
+        given); or why it cannot load here (its tasks then fail with that reason)."""
         known = self._functions.get(project)
         if known is not None:
             return known
         assert self.executor is not None
         try:
-            row = self.store.find_project(project)
+            row = row or self.store.find_project(project)
             if row is None:
                 raise CeranubisError(f"project {project} was removed")
             fn_id, fn = self._loaded_code(row)
@@ -423,45 +453,39 @@ class QueueNode:
 
     def _heard(self, payload: str) -> None:
         """A queue event (listener thread): wake the cycle; a cancel is looked at now."""
+        commit = parse_commit(payload)
         if payload.startswith("cancel:"):
             self._cancel_asked.set()
-        else:  # a commit, or the listener (re)connected: look for work now
-            self._look_at = 0.0
+        elif commit is not None and commit[2] not in ("", self.group):
+            return  # another group's project: not for this node
+        else:  # a commit, or the listener (re)connected (-1): look for work now
+            self._look_at = 0.0  # (a busy node looks once it has room)
+            self._woken.append(commit[:2] if commit else (-1, 0))
+            if commit is not None and self._cycle_here():
+                return
         self._wake.set()
+
+    def _cycle_here(self) -> bool:
+        """Listener thread, on a commit: an idle node claims here (one thread wake-up
+        less; the serving thread wakes for the outcome); ``False``: leave it to that one."""
+        if not self._cycle_lock.acquire(blocking=False):
+            return False
+        try:
+            if self._stopping.is_set() or self.held.tasks or self.executor is None:
+                return False
+            self._cycle_held(claim=True)
+            return True
+        except Exception:  # a bug must not end the listener: the serving thread retries
+            log.exception("node %s: claiming from the listener failed", self.name)
+            return False
+        finally:
+            self._cycle_lock.release()
 
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return  # a node served from another thread is stopped by stop()
         for number in (signal.SIGTERM, signal.SIGINT):
             signal.signal(number, lambda *_: self.stop())
-
-
-class _Rate:
-    """Outcomes per second while busy, over the last RATE_WINDOW or so (for sizing
-    claims); idle time does not count, so the rate a node knew holds for its next work."""
-
-    def __init__(self) -> None:
-        self._since = time.monotonic()
-        self._count = 0
-        self._last = 0.0
-        self._added = 0.0  # when outcomes last came
-
-    def restart(self) -> None:
-        """The node starts work after holding none: measure from now if it was idle
-        (a node that ran dry between two claims goes on measuring)."""
-        if time.monotonic() - self._added > RATE_WINDOW:
-            self._since, self._count = time.monotonic(), 0
-
-    def add(self, count: int) -> None:
-        self._count += count
-        self._added = time.monotonic()
-        elapsed = time.monotonic() - self._since
-        if elapsed >= RATE_WINDOW:
-            self._last = self._count / elapsed
-            self._since, self._count = time.monotonic(), 0
-
-    def per_second(self) -> float:
-        return self._last
 
 
 def run_node(store: str, **options: Any) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import linecache
 import textwrap
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,6 +19,13 @@ from ..wire.describe import unpicklable_arguments, unpicklable_function
 from ..wire.serialize import dumps_function, loads_function
 from .records import ProjectRow
 from .rows import encode_many
+
+# Sources (code, target) whose function was found to pickle: one committed again (a
+# cell run again, a queue fed in a loop) skips that check, ~1 ms of dill; more entries
+# keep more source texts alive.
+SHIPPABLE_SOURCES = 64
+_shippable: dict[tuple[str, str], None] = {}  # oldest first
+_shippable_lock = threading.Lock()
 
 
 def check_args(args: Any) -> list[tuple[Any, ...]]:
@@ -115,6 +123,20 @@ def check_shippable(fn: Callable[..., Any]) -> bytes:
         return dumps_function(fn)
     except Exception as error:
         raise unpicklable_function(fn, error) from None
+
+
+def check_source_shippable(code: str, target: str, fn: Callable[..., Any]) -> None:
+    """Raise :class:`ConfigError` unless ``fn`` (made from ``code``) pickles; checked once
+    per source (running the same source again makes the same function)."""
+    key = (code, target)
+    with _shippable_lock:
+        if key in _shippable:
+            return
+    check_shippable(fn)
+    with _shippable_lock:
+        _shippable[key] = None
+        if len(_shippable) > SHIPPABLE_SOURCES:
+            del _shippable[next(iter(_shippable))]
 
 
 def encode_args(items: list[tuple[Any, ...]]) -> list[bytes]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,7 @@ from .code import (
     check_args,
     check_chunksize,
     check_shippable,
+    check_source_shippable,
     compile_code,
     encode_args,
     function_from_code,
@@ -36,6 +38,7 @@ from .code import (
 )
 from .digest import arguments_digest, function_digest
 from .project import Project, remove_project
+from .queue_fast import AT_ONCE_ARGUMENTS, FastQueue
 from .records import QUEUE_CLIENT, ProjectRow, this_client
 from .refs import with_refs
 from .rerun import (
@@ -104,7 +107,7 @@ def commit_project(
     """
     items = _checked(args, chunksize)
     fn = function_from_code(code, target, name or target)
-    check_shippable(fn)
+    check_source_shippable(code, target, fn)
     wanted = _Wanted(store, name, code, target, None, replace, reuse)
     if queue:
         return _commit_queued(wanted, fn, items, (priority, group or "", 0.0))
@@ -201,10 +204,16 @@ def check_project_name(name: str) -> None:
         )
 
 
-def _free_name(store: Store, target: str) -> str:
-    """``<target>_<n>``: the first free ``n``."""
-    base = re.sub(r"\W+", "_", target).strip("_")[:80] or "project"
-    taken = store.names_starting(base + "_")
+def _name_base(target: str) -> str:
+    """What a default name starts with (before ``_<n>``)."""
+    return re.sub(r"\W+", "_", target).strip("_")[:80] or "project"
+
+
+def _free_name(store: Store, target: str, taken: set[str] | None = None) -> str:
+    """``<target>_<n>``: the first free ``n`` (``taken``: the names read already)."""
+    base = _name_base(target)
+    if taken is None:
+        taken = store.names_starting(base + "_")
     for n in itertools.count(len(taken) + 1):
         if f"{base}_{n}" not in taken:
             return f"{base}_{n}"
@@ -262,10 +271,17 @@ def _define(
     opened = shared_store(wanted.store)
     code_hash = function_digest(fn, wanted.target)
     digests = (code_hash if wanted.reuse else NO_REUSE + code_hash, arguments_digest(blobs))
-    name, version = _name_and_version(opened, wanted, digests, blobs)
+    known: dict[bytes, int] | None = None
+    version: NewVersion | Attach = NewVersion()
+    if wanted.name is None:  # a new name: it and the results it may take in one round trip
+        prefix, reusing = _name_base(wanted.target) + "_", code_hash if wanted.reuse else ""
+        names, known = opened.names_and_reusable(prefix, reusing)
+        name = _free_name(opened, wanted.target, names)
+    else:
+        name, version = _name_and_version(opened, wanted, digests, blobs)
     if isinstance(version, Attach):
         return _Found(opened, version.row, wanted.reuse)
-    reused = reusable_positions(opened, code_hash, blobs) if wanted.reuse else []
+    reused = reusable_positions(opened, code_hash, blobs, known) if wanted.reuse else []
     taken = {at for at, _ in reused}
     to_run = [at for at in range(len(blobs)) if at not in taken] if taken else range(len(blobs))
     return _Definition(wanted, opened, name, hosts(), blobs, digests, version, reused, to_run)
@@ -274,8 +290,7 @@ def _define(
 def _name_and_version(
     store: Store, wanted: _Wanted, digests: tuple[str, str], blobs: list[bytes]
 ) -> tuple[str, NewVersion | Attach]:
-    if wanted.name is None:
-        return _free_name(store, wanted.target), NewVersion()
+    assert wanted.name is not None
     check_project_name(wanted.name)
     decision = decide(store, wanted.name, wanted.target, digests, blobs, wanted.replace)
     if isinstance(decision, NewVersion):
@@ -324,12 +339,45 @@ def _commit_queued(
     project it is; run nothing here."""
     opened = shared_store(wanted.store)
     opened.ensure_queue()
+    at_once = wanted.name is None and len(items) <= AT_ONCE_ARGUMENTS
+    if at_once and isinstance(opened, FastQueue):
+        return _queued_at_once(opened, wanted, fn, items, queued)
     definition = _define(dataclasses.replace(wanted, store=opened), fn, items, list)
     if isinstance(definition, _Found):
         if not definition.row.live:
             opened.requeue(definition.row.id, queued)
         return Project.load(definition.row.id, opened)
     return _create(definition, None, queued)
+
+
+def _queued_at_once(
+    store: FastQueue,
+    wanted: _Wanted,
+    fn: Callable[..., Any],
+    items: list[tuple[Any, ...]],
+    queued: tuple[int, str, float],
+) -> Project:
+    """A small queued project under a new default name in one statement: the store
+    picks the free name and the stored results it takes (one round trip, not three)."""
+    blobs = encode_args(items)
+    code_hash = function_digest(fn, wanted.target)
+    digests = (code_hash if wanted.reuse else NO_REUSE + code_hash, arguments_digest(blobs))
+    now = time.time()
+    draft = ProjectRow(0, "", wanted.code, wanted.target, now, [], "running", QUEUE_CLIENT,
+                       now, wanted.function, 1, *digests, "")  # fmt: skip
+    prefix, reuse = _name_base(wanted.target) + "_", code_hash if wanted.reuse else ""
+    for attempt in range(1, NAME_ATTEMPTS + 1):
+        try:
+            done = store.insert_new_queued(draft, prefix, blobs, queued, reuse)
+            break
+        except ConfigError:  # another process took the name meanwhile: the next one
+            if attempt == NAME_ATTEMPTS:
+                raise
+    assert done is not None and isinstance(store, Store)
+    if done.reused == len(blobs):  # every argument took a stored result: done already
+        store.set_state(done.row.id, "done", release=True)
+        return Project.load(done.row.id, store)
+    return Project(store, done.row)  # as inserted: no read while the nodes claim it
 
 
 def _create(
@@ -404,7 +452,8 @@ def _insert_queued(definition: _Definition, queued: tuple[int, str, float]) -> P
     row, _ = _insert(definition, None, queued)
     if not definition.to_run:  # every argument took a stored result: done already
         store.set_state(row.id, "done", release=True)
-    return Project.load(row.id, store)
+        return Project.load(row.id, store)
+    return Project(store, row)  # as inserted: no read while the nodes claim it
 
 
 def _insert(

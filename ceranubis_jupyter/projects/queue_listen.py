@@ -131,7 +131,8 @@ def watch(store: Store, project: int, callback: Callable[[], None]) -> Listener 
     mine = {f"{kind}:{project}" for kind in ("commit", "cancel", "outcome")}
 
     def heard(payload: str) -> None:
-        if payload in mine or payload == RECONNECTED:
+        # A commit's payload goes on with its priority and group: only its head names it.
+        if payload.split(" ", 1)[0] in mine or payload == RECONNECTED:
             callback()
 
     listener = Listener(dsn, heard, (CHANNEL, PROGRESS_CHANNEL))

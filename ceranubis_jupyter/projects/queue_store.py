@@ -27,6 +27,7 @@ from typing import Any
 
 from ..errors import StoreError
 from .queue_claims import Claimed, QueueClaims, QueueDialect
+from .queue_events import commit_payload
 from .records import QUEUE_CLIENT
 
 # The queue schema's version: a daemon refuses a store of another (bump it when the queue
@@ -279,7 +280,7 @@ class QueueStore(QueueClaims):
             ),
             (project, priority, group, timeout),
         )
-        self._notify_in(cursor, f"commit:{project}")
+        self._notify_in(cursor, commit_payload(project, priority, group))
 
     def requeue(self, project: int, queued: tuple[int, str, float]) -> int:
         """Queue a stored project again (or for the first time, with ``queued``:
@@ -311,7 +312,7 @@ class QueueStore(QueueClaims):
                 self._sql("UPDATE projects SET state = 'running', client = ? WHERE id = ?"),
                 (QUEUE_CLIENT, project),
             )
-            self._notify_in(cursor, f"commit:{project}")
+            self._notify_in(cursor, commit_payload(project, queued[0], queued[1]))
         return count
 
     def is_queued(self, project: int) -> bool:

@@ -108,13 +108,15 @@ def _plain(code_hash: str) -> str:
 
 
 def reusable_positions(
-    store: Store, code_hash: str, blobs: Sequence[bytes]
+    store: Store, code_hash: str, blobs: Sequence[bytes], known: dict[bytes, int] | None = None
 ) -> list[tuple[int, int]]:
     """``(position, holder)`` for each argument of ``blobs`` that a finished argument of a
-    function with this code digest already answered (``holder``: that argument's id)."""
+    function with this code digest already answered (``holder``: that argument's id);
+    ``known``: :meth:`Store.reusable` of the digest, when read already."""
     if not code_hash or code_hash.startswith(NO_REUSE):
         return []
-    known = store.reusable(code_hash)
+    if known is None:
+        known = store.reusable(code_hash)
     if not known:
         return []
     return [(at, known[blob]) for at, blob in enumerate(blobs) if blob in known]

@@ -56,6 +56,11 @@ _ARGUMENT_SELECT = (
     "FROM arguments a LEFT JOIN arguments h ON h.id = a.result_of"
 )
 _OPEN = "('pending', 'running')"
+# Finished results of functions with one code digest: argument bytes, the row's id.
+_REUSABLE = (
+    "SELECT a.args, a.id FROM arguments a JOIN projects p ON p.id = a.project "
+    "WHERE p.code_hash = ? AND a.state = 'done' AND a.result IS NOT NULL"
+)
 # A finished argument with a result and no printed output: the common case, batched.
 # Values per argument in record_outcomes(done=...): id, result, host, attempts, started, finished.
 DONE_VALUES = 6
@@ -118,6 +123,10 @@ class Store(QueueStore):
             *digests, changes,
         )  # fmt: skip
         try:
+            if queued is not None and started is None and not reused:
+                at_once = self.insert_queued_at_once(draft, args, queued)
+                if at_once is not None:
+                    return dataclasses.replace(draft, id=at_once[0]), at_once[1]
             with self._transaction() as cursor:
                 row = dataclasses.replace(draft, id=self._insert_project(cursor, draft))
                 if started is not None:
@@ -133,6 +142,13 @@ class Store(QueueStore):
                 f"name or remove it with `ceranubis rm {name}`"
             ) from None
         return row, ids
+
+    def insert_queued_at_once(
+        self, row: ProjectRow, args: Sequence[bytes], queued: tuple[int, str, float]
+    ) -> tuple[int, list[int]] | None:
+        """A queued project stored in one statement (PostgreSQL: ``queue_fast.py``):
+        ``(its id, its arguments' ids)``; ``None``: this back end stores it in steps."""
+        return None
 
     def _insert_project(self, cursor: Any, row: ProjectRow) -> int:
         """Insert a project's row (its ``id`` is ignored) in the open transaction; returns
@@ -181,11 +197,7 @@ class Store(QueueStore):
     def reusable(self, code_hash: str) -> dict[bytes, int]:
         """Finished results of functions with this code digest: argument bytes → the id
         of the argument row that holds the result (one per distinct argument)."""
-        rows = self._read(
-            "SELECT a.args, a.id FROM arguments a JOIN projects p ON p.id = a.project "
-            "WHERE p.code_hash = ? AND a.state = 'done' AND a.result IS NOT NULL",
-            (code_hash,),
-        )
+        rows = self._read(_REUSABLE, (code_hash,))
         return {bytes(args): int(arg_id) for args, arg_id in rows}
 
     def reused_count(self, project_id: int) -> int:
@@ -216,9 +228,15 @@ class Store(QueueStore):
 
     def names_starting(self, prefix: str) -> set[str]:
         """Names of projects that start with ``prefix`` (to pick a fresh default name)."""
-        pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        rows = self._read("SELECT name FROM projects WHERE name LIKE ? ESCAPE '\\'", (pattern,))
-        return {row[0] for row in rows}
+        return {row[0] for row in self._read(*_names_starting(prefix))}
+
+    def names_and_reusable(self, prefix: str, code_hash: str) -> tuple[set[str], dict[bytes, int]]:
+        """:meth:`names_starting` and :meth:`reusable` (``{}`` without ``code_hash``) in
+        one round trip, for a new project's commit."""
+        if not code_hash:
+            return self.names_starting(prefix), {}
+        names, known = self._reads([_names_starting(prefix), (_REUSABLE, (code_hash,))])
+        return {row[0] for row in names}, {bytes(args): int(arg_id) for args, arg_id in known}
 
     def list_projects(self, *, every_version: bool = False) -> list[ProjectSummary]:
         """Projects, oldest first, with their done and total counts: the latest version
@@ -440,6 +458,11 @@ class Store(QueueStore):
             f"UPDATE arguments SET state = 'cancelled' WHERE project = ? AND state IN {_OPEN}",
             [(project_id,)],
         )
+
+
+def _names_starting(prefix: str) -> tuple[str, tuple[str]]:
+    pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    return "SELECT name FROM projects WHERE name LIKE ? ESCAPE '\\'", (pattern,)
 
 
 def _plain_done(outcome: Outcome) -> bool:

@@ -108,6 +108,10 @@ class StoreBase(ABC):
                     raise self._translate(error) from error
         raise AssertionError("unreachable")
 
+    def _reads(self, queries: Sequence[tuple[str, Sequence[Any]]]) -> list[list[tuple[Any, ...]]]:
+        """The rows of several reads (back ends may send them in one round trip)."""
+        return [self._read(sql, params) for sql, params in queries]
+
     def _lost_connection(self) -> bool:
         """True when the connection broke (the next :meth:`_cursor` makes a new one)."""
         return False

@@ -1,0 +1,227 @@
+"""Queue mode's one-round-trip paths on PostgreSQL: the commit of a small project, and
+the claim of a node daemon woken by a commit.
+
+On a loaded machine each round trip to the server costs a wake-up of the server and of
+the client, so the latency from a commit to its task starting is mostly round trips:
+
+- :meth:`FastQueue.insert_new_queued`: a queued project of at most
+  :data:`AT_ONCE_ARGUMENTS` arguments is stored in one statement (the project row, its
+  arguments, its queue row and the ``NOTIFY``, as data-modifying ``WITH`` parts of one
+  autocommitted statement: one transaction, as before); under a default name the
+  statement also picks the free name and the stored results the arguments take. Before:
+  a name lookup, a reuse lookup, BEGIN, INSERT, COPY, an id check, INSERT, NOTIFY and
+  COMMIT;
+- :meth:`FastQueue.claim_woken`: a daemon that heard ``commit:<id> <priority> <group>``
+  claims that project, and reads its function when it does not have it yet, in one
+  round trip (a pipeline of plain statements) instead of a look for queued
+  projects, a claim and a row read. Priorities and groups hold: it claims nothing while
+  another project the daemon serves has pending arguments and comes first (a higher
+  priority, or as high and committed before it), and says whether any other such
+  project has work, so that the daemon then looks as usual.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .queue_store import CHANNEL, PG_QUEUE, Claimed
+from .records import QUEUE_CLIENT, ProjectRow, project_row
+from .store_base import PROJECT_COLUMNS, StoreBase
+
+# The most arguments a queued commit stores in one statement (as one array parameter);
+# beyond it COPY streams them cheaper than an array the server unpacks.
+AT_ONCE_ARGUMENTS = 100
+
+_NEW_COLUMNS = PROJECT_COLUMNS.removeprefix("id, ")
+# A queued project at once: each WITH part runs once (PostgreSQL runs data-modifying
+# parts whether or not they are read), in one transaction; the foreign keys are checked
+# at the statement's end, when the project's row is there. Without a name, it takes the
+# first free ``<prefix><n>`` from n = the names taken + 1 (as commit.py's default name);
+# with a reuse digest, an argument whose bytes a finished argument of a function with
+# that code digest has is done at once, pointing at that result (as rerun.py's reuse).
+_INSERT_AT_ONCE = f"""WITH taken AS (
+    SELECT DISTINCT name FROM projects
+    WHERE %(name)s::text IS NULL AND name LIKE %(pattern)s ESCAPE '\\'),
+pick AS (SELECT COALESCE(%(name)s::text, (SELECT %(prefix)s::text || n FROM generate_series(
+    (SELECT count(*) FROM taken) + 1, (SELECT count(*) FROM taken) * 2 + 1) AS n
+    WHERE %(prefix)s::text || n NOT IN (SELECT name FROM taken) ORDER BY n LIMIT 1)) AS name),
+p AS (INSERT INTO projects ({_NEW_COLUMNS}) SELECT pick.name, %(code)s, %(target)s,
+    %(created)s, %(hosts)s, %(state)s, %(client)s, %(heartbeat)s, %(function)s, %(version)s,
+    %(code_hash)s, %(args_hash)s, %(changes)s FROM pick RETURNING id, name),
+known AS (SELECT DISTINCT ON (r.args) r.args, r.id FROM arguments r
+    JOIN projects k ON k.id = r.project WHERE %(reuse)s::text <> '' AND k.code_hash = %(reuse)s
+    AND r.state = 'done' AND r.result IS NOT NULL AND r.args = ANY(%(args)s::bytea[])),
+a AS (INSERT INTO arguments (project, position, args, state, result_of)
+    SELECT p.id, t.n - 1, t.blob, CASE WHEN known.id IS NULL THEN 'pending' ELSE 'done' END,
+    known.id FROM p CROSS JOIN unnest(%(args)s::bytea[]) WITH ORDINALITY AS t(blob, n)
+    LEFT JOIN known ON known.args = t.blob RETURNING id, position, state),
+q AS (INSERT INTO queue_projects (project, priority, node_group, timeout)
+    SELECT p.id, %(priority)s, %(group)s, %(timeout)s FROM p)
+SELECT p.id, p.name, (SELECT array_agg(a.id ORDER BY a.position) FROM a),
+    (SELECT count(*) FROM a WHERE a.state = 'done'),
+    pg_notify(%(channel)s, 'commit:' || p.id || ' ' || %(priority)s::int || ' ' || %(group)s::text)
+FROM p"""
+
+# Queued projects a daemon of group %(group)s serves (running, served by the queue)
+# other than %(project)s that have pending arguments, looked for from each one's next_id
+# (queue schema 2: no index holds the pending rows; what is pending below next_id is
+# rare and found by the next ordinary claim).
+_OTHERS = (
+    "FROM queue_projects q JOIN projects p ON p.id = q.project WHERE p.state = 'running' "
+    "AND p.client = %(client)s AND (q.node_group = '' OR q.node_group = %(group)s) "
+    "AND q.project <> %(project)s AND EXISTS (SELECT 1 FROM arguments w "
+    "WHERE w.project = q.project AND w.id >= q.next_id AND w.state = 'pending')"
+)
+# The woken claim, plain statements sent together (each plans in microseconds; one
+# statement of WITH parts doing the same took a millisecond to plan): the claim, unless
+# the project is not this daemon's (any more) or another one comes first (a higher
+# priority, or as high and committed before it: a smaller id); whether other projects
+# have work; the project's timeout and row (its function). The claim starts at the
+# project's next_id and leaves it there: the next ordinary claim moves it past what this
+# one took (skipping those running rows costs it one index step each).
+_CLAIM_WOKEN = (
+    "UPDATE arguments SET state = 'running', lease_owner = %(owner)s, "
+    f"lease_expires = {PG_QUEUE.now} + %(lease)s, host = %(host)s, "
+    f"started = {PG_QUEUE.now}, attempts = attempts + 1 "
+    "WHERE id IN (SELECT id FROM arguments WHERE project = %(project)s AND id >= "
+    "(SELECT next_id FROM queue_projects WHERE project = %(project)s) "
+    "AND state = 'pending' ORDER BY id LIMIT %(count)s FOR UPDATE SKIP LOCKED) "
+    "AND EXISTS (SELECT 1 FROM queue_projects q JOIN projects p ON p.id = q.project "
+    "WHERE q.project = %(project)s AND p.state = 'running' AND p.client = %(client)s "
+    "AND (q.node_group = '' OR q.node_group = %(group)s)) "
+    f"AND NOT EXISTS (SELECT 1 {_OTHERS} AND (q.priority > %(priority)s "
+    "OR (q.priority = %(priority)s AND q.project < %(project)s))) "
+    "RETURNING id, args, attempts"
+)
+_OTHERS_WAIT = f"SELECT EXISTS (SELECT 1 {_OTHERS})"
+# The claim's transaction does not wait for its WAL to reach the disk (~0.5 ms here): a
+# claim lost in a server crash is harmless (its arguments are pending again; the outcome
+# of whoever runs them first wins, as after an expired lease), and the next durable
+# commit on the server flushes it anyway. Commits of projects and outcomes stay durable.
+_CLAIM_NOT_FLUSHED = "SELECT set_config('synchronous_commit', 'off', true)"
+_WOKEN_ROW = (
+    "SELECT q.timeout, "
+    + ", ".join(f"p.{column}" for column in PROJECT_COLUMNS.split(", "))
+    + " FROM queue_projects q JOIN projects p ON p.id = q.project WHERE q.project = %(project)s"
+)
+
+
+@dataclass(frozen=True)
+class Inserted:
+    """A project stored at once: its ``row``, its arguments' ``ids`` in position order,
+    and how many of them took a stored result (``reused``)."""
+
+    row: ProjectRow
+    ids: list[int]
+    reused: int
+
+
+@dataclass(frozen=True)
+class Woken:
+    """What a woken claim got: ``claimed`` (empty when the project is not the queue's,
+    has nothing pending, or another project comes first); ``others``: another project
+    the daemon serves has pending arguments; ``row`` and ``timeout`` (the project's
+    per-task timeout): when the row was asked for and something claimed."""
+
+    claimed: list[Claimed]
+    timeout: float
+    others: bool
+    row: ProjectRow | None
+
+
+class FastQueue(StoreBase):
+    """The one-round-trip paths (see the module's docstring), for PostgreSQL."""
+
+    _connection: Any  # the back end's psycopg connection
+
+    def insert_queued_at_once(
+        self, row: ProjectRow, args: Sequence[bytes], queued: tuple[int, str, float]
+    ) -> tuple[int, list[int]] | None:
+        """Store a queued project (``row``'s id is ignored) with its arguments and
+        queue row, and notify the daemons, in one statement: ``(its id, the arguments'
+        ids in position order)``; ``None`` when too many arguments for it.
+
+        Raises:
+            ConfigError: a project with this name and version exists.
+            StoreError: the store refused the write.
+        """
+        done = self.insert_new_queued(row, None, args, queued)
+        return None if done is None else (done.row.id, done.ids)
+
+    def insert_new_queued(
+        self,
+        row: ProjectRow,
+        prefix: str | None,
+        args: Sequence[bytes],
+        queued: tuple[int, str, float],
+        reuse: str = "",
+    ) -> Inserted | None:
+        """:meth:`insert_queued_at_once`, named ``row.name`` or (with ``prefix``) the
+        first free ``<prefix><n>``; with ``reuse`` (a code digest), the arguments whose
+        result a function of that code already has take it. ``None``: too many
+        arguments for one statement.
+
+        Raises:
+            ConfigError: another process took the name meanwhile.
+            StoreError: the store refused the write.
+        """
+        if len(args) > AT_ONCE_ARGUMENTS or not args:
+            return None
+        values = {
+            **{f: getattr(row, f) for f in _NEW_COLUMNS.split(", ")},
+            "name": None if prefix is not None else row.name,
+            "prefix": prefix or "", "pattern": _pattern(prefix or ""), "reuse": reuse,
+            "hosts": json.dumps(row.hosts), "args": list(args), "channel": CHANNEL,
+            "priority": queued[0], "group": queued[1], "timeout": queued[2],
+        }  # fmt: skip
+        with self._lock:
+            try:
+                cursor = self._cursor()
+                cursor.execute(_INSERT_AT_ONCE, values)
+                project, name, ids, reused, _ = cursor.fetchone()
+            except Exception as error:
+                raise self._translate(error) from error
+        made = dataclasses.replace(row, id=int(project), name=str(name))
+        return Inserted(made, [int(i) for i in ids], int(reused))
+
+    def claim_woken(
+        self, project: int, priority: int, owner: str, host: str, count: int, lease: float,
+        group: str, want_row: bool,
+    ) -> Woken:  # fmt: skip
+        """Claim up to ``count`` pending arguments of ``project`` (of ``priority``, as its
+        commit said) under a lease, unless another project a node of ``group`` serves
+        comes first; with ``want_row``, read the project's row too (its function). One
+        round trip."""
+        params = {
+            "project": project, "priority": priority, "owner": owner, "host": host,
+            "count": count, "lease": lease, "group": group, "client": QUEUE_CLIENT,
+        }  # fmt: skip
+        with self._lock:
+            try:
+                cursor, others, read = self._cursor(), self._cursor(), self._cursor()
+                with self._connection.pipeline():  # one implicit transaction
+                    self._cursor().execute(_CLAIM_NOT_FLUSHED)
+                    cursor.execute(_CLAIM_WOKEN, params)
+                    others.execute(_OTHERS_WAIT, params)
+                    if want_row:
+                        read.execute(_WOKEN_ROW, params)
+                rows, waiting = cursor.fetchall(), others.fetchone()
+                found = read.fetchone() if want_row else None
+            except Exception as error:
+                raise self._translate(error) from error
+        claimed = [Claimed(int(i), project, bytes(b), int(n)) for i, b, n in rows]
+        row = project_row(found[1:]) if found is not None and claimed else None
+        timeout = float(found[0]) if found is not None else 0.0
+        return Woken(claimed, timeout, bool(waiting and waiting[0]), row)
+
+
+def _pattern(prefix: str) -> str:
+    """A LIKE pattern for names starting with ``prefix`` (escape character ``\\``)."""
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+__all__ = ["AT_ONCE_ARGUMENTS", "FastQueue", "Inserted", "Woken"]
