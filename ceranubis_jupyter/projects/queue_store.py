@@ -132,6 +132,9 @@ _QUEUE_INDEXES = (
     "DROP INDEX IF EXISTS arguments_queue",
     "DROP INDEX IF EXISTS arguments_leases",
     "CREATE INDEX IF NOT EXISTS arguments_claim ON arguments (project, id)",
+    # Stores made before it: (project) alone, which arguments_claim covers; one index
+    # entry less per inserted argument.
+    "DROP INDEX IF EXISTS arguments_project",
 )
 # Schema 1 stores: the claim's starting point (0: from the first argument), and how many
 # times it was moved back (a claim moves it forward only if that did not change since

@@ -69,7 +69,8 @@ _PG_DDL = (
         output TEXT,
         result_of BIGINT) WITH (fillfactor = {ARGUMENTS_FILLFACTOR})""",
     *PG_QUEUE.arguments_storage,
-    "CREATE INDEX IF NOT EXISTS arguments_project ON arguments (project)",
+    # A project's arguments in id order: every per-project read, and a queue claim.
+    "CREATE INDEX IF NOT EXISTS arguments_claim ON arguments (project, id)",
 )
 
 # A store made before versions: the new columns, and names unique per version instead of

@@ -116,7 +116,8 @@ _SQLITE_DDL = (
         error TEXT,
         output TEXT,
         result_of INTEGER)""",
-    "CREATE INDEX IF NOT EXISTS arguments_project ON arguments (project)",
+    # A project's arguments in id order: every per-project read, and a queue claim.
+    "CREATE INDEX IF NOT EXISTS arguments_claim ON arguments (project, id)",
 )
 
 
