@@ -78,6 +78,8 @@ class Store(QueueStore):
     every other query is written once, here, with ``?`` placeholders.
     """
 
+    _reusable_sql = _REUSABLE  # a back end may read the same rows another way
+
     @abstractmethod
     def reopen(self) -> Store:
         """Another store on the same file or database, with a connection of its own."""
@@ -197,7 +199,7 @@ class Store(QueueStore):
     def reusable(self, code_hash: str) -> dict[bytes, int]:
         """Finished results of functions with this code digest: argument bytes → the id
         of the argument row that holds the result (one per distinct argument)."""
-        rows = self._read(_REUSABLE, (code_hash,))
+        rows = self._reads_by_index([(self._reusable_sql, (code_hash,))])[0]
         return {bytes(args): int(arg_id) for args, arg_id in rows}
 
     def reused_count(self, project_id: int) -> int:
@@ -235,7 +237,9 @@ class Store(QueueStore):
         one round trip, for a new project's commit."""
         if not code_hash:
             return self.names_starting(prefix), {}
-        names, known = self._reads([_names_starting(prefix), (_REUSABLE, (code_hash,))])
+        names, known = self._reads_by_index(
+            [_names_starting(prefix), (self._reusable_sql, (code_hash,))]
+        )
         return {row[0] for row in names}, {bytes(args): int(arg_id) for args, arg_id in known}
 
     def list_projects(self, *, every_version: bool = False) -> list[ProjectSummary]:

@@ -112,6 +112,13 @@ class StoreBase(ABC):
         """The rows of several reads (back ends may send them in one round trip)."""
         return [self._read(sql, params) for sql, params in queries]
 
+    def _reads_by_index(
+        self, queries: Sequence[tuple[str, Sequence[Any]]]
+    ) -> list[list[tuple[Any, ...]]]:
+        """:meth:`_reads` planned to reach their rows through indexes, whatever the
+        tables' statistics say (a back end that plans by statistics overrides it)."""
+        return self._reads(queries)
+
     def _lost_connection(self) -> bool:
         """True when the connection broke (the next :meth:`_cursor` makes a new one)."""
         return False

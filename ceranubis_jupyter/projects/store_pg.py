@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import ConfigError, StoreError
 from .conninfo import PASSWORD_ADVICE, passwords_in, redact, scrub
-from .queue_fast import FastQueue
+from .queue_fast import INDEX_PLANS, PG_REUSABLE, FastQueue
 from .queue_store import ARGUMENTS_FILLFACTOR, PG_QUEUE
 from .store import DONE_VALUES, Store
 
@@ -111,6 +111,7 @@ class PostgresStore(FastQueue, Store):
 
     _ddl = _PG_DDL
     _queue = PG_QUEUE
+    _reusable_sql = PG_REUSABLE
 
     def __init__(self, url: str, *, create: bool = True) -> None:
         super().__init__()
@@ -178,6 +179,12 @@ class PostgresStore(FastQueue, Store):
                         continue  # reads are safe to repeat on a new connection
                     raise self._translate(error) from error
         raise AssertionError("unreachable")
+
+    def _reads_by_index(
+        self, queries: Sequence[tuple[str, Sequence[Any]]]
+    ) -> list[list[tuple[Any, ...]]]:
+        # In the pipeline's one implicit transaction, after a local setting (INDEX_PLANS).
+        return self._reads([(INDEX_PLANS, ()), *queries])[1:]
 
     def _columns(self, cursor: Any, table: str) -> set[str]:
         cursor.execute(

@@ -1,0 +1,85 @@
+"""The reuse lookup on PostgreSQL reads only its digest's projects, whatever the statistics.
+
+Statistics taken while the store was small (autovacuum's ANALYZE lags a bulk insert) made
+the planner scan every stored argument for each commit with reuse on. These tests make
+such statistics on purpose and check the plans of the statements the store sends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from ceranubis_jupyter.projects.queue_fast import INDEX_PLANS, INSERT_AT_ONCE, PG_REUSABLE
+from ceranubis_jupyter.projects.store import Store
+from ceranubis_jupyter.projects.stores import open_store
+
+# Arguments of the other projects, inserted after the statistics were taken.
+LATER_ARGUMENTS = 30_000
+
+_PROJECT = (
+    "INSERT INTO projects (name, code, target, created, hosts, state, code_hash) "
+    "VALUES (%s, '', 'f', 0, '[]', 'done', %s) RETURNING id"
+)
+_ARGUMENTS = (
+    "INSERT INTO arguments (project, position, args, state, result) SELECT %s, n, "
+    "int4send(n), 'done', '\\x00' FROM generate_series(0, %s - 1) AS n"
+)
+
+
+@pytest.fixture
+def stale_store(pg_url: str) -> Iterator[Store]:
+    """A store analyzed while it held one small project, then given many more rows."""
+    store = open_store(pg_url)
+    with psycopg.connect(pg_url, autocommit=True) as connection:
+        mine = connection.execute(_PROJECT, ("mine", "digest-mine")).fetchone()
+        assert mine is not None
+        connection.execute(_ARGUMENTS, (mine[0], 10))
+        connection.execute("ANALYZE projects")
+        connection.execute("ANALYZE arguments")
+        connection.execute("ALTER TABLE arguments SET (autovacuum_enabled = false)")
+        other = connection.execute(_PROJECT, ("other", "digest-other")).fetchone()
+        assert other is not None
+        connection.execute(_ARGUMENTS, (other[0], LATER_ARGUMENTS))
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _plan(url: str, sql: str, params: Any) -> str:
+    with psycopg.connect(url) as connection:  # one transaction, as the store's pipeline
+        connection.execute(INDEX_PLANS)
+        rows = connection.execute("EXPLAIN " + sql, params).fetchall()
+    return "\n".join(str(row[0]) for row in rows)
+
+
+def test_the_executors_reuse_read_goes_through_the_projects_index(
+    stale_store: Store, pg_url: str
+) -> None:
+    plan = _plan(pg_url, PG_REUSABLE.replace("?", "%s"), ("digest-mine",))
+    assert "Seq Scan on arguments" not in plan, plan
+    assert "Index Cond: (project = " in plan, plan  # a probe per project, not a walk
+    assert {bytes(a) for a in stale_store.reusable("digest-mine")} == {
+        n.to_bytes(4, "big") for n in range(10)
+    }
+
+
+def test_the_queued_commits_reuse_part_goes_through_the_projects_index(
+    stale_store: Store, pg_url: str
+) -> None:
+    params = {
+        "name": "new", "prefix": "", "pattern": "%", "reuse": "digest-mine",
+        "code": "", "target": "f", "created": 0.0, "hosts": "[]", "state": "running",
+        "client": "q", "heartbeat": 0.0, "function": None, "version": 1,
+        "code_hash": "digest-mine", "args_hash": "", "changes": "",
+        "args": [(1).to_bytes(4, "big")], "channel": "c", "priority": 0, "group": "",
+        "timeout": 0.0,
+    }  # fmt: skip
+    stale_store.init_queue()  # the queue's tables (and no new statistics)
+    plan = _plan(pg_url, INSERT_AT_ONCE, params)
+    assert "Seq Scan on arguments" not in plan, plan
+    assert "Index Cond: (project = " in plan, plan  # a probe per project, not a walk
