@@ -33,6 +33,7 @@ import os
 import shlex
 import struct
 import zipfile
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import dill
@@ -242,6 +243,22 @@ BOOT = (
 READY = b"OK"
 NEED = b"NEED"
 ERROR_PREFIX = b"E "
+
+
+async def boot_answer(
+    read_line: Callable[[], Awaitable[bytes | None]], send_bundle: Callable[[], None]
+) -> tuple[bool, str | None, bytes | None]:
+    """BOOT's handshake over any transport: read its answer, send the bundle when it
+    says NEED and read again. Returns ``(ready, refusal, line)``: whether the node
+    started, the reason BOOT gave when it refused, and the last line read (``None``: the
+    stream ended)."""
+    line = await read_line()
+    if line == NEED:
+        send_bundle()
+        line = await read_line()
+    if line is not None and line.startswith(ERROR_PREFIX):
+        return False, line[len(ERROR_PREFIX) :].decode("utf-8", "replace"), line
+    return line == READY, None, line
 
 
 @dataclass(frozen=True)

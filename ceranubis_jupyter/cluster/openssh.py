@@ -39,7 +39,7 @@ from ..errors import (
     HostKeyError,
     HostUnreachable,
 )
-from .bootstrap import ERROR_PREFIX, NEED, READY, Bundle, node_bundle, remote_command
+from .bootstrap import Bundle, boot_answer, node_bundle, remote_command
 from .hosts import Host
 from .transport import Channel, ProcessChannel, Transport, start_process_channel
 
@@ -161,15 +161,13 @@ class OpenSSHTransport(Transport):
         return channel
 
     async def _boot(self, channel: ProcessChannel, bundle: Bundle) -> None:
-        line = await read_line(channel)
-        if line == NEED:
-            channel.write([bundle.framed()])
-            line = await read_line(channel)
-        if line == READY:
+        ready, refusal, line = await boot_answer(
+            lambda: read_line(channel), lambda: channel.write([bundle.framed()])
+        )
+        if ready:
             return
-        if line is not None and line.startswith(ERROR_PREFIX):
-            reason = line[len(ERROR_PREFIX) :].decode("utf-8", "replace")
-            raise BootstrapError(self.host, f"{reason}; {self._advice()}")
+        if refusal is not None:
+            raise BootstrapError(self.host, f"{refusal}; {self._advice()}")
         raise await self._failure(channel, line)
 
     async def _failure(self, channel: ProcessChannel, line: bytes | None) -> HostError:

@@ -39,7 +39,7 @@ from ..errors import (
     HostUnreachable,
 )
 from ..wire.protocol import Buffer
-from .bootstrap import ERROR_PREFIX, NEED, READY, Bundle, node_bundle, remote_command
+from .bootstrap import Bundle, boot_answer, node_bundle, remote_command
 from .hosts import Host
 from .pipes import Receiver
 from .ssh_options import check_host_options, resolve_options
@@ -209,17 +209,16 @@ class SSHTransport(Transport):
         return channel
 
     async def _boot(self, channel: SSHChannel, bundle: Bundle) -> None:
-        line = await channel.read_line()
-        if line == NEED:
+        def send_bundle() -> None:
             log.info("[host=%s] sending the node bundle (%d bytes)", self.host, len(bundle.data))
             channel.write([bundle.framed()])
-            line = await channel.read_line()
-        if line == READY:
+
+        ready, refusal, line = await boot_answer(channel.read_line, send_bundle)
+        if ready:
             log.debug("[host=%s] node started (%s)", self.host, self.spec.python)
             return
-        if line is not None and line.startswith(ERROR_PREFIX):
-            reason = line[len(ERROR_PREFIX) :].decode("utf-8", "replace")
-            raise BootstrapError(self.host, f"{reason}; {self._advice()}")
+        if refusal is not None:
+            raise BootstrapError(self.host, f"{refusal}; {self._advice()}")
         raise await self._boot_failure(channel, line)
 
     async def _boot_failure(self, channel: SSHChannel, line: bytes | None) -> BootstrapError:
