@@ -14,6 +14,7 @@ from typing import Any
 
 from ..errors import ConfigError, StoreError
 from .conninfo import PASSWORD_ADVICE, passwords_in, redact, scrub
+from .pg_binary import argument_rows
 from .queue_fast import INDEX_PLANS, PG_REUSABLE, FastQueue
 from .queue_store import ARGUMENTS_FILLFACTOR, PG_QUEUE
 from .store import DONE_VALUES, Store
@@ -205,9 +206,10 @@ class PostgresStore(FastQueue, Store):
     def _insert_arguments(
         self, cursor: Any, project_id: int, args: Sequence[bytes]
     ) -> Sequence[int]:
-        with cursor.copy("COPY arguments (project, position, args) FROM STDIN") as copy:
-            for position, blob in enumerate(args):
-                copy.write_row((project_id, position, blob))
+        copy_sql = "COPY arguments (project, position, args) FROM STDIN (FORMAT BINARY)"
+        with cursor.copy(copy_sql) as copy:
+            for piece in argument_rows(project_id, args):
+                copy.write(piece)
         return self._ids_in_order(cursor, project_id)
 
     def _ids_in_order(self, cursor: Any, project_id: int) -> Sequence[int]:
