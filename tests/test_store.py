@@ -353,3 +353,22 @@ def test_many_arguments_of_any_bytes_are_stored_in_order(store_url: str) -> None
     assert [(a.position, bytes(a.args)) for a in stored] == list(enumerate(blobs))
     assert [a.id for a in stored] == sorted(a.id for a in stored)
     store.close()
+
+
+def test_finished_outcomes_keep_every_field(store_url: str) -> None:
+    # The writer's flat run of values: any host name, a result of any bytes, an unknown
+    # end time (PostgreSQL takes them as one binary COPY stream).
+    store = open_store(store_url)
+    project_id = _new(store, "fields", 3)
+    ids = [a.id for a in store.arguments(project_id, ["pending"])]
+    done = [ids[0], bytes(range(256)), "hôst-é 1", 2, 1.5, 2.25,
+            ids[2], b"\x00", "h2", 1, 3.0, None]  # fmt: skip
+    assert store.record_outcomes([], done) == 2
+    rows = {a.id: a for a in store.arguments(project_id, ["done", "pending"])}
+    first, last = rows[ids[0]], rows[ids[2]]
+    assert (bytes(first.result or b""), first.host, first.attempts, first.started,
+            first.finished) == (bytes(range(256)), "hôst-é 1", 2, 1.5, 2.25)  # fmt: skip
+    assert (bytes(last.result or b""), last.host, last.started, last.finished) == (
+        b"\x00", "h2", 3.0, None)  # fmt: skip
+    assert rows[ids[1]].state == "pending"
+    store.close()
