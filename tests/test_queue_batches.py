@@ -17,7 +17,13 @@ import pytest
 
 from ceranubis_jupyter import commit_project
 from ceranubis_jupyter.cluster.fastpaths import FAST_PATHS_OFF_ENV
-from ceranubis_jupyter.daemon.batches import BATCH_BELOW_SECONDS, MAX_BATCH, Pace
+from ceranubis_jupyter.daemon.batches import (
+    BATCH_BELOW_SECONDS,
+    BATCH_BYTES,
+    MAX_BATCH,
+    Pace,
+    split,
+)
 from ceranubis_jupyter.projects.rows import decode, encode
 from ceranubis_jupyter.wire import protocol as p
 from ceranubis_jupyter.wire.batches import NOT_RUN, EachOutcome
@@ -50,8 +56,8 @@ CRASH = 650
 SLOW_FROM = 400
 
 
-def _outcomes(blobs: list[Any], budget: float = 60.0) -> list[Any]:
-    return EachOutcome(_square_or_fail)([encode(args) for args in blobs], budget)
+def _outcomes(blobs: list[Any], seconds: float = 60.0, size: int = 1 << 30) -> list[Any]:
+    return EachOutcome(_square_or_fail)([encode(args) for args in blobs], seconds, size)
 
 
 def _square_or_fail(x: int) -> int:
@@ -79,14 +85,25 @@ def test_a_batch_gives_each_argument_its_own_outcome() -> None:
 
 def test_arguments_that_do_not_unpickle_fail_alone() -> None:
     blobs = [encode((1,)), b"\x00not a pickle", encode((2,))]
-    outcomes = EachOutcome(_square_or_fail)(blobs, 60.0)
+    outcomes = EachOutcome(_square_or_fail)(blobs, 60.0, 1 << 30)
     assert [o[0] for o in outcomes] == [p.OK, p.UNPICKLABLE, p.OK]
     assert b"could not be unpickled on the node" in outcomes[1][1]
 
 
 def test_a_batch_out_of_time_leaves_the_rest_not_run() -> None:
-    outcomes = _outcomes([(1,), (2,), (3,)], budget=-1.0)
+    outcomes = _outcomes([(1,), (2,), (3,)], seconds=-1.0)
     assert [o[0] for o in outcomes] == [p.OK, NOT_RUN, NOT_RUN]  # one runs at least
+
+
+def test_a_batch_of_big_results_stops_at_its_size() -> None:
+    outcomes = EachOutcome(bytes)([encode((1000,))] * 5, 60.0, 2500)
+    assert [o[0] for o in outcomes] == [p.OK, p.OK, p.OK, NOT_RUN, NOT_RUN]
+
+
+def test_big_arguments_are_split_into_more_batches() -> None:
+    blobs = [b"x" * (BATCH_BYTES // 3)] * 7 + [b"y"] * 10 + [b"z" * (BATCH_BYTES * 2)]
+    assert split(blobs, 4) == [(0, 3), (3, 6), (6, 10), (10, 14), (14, 17), (17, 18)]
+    assert split([], 4) == []
 
 
 def test_the_batch_travels_by_its_function() -> None:

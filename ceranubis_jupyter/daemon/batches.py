@@ -23,6 +23,10 @@ BATCH_SECONDS = 0.05
 BATCH_BUDGET_SECONDS = 0.2
 # The most arguments in one batch (the frame and the outcome list it makes).
 MAX_BATCH = 512
+# Bytes of arguments a batch carries at most, and of results it makes before it stops
+# (more arguments wait for the next batch): a quick function of big values must not make
+# one frame of hundreds of them.
+BATCH_BYTES = 4 * 1024 * 1024
 # Weight of the newest measurement in a function's pace (an exponential mean).
 PACE_WEIGHT = 0.3
 
@@ -48,4 +52,18 @@ class Pace:
         return max(1, min(size, -(-count // workers)))  # every worker gets some
 
 
-__all__ = ["BATCH_BUDGET_SECONDS", "Pace"]
+def split(blobs: list[bytes], size: int) -> list[tuple[int, int]]:
+    """``(start, end)`` of each batch of ``blobs``: ``size`` at most, and no more than
+    :data:`BATCH_BYTES` of them unless one alone is bigger."""
+    bounds, start, held = [], 0, 0
+    for index, blob in enumerate(blobs):
+        if index > start and (index - start >= size or held + len(blob) > BATCH_BYTES):
+            bounds.append((start, index))
+            start, held = index, 0
+        held += len(blob)
+    if start < len(blobs):
+        bounds.append((start, len(blobs)))
+    return bounds
+
+
+__all__ = ["BATCH_BUDGET_SECONDS", "BATCH_BYTES", "Pace", "split"]

@@ -19,7 +19,7 @@ from ..projects.store import Store
 from ..wire import protocol as p
 from ..wire.batches import EachOutcome
 from ..wire.serialize import dumps_inband
-from .batches import BATCH_BUDGET_SECONDS
+from .batches import BATCH_BUDGET_SECONDS, BATCH_BYTES, split
 from .held import Held, HeldTask
 
 log = logging.getLogger("ceranubis")
@@ -121,9 +121,11 @@ class Runner:
             loaded.keep.append(wrapper)
             loaded.batch_options = self.executor.options(retries=0).task_options
         records = []
-        for start in range(0, len(claimed), size):
-            batch = claimed[start : start + size]
-            codec, payload = dumps_inband(([claim.args for claim in batch], BATCH_BUDGET_SECONDS))
+        blobs = [claim.args for claim in claimed]
+        for start, end in split(blobs, size):
+            batch = claimed[start:end]
+            budget = (blobs[start:end], BATCH_BUDGET_SECONDS, BATCH_BYTES)
+            codec, payload = dumps_inband(budget)
             record = self.executor.prepared_task(
                 loaded.batch_options, loaded.batch_id, ResultSlot(), p.ARGS, codec, payload
             )

@@ -6,7 +6,8 @@ instead of per argument, while each argument still gets what a task of its own w
 its value in the store's form, or the exception it raised (type and remote traceback),
 or why its arguments or result would not pickle, and what it printed.
 
-A batch stops early once it has run for its time budget; the arguments it did not reach
+A batch stops early once it has run for its time budget, or once its results reach its
+byte budget (a quick function may return big values); the arguments it did not reach
 come back as :data:`NOT_RUN` and the daemon submits them again. A crash of the worker,
 a timeout or a cancel ends the whole batch as they end any task.
 
@@ -39,9 +40,9 @@ ItemOutcome = tuple[int, bytes, str | None, float, float]
 class EachOutcome:
     """``fn`` over a batch of stored arguments, an outcome per argument.
 
-    Called with ``(blobs, budget)``: each blob is one argument tuple as the store keeps it
-    (codec byte, then the pickle); ``budget`` is the seconds after which the batch stops
-    before its next argument.
+    Called with ``(blobs, seconds, size)``: each blob is one argument tuple as the store
+    keeps it (codec byte, then the pickle); the batch stops before its next argument once
+    it has run ``seconds``, or its outcomes hold ``size`` bytes.
     """
 
     __slots__ = ("__weakref__", "fn")
@@ -49,19 +50,21 @@ class EachOutcome:
     def __init__(self, fn: Callable[..., Any]) -> None:
         self.fn = fn
 
-    def __call__(self, blobs: Sequence[bytes], budget: float) -> list[ItemOutcome]:
+    def __call__(self, blobs: Sequence[bytes], seconds: float, size: int) -> list[ItemOutcome]:
         """Run ``fn`` on each argument tuple in order; their outcomes."""
         sink = io.StringIO()
         saved = sys.stdout, sys.stderr
         sys.stdout = sys.stderr = sink
         outcomes: list[ItemOutcome] = []
-        stop_at = time.monotonic() + budget
+        stop_at, held = time.monotonic() + seconds, 0
         try:
             for blob in blobs:
-                if outcomes and time.monotonic() > stop_at:
+                if outcomes and (held >= size or time.monotonic() > stop_at):
                     outcomes += [(NOT_RUN, b"", None, 0.0, 0.0)] * (len(blobs) - len(outcomes))
                     break
-                outcomes.append(_run_one(self.fn, blob, sink))
+                outcome = _run_one(self.fn, blob, sink)
+                held += len(outcome[1])
+                outcomes.append(outcome)
         finally:
             sys.stdout, sys.stderr = saved
         return outcomes
