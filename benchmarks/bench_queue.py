@@ -7,7 +7,8 @@ procrastinate (the ``bench`` extra), each in its fastest documented configuratio
 
 - Q1: ``Q1_TASKS`` tiny tasks through the queue with 2 consumers x 1 worker, from the
   enqueue (commit) until the last is done and recorded: tasks/s. Our executor's ``map`` of
-  the same tasks on the embedded default is measured in the same rounds.
+  the same tasks on the embedded default is measured in the same rounds, and our queue
+  with a task per argument (``queue_batches`` off, daemons of their own) too.
 - Q2: enqueue (commit) of one task with idle consumers -> the task starts: median of
   ``Q2_SAMPLES``, in ms.
 - Q3: ``Q3_CONSUMERS`` idle consumers connected: CPU of the server's processes over a
@@ -39,6 +40,8 @@ import bench_queue_ours as ours
 import pg_server
 import queue_peers as qp
 
+from ceranubis_jupyter.cluster.fastpaths import FAST_PATHS_OFF_ENV
+
 # Q1's size and shape (the issue's): 20,000 tiny tasks, 2 consumers with 1 worker each.
 Q1_TASKS = 20_000
 Q1_CONSUMERS = 2
@@ -66,6 +69,9 @@ POLL = 0.005
 PROCESS_TIMEOUT = 60.0
 PEERS = ("pgqueuer", "procrastinate")
 OURS_QUEUE = "ceranubis-queue"
+# Our queue with a task per argument (batches of quick functions off): what batches add.
+OURS_SINGLE = "ceranubis-queue-single"
+SINGLE_ENV = {FAST_PATHS_OFF_ENV: "queue_batches"}
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 HERE = Path(__file__).resolve().parent
 
@@ -130,6 +136,7 @@ class Bench:
         self.notes: list[str] = []
         self.urls = {peer: pg_server.create_database(server, peer) for peer in PEERS}
         self.urls["ours"] = pg_server.create_database(server, "ours")
+        self.urls["ours_single"] = pg_server.create_database(server, "ours_single")
 
     def record(self, system: str, key: str, value: float) -> None:
         self.samples[system][key].append(value)
@@ -159,7 +166,10 @@ class Bench:
     async def q1_q2(self) -> None:
         """Q1 rounds, each sampling every system in turn, then Q2 per system."""
         running: dict[str, tuple[Consumers, Any]] = {}
-        queue = ours.OurQueue(self.urls["ours"]) if ours.available() else None
+        queue = single = None
+        if ours.available():
+            queue = ours.OurQueue(self.urls["ours"])
+            single = ours.OurQueue(self.urls["ours_single"], SINGLE_ENV)
         try:
             for peer in PEERS:
                 await qp.SETUP[peer](self.urls[peer])
@@ -167,9 +177,10 @@ class Bench:
                 producer = qp.PRODUCERS[peer](self.urls[peer])
                 await producer.open()
                 running[peer] = (consumers, producer)
-            if queue is not None:
-                queue.ready()
-            await self._q1_rounds(running, queue)
+            for mine in (queue, single):
+                if mine is not None:
+                    mine.ready()
+            await self._q1_rounds(running, queue, single)
             for peer, (consumers, producer) in running.items():
                 _progress(f"Q2 {peer}")
                 await self.q2_peer(peer, producer, consumers)
@@ -181,11 +192,15 @@ class Bench:
             for consumers, producer in running.values():
                 await producer.close()
                 await consumers.stop()
-            if queue is not None:
-                await queue.stop()
+            for mine in (queue, single):
+                if mine is not None:
+                    await mine.stop()
 
     async def _q1_rounds(
-        self, running: dict[str, tuple[Consumers, Any]], queue: ours.OurQueue | None
+        self,
+        running: dict[str, tuple[Consumers, Any]],
+        queue: ours.OurQueue | None,
+        single: ours.OurQueue | None,
     ) -> None:
         import psycopg
 
@@ -196,8 +211,9 @@ class Bench:
             for round_ in range(self.repeats):
                 _progress(f"Q1 round {round_ + 1} of {self.repeats}")
                 self.record("ceranubis-map", "q1", ours.map_rate(inc, Q1_TASKS))
-                if queue is not None:
+                if queue is not None and single is not None:
                     self.record(OURS_QUEUE, "q1", queue.q1(Q1_TASKS))
+                    self.record(OURS_SINGLE, "q1", single.q1(Q1_TASKS))
                 for peer, (_, producer) in running.items():
                     if peer == "procrastinate" and round_ >= PROCRASTINATE_Q1_REPEATS:
                         continue

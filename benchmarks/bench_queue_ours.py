@@ -65,14 +65,17 @@ def map_rate(fn: Callable[[int], int], tasks: int) -> float:
 class Daemons:
     """``ceranubis node`` daemons on one store, started by us and ended by PID."""
 
-    def __init__(self, url: str, count: int, workers: int) -> None:
+    def __init__(
+        self, url: str, count: int, workers: int, env: dict[str, str] | None = None
+    ) -> None:
         self.url = url
-        self.names = [f"bench-{os.getpid()}-{i}" for i in range(count)]
+        self.names = [f"bench-{os.getpid()}-{i}-{url.rsplit('/', 1)[-1]}" for i in range(count)]
         self.processes = [
             subprocess.Popen(
                 [*NODE, "--store", url, "--workers", str(workers), "--name", name],
                 stdin=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
+                env=None if env is None else {**os.environ, **env},
             )
             for name in self.names
         ]
@@ -154,12 +157,13 @@ def q2_queue(url: str, samples: int) -> list[float]:
 
 
 class OurQueue:
-    """Q1 and Q2's two daemons x 1 worker on our store, alive across the rounds."""
+    """Q1 and Q2's two daemons x 1 worker on our store, alive across the rounds (``env``:
+    more of the daemons' environment, e.g. a fast path turned off)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, env: dict[str, str] | None = None) -> None:
         self.url = url
         init_queue(url)
-        self.daemons = Daemons(url, Q1_DAEMONS, 1)
+        self.daemons = Daemons(url, Q1_DAEMONS, 1, env)
 
     def ready(self) -> None:
         """Wait for the daemons, and let them load the tiny function once."""

@@ -5,10 +5,11 @@ from __future__ import annotations
 Medians = dict[str, dict[str, float]]
 
 OURS_QUEUE = "ceranubis-queue"
+OURS_SINGLE = "ceranubis-queue-single"  # a task per argument: batches off
 OURS_MAP = "ceranubis-map"
 IDLE = "server-idle"
 PEERS = ("pgqueuer", "procrastinate")
-ROWS = (OURS_QUEUE, OURS_MAP, *PEERS, IDLE)
+ROWS = (OURS_QUEUE, OURS_SINGLE, OURS_MAP, *PEERS, IDLE)
 # Issue 19's targets.
 Q1_VS_BEST_PEER = 2.0
 Q1_VS_MAP = 0.75
@@ -88,6 +89,13 @@ def render(meds: Medians, consumers: int) -> tuple[str, dict[str, bool | None]]:
         lines.append(f"{name}: {_cell(value, '.3f')} (target {bound}): {mark}")
     pgq, pro = (meds.get(p, {}).get("q1") for p in PEERS)
     plain = meds.get(OURS_MAP, {}).get("q1")
+    single = meds.get(OURS_SINGLE, {}).get("q1")
+    best = max(pgq or 0.0, pro or 0.0)
+    lines.append(
+        f"Q1 a task per argument (batches off; not a target): "
+        f"{_cell(_ratio(single, best), '.3f')} of the best peer, "
+        f"{_cell(_ratio(single, plain), '.3f')} of our map"
+    )
     lines.append(
         f"peers' Q1 / our map: pgqueuer {_cell(_ratio(pgq, plain), '.3f')}, "
         f"procrastinate {_cell(_ratio(pro, plain), '.3f')}"
