@@ -10,6 +10,7 @@ after its batch's worker crashed, or again after a batch ran out of time.
 from __future__ import annotations
 
 import pickle
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import pytest
 
 from ceranubis_jupyter import commit_project
 from ceranubis_jupyter.cluster.fastpaths import FAST_PATHS_OFF_ENV
+from ceranubis_jupyter.cluster.tasks import ResultSlot, TaskRecord
 from ceranubis_jupyter.daemon.batches import (
     BATCH_BELOW_SECONDS,
     BATCH_BYTES,
@@ -24,9 +26,12 @@ from ceranubis_jupyter.daemon.batches import (
     Pace,
     split,
 )
+from ceranubis_jupyter.daemon.held import Held
+from ceranubis_jupyter.errors import WorkerCrashed
+from ceranubis_jupyter.projects.queue_store import Claimed
 from ceranubis_jupyter.projects.rows import decode, encode
 from ceranubis_jupyter.wire import protocol as p
-from ceranubis_jupyter.wire.batches import NOT_RUN, EachOutcome
+from ceranubis_jupyter.wire.batches import NOT_RUN, NOT_RUN_OUTCOME, EachOutcome
 from ceranubis_jupyter.wire.serialize import RemoteException, loads
 from tests.queue_helpers import PROJECT_SECONDS, Daemons
 
@@ -120,6 +125,42 @@ def test_a_function_is_batched_only_once_measured_quick() -> None:
     assert pace.batch_size(2, 100_000, 2) == MAX_BATCH
     assert pace.batch_size(2, 100, 4) == 25  # each worker gets some
     assert pace.batch_size(2, 1, 4) == 1
+
+
+def _finished_batch(held: Held, value: Any, error: BaseException | None = None) -> None:
+    claims = [Claimed(10 + i, 1, encode((i,)), 1) for i in range(3)]
+    held.track_batch(7, claims, fn_id=3)
+    slot = ResultSlot()
+    if error is None:
+        slot.set_result(value)
+    else:
+        slot.set_exception(error)
+    record = TaskRecord(7, slot, 4, p.ARGS, p.PICKLE, b"", host="local")
+    record.started, record.finished = 1.0, 2.0
+    held.arrived(record)
+    held.collect()
+
+
+def test_a_malformed_outcome_fails_its_argument_alone() -> None:
+    held = Held("node-a", threading.Event())
+    good = (p.OK, encode(1), None, 1.0, 2.0)
+    _finished_batch(held, [good, ("garbage",), (p.OK, "not bytes", None, 1.0, 2.0)])
+    assert held.done_values[:2] == [10, encode(1)] and len(held.done_values) == 6
+    assert [o.arg_id for o in held.outcomes] == [11, 12]
+    assert all(o.state == "failed" and "malformed" in (o.error or "") for o in held.outcomes)
+    assert held.size == 0 and not held.alone and not held.again
+
+
+def test_a_batch_that_failed_whole_runs_again_a_task_each() -> None:
+    held = Held("node-a", threading.Event())
+    _finished_batch(held, None, WorkerCrashed("worker died", host="local", task_id=7))
+    assert [c.arg_id for c in held.alone] == [10, 11, 12] and not held.outcomes
+    held = Held("node-a", threading.Event())
+    _finished_batch(held, [(p.OK, encode(1), None, 1.0, 2.0)])  # one outcome for three
+    assert [c.arg_id for c in held.alone] == [10, 11, 12]
+    held = Held("node-a", threading.Event())
+    _finished_batch(held, [(p.OK, encode(1), None, 1.0, 2.0), NOT_RUN_OUTCOME, NOT_RUN_OUTCOME])
+    assert [c.arg_id for c in held.again] == [11, 12] and held.take_reruns() == [11, 12]
 
 
 def _run_project(url: str, daemons: Daemons, name: str) -> dict[int, Any]:

@@ -27,7 +27,7 @@ from ..projects.records import Outcome
 from ..projects.rows import encode, error_text
 from ..projects.store import DONE_VALUES
 from ..wire import protocol as p
-from ..wire.batches import NOT_RUN, ItemOutcome
+from ..wire.batches import NOT_RUN_OUTCOME, ItemOutcome
 from .batches import Pace
 
 
@@ -202,17 +202,21 @@ class Held:
             return
         spent, ran = 0.0, 0
         for claim, outcome in zip(batch.claims, value, strict=True):
-            if outcome[0] == NOT_RUN:
+            if outcome == NOT_RUN_OUTCOME:
                 self.again.append(claim)
                 continue
             self._item_row(record, HeldTask(claim.arg_id, claim.project, claim.attempts), outcome)
-            spent, ran = spent + outcome[4] - outcome[3], ran + 1
+            if _well_formed(outcome):
+                spent, ran = spent + outcome[4] - outcome[3], ran + 1
         if ran:
             self.pace.note(batch.fn_id, spent / ran)
 
     def _item_row(self, record: TaskRecord, held: HeldTask, outcome: ItemOutcome) -> None:
-        status, blob, output, started, finished = outcome
         self.touched.add(held.project)
+        if not _well_formed(outcome):
+            self.fail(held, f"its outcome came back malformed: {str(outcome)[:200]}")
+            return
+        status, blob, output, started, finished = outcome
         if status == p.OK and not output:
             self.done_values += (held.arg_id, blob, self.host, held.attempts, started, finished)
         elif status == p.OK:
@@ -248,6 +252,18 @@ class Held:
         self.done_values.clear()
         self.releases.clear()
         self.touched.clear()
+
+
+def _well_formed(outcome: Any) -> bool:
+    """An argument's outcome as ``wire.batches`` makes them."""
+    return (
+        type(outcome) is tuple
+        and len(outcome) == 5
+        and type(outcome[0]) is int
+        and type(outcome[1]) is bytes
+        and (outcome[2] is None or type(outcome[2]) is str)
+        and all(type(t) is float for t in outcome[3:])
+    )
 
 
 def _failure_text(record: TaskRecord, host: str, status: int, blob: bytes) -> str:

@@ -80,7 +80,7 @@ class Runner:
                 self.held.fail(HeldTask(claim.arg_id, project, claim.attempts), loaded)
             return
         size = self.held.pace.batch_size(loaded.fn_id, len(claimed), self.workers)
-        if size > 1 and self.batches and not timeout:
+        if size > 1 and self.batches and not timeout and self._batchable(loaded):
             self._submit(self._batches(loaded, claimed, size))
         else:
             self._submit(self._singles(loaded, claimed))
@@ -114,12 +114,21 @@ class Runner:
             records.append(record)
         return records
 
-    def _batches(self, loaded: Loaded, claimed: list[Claimed], size: int) -> list[TaskRecord]:
+    def _batchable(self, loaded: Loaded) -> bool:
+        """Whether ``loaded`` can run in batches: its batch function registered (once;
+        a crashed batch is not retried, its arguments run a task each instead)."""
         if not loaded.batch_id:
             wrapper = EachOutcome(loaded.keep[0])
-            loaded.batch_id = self.executor.register_function(wrapper)
+            try:
+                loaded.batch_id = self.executor.register_function(wrapper)
+            except Exception as error:  # it pickled alone: should not happen; run singly
+                log.warning("node %s: no batches of %r: %s", self.name, loaded.keep[0], error)
+                loaded.batch_id = -1
             loaded.keep.append(wrapper)
             loaded.batch_options = self.executor.options(retries=0).task_options
+        return loaded.batch_id > 0
+
+    def _batches(self, loaded: Loaded, claimed: list[Claimed], size: int) -> list[TaskRecord]:
         records = []
         blobs = [claim.args for claim in claimed]
         for start, end in split(blobs, size):

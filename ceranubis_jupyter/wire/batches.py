@@ -27,6 +27,7 @@ from .serialize import RemoteException, describe_failure, dumps_inband, loads
 
 # The outcome of an argument the batch did not reach before its budget ran out.
 NOT_RUN = -1
+NOT_RUN_OUTCOME = (NOT_RUN, b"", None, 0.0, 0.0)
 # Printed output kept per argument, as for a task of its own (node.output.OUTPUT_LIMIT).
 OUTPUT_LIMIT = 64 * 1024
 CUT_NOTE = "\n[output cut at 64 KiB]\n"
@@ -60,7 +61,7 @@ class EachOutcome:
         try:
             for blob in blobs:
                 if outcomes and (held >= size or time.monotonic() > stop_at):
-                    outcomes += [(NOT_RUN, b"", None, 0.0, 0.0)] * (len(blobs) - len(outcomes))
+                    outcomes += [NOT_RUN_OUTCOME] * (len(blobs) - len(outcomes))
                     break
                 outcome = _run_one(self.fn, blob, sink)
                 held += len(outcome[1])
@@ -103,4 +104,4 @@ def _printed(sink: io.StringIO) -> str | None:
     return text[:OUTPUT_LIMIT] + CUT_NOTE if len(text) >= OUTPUT_LIMIT else text
 
 
-__all__ = ["NOT_RUN", "EachOutcome", "ItemOutcome"]
+__all__ = ["NOT_RUN", "NOT_RUN_OUTCOME", "EachOutcome", "ItemOutcome"]
