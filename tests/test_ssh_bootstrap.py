@@ -75,6 +75,7 @@ def test_bundle_holds_the_node_modules_and_dill_and_nothing_else() -> None:
             "node/supervisor",
             "node/worker",
             "wire/__init__",
+            "wire/batches",
             "wire/calls",
             "wire/describe",
             "wire/framing",

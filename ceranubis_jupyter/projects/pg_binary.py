@@ -20,18 +20,24 @@ TRAILER = b"\xff\xff"
 # (project BIGINT, position INTEGER, args BYTEA): field count, then length and value
 # of each fixed-width field, then the length of the args that follow.
 _ARGUMENT = struct.Struct("!hiqiii")
+# The same for a store made when ``project`` was an INTEGER column (binary COPY takes each
+# column's own width).
+_ARGUMENT_NARROW = struct.Struct("!hiiiii")
 # Rows per piece of the stream: bigger pieces cost fewer writes, smaller ones keep less
 # in memory at once (a million arguments are not joined into one buffer).
 ROWS_PER_PIECE = 8192
 
 
-def argument_rows(project_id: int, blobs: Sequence[bytes]) -> Iterator[bytes]:
+def argument_rows(
+    project_id: int, blobs: Sequence[bytes], project_bytes: int = 8
+) -> Iterator[bytes]:
     """The binary ``COPY arguments (project, position, args)`` stream of a project's
-    argument blobs in position order, in pieces."""
-    pack = _ARGUMENT.pack
+    argument blobs in position order, in pieces; ``project_bytes``: the width of the
+    ``project`` column (8, or 4 in a store made before it was a BIGINT)."""
+    pack = (_ARGUMENT if project_bytes == 8 else _ARGUMENT_NARROW).pack
     parts = [SIGNATURE]
     for position, blob in enumerate(blobs):
-        parts.append(pack(3, 8, project_id, 4, position, len(blob)))
+        parts.append(pack(3, project_bytes, project_id, 4, position, len(blob)))
         parts.append(blob)
         if len(parts) >= 2 * ROWS_PER_PIECE:
             yield b"".join(parts)

@@ -127,6 +127,7 @@ class PostgresStore(FastQueue, Store):
             ) from error
         self._psycopg: Any = psycopg
         self._connection: Any = None
+        self._width: int | None = None  # bytes of arguments.project, once read
         self._connect()
         try:
             self.prepare_schema(create)
@@ -206,11 +207,23 @@ class PostgresStore(FastQueue, Store):
     def _insert_arguments(
         self, cursor: Any, project_id: int, args: Sequence[bytes]
     ) -> Sequence[int]:
+        width = self._project_width(cursor)
         copy_sql = "COPY arguments (project, position, args) FROM STDIN (FORMAT BINARY)"
         with cursor.copy(copy_sql) as copy:
-            for piece in argument_rows(project_id, args):
+            for piece in argument_rows(project_id, args, width):
                 copy.write(piece)
         return self._ids_in_order(cursor, project_id)
+
+    def _project_width(self, cursor: Any) -> int:
+        """Bytes of ``arguments.project`` (binary COPY needs them): 8, or 4 in a store
+        made before it was a BIGINT. Read once per store."""
+        if self._width is None:
+            cursor.execute(
+                "SELECT attlen FROM pg_attribute WHERE attrelid = 'arguments'::regclass "
+                "AND attname = 'project'"
+            )
+            self._width = int(cursor.fetchone()[0])
+        return self._width
 
     def _ids_in_order(self, cursor: Any, project_id: int) -> Sequence[int]:
         """The ids of a new project's arguments in position order, read in the open

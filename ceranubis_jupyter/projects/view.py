@@ -151,8 +151,8 @@ class StoredView:
     def wait(self, timeout: float | None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._finished():
-            if self.state() != "running":
-                return False
+            if self.state() != "running":  # it may have ended since _finished() looked
+                return self._finished()
             if deadline is not None and time.monotonic() >= deadline:
                 return False
             time.sleep(POLL_SECONDS)
