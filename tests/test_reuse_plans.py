@@ -72,7 +72,7 @@ def test_the_queued_commits_reuse_part_goes_through_the_projects_index(
     stale_store: Store, pg_url: str
 ) -> None:
     params = {
-        "name": "new", "prefix": "", "pattern": "%", "reuse": "digest-mine",
+        "name": "new", "next": 0, "prefix": "", "pattern": "%", "reuse": "digest-mine",
         "code": "", "target": "f", "created": 0.0, "hosts": "[]", "state": "running",
         "client": "q", "heartbeat": 0.0, "function": None, "version": 1,
         "code_hash": "digest-mine", "args_hash": "", "changes": "",
