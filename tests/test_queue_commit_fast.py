@@ -2,20 +2,28 @@
 insert, ``projects/code.py``'s queued sources): a default name continues from the number
 this store took last instead of counting every name with its prefix, and a source queued
 again is not compiled, run and digested again. Names stay free and unique; a source that
-fails fails every time."""
+fails fails every time. The shared store a commit uses: a forked child opens its own."""
 
 from __future__ import annotations
 
+import gc
+import os
+from datetime import datetime
+
 import pytest
 
-from ceranubis_jupyter import commit_project
+from ceranubis_jupyter import Project, commit_project
 from ceranubis_jupyter.errors import ConfigError
 from ceranubis_jupyter.projects.code import QUEUED_SOURCES, queued_function
 from ceranubis_jupyter.projects.digest import function_digest
 from ceranubis_jupyter.projects.queue_fast import INDEX_PLANS, INSERT_AT_ONCE, NAME_PROBES
 from ceranubis_jupyter.projects.records import QUEUE_CLIENT
-from ceranubis_jupyter.projects.stores import open_store
+from ceranubis_jupyter.projects.stores import close_stores, open_store, shared_store
 from tests.queue_helpers import CODE
+from tests.waiting import wait_for
+
+# Seconds a forked child may take to commit and exit.
+CHILD_SECONDS = 60.0
 
 
 def _commit(url: str, x: int = 1) -> str:
@@ -108,3 +116,62 @@ def test_queued_sources_are_bounded() -> None:
         queued_function(CODE + f"\n# {n}\n", "square", "x")
     again = queued_function(CODE + "\n# oldest\n", "square", "x")
     assert again[0] is not first[0] and again[1] == first[1]  # made anew, the same digest
+
+
+def test_a_forked_child_commits_on_a_connection_of_its_own_and_leaves_the_parents_alone(
+    pg_url: str,
+) -> None:
+    _commit(pg_url)  # the parent's shared store is open: its one session
+    parent_store = shared_store(pg_url)
+    sessions, forked_at = _sessions(pg_url)
+    (session,) = sessions
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: commit, close its stores as its exit hook would, report
+        status = 1
+        try:
+            os.write(write_end, str(_commit_id(pg_url, 7)).encode())
+            close_stores()
+            gc.collect()
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    exits: list[int] = []
+    wait_for(lambda: _reaped(pid, exits), CHILD_SECONDS, "the forked child's exit")
+    with os.fdopen(read_end, "rb") as reported:
+        child_project = int(reported.read())
+    assert exits == [0]
+    assert shared_store(pg_url) is parent_store
+    assert Project.load(child_project, pg_url).counts()["pending"] == 1
+    assert _commit(pg_url) == "square_3"  # (the child took square_2)
+    # That commit went out on the parent's session: the child's exit did not end it.
+    last_query, last_start = _sessions(pg_url)[0].get(session, ("(ended)", forked_at))
+    assert "INSERT INTO projects" in last_query and last_start > forked_at
+
+
+def _sessions(url: str) -> tuple[dict[int, tuple[str, datetime]], datetime]:
+    """The other client sessions of the database: pid -> (last query, its start); and
+    the server's time now."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as connection:
+        rows = connection.execute(
+            "SELECT pid, query, query_start FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+            "AND backend_type = 'client backend'"
+        ).fetchall()
+        now = connection.execute("SELECT clock_timestamp()").fetchone()
+    assert now is not None
+    return {int(pid): (str(query), start) for pid, query, start in rows}, now[0]
+
+
+def _commit_id(url: str, x: int) -> int:
+    return int(commit_project(CODE, "square", [(x,)], store=url, queue=True, reuse=False).id)
+
+
+def _reaped(pid: int, exits: list[int]) -> bool:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        exits.append(os.waitstatus_to_exitcode(status))
+    return bool(done)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import select
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -162,6 +163,7 @@ class FastQueue(StoreBase):
     """The one-round-trip paths (see the module's docstring), for PostgreSQL."""
 
     _connection: Any  # the back end's psycopg connection
+    _psycopg: Any  # the psycopg module
 
     def __init__(self) -> None:
         super().__init__()
@@ -211,18 +213,40 @@ class FastQueue(StoreBase):
             "priority": queued[0], "group": queued[1], "timeout": queued[2],
         }  # fmt: skip
         with self._lock:
-            try:
-                cursor = self._cursor()
-                with self._connection.pipeline():  # one implicit transaction
-                    self._cursor().execute(INDEX_PLANS)
-                    cursor.execute(INSERT_AT_ONCE, values)
-                project, name, ids, reused, _ = cursor.fetchone()
-            except Exception as error:
-                raise self._translate(error) from error
+            project, name, ids, reused, _ = self._at_once(values)
             if prefix is not None:
                 self._next_numbers[prefix] = int(name[len(prefix) :]) + 1
         made = dataclasses.replace(row, id=int(project), name=str(name))
         return Inserted(made, [int(i) for i in ids], int(reused))
+
+    def _at_once(self, values: dict[str, Any]) -> tuple[Any, ...]:
+        """Run INSERT_AT_ONCE (the lock held) on a connection the server has not left."""
+        self._drop_if_server_left()
+        try:
+            cursor = self._cursor()
+            with self._connection.pipeline():  # one implicit transaction
+                self._cursor().execute(INDEX_PLANS)
+                cursor.execute(INSERT_AT_ONCE, values)
+            return tuple(cursor.fetchone())
+        except Exception as error:
+            raise self._translate(error) from error
+
+    def _drop_if_server_left(self) -> None:
+        """Close the connection when the server closed its end while it was idle (a
+        restart, an administrator's terminate), so that the next statement goes out on a
+        new one: seen without a round trip, as the idle socket being readable (anything
+        the server sends unasked to a session that does not listen is its goodbye, or a
+        rare notice that then costs a new connection). Else a commit after a restart
+        would fail (a write that was sent is never sent again: it may have been committed)."""
+        connection = self._connection
+        if connection is None or connection.closed or connection.broken:
+            return
+        try:
+            if not select.select([connection.fileno()], [], [], 0)[0]:
+                return  # nothing came while idle: the usual case, one system call
+        except (OSError, self._psycopg.Error):
+            pass  # no socket any more: closed below
+        connection.close()
 
     def claim_woken(
         self, project: int, priority: int, owner: str, host: str, count: int, lease: float,
