@@ -19,7 +19,7 @@ import sys
 import termios
 import threading
 import time
-from concurrent.futures import wait
+from concurrent.futures import Future, wait
 from pathlib import Path
 
 import pytest
@@ -28,6 +28,8 @@ from ceranubis_jupyter import CeranubisExecutor, WorkerCrashed
 from ceranubis_jupyter.cluster.loopthread import LoopThread
 from ceranubis_jupyter.cluster.pipes import PipeReader
 from ceranubis_jupyter.node.worker import ClientPipe
+from ceranubis_jupyter.wire import protocol as wire
+from ceranubis_jupyter.wire.serialize import dumps_inband
 from tests.remote import by_value
 from tests.waiting import async_wait_for, loop_asleep, wait_for
 
@@ -198,6 +200,39 @@ def test_a_lone_task_leaves_from_the_submitting_thread_on_every_transport(
     # A submit finds the loop asleep unless a timer woke it meanwhile (then it queues, as
     # it must): every one that found it asleep sent the task itself, on every transport.
     assert sent_directly and all(sent_directly), sent_directly
+
+
+def test_a_lone_prepared_task_leaves_from_the_submitting_thread_and_batches_do_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A queue daemon woken by a commit of one task submits it ready-made
+    # (submit_prepared): it skips waking the loop thread, as a lone submit() does; a
+    # batch of two still goes through the loop.
+    with CeranubisExecutor(max_workers=1) as ex:
+        assert ex.submit(plus_one, 0).result(30) == 1
+        scheduler = ex.scheduler
+        sent_directly: list[bool] = []
+        original = scheduler._take_incoming_directly
+
+        def counted() -> bool:
+            taken = original()
+            sent_directly.append(taken)
+            return taken
+
+        monkeypatch.setattr(scheduler, "_take_incoming_directly", counted)
+        fn_id, options = ex.register_function(plus_one), ex.options().task_options
+        for i in range(20):
+            wait_for(lambda: loop_asleep(ex), 10, "the loop asleep")
+            slots: list[Future[int]] = [Future() for _ in range(1 + i % 2)]
+            records = []
+            for n, slot in enumerate(slots):
+                codec, payload = dumps_inband(((i + n,), {}))
+                records.append(ex.prepared_task(options, fn_id, slot, wire.CALL, codec, payload))
+            ex.submit_prepared(records)
+            assert [slot.result(30) for slot in slots] == [i + n + 1 for n in range(len(slots))]
+    # Each lone one that found the loop asleep went from this thread (a timer may have
+    # woken the loop meanwhile); no batch tried to (10 lone submits, 10 batches).
+    assert sent_directly and all(sent_directly) and len(sent_directly) <= 10, sent_directly
 
 
 def test_run_if_asleep_runs_only_while_the_loop_sleeps() -> None:

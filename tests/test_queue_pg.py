@@ -305,3 +305,16 @@ def test_a_client_commits_and_reads_under_the_clients_role(
         with psycopg.connect(url, autocommit=True) as connection:
             connection.execute(f"DROP OWNED BY {role}".encode())
             connection.execute(f"DROP ROLE {role}".encode())
+
+
+def test_a_commit_after_a_server_restart_goes_out_on_a_new_connection(
+    server: Server, database: str
+) -> None:
+    url = server.url(database)
+    first = commit_project(CODE, "square", [(1,)], store=url, queue=True)
+    server.stop()
+    server.start()
+    # The process's shared store saw its idle connection closed: no error, nothing lost.
+    second = commit_project(CODE, "square", [(2,)], store=url, queue=True)
+    assert second.id > first.id and second.counts()["pending"] == 1
+    assert Project.load(first.id, url).counts()["pending"] == 1

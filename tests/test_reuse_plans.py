@@ -13,7 +13,12 @@ from typing import Any
 import psycopg
 import pytest
 
-from ceranubis_jupyter.projects.queue_fast import INDEX_PLANS, INSERT_AT_ONCE, PG_REUSABLE
+from ceranubis_jupyter.projects.queue_fast import (
+    AT_ONCE_PLANS,
+    INDEX_PLANS,
+    INSERT_AT_ONCE,
+    PG_REUSABLE,
+)
 from ceranubis_jupyter.projects.store import Store
 from ceranubis_jupyter.projects.stores import open_store
 
@@ -68,18 +73,42 @@ def test_the_executors_reuse_read_goes_through_the_projects_index(
     }
 
 
-def test_the_queued_commits_reuse_part_goes_through_the_projects_index(
-    stale_store: Store, pg_url: str
-) -> None:
-    params = {
-        "name": "new", "prefix": "", "pattern": "%", "reuse": "digest-mine",
+def _at_once_params() -> dict[str, object]:
+    return {
+        "name": "new", "next": 0, "prefix": "", "pattern": "%", "reuse": "digest-mine",
         "code": "", "target": "f", "created": 0.0, "hosts": "[]", "state": "running",
         "client": "q", "heartbeat": 0.0, "function": None, "version": 1,
         "code_hash": "digest-mine", "args_hash": "", "changes": "",
         "args": [(1).to_bytes(4, "big")], "channel": "c", "priority": 0, "group": "",
         "timeout": 0.0,
     }  # fmt: skip
+
+
+def test_the_queued_commits_reuse_part_goes_through_the_projects_index(
+    stale_store: Store, pg_url: str
+) -> None:
     stale_store.init_queue()  # the queue's tables (and no new statistics)
-    plan = _plan(pg_url, INSERT_AT_ONCE, params)
+    plan = _plan(pg_url, INSERT_AT_ONCE, _at_once_params())
     assert "Seq Scan on arguments" not in plan, plan
     assert "Index Cond: (project = " in plan, plan  # a probe per project, not a walk
+
+
+def test_the_queued_commits_kept_plan_goes_through_the_projects_index(
+    stale_store: Store, pg_url: str
+) -> None:
+    # As the store runs it: prepared, its one generic plan kept (seen by auto_explain).
+    stale_store.init_queue()
+    logged: list[str] = []
+    with psycopg.connect(pg_url) as connection:
+        connection.add_notice_handler(lambda notice: logged.append(notice.message_primary))
+        connection.execute("LOAD 'auto_explain'")
+        connection.execute("SET auto_explain.log_min_duration = 0")
+        connection.execute("SET client_min_messages = log")
+        connection.execute(AT_ONCE_PLANS)
+        connection.execute(INSERT_AT_ONCE, _at_once_params(), prepare=True)
+        connection.rollback()
+    text = next(text for text in logged if "Insert on projects" in text)
+    plan = text[text.index("(cost=") :]  # after the query's text
+    assert "One-Time Filter: ($1 IS NULL)" in plan, plan  # generic: planned without values
+    assert "Seq Scan on arguments" not in plan, plan
+    assert "Index Cond: (project = " in plan, plan

@@ -6,7 +6,8 @@
   its two hops overlap. Node side: ``node.relay``.
 - ``inline_submit``: an idle executor's first task is written to its node by the submitting
   thread itself while the loop thread sleeps (one thread wake-up less per round trip).
-  Client side: ``Scheduler.submit_threadsafe``.
+  Client side: ``Scheduler.submit_threadsafe`` (and ``submit_many_threadsafe`` for one
+  task: a queue daemon's woken claim of a lone task).
 - ``lazy_results``: a ``map`` chunk's result that comes back while ``map()`` still reads its
   iterable is kept as the bytes that came (a fifth of its values' size as objects) and
   unpickled by the thread that takes it, not by the loop thread; an error unpickling it is

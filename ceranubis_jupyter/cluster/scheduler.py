@@ -121,19 +121,19 @@ class Scheduler:
         """Queue a task from any thread; wakes the loop once per burst."""
         was_idle = self._count_in(1)
         self.incoming.append(record)
-        if (
-            was_idle
-            and self.fast_paths.inline_submit
-            and self.loop_thread.run_if_asleep(self._take_incoming_directly)
-        ):
-            return
-        self._wake_for_incoming()
+        self._take_or_wake(was_idle)
 
     def submit_many_threadsafe(self, records: Sequence[TaskRecord]) -> None:
-        """Queue tasks from any thread, with one lock and at most one wake-up."""
-        self._count_in(len(records))
+        """Queue tasks from any thread: one lock, one wake-up (none for one task, idle)."""
+        was_idle = self._count_in(len(records))
         self.incoming.extend(records)
-        self._wake_for_incoming()
+        self._take_or_wake(was_idle and len(records) == 1)  # a queue daemon's lone claim
+
+    def _take_or_wake(self, lone: bool) -> None:
+        """Send an idle executor's lone task from this thread while the loop sleeps."""
+        inline = lone and self.fast_paths.inline_submit
+        if not (inline and self.loop_thread.run_if_asleep(self._take_incoming_directly)):
+            self._wake_for_incoming()
 
     def _count_in(self, count: int) -> bool:
         """Count ``count`` more tasks outstanding; ``True`` if the executor was idle.

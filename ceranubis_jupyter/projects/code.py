@@ -17,6 +17,7 @@ from ..cluster.hosts import Host, HostSpec
 from ..errors import ConfigError, ConfigTypeError
 from ..wire.describe import unpicklable_arguments, unpicklable_function
 from ..wire.serialize import dumps_function, loads_function
+from .digest import function_digest
 from .records import ProjectRow
 from .rows import encode_many
 
@@ -26,6 +27,12 @@ from .rows import encode_many
 SHIPPABLE_SOURCES = 64
 _shippable: dict[tuple[str, str], None] = {}  # oldest first
 _shippable_lock = threading.Lock()
+# Sources (code, target) a queued commit made a function of, with its code digest: one
+# queued again (a queue fed in a loop) is not compiled, run, checked and digested again
+# (~0.1 ms per commit, ~0.4 ms in a process idle between commits); more entries keep
+# more functions (and the modules' objects they hold) alive.
+QUEUED_SOURCES = 64
+_queued: dict[tuple[str, str], tuple[Callable[..., Any], str]] = {}  # oldest first
 
 
 def check_args(args: Any) -> list[tuple[Any, ...]]:
@@ -137,6 +144,30 @@ def check_source_shippable(code: str, target: str, fn: Callable[..., Any]) -> No
         _shippable[key] = None
         if len(_shippable) > SHIPPABLE_SOURCES:
             del _shippable[next(iter(_shippable))]
+
+
+def queued_function(code: str, target: str, label: str) -> tuple[Callable[..., Any], str]:
+    """The function ``target`` of ``code``, checked to pickle, and its code digest, for a
+    queued commit: made once per source (the node daemons make their own from the source,
+    and cache it by source too: nothing runs this one).
+
+    Raises:
+        ConfigError: the code does not compile or run, defines no ``target``, or its
+            function does not pickle.
+    """
+    key = (code, target)
+    with _shippable_lock:
+        known = _queued.get(key)
+    if known is not None:
+        return known
+    fn = function_from_code(code, target, label)
+    check_shippable(fn)
+    made = (fn, function_digest(fn, target))
+    with _shippable_lock:
+        _queued[key] = made
+        if len(_queued) > QUEUED_SOURCES:
+            del _queued[next(iter(_queued))]
+    return made
 
 
 def encode_args(items: list[tuple[Any, ...]]) -> list[bytes]:

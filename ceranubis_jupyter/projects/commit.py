@@ -34,6 +34,7 @@ from .code import (
     encode_args,
     function_from_code,
     host_names,
+    queued_function,
     source_of,
 )
 from .digest import arguments_digest, function_digest
@@ -106,11 +107,12 @@ def commit_project(
         StoreError: the store cannot be reached or is corrupt.
     """
     items = _checked(args, chunksize)
+    wanted = _Wanted(store, name, code, target, None, replace, reuse)
+    if queue:  # the function is made once per source: nothing runs it here
+        made = queued_function(code, target, name or target)
+        return _commit_queued(wanted, made[0], items, (priority, group or "", 0.0), made[1])
     fn = function_from_code(code, target, name or target)
     check_source_shippable(code, target, fn)
-    wanted = _Wanted(store, name, code, target, None, replace, reuse)
-    if queue:
-        return _commit_queued(wanted, fn, items, (priority, group or "", 0.0))
     definition = _define(wanted, fn, items, lambda: host_names(hosts))
     if isinstance(definition, _Found):
         return _attach(definition, None, hosts)
@@ -334,14 +336,16 @@ def _commit_queued(
     fn: Callable[..., Any],
     items: list[tuple[Any, ...]],
     queued: tuple[int, str, float],
+    code_hash: str | None = None,
 ) -> Project:
     """Queue mode: store the project for the node daemons, or queue again the stored
-    project it is; run nothing here."""
+    project it is; run nothing here (``code_hash``: ``fn``'s digest, when known)."""
     opened = shared_store(wanted.store)
     opened.ensure_queue()
     at_once = wanted.name is None and len(items) <= AT_ONCE_ARGUMENTS
     if at_once and isinstance(opened, FastQueue):
-        return _queued_at_once(opened, wanted, fn, items, queued)
+        code_hash = code_hash or function_digest(fn, wanted.target)
+        return _queued_at_once(opened, wanted, code_hash, items, queued)
     definition = _define(dataclasses.replace(wanted, store=opened), fn, items, list)
     if isinstance(definition, _Found):
         if not definition.row.live:
@@ -353,14 +357,13 @@ def _commit_queued(
 def _queued_at_once(
     store: FastQueue,
     wanted: _Wanted,
-    fn: Callable[..., Any],
+    code_hash: str,
     items: list[tuple[Any, ...]],
     queued: tuple[int, str, float],
 ) -> Project:
     """A small queued project under a new default name in one statement: the store
     picks the free name and the stored results it takes (one round trip, not three)."""
     blobs = encode_args(items)
-    code_hash = function_digest(fn, wanted.target)
     digests = (code_hash if wanted.reuse else NO_REUSE + code_hash, arguments_digest(blobs))
     now = time.time()
     draft = ProjectRow(0, "", wanted.code, wanted.target, now, [], "running", QUEUE_CLIENT,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import select
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,10 @@ _NEW_COLUMNS = PROJECT_COLUMNS.removeprefix("id, ")
 # lags bulk inserts by up to a minute) made the planner scan every stored argument
 # instead, per commit: 14-50 ms at 61,000 rows, growing with the store.
 INDEX_PLANS = "SELECT set_config('enable_seqscan', 'off', true)"
+# The one-statement commit also keeps one plan per connection (the statement prepared at
+# its first use): left to choose, the server planned it anew for every commit (its
+# generic plan's estimate is higher than its custom plans'), 0.5-0.9 ms each.
+AT_ONCE_PLANS = INDEX_PLANS + ", set_config('plan_cache_mode', 'force_generic_plan', true)"
 _DIGEST_RESULTS = (
     "(SELECT id FROM projects WHERE code_hash = {digest} OFFSET 0) k CROSS JOIN LATERAL "
     "(SELECT a.args, a.id FROM arguments a WHERE a.project = k.id AND a.state = 'done' "
@@ -51,16 +56,26 @@ _DIGEST_RESULTS = (
 )
 # The executor's commit: every finished result of a digest (argument bytes, row id).
 PG_REUSABLE = "SELECT r.args, r.id FROM " + _DIGEST_RESULTS.format(digest="?", only="")
+# Numbers after a default name's prefix that a commit probes from where this store's last
+# commit under that prefix left off (one index lookup each) before it counts every name
+# with the prefix (a scan that grows with them: 0.8 ms per commit at 300 names). More
+# probe further before that scan when other processes take the same names meanwhile.
+NAME_PROBES = 8
 # A queued project at once: each WITH part runs once (PostgreSQL runs data-modifying
 # parts whether or not they are read), in one transaction; the foreign keys are checked
 # at the statement's end, when the project's row is there. Without a name, it takes the
-# first free ``<prefix><n>`` from n = the names taken + 1 (as commit.py's default name);
-# with a reuse digest, an argument whose bytes a finished argument of a function with
-# that code digest has is done at once, pointing at that result (as rerun.py's reuse).
+# first free ``<prefix><n>`` from n = %(next)s (the number after this store's last one
+# under the prefix; 0: none yet) among NAME_PROBES, else from n = the names taken + 1 (as
+# commit.py's default name; COALESCE runs that scan only when needed); with a reuse
+# digest, an argument whose bytes a finished argument of a function with that code
+# digest has is done at once, pointing at that result (as rerun.py's reuse).
 INSERT_AT_ONCE = f"""WITH taken AS (
     SELECT DISTINCT name FROM projects
     WHERE %(name)s::text IS NULL AND name LIKE %(pattern)s ESCAPE '\\'),
 pick AS (SELECT COALESCE(%(name)s::text, (SELECT %(prefix)s::text || n FROM generate_series(
+    %(next)s::bigint, %(next)s::bigint + {NAME_PROBES - 1}) AS n WHERE %(next)s::bigint > 0
+    AND NOT EXISTS (SELECT 1 FROM projects x WHERE x.name = %(prefix)s::text || n)
+    ORDER BY n LIMIT 1), (SELECT %(prefix)s::text || n FROM generate_series(
     (SELECT count(*) FROM taken) + 1, (SELECT count(*) FROM taken) * 2 + 1) AS n
     WHERE %(prefix)s::text || n NOT IN (SELECT name FROM taken) ORDER BY n LIMIT 1)) AS name),
 p AS (INSERT INTO projects ({_NEW_COLUMNS}) SELECT pick.name, %(code)s, %(target)s,
@@ -152,6 +167,12 @@ class FastQueue(StoreBase):
     """The one-round-trip paths (see the module's docstring), for PostgreSQL."""
 
     _connection: Any  # the back end's psycopg connection
+    _psycopg: Any  # the psycopg module
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Per default name prefix: the number after the last name a commit here took.
+        self._next_numbers: dict[str, int] = {}
 
     def insert_queued_at_once(
         self, row: ProjectRow, args: Sequence[bytes], queued: tuple[int, str, float]
@@ -176,9 +197,10 @@ class FastQueue(StoreBase):
         reuse: str = "",
     ) -> Inserted | None:
         """:meth:`insert_queued_at_once`, named ``row.name`` or (with ``prefix``) the
-        first free ``<prefix><n>``; with ``reuse`` (a code digest), the arguments whose
-        result a function of that code already has take it. ``None``: too many
-        arguments for one statement.
+        first free ``<prefix><n>`` (from the number after the last one this store took
+        under ``prefix``, else from the count of such names + 1); with ``reuse`` (a code
+        digest), the arguments whose result a function of that code already has take
+        it. ``None``: too many arguments for one statement.
 
         Raises:
             ConfigError: another process took the name meanwhile.
@@ -189,21 +211,46 @@ class FastQueue(StoreBase):
         values = {
             **{f: getattr(row, f) for f in _NEW_COLUMNS.split(", ")},
             "name": None if prefix is not None else row.name,
+            "next": self._next_numbers.get(prefix, 0) if prefix is not None else 0,
             "prefix": prefix or "", "pattern": _pattern(prefix or ""), "reuse": reuse,
             "hosts": json.dumps(row.hosts), "args": list(args), "channel": CHANNEL,
             "priority": queued[0], "group": queued[1], "timeout": queued[2],
         }  # fmt: skip
         with self._lock:
-            try:
-                cursor = self._cursor()
-                with self._connection.pipeline():  # one implicit transaction
-                    self._cursor().execute(INDEX_PLANS)
-                    cursor.execute(INSERT_AT_ONCE, values)
-                project, name, ids, reused, _ = cursor.fetchone()
-            except Exception as error:
-                raise self._translate(error) from error
+            project, name, ids, reused, _ = self._at_once(values)
+            if prefix is not None:
+                self._next_numbers[prefix] = int(name[len(prefix) :]) + 1
         made = dataclasses.replace(row, id=int(project), name=str(name))
         return Inserted(made, [int(i) for i in ids], int(reused))
+
+    def _at_once(self, values: dict[str, Any]) -> tuple[Any, ...]:
+        """Run INSERT_AT_ONCE (the lock held) on a connection the server has not left."""
+        self._drop_if_server_left()
+        try:
+            cursor = self._cursor()
+            with self._connection.pipeline():  # one implicit transaction
+                self._cursor().execute(AT_ONCE_PLANS)
+                cursor.execute(INSERT_AT_ONCE, values, prepare=True)
+            return tuple(cursor.fetchone())
+        except Exception as error:
+            raise self._translate(error) from error
+
+    def _drop_if_server_left(self) -> None:
+        """Close the connection when the server closed its end while it was idle (a
+        restart, an administrator's terminate), so that the next statement goes out on a
+        new one: seen without a round trip, as the idle socket being readable (anything
+        the server sends unasked to a session that does not listen is its goodbye, or a
+        rare notice that then costs a new connection). Else a commit after a restart
+        would fail (a write that was sent is never sent again: it may have been committed)."""
+        connection = self._connection
+        if connection is None or connection.closed or connection.broken:
+            return
+        try:
+            if not select.select([connection.fileno()], [], [], 0)[0]:
+                return  # nothing came while idle: the usual case, one system call
+        except (OSError, self._psycopg.Error):
+            pass  # no socket any more: closed below
+        connection.close()
 
     def claim_woken(
         self, project: int, priority: int, owner: str, host: str, count: int, lease: float,
@@ -243,6 +290,7 @@ def _pattern(prefix: str) -> str:
 
 __all__ = [
     "AT_ONCE_ARGUMENTS",
+    "AT_ONCE_PLANS",
     "INDEX_PLANS",
     "INSERT_AT_ONCE",
     "PG_REUSABLE",

@@ -62,6 +62,11 @@ class StoreBase(ABC):
     def close(self) -> None:
         """Close the connection."""
 
+    def leave_to_parent(self) -> None:
+        """In a child forked while this store was open: make sure nothing the child does
+        with it reaches the parent's connection (the child opens stores of its own)."""
+        return  # a file (SQLite): the child leaves it unclosed, and that is enough
+
     @abstractmethod
     def _insert_arguments(
         self, cursor: Any, project_id: int, args: Sequence[bytes]

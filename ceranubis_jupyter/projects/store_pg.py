@@ -9,6 +9,7 @@ ceranubis-jupyter[postgres]``), imported only when such a URL is opened.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -268,6 +269,24 @@ class PostgresStore(FastQueue, Store):
         with self._lock:
             if self._connection is not None:
                 self._connection.close()
+
+    def leave_to_parent(self) -> None:
+        """In a forked child: the connection's socket is the parent's session; point it
+        at /dev/null, so that nothing done here (a finalizer's goodbye at exit) reaches
+        that session. Used again, this store finds its connection lost and reconnects.
+        Not under the store's lock: another thread of the parent may have held it at the
+        fork, and the child has no other thread."""
+        if self._connection is None or self._connection.closed:
+            return
+        try:
+            socket = self._connection.fileno()
+        except self._psycopg.Error:  # broken already: no socket
+            return
+        nothing = os.open(os.devnull, os.O_RDWR)
+        try:
+            os.dup2(nothing, socket)
+        finally:
+            os.close(nothing)
 
     def reopen(self) -> PostgresStore:
         """Another store on the same database, with a connection of its own."""

@@ -2,8 +2,9 @@
 
 ``open_store`` picks the back end (:mod:`.store_sqlite` or :mod:`.store_pg`) from what it is
 given; ``shared_store`` keeps one open store per location in this process, so projects,
-their runs and the magics share a connection. ``close_stores`` closes them all (the package's
-one exit hook calls it).
+their runs and the magics share a connection (and a commit costs no connection or schema
+check). ``close_stores`` closes them all (the package's one exit hook calls it). A forked
+child starts with none: the parent's are left alone, unclosed, and the child opens its own.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ STORE_ENV = "CERANUBIS_STORE"
 
 _stores: dict[str, Store] = {}
 _stores_lock = threading.Lock()
+_inherited: list[Store] = []  # in a forked child, the parent's: never used or closed here
 
 
 def default_store_path() -> Path:
@@ -89,4 +91,18 @@ def close_stores() -> None:
         store.close()
 
 
+def _forget_after_fork() -> None:
+    """In a forked child: the shared stores are the parent's (their connections are its
+    sessions): drop them unclosed, their sockets let go (:meth:`Store.leave_to_parent`),
+    so that this process opens its own on first use and never touches the parent's."""
+    global _stores_lock
+    _stores_lock = threading.Lock()  # another thread may have held it at the fork
+    for store in _stores.values():
+        store.leave_to_parent()
+    _inherited.extend(_stores.values())
+    _stores.clear()
+
+
 on_exit(Stage.STORES, close_stores)
+if hasattr(os, "register_at_fork"):  # not on Windows, which does not fork
+    os.register_at_fork(after_in_child=_forget_after_fork)
