@@ -26,7 +26,7 @@ LEASE = 600.0
 # Arguments of each test's project.
 ARGUMENTS = 40
 # Columns a claim, a renewal or an outcome changes: no index of the arguments may name them.
-CHANGING = ("state", "lease_owner", "lease_expires", "host", "started", "attempts", "result")
+CHANGING = ("state", "lease", "host", "started", "attempts", "result")
 
 
 @pytest.fixture
@@ -89,7 +89,12 @@ def test_expired_leases_go_back_to_the_queue(store_url: str, store: Store) -> No
     assert store.expire_leases() == [project]
     again = store.claim_arguments(project, "alive", "h", 10, LEASE)
     assert [c.arg_id for c in again] == lost and {c.attempts for c in again} == {2}
-    assert store.renew_leases("alive", LEASE) == len(kept) + len(lost)
+    # A renewal moves the daemon's one lease row, whatever it holds (schema 3).
+    assert store.renew_leases("alive", LEASE) == 1 and store.renew_leases("never", LEASE) == 0
+    assert store.expire_leases() == [] and store.counts(project)["running"] == 20
+    assert store.renew_leases("alive", -1.0) == 1  # as a daemon that went silent
+    assert store.expire_leases() == [project] and store.counts(project)["running"] == 0
+    assert len(kept) == 10
 
 
 def test_a_pending_argument_left_below_next_id_is_still_claimed(
@@ -148,7 +153,7 @@ def test_a_schema_1_store_is_refused_then_upgraded_by_init(store_url: str, store
     _execute(store_url, "CREATE INDEX arguments_project ON arguments (project)")  # as before
     store.init_queue()  # what the refusal says to run
     store.check_queue()
-    assert store.queue_schema() == QUEUE_SCHEMA == 2
+    assert store.queue_schema() == QUEUE_SCHEMA == 3
     assert not _execute(store_url, "SELECT 1 FROM sqlite_master WHERE name = 'arguments_queue'"
                         if not is_postgres_url(store_url) else
                         "SELECT 1 FROM pg_indexes WHERE indexname = 'arguments_queue'")  # fmt: skip
@@ -159,6 +164,29 @@ def test_a_schema_1_store_is_refused_then_upgraded_by_init(store_url: str, store
                                        "conrelid = 'arguments'::regclass")  # fmt: skip
     assert not _index_exists(store_url, "arguments_project")
     assert len(_ids(store, project, "a", 100)) == ARGUMENTS
+
+
+def test_a_schema_2_store_s_leases_become_rows_at_init(store_url: str, store: Store) -> None:
+    project = _project(store_url)
+    held = _ids(store, project, "a", 5)
+    # As schema 2 left them: an owner and an expiry on each held argument, no lease rows.
+    if is_postgres_url(store_url):
+        _execute(store_url, "ALTER TABLE arguments ADD COLUMN lease_owner TEXT, "
+                            "ADD COLUMN lease_expires DOUBLE PRECISION")  # fmt: skip
+    else:
+        _execute(store_url, "ALTER TABLE arguments ADD COLUMN lease_owner TEXT")
+        _execute(store_url, "ALTER TABLE arguments ADD COLUMN lease_expires REAL")
+    _execute(store_url, "UPDATE arguments SET lease_owner = 'old#1', lease_expires = 1, "
+                        "lease = NULL WHERE state = 'running'")  # fmt: skip
+    _execute(store_url, "DELETE FROM queue_leases")
+    _execute(store_url, "UPDATE ceranubis_meta SET value = '2' WHERE key = 'queue_schema'")
+    with pytest.raises(StoreError, match="older than this package"):
+        store.check_queue()
+    store.init_queue()
+    assert store.queue_schema() == QUEUE_SCHEMA == 3
+    assert store.expire_leases() == [project]  # the old owner's lease (long over), as a row
+    again = store.claim_arguments(project, "b", "h", 5, LEASE)
+    assert [c.arg_id for c in again] == held and {c.attempts for c in again} == {2}
 
 
 # Threads claiming one project at once in the stress test, and the most claims each makes
