@@ -21,7 +21,8 @@ from ceranubis_jupyter import CeranubisExecutor, ConfigError
 from ceranubis_jupyter.cluster.fastpaths import FAST_PATHS_OFF_ENV, FastPaths
 from tests.remote import by_value
 
-SWITCHES = [*FastPaths.names(), "all"]
+# The executor's switches (queue_batches is the queue daemon's: tests/test_queue_batches.py).
+SWITCHES = [*(name for name in FastPaths.names() if name != "queue_batches"), "all"]
 
 
 @pytest.fixture(params=SWITCHES)
@@ -69,7 +70,7 @@ def test_switches_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv(FAST_PATHS_OFF_ENV, "cut_through, direct_writes")
     assert FastPaths.from_env() == FastPaths(direct_writes=False, cut_through=False)
     monkeypatch.setenv(FAST_PATHS_OFF_ENV, "all")
-    assert FastPaths.from_env() == FastPaths(False, False, False, False)
+    assert FastPaths.from_env() == FastPaths(False, False, False, False, False)
     monkeypatch.setenv(FAST_PATHS_OFF_ENV, "warp_drive")
     with pytest.raises(ConfigError, match="unknown fast paths warp_drive"):
         FastPaths.from_env()

@@ -339,3 +339,36 @@ def test_outcomes_of_every_kind_and_plain_results_are_written_in_one_call(store_
     assert (rows[plain].result, rows[plain].output, rows[plain].finished) == (b"y", None, 2.0)
     assert (rows[failed].state, rows[failed].error, rows[failed].result) == ("failed", "boom", None)
     assert (rows[flat].result, rows[flat].attempts, rows[flat].started) == (b"z", 2, 3.0)
+
+
+def test_many_arguments_of_any_bytes_are_stored_in_order(store_url: str) -> None:
+    # More arguments than one piece of PostgreSQL's binary COPY stream, and blobs of every
+    # byte value and of several sizes (up to a 64 KiB one).
+    blobs = [bytes([i % 256]) * (1 + i % 7) for i in range(20_000)]
+    blobs[12_345] = bytes(range(256)) * 256
+    store = open_store(store_url)
+    row, _ = store.add_project("many", "def f(x): return x", "f", ["local"], None, blobs,
+                               this_client())  # fmt: skip
+    stored = store.arguments(row.id, ["pending"])
+    assert [(a.position, bytes(a.args)) for a in stored] == list(enumerate(blobs))
+    assert [a.id for a in stored] == sorted(a.id for a in stored)
+    store.close()
+
+
+def test_finished_outcomes_keep_every_field(store_url: str) -> None:
+    # The writer's flat run of values: any host name, a result of any bytes, an unknown
+    # end time (PostgreSQL takes them as one binary COPY stream).
+    store = open_store(store_url)
+    project_id = _new(store, "fields", 3)
+    ids = [a.id for a in store.arguments(project_id, ["pending"])]
+    done = [ids[0], bytes(range(256)), "hôst-é 1", 2, 1.5, 2.25,
+            ids[2], b"\x00", "h2", 1, 3.0, None]  # fmt: skip
+    assert store.record_outcomes([], done) == 2
+    rows = {a.id: a for a in store.arguments(project_id, ["done", "pending"])}
+    first, last = rows[ids[0]], rows[ids[2]]
+    assert (bytes(first.result or b""), first.host, first.attempts, first.started,
+            first.finished) == (bytes(range(256)), "hôst-é 1", 2, 1.5, 2.25)  # fmt: skip
+    assert (bytes(last.result or b""), last.host, last.started, last.finished) == (
+        b"\x00", "h2", 3.0, None)  # fmt: skip
+    assert rows[ids[1]].state == "pending"
+    store.close()

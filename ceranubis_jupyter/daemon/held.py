@@ -3,7 +3,10 @@
 The daemon tracks each task it submits (:meth:`Held.track`); the scheduler's listener
 hands finished ones over (:meth:`Held.arrived`, loop thread: one append); the daemon's
 thread turns them into store rows (:meth:`Held.collect`), which stay here until a write
-succeeds (:meth:`Held.written`): a store that is down loses nothing.
+succeeds (:meth:`Held.written`): a store that is down loses nothing. A batch of a quick
+function's arguments (:meth:`Held.track_batch`) gives a row per argument; one that failed
+as a whole (its worker crashed) leaves its arguments in :attr:`Held.alone`, to run a task
+each, and those it did not reach in :attr:`Held.again`.
 """
 
 from __future__ import annotations
@@ -16,12 +19,16 @@ from concurrent.futures import CancelledError
 from dataclasses import dataclass
 from typing import Any
 
+from ..cluster.outcomes import failure_of
 from ..cluster.tasks import CANCELLED, FINISHED, ResultSlot, TaskRecord
-from ..errors import BrokenCeranubisExecutor
+from ..errors import BrokenCeranubisExecutor, ProtocolError
 from ..projects.queue_store import Claimed
 from ..projects.records import Outcome
 from ..projects.rows import encode, error_text
 from ..projects.store import DONE_VALUES
+from ..wire import protocol as p
+from ..wire.batches import NOT_RUN, ItemOutcome
+from .batches import Pace
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +38,19 @@ class HeldTask:
     arg_id: int
     project: int
     attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class HeldBatch:
+    """A submitted batch: the arguments it runs (one project's, in order)."""
+
+    claims: tuple[Claimed, ...]
+    project: int
+    fn_id: int  # the function's own id (its pace), not the batch wrapper's
+
+    def items(self) -> list[HeldTask]:
+        """Its arguments as tasks of their own."""
+        return [HeldTask(c.arg_id, c.project, c.attempts) for c in self.claims]
 
 
 class Held:
@@ -45,7 +65,11 @@ class Held:
         self.host = host
         self._wake = wake
         self.clock = time.time() - time.monotonic()  # task times are monotonic
-        self.tasks: dict[int, HeldTask] = {}  # task id -> its argument
+        self.tasks: dict[int, HeldTask | HeldBatch] = {}  # task id -> its argument(s)
+        self.size = 0  # arguments in self.tasks
+        self.pace = Pace()
+        self.again: list[Claimed] = []  # arguments a batch did not reach: submit again
+        self.alone: list[Claimed] = []  # arguments of a failed batch: a task each now
         self._finished: collections.deque[TaskRecord] = collections.deque()
         self._not_yet: list[TaskRecord] = []  # handed over, slot not set yet
         self.outcomes: list[Outcome] = []
@@ -59,6 +83,18 @@ class Held:
     def track(self, task_id: int, claimed: Claimed) -> None:
         """Know a task before it is submitted (it may finish at once)."""
         self.tasks[task_id] = HeldTask(claimed.arg_id, claimed.project, claimed.attempts)
+        self.size += 1
+
+    def track_batch(self, task_id: int, claims: list[Claimed], fn_id: int) -> None:
+        """Know a batch of ``fn_id``'s arguments before it is submitted."""
+        self.tasks[task_id] = HeldBatch(tuple(claims), claims[0].project, fn_id)
+        self.size += len(claims)
+
+    def _pop(self, task_id: int) -> HeldTask | HeldBatch | None:
+        held = self.tasks.pop(task_id, None)
+        if held is not None:
+            self.size -= 1 if isinstance(held, HeldTask) else len(held.claims)
+        return held
 
     def arrived(self, record: TaskRecord) -> None:
         """Scheduler listener (loop thread): keep a finished task of ours, wake the daemon."""
@@ -68,8 +104,27 @@ class Held:
                 self._wake.set()
 
     def drop(self, task_ids: Iterable[int]) -> list[HeldTask]:
-        """Forget tasks (their project was cancelled, or they are released)."""
-        return [held for t in task_ids if (held := self.tasks.pop(t, None)) is not None]
+        """Forget tasks (their project was cancelled, or they are released): their
+        arguments."""
+        dropped: list[HeldTask] = []
+        for task_id in task_ids:
+            held = self._pop(task_id)
+            if isinstance(held, HeldBatch):
+                dropped += held.items()
+            elif held is not None:
+                dropped.append(held)
+        return dropped
+
+    def take_reruns(self, projects: set[int] | None = None) -> list[int]:
+        """Take the arguments waiting to run again (of ``projects``, or all): their ids."""
+
+        def kept(claim: Claimed) -> bool:
+            return projects is not None and claim.project not in projects
+
+        taken = [claim.arg_id for claim in (*self.again, *self.alone) if not kept(claim)]
+        self.again = [claim for claim in self.again if kept(claim)]
+        self.alone = [claim for claim in self.alone if kept(claim)]
+        return taken
 
     def of_projects(self, projects: set[int]) -> list[int]:
         """Ids of the tasks of these projects."""
@@ -96,8 +151,10 @@ class Held:
             if not slot.done():  # finished just now: its slot is set right after
                 self._not_yet.append(record)
                 continue
-            held = self.tasks.pop(record.task_id, None)
-            if held is not None:
+            held = self._pop(record.task_id)
+            if isinstance(held, HeldBatch):
+                self._batch_rows(record, slot, held)
+            elif held is not None:
                 self._row(record, slot, held)
 
     def _row(self, record: TaskRecord, slot: ResultSlot, held: HeldTask) -> None:
@@ -109,6 +166,8 @@ class Held:
             return
         started = record.started + self.clock if record.started else None
         finished = record.finished + self.clock if record.finished else None
+        if record.started and record.finished:
+            self.pace.note(record.fn_id, record.finished - record.started)
         self.touched.add(held.project)
         if slot.state == FINISHED and error is None:
             try:
@@ -127,6 +186,41 @@ class Held:
             return
         self.fail(held, error_text(error) if error else "no result", started, finished,
                   record.output)  # fmt: skip
+
+    def _batch_rows(self, record: TaskRecord, slot: ResultSlot, batch: HeldBatch) -> None:
+        """A row per argument of a finished batch; a batch that failed as a whole (or
+        whose outcomes are not a list of one per argument) runs again a task each."""
+        error = slot.error
+        if slot.state == CANCELLED or isinstance(error, CancelledError):
+            return
+        if isinstance(error, BrokenCeranubisExecutor):
+            self.releases += [claim.arg_id for claim in batch.claims]
+            return
+        value = slot.value
+        if error is not None or not isinstance(value, list) or len(value) != len(batch.claims):
+            self.alone += batch.claims
+            return
+        spent, ran = 0.0, 0
+        for claim, outcome in zip(batch.claims, value, strict=True):
+            if outcome[0] == NOT_RUN:
+                self.again.append(claim)
+                continue
+            self._item_row(record, HeldTask(claim.arg_id, claim.project, claim.attempts), outcome)
+            spent, ran = spent + outcome[4] - outcome[3], ran + 1
+        if ran:
+            self.pace.note(batch.fn_id, spent / ran)
+
+    def _item_row(self, record: TaskRecord, held: HeldTask, outcome: ItemOutcome) -> None:
+        status, blob, output, started, finished = outcome
+        self.touched.add(held.project)
+        if status == p.OK and not output:
+            self.done_values += (held.arg_id, blob, self.host, held.attempts, started, finished)
+        elif status == p.OK:
+            self.outcomes.append(Outcome(held.arg_id, "done", blob, None, self.host,
+                                         held.attempts, started, finished, output))  # fmt: skip
+        else:
+            self.fail(held, _failure_text(record, self.host, status, blob), started, finished,
+                      output or "")  # fmt: skip
 
     def fail(
         self,
@@ -156,4 +250,19 @@ class Held:
         self.touched.clear()
 
 
-__all__ = ["Held", "HeldTask"]
+def _failure_text(record: TaskRecord, host: str, status: int, blob: bytes) -> str:
+    """What a batch's argument that failed stores: what a task of its own would."""
+    if status == p.RAISED and blob:
+        result = p.Result(record.task_id, status, blob[0], blob[1:])
+    elif status == p.UNPICKLABLE:
+        result = p.Result(record.task_id, status, p.PICKLE, blob)
+    else:
+        return f"its outcome came back malformed (status {status})"
+    try:
+        failure = failure_of(record.host or host, record, result)
+    except ProtocolError as garbage:
+        return f"its outcome came back malformed: {garbage}"
+    return error_text(failure) if failure is not None else "no result"
+
+
+__all__ = ["Held", "HeldBatch", "HeldTask"]

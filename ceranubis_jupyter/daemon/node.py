@@ -30,20 +30,19 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from ..cluster.executor import NodeExecutor, TaskOptions
-from ..cluster.tasks import ResultSlot
-from ..errors import CeranubisError, StoreError
-from ..projects.code import function_of
+from ..cluster.executor import NodeExecutor
+from ..errors import StoreError
 from ..projects.queue_events import parse_commit
 from ..projects.queue_fast import FastQueue
 from ..projects.queue_listen import Listener
-from ..projects.queue_store import PROGRESS_CHANNEL, QUEUE_SCHEMA, Claimed, NodeRow
+from ..projects.queue_store import PROGRESS_CHANNEL, QUEUE_SCHEMA, NodeRow
 from ..projects.rows import final_state
 from ..projects.store import Store
 from ..projects.stores import is_postgres_url, open_store
 from ..wire import protocol as p
-from .held import Held, HeldTask
+from .held import Held
 from .rate import TaskRate
+from .runner import Runner
 
 log = logging.getLogger("ceranubis")
 
@@ -62,8 +61,10 @@ LEASE_SECONDS = 30.0
 # round trip; fewer spreads a small project of long tasks over more nodes.
 CLAIM_PER_WORKER = 8
 # Seconds of work held ahead, at the rate tasks finish here: tiny tasks are then claimed
-# thousands at a time (one round trip each), long ones CLAIM_PER_WORKER per worker.
-CLAIM_AHEAD_SECONDS = 0.5
+# thousands at a time (one round trip each), long ones CLAIM_PER_WORKER per worker. Less
+# evens out a project's end between nodes (with 0.5 s, one node of two ran the last
+# tenth of a second of Q1 alone); more costs more claims.
+CLAIM_AHEAD_SECONDS = 0.2
 # The most arguments held at once (memory, and what a lost node leaves to its lease).
 MAX_HELD = 20000
 # Seconds between outcome writes while tasks finish: longer batches cost fewer
@@ -85,9 +86,6 @@ CANCEL_POLL_SECONDS = 0.5
 # the only way, so short. An idle node sweeps others' expired leases at this pace too.
 IDLE_POLL_PG = 30.0
 IDLE_POLL_SQLITE = 0.2
-# Functions kept loaded by their code, for projects committed again with the same code
-# (more keeps more functions alive in the node and its workers).
-CODE_CACHE = 32
 # Seconds a stopping node lets its running tasks finish before releasing them.
 DRAIN_SECONDS = 10.0
 # What the nodes table says of this node's version: package and wire protocol.
@@ -142,8 +140,6 @@ class QueueNode:
         self._stopping = threading.Event()
         self.held = Held(self.name, self._wake)
         self._cancel_asked = threading.Event()
-        self._functions: dict[int, tuple[int, TaskOptions, Any] | str] = {}
-        self._code_ids: dict[tuple[str, str, bytes | None], tuple[int, Any]] = {}
         self._progress: dict[int, float] = {}  # project -> when it may be notified again
         self._progress_owed: set[int] = set()  # written since its last notification
         self._exhausted: set[int] = set()  # projects whose last claim found too few
@@ -156,6 +152,7 @@ class QueueNode:
         self._look_at = 0.0  # when to look for work again after the queue was empty
         self._listener = Listener(getattr(self.store, "dsn", ""), self._heard) if pg else None
         self.executor: NodeExecutor | None = None
+        self.runner: Runner | None = None
         self.status = 0  # serve()'s return: 1 once the local node broke
 
     # ------------------------------------------------------------------ public
@@ -166,6 +163,8 @@ class QueueNode:
         self._install_signals()
         self.executor = NodeExecutor(None, max_workers=self.workers)
         self.executor.scheduler.add_listener(self.held.arrived)
+        self.runner = Runner(self.executor, self.held, self.store, self.name, self.workers,
+                             self._broke)  # fmt: skip
         if self._listener is not None:
             self._listener.start()
         log.info("node %s serves %s with %d workers", self.name, self.store.url, self.workers)
@@ -193,6 +192,8 @@ class QueueNode:
 
     def _cycle_held(self, claim: bool) -> None:
         self.held.collect()
+        if (self.held.again or self.held.alone) and self.runner is not None:
+            self.runner.run_again()
         now = time.monotonic()
         if now < self._retry_at:
             return  # the store failed: wait out the backoff
@@ -213,7 +214,7 @@ class QueueNode:
         self._timed_work(now, claim)
         # Heard events are taken one by one: one heard meanwhile stays for the next cycle.
         woken = [self._woken.popleft() for _ in range(len(self._woken))]
-        wants = len(self.held.tasks) <= self.capacity // 2 and (woken or now >= self._look_at)
+        wants = self.held.size <= self.capacity // 2 and (woken or now >= self._look_at)
         if claim and wants and not self._claim(woken):  # nothing for us: until NOTIFY or poll
             self._look_at = now + self.poll
         elif claim and wants:  # busy again: beat at the busy pace
@@ -294,7 +295,7 @@ class QueueNode:
             if counts["pending"] + counts["running"] == 0:
                 self.store.settle(project, final_state(counts, cancelled=False))
                 self._exhausted.discard(project)
-                self._functions.pop(project, None)
+                self._forget(project)
                 self._progress.pop(project, None)
                 self._progress_owed.discard(project)  # settle told the views
 
@@ -302,7 +303,7 @@ class QueueNode:
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
         self.store.beat(
             NodeRow(self.name, socket.gethostname(), os.getpid(), self.workers, self.group,
-                    load, _VERSION, QUEUE_SCHEMA, self.claimed, len(self.held.tasks),
+                    load, _VERSION, QUEUE_SCHEMA, self.claimed, self.held.size,
                     self.held.written_count, self.dropped, self.started, 0.0, state)
         )  # fmt: skip
 
@@ -311,7 +312,7 @@ class QueueNode:
     def _claim(self, woken: list[tuple[int, int]]) -> bool:
         """Claim up to the free places, by priority; ``False`` when nothing was found.
         Idle and woken by one commit: claim that project at once, if it comes first."""
-        room = self.capacity - len(self.held.tasks)
+        room = self.capacity - self.held.size
         if not self.held.tasks:
             self._rate.restart()
             one = len(woken) == 1 and woken[0][0] >= 0  # a reconnection (-1): look
@@ -332,7 +333,7 @@ class QueueNode:
                 found = True
                 room -= len(claimed)
                 self.claimed += len(claimed)
-                self._run(project.id, project.timeout, claimed)
+                self._runner().run(project.id, project.timeout, claimed)
         return found
 
     def _claim_woken(self, project: int, priority: int, room: int) -> bool | None:
@@ -340,76 +341,15 @@ class QueueNode:
         not known; ``None`` when another project has work (then look as usual)."""
         if not isinstance(self.store, FastQueue):
             return None
+        unknown = project not in self._runner().functions
         got = self.store.claim_woken(project, priority, self.owner, self.name, room, self.lease,
-                                     self.group, project not in self._functions)  # fmt: skip
+                                     self.group, unknown)  # fmt: skip
         if got.claimed:
             if len(got.claimed) < room:
                 self._exhausted.add(project)
             self.claimed += len(got.claimed)
-            self._run(project, got.timeout, got.claimed, got.row)
+            self._runner().run(project, got.timeout, got.claimed, got.row)
         return None if got.others else bool(got.claimed)
-
-    def _run(self, project: int, timeout: float, claimed: list[Claimed], row: Any = None) -> None:
-        loaded = self._function(project, timeout, row)
-        held = self.held
-        if isinstance(loaded, str):  # the project's code cannot load here
-            for claim in claimed:
-                held.fail(HeldTask(claim.arg_id, project, claim.attempts), loaded)
-            return
-        fn_id, options, _ = loaded
-        assert self.executor is not None
-        records = []
-        for claim in claimed:
-            blob = claim.args
-            record = self.executor.prepared_task(
-                options, fn_id, ResultSlot(), p.ARGS, blob[0], memoryview(blob)[1:]
-            )
-            held.track(record.task_id, claim)
-            records.append(record)
-        try:
-            self.executor.submit_prepared(records)
-        except (RuntimeError, CeranubisError) as error:  # the local node broke: give back
-            held.releases += [h.arg_id for h in held.drop(r.task_id for r in records)]
-            log.error("node %s: its local node broke (%s); stopping", self.name, error)
-            self.status = 1
-            self.stop()
-
-    def _function(
-        self, project: int, timeout: float, row: Any = None
-    ) -> tuple[int, TaskOptions, Any] | str:
-        """The project's function id and task options, loaded once (from ``row`` when
-        given); or why it cannot load here (its tasks then fail with that reason)."""
-        known = self._functions.get(project)
-        if known is not None:
-            return known
-        assert self.executor is not None
-        try:
-            row = row or self.store.find_project(project)
-            if row is None:
-                raise CeranubisError(f"project {project} was removed")
-            fn_id, fn = self._loaded_code(row)
-            options = self.executor.options(timeout=timeout or None).task_options
-            loaded: tuple[int, TaskOptions, Any] | str = (fn_id, options, fn)  # keeps fn alive
-        except StoreError:
-            raise
-        except Exception as error:  # any failure of the project's own code
-            loaded = f"project {project}'s function cannot load on node {self.name}: {error}"
-            log.warning("%s", loaded)
-        self._functions[project] = loaded
-        return loaded
-
-    def _loaded_code(self, row: Any) -> tuple[int, Any]:
-        """The function id of a project's code: rebuilt and shipped to the workers once
-        per code (projects committed again with the same function start at once)."""
-        key = (row.code, row.target, row.function)
-        known = self._code_ids.get(key)
-        if known is None:
-            fn = function_of(row)
-            assert self.executor is not None
-            known = self._code_ids[key] = (self.executor.register_function(fn), fn)
-            if len(self._code_ids) > CODE_CACHE:
-                del self._code_ids[next(iter(self._code_ids))]  # the oldest
-        return known
 
     # ------------------------------------------------------------------ stopping
 
@@ -419,8 +359,8 @@ class QueueNode:
             return
         self.held.collect()  # what finished meanwhile is written (and counted if late)
         task_ids = self.held.of_projects(stopped)
-        self.held.drop(task_ids)
-        self.dropped += len(task_ids)  # claimed, and never to be recorded by this node
+        self.dropped += len(self.held.drop(task_ids))  # claimed, never to be recorded here
+        self.dropped += len(self.held.take_reruns(stopped))
         assert self.executor is not None
         self.executor.scheduler.cancel_threadsafe(task_ids)
         log.info("node %s: stopped %d tasks of projects %s", self.name, len(task_ids),
@@ -438,11 +378,25 @@ class QueueNode:
             self.held.releases += [h.arg_id for h in self.held.drop(left)]
             self.executor.scheduler.cancel_threadsafe(left)
         self.held.collect()
+        self.held.releases += self.held.take_reruns()
         deadline = time.monotonic() + self.drain + BACKOFF_MAX
         while self.held.unwritten() and time.monotonic() < deadline:
             if not self._safely(self._write):
                 time.sleep(BACKOFF_FIRST)
         self._safely(lambda: self._beat("stopped"))
+
+    def _runner(self) -> Runner:
+        assert self.runner is not None, "serve() made it"
+        return self.runner
+
+    def _forget(self, project: int) -> None:
+        if self.runner is not None:
+            self.runner.functions.pop(project, None)
+
+    def _broke(self) -> None:
+        """The local node broke: what it held is released; stop with status 1."""
+        self.status = 1
+        self.stop()
 
     def _close(self) -> None:
         if self._listener is not None:

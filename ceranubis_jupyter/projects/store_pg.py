@@ -14,6 +14,7 @@ from typing import Any
 
 from ..errors import ConfigError, StoreError
 from .conninfo import PASSWORD_ADVICE, passwords_in, redact, scrub
+from .pg_binary import argument_rows, outcome_rows
 from .queue_fast import INDEX_PLANS, PG_REUSABLE, FastQueue
 from .queue_store import ARGUMENTS_FILLFACTOR, PG_QUEUE
 from .store import DONE_VALUES, Store
@@ -205,9 +206,10 @@ class PostgresStore(FastQueue, Store):
     def _insert_arguments(
         self, cursor: Any, project_id: int, args: Sequence[bytes]
     ) -> Sequence[int]:
-        with cursor.copy("COPY arguments (project, position, args) FROM STDIN") as copy:
-            for position, blob in enumerate(args):
-                copy.write_row((project_id, position, blob))
+        copy_sql = "COPY arguments (project, position, args) FROM STDIN (FORMAT BINARY)"
+        with cursor.copy(copy_sql) as copy:
+            for piece in argument_rows(project_id, args):
+                copy.write(piece)
         return self._ids_in_order(cursor, project_id)
 
     def _ids_in_order(self, cursor: Any, project_id: int) -> Sequence[int]:
@@ -238,9 +240,9 @@ class PostgresStore(FastQueue, Store):
     def _update_done(self, cursor: Any, values: Sequence[Any]) -> int:
         # COPY into a session table, then one joined UPDATE: a tenth of the client CPU of
         # parameterized statements, and far less server parsing.
-        with cursor.copy("COPY cj_outcomes FROM STDIN") as copy:
-            for start in range(0, len(values), DONE_VALUES):
-                copy.write_row(values[start : start + DONE_VALUES])
+        with cursor.copy("COPY cj_outcomes FROM STDIN (FORMAT BINARY)") as copy:
+            for piece in outcome_rows(values):
+                copy.write(piece)
         ids = values[::DONE_VALUES]
         cursor.execute(_UPDATE_FROM_OUTCOMES, (min(ids), max(ids)))
         return int(cursor.rowcount)
