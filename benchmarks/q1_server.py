@@ -1,8 +1,9 @@
 """Where the PostgreSQL server's CPU goes in queue mode's Q1: per process kind, per
 statement, WAL per task.
 
-``python benchmarks/q1_server.py [TASKS] [ROUNDS] [--no-autovacuum]``: a throwaway server
-with ``pg_stat_statements``, our two Q1 daemons (2 x 1 worker), and per round: the tasks/s,
+``python benchmarks/q1_server.py [TASKS] [ROUNDS] [--no-autovacuum] [--plain] [--map]``: a
+throwaway server with ``pg_stat_statements`` (not with ``--plain``), our two Q1 daemons (2 x 1
+worker), our ``map`` of the same tasks once (``--map``), and per round: the tasks/s,
 the server's CPU per task split by process kind (client backends, the autovacuum workers
 and other ended backends, walwriter, checkpointer, the rest), WAL bytes per task, and the
 statements that took the most time (pg_stat_statements' time is wall time inside the
@@ -97,7 +98,7 @@ def reset(url: str) -> None:
         connection.execute("SELECT pg_stat_statements_reset()")
 
 
-def report(before: dict, after: dict, tasks: int, rate: float, url: str) -> None:
+def report(before: dict, after: dict, tasks: int, rate: float, url: str | None) -> None:
     """Print one round: rate, server CPU per task by kind, WAL, table counters, SQL."""
     hz = os.sysconf("SC_CLK_TCK")
     kinds = sorted(set(before["ticks"]) | set(after["ticks"]))
@@ -111,9 +112,13 @@ def report(before: dict, after: dict, tasks: int, rate: float, url: str) -> None
         delta = [n - o for n, o in zip(new[1:], old[1:], strict=True)]
         print(f"   {new[0]}: ins {delta[0]} upd {delta[1]} hot {delta[2]} "
               f"autovacuum {delta[3]} analyze {delta[4]}")  # fmt: skip
-    for ms, calls, rows, wal, fpi, query in statements(url):
+    for ms, calls, rows, wal, fpi, query in statements(url) if url else ():
         print(f"   {ms / tasks * 1000:6.2f} us/task {calls:6} calls {rows:7} rows "
               f"{int(wal) / tasks:6.0f} WAL B/task {fpi:5} fpi  {query}")  # fmt: skip
+
+
+def _inc(x: int) -> int:
+    return x + 1
 
 
 def main() -> None:
@@ -122,23 +127,31 @@ def main() -> None:
     parser.add_argument("rounds", type=int, nargs="?", default=3)
     parser.add_argument("--no-autovacuum", action="store_true")
     parser.add_argument("--settings", default="", help="more server options")
+    parser.add_argument("--plain", action="store_true", help="no statement statistics")
+    parser.add_argument("--map", action="store_true", help="our map of the same tasks")
     args = parser.parse_args()
-    settings = SETTINGS + (" -c autovacuum=off" if args.no_autovacuum else "")
+    settings = ("" if args.plain else SETTINGS) + (
+        " -c autovacuum=off" if args.no_autovacuum else ""
+    )
+    if args.map:
+        print(f"map {ours.map_rate(_inc, args.tasks):,.0f}/s", flush=True)
     with pg_server.running_server(f"{settings} {args.settings}") as server:
         url = pg_server.create_database(server, "qprof")
         import psycopg
 
-        with psycopg.connect(url, autocommit=True) as connection:
-            connection.execute("CREATE EXTENSION pg_stat_statements")
+        if not args.plain:
+            with psycopg.connect(url, autocommit=True) as connection:
+                connection.execute("CREATE EXTENSION pg_stat_statements")
         queue = ours.OurQueue(url)
         try:
             queue.ready()
             for _ in range(args.rounds):
-                reset(url)
+                if not args.plain:
+                    reset(url)
                 before = snapshot(url, server.postmaster_pid())
                 rate = queue.q1(args.tasks)
                 after = snapshot(url, server.postmaster_pid())
-                report(before, after, args.tasks, rate, url)
+                report(before, after, args.tasks, rate, None if args.plain else url)
         finally:
             import asyncio
 
