@@ -20,6 +20,7 @@ from ceranubis_jupyter.projects.queue_store import QUEUE_SCHEMA
 from ceranubis_jupyter.projects.store import Store
 from ceranubis_jupyter.projects.stores import is_postgres_url, open_store
 from tests.queue_helpers import CODE, PROJECT_SECONDS
+from tests.waiting import wait_for
 
 # Seconds of the leases these tests take (none runs out unless a test makes it).
 LEASE = 600.0
@@ -187,6 +188,42 @@ def test_a_schema_2_store_s_leases_become_rows_at_init(store_url: str, store: St
     assert store.expire_leases() == [project]  # the old owner's lease (long over), as a row
     again = store.claim_arguments(project, "b", "h", 5, LEASE)
     assert [c.arg_id for c in again] == held and {c.attempts for c in again} == {2}
+
+
+def _lock_waits(url: str) -> int:
+    rows = _execute(url, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = "
+                         "'Lock' AND datname = current_database()")  # fmt: skip
+    return int(str(rows[0][0]))
+
+
+def test_a_cancel_waits_for_a_claim_under_way(pg_url: str) -> None:
+    """A cancel locks the project's queue row first, as a claim does: it never holds
+    argument rows that a claim waits for while waiting for rows the claim holds."""
+    import psycopg
+
+    store = open_store(pg_url)
+    store.init_queue()
+    project = _project(pg_url)
+    cancelled: list[int] = []
+    worker = threading.Thread(target=lambda: cancelled.append(store.cancel_unfinished(project)))
+    try:
+        with psycopg.connect(pg_url) as claim:  # as a claim under way: the row locked
+            claim.execute("SELECT 1 FROM queue_projects WHERE project = %s FOR NO KEY UPDATE",
+                          (project,))  # fmt: skip
+            worker.start()
+            wait_for(lambda: _lock_waits(pg_url) == 1, PROJECT_SECONDS, "the cancel waiting")
+            assert cancelled == [] and _still_pending(pg_url, project)
+            claim.rollback()
+        worker.join(PROJECT_SECONDS)
+        assert cancelled == [ARGUMENTS]
+    finally:
+        store.close()
+
+
+def _still_pending(url: str, project: int) -> bool:
+    rows = _execute(url, f"SELECT count(*) FROM arguments WHERE project = {project} "
+                         "AND state = 'pending'")  # fmt: skip
+    return int(str(rows[0][0])) == ARGUMENTS
 
 
 # Threads claiming one project at once in the stress test, and the most claims each makes

@@ -64,6 +64,7 @@ class QueueDialect:
     greatest: str  # the larger of two values, as SQL
     least: str  # the smaller of two values, as SQL
     arguments_storage: tuple[str, ...]  # DDL tuning the arguments table (any store age)
+    row_lock: str | None  # locks a project's queue row (SQLite: the write lock serializes)
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,18 @@ class QueueClaims(StoreBase):
                 return _run(self._cursor(), self._sql(sql), params)
             except Exception as error:
                 raise self._translate(error) from error
+
+    def pause_claims(self, cursor: Any, project: int) -> None:
+        """In the open transaction, wait for a claim of ``project`` under way and keep
+        new ones waiting until it ends (its queue row locked, which a claim locks first):
+        a statement that changes many of its arguments (a cancel, a removal) then never
+        holds rows a claim waits for while it waits for rows that claim holds (a
+        deadlock, which PostgreSQL would end by failing one of them)."""
+        if self._queue.row_lock is None:
+            return
+        cursor.execute("SELECT to_regclass('queue_projects') IS NOT NULL")
+        if cursor.fetchone()[0]:  # a store without the queue schema has no claims
+            cursor.execute(self._sql(self._queue.row_lock), (project,))
 
     def claim_arguments(
         self, project: int, owner: str, host: str, count: int, lease: float

@@ -80,6 +80,7 @@ PG_QUEUE = QueueDialect(
     greatest="GREATEST",
     least="LEAST",
     arguments_storage=_PG_ARGUMENTS_STORAGE,
+    row_lock="SELECT 1 FROM queue_projects WHERE project = ? FOR NO KEY UPDATE",
 )
 SQLITE_QUEUE = QueueDialect(
     now="((julianday('now') - 2440587.5) * 86400.0)",
@@ -93,6 +94,7 @@ SQLITE_QUEUE = QueueDialect(
     greatest="MAX",
     least="MIN",
     arguments_storage=(),
+    row_lock=None,
 )
 
 _NODE_COLUMNS = (
