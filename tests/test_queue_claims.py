@@ -16,6 +16,7 @@ import pytest
 
 from ceranubis_jupyter import commit_project
 from ceranubis_jupyter.errors import StoreError
+from ceranubis_jupyter.projects import queue_claims
 from ceranubis_jupyter.projects.queue_store import QUEUE_SCHEMA
 from ceranubis_jupyter.projects.store import Store
 from ceranubis_jupyter.projects.stores import is_postgres_url, open_store
@@ -108,6 +109,25 @@ def test_a_pending_argument_left_below_next_id_is_still_claimed(
     assert _ids(store, project, "b", 10) == [held[7]]
 
 
+def test_one_look_below_next_id_serves_every_node(
+    store_url: str, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At a project's end every node's claim finds nothing; the look below next_id (a
+    scan of the project) is made once per REWIND_SECONDS for all of them."""
+    monkeypatch.setattr(queue_claims, "REWIND_SECONDS", 3600.0)  # no second look here
+    project = _project(store_url)
+    held = _ids(store, project, "a", ARGUMENTS)
+    assert _ids(store, project, "a", 10) == []  # the look is made: nothing below
+    _execute(store_url, f"UPDATE arguments SET state = 'pending' WHERE id = {held[7]}")
+    other = open_store(store_url, create=False)  # another node
+    try:
+        assert _ids(other, project, "b", 10) == []  # the project was looked at already
+        _execute(store_url, f"UPDATE queue_projects SET rewound = 0 WHERE project = {project}")
+        assert _ids(other, project, "b", 10) == [held[7]]
+    finally:
+        other.close()
+
+
 def test_a_requeued_project_is_claimed_from_its_first_unfinished_argument(
     store_url: str, store: Store
 ) -> None:
@@ -180,6 +200,7 @@ def test_a_schema_2_store_s_leases_become_rows_at_init(store_url: str, store: St
     _execute(store_url, "UPDATE arguments SET lease_owner = 'old#1', lease_expires = 1, "
                         "lease = NULL WHERE state = 'running'")  # fmt: skip
     _execute(store_url, "DELETE FROM queue_leases")
+    _execute(store_url, "ALTER TABLE queue_projects DROP COLUMN rewound")
     _execute(store_url, "UPDATE ceranubis_meta SET value = '2' WHERE key = 'queue_schema'")
     with pytest.raises(StoreError, match="older than this package"):
         store.check_queue()
@@ -188,6 +209,9 @@ def test_a_schema_2_store_s_leases_become_rows_at_init(store_url: str, store: St
     assert store.expire_leases() == [project]  # the old owner's lease (long over), as a row
     again = store.claim_arguments(project, "b", "h", 5, LEASE)
     assert [c.arg_id for c in again] == held and {c.attempts for c in again} == {2}
+    rest = _ids(store, project, "b", 100)
+    _execute(store_url, f"UPDATE arguments SET state = 'pending' WHERE id = {rest[0]}")
+    assert _ids(store, project, "c", 10) == [rest[0]]  # looked below next_id: rewound is back
 
 
 def _lock_waits(url: str) -> int:

@@ -13,12 +13,12 @@ changes, and on PostgreSQL those updates are HOT (the new row version stays on i
 no index gets an entry). Claims of one project take turns on its ``queue_projects`` row
 (locked first), so each updates one range of ids with no row locks of its own. Arguments
 that become pending again below ``next_id`` move it back down (and count the move in
-``lowered``); a claim that finds nothing looks once for any left below it.
+``lowered``); a claim that finds nothing looks below it for any left there (at most
+every ``REWIND_SECONDS`` per project, whichever node looks).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +33,7 @@ _LIVE = (
 )
 # Ids per statement when releasing given arguments.
 _RELEASE_CHUNK = 500
-# Seconds between two looks below a project's next_id from one store (each scans the
+# Seconds between two looks below a project's next_id, from any node (each scans the
 # project's arguments). Only a claim that rolled back after another moved next_id past
 # it leaves pending arguments there, so a look skipped delays them by a node's next look;
 # shorter finds them sooner, longer costs the server less while a project's last
@@ -205,20 +205,20 @@ class QueueClaims(StoreBase):
             return rows
 
     def _rewind(self, project: int) -> bool:
-        """Move ``project``'s ``next_id`` back to its lowest pending argument, if one is
-        below it; whether it moved. A scan of the project's arguments: run only when a
-        claim found nothing, at most every :data:`REWIND_SECONDS` per project."""
-        looked: dict[int, float] = self.__dict__.setdefault("_rewound", {})
-        now = time.monotonic()
-        if now < looked.get(project, -REWIND_SECONDS) + REWIND_SECONDS:
-            return False
-        looked[project] = now
-        lowest = "(SELECT MIN(id) FROM arguments WHERE project = ? AND state = 'pending')"
+        """Move ``project``'s ``next_id`` back to its lowest pending argument below it,
+        if there is one; whether a look was made. A look scans the project's arguments,
+        so it is made only when a claim found nothing, and at most every
+        :data:`REWIND_SECONDS` per project, whichever node asks (the project's
+        ``rewound`` time: at a project's end every node's claim finds nothing)."""
+        now = self._queue.now
+        lowest = (
+            "(SELECT MIN(id) FROM arguments WHERE project = ? AND state = 'pending' "
+            "AND id < queue_projects.next_id)"
+        )
         changed, _ = self._statement(
-            f"UPDATE queue_projects SET next_id = {lowest}, lowered = lowered + 1 "
-            "WHERE project = ? AND next_id > "
-            f"{lowest}",
-            (project, project, project),
+            f"UPDATE queue_projects SET rewound = {now}, next_id = COALESCE({lowest}, "
+            f"next_id) WHERE project = ? AND rewound <= {now} - ?",
+            (project, project, REWIND_SECONDS),
         )
         return changed > 0
 

@@ -113,7 +113,8 @@ def _queue_tables(double: str, serial: str) -> tuple[str, ...]:
             timeout {double} NOT NULL DEFAULT 0,
             max_attempts INTEGER NOT NULL DEFAULT {QUEUE_ATTEMPTS},
             next_id BIGINT NOT NULL DEFAULT 0,
-            lowered BIGINT NOT NULL DEFAULT 0)""",
+            lowered BIGINT NOT NULL DEFAULT 0,
+            rewound {double} NOT NULL DEFAULT 0)""",
         f"""CREATE TABLE IF NOT EXISTS nodes (
             name TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL,
             workers INTEGER NOT NULL, node_group TEXT NOT NULL, load {double} NOT NULL,
@@ -156,6 +157,8 @@ _LEASES_FROM_SCHEMA_2 = (
 _CLAIM_COLUMNS = {
     "next_id": "ALTER TABLE queue_projects ADD COLUMN next_id BIGINT NOT NULL DEFAULT 0",
     "lowered": "ALTER TABLE queue_projects ADD COLUMN lowered BIGINT NOT NULL DEFAULT 0",
+    # Schema 2 stores: when a node last looked below next_id (queue schema 3).
+    "rewound": "ALTER TABLE queue_projects ADD COLUMN rewound DOUBLE PRECISION NOT NULL DEFAULT 0",
 }
 
 
