@@ -25,8 +25,8 @@ from typing import Any
 
 from .store_base import StoreBase
 
-# Arguments of the projects that run: where renewals, releases and expiries look for
-# leased rows (through the project's index, as no index holds the leased rows).
+# Arguments of the projects that run: where releases of all a node holds and expiries look
+# for leased rows (through the project's index, as no index holds the leased rows).
 _LIVE = (
     "project IN (SELECT q.project FROM queue_projects q JOIN projects p ON p.id = q.project "
     "WHERE p.state = 'running')"
