@@ -86,8 +86,9 @@ def _pg_ctl(bin_dir: str, data: str, *args: str) -> list[str]:
 
 
 @contextmanager
-def running_server() -> Iterator[Server]:
-    """Start a fresh server for the duration of the block, then stop it and remove it."""
+def running_server(settings: str = "") -> Iterator[Server]:
+    """Start a fresh server for the duration of the block, then stop it and remove it;
+    ``settings``: more server options (``-c name=value ...``)."""
     bin_dir = _bin_dir()
     _ensure_user()
     base = tempfile.mkdtemp(prefix="cj-bench-pg-")
@@ -97,6 +98,7 @@ def running_server() -> Iterator[Server]:
     _run(_as_pg_user([f"{bin_dir}/initdb", "-D", data, "-A", "trust", "-U", "postgres"]))
     options = (
         f"-k {base} -p {port} -c listen_addresses=127.0.0.1 -c max_connections={MAX_CONNECTIONS}"
+        f" {settings}"
     )
     _run(_pg_ctl(bin_dir, data, "-o", options, "-l", os.path.join(base, "log"), "start"))
     try:

@@ -16,17 +16,19 @@ import pytest
 
 from ceranubis_jupyter import commit_project
 from ceranubis_jupyter.errors import StoreError
+from ceranubis_jupyter.projects import queue_claims
 from ceranubis_jupyter.projects.queue_store import QUEUE_SCHEMA
 from ceranubis_jupyter.projects.store import Store
 from ceranubis_jupyter.projects.stores import is_postgres_url, open_store
 from tests.queue_helpers import CODE, PROJECT_SECONDS
+from tests.waiting import wait_for
 
 # Seconds of the leases these tests take (none runs out unless a test makes it).
 LEASE = 600.0
 # Arguments of each test's project.
 ARGUMENTS = 40
 # Columns a claim, a renewal or an outcome changes: no index of the arguments may name them.
-CHANGING = ("state", "lease_owner", "lease_expires", "host", "started", "attempts", "result")
+CHANGING = ("state", "lease", "host", "started", "attempts", "result")
 
 
 @pytest.fixture
@@ -89,7 +91,12 @@ def test_expired_leases_go_back_to_the_queue(store_url: str, store: Store) -> No
     assert store.expire_leases() == [project]
     again = store.claim_arguments(project, "alive", "h", 10, LEASE)
     assert [c.arg_id for c in again] == lost and {c.attempts for c in again} == {2}
-    assert store.renew_leases("alive", LEASE) == len(kept) + len(lost)
+    # A renewal moves the daemon's one lease row, whatever it holds (schema 3).
+    assert store.renew_leases("alive", LEASE) == 1 and store.renew_leases("never", LEASE) == 0
+    assert store.expire_leases() == [] and store.counts(project)["running"] == 20
+    assert store.renew_leases("alive", -1.0) == 1  # as a daemon that went silent
+    assert store.expire_leases() == [project] and store.counts(project)["running"] == 0
+    assert len(kept) == 10
 
 
 def test_a_pending_argument_left_below_next_id_is_still_claimed(
@@ -100,6 +107,25 @@ def test_a_pending_argument_left_below_next_id_is_still_claimed(
     # As a claim that rolled back after another moved next_id past it would leave it.
     _execute(store_url, f"UPDATE arguments SET state = 'pending' WHERE id = {held[7]}")
     assert _ids(store, project, "b", 10) == [held[7]]
+
+
+def test_one_look_below_next_id_serves_every_node(
+    store_url: str, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At a project's end every node's claim finds nothing; the look below next_id (a
+    scan of the project) is made once per REWIND_SECONDS for all of them."""
+    monkeypatch.setattr(queue_claims, "REWIND_SECONDS", 3600.0)  # no second look here
+    project = _project(store_url)
+    held = _ids(store, project, "a", ARGUMENTS)
+    assert _ids(store, project, "a", 10) == []  # the look is made: nothing below
+    _execute(store_url, f"UPDATE arguments SET state = 'pending' WHERE id = {held[7]}")
+    other = open_store(store_url, create=False)  # another node
+    try:
+        assert _ids(other, project, "b", 10) == []  # the project was looked at already
+        _execute(store_url, f"UPDATE queue_projects SET rewound = 0 WHERE project = {project}")
+        assert _ids(other, project, "b", 10) == [held[7]]
+    finally:
+        other.close()
 
 
 def test_a_requeued_project_is_claimed_from_its_first_unfinished_argument(
@@ -148,7 +174,7 @@ def test_a_schema_1_store_is_refused_then_upgraded_by_init(store_url: str, store
     _execute(store_url, "CREATE INDEX arguments_project ON arguments (project)")  # as before
     store.init_queue()  # what the refusal says to run
     store.check_queue()
-    assert store.queue_schema() == QUEUE_SCHEMA == 2
+    assert store.queue_schema() == QUEUE_SCHEMA == 3
     assert not _execute(store_url, "SELECT 1 FROM sqlite_master WHERE name = 'arguments_queue'"
                         if not is_postgres_url(store_url) else
                         "SELECT 1 FROM pg_indexes WHERE indexname = 'arguments_queue'")  # fmt: skip
@@ -159,6 +185,69 @@ def test_a_schema_1_store_is_refused_then_upgraded_by_init(store_url: str, store
                                        "conrelid = 'arguments'::regclass")  # fmt: skip
     assert not _index_exists(store_url, "arguments_project")
     assert len(_ids(store, project, "a", 100)) == ARGUMENTS
+
+
+def test_a_schema_2_store_s_leases_become_rows_at_init(store_url: str, store: Store) -> None:
+    project = _project(store_url)
+    held = _ids(store, project, "a", 5)
+    # As schema 2 left them: an owner and an expiry on each held argument, no lease rows.
+    if is_postgres_url(store_url):
+        _execute(store_url, "ALTER TABLE arguments ADD COLUMN lease_owner TEXT, "
+                            "ADD COLUMN lease_expires DOUBLE PRECISION")  # fmt: skip
+    else:
+        _execute(store_url, "ALTER TABLE arguments ADD COLUMN lease_owner TEXT")
+        _execute(store_url, "ALTER TABLE arguments ADD COLUMN lease_expires REAL")
+    _execute(store_url, "UPDATE arguments SET lease_owner = 'old#1', lease_expires = 1, "
+                        "lease = NULL WHERE state = 'running'")  # fmt: skip
+    _execute(store_url, "DELETE FROM queue_leases")
+    _execute(store_url, "ALTER TABLE queue_projects DROP COLUMN rewound")
+    _execute(store_url, "UPDATE ceranubis_meta SET value = '2' WHERE key = 'queue_schema'")
+    with pytest.raises(StoreError, match="older than this package"):
+        store.check_queue()
+    store.init_queue()
+    assert store.queue_schema() == QUEUE_SCHEMA == 3
+    assert store.expire_leases() == [project]  # the old owner's lease (long over), as a row
+    again = store.claim_arguments(project, "b", "h", 5, LEASE)
+    assert [c.arg_id for c in again] == held and {c.attempts for c in again} == {2}
+    rest = _ids(store, project, "b", 100)
+    _execute(store_url, f"UPDATE arguments SET state = 'pending' WHERE id = {rest[0]}")
+    assert _ids(store, project, "c", 10) == [rest[0]]  # looked below next_id: rewound is back
+
+
+def _lock_waits(url: str) -> int:
+    rows = _execute(url, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = "
+                         "'Lock' AND datname = current_database()")  # fmt: skip
+    return int(str(rows[0][0]))
+
+
+def test_a_cancel_waits_for_a_claim_under_way(pg_url: str) -> None:
+    """A cancel locks the project's queue row first, as a claim does: it never holds
+    argument rows that a claim waits for while waiting for rows the claim holds."""
+    import psycopg
+
+    store = open_store(pg_url)
+    store.init_queue()
+    project = _project(pg_url)
+    cancelled: list[int] = []
+    worker = threading.Thread(target=lambda: cancelled.append(store.cancel_unfinished(project)))
+    try:
+        with psycopg.connect(pg_url) as claim:  # as a claim under way: the row locked
+            claim.execute("SELECT 1 FROM queue_projects WHERE project = %s FOR NO KEY UPDATE",
+                          (project,))  # fmt: skip
+            worker.start()
+            wait_for(lambda: _lock_waits(pg_url) == 1, PROJECT_SECONDS, "the cancel waiting")
+            assert cancelled == [] and _still_pending(pg_url, project)
+            claim.rollback()
+        worker.join(PROJECT_SECONDS)
+        assert cancelled == [ARGUMENTS]
+    finally:
+        store.close()
+
+
+def _still_pending(url: str, project: int) -> bool:
+    rows = _execute(url, f"SELECT count(*) FROM arguments WHERE project = {project} "
+                         "AND state = 'pending'")  # fmt: skip
+    return int(str(rows[0][0])) == ARGUMENTS
 
 
 # Threads claiming one project at once in the stress test, and the most claims each makes

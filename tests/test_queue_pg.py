@@ -241,9 +241,10 @@ def _grant_nodes_role(url: str, role: str) -> None:
         f"CREATE ROLE {role} LOGIN",
         f"GRANT SELECT ON projects, queue_projects, ceranubis_meta TO {role}",
         f"GRANT UPDATE (state) ON projects TO {role}",
-        f"GRANT UPDATE (next_id, lowered) ON queue_projects TO {role}",
+        f"GRANT UPDATE (next_id, lowered, rewound) ON queue_projects TO {role}",
         f"GRANT SELECT, UPDATE ON arguments TO {role}",
-        f"GRANT SELECT, INSERT, UPDATE ON nodes TO {role}",
+        f"GRANT SELECT, INSERT, UPDATE ON nodes, queue_leases TO {role}",
+        f"GRANT USAGE ON SEQUENCE queue_leases_id_seq TO {role}",  # a daemon's lease row
     ]
     with psycopg.connect(url, autocommit=True) as connection:
         for statement in statements:

@@ -289,7 +289,8 @@ class QueueNode:
 
     def _settle(self, projects: list[int]) -> None:
         """Give projects with nothing left pending or running their final state."""
-        for project in projects:
+        held = set(self.held.projects())  # not finished: counting reads every argument
+        for project in (one for one in projects if one not in held):
             counts = self.store.counts(project)
             if counts["pending"] + counts["running"] == 0:
                 self.store.settle(project, final_state(counts, cancelled=False))

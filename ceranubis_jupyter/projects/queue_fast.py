@@ -29,7 +29,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .queue_store import CHANNEL, PG_QUEUE, Claimed
+from .queue_claims import pg_claim
+from .queue_store import CHANNEL, Claimed
 from .records import QUEUE_CLIENT, ProjectRow, project_row
 from .store_base import PROJECT_COLUMNS, StoreBase
 
@@ -110,22 +111,15 @@ _OTHERS = (
 # statement of WITH parts doing the same took a millisecond to plan): the claim, unless
 # the project is not this daemon's (any more) or another one comes first (a higher
 # priority, or as high and committed before it: a smaller id); whether other projects
-# have work; the project's timeout and row (its function). The claim starts at the
-# project's next_id and leaves it there: the next ordinary claim moves it past what this
-# one took (skipping those running rows costs it one index step each).
-_CLAIM_WOKEN = (
-    "UPDATE arguments SET state = 'running', lease_owner = %(owner)s, "
-    f"lease_expires = {PG_QUEUE.now} + %(lease)s, host = %(host)s, "
-    f"started = {PG_QUEUE.now}, attempts = attempts + 1 "
-    "WHERE id IN (SELECT id FROM arguments WHERE project = %(project)s AND id >= "
-    "(SELECT next_id FROM queue_projects WHERE project = %(project)s) "
-    "AND state = 'pending' ORDER BY id LIMIT %(count)s FOR UPDATE SKIP LOCKED) "
-    "AND EXISTS (SELECT 1 FROM queue_projects q JOIN projects p ON p.id = q.project "
+# have work; the project's timeout and row (its function). The claim is the ordinary
+# one (queue_claims.pg_claim: from next_id, moving it) with those conditions on the
+# project's queue row.
+_CLAIM_WOKEN = pg_claim(
+    "SELECT q.next_id FROM queue_projects q JOIN projects p ON p.id = q.project "
     "WHERE q.project = %(project)s AND p.state = 'running' AND p.client = %(client)s "
-    "AND (q.node_group = '' OR q.node_group = %(group)s)) "
+    "AND (q.node_group = '' OR q.node_group = %(group)s) "
     f"AND NOT EXISTS (SELECT 1 {_OTHERS} AND (q.priority > %(priority)s "
-    "OR (q.priority = %(priority)s AND q.project < %(project)s))) "
-    "RETURNING id, args, attempts"
+    "OR (q.priority = %(priority)s AND q.project < %(project)s)))"
 )
 _OTHERS_WAIT = f"SELECT EXISTS (SELECT 1 {_OTHERS})"
 # The claim's transaction does not wait for its WAL to reach the disk (~0.5 ms here): a

@@ -5,10 +5,11 @@ queue mode adds (``Store`` inherits it; each back end gives its :class:`QueueDia
 
 - the schema (:meth:`QueueStore.init_queue`): a ``queue_projects`` row per queued project
   (priority, group, per-task timeout, attempts allowed, where its claims start), a
-  lease (``lease_owner``, ``lease_expires``) on each argument, a ``nodes`` table of daemon
-  heartbeats, and a ``ceranubis_meta`` row with :data:`QUEUE_SCHEMA` that daemons check;
-- claiming arguments in batches (PostgreSQL: ``FOR UPDATE SKIP LOCKED``; SQLite: one
-  immediate transaction holds the write lock), renewing and releasing leases, and sending
+  ``queue_leases`` row per daemon (owner, host, expiry) that each claimed argument names
+  (``arguments.lease``), a ``nodes`` table of daemon heartbeats, and a ``ceranubis_meta``
+  row with :data:`QUEUE_SCHEMA` that daemons check;
+- claiming arguments in batches (a range of ids from the project's ``next_id``, the
+  project's claims taking turns on its row), renewing and releasing leases, and sending
   expired ones back to the queue with an attempt counted (failed after the project's
   limit): :mod:`.queue_claims`, which ``QueueStore`` inherits;
 - heartbeats and ``NOTIFY`` (PostgreSQL) on commit, cancel and outcome batches.
@@ -26,14 +27,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import StoreError
-from .queue_claims import Claimed, QueueClaims, QueueDialect
+from .queue_claims import PG_NOW, Claimed, QueueClaims, QueueDialect
 from .queue_events import commit_payload
 from .records import QUEUE_CLIENT
 
 # The queue schema's version: a daemon refuses a store of another (bump it when the queue
 # tables or their meaning change). 2: claims start at queue_projects.next_id, and no
-# index names a column that a claim or an outcome changes.
-QUEUE_SCHEMA = 2
+# index names a column that a claim or an outcome changes. 3: one lease row per daemon
+# (queue_leases), named by the arguments it holds (arguments.lease).
+QUEUE_SCHEMA = 3
 # The NOTIFY channel the node daemons hear: ``commit:<id>``, ``cancel:<id>``.
 CHANNEL = "ceranubis_queue"
 # The NOTIFY channel of progress, for the views only (``outcome:<id>``): the daemons do
@@ -67,34 +69,32 @@ _PG_ARGUMENTS_STORAGE = (
 )
 
 PG_QUEUE = QueueDialect(
-    now="EXTRACT(EPOCH FROM clock_timestamp())::double precision",
+    now=PG_NOW,
     skip_locked=" FOR UPDATE SKIP LOCKED",
     double="DOUBLE PRECISION",
-    lease_columns=(
-        "ALTER TABLE arguments ADD COLUMN IF NOT EXISTS lease_owner TEXT, "
-        "ADD COLUMN IF NOT EXISTS lease_expires DOUBLE PRECISION",
-    ),
+    serial="BIGSERIAL PRIMARY KEY",
+    lease_columns=("ALTER TABLE arguments ADD COLUMN IF NOT EXISTS lease BIGINT",),
     notify="SELECT pg_notify(?, ?)",
     schema_lock="SELECT pg_advisory_xact_lock(1667592801)",  # store_pg's key, as a number
     autocommits=True,
     greatest="GREATEST",
     least="LEAST",
     arguments_storage=_PG_ARGUMENTS_STORAGE,
+    row_lock="SELECT 1 FROM queue_projects WHERE project = ? FOR NO KEY UPDATE",
 )
 SQLITE_QUEUE = QueueDialect(
     now="((julianday('now') - 2440587.5) * 86400.0)",
     skip_locked="",
     double="REAL",
-    lease_columns=(
-        "ALTER TABLE arguments ADD COLUMN lease_owner TEXT",
-        "ALTER TABLE arguments ADD COLUMN lease_expires REAL",
-    ),
+    serial="INTEGER PRIMARY KEY AUTOINCREMENT",
+    lease_columns=("ALTER TABLE arguments ADD COLUMN lease INTEGER",),
     notify=None,
     schema_lock=None,
     autocommits=False,  # the store's SQLite connection is not in autocommit mode
     greatest="MAX",
     least="MIN",
     arguments_storage=(),
+    row_lock=None,
 )
 
 _NODE_COLUMNS = (
@@ -103,7 +103,7 @@ _NODE_COLUMNS = (
 )
 
 
-def _queue_tables(double: str) -> tuple[str, ...]:
+def _queue_tables(double: str, serial: str) -> tuple[str, ...]:
     return (
         "CREATE TABLE IF NOT EXISTS ceranubis_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
         f"""CREATE TABLE IF NOT EXISTS queue_projects (
@@ -113,13 +113,17 @@ def _queue_tables(double: str) -> tuple[str, ...]:
             timeout {double} NOT NULL DEFAULT 0,
             max_attempts INTEGER NOT NULL DEFAULT {QUEUE_ATTEMPTS},
             next_id BIGINT NOT NULL DEFAULT 0,
-            lowered BIGINT NOT NULL DEFAULT 0)""",
+            lowered BIGINT NOT NULL DEFAULT 0,
+            rewound {double} NOT NULL DEFAULT 0)""",
         f"""CREATE TABLE IF NOT EXISTS nodes (
             name TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL,
             workers INTEGER NOT NULL, node_group TEXT NOT NULL, load {double} NOT NULL,
             version TEXT NOT NULL, protocol INTEGER NOT NULL, claimed BIGINT NOT NULL,
             held INTEGER NOT NULL, done BIGINT NOT NULL, dropped BIGINT NOT NULL,
             started {double} NOT NULL, heartbeat {double} NOT NULL, state TEXT NOT NULL)""",
+        f"""CREATE TABLE IF NOT EXISTS queue_leases (
+            id {serial}, owner TEXT NOT NULL UNIQUE, host TEXT NOT NULL,
+            expires {double} NOT NULL)""",
     )
 
 
@@ -136,12 +140,25 @@ _QUEUE_INDEXES = (
     # entry less per inserted argument.
     "DROP INDEX IF EXISTS arguments_project",
 )
+# Schema 2 stores (an owner and an expiry on each argument): a lease row per owner that
+# holds arguments, named by them (run by init_queue; stop the daemons of schema 2 first).
+_LEASES_FROM_SCHEMA_2 = (
+    "INSERT INTO queue_leases (owner, host, expires) SELECT lease_owner, "
+    "COALESCE(MAX(host), ''), COALESCE(MAX(lease_expires), 0) FROM arguments WHERE state = "
+    "'running' AND lease_owner IS NOT NULL AND lease IS NULL GROUP BY lease_owner "
+    "ON CONFLICT (owner) DO NOTHING",
+    "UPDATE arguments SET lease = (SELECT l.id FROM queue_leases l WHERE l.owner = "
+    "arguments.lease_owner) WHERE state = 'running' AND lease_owner IS NOT NULL AND lease "
+    "IS NULL",
+)
 # Schema 1 stores: the claim's starting point (0: from the first argument), and how many
 # times it was moved back (a claim moves it forward only if that did not change since
 # the claim read it, so it never undoes a move back it did not see).
 _CLAIM_COLUMNS = {
     "next_id": "ALTER TABLE queue_projects ADD COLUMN next_id BIGINT NOT NULL DEFAULT 0",
     "lowered": "ALTER TABLE queue_projects ADD COLUMN lowered BIGINT NOT NULL DEFAULT 0",
+    # Schema 2 stores: when a node last looked below next_id (queue schema 3).
+    "rewound": "ALTER TABLE queue_projects ADD COLUMN rewound DOUBLE PRECISION NOT NULL DEFAULT 0",
 }
 
 
@@ -189,10 +206,14 @@ class QueueStore(QueueClaims):
         with self._transaction() as cursor:
             if dialect.schema_lock is not None:
                 cursor.execute(dialect.schema_lock)
-            for statement in _queue_tables(dialect.double):
+            for statement in _queue_tables(dialect.double, dialect.serial):
                 cursor.execute(statement)
-            if "lease_owner" not in self._columns(cursor, "arguments"):
+            columns = self._columns(cursor, "arguments")
+            if "lease" not in columns:
                 for statement in dialect.lease_columns:
+                    cursor.execute(statement)
+            if "lease_owner" in columns:  # a schema 2 store: its leases, as rows
+                for statement in _LEASES_FROM_SCHEMA_2:
                     cursor.execute(statement)
             present = self._columns(cursor, "queue_projects")
             for column, statement in _CLAIM_COLUMNS.items():
@@ -297,20 +318,21 @@ class QueueStore(QueueClaims):
                 ),
                 (project, *queued),
             )
-            cursor.execute(
-                self._sql(
-                    "UPDATE arguments SET state = 'pending', error = NULL, lease_owner = NULL, "
-                    "attempts = 0 WHERE project = ? AND state <> 'done'"
-                ),
-                (project,),
-            )
-            count = int(cursor.rowcount)
+            # The queue row first, as a claim locks it first (no deadlock with one).
             cursor.execute(
                 self._sql(
                     "UPDATE queue_projects SET next_id = 0, lowered = lowered + 1 WHERE project = ?"
                 ),
                 (project,),
             )
+            cursor.execute(
+                self._sql(
+                    "UPDATE arguments SET state = 'pending', error = NULL, lease = NULL, "
+                    "attempts = 0 WHERE project = ? AND state <> 'done'"
+                ),
+                (project,),
+            )
+            count = int(cursor.rowcount)
             cursor.execute(
                 self._sql("UPDATE projects SET state = 'running', client = ? WHERE id = ?"),
                 (QUEUE_CLIENT, project),

@@ -276,6 +276,7 @@ class Store(QueueStore):
         """Delete a project and its arguments. Results that other projects reuse stay:
         each moves to one of the rows reusing it, which the others then point at."""
         with self._transaction() as cursor:
+            self.pause_claims(cursor, project_id)
             cursor.execute(
                 self._sql(
                     "SELECT r.result_of, MIN(r.id) FROM arguments r WHERE r.result_of IN "
@@ -458,10 +459,11 @@ class Store(QueueStore):
 
     def cancel_unfinished(self, project_id: int) -> int:
         """Mark every pending or running argument cancelled."""
-        return self._write(
-            f"UPDATE arguments SET state = 'cancelled' WHERE project = ? AND state IN {_OPEN}",
-            [(project_id,)],
-        )
+        with self._transaction() as cursor:
+            self.pause_claims(cursor, project_id)
+            sql = f"UPDATE arguments SET state = 'cancelled' WHERE project = ? AND state IN {_OPEN}"
+            cursor.execute(self._sql(sql), (project_id,))
+            return int(cursor.rowcount)
 
 
 def _names_starting(prefix: str) -> tuple[str, tuple[str]]:
