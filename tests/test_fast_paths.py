@@ -177,6 +177,21 @@ def test_many_threads_submitting_one_task_at_a_time(hosts: object) -> None:
         assert results[index] == [index * calls + i + 1 for i in range(calls)]
 
 
+def _count_direct_sends(ex: CeranubisExecutor, monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """From now on, whether each submit found the loop asleep and sent the task itself."""
+    scheduler = ex.scheduler
+    sent_directly: list[bool] = []
+    original = scheduler._take_incoming_directly
+
+    def counted() -> bool:
+        taken = original()
+        sent_directly.append(taken)
+        return taken
+
+    monkeypatch.setattr(scheduler, "_take_incoming_directly", counted)
+    return sent_directly
+
+
 def test_a_lone_task_leaves_from_the_submitting_thread_on_every_transport(
     hosts: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -184,16 +199,7 @@ def test_a_lone_task_leaves_from_the_submitting_thread_on_every_transport(
     # itself (local pipes and asyncssh channels alike), and every result still arrives.
     with CeranubisExecutor(hosts, max_workers=2) as ex:  # type: ignore[arg-type]
         assert ex.submit(plus_one, 0).result(30) == 1
-        scheduler = ex.scheduler
-        sent_directly = []
-        original = scheduler._take_incoming_directly
-
-        def counted() -> bool:
-            taken = original()
-            sent_directly.append(taken)
-            return taken
-
-        monkeypatch.setattr(scheduler, "_take_incoming_directly", counted)
+        sent_directly = _count_direct_sends(ex, monkeypatch)
         for i in range(40):
             wait_for(lambda: loop_asleep(ex), 10, "the loop asleep")
             assert ex.submit(plus_one, i).result(30) == i + 1
@@ -210,16 +216,7 @@ def test_a_lone_prepared_task_leaves_from_the_submitting_thread_and_batches_do_n
     # batch of two still goes through the loop.
     with CeranubisExecutor(max_workers=1) as ex:
         assert ex.submit(plus_one, 0).result(30) == 1
-        scheduler = ex.scheduler
-        sent_directly: list[bool] = []
-        original = scheduler._take_incoming_directly
-
-        def counted() -> bool:
-            taken = original()
-            sent_directly.append(taken)
-            return taken
-
-        monkeypatch.setattr(scheduler, "_take_incoming_directly", counted)
+        sent_directly = _count_direct_sends(ex, monkeypatch)
         fn_id, options = ex.register_function(plus_one), ex.options().task_options
         for i in range(20):
             wait_for(lambda: loop_asleep(ex), 10, "the loop asleep")

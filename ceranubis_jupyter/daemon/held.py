@@ -157,13 +157,20 @@ class Held:
             elif held is not None:
                 self._row(record, slot, held)
 
+    def _no_rows(self, slot: ResultSlot, arg_ids: list[int]) -> bool:
+        """A task (or batch) that leaves no rows: its project was cancelled (the store
+        says so already), or the local node broke (its arguments are given back)."""
+        if slot.state == CANCELLED or isinstance(slot.error, CancelledError):
+            return True
+        if isinstance(slot.error, BrokenCeranubisExecutor):
+            self.releases += arg_ids  # another node runs them
+            return True
+        return False
+
     def _row(self, record: TaskRecord, slot: ResultSlot, held: HeldTask) -> None:
-        error = slot.error
-        if slot.state == CANCELLED or isinstance(error, CancelledError):
-            return  # its project was cancelled: the store says so already
-        if isinstance(error, BrokenCeranubisExecutor):
-            self.releases.append(held.arg_id)  # the local node broke: another runs it
+        if self._no_rows(slot, [held.arg_id]):
             return
+        error = slot.error
         started = record.started + self.clock if record.started else None
         finished = record.finished + self.clock if record.finished else None
         if record.started and record.finished:
@@ -190,14 +197,10 @@ class Held:
     def _batch_rows(self, record: TaskRecord, slot: ResultSlot, batch: HeldBatch) -> None:
         """A row per argument of a finished batch; a batch that failed as a whole (or
         whose outcomes are not a list of one per argument) runs again a task each."""
-        error = slot.error
-        if slot.state == CANCELLED or isinstance(error, CancelledError):
-            return
-        if isinstance(error, BrokenCeranubisExecutor):
-            self.releases += [claim.arg_id for claim in batch.claims]
+        if self._no_rows(slot, [claim.arg_id for claim in batch.claims]):
             return
         value = slot.value
-        if error is not None or not isinstance(value, list) or len(value) != len(batch.claims):
+        if slot.error is not None or not isinstance(value, list) or len(value) != len(batch.claims):
             self.alone += batch.claims
             return
         spent, ran = 0.0, 0

@@ -28,14 +28,11 @@ import time
 from collections.abc import Callable
 
 from ..wire import protocol as p
+from ..wire.messages import CUT_NOTE, OUTPUT_LIMIT
 
-# Printed output kept per task; more is cut (the widget shows only the last lines).
-OUTPUT_LIMIT = 64 * 1024
 # A running task's printed lines reach the client this late at most; shorter sends more,
 # smaller frames for a task that prints a lot.
 OUTPUT_FLUSH_SECONDS = 0.1
-
-CUT_NOTE = "\n[output cut at 64 KiB]\n"
 
 
 class TaskOutput:

@@ -22,15 +22,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .messages import OK, RAISED, UNPICKLABLE
+from .messages import CUT_NOTE, OK, OUTPUT_LIMIT, RAISED, UNPICKLABLE
 from .serialize import RemoteException, describe_failure, dumps_inband, loads
 
 # The outcome of an argument the batch did not reach before its budget ran out.
 NOT_RUN = -1
 NOT_RUN_OUTCOME = (NOT_RUN, b"", None, 0.0, 0.0)
-# Printed output kept per argument, as for a task of its own (node.output.OUTPUT_LIMIT).
-OUTPUT_LIMIT = 64 * 1024
-CUT_NOTE = "\n[output cut at 64 KiB]\n"
 
 # One argument's outcome: (status, bytes, printed or None, started, finished). The bytes
 # are the result as stored (codec byte, then the pickle) when OK, the remote exception

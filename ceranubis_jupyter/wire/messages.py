@@ -57,6 +57,10 @@ DELIVERED = 6
 # stream (STDOUT or STDERR). Any number come before the task's own result.
 OUTPUT = 7
 STDOUT, STDERR = b"1", b"2"
+# Printed output kept per task (or per argument of a batch); more is cut, and the note
+# says so (the widget shows only the last lines).
+OUTPUT_LIMIT = 64 * 1024
+CUT_NOTE = "\n[output cut at 64 KiB]\n"
 
 TASK_KINDS = frozenset((CALL, CHUNK, ARGS))
 CODECS = frozenset((PICKLE, DILL))
