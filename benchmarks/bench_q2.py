@@ -7,7 +7,8 @@ PostgreSQL server; pgqueuer (2 consumers, as in ``bench_queue.py``), this checko
 the reverse...) so drift on a shared machine hits them alike. Our daemons run traced
 (``q2_child.py``): the report gives, per tree, the median of each stage in ms after the
 commit began (the commit returned, the NOTIFY heard, the claim done, the function ready,
-the task handed to the local node, the task started).
+the task handed to the local node, the task started); pgqueuer's line adds when its
+enqueue returned.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ SAMPLES = 20
 IDLE = 0.1
 # Seconds a daemon or child may take to start.
 START_TIMEOUT = 180.0
+# Daemons per tree (1 worker each), as bench_queue's Q2.
+DAEMONS = 2
+# pgqueuer's enqueue times (ms from the call to its return), as the stage "committed".
+ENQUEUED: list[float] = []
 
 
 class Tree:
@@ -52,7 +57,7 @@ class Tree:
         self.daemons = [
             subprocess.Popen([sys.executable, child, "node", url, f"{label}-{i}", str(self.trace)],
                              env=self.env, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            for i in range(2)
+            for i in range(DAEMONS)
         ]  # fmt: skip
         self.committer = subprocess.Popen(
             [sys.executable, child, "commit", url], env=self.env, text=True,
@@ -67,7 +72,7 @@ class Tree:
         with psycopg.connect(self.url, autocommit=True) as connection:
             while time.monotonic() < deadline:
                 row = connection.execute("SELECT count(*) FROM nodes WHERE state = 'running'")
-                if row.fetchone()[0] == 2:
+                if row.fetchone()[0] == DAEMONS:
                     return
                 time.sleep(0.1)
         raise RuntimeError(f"{self.label}: daemons not running")
@@ -126,6 +131,7 @@ async def pgqueuer_block(url: str, consumers: Consumers, producer: Any, count: i
         await asyncio.sleep(IDLE)
         sent = time.time()
         await producer.enqueue([qp.Q2_MARK])
+        ENQUEUED.append((time.time() - sent) * 1000)
         _, stamp = (await consumers.line()).split()
         found.append((float(stamp) - sent) * 1000)
     return found
@@ -162,7 +168,8 @@ async def run(args: argparse.Namespace, server: pg_server.Server, trace_dir: Pat
 
 
 def report(trees: list[Tree], pgq: list[float]) -> None:
-    print(f"pgqueuer: median {statistics.median(pgq):.2f} ms (n={len(pgq)})")
+    print(f"pgqueuer: median {statistics.median(pgq):.2f} ms (n={len(pgq)}), "
+          f"enqueued {statistics.median(ENQUEUED):.2f}")  # fmt: skip
     for tree in trees:
         total = [(s[3] - s[1]) * 1000 for s in tree.samples]
         med = statistics.median(total)

@@ -89,6 +89,9 @@ def test_a_free_probed_number_leaves_the_names_unscanned(pg_url: str) -> None:
     # The line under "CTE taken": the names with the prefix, read or never read.
     assert "rows=29 " in counted.split("CTE taken\n")[1].split("\n")[0], counted
     assert "never executed" in probed.split("CTE taken\n")[1].split("\n")[0], probed
+    # Each probed number is one lookup of its name: not a join that reads every name.
+    assert "Anti Join" not in probed, probed
+    assert "Index Cond: (name = " in probed, probed
 
 
 def test_a_source_queued_again_is_made_once() -> None:

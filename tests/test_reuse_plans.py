@@ -84,16 +84,24 @@ def _at_once_params() -> dict[str, object]:
     }  # fmt: skip
 
 
-def test_the_queued_commits_reuse_part_goes_through_the_projects_index(
+def _looks_up_each_argument(plan: str) -> None:
+    """The reuse part reads the arguments' hash index per argument, then each match's
+    project by its key: never the function's projects one by one, nor a scan."""
+    assert "Seq Scan on arguments" not in plan, plan
+    assert "using arguments_args on arguments" in plan, plan
+    assert "Index Cond: (args = u.blob)" in plan, plan
+    assert "Index Cond: (project = " not in plan, plan
+    assert "projects_code_hash" not in plan, plan
+
+
+def test_the_queued_commits_reuse_part_looks_up_each_argument(
     stale_store: Store, pg_url: str
 ) -> None:
     stale_store.init_queue()  # the queue's tables (and no new statistics)
-    plan = _plan(pg_url, INSERT_AT_ONCE, _at_once_params())
-    assert "Seq Scan on arguments" not in plan, plan
-    assert "Index Cond: (project = " in plan, plan  # a probe per project, not a walk
+    _looks_up_each_argument(_plan(pg_url, INSERT_AT_ONCE, _at_once_params()))
 
 
-def test_the_queued_commits_kept_plan_goes_through_the_projects_index(
+def test_the_queued_commits_kept_plan_looks_up_each_argument(
     stale_store: Store, pg_url: str
 ) -> None:
     # As the store runs it: prepared, its one generic plan kept (seen by auto_explain).
@@ -110,5 +118,4 @@ def test_the_queued_commits_kept_plan_goes_through_the_projects_index(
     text = next(text for text in logged if "Insert on projects" in text)
     plan = text[text.index("(cost=") :]  # after the query's text
     assert "One-Time Filter: ($1 IS NULL)" in plan, plan  # generic: planned without values
-    assert "Seq Scan on arguments" not in plan, plan
-    assert "Index Cond: (project = " in plan, plan
+    _looks_up_each_argument(plan)
