@@ -10,7 +10,7 @@ procrastinate (the ``bench`` extra), each in its fastest documented configuratio
   the same tasks on the embedded default is measured in the same rounds, and our queue
   with a task per argument (``queue_batches`` off, daemons of their own) too.
 - Q2: enqueue (commit) of one task with idle consumers -> the task starts: median of
-  ``Q2_SAMPLES``, in ms.
+  ``Q2_SAMPLES``, in ms, taken in blocks that alternate between the systems.
 - Q3: ``Q3_CONSUMERS`` idle consumers connected: CPU of the server's processes over a
   window (from ``/proc``), as % of a core, in all and per consumer after the idle
   server's own cost is taken off.
@@ -45,8 +45,12 @@ from ceranubis_jupyter.cluster.fastpaths import FAST_PATHS_OFF_ENV
 # Q1's size and shape (the issue's): 20,000 tiny tasks, 2 consumers with 1 worker each.
 Q1_TASKS = 20_000
 Q1_CONSUMERS = 2
-# Q2's samples per system (the issue's median of 20), after one warm-up.
+# Q2's samples per system (the issue's median of 20), after one warm-up each, taken in
+# Q2_BLOCKS blocks that alternate between the systems (A B C, then C B A...): a drift of
+# the shared machine (an autovacuum after Q1, another process) then hits every system
+# alike, not the one whose turn it was.
 Q2_SAMPLES = 20
+Q2_BLOCKS = 4
 # Seconds between Q2 samples: lets each consumer go back to its idle wait first.
 Q2_IDLE = 0.1
 # Q3's idle consumers (the issue's 50).
@@ -155,15 +159,37 @@ class Bench:
             await asyncio.sleep(POLL)
         self.record(peer, "q1", Q1_TASKS / (time.perf_counter() - started))
 
-    async def q2_peer(self, peer: str, producer: Any, consumers: Consumers) -> None:
-        """Q2 of a peer: one warm-up, then ``Q2_SAMPLES`` enqueue -> start latencies."""
-        for sample in range(Q2_SAMPLES + 1):
+    async def q2_peer(self, peer: str, producer: Any, consumers: Consumers, count: int) -> None:
+        """``count`` Q2 samples of a peer (enqueue -> the job starts), recorded unless
+        ``count`` is 0 (then one warm-up)."""
+        for _ in range(max(count, 1)):
             await asyncio.sleep(Q2_IDLE)
             sent = time.time()
             await producer.enqueue([qp.Q2_MARK])
             _, stamp = (await consumers.line()).split()
-            if sample:
+            if count:
                 self.record(peer, "q2_ms", (float(stamp) - sent) * 1000)
+
+    async def q2(self, running: dict[str, tuple[Consumers, Any]], queue: Any) -> None:
+        """Q2 of every system: a warm-up each, then Q2_BLOCKS alternating blocks."""
+
+        def peer_sampler(peer: str) -> Any:
+            consumers, producer = running[peer]
+            return lambda count: self.q2_peer(peer, producer, consumers, count)
+
+        async def ours_q2(count: int) -> None:
+            for value in queue.q2(max(count, 1)):
+                if count:
+                    self.record(OURS_QUEUE, "q2_ms", value)
+
+        samplers = [peer_sampler(peer) for peer in running]
+        samplers += [ours_q2] if queue is not None else []
+        for sample in samplers:
+            await sample(0)
+        for block in range(Q2_BLOCKS):
+            _progress(f"Q2 block {block + 1} of {Q2_BLOCKS}")
+            for sample in samplers if block % 2 == 0 else samplers[::-1]:
+                await sample(Q2_SAMPLES // Q2_BLOCKS)
 
     async def q1_q2(self) -> None:
         """Q1 rounds, each sampling every system in turn, then Q2 per system."""
@@ -183,13 +209,7 @@ class Bench:
                 if mine is not None:
                     mine.ready()
             await self._q1_rounds(running, queue, single)
-            for peer, (consumers, producer) in running.items():
-                _progress(f"Q2 {peer}")
-                await self.q2_peer(peer, producer, consumers)
-            if queue is not None:
-                _progress("Q2 ours")
-                for value in queue.q2(Q2_SAMPLES):
-                    self.record(OURS_QUEUE, "q2_ms", value)
+            await self.q2(running, queue)
         finally:
             for consumers, producer in running.values():
                 await producer.close()

@@ -174,7 +174,7 @@ def test_a_schema_1_store_is_refused_then_upgraded_by_init(store_url: str, store
     _execute(store_url, "CREATE INDEX arguments_project ON arguments (project)")  # as before
     store.init_queue()  # what the refusal says to run
     store.check_queue()
-    assert store.queue_schema() == QUEUE_SCHEMA == 3
+    assert store.queue_schema() == QUEUE_SCHEMA == 4
     assert not _execute(store_url, "SELECT 1 FROM sqlite_master WHERE name = 'arguments_queue'"
                         if not is_postgres_url(store_url) else
                         "SELECT 1 FROM pg_indexes WHERE indexname = 'arguments_queue'")  # fmt: skip
@@ -184,6 +184,27 @@ def test_a_schema_1_store_is_refused_then_upgraded_by_init(store_url: str, store
         assert not _execute(store_url, "SELECT 1 FROM pg_constraint WHERE contype = 'f' AND "
                                        "conrelid = 'arguments'::regclass")  # fmt: skip
     assert not _index_exists(store_url, "arguments_project")
+    assert len(_ids(store, project, "a", 100)) == ARGUMENTS
+
+
+def test_a_schema_3_store_is_refused_then_given_the_reuse_index_by_init(
+    store_url: str, store: Store
+) -> None:
+    project = _project(store_url)
+    if is_postgres_url(store_url):  # as schema 3 left it: no hash of the arguments' bytes
+        _execute(store_url, "DROP INDEX arguments_args")
+    _execute(store_url, "UPDATE ceranubis_meta SET value = '3' WHERE key = 'queue_schema'")
+    with pytest.raises(StoreError, match="older than this package"):
+        store.check_queue()
+    store.init_queue()
+    store.check_queue()
+    assert store.queue_schema() == QUEUE_SCHEMA
+    if is_postgres_url(store_url):
+        found = _execute(store_url, "SELECT indexdef FROM pg_indexes WHERE indexname = "
+                                    "'arguments_args'")  # fmt: skip
+        assert "USING hash (args)" in str(found[0][0])
+    else:  # SQLite's small commits look up reuse in commit.py: no such index
+        assert not _index_exists(store_url, "arguments_args")
     assert len(_ids(store, project, "a", 100)) == ARGUMENTS
 
 
@@ -205,7 +226,7 @@ def test_a_schema_2_store_s_leases_become_rows_at_init(store_url: str, store: St
     with pytest.raises(StoreError, match="older than this package"):
         store.check_queue()
     store.init_queue()
-    assert store.queue_schema() == QUEUE_SCHEMA == 3
+    assert store.queue_schema() == QUEUE_SCHEMA == 4
     assert store.expire_leases() == [project]  # the old owner's lease (long over), as a row
     again = store.claim_arguments(project, "b", "h", 5, LEASE)
     assert [c.arg_id for c in again] == held and {c.attempts for c in again} == {2}

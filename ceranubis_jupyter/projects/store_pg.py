@@ -73,11 +73,6 @@ _PG_DDL = (
     *PG_QUEUE.arguments_storage,
     # A project's arguments in id order: every per-project read, and a queue claim.
     "CREATE INDEX IF NOT EXISTS arguments_claim ON arguments (project, id)",
-    # Arguments by their bytes: a small commit finds the stored results it can take in
-    # a lookup per argument, however many projects the function's code already has
-    # (queue_fast.INSERT_AT_ONCE). A hash index holds a 4-byte code per row, whatever
-    # the arguments' size; ~1 us per stored argument.
-    "CREATE INDEX IF NOT EXISTS arguments_args ON arguments USING hash (args)",
 )
 
 # A store made before versions: the new columns, and names unique per version instead of
