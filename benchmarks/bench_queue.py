@@ -13,7 +13,8 @@ procrastinate (the ``bench`` extra), each in its fastest documented configuratio
   ``Q2_SAMPLES``, in ms, taken in blocks that alternate between the systems.
 - Q3: ``Q3_CONSUMERS`` idle consumers connected: CPU of the server's processes over a
   window (from ``/proc``), as % of a core, in all and per consumer after the idle
-  server's own cost is taken off.
+  server's own cost is taken off; every database is vacuumed first (Q1's rows' upkeep
+  is not idle cost).
 
 Samples of each measurement alternate between the systems, round after round, so that
 drift on a shared machine hits them alike; the report gives medians and ratios ours/peer.
@@ -254,6 +255,14 @@ class Bench:
         finally:
             await handle.stop()
 
+    async def _vacuum_all(self) -> None:
+        import psycopg
+
+        _progress("VACUUM (ANALYZE) of every database before Q3")
+        for url in self.urls.values():
+            async with await psycopg.AsyncConnection.connect(url, autocommit=True) as connection:
+                await connection.execute("VACUUM (ANALYZE)")
+
     def _server_cpu_pct_over_window(self) -> float:
         before = pg_server.server_cpu_ticks(self.server)
         time.sleep(self.window)
@@ -261,7 +270,10 @@ class Bench:
         return 100 * pg_server.cpu_seconds_between(before, after) / self.window
 
     async def all_q3(self) -> None:
-        """The idle server, then each system with its idle consumers."""
+        """The idle server, then each system with its idle consumers; first every
+        database is vacuumed, so that the server's deferred upkeep of Q1's rows (an
+        autovacuum of the tables Q1 filled) lands in no window."""
+        await self._vacuum_all()
         _progress(f"Q3 idle server, {self.window:.0f} s window")
         self.record("server-idle", "q3_core_pct", self._server_cpu_pct_over_window())
         url = self.urls["pgqueuer"]
