@@ -148,9 +148,10 @@ def test_a_forked_child_commits_on_a_connection_of_its_own_and_leaves_the_parent
     assert shared_store(pg_url) is parent_store
     assert Project.load(child_project, pg_url).counts()["pending"] == 1
     assert _commit(pg_url) == "square_3"  # (the child took square_2)
-    # That commit went out on the parent's session: the child's exit did not end it.
+    # That commit went out on the parent's session: the child's exit did not end it (its
+    # last statement makes the commit durable: queue_fast.DURABLE_AFTER).
     last_query, last_start = _sessions(pg_url)[0].get(session, ("(ended)", forked_at))
-    assert "INSERT INTO projects" in last_query and last_start > forked_at
+    assert "UPDATE projects SET heartbeat" in last_query and last_start > forked_at
 
 
 def _sessions(url: str) -> tuple[dict[int, tuple[str, datetime]], datetime]:

@@ -244,6 +244,18 @@ class Held:
                     finished or time.time(), output or None)
         )  # fmt: skip
 
+    def forget_all(self) -> list[int]:
+        """Forget every task, unwritten row and argument waiting to run again (none of
+        them may reach the store): the ids of the tasks to stop."""
+        task_ids = list(self.tasks)
+        self.drop(task_ids)
+        self.take_reruns()
+        self.outcomes.clear()
+        self.done_values.clear()
+        self.releases.clear()
+        self.touched.clear()
+        return task_ids
+
     def count(self) -> int:
         """Outcomes in the unwritten rows."""
         return len(self.outcomes) + len(self.done_values) // DONE_VALUES

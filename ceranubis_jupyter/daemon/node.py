@@ -154,6 +154,7 @@ class QueueNode:
         self.executor: NodeExecutor | None = None
         self.runner: Runner | None = None
         self.status = 0  # serve()'s return: 1 once the local node broke
+        self._connections = self.store.connections  # when the held work was last checked
 
     # ------------------------------------------------------------------ public
 
@@ -204,6 +205,8 @@ class QueueNode:
             self._retry_at = now + self._backoff
 
     def _store_work(self, now: float, claim: bool) -> None:
+        if not self._held_still_stored():
+            return
         due = self._write_due(now)
         if self.held.unwritten() and (due or not self.held.tasks or not claim):
             self._write()
@@ -261,7 +264,35 @@ class QueueNode:
 
     # ------------------------------------------------------------------ writing
 
+    def _held_still_stored(self) -> bool:
+        """After the store's connection was made anew: whether every project this node
+        holds work of is still the one it claimed (a server crash may lose a commit just
+        announced, and the next commit then gets its ids: queue_fast.DURABLE_AFTER). If
+        one is gone or another, nothing held may be written: the node gives it all up
+        and stops (status 1); its lease runs out and other nodes run what survived."""
+        if not self.store.reconnected_since(self._connections):
+            return True
+        held = self.held
+        reruns = (claim.project for claim in (*held.again, *held.alone))
+        projects = sorted({*held.projects(), *held.touched, *reruns})
+        births = self.store.project_births(projects)
+        self._connections = self.store.connections
+        known = self._runner().births
+        changed = [p for p in projects if births.get(p) != known.get(p)]
+        if not changed:
+            return True
+        log.error("node %s: projects %s are not the ones it claimed from after the store "
+                  "came back (a crash lost them?): giving up what it holds, stopping",
+                  self.name, changed)  # fmt: skip
+        stopped = held.forget_all()
+        if self.executor is not None:
+            self.executor.scheduler.cancel_threadsafe(stopped)
+        self._broke()
+        return False
+
     def _write(self) -> None:
+        if not self._held_still_stored():
+            return
         held = self.held
         count = held.count()
         touched = set(held.touched)
@@ -392,6 +423,7 @@ class QueueNode:
     def _forget(self, project: int) -> None:
         if self.runner is not None:
             self.runner.functions.pop(project, None)
+            self.runner.births.pop(project, None)
 
     def _broke(self) -> None:
         """The local node broke: what it held is released; stop with status 1."""

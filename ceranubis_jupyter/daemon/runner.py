@@ -69,6 +69,7 @@ class Runner:
         self.workers = workers
         self.batches = FastPaths.from_env().queue_batches
         self.functions: dict[int, Loaded | str] = {}  # project -> its function, or why not
+        self.births: dict[int, float] = {}  # project -> its row's created, as loaded
         self._code_ids: dict[tuple[str, str, bytes | None], tuple[int, Any]] = {}
 
     def run(self, project: int, timeout: float, claimed: list[Claimed], row: Any = None) -> None:
@@ -161,6 +162,7 @@ class Runner:
             row = row or self.store.find_project(project)
             if row is None:
                 raise CeranubisError(f"project {project} was removed")
+            self.births[project] = row.created
             fn_id, fn = self._loaded_code(row)
             options = self.executor.options(timeout=timeout or None).task_options
             loaded: Loaded | str = Loaded(fn_id, fn, options)

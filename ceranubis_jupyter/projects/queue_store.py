@@ -403,6 +403,15 @@ class QueueStore(QueueClaims):
             self.notify(f"outcome:{project}", PROGRESS_CHANNEL)
         return changed == 1
 
+    def project_births(self, projects: Sequence[int]) -> dict[int, float]:
+        """When each of ``projects`` that the store has was committed (its ``created``):
+        with its id, what tells one project from another given the same id later."""
+        if not projects:
+            return {}
+        marks = ", ".join("?" * len(projects))
+        rows = self._read(f"SELECT id, created FROM projects WHERE id IN ({marks})", projects)
+        return {int(row[0]): float(row[1]) for row in rows}
+
     def stopped_projects(self, projects: Sequence[int]) -> list[int]:
         """Which of ``projects`` no longer run in the queue (cancelled, removed,
         finished, or resumed by a client in its own process)."""

@@ -43,6 +43,14 @@ class StoreBase(ABC):
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
+        # Connections made to the server so far (PostgreSQL: one more after each loss).
+        self.connections = 0
+
+    def reconnected_since(self, connections: int) -> bool:
+        """Whether the store's connection may not be the one it had when
+        :attr:`connections` was ``connections`` (PostgreSQL: made anew, or lost and not
+        made again yet); a file store keeps its one connection."""
+        return self.connections != connections
 
     # ------------------------------------------------------------------ back-end hooks
 

@@ -146,6 +146,7 @@ class PostgresStore(FastQueue, Store):
             )
             for statement in _OUTCOMES_TABLE:
                 self._connection.execute(statement)
+            self.connections += 1
         except self._psycopg.Error as error:
             raise StoreError(
                 f"cannot reach the project store {self.url}: {self._said(error)}; check that "
@@ -166,6 +167,10 @@ class PostgresStore(FastQueue, Store):
 
     def _lost_connection(self) -> bool:
         return bool(self._connection.closed or self._connection.broken)
+
+    def reconnected_since(self, connections: int) -> bool:
+        lost = self._connection is None or self._lost_connection()
+        return lost or self.connections != connections
 
     def _reads(self, queries: Sequence[tuple[str, Sequence[Any]]]) -> list[list[tuple[Any, ...]]]:
         # In one pipeline: one round trip (each is a wake-up of the server on a busy host).
