@@ -9,11 +9,9 @@ ids), since a crash cannot be timed to a millisecond here.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
-import pytest
 
 from ceranubis_jupyter import commit_project
 from ceranubis_jupyter.projects.queue_fast import DURABLE_AFTER
@@ -28,15 +26,6 @@ def gated(path):
         time.sleep(0.01)
     return "the first project's result"
 """
-
-
-@pytest.fixture
-def daemons(tmp_path: Path) -> Iterator[Daemons]:
-    started = Daemons(tmp_path)
-    try:
-        yield started
-    finally:
-        started.close()
 
 
 def _traced_statements(url: str, tmp_path: Path) -> str:
