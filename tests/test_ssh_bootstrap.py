@@ -230,6 +230,25 @@ def test_two_cold_boots_at_once_share_one_cache_entry(cache: Path, boot: Boot) -
     assert os.listdir(cache / "ceranubis") == [bundle.digest]  # no half-written leftovers
 
 
+def test_a_cold_boot_leaves_a_bundle_installed_meanwhile_in_place(cache: Path, boot: Boot) -> None:
+    bundle = node_bundle()
+    first, second = boot(), boot()
+    for process in (first, second):  # both see an empty cache
+        assert process.stdout and process.stdout.readline() == b"NEED\n"
+    for process in (first, second):
+        assert process.stdin and process.stdout
+        process.stdin.write(bundle.framed())
+        process.stdin.flush()
+        assert process.stdout.readline() == b"OK\n"
+        assert _hello(process).pid == process.pid
+        if process is first:  # the first node runs from the installed bundle now
+            installed = (cache / "ceranubis" / bundle.digest).stat().st_ino
+    # The second took the bundle as it found it: moving it away (and removing it) took
+    # the files from under the first node, whose later imports then failed.
+    assert (cache / "ceranubis" / bundle.digest).stat().st_ino == installed
+    assert [_finish(process) for process in (first, second)] == [0, 0]
+
+
 def _cold_install(boot: Boot) -> None:
     """One cold boot that installs this installation's bundle, then ends."""
     process = boot()

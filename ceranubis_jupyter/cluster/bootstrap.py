@@ -177,6 +177,8 @@ def unpack(blob, tmp, digest):
     if tree(tmp) != digest:
         fail(5, "the unpacked node bundle does not match its digest")
 def replace(tmp, path, digest):
+    if verified(path, digest):
+        return  # another boot installed it meanwhile, and may be running from it now
     if os.path.lexists(path):
         try:
             os.rename(path, tmp + "-old")
