@@ -205,8 +205,6 @@ class QueueNode:
             self._retry_at = now + self._backoff
 
     def _store_work(self, now: float, claim: bool) -> None:
-        if not self._held_still_stored():
-            return
         due = self._write_due(now)
         if self.held.unwritten() and (due or not self.held.tasks or not claim):
             self._write()

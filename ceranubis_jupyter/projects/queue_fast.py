@@ -22,6 +22,7 @@ the client, so the latency from a commit to its task starting is mostly round tr
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import select
@@ -66,13 +67,12 @@ DURABLE_AFTER = (
     "UPDATE projects SET heartbeat = heartbeat "
     "WHERE id = (SELECT currval(pg_get_serial_sequence('projects', 'id')))"
 )
-_DIGEST_RESULTS = (
-    "(SELECT id FROM projects WHERE code_hash = {digest} OFFSET 0) k CROSS JOIN LATERAL "
-    "(SELECT a.args, a.id FROM arguments a WHERE a.project = k.id AND a.state = 'done' "
-    "AND a.result IS NOT NULL{only} OFFSET 0) r"
-)
 # The executor's commit: every finished result of a digest (argument bytes, row id).
-PG_REUSABLE = "SELECT r.args, r.id FROM " + _DIGEST_RESULTS.format(digest="?", only="")
+PG_REUSABLE = (
+    "SELECT r.args, r.id FROM (SELECT id FROM projects WHERE code_hash = ? OFFSET 0) k "
+    "CROSS JOIN LATERAL (SELECT a.args, a.id FROM arguments a WHERE a.project = k.id "
+    "AND a.state = 'done' AND a.result IS NOT NULL OFFSET 0) r"
+)
 # Numbers after a default name's prefix that a commit probes from where this store's last
 # commit under that prefix left off (one index lookup each) before it counts every name
 # with the prefix (a scan that grows with them: 0.8 ms per commit at 300 names). More
@@ -256,17 +256,10 @@ class FastQueue(StoreBase):
                 other.execute("COMMIT")
                 other.execute(DURABLE_AFTER, prepare=True)
         except Exception as error:
-            self._end_failed_transaction()
+            with contextlib.suppress(Exception):  # a failed insert's BEGIN is still open
+                self._rollback(other)
             raise self._translate(error) from error
         return tuple(cursor.fetchone())
-
-    def _end_failed_transaction(self) -> None:
-        """A failed insert leaves its explicit transaction aborted: roll it back."""
-        connection = self._connection
-        if connection.closed or connection.broken:
-            return
-        if connection.info.transaction_status == self._psycopg.pq.TransactionStatus.INERROR:
-            connection.execute("ROLLBACK")
 
     def _drop_if_server_left(self) -> None:
         """Close the connection when the server closed its end while it was idle (a
