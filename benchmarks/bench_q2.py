@@ -6,8 +6,8 @@ PostgreSQL server; pgqueuer (2 consumers, as in ``bench_queue.py``), this checko
 -C DIR``), each in its own database, sampled in alternating blocks (A B pgqueuer, then
 the reverse...) so drift on a shared machine hits them alike. Our daemons run traced
 (``q2_child.py``): the report gives, per tree, the median of each stage in ms after the
-commit began (the commit returned, the NOTIFY heard, the claim done, the function ready,
-the task handed to the local node, the task started); pgqueuer's line adds when its
+commit began (the commit returned, the NOTIFY heard, the claim done, the task handed over
+to the local node (written to its pipe), the task started); pgqueuer's line adds when its
 enqueue returned.
 """
 
@@ -118,8 +118,8 @@ def _note(events: Any, stage: str, what: Any, begun: float, ended: float) -> Non
     elif stage in ("claim", "woken") and what[1]:
         first(int(what[0]), "claim begun", begun)
         first(int(what[0]), "claim done", ended)
-    elif stage == "function":
-        first(int(what), "function", ended)
+    elif stage == "run":
+        first(int(what), "handed over", ended)
     elif stage == "look":
         for project in what:
             first(int(project), "look done", ended)

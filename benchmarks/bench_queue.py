@@ -10,7 +10,8 @@ procrastinate (the ``bench`` extra), each in its fastest documented configuratio
   the same tasks on the embedded default is measured in the same rounds, and our queue
   with a task per argument (``queue_batches`` off, daemons of their own) too.
 - Q2: enqueue (commit) of one task with idle consumers -> the task starts: median of
-  ``Q2_SAMPLES``, in ms, taken in blocks that alternate between the systems.
+  ``Q2_SAMPLES``, in ms, taken in blocks that alternate between the systems, after every
+  database was vacuumed (as before Q3).
 - Q3: ``Q3_CONSUMERS`` idle consumers connected: CPU of the server's processes over a
   window (from ``/proc``), as % of a core, in all and per consumer after the idle
   server's own cost is taken off; every database is vacuumed first (Q1's rows' upkeep
@@ -48,7 +49,7 @@ Q1_TASKS = 20_000
 Q1_CONSUMERS = 2
 # Q2's samples per system (the issue's median of 20), after one warm-up each, taken in
 # Q2_BLOCKS blocks that alternate between the systems (A B C, then C B A...): a drift of
-# the shared machine (an autovacuum after Q1, another process) then hits every system
+# the shared machine (another process, an autovacuum) then hits every system
 # alike, not the one whose turn it was.
 Q2_SAMPLES = 20
 Q2_BLOCKS = 4
@@ -210,6 +211,7 @@ class Bench:
                 if mine is not None:
                     mine.ready()
             await self._q1_rounds(running, queue, single)
+            await self._vacuum_all("Q2")
             await self.q2(running, queue)
         finally:
             for consumers, producer in running.values():
@@ -255,10 +257,12 @@ class Bench:
         finally:
             await handle.stop()
 
-    async def _vacuum_all(self) -> None:
+    async def _vacuum_all(self, before: str) -> None:
+        """Vacuum every database, so that the server's deferred upkeep of Q1's rows (an
+        autovacuum of the tables Q1 filled) lands in none of the samples that follow."""
         import psycopg
 
-        _progress("VACUUM (ANALYZE) of every database before Q3")
+        _progress(f"VACUUM (ANALYZE) of every database before {before}")
         for url in self.urls.values():
             async with await psycopg.AsyncConnection.connect(url, autocommit=True) as connection:
                 await connection.execute("VACUUM (ANALYZE)")
@@ -271,9 +275,8 @@ class Bench:
 
     async def all_q3(self) -> None:
         """The idle server, then each system with its idle consumers; first every
-        database is vacuumed, so that the server's deferred upkeep of Q1's rows (an
-        autovacuum of the tables Q1 filled) lands in no window."""
-        await self._vacuum_all()
+        database is vacuumed again."""
+        await self._vacuum_all("Q3")
         _progress(f"Q3 idle server, {self.window:.0f} s window")
         self.record("server-idle", "q3_core_pct", self._server_cpu_pct_over_window())
         url = self.urls["pgqueuer"]

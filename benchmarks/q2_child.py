@@ -60,6 +60,7 @@ def _traced(owner: Any, name: str, stage: str, log: Any, project_of: Any) -> Non
 def node(url: str, name: str, trace: str) -> int:
     from ceranubis_jupyter.cluster.executor import NodeExecutor
     from ceranubis_jupyter.daemon import node as daemon
+    from ceranubis_jupyter.daemon.runner import Runner
     from ceranubis_jupyter.projects.store import Store
     from ceranubis_jupyter.projects.store_pg import PostgresStore
 
@@ -69,7 +70,7 @@ def node(url: str, name: str, trace: str) -> int:
     claimed = lambda a, v: [a[1], len(getattr(v, "claimed", v))]  # noqa: E731
     _traced(PostgresStore, "claim_arguments", "claim", log, claimed)
     _traced(PostgresStore, "claim_woken", "woken", log, claimed)
-    _traced(daemon.QueueNode, "_function", "function", log, lambda a, v: a[1])
+    _traced(Runner, "run", "run", log, lambda a, v: a[1])
     _traced(NodeExecutor, "submit_prepared", "submitted", log, lambda a, v: None)
     return daemon.run_node(url, workers=1, name=name)
 

@@ -78,10 +78,11 @@ class Daemons:
         group: str = "",
         netns: str | None = None,
         init: bool = True,
+        extra: tuple[str, ...] = (),
     ) -> Daemon:
         """Start ``ceranubis node`` on ``url`` (inside ``netns`` when given), once the
         store has its queue schema (as its owner makes it: ``ceranubis node --init``;
-        ``init=False``: the test made it)."""
+        ``init=False``: the test made it); ``extra``: more of its options."""
         if init:
             store = open_store(url)
             try:
@@ -92,6 +93,7 @@ class Daemons:
                    "--workers", str(workers), "--name", name, "--lease", str(lease)]  # fmt: skip
         if group:
             command += ["--group", group]
+        command += extra
         if netns is not None:
             command = ["ip", "netns", "exec", netns, *command]
         env = dict(os.environ, PYTHONPATH=str(REPO), CJ_NODE_NAME=name)

@@ -1,9 +1,9 @@
 """``ceranubis node`` (a queue-mode node daemon) and ``ceranubis nodes`` (list them).
 
-``ceranubis node --store URL [--workers N] [--group NAME] [--name NAME] [--lease S]``
-serves the store until SIGTERM or SIGINT (then exits 0); ``--init`` instead creates the
-queue schema (as a role that may create tables) and exits. Errors print one line and
-exit with status 2.
+``ceranubis node --store URL [--workers N] [--group NAME] [--name NAME] [--lease S]
+[--poll S] [--stagger S]`` serves the store until SIGTERM or SIGINT (then exits 0);
+``--init`` instead creates the queue schema (as a role that may create tables) and
+exits. Errors print one line and exit with status 2.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from ..daemon.node import LEASE_SECONDS, QueueNode
+from ..daemon.turns import STAGGER_SECONDS
 from ..errors import CeranubisError
 from ..projects.queue_store import NODE_SILENT_SECONDS, NodeRow
 from ..projects.stores import open_store
@@ -31,6 +32,11 @@ def add_commands(subparsers: Any) -> None:
     parser.add_argument("--group", default="", help="serve this group's projects too")
     parser.add_argument("--name", help="this node's name (default: host:pid)")
     parser.add_argument("--lease", type=float, default=LEASE_SECONDS, help="lease seconds")
+    parser.add_argument("--poll", type=float, help="seconds between looks for work unwoken")
+    parser.add_argument(
+        "--stagger", type=float, default=STAGGER_SECONDS,
+        help="seconds before claiming a commit that is another node's turn",
+    )  # fmt: skip
     parser.add_argument("--init", action="store_true", help="create the queue schema, exit")
     parser.set_defaults(handler=_node)
     parser = subparsers.add_parser("nodes", help="list the queue node daemons of a store")
@@ -49,9 +55,8 @@ def _node(args: argparse.Namespace) -> int:
             print(f"queue schema ready in {store.url}")
             store.close()
             return 0
-        node = QueueNode(
-            args.store, workers=args.workers, group=args.group, name=args.name, lease=args.lease
-        )
+        node = QueueNode(args.store, workers=args.workers, group=args.group, name=args.name,
+                         lease=args.lease, poll=args.poll, stagger=args.stagger)  # fmt: skip
     except CeranubisError as error:
         print(f"ceranubis node: {error}", file=sys.stderr)
         return 2

@@ -134,6 +134,11 @@ class Held:
         """The projects of the tasks held now."""
         return sorted({held.project for held in self.tasks.values()})
 
+    def every_project(self) -> list[int]:
+        """The projects of everything held: tasks, unwritten rows, arguments to run again."""
+        reruns = (claim.project for claim in (*self.again, *self.alone))
+        return sorted({*self.projects(), *self.touched, *reruns})
+
     # ------------------------------------------------------------------ rows
 
     def unwritten(self) -> bool:

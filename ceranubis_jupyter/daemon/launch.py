@@ -93,6 +93,14 @@ def driver_problem(store: str, python: str) -> str:
             f"the PostgreSQL driver psycopg is not installed for {python} on this host; "
             f"install it with: {python} -m pip install --user 'psycopg[binary]'"
         )
+    import importlib.metadata
+
+    found = importlib.metadata.version("psycopg")
+    if tuple(int(n) for n in found.split(".")[:2] if n.isdigit()) < (3, 2):
+        return (
+            f"the PostgreSQL driver psycopg on this host is {found}, older than 3.2; "
+            f"upgrade it with: {python} -m pip install --user -U 'psycopg[binary]'"
+        )
     return ""
 
 

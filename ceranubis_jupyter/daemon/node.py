@@ -32,7 +32,7 @@ from typing import Any
 
 from ..cluster.executor import NodeExecutor
 from ..errors import StoreError
-from ..projects.queue_events import parse_commit
+from ..projects.queue_events import node_payload
 from ..projects.queue_fast import FastQueue
 from ..projects.queue_listen import Listener
 from ..projects.queue_store import PROGRESS_CHANNEL, QUEUE_SCHEMA, NodeRow
@@ -43,6 +43,7 @@ from ..wire import protocol as p
 from .held import Held
 from .rate import TaskRate
 from .runner import Runner
+from .turns import STAGGER_SECONDS, Turns
 
 log = logging.getLogger("ceranubis")
 
@@ -108,6 +109,8 @@ class QueueNode:
         claim_per_worker: arguments held per worker (:data:`CLAIM_PER_WORKER`).
         drain: seconds to let running tasks finish when stopping.
         poll: seconds an idle node waits before looking for work unwoken.
+        stagger: seconds it waits before it claims a commit heard that is another
+            node's turn to claim first (:mod:`.turns`).
 
     Raises:
         StoreError: the store cannot be reached, has no queue schema, or another
@@ -125,6 +128,7 @@ class QueueNode:
         claim_per_worker: int = CLAIM_PER_WORKER,
         drain: float = DRAIN_SECONDS,
         poll: float | None = None,
+        stagger: float = STAGGER_SECONDS,
     ) -> None:  # long: the documented signature
         self.store: Store = open_store(store, create=False)
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
@@ -150,10 +154,16 @@ class QueueNode:
         self._backoff = 0.0
         self._retry_at = 0.0  # after a store error: when to try again
         self._look_at = 0.0  # when to look for work again after the queue was empty
-        self._listener = Listener(getattr(self.store, "dsn", ""), self._heard) if pg else None
+        self._turns = Turns(self.name, stagger)
+        self._listener = (
+            Listener(getattr(self.store, "dsn", ""), self._heard, timer=self._turns.seconds_to_next)
+            if pg
+            else None
+        )
         self.executor: NodeExecutor | None = None
         self.runner: Runner | None = None
         self.status = 0  # serve()'s return: 1 once the local node broke
+        self._said = ""  # the state its last heartbeat told the other nodes of
         self._connections = self.store.connections  # when the held work was last checked
 
     # ------------------------------------------------------------------ public
@@ -237,6 +247,8 @@ class QueueNode:
         if now >= self._timers["beat"]:
             self._beat("running" if claim else "stopping")
             self._timers["beat"] = now + (BEAT_SECONDS if busy else IDLE_BEAT_SECONDS)
+        if self._listener is not None and self._turns.due_for_peers(now):
+            self._turns.set_peers(self.store.nodes(), now)
 
     def _write_due(self, now: float) -> bool:
         """Whether the write timer is due (and restart it)."""
@@ -270,9 +282,7 @@ class QueueNode:
         and stops (status 1); its lease runs out and other nodes run what survived."""
         if not self.store.reconnected_since(self._connections):
             return True
-        held = self.held
-        reruns = (claim.project for claim in (*held.again, *held.alone))
-        projects = sorted({*held.projects(), *held.touched, *reruns})
+        projects = self.held.every_project()
         births = self.store.project_births(projects)
         self._connections = self.store.connections
         known = self._runner().births
@@ -282,7 +292,7 @@ class QueueNode:
         log.error("node %s: projects %s are not the ones it claimed from after the store "
                   "came back (a crash lost them?): giving up what it holds, stopping",
                   self.name, changed)  # fmt: skip
-        stopped = held.forget_all()
+        stopped = self.held.forget_all()
         if self.executor is not None:
             self.executor.scheduler.cancel_threadsafe(stopped)
         self._broke()
@@ -335,6 +345,9 @@ class QueueNode:
                     load, _VERSION, QUEUE_SCHEMA, self.claimed, self.held.size,
                     self.held.written_count, self.dropped, self.started, 0.0, state)
         )  # fmt: skip
+        if state != self._said:  # started or stopping: the other nodes read who serves
+            self.store.notify(node_payload(self.name))
+            self._said = state
 
     # ------------------------------------------------------------------ claiming
 
@@ -438,17 +451,19 @@ class QueueNode:
 
     def _heard(self, payload: str) -> None:
         """A queue event (listener thread): wake the cycle; a cancel is looked at now."""
-        commit = parse_commit(payload)
         if payload.startswith("cancel:"):
             self._cancel_asked.set()
-        elif commit is not None and commit[2] not in ("", self.group):
-            return  # another group's project: not for this node
-        else:  # a commit, or the listener (re)connected (-1): look for work now
-            self._look_at = 0.0  # (a busy node looks once it has room)
-            self._woken.append(commit[:2] if commit else (-1, 0))
-            if commit is not None and self._cycle_here():
-                return
-        self._wake.set()
+            self._wake.set()
+            return
+        heard = self._turns.heard(payload, self.group)
+        if not heard:  # not for this node or not its turn yet; a node came or went: read
+            if self._turns.due_for_peers(time.monotonic()):
+                self._wake.set()
+            return
+        self._look_at = 0.0  # (a busy node looks once it has room)
+        self._woken.extend(heard)
+        if heard[0][0] < 0 or not self._cycle_here():  # -1: the listener (re)connected
+            self._wake.set()
 
     def _cycle_here(self) -> bool:
         """Listener thread, on a commit: an idle node claims here (one thread wake-up

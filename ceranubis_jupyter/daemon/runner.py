@@ -71,6 +71,7 @@ class Runner:
         self.functions: dict[int, Loaded | str] = {}  # project -> its function, or why not
         self.births: dict[int, float] = {}  # project -> its row's created, as loaded
         self._code_ids: dict[tuple[str, str, bytes | None], tuple[int, Any]] = {}
+        self._options: dict[float, TaskOptions] = {}  # per-task timeout -> task options
 
     def run(self, project: int, timeout: float, claimed: list[Claimed], row: Any = None) -> None:
         """Submit ``claimed`` (arguments of ``project``); ``row``: its project row, if
@@ -164,8 +165,7 @@ class Runner:
                 raise CeranubisError(f"project {project} was removed")
             self.births[project] = row.created
             fn_id, fn = self._loaded_code(row)
-            options = self.executor.options(timeout=timeout or None).task_options
-            loaded: Loaded | str = Loaded(fn_id, fn, options)
+            loaded: Loaded | str = Loaded(fn_id, fn, self._options_for(timeout))
         except StoreError:
             raise
         except Exception as error:  # any failure of the project's own code
@@ -173,6 +173,16 @@ class Runner:
             log.warning("%s", loaded)
         self.functions[project] = loaded
         return loaded
+
+    def _options_for(self, timeout: float) -> TaskOptions:
+        """The task options of a project's ``timeout`` (0: none), made once per value
+        (a project's first claim is on the path from its commit to its task's start)."""
+        options = self._options.get(timeout)
+        if options is None:
+            options = self.executor.options(timeout=timeout or None).task_options
+            if len(self._options) < CODE_CACHE:
+                self._options[timeout] = options
+        return options
 
     def _loaded_code(self, row: Any) -> tuple[int, Any]:
         """The function id of a project's code: rebuilt and shipped to the workers once

@@ -33,18 +33,31 @@ RECONNECT_MAX = 5.0
 CONNECT_TIMEOUT = 5
 # The payload handed over after a (re)connection.
 RECONNECTED = "listening"
+# The payload handed over when the owner's timer (``Listener``'s ``timer``) ran out.
+TIMER = "timer"
 
 
 class Listener:
     """Hears queue events on ``dsn`` in a daemon thread until :meth:`stop` (on
-    ``channels``: the daemons' by default)."""
+    ``channels``: the daemons' by default).
+
+    ``timer``, if given, says in how many seconds its owner wants :data:`TIMER` handed
+    over (``inf``: not at all); it is asked again after each event, so an event may set
+    it. The owner's deferred work then runs in this thread, whose wait for events
+    already lasts until then, without waking another one.
+    """
 
     def __init__(
-        self, dsn: str, on_event: Callable[[str], None], channels: tuple[str, ...] = (CHANNEL,)
+        self,
+        dsn: str,
+        on_event: Callable[[str], None],
+        channels: tuple[str, ...] = (CHANNEL,),
+        timer: Callable[[], float] | None = None,
     ) -> None:
         self._dsn = dsn
         self._on_event = on_event
         self._channels = channels
+        self._timer = timer
         self._stopped = threading.Event()
         self.connected = threading.Event()
         self._thread = threading.Thread(target=self._main, name="ceranubis-listen", daemon=True)
@@ -83,9 +96,17 @@ class Listener:
                 pause = min(pause * 2, RECONNECT_MAX)
 
     def _hear(self, connection: Any) -> None:
+        timer = self._timer
         while not self._stopped.is_set():
-            for notice in connection.notifies(timeout=LISTEN_WAKE_SECONDS):
+            if timer is None:
+                for notice in connection.notifies(timeout=LISTEN_WAKE_SECONDS):
+                    self._on_event(notice.payload)
+                continue
+            wait = max(0.0, min(LISTEN_WAKE_SECONDS, timer()))
+            for notice in connection.notifies(timeout=wait, stop_after=1):
                 self._on_event(notice.payload)
+            if timer() <= 0:
+                self._on_event(TIMER)
 
 
 @dataclass(frozen=True)
@@ -140,4 +161,4 @@ def watch(store: Store, project: int, callback: Callable[[], None]) -> Listener 
     return listener
 
 
-__all__ = ["RECONNECTED", "Listener", "NodeInfo", "QueueNodes", "watch"]
+__all__ = ["RECONNECTED", "TIMER", "Listener", "NodeInfo", "QueueNodes", "watch"]

@@ -108,6 +108,16 @@ _UPDATE_FROM_OUTCOMES = (
 )
 
 
+# The oldest psycopg whose waits for notifications take a timeout (queue_listen.py).
+PSYCOPG_AT_LEAST = (3, 2)
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """``(major, minor)`` of a version string such as ``3.2.10`` or ``3.3.0.dev1``."""
+    parts = version.split(".")[:2]
+    return tuple(int("".join(ch for ch in part if ch.isdigit()) or 0) for part in parts)
+
+
 class PostgresStore(FastQueue, Store):
     """The store in a PostgreSQL database; reconnects when the connection broke."""
 
@@ -126,6 +136,11 @@ class PostgresStore(FastQueue, Store):
             raise StoreError(
                 "a postgresql:// store needs psycopg 3: pip install 'ceranubis-jupyter[postgres]'"
             ) from error
+        if _release(psycopg.__version__) < PSYCOPG_AT_LEAST:
+            raise StoreError(
+                f"a postgresql:// store needs psycopg 3.2 or newer, not {psycopg.__version__}: "
+                "pip install -U 'psycopg[binary]'"
+            )
         self._psycopg: Any = psycopg
         self._connection: Any = None
         self._width: int | None = None  # bytes of arguments.project, once read
