@@ -65,7 +65,7 @@ class QueueDialect:
     least: str  # the smaller of two values, as SQL
     arguments_storage: tuple[str, ...]  # DDL tuning the arguments table (any store age)
     row_lock: str | None  # locks a project's queue row (SQLite: the write lock serializes)
-    reuse_index: tuple[str, ...]  # DDL of the index a small queued commit's reuse reads
+    queue_only: tuple[str, ...]  # DDL that only queue stores run (queue_store.py)
 
 
 @dataclass(frozen=True)
