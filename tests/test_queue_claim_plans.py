@@ -64,3 +64,29 @@ def test_a_woken_claim_after_a_large_project_and_an_analyze_reads_by_project(
     assert not [n for n in nodes if n["Node Type"] == "Seq Scan"], json.dumps(plan)[:6000]
     claimed = [n for n in nodes if n["Node Type"] == "ModifyTable" and n.get("Actual Rows")]
     assert claimed, "the plan claimed nothing"
+
+
+FINISHED = 300
+
+
+def test_a_woken_claim_reads_the_running_projects_not_every_finished_one(pg_url: str) -> None:
+    store = open_store(pg_url)
+    store.init_queue()
+    store.close()
+    for i in range(FINISHED):
+        commit_project(CODE, "inc", [(i,)], store=pg_url, queue=True, reuse=False)
+    with psycopg.connect(pg_url, autocommit=True) as connection:
+        connection.execute("UPDATE arguments SET state = 'done'")
+        connection.execute("UPDATE projects SET state = 'done'")
+        running = [commit_project(CODE, "inc", [(-i,)], store=pg_url, queue=True, reuse=False)
+                   for i in range(1, 4)]  # fmt: skip
+        connection.execute("VACUUM (ANALYZE)")
+        params = {"project": int(running[-1].id), "priority": 0, "owner": "plan#1",
+                  "host": "plan", "count": 8, "lease": 30.0, "group": "",
+                  "client": QUEUE_CLIENT}  # fmt: skip
+        nodes = _nodes(_generic_plan(connection, params))
+    tables = ("projects", "queue_projects")
+    read = sum((n["Actual Rows"] + n.get("Rows Removed by Filter", 0)) * n["Actual Loops"]
+               for n in nodes if n.get("Relation Name") in tables)  # fmt: skip
+    assert read < 40, f"{read} project rows read for 3 running projects of {FINISHED + 3}"
+    assert not [n for n in nodes if n["Node Type"] == "Seq Scan"]

@@ -123,12 +123,16 @@ FROM p"""
 # Queued projects a daemon of group %(group)s serves (running, served by the queue)
 # other than %(project)s that have pending arguments, looked for from each one's next_id
 # (queue schema 2: no index holds the pending rows; what is pending below next_id is
-# rare and found by the next ordinary claim).
+# rare and found by the next ordinary claim). Read from the running projects (the
+# projects_running index) and then each one's queue row: as a join, the server merged
+# the running ones with every queue row the store ever had.
 _OTHERS = (
-    "FROM queue_projects q JOIN projects p ON p.id = q.project WHERE p.state = 'running' "
-    "AND p.client = %(client)s AND (q.node_group = '' OR q.node_group = %(group)s) "
-    "AND q.project <> %(project)s AND EXISTS (SELECT 1 FROM arguments w "
-    "WHERE w.project = q.project AND w.id >= q.next_id AND w.state = 'pending')"
+    "FROM (SELECT p.id FROM projects p WHERE p.state = 'running' AND p.client = %(client)s "
+    "AND p.id <> %(project)s OFFSET 0) p CROSS JOIN LATERAL (SELECT q.project, q.priority, "
+    "q.next_id FROM queue_projects q WHERE q.project = p.id "
+    "AND (q.node_group = '' OR q.node_group = %(group)s)) q WHERE EXISTS (SELECT 1 "
+    "FROM arguments w WHERE w.project = q.project AND w.id >= q.next_id "
+    "AND w.state = 'pending')"
 )
 # The woken claim, statements sent together (each is planned once per connection): the
 # claim, unless the project is not this daemon's (any more) or another one comes first

@@ -158,6 +158,11 @@ _QUEUE_INDEXES = (
     # Stores made before it: (project) alone, which arguments_claim covers; one index
     # entry less per inserted argument.
     "DROP INDEX IF EXISTS arguments_project",
+    # The running projects, the few among all those ever committed: the looks for work
+    # and each woken claim start from them (a project's state changes twice in its life,
+    # its heartbeat's updates stay HOT). Without it they read every queued project the
+    # store ever had: a woken claim took 2.1 ms instead of 1.2 at 1,500 finished ones.
+    "CREATE INDEX IF NOT EXISTS projects_running ON projects (id) WHERE state = 'running'",
 )
 # Schema 2 stores (an owner and an expiry on each argument): a lease row per owner that
 # holds arguments, named by them (run by init_queue; stop the daemons of schema 2 first).
