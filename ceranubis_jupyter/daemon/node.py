@@ -231,6 +231,8 @@ class QueueNode:
         elif claim and wants:  # busy again: beat at the busy pace
             self._timers["beat"] = min(self._timers["beat"], now + BEAT_SECONDS)
         self._notify_progress(now)
+        if self._listener is not None and self._turns.due_for_peers(now):  # after a claim
+            self._turns.set_peers(self.store.nodes(), now)
 
     def _timed_work(self, now: float, claim: bool) -> None:
         """Renewals, sweeps of expired leases and heartbeats, each when due: at a busy
@@ -247,8 +249,6 @@ class QueueNode:
         if now >= self._timers["beat"]:
             self._beat("running" if claim else "stopping")
             self._timers["beat"] = now + (BEAT_SECONDS if busy else IDLE_BEAT_SECONDS)
-        if self._listener is not None and self._turns.due_for_peers(now):
-            self._turns.set_peers(self.store.nodes(), now)
 
     def _write_due(self, now: float) -> bool:
         """Whether the write timer is due (and restart it)."""
