@@ -158,14 +158,12 @@ CLAIM_WOKEN = pg_claim(
 # of whoever runs them first wins, as after an expired lease), and the next durable
 # commit on the server flushes it anyway. Commits of projects and outcomes stay durable.
 #
-# Its statements are prepared at their first use and keep one plan per connection, made
-# with sequential scans off, as the commit's (AT_ONCE_PLANS). Left to choose, the server
-# planned the claim anew for each commit once statistics said the store held a large
-# project (its generic plan's estimate is higher than the custom ones'): ~0.8 ms a claim
-# (bench_q2.py after a 20,000-argument project and an ANALYZE: the claim took 1.9 ms
-# against 1.1 on a fresh store). And statistics taken while the store held a project or
-# two made the plan scan every project row once per queued project, growing with each
-# commit until the next ANALYZE.
+# Its statements are prepared at their first use and keep one plan per connection (a
+# generic one: planning the claim costs the server more than running it), made with
+# sequential scans off, as the commit's (AT_ONCE_PLANS): statistics taken while the
+# store held a project or two made the plan scan every project row once per queued
+# project, growing with each commit until the next ANALYZE. (How many arguments the
+# plan expects a project to have: queue_store._PG_PROJECT_SIZE.)
 CLAIM_SETTINGS = (
     "SELECT set_config('synchronous_commit', 'off', true), "
     "set_config('enable_seqscan', 'off', true), "
