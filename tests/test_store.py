@@ -375,8 +375,8 @@ def test_finished_outcomes_keep_every_field(store_url: str) -> None:
 
 
 def test_the_oldest_psycopg_is_read_from_its_version() -> None:
-    from ceranubis_jupyter.projects.store_pg import PSYCOPG_AT_LEAST, _release
+    from ceranubis_jupyter.projects.store_pg import PSYCOPG_AT_LEAST, release
 
-    assert _release("3.2.10") == (3, 2) >= PSYCOPG_AT_LEAST
-    assert _release("3.3.0.dev1") == (3, 3) >= PSYCOPG_AT_LEAST
-    assert _release("3.1.19") < PSYCOPG_AT_LEAST
+    assert release("3.2.10") == (3, 2) >= PSYCOPG_AT_LEAST
+    assert release("3.3.0.dev1") == (3, 3) >= PSYCOPG_AT_LEAST
+    assert release("3.1.19") < PSYCOPG_AT_LEAST

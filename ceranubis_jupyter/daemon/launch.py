@@ -95,8 +95,10 @@ def driver_problem(store: str, python: str) -> str:
         )
     import importlib.metadata
 
+    from ..projects.store_pg import PSYCOPG_AT_LEAST, release
+
     found = importlib.metadata.version("psycopg")
-    if tuple(int(n) for n in found.split(".")[:2] if n.isdigit()) < (3, 2):
+    if release(found) < PSYCOPG_AT_LEAST:
         return (
             f"the PostgreSQL driver psycopg on this host is {found}, older than 3.2; "
             f"upgrade it with: {python} -m pip install --user -U 'psycopg[binary]'"

@@ -10,10 +10,10 @@ one-argument commit started 0.2 ms later than with one (``bench_q2.py``: 3.48 ag
 The daemons agree without a word between them (rendezvous hashing): each scores the
 project id against the name of every live daemon that serves it, from the ``nodes``
 table (read again every :data:`PEERS_SECONDS`, and when a daemon says it started or
-stopped), and the best score claims at once. The
-others claim :data:`STAGGER_SECONDS` later whatever is still pending: a first daemon that
-is busy, slow, or gone since its last heartbeat costs a commit that delay, never its
-work. A large commit loses nothing either: its other daemons join in after the delay.
+stopped), and the best score claims at once. The others claim :data:`STAGGER_SECONDS`
+later whatever is still pending: a first daemon that is busy, slow, or gone since its
+last heartbeat costs a commit that delay, never its work. A large commit loses nothing
+either: its other daemons join in after the delay.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ listener's owner looks at the store itself.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -96,14 +97,10 @@ class Listener:
                 pause = min(pause * 2, RECONNECT_MAX)
 
     def _hear(self, connection: Any) -> None:
-        timer = self._timer
+        timer = self._timer or (lambda: math.inf)
         while not self._stopped.is_set():
-            if timer is None:
-                for notice in connection.notifies(timeout=LISTEN_WAKE_SECONDS):
-                    self._on_event(notice.payload)
-                continue
             wait = max(0.0, min(LISTEN_WAKE_SECONDS, timer()))
-            for notice in connection.notifies(timeout=wait, stop_after=1):
+            for notice in connection.notifies(timeout=wait, stop_after=1):  # then ask again
                 self._on_event(notice.payload)
             if timer() <= 0:
                 self._on_event(TIMER)

@@ -112,8 +112,9 @@ _UPDATE_FROM_OUTCOMES = (
 PSYCOPG_AT_LEAST = (3, 2)
 
 
-def _release(version: str) -> tuple[int, ...]:
-    """``(major, minor)`` of a version string such as ``3.2.10`` or ``3.3.0.dev1``."""
+def release(version: str) -> tuple[int, ...]:
+    """``(major, minor)`` of a version string such as ``3.2.10``, ``3.3.0.dev1`` or
+    ``3.2rc1``."""
     parts = version.split(".")[:2]
     return tuple(int("".join(ch for ch in part if ch.isdigit()) or 0) for part in parts)
 
@@ -136,7 +137,7 @@ class PostgresStore(FastQueue, Store):
             raise StoreError(
                 "a postgresql:// store needs psycopg 3: pip install 'ceranubis-jupyter[postgres]'"
             ) from error
-        if _release(psycopg.__version__) < PSYCOPG_AT_LEAST:
+        if release(psycopg.__version__) < PSYCOPG_AT_LEAST:
             raise StoreError(
                 f"a postgresql:// store needs psycopg 3.2 or newer, not {psycopg.__version__}: "
                 "pip install -U 'psycopg[binary]'"
