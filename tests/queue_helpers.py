@@ -46,6 +46,13 @@ def nap(x, seconds, directory):
 def where(x):
     import socket
     return x, os.environ.get("CJ_NODE_NAME", "?")
+
+def hold(x, path):
+    for _ in range(6000):  # until the test makes the file (at most a minute)
+        if os.path.exists(path):
+            return x * 10
+        time.sleep(0.01)
+    raise TimeoutError(path)
 """
 
 
@@ -79,10 +86,12 @@ class Daemons:
         netns: str | None = None,
         init: bool = True,
         extra: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
     ) -> Daemon:
         """Start ``ceranubis node`` on ``url`` (inside ``netns`` when given), once the
         store has its queue schema (as its owner makes it: ``ceranubis node --init``;
-        ``init=False``: the test made it); ``extra``: more of its options."""
+        ``init=False``: the test made it); ``extra``: more of its options; ``env``: more
+        of its environment."""
         if init:
             store = open_store(url)
             try:
@@ -96,7 +105,7 @@ class Daemons:
         command += extra
         if netns is not None:
             command = ["ip", "netns", "exec", netns, *command]
-        env = dict(os.environ, PYTHONPATH=str(REPO), CJ_NODE_NAME=name)
+        env = dict(os.environ, PYTHONPATH=str(REPO), CJ_NODE_NAME=name, **(env or {}))
         log = self.directory / f"{name}.log"
         with open(log, "wb") as out:
             process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)

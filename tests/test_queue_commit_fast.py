@@ -82,7 +82,7 @@ def test_a_free_probed_number_leaves_the_names_unscanned(pg_url: str) -> None:
         "client": QUEUE_CLIENT, "heartbeat": 0.0, "function": None, "version": 1,
         "code_hash": "h", "args_hash": "a", "changes": "", "name": None, "prefix": "square_",
         "pattern": "square\\_%", "reuse": "", "args": [b"x"], "channel": "none",
-        "priority": 0, "group": "", "timeout": 0.0,
+        "priority": 0, "group": "", "timeout": 0.0, "hand": "",
     }  # fmt: skip
     probed = _analyzed(pg_url, {**params, "next": 30})
     counted = _analyzed(pg_url, {**params, "next": 0})

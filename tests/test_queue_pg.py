@@ -282,6 +282,7 @@ def _grant_clients_role(url: str, role: str) -> None:
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON projects, arguments, queue_projects TO {role}",
         f"GRANT USAGE ON SEQUENCE projects_id_seq, arguments_id_seq TO {role}",
         f"GRANT SELECT ON nodes, ceranubis_meta TO {role}",
+        f"GRANT SELECT, UPDATE (expires) ON queue_leases TO {role}",  # a commit's hand
     ]
     with psycopg.connect(url, autocommit=True) as connection:
         for statement in statements:

@@ -10,9 +10,12 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from ceranubis_jupyter import commit_project
-from ceranubis_jupyter.daemon.turns import Turns, score
-from ceranubis_jupyter.projects.queue_events import commit_payload, node_payload
+from ceranubis_jupyter.cluster.fastpaths import FAST_PATHS_OFF_ENV
+from ceranubis_jupyter.daemon.turns import Turns
+from ceranubis_jupyter.projects.queue_events import commit_payload, node_payload, score
 from ceranubis_jupyter.projects.queue_listen import TIMER
 from ceranubis_jupyter.projects.queue_store import NODE_SILENT_SECONDS, NodeRow
 from ceranubis_jupyter.projects.stores import open_store
@@ -30,7 +33,7 @@ def _row(name: str, group: str = "", heartbeat: float = 1000.0, state: str = "ru
 def test_the_score_is_the_same_in_every_process() -> None:
     pairs = [(1, "a"), (2, "gpu-node:17"), (123456, "b")]
     script = (
-        "from ceranubis_jupyter.daemon.turns import score\n"
+        "from ceranubis_jupyter.projects.queue_events import score\n"
         f"print([score(p, n) for p, n in {pairs!r}])"
     )
     env = dict(os.environ, PYTHONHASHSEED="12345")
@@ -92,9 +95,18 @@ def _where(url: str, x: int) -> tuple[int, str]:
     return int(project.id), result[1]
 
 
-def test_a_commit_is_claimed_by_the_daemon_whose_turn_it_is(pg_url: str, daemons: Daemons) -> None:
+# Daemons that commits hand nothing (queue_events.Hand): they claim what they hear.
+NO_HANDS = {FAST_PATHS_OFF_ENV: "queue_hands"}
+
+
+@pytest.mark.parametrize("hands", [True, False], ids=["handed", "claimed"])
+def test_a_commit_is_claimed_by_the_daemon_whose_turn_it_is(
+    pg_url: str, daemons: Daemons, hands: bool
+) -> None:
+    # Handed: the commit picks the daemon by the same score, in the server.
     extra = ("--stagger", NEVER, "--poll", NEVER)  # the other one never claims here
-    started = [daemons.start(pg_url, name, extra=extra) for name in ("turn-a", "turn-b")]
+    env = None if hands else NO_HANDS
+    started = [daemons.start(pg_url, name, extra=extra, env=env) for name in ("turn-a", "turn-b")]
     _serving_together(daemons, *started)
     ran = [_where(pg_url, x) for x in range(8)]
     for project, node in ran:
@@ -104,7 +116,7 @@ def test_a_commit_is_claimed_by_the_daemon_whose_turn_it_is(pg_url: str, daemons
 def test_the_turn_of_a_daemon_that_is_gone_is_taken_after_the_stagger(
     pg_url: str, daemons: Daemons
 ) -> None:
-    alone = daemons.start(pg_url, "turn-alone", extra=("--poll", NEVER))
+    alone = daemons.start(pg_url, "turn-alone", extra=("--poll", NEVER), env=NO_HANDS)
     _serving_together(daemons, alone)
     first, _ = _where(pg_url, 0)
     coming = first + 1  # this client alone commits: the next id

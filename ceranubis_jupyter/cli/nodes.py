@@ -17,7 +17,8 @@ import sys
 import time
 from typing import Any
 
-from ..daemon.node import LEASE_SECONDS, QueueNode
+from ..daemon.node import QueueNode
+from ..daemon.tunables import LEASE_SECONDS
 from ..daemon.turns import STAGGER_SECONDS
 from ..errors import CeranubisError
 from ..projects.queue_store import NODE_SILENT_SECONDS, NodeRow

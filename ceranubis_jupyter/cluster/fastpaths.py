@@ -15,6 +15,10 @@
 - ``queue_batches``: a queue node daemon runs the arguments of a function measured quick
   (under 5 ms a task) in batches, one task with an outcome per argument, instead of a
   task each. Daemon side: ``daemon.batches``, ``wire.batches``.
+- ``queue_hands``: a small queued commit hands its first arguments to a live daemon in
+  its own transaction and their bytes in its ``NOTIFY``, so the daemon starts them
+  without claiming (``projects.queue_events.Hand``). A daemon with it off is never
+  handed any (the nodes table names no lease of it).
 
 Every one is on by default. ``CeranubisExecutor(fast_paths=FastPaths(cut_through=False))``
 turns one off for an executor; ``CERANUBIS_FAST_PATHS_OFF=direct_writes,cut_through`` (or
@@ -43,6 +47,7 @@ class FastPaths:
     inline_submit: bool = True
     lazy_results: bool = True
     queue_batches: bool = True
+    queue_hands: bool = True
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

@@ -22,6 +22,7 @@ May import: ``projects``, ``cluster``, ``node``, ``wire``, ``errors``, ``exits``
 
 from __future__ import annotations
 
-from .node import CLAIM_PER_WORKER, LEASE_SECONDS, QueueNode, run_node
+from .node import QueueNode, run_node
+from .tunables import CLAIM_PER_WORKER, LEASE_SECONDS
 
 __all__ = ["CLAIM_PER_WORKER", "LEASE_SECONDS", "QueueNode", "run_node"]

@@ -31,8 +31,9 @@ from collections.abc import Callable
 from typing import Any
 
 from ..cluster.executor import NodeExecutor
+from ..cluster.fastpaths import FastPaths
 from ..errors import StoreError
-from ..projects.queue_events import node_payload
+from ..projects.queue_events import Hand, node_payload
 from ..projects.queue_fast import FastQueue
 from ..projects.queue_listen import Listener
 from ..projects.queue_store import PROGRESS_CHANNEL, QUEUE_SCHEMA, NodeRow
@@ -40,9 +41,26 @@ from ..projects.rows import final_state
 from ..projects.store import Store
 from ..projects.stores import is_postgres_url, open_store
 from ..wire import protocol as p
+from .hearing import Hearing
 from .held import Held
 from .rate import TaskRate
 from .runner import Runner
+from .tunables import (
+    BACKOFF_FIRST,
+    BACKOFF_MAX,
+    BEAT_SECONDS,
+    CANCEL_POLL_SECONDS,
+    CLAIM_AHEAD_SECONDS,
+    CLAIM_PER_WORKER,
+    DRAIN_SECONDS,
+    IDLE_BEAT_SECONDS,
+    IDLE_POLL_PG,
+    IDLE_POLL_SQLITE,
+    LEASE_SECONDS,
+    MAX_HELD,
+    PROGRESS_NOTIFY_SECONDS,
+    WRITE_SECONDS,
+)
 from .turns import STAGGER_SECONDS, Turns
 
 log = logging.getLogger("ceranubis")
@@ -55,48 +73,11 @@ def _package_version() -> str:
         return "source"
 
 
-# Seconds a claim holds its arguments unless renewed: a lost node's work runs elsewhere
-# this long after its last renewal; shorter recovers sooner but costs more renewals.
-LEASE_SECONDS = 30.0
-# Arguments held per worker, at least: more keeps short tasks flowing through a store
-# round trip; fewer spreads a small project of long tasks over more nodes.
-CLAIM_PER_WORKER = 8
-# Seconds of work held ahead, at the rate tasks finish here: tiny tasks are then claimed
-# thousands at a time (one round trip each), long ones CLAIM_PER_WORKER per worker. Less
-# evens out a project's end between nodes (with 0.5 s, one node of two ran the last
-# tenth of a second of Q1 alone); more costs more claims.
-CLAIM_AHEAD_SECONDS = 0.2
-# The most arguments held at once (memory, and what a lost node leaves to its lease).
-MAX_HELD = 20000
-# Seconds between outcome writes while tasks finish: longer batches cost fewer
-# transactions, shorter ones show progress (and free the next claim) sooner.
-WRITE_SECONDS = 0.05
-# Seconds between heartbeats of the nodes row while the node holds work (the views show
-# its progress at this pace), and while idle (each beat is a transaction on the server,
-# times every node: see NODE_SILENT_SECONDS, which must stay well above it).
-BEAT_SECONDS = 2.0
-IDLE_BEAT_SECONDS = 30.0
-# Seconds between a project's progress notifications (``outcome:<id>`` on the views'
-# channel): a view needs a few a second; one per write batch would be one per 50 ms.
-PROGRESS_NOTIFY_SECONDS = 0.25
-# Seconds between looks for cancelled projects (a NOTIFY makes it at once): the bound on
-# how long a cancelled task may go on running.
-CANCEL_POLL_SECONDS = 0.5
-# Seconds an idle node sleeps before looking for work unwoken: with LISTEN (PostgreSQL)
-# only a fallback (and each look costs the server, times every node), so long; on SQLite
-# the only way, so short. An idle node sweeps others' expired leases at this pace too.
-IDLE_POLL_PG = 30.0
-IDLE_POLL_SQLITE = 0.2
-# Seconds a stopping node lets its running tasks finish before releasing them.
-DRAIN_SECONDS = 10.0
 # What the nodes table says of this node's version: package and wire protocol.
 _VERSION = f"{_package_version()} (protocol {p.PROTOCOL_VERSION})"
-# Backoff after a store error: first pause, and the longest.
-BACKOFF_FIRST = 0.1
-BACKOFF_MAX = 5.0
 
 
-class QueueNode:
+class QueueNode(Hearing):
     """A node daemon on ``store``: see the module's docstring.
 
     Args:
@@ -148,6 +129,11 @@ class QueueNode:
         self._progress_owed: set[int] = set()  # written since its last notification
         self._exhausted: set[int] = set()  # projects whose last claim found too few
         self._woken: deque[tuple[int, int]] = deque()  # heard commits (id, priority)
+        # Arguments commits handed to this daemon (queue_events.Hand), not yet started;
+        # only a daemon whose lease the nodes table names is handed any.
+        self._hands: deque[Hand] = deque()
+        self._handed_to = pg and FastPaths.from_env().queue_hands
+        self.lease_id = 0  # its lease row's id, once made
         self.claimed = self.dropped = 0
         self.started = time.time()
         self._timers = dict.fromkeys(("renew", "beat", "expire", "cancel", "write"), 0.0)
@@ -202,6 +188,7 @@ class QueueNode:
             self._cycle_held(claim)
 
     def _cycle_held(self, claim: bool) -> None:
+        self._take_hands()
         self.held.collect()
         if (self.held.again or self.held.alone) and self.runner is not None:
             self.runner.run_again()
@@ -243,7 +230,10 @@ class QueueNode:
                 self.store.renew_leases(self.owner, self.lease)
             self._timers["renew"] = now + self.lease / 3
         if now >= self._timers["expire"]:
-            self._settle(sorted({*self.store.expire_leases(), *self.store.unsettled()}))
+            expired = self.store.expire_leases()
+            if expired:  # their arguments are pending again: look for work now
+                self._look_at = 0.0
+            self._settle(sorted({*expired, *self.store.unsettled()}))
             idle_sweep = max(self.lease / 4, min(self.lease, self.poll))
             self._timers["expire"] = now + (self.lease / 4 if busy else idle_sweep)
         if now >= self._timers["beat"]:
@@ -339,11 +329,14 @@ class QueueNode:
                 self._progress_owed.discard(project)  # settle told the views
 
     def _beat(self, state: str) -> None:
+        if self._handed_to and not self.lease_id:  # before the row names it
+            self.lease_id = self.store.open_lease(self.owner, self.name)
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
         self.store.beat(
             NodeRow(self.name, socket.gethostname(), os.getpid(), self.workers, self.group,
                     load, _VERSION, QUEUE_SCHEMA, self.claimed, self.held.size,
-                    self.held.written_count, self.dropped, self.started, 0.0, state)
+                    self.held.written_count, self.dropped, self.started, 0.0, state,
+                    self.lease_id, self.lease)
         )  # fmt: skip
         if state != self._said:  # started or stopping: the other nodes read who serves
             self.store.notify(node_payload(self.name))
@@ -410,6 +403,7 @@ class QueueNode:
 
     def _drain(self) -> None:
         """Stopping: let running tasks finish for ``drain`` seconds, write, release."""
+        self._safely(lambda: self._beat("stopping"))  # no commit hands it more from now
         deadline = time.monotonic() + self.drain
         while self.held.tasks and time.monotonic() < deadline:
             self._wake.clear()
@@ -419,8 +413,12 @@ class QueueNode:
         if left and self.executor is not None:
             self.held.releases += [h.arg_id for h in self.held.drop(left)]
             self.executor.scheduler.cancel_threadsafe(left)
+        if self._listener is not None:
+            self._listener.stop()  # no hand arrives after this: those left are given back
         self.held.collect()
         self.held.releases += self.held.take_reruns()
+        self.held.releases += [arg_id for hand in self._hands for arg_id, _ in hand.args]
+        self._hands.clear()
         deadline = time.monotonic() + self.drain + BACKOFF_MAX
         while self.held.unwritten() and time.monotonic() < deadline:
             if not self._safely(self._write):
@@ -449,38 +447,6 @@ class QueueNode:
         self.store.close()
         log.info("node %s stopped (%d outcomes written)", self.name, self.held.written_count)
 
-    def _heard(self, payload: str) -> None:
-        """A queue event (listener thread): wake the cycle; a cancel is looked at now."""
-        if payload.startswith("cancel:"):
-            self._cancel_asked.set()
-            self._wake.set()
-            return
-        heard = self._turns.heard(payload, self.group)
-        if not heard:  # not for this node or not its turn yet; a node came or went: read
-            if self._turns.due_for_peers(time.monotonic()):
-                self._wake.set()
-            return
-        self._look_at = 0.0  # (a busy node looks once it has room)
-        self._woken.extend(heard)
-        if heard[0][0] < 0 or not self._cycle_here():  # -1: the listener (re)connected
-            self._wake.set()
-
-    def _cycle_here(self) -> bool:
-        """Listener thread, on a commit: an idle node claims here (one thread wake-up
-        less; the serving thread wakes for the outcome); ``False``: leave it to that one."""
-        if not self._cycle_lock.acquire(blocking=False):
-            return False
-        try:
-            if self._stopping.is_set() or self.held.tasks or self.executor is None:
-                return False
-            self._cycle_held(claim=True)
-            return True
-        except Exception:  # a bug must not end the listener: the serving thread retries
-            log.exception("node %s: claiming from the listener failed", self.name)
-            return False
-        finally:
-            self._cycle_lock.release()
-
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return  # a node served from another thread is stopped by stop()
@@ -496,4 +462,4 @@ def run_node(store: str, **options: Any) -> int:
     return QueueNode(store, **options).serve()
 
 
-__all__ = ["CLAIM_PER_WORKER", "LEASE_SECONDS", "QueueNode", "run_node"]
+__all__ = ["QueueNode", "run_node"]

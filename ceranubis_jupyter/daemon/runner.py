@@ -14,6 +14,7 @@ from ..cluster.fastpaths import FastPaths
 from ..cluster.tasks import ResultSlot, TaskRecord
 from ..errors import CeranubisError, StoreError
 from ..projects.code import function_of
+from ..projects.queue_events import Hand, code_key
 from ..projects.queue_store import Claimed
 from ..projects.store import Store
 from ..wire import protocol as p
@@ -70,13 +71,18 @@ class Runner:
         self.batches = FastPaths.from_env().queue_batches
         self.functions: dict[int, Loaded | str] = {}  # project -> its function, or why not
         self.births: dict[int, float] = {}  # project -> its row's created, as loaded
-        self._code_ids: dict[tuple[str, str, bytes | None], tuple[int, Any]] = {}
+        self._code_ids: dict[str, tuple[int, Any]] = {}  # code key -> (fn_id, function)
         self._options: dict[float, TaskOptions] = {}  # per-task timeout -> task options
 
     def run(self, project: int, timeout: float, claimed: list[Claimed], row: Any = None) -> None:
         """Submit ``claimed`` (arguments of ``project``); ``row``: its project row, if
-        read already."""
-        loaded = self.function(project, timeout, row)
+        read already. When that row cannot be read (a store error, raised), ``claimed``
+        is given back with the next write."""
+        try:
+            loaded = self.function(project, timeout, row)
+        except StoreError:
+            self.held.releases += [claim.arg_id for claim in claimed]
+            raise
         if isinstance(loaded, str):  # the project's code cannot load here
             for claim in claimed:
                 self.held.fail(HeldTask(claim.arg_id, project, claim.attempts), loaded)
@@ -86,6 +92,16 @@ class Runner:
             self._submit(self._batches(loaded, claimed, size))
         else:
             self._submit(self._singles(loaded, claimed))
+
+    def run_handed(self, hand: Hand, claimed: list[Claimed]) -> None:
+        """Submit ``claimed``, the arguments a commit handed this daemon: a project whose
+        code is loaded here already starts at once (no row read)."""
+        if hand.project not in self.functions:
+            known = self._code_ids.get(hand.code_key)
+            if known is not None:
+                self.births[hand.project] = hand.created
+                self.functions[hand.project] = Loaded(*known, self._options_for(hand.timeout))
+        self.run(hand.project, hand.timeout, claimed)
 
     def run_again(self) -> None:
         """Submit what batches left: arguments they did not reach (batched again if the
@@ -187,7 +203,7 @@ class Runner:
     def _loaded_code(self, row: Any) -> tuple[int, Any]:
         """The function id of a project's code: rebuilt and shipped to the workers once
         per code (projects committed again with the same function start at once)."""
-        key = (row.code, row.target, row.function)
+        key = code_key(row.code, row.target, row.function)
         known = self._code_ids.get(key)
         if known is None:
             fn = function_of(row)

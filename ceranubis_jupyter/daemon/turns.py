@@ -8,17 +8,17 @@ one-argument commit started 0.2 ms later than with one (``bench_q2.py``: 3.48 ag
 3.28 ms with the second daemon deaf to commits).
 
 The daemons agree without a word between them (rendezvous hashing): each scores the
-project id against the name of every live daemon that serves it, from the ``nodes``
-table (read again every :data:`PEERS_SECONDS`, and when a daemon says it started or
-stopped), and the best score claims at once. The others claim :data:`STAGGER_SECONDS`
-later whatever is still pending: a first daemon that is busy, slow, or gone since its
-last heartbeat costs a commit that delay, never its work. A large commit loses nothing
-either: its other daemons join in after the delay.
+project id against the name of every live daemon that serves it (``queue_events.score``,
+which a small commit's hand uses too), from the ``nodes`` table (read again every
+:data:`PEERS_SECONDS`, and when a daemon says it started or stopped), and the best score
+claims at once. The others claim :data:`STAGGER_SECONDS` later whatever is still
+pending: a first daemon that is busy, slow, or gone since its last heartbeat costs a
+commit that delay, never its work. A large commit loses nothing either: its other
+daemons join in after the delay.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import threading
@@ -26,7 +26,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 
-from ..projects.queue_events import NODE_EVENT, parse_commit
+from ..projects.queue_events import NODE_EVENT, parse_commit, score
 from ..projects.queue_listen import TIMER
 from ..projects.queue_store import NODE_SILENT_SECONDS, NodeRow
 
@@ -38,13 +38,6 @@ PEERS_SECONDS = 30.0
 # Seconds the daemons whose turn it is not wait before they claim a commit: longer than
 # a woken claim takes on a loaded machine (~1-3 ms here), short against a task's start.
 STAGGER_SECONDS = 0.005
-
-
-def score(project: int, name: str) -> int:
-    """``name``'s score for ``project``: the highest claims first (the same on every
-    daemon, whatever its Python's string hashing)."""
-    digest = hashlib.blake2b(f"{project}:{name}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big")
 
 
 class Turns:
@@ -129,4 +122,4 @@ class Turns:
         return due
 
 
-__all__ = ["PEERS_SECONDS", "STAGGER_SECONDS", "Turns", "score"]
+__all__ = ["PEERS_SECONDS", "STAGGER_SECONDS", "Turns"]

@@ -236,6 +236,16 @@ class QueueClaims(StoreBase):
                 [(arg_id, project) for project, arg_id in sorted(lowest.items())],
             )
 
+    def open_lease(self, owner: str, host: str) -> int:
+        """The id of ``owner``'s lease row, made (expired, holding nothing) if it has
+        none: what a daemon's nodes row names, for commits to hand it arguments under."""
+        _, rows = self._statement(
+            "INSERT INTO queue_leases (owner, host, expires) VALUES (?, ?, 0) ON CONFLICT "
+            "(owner) DO UPDATE SET host = excluded.host RETURNING id",
+            (owner, host),
+        )
+        return int(rows[0][0])
+
     def renew_leases(self, owner: str, lease: float) -> int:
         """Extend ``owner``'s lease (every argument it holds) to ``lease`` seconds from
         now: one row, however many it holds. Returns 1, or 0 when it never claimed."""

@@ -30,14 +30,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .queue_claims import pg_claim
-from .queue_store import CHANNEL, Claimed
+from .queue_claims import PG_NOW, pg_claim
+from .queue_events import SCORE_SQL, code_key
+from .queue_store import CHANNEL, NODE_SILENT_SECONDS, Claimed
 from .records import QUEUE_CLIENT, ProjectRow, project_row
 from .store_base import PROJECT_COLUMNS, StoreBase
 
 # The most arguments a queued commit stores in one statement (as one array parameter);
 # beyond it COPY streams them cheaper than an array the server unpacks.
 AT_ONCE_ARGUMENTS = 100
+# A small commit hands its first arguments, at most this many (and no more than the
+# daemon's workers), to the live daemon whose turn the project is, in its own
+# transaction; the commit's NOTIFY carries them (queue_events.Hand), so the daemon starts
+# them without claiming: one round trip less between a commit and its task's start.
+HAND_MOST = 4
+# The largest argument (its stored bytes) a commit hands: the NOTIFY's payload carries
+# it in base64, and a payload holds at most 8,000 bytes. Larger ones are claimed.
+HAND_BYTES = 1024
+# The longest group a commit hands arguments for (its name is in the payload too).
+HAND_GROUP_BYTES = 200
 
 _NEW_COLUMNS = PROJECT_COLUMNS.removeprefix("id, ")
 # A code digest's finished results are read from each of its projects through the
@@ -46,7 +57,12 @@ _NEW_COLUMNS = PROJECT_COLUMNS.removeprefix("id, ")
 # (INDEX_PLANS). Statistics taken while the store held few projects (autovacuum's ANALYZE
 # lags bulk inserts by up to a minute) made the planner scan every stored argument
 # instead, per commit: 14-50 ms at 61,000 rows, growing with the store.
-INDEX_PLANS = "SELECT set_config('enable_seqscan', 'off', true)"
+#
+# Turning sequential scans off prices a table read whole (the commit's read of the small
+# nodes table, which no index could serve better) at 10^10: past the server's
+# jit_above_cost, so each run of the kept plan was compiled to machine code first, 1.5 s
+# a commit. These short statements never gain from that: jit is off for them.
+INDEX_PLANS = "SELECT set_config('enable_seqscan', 'off', true), set_config('jit', 'off', true)"
 # The one-statement commit also keeps one plan per connection (the statement prepared at
 # its first use): left to choose, the server planned it anew for every commit (its
 # generic plan's estimate is higher than its custom plans'), 0.5-0.9 ms each.
@@ -78,6 +94,32 @@ PG_REUSABLE = (
 # with the prefix (a scan that grows with them: 0.8 ms per commit at 300 names). More
 # probe further before that scan when other processes take the same names meanwhile.
 NAME_PROBES = 8
+
+
+# Queued projects a daemon of group {group} serves (running, served by the queue) other
+# than {project} that have pending arguments, looked for from each one's next_id (queue
+# schema 2: no index holds the pending rows; what is pending below next_id is rare and
+# found by the next ordinary claim). Read from the running projects (the
+# projects_running index) and then each one's queue row: as a join, the server merged
+# the running ones with every queue row the store ever had.
+def _others(project: str, group: str) -> str:
+    return (
+        "FROM (SELECT r.id FROM projects r WHERE r.state = 'running' AND r.client = "
+        f"%(client)s AND r.id <> {project} OFFSET 0) r CROSS JOIN LATERAL (SELECT o.project, "
+        "o.priority, o.next_id FROM queue_projects o WHERE o.project = r.id "
+        f"AND (o.node_group = '' OR o.node_group = {group})) o WHERE EXISTS (SELECT 1 "
+        "FROM arguments w WHERE w.project = o.project AND w.id >= o.next_id "
+        "AND w.state = 'pending')"
+    )
+
+
+# Of {project} (of priority %(priority)s): another project (``o``) comes first (a
+# higher priority, or as high and committed before it: a smaller id).
+def _first(project: str) -> str:
+    return f"(o.priority > %(priority)s OR (o.priority = %(priority)s AND o.project < {project}))"
+
+
+_OTHERS = _others("%(project)s", "%(group)s")
 # A queued project at once: each WITH part runs once (PostgreSQL runs data-modifying
 # parts whether or not they are read), in one transaction; the foreign keys are checked
 # at the statement's end, when the project's row is there. Without a name, it takes the
@@ -109,31 +151,36 @@ known AS (SELECT t.blob AS args, r.id FROM (SELECT DISTINCT u.blob
     CROSS JOIN LATERAL (SELECT a.id FROM arguments a WHERE a.args = t.blob
     AND a.state = 'done' AND a.result IS NOT NULL
     AND (SELECT k.code_hash FROM projects k WHERE k.id = a.project) = %(reuse)s LIMIT 1) r),
-a AS (INSERT INTO arguments (project, position, args, state, result_of)
-    SELECT p.id, t.n - 1, t.blob, CASE WHEN known.id IS NULL THEN 'pending' ELSE 'done' END,
-    known.id FROM p CROSS JOIN unnest(%(args)s::bytea[]) WITH ORDINALITY AS t(blob, n)
-    LEFT JOIN known ON known.args = t.blob RETURNING id, position, state),
+turn AS (SELECT n.lease, n.name, n.lease_seconds, LEAST(n.workers, {HAND_MOST}) AS room
+    FROM p CROSS JOIN nodes n WHERE %(hand)s::text <> '' AND n.state = 'running'
+    AND n.lease > 0 AND n.heartbeat > {PG_NOW} - {NODE_SILENT_SECONDS}
+    AND (%(group)s::text = '' OR n.node_group = %(group)s::text)
+    AND NOT EXISTS (SELECT 1 {_others("p.id", "n.node_group")} AND {_first("p.id")})
+    ORDER BY n.held >= n.workers, {SCORE_SQL.format(project="p.id", name="n.name")} DESC
+    LIMIT 1),
+a AS (INSERT INTO arguments (project, position, args, state, result_of, lease, host, attempts)
+    SELECT p.id, t.n - 1, t.blob, CASE WHEN known.id IS NOT NULL THEN 'done'
+    WHEN h.lease IS NOT NULL THEN 'running' ELSE 'pending' END, known.id,
+    CASE WHEN known.id IS NULL THEN h.lease END, CASE WHEN known.id IS NULL THEN h.name END,
+    CASE WHEN known.id IS NULL AND h.lease IS NOT NULL THEN 1 ELSE 0 END
+    FROM p CROSS JOIN unnest(%(args)s::bytea[]) WITH ORDINALITY AS t(blob, n)
+    LEFT JOIN known ON known.args = t.blob LEFT JOIN LATERAL (SELECT turn.lease, turn.name
+    FROM turn WHERE t.n <= turn.room AND length(t.blob) <= {HAND_BYTES}) h ON true
+    RETURNING id, position, state, args),
+renewed AS (UPDATE queue_leases l SET expires = GREATEST(l.expires, {PG_NOW} +
+    turn.lease_seconds) FROM turn WHERE l.id = turn.lease
+    AND EXISTS (SELECT 1 FROM a WHERE a.state = 'running')),
 q AS (INSERT INTO queue_projects (project, priority, node_group, timeout)
     SELECT p.id, %(priority)s, %(group)s, %(timeout)s FROM p)
 SELECT p.id, p.name, (SELECT array_agg(a.id ORDER BY a.position) FROM a),
     (SELECT count(*) FROM a WHERE a.state = 'done'),
-    pg_notify(%(channel)s, 'commit:' || p.id || ' ' || %(priority)s::int || ' ' || %(group)s::text)
+    pg_notify(%(channel)s, 'commit:' || p.id || ' ' || %(priority)s::int || ' '
+    || %(group)s::text || COALESCE((SELECT E'\\n' || min(turn.lease) || ' ' || (SELECT count(*)
+    FROM a WHERE a.state = 'pending') || ' ' || %(hand)s::text || string_agg(E'\\n' || a.id
+    || ' ' || translate(encode(a.args, 'base64'), E'\\n', ''), '' ORDER BY a.position)
+    FROM a CROSS JOIN turn WHERE a.state = 'running'), ''))
 FROM p"""
 
-# Queued projects a daemon of group %(group)s serves (running, served by the queue)
-# other than %(project)s that have pending arguments, looked for from each one's next_id
-# (queue schema 2: no index holds the pending rows; what is pending below next_id is
-# rare and found by the next ordinary claim). Read from the running projects (the
-# projects_running index) and then each one's queue row: as a join, the server merged
-# the running ones with every queue row the store ever had.
-_OTHERS = (
-    "FROM (SELECT p.id FROM projects p WHERE p.state = 'running' AND p.client = %(client)s "
-    "AND p.id <> %(project)s OFFSET 0) p CROSS JOIN LATERAL (SELECT q.project, q.priority, "
-    "q.next_id FROM queue_projects q WHERE q.project = p.id "
-    "AND (q.node_group = '' OR q.node_group = %(group)s)) q WHERE EXISTS (SELECT 1 "
-    "FROM arguments w WHERE w.project = q.project AND w.id >= q.next_id "
-    "AND w.state = 'pending')"
-)
 # The woken claim, statements sent together (each is planned once per connection): the
 # claim, unless the project is not this daemon's (any more) or another one comes first
 # (a higher priority, or as high and committed before it: a smaller id), each claimed
@@ -147,8 +194,7 @@ CLAIM_WOKEN = pg_claim(
     "SELECT q.next_id FROM queue_projects q JOIN projects p ON p.id = q.project "
     "WHERE q.project = %(project)s AND p.state = 'running' AND p.client = %(client)s "
     "AND (q.node_group = '' OR q.node_group = %(group)s) "
-    f"AND NOT EXISTS (SELECT 1 {_OTHERS} AND (q.priority > %(priority)s "
-    "OR (q.priority = %(priority)s AND q.project < %(project)s)))"
+    f"AND NOT EXISTS (SELECT 1 {_OTHERS} AND {_first('%(project)s')})"
 ).removesuffix(_CLAIMED) + (
     f" SELECT c.id, c.args, c.attempts, o.others FROM (SELECT EXISTS (SELECT 1 {_OTHERS}) "
     "AS others) o LEFT JOIN claimed c ON true"
@@ -166,7 +212,7 @@ CLAIM_WOKEN = pg_claim(
 # plan expects a project to have: queue_store._PG_PROJECT_SIZE.)
 CLAIM_SETTINGS = (
     "SELECT set_config('synchronous_commit', 'off', true), "
-    "set_config('enable_seqscan', 'off', true), "
+    "set_config('enable_seqscan', 'off', true), set_config('jit', 'off', true), "
     "set_config('plan_cache_mode', 'force_generic_plan', true)"
 )
 _WOKEN_ROW = (
@@ -251,6 +297,7 @@ class FastQueue(StoreBase):
             "prefix": prefix or "", "pattern": _pattern(prefix or ""), "reuse": reuse,
             "hosts": json.dumps(row.hosts), "args": list(args), "channel": CHANNEL,
             "priority": queued[0], "group": queued[1], "timeout": queued[2],
+            "hand": _hand_head(row, queued),
         }  # fmt: skip
         with self._lock:
             project, name, ids, reused, _ = self._at_once(values)
@@ -325,6 +372,16 @@ class FastQueue(StoreBase):
         return Woken(claimed, timeout, bool(rows and rows[0][3]), row)
 
 
+def _hand_head(row: ProjectRow, queued: tuple[int, str, float]) -> str:
+    """What a hand's payload says of the project besides its arguments (see
+    queue_events.Hand): its timeout, birth and code key; ``""`` (hand nothing) when
+    its group is too long for the payload."""
+    if len(queued[1].encode()) > HAND_GROUP_BYTES:
+        return ""
+    key = code_key(row.code, row.target, row.function)
+    return f"{float(queued[2])!r} {float(row.created)!r} {key}"
+
+
 def _pattern(prefix: str) -> str:
     """A LIKE pattern for names starting with ``prefix`` (escape character ``\\``)."""
     return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
@@ -336,6 +393,8 @@ __all__ = [
     "CLAIM_SETTINGS",
     "CLAIM_WOKEN",
     "DURABLE_AFTER",
+    "HAND_BYTES",
+    "HAND_MOST",
     "INDEX_PLANS",
     "INSERT_AT_ONCE",
     "PG_REUSABLE",

@@ -118,7 +118,7 @@ SQLITE_QUEUE = QueueDialect(
 
 _NODE_COLUMNS = (
     "name, host, pid, workers, node_group, load, version, protocol, claimed, held, done, "
-    "dropped, started, heartbeat, state"
+    "dropped, started, heartbeat, state, lease, lease_seconds"
 )
 
 
@@ -139,7 +139,8 @@ def _queue_tables(double: str, serial: str) -> tuple[str, ...]:
             workers INTEGER NOT NULL, node_group TEXT NOT NULL, load {double} NOT NULL,
             version TEXT NOT NULL, protocol INTEGER NOT NULL, claimed BIGINT NOT NULL,
             held INTEGER NOT NULL, done BIGINT NOT NULL, dropped BIGINT NOT NULL,
-            started {double} NOT NULL, heartbeat {double} NOT NULL, state TEXT NOT NULL)""",
+            started {double} NOT NULL, heartbeat {double} NOT NULL, state TEXT NOT NULL,
+            lease BIGINT NOT NULL DEFAULT 0, lease_seconds {double} NOT NULL DEFAULT 0)""",
         f"""CREATE TABLE IF NOT EXISTS queue_leases (
             id {serial}, owner TEXT NOT NULL UNIQUE, host TEXT NOT NULL,
             expires {double} NOT NULL)""",
@@ -185,6 +186,14 @@ _CLAIM_COLUMNS = {
     "rewound": "ALTER TABLE queue_projects ADD COLUMN rewound DOUBLE PRECISION NOT NULL DEFAULT 0",
 }
 
+# Stores made before commits handed arguments (earlier schema 4 ones): the lease a node
+# row names, and how long it lasts.
+_NODE_COLUMNS_ADDED = {
+    "lease": "ALTER TABLE nodes ADD COLUMN lease BIGINT NOT NULL DEFAULT 0",
+    "lease_seconds": "ALTER TABLE nodes ADD COLUMN lease_seconds DOUBLE PRECISION NOT NULL "
+    "DEFAULT 0",
+}
+
 
 @dataclass(frozen=True)
 class QueuedProject:
@@ -214,6 +223,8 @@ class NodeRow:
     started: float
     heartbeat: float
     state: str
+    lease: int = 0  # its lease row's id, which commits hand arguments under (0: none)
+    lease_seconds: float = 0.0  # how long its lease lasts unrenewed
 
 
 class QueueStore(QueueClaims):
@@ -239,10 +250,14 @@ class QueueStore(QueueClaims):
             if "lease_owner" in columns:  # a schema 2 store: its leases, as rows
                 for statement in _LEASES_FROM_SCHEMA_2:
                     cursor.execute(statement)
-            present = self._columns(cursor, "queue_projects")
-            for column, statement in _CLAIM_COLUMNS.items():
-                if column not in present:
-                    cursor.execute(statement)
+            for table, added in (
+                ("queue_projects", _CLAIM_COLUMNS),
+                ("nodes", _NODE_COLUMNS_ADDED),
+            ):
+                present = self._columns(cursor, table)
+                for column, statement in added.items():
+                    if column not in present:
+                        cursor.execute(statement)
             for statement in (*dialect.arguments_storage, *_QUEUE_INDEXES, *dialect.queue_only):
                 cursor.execute(statement)
             cursor.execute(
@@ -441,9 +456,10 @@ class QueueStore(QueueClaims):
 
     def beat(self, node: NodeRow) -> None:
         """Insert or update a node's heartbeat row (its time is the database's)."""
-        values = [getattr(node, f) for f in NodeRow.__dataclass_fields__]
-        beat = len(values) - 2  # the heartbeat: the database's clock, below
-        marks = ", ".join("?" * beat) + f", {self._queue.now}, ?"
+        fields = list(NodeRow.__dataclass_fields__)
+        values = [getattr(node, f) for f in fields]
+        beat = fields.index("heartbeat")  # the database's clock, below
+        marks = ", ".join(["?"] * beat + [self._queue.now] + ["?"] * (len(values) - beat - 1))
         updates = ", ".join(
             f"{column} = excluded.{column}" for column in _NODE_COLUMNS.split(", ")[1:]
         )
