@@ -173,3 +173,30 @@ def test_a_daemon_with_hands_off_is_handed_nothing_and_claims(
     assert Project.load(int(project.id), pg_url).wait(PROJECT_SECONDS), daemons.logs()
     assert project.results() == [((3,), 9), ((4,), 16)]
     assert _next_id(pg_url, int(project.id)) > 0  # claimed
+
+
+def test_a_daemon_whose_listener_reconnected_starts_what_it_was_handed_meanwhile(
+    pg_url: str, store: Store, daemons: Daemons
+) -> None:
+    # A lease no test outlives: only hearing that its listener was cut makes it look.
+    daemon = daemons.start(pg_url, "orphans", lease=3600.0, extra=("--poll", NEVER))
+    daemons.wait_serving(pg_url, daemon.name)
+    lease = next(row.lease for row in store.nodes() if row.name == daemon.name)
+    # Handed while its listener was away: stored under its lease, the NOTIFY lost.
+    project = commit_project(CODE, "square", [(6,)], store=pg_url, queue=True, group="away")
+    with psycopg.connect(pg_url, autocommit=True) as connection:
+        connection.execute(
+            "UPDATE queue_projects SET node_group = '' WHERE project = %s", (int(project.id),)
+        )
+        connection.execute(
+            "UPDATE arguments SET state = 'running', lease = %s, host = %s, attempts = 1 "
+            "WHERE project = %s",
+            (lease, daemon.name, int(project.id)),
+        )
+        cut = connection.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'LISTEN %'"
+        ).fetchall()
+    assert cut == [(True,)]
+    assert project.wait(PROJECT_SECONDS), daemons.logs()
+    assert project.results() == [((6,), 36)]
+    assert _arguments(pg_url, int(project.id))[0][4:] == (daemon.name, 1)  # not claimed again

@@ -35,6 +35,8 @@ class Hearing:
     _stopping: threading.Event
     _cancel_asked: threading.Event
     _hands: deque[Hand]
+    _orphans_asked: bool
+    _adopted: set[int]
     _woken: deque[tuple[int, int]]
     _turns: Turns
     _look_at: float
@@ -62,6 +64,8 @@ class Hearing:
                 self._wake.set()
             return
         self._look_at = 0.0  # (a busy node looks once it has room)
+        if heard[0][0] < 0:  # (re)connected: a hand sent meanwhile was not heard
+            self._orphans_asked = True
         self._woken.extend(heard)
         if heard[0][0] < 0 or not self._cycle_here():  # -1: the listener (re)connected
             self._wake.set()
@@ -93,7 +97,10 @@ class Hearing:
         are stored as claimed under its lease, which it renews from its next cycle."""
         while self._hands:
             hand = self._hands.popleft()
-            claimed = [Claimed(arg_id, hand.project, blob, 1) for arg_id, blob in hand.args]
+            claimed = [Claimed(arg_id, hand.project, blob, 1)
+                       for arg_id, blob in hand.args if arg_id not in self._adopted]  # fmt: skip
+            if not claimed:
+                continue
             self.claimed += len(claimed)
             self._timers["renew"] = 0.0
             if not hand.pending:

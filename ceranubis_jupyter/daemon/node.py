@@ -36,7 +36,7 @@ from ..errors import StoreError
 from ..projects.queue_events import Hand, node_payload
 from ..projects.queue_fast import FastQueue
 from ..projects.queue_listen import Listener
-from ..projects.queue_store import PROGRESS_CHANNEL, QUEUE_SCHEMA, NodeRow
+from ..projects.queue_store import PROGRESS_CHANNEL, QUEUE_SCHEMA, Claimed, NodeRow
 from ..projects.rows import final_state
 from ..projects.store import Store
 from ..projects.stores import is_postgres_url, open_store
@@ -134,6 +134,8 @@ class QueueNode(Hearing):
         self._hands: deque[Hand] = deque()
         self._handed_to = pg and FastPaths.from_env().queue_hands
         self.lease_id = 0  # its lease row's id, once made
+        self._orphans_asked = False  # the listener (re)connected: look for lost hands
+        self._adopted: set[int] = set()  # arguments the last such look found
         self.claimed = self.dropped = 0
         self.started = time.time()
         self._timers = dict.fromkeys(("renew", "beat", "expire", "cancel", "write"), 0.0)
@@ -210,6 +212,8 @@ class QueueNode(Hearing):
             self._stop_cancelled()
             self._timers["cancel"] = now + CANCEL_POLL_SECONDS
         self._timed_work(now, claim)
+        if self._orphans_asked and claim and self._holds_nothing():
+            self._adopt()
         # Heard events are taken one by one: one heard meanwhile stays for the next cycle.
         woken = [self._woken.popleft() for _ in range(len(self._woken))]
         wants = self.held.size <= self.capacity // 2 and (woken or now >= self._look_at)
@@ -385,6 +389,29 @@ class QueueNode(Hearing):
             self.claimed += len(got.claimed)
             self._runner().run(project, got.timeout, got.claimed, got.row)
         return None if got.others else bool(got.claimed)
+
+    def _holds_nothing(self) -> bool:
+        held = self.held
+        return not (held.tasks or held.unwritten() or held.again or held.alone or self._hands)
+
+    def _adopt(self) -> None:
+        """After its listener (re)connected, once it holds nothing: start what commits
+        handed it while it could not hear them (stored under its lease; with nothing
+        held, every such argument is one)."""
+        self._orphans_asked = False
+        if not self.lease_id:
+            return
+        found = self.store.leased_to(self.lease_id)
+        self._adopted = {claim.arg_id for claim, _ in found}  # their hands may come yet
+        by_project: dict[tuple[int, float], list[Claimed]] = {}
+        for claim, timeout in found:
+            by_project.setdefault((claim.project, timeout), []).append(claim)
+        for (project, timeout), claims in by_project.items():
+            log.info("node %s: starts %d arguments of project %d handed to it unheard",
+                     self.name, len(claims), project)  # fmt: skip
+            self.claimed += len(claims)
+            self._exhausted.add(project)  # settled once written, if nothing is left
+            self._runner().run(project, timeout, claims)
 
     # ------------------------------------------------------------------ stopping
 

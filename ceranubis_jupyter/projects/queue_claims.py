@@ -246,6 +246,18 @@ class QueueClaims(StoreBase):
         )
         return int(rows[0][0])
 
+    def leased_to(self, lease: int) -> list[tuple[Claimed, float]]:
+        """The arguments of running projects held under lease ``lease`` (its id), each
+        with its project's per-task timeout: what a daemon that could not hear its
+        events was handed meanwhile, among what it runs."""
+        rows = self._read(
+            "SELECT a.id, a.project, a.args, a.attempts, q.timeout FROM queue_projects q "
+            "JOIN projects p ON p.id = q.project JOIN arguments a ON a.project = q.project "
+            "WHERE p.state = 'running' AND a.lease = ? AND a.state = 'running' ORDER BY a.id",
+            (lease,),
+        )
+        return [(Claimed(int(i), int(p), bytes(b), int(n)), float(t)) for i, p, b, n, t in rows]
+
     def renew_leases(self, owner: str, lease: float) -> int:
         """Extend ``owner``'s lease (every argument it holds) to ``lease`` seconds from
         now: one row, however many it holds. Returns 1, or 0 when it never claimed."""
