@@ -15,6 +15,7 @@ import pytest
 
 from ceranubis_jupyter import Project, commit_project
 from ceranubis_jupyter.cluster.fastpaths import FAST_PATHS_OFF_ENV
+from ceranubis_jupyter.errors import StoreError
 from ceranubis_jupyter.projects.queue_events import Hand, code_key, parse_hand
 from ceranubis_jupyter.projects.queue_fast import HAND_BYTES
 from ceranubis_jupyter.projects.queue_store import CHANNEL, QUEUE_SCHEMA, NodeRow
@@ -200,3 +201,15 @@ def test_a_daemon_whose_listener_reconnected_starts_what_it_was_handed_meanwhile
     assert project.wait(PROJECT_SECONDS), daemons.logs()
     assert project.results() == [((6,), 36)]
     assert _arguments(pg_url, int(project.id))[0][4:] == (daemon.name, 1)  # not claimed again
+
+
+def test_a_store_whose_nodes_name_no_leases_is_refused_until_upgraded(
+    pg_url: str, store: Store
+) -> None:
+    with psycopg.connect(pg_url, autocommit=True) as connection:  # as made before hands
+        connection.execute("ALTER TABLE nodes DROP COLUMN lease, DROP COLUMN lease_seconds")
+    with pytest.raises(StoreError, match="upgrade the store with `ceranubis node"):
+        store.check_queue()
+    store.init_queue()
+    store.check_queue()
+    assert _node(store, "upgraded") > 0

@@ -303,12 +303,21 @@ class QueueStore(QueueClaims):
                 f"{QUEUE_SCHEMA}: upgrade ceranubis_jupyter on this host "
                 "(pip install -U 'ceranubis_jupyter[postgres]')"
             )
-        if found < QUEUE_SCHEMA:
+        if found < QUEUE_SCHEMA or not self._nodes_name_leases():
             raise StoreError(
                 f"the store {self.url} has queue schema {found}, older than this package's "
                 f"{QUEUE_SCHEMA}: upgrade the store with `{INIT_ADVICE}` (its owner), after "
                 "upgrading ceranubis_jupyter on the clients"
             )
+
+    def _nodes_name_leases(self) -> bool:
+        """Whether the nodes table has its lease columns (schema 4 stores made before
+        commits handed arguments lack them)."""
+        try:
+            self._read(f"SELECT {', '.join(_NODE_COLUMNS_ADDED)} FROM nodes LIMIT 0")
+        except StoreError:
+            return False
+        return True
 
     def prepare_schema(self, create: bool) -> None:
         """At open: create (or upgrade) the project tables, or with ``create`` false
