@@ -436,12 +436,12 @@ class QueueNode(Hearing):
             self._wake.clear()
             self._cycle(claim=False)
             self._wake.wait(WRITE_SECONDS)
+        if self._listener is not None:
+            self._listener.stop()  # no hand arrives after this: those left are given back
         left = list(self.held.tasks)
         if left and self.executor is not None:
             self.held.releases += [h.arg_id for h in self.held.drop(left)]
             self.executor.scheduler.cancel_threadsafe(left)
-        if self._listener is not None:
-            self._listener.stop()  # no hand arrives after this: those left are given back
         self.held.collect()
         self.held.releases += self.held.take_reruns()
         self.held.releases += [arg_id for hand in self._hands for arg_id, _ in hand.args]
