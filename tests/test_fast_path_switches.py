@@ -70,7 +70,7 @@ def test_switches_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv(FAST_PATHS_OFF_ENV, "cut_through, direct_writes")
     assert FastPaths.from_env() == FastPaths(direct_writes=False, cut_through=False)
     monkeypatch.setenv(FAST_PATHS_OFF_ENV, "all")
-    assert FastPaths.from_env() == FastPaths(False, False, False, False, False)
+    assert FastPaths.from_env() == FastPaths(False, False, False, False, False, False)
     monkeypatch.setenv(FAST_PATHS_OFF_ENV, "warp_drive")
     with pytest.raises(ConfigError, match="unknown fast paths warp_drive"):
         FastPaths.from_env()

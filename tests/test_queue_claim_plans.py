@@ -1,7 +1,7 @@
 """The plan a daemon's connection keeps for its woken claim stays an index lookup once the
 store holds a large finished project and its statistics say so (an ANALYZE after it):
 "one project" no longer reads as half the arguments table, and no table is scanned
-whole (``queue_store._PG_PROJECT_SIZE``, ``queue_fast.CLAIM_SETTINGS``)."""
+whole (``queue_schema._PG_PROJECT_SIZE``, ``queue_fast.CLAIM_SETTINGS``)."""
 
 from __future__ import annotations
 

@@ -220,7 +220,7 @@ CLAIM_WOKEN = pg_claim(
 # sequential scans off, as the commit's (AT_ONCE_PLANS): statistics taken while the
 # store held a project or two made the plan scan every project row once per queued
 # project, growing with each commit until the next ANALYZE. (How many arguments the
-# plan expects a project to have: queue_store._PG_PROJECT_SIZE.)
+# plan expects a project to have: queue_schema._PG_PROJECT_SIZE.)
 CLAIM_SETTINGS = (
     "SELECT set_config('synchronous_commit', 'off', true), "
     "set_config('enable_seqscan', 'off', true), set_config('jit', 'off', true), "

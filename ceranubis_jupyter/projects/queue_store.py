@@ -27,8 +27,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import StoreError
-from .queue_claims import PG_NOW, Claimed, QueueClaims, QueueDialect
+from .queue_claims import Claimed, QueueClaims, QueueDialect
 from .queue_events import commit_payload
+from .queue_schema import (
+    ARGUMENTS_FILLFACTOR,
+    CLAIM_COLUMNS,
+    LEASES_FROM_SCHEMA_2,
+    NODE_COLUMNS,
+    NODE_COLUMNS_ADDED,
+    PG_QUEUE,
+    QUEUE_ATTEMPTS,
+    QUEUE_INDEXES,
+    SQLITE_QUEUE,
+    queue_tables,
+)
 from .records import QUEUE_CLIENT
 
 # The queue schema's version: a daemon refuses a store of another (bump it when the queue
@@ -46,153 +58,8 @@ PROGRESS_CHANNEL = "ceranubis_progress"
 # gone): three idle heartbeats (the daemon's IDLE_BEAT_SECONDS), so a loaded host's late
 # beat is not taken for a lost node.
 NODE_SILENT_SECONDS = 90.0
-# Attempts an argument gets (claims whose lease ran out count) before it fails.
-QUEUE_ATTEMPTS = 3
 # The init command the messages point at.
 INIT_ADVICE = "ceranubis node --store URL --init"
-
-
-# Percent of each arguments page a COPY fills, the rest kept for the updated version of
-# its rows: an outcome's UPDATE (and a queue claim's) then stays on the page, a HOT
-# update that writes no index entry (measured, batches of 2,000: the outcome's server CPU
-# per row 14-15 us at 100, 10-11.5 at 60, 6.5-10.5 at 50). Lower makes more updates HOT;
-# a freshly committed project's pages take 100/N times the space until its outcomes
-# fill them.
-ARGUMENTS_FILLFACTOR = 50
-# The arguments table's storage, also for stores made before it (run when the project
-# tables are created or upgraded, and by init_queue): the fillfactor, and no foreign key
-# to projects (its check is one query per inserted row, ~10 us of server CPU
-# per argument of a commit; the store's own code is the only writer, inserts a project's
-# arguments in the transaction that inserts the project, and deletes them before it).
-_PG_ARGUMENTS_STORAGE = (
-    f"ALTER TABLE arguments SET (fillfactor = {ARGUMENTS_FILLFACTOR})",
-    "ALTER TABLE arguments DROP CONSTRAINT IF EXISTS arguments_project_fkey",
-)
-# Arguments by their bytes, in a queue store on PostgreSQL: a small queued commit finds
-# the stored results it can take in a lookup per argument, however many projects the
-# function already has (queue_fast.INSERT_AT_ONCE); without it, it read every argument
-# of each of them. A hash index holds a 4-byte code per row whatever the arguments'
-# size; it costs ~1 us of server CPU per stored argument (W1 as a project: 0.71 of
-# `map` with it, 0.76 without, in one A/B run), so only queue stores have it.
-_PG_REUSE_INDEX = "CREATE INDEX IF NOT EXISTS arguments_args ON arguments USING hash (args)"
-# The planner's guess of how many arguments one project has, for the plans a connection
-# keeps (generic: made before the project id is known): about 20 (n_distinct -0.05,
-# distinct projects = 5 % of the rows). Left to ANALYZE, a store with a few large
-# projects gets n_distinct 2 or 3, "one project" reads as half the table, and a woken
-# claim of a 1-argument project walked the primary key through every stored argument
-# from its next id, three times (each other project's pending check too): 2.4 ms a
-# claim at 20,000 stored arguments, growing with them. A plan of a known large project
-# still follows its own statistics.
-_PG_PROJECT_SIZE = "ALTER TABLE arguments ALTER COLUMN project SET (n_distinct = -0.05)"
-
-PG_QUEUE = QueueDialect(
-    now=PG_NOW,
-    skip_locked=" FOR UPDATE SKIP LOCKED",
-    double="DOUBLE PRECISION",
-    serial="BIGSERIAL PRIMARY KEY",
-    lease_columns=("ALTER TABLE arguments ADD COLUMN IF NOT EXISTS lease BIGINT",),
-    notify="SELECT pg_notify(?, ?)",
-    schema_lock="SELECT pg_advisory_xact_lock(1667592801)",  # store_pg's key, as a number
-    autocommits=True,
-    greatest="GREATEST",
-    least="LEAST",
-    arguments_storage=_PG_ARGUMENTS_STORAGE,
-    row_lock="SELECT 1 FROM queue_projects WHERE project = ? FOR NO KEY UPDATE",
-    queue_only=(_PG_REUSE_INDEX, _PG_PROJECT_SIZE),
-)
-SQLITE_QUEUE = QueueDialect(
-    now="((julianday('now') - 2440587.5) * 86400.0)",
-    skip_locked="",
-    double="REAL",
-    serial="INTEGER PRIMARY KEY AUTOINCREMENT",
-    lease_columns=("ALTER TABLE arguments ADD COLUMN lease INTEGER",),
-    notify=None,
-    schema_lock=None,
-    autocommits=False,  # the store's SQLite connection is not in autocommit mode
-    greatest="MAX",
-    least="MIN",
-    arguments_storage=(),
-    row_lock=None,
-    queue_only=(),
-)
-
-_NODE_COLUMNS = (
-    "name, host, pid, workers, node_group, load, version, protocol, claimed, held, done, "
-    "dropped, started, heartbeat, state, lease, lease_seconds"
-)
-
-
-def _queue_tables(double: str, serial: str) -> tuple[str, ...]:
-    return (
-        "CREATE TABLE IF NOT EXISTS ceranubis_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-        f"""CREATE TABLE IF NOT EXISTS queue_projects (
-            project BIGINT PRIMARY KEY REFERENCES projects(id) ON DELETE CASCADE,
-            priority INTEGER NOT NULL DEFAULT 0,
-            node_group TEXT NOT NULL DEFAULT '',
-            timeout {double} NOT NULL DEFAULT 0,
-            max_attempts INTEGER NOT NULL DEFAULT {QUEUE_ATTEMPTS},
-            next_id BIGINT NOT NULL DEFAULT 0,
-            lowered BIGINT NOT NULL DEFAULT 0,
-            rewound {double} NOT NULL DEFAULT 0)""",
-        f"""CREATE TABLE IF NOT EXISTS nodes (
-            name TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL,
-            workers INTEGER NOT NULL, node_group TEXT NOT NULL, load {double} NOT NULL,
-            version TEXT NOT NULL, protocol INTEGER NOT NULL, claimed BIGINT NOT NULL,
-            held INTEGER NOT NULL, done BIGINT NOT NULL, dropped BIGINT NOT NULL,
-            started {double} NOT NULL, heartbeat {double} NOT NULL, state TEXT NOT NULL,
-            lease BIGINT NOT NULL DEFAULT 0, lease_seconds {double} NOT NULL DEFAULT 0)""",
-        f"""CREATE TABLE IF NOT EXISTS queue_leases (
-            id {serial}, owner TEXT NOT NULL UNIQUE, host TEXT NOT NULL,
-            expires {double} NOT NULL)""",
-    )
-
-
-# Arguments per project in claim order. No index names (in its key or a predicate) a
-# column that a claim, a renewal or an outcome changes, so on PostgreSQL those updates
-# are HOT: the new row version stays on its page and no index gets an entry (schema 1's
-# partial indexes on ``state`` made each of them write into every index). A claim finds
-# its rows from the project's ``next_id`` instead of an index of pending rows.
-_QUEUE_INDEXES = (
-    "DROP INDEX IF EXISTS arguments_queue",
-    "DROP INDEX IF EXISTS arguments_leases",
-    "CREATE INDEX IF NOT EXISTS arguments_claim ON arguments (project, id)",
-    # Stores made before it: (project) alone, which arguments_claim covers; one index
-    # entry less per inserted argument.
-    "DROP INDEX IF EXISTS arguments_project",
-    # The running projects, the few among all those ever committed: the looks for work
-    # and each woken claim start from them (a project's state changes twice in its life,
-    # its heartbeat's updates stay HOT). Without it they read every queued project the
-    # store ever had: a woken claim took 2.1 ms instead of 1.2 at 1,500 finished ones.
-    "CREATE INDEX IF NOT EXISTS projects_running ON projects (id) WHERE state = 'running'",
-)
-# Schema 2 stores (an owner and an expiry on each argument): a lease row per owner that
-# holds arguments, named by them (run by init_queue; stop the daemons of schema 2 first).
-_LEASES_FROM_SCHEMA_2 = (
-    "INSERT INTO queue_leases (owner, host, expires) SELECT lease_owner, "
-    "COALESCE(MAX(host), ''), COALESCE(MAX(lease_expires), 0) FROM arguments WHERE state = "
-    "'running' AND lease_owner IS NOT NULL AND lease IS NULL GROUP BY lease_owner "
-    "ON CONFLICT (owner) DO NOTHING",
-    "UPDATE arguments SET lease = (SELECT l.id FROM queue_leases l WHERE l.owner = "
-    "arguments.lease_owner) WHERE state = 'running' AND lease_owner IS NOT NULL AND lease "
-    "IS NULL",
-)
-# Schema 1 stores: the claim's starting point (0: from the first argument), and how many
-# times it was moved back (a claim moves it forward only if that did not change since
-# the claim read it, so it never undoes a move back it did not see).
-_CLAIM_COLUMNS = {
-    "next_id": "ALTER TABLE queue_projects ADD COLUMN next_id BIGINT NOT NULL DEFAULT 0",
-    "lowered": "ALTER TABLE queue_projects ADD COLUMN lowered BIGINT NOT NULL DEFAULT 0",
-    # Schema 2 stores: when a node last looked below next_id (queue schema 3).
-    "rewound": "ALTER TABLE queue_projects ADD COLUMN rewound DOUBLE PRECISION NOT NULL DEFAULT 0",
-}
-
-# Stores made before commits handed arguments (earlier schema 4 ones): the lease a node
-# row names, and how long it lasts.
-_NODE_COLUMNS_ADDED = {
-    "lease": "ALTER TABLE nodes ADD COLUMN lease BIGINT NOT NULL DEFAULT 0",
-    "lease_seconds": "ALTER TABLE nodes ADD COLUMN lease_seconds DOUBLE PRECISION NOT NULL "
-    "DEFAULT 0",
-}
 
 
 @dataclass(frozen=True)
@@ -241,24 +108,24 @@ class QueueStore(QueueClaims):
         with self._transaction() as cursor:
             if dialect.schema_lock is not None:
                 cursor.execute(dialect.schema_lock)
-            for statement in _queue_tables(dialect.double, dialect.serial):
+            for statement in queue_tables(dialect.double, dialect.serial):
                 cursor.execute(statement)
             columns = self._columns(cursor, "arguments")
             if "lease" not in columns:
                 for statement in dialect.lease_columns:
                     cursor.execute(statement)
             if "lease_owner" in columns:  # a schema 2 store: its leases, as rows
-                for statement in _LEASES_FROM_SCHEMA_2:
+                for statement in LEASES_FROM_SCHEMA_2:
                     cursor.execute(statement)
             for table, added in (
-                ("queue_projects", _CLAIM_COLUMNS),
-                ("nodes", _NODE_COLUMNS_ADDED),
+                ("queue_projects", CLAIM_COLUMNS),
+                ("nodes", NODE_COLUMNS_ADDED),
             ):
                 present = self._columns(cursor, table)
                 for column, statement in added.items():
                     if column not in present:
                         cursor.execute(statement)
-            for statement in (*dialect.arguments_storage, *_QUEUE_INDEXES, *dialect.queue_only):
+            for statement in (*dialect.arguments_storage, *QUEUE_INDEXES, *dialect.queue_only):
                 cursor.execute(statement)
             cursor.execute(
                 self._sql(
@@ -314,7 +181,7 @@ class QueueStore(QueueClaims):
         """Whether the nodes table has its lease columns (schema 4 stores made before
         commits handed arguments lack them)."""
         try:
-            self._read(f"SELECT {', '.join(_NODE_COLUMNS_ADDED)} FROM nodes LIMIT 0")
+            self._read(f"SELECT {', '.join(NODE_COLUMNS_ADDED)} FROM nodes LIMIT 0")
         except StoreError:
             return False
         return True
@@ -470,10 +337,10 @@ class QueueStore(QueueClaims):
         beat = fields.index("heartbeat")  # the database's clock, below
         marks = ", ".join(["?"] * beat + [self._queue.now] + ["?"] * (len(values) - beat - 1))
         updates = ", ".join(
-            f"{column} = excluded.{column}" for column in _NODE_COLUMNS.split(", ")[1:]
+            f"{column} = excluded.{column}" for column in NODE_COLUMNS.split(", ")[1:]
         )
         self._statement(
-            f"INSERT INTO nodes ({_NODE_COLUMNS}) VALUES ({marks}) "
+            f"INSERT INTO nodes ({NODE_COLUMNS}) VALUES ({marks}) "
             f"ON CONFLICT (name) DO UPDATE SET {updates}",
             values[:beat] + values[beat + 1 :],
         )
@@ -481,7 +348,7 @@ class QueueStore(QueueClaims):
     def nodes(self) -> list[NodeRow]:
         """Every node that ever beat here, by name; ``heartbeat`` as the database's
         clock had it (compare with :meth:`database_time`)."""
-        rows = self._read(f"SELECT {_NODE_COLUMNS} FROM nodes ORDER BY name")
+        rows = self._read(f"SELECT {NODE_COLUMNS} FROM nodes ORDER BY name")
         return [NodeRow(*row) for row in rows]
 
     def database_time(self) -> float:
