@@ -54,6 +54,11 @@ class TaskFuture(Future[Any]):
     executor, it makes that task wait for it and pass its result instead.
     """
 
+    # Set by the executor that made it: its token (see ``NodeExecutor.task_id_of``), and
+    # the id of the task behind it.
+    owner: object = None
+    task_id: int = 0
+
     def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
         collected: dict[TaskFuture, int] | None = getattr(_collecting, "inputs", None)
         if collected is None:

@@ -156,7 +156,7 @@ class NodeExecutor(Travel, Executor):
         self._wrapped = WrappedIds(self.register_function)
         # Each submit() future's task id, for cancel() and task_id_of(). Weak keys: the
         # values are ints, so a dropped future takes nothing of its task with it.
-        self._task_ids: weakref.WeakKeyDictionary[Future[Any], int] = weakref.WeakKeyDictionary()
+        self._token = object()  # marks the futures this executor made (TaskFuture.owner)
         self._lock = threading.Lock()
         self._shutdown = False
         _live_executors.add(self)
@@ -280,10 +280,9 @@ class NodeExecutor(Travel, Executor):
         It is the ``task_id`` of the task's errors, of the records scheduler listeners
         get and of :meth:`Scheduler.in_flight_threadsafe`; ``None`` for any other future.
         """
-        try:
-            return self._task_ids.get(future)
-        except TypeError:  # not weakly referable, so not one of ours
-            return None
+        if isinstance(future, TaskFuture) and future.owner is self._token:
+            return future.task_id
+        return None
 
     @property
     def closed(self) -> bool:
@@ -305,9 +304,9 @@ class NodeExecutor(Travel, Executor):
         self, options: TaskOptions, fn: Callable[..., Any], kind: int, arguments: Any
     ) -> Future[Any]:
         fn_id = self._check_submit(fn)
-        future: Future[Any] = TaskFuture()
+        future = TaskFuture()
         record = self._record(options, fn, fn_id, kind, arguments, future)
-        self._task_ids[future] = record.task_id
+        future.owner, future.task_id = self._token, record.task_id
         if not future.done():  # else its arguments would not pickle
             self._scheduler.submit_threadsafe(record)
         return future
@@ -348,7 +347,8 @@ class NodeExecutor(Travel, Executor):
             outcome.set_exception(failure)
             return record
         record.codec, record.payload = codec, payload
-        record.buffers = tuple(buffer.raw() for buffer in buffers)
+        if buffers:  # (most calls have none: no generator to make)
+            record.buffers = tuple(buffer.raw() for buffer in buffers)
         too_large = self._too_large(record)
         if too_large is not None:
             outcome.set_exception(too_large)
@@ -356,7 +356,9 @@ class NodeExecutor(Travel, Executor):
 
     def _too_large(self, record: TaskRecord) -> TaskTooLarge | None:
         """Why a task cannot travel in one frame, or ``None`` when it fits."""
-        size = len(record.payload) + sum(memoryview(b).nbytes for b in record.buffers)
+        size = len(record.payload)
+        if record.buffers:
+            size += sum(memoryview(b).nbytes for b in record.buffers)
         cap = self._scheduler.max_data_frame
         if size + FRAME_OVERHEAD <= cap:
             return None

@@ -99,7 +99,8 @@ class Scheduler:
         self.host_errors: dict[str, HostError] = {}
         self._wakeup_pending = False
         self._ids = itertools.count(1)
-        self._idle = threading.Condition()
+        self._idle_lock = threading.Lock()  # counts: a Condition's ``with`` is Python code
+        self._idle = threading.Condition(self._idle_lock)
         self.dependencies = Dependencies(self)  # tasks given futures as arguments
         self.loop_thread.call_threadsafe(self._start_links)
 
@@ -143,7 +144,7 @@ class Scheduler:
         """
         if self.broken is not None:
             raise BrokenCeranubisExecutor(str(self.broken)) from self.broken
-        with self._idle:
+        with self._idle_lock:
             self.outstanding += count
             return self.outstanding == count
 
@@ -456,7 +457,7 @@ class Scheduler:
         if self.dependencies.held:
             self.dependencies.finished(record)
         self.listeners.tell(record)
-        with self._idle:
+        with self._idle_lock:
             self.outstanding -= 1
             if self.outstanding == 0:
                 self._idle.notify_all()
