@@ -11,6 +11,11 @@ takes SIGTERM and SIGINT) runs :meth:`QueueNode.serve`'s cycle:
 4. claim more when few are left (a batch sized to the free places), by priority;
 5. sleep until a task finishes, a ``NOTIFY`` arrives, or the next timer.
 
+A small commit may hand its first arguments to this daemon in its ``NOTIFY`` (stored
+under the daemon's lease, which its ``nodes`` row names): the listener's thread starts
+them at once, without a claim (:mod:`.hearing`); after the listener reconnected, the
+cycle starts any it was handed unheard, once it holds nothing.
+
 A store error in any step keeps what is unwritten and retries after a bounded backoff
 (PostgreSQL restarted: the connection is made again). On stop it claims nothing more,
 lets what runs finish for ``drain`` seconds, writes, releases the rest, and returns 0.

@@ -10,7 +10,8 @@ the client, so the latency from a commit to its task starting is mostly round tr
   autocommitted statement: one transaction, as before); under a default name the
   statement also picks the free name and the stored results the arguments take. Before:
   a name lookup, a reuse lookup, BEGIN, INSERT, COPY, an id check, INSERT, NOTIFY and
-  COMMIT;
+  COMMIT. The statement also hands the project's first arguments to one live daemon (its
+  ``NOTIFY`` carries them: ``queue_events.Hand``), which then starts them unclaimed;
 - :meth:`FastQueue.claim_woken`: a daemon that heard ``commit:<id> <priority> <group>``
   claims that project, and reads its function when it does not have it yet, in one
   round trip (a pipeline of plain statements) instead of a look for queued
