@@ -12,6 +12,10 @@ beside the bare asyncssh echo's measured right after it in the same child, and r
 ratio ours/echo per tree (the issue-18 target: at most 1.3), with the client's CPU per round
 trip; and the same through the ``ssh`` binary (``CERANUBIS_SSH_CLIENT=openssh``) where the
 tree has it, with W1 per item for both (the ``w*_openssh`` figures).
+
+``--ssh-w2`` measures W2 alone over a loopback sshd, each tree's beside execnet's over
+ssh in the same child, and reports the ratio ours/execnet per tree (the issue-18 target:
+at least 2).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -58,6 +63,9 @@ HIGHER_IS_BETTER = {
     "w3_openssh_per_echo": False,
     "w3_openssh_client_cpu_us": False,
     "w1_openssh_per_s": True,
+    "w2_ssh_per_s": True,
+    "w2_execnet_per_s": True,
+    "w2_ssh_per_execnet": True,
 }
 # The ssh-binary figures of the new tree, each against the old tree's asyncssh figure.
 OPENSSH_VERSUS = {
@@ -131,6 +139,36 @@ def measure_ssh_w3() -> dict[str, float]:
         figures[f"w1_{kind}_per_s"] = w.w1_map(executors[kind], inc)
         executors[kind].shutdown(wait=True)
     return figures
+
+
+def measure_ssh_w2() -> dict[str, float]:
+    """W2 over the loopback sshd that the parent started (its ``HOME`` names it), ours
+    and execnet's over ssh, three times each, interleaved."""
+    sys.path.insert(0, str(HERE))
+    import ssh_bench
+    import workloads as w
+    from execnet_peer import ExecnetExecutor
+
+    from ceranubis_jupyter import CeranubisExecutor
+    from ceranubis_jupyter.cluster.hosts import Host
+
+    config = str(Path(os.environ["HOME"]) / ".ssh" / "config")
+    ours = CeranubisExecutor([Host(ssh_bench.ALIAS, python=sys.executable, workers=WORKERS)])
+    peer = ExecnetExecutor(
+        ssh_bench.ALIAS, config, sys.executable, ssh_bench.PREFERRED_CIPHER, WORKERS
+    )
+    samples: dict[str, list[float]] = {"ours": [], "execnet": []}
+    try:
+        ours.submit(inc, 1).result()
+        peer.submit(inc, 1).result()
+        for _ in range(SSH_W3_ROUNDS):
+            samples["ours"].append(w.w2_submit(ours, inc))
+            samples["execnet"].append(w.w2_submit(peer, inc))
+    finally:
+        ours.shutdown(wait=True)
+        peer.shutdown()
+    mine, theirs = (statistics.median(samples[name]) for name in ("ours", "execnet"))
+    return {"w2_ssh_per_s": mine, "w2_execnet_per_s": theirs, "w2_ssh_per_execnet": mine / theirs}
 
 
 def _client_cpu() -> float:
@@ -214,21 +252,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--blocks", type=int, default=BLOCKS)
     parser.add_argument("--no-project", action="store_true", help="skip bench_project.py")
     parser.add_argument("--ssh-w3", action="store_true", help="W3 over a loopback sshd only")
-    parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--measure-ssh-w3", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--ssh-w2", action="store_true", help="W2 over a loopback sshd only")
+    for mode in MEASURES:
+        parser.add_argument(mode, action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.measure or args.measure_ssh_w3:
-        print(json.dumps(measure_ssh_w3() if args.measure_ssh_w3 else measure()))
-        return 0
-    if args.ssh_w3:
+    for mode, measure_it in MEASURES.items():
+        if getattr(args, mode.removeprefix("--").replace("-", "_")):
+            print(json.dumps(measure_it()))
+            return 0
+    if args.ssh_w3 or args.ssh_w2:
         sys.path.insert(0, str(HERE))
         import sshd
 
         with sshd.loopback_hosts(1):
-            _blocks(args, "--measure-ssh-w3")
+            _blocks(args, "--measure-ssh-w3" if args.ssh_w3 else "--measure-ssh-w2")
         return 0
     _blocks(args, "--measure")
     return 0
+
+
+# What a child measures, by its (hidden) option.
+MEASURES: dict[str, Callable[[], dict[str, float]]] = {
+    "--measure": measure,
+    "--measure-ssh-w3": measure_ssh_w3,
+    "--measure-ssh-w2": measure_ssh_w2,
+}
 
 
 def _blocks(args: argparse.Namespace, mode: str) -> None:

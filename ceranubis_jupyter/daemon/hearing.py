@@ -9,6 +9,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from ..projects.queue_events import Hand, parse_hand
@@ -55,7 +56,7 @@ class Hearing:
             self._cancel_asked.set()
             self._wake.set()
             return
-        hand = parse_hand(payload) if "\n" in payload else None
+        hand = parse_hand(payload, self.lease_id) if "\n" in payload else None
         if hand is not None and self._handed(hand):
             return
         heard = self._turns.heard(payload, self.group)
@@ -80,21 +81,14 @@ class Hearing:
         self._hands.append(hand)
         if hand.pending:
             self._woken.append((hand.project, hand.priority))
-        if hand.pending or not self._cycle_lock.acquire(blocking=False):
+        if hand.pending or not self._here(self._take_hands, "starting handed arguments"):
             self._wake.set()
-            return True
-        try:
-            self._take_hands()
-        except Exception:  # a bug must not end the listener: the serving thread retries
-            log.exception("node %s: starting handed arguments failed", self.name)
-            self._wake.set()
-        finally:
-            self._cycle_lock.release()
         return True
 
-    def _take_hands(self) -> None:
+    def _take_hands(self) -> bool:
         """Start the arguments commits handed to this daemon (the cycle lock held): they
-        are stored as claimed under its lease, which it renews from its next cycle."""
+        are stored as claimed under its lease, which it renews from its next cycle.
+        Returns ``True``: all were started."""
         while self._hands:
             hand = self._hands.popleft()
             claimed = [Claimed(arg_id, hand.project, blob, 1)
@@ -106,19 +100,29 @@ class Hearing:
             if not hand.pending:
                 self._exhausted.add(hand.project)
             self._runner().run_handed(hand, claimed)
+        return True
 
     def _cycle_here(self) -> bool:
         """Listener thread, on a commit: an idle node claims here (one thread wake-up
         less; the serving thread wakes for the outcome); ``False``: leave it to that one."""
+        return self._here(self._claim_if_idle, "claiming")
+
+    def _claim_if_idle(self) -> bool:
+        if self._stopping.is_set() or self.held.tasks or self.executor is None:
+            return False
+        self._cycle_held(claim=True)
+        return True
+
+    def _here(self, work: Callable[[], bool], doing: str) -> bool:
+        """Run ``work`` in this (the listener's) thread unless the serving thread is in
+        its cycle: what it returns; ``False`` when it did not run or failed (the serving
+        thread, woken, then does it)."""
         if not self._cycle_lock.acquire(blocking=False):
             return False
         try:
-            if self._stopping.is_set() or self.held.tasks or self.executor is None:
-                return False
-            self._cycle_held(claim=True)
-            return True
+            return work()
         except Exception:  # a bug must not end the listener: the serving thread retries
-            log.exception("node %s: claiming from the listener failed", self.name)
+            log.exception("node %s: %s from the listener failed", self.name, doing)
             return False
         finally:
             self._cycle_lock.release()

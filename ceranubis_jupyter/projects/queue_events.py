@@ -89,17 +89,20 @@ class Hand:
     args: tuple[tuple[int, bytes], ...]
 
 
-def parse_hand(payload: str) -> Hand | None:
+def parse_hand(payload: str, lease: int | None = None) -> Hand | None:
     """The hand a commit's payload carries; ``None`` when it carries none (or is not a
-    commit, or is malformed: the daemons then claim as for any commit)."""
+    commit, or is malformed: the daemons then claim as for any commit). With ``lease``,
+    the arguments of a hand under another lease are left undecoded (``args`` empty):
+    every daemon hears every hand, and only one runs it."""
     commit = parse_commit(payload)
     lines = payload.split("\n")
     if commit is None or len(lines) < 3:
         return None
     try:
-        lease, pending, timeout, created, key = lines[1].split(" ")
-        args = tuple(_handed(line) for line in lines[2:])
-        return Hand(*commit, int(lease), int(pending), float(timeout), float(created), key, args)
+        held, pending, timeout, created, key = lines[1].split(" ")
+        mine = lease is None or int(held) == lease
+        args = tuple(_handed(line) for line in lines[2:]) if mine else ()
+        return Hand(*commit, int(held), int(pending), float(timeout), float(created), key, args)
     except (ValueError, binascii.Error):
         return None
 
