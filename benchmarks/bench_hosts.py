@@ -5,6 +5,11 @@ every host (cold caches, then warm; one task pinned to each host), the client's 
 host side's CPU per host of a warm start, W1 per item at 1, 4 and 16 hosts, and the client's CPU
 time per task at 1, 4 and 16 hosts (user + system of this process over the W1 map).
 
+The start is measured twice: on hosts that log in to this account's shell (whose
+``~/.bashrc`` runs ``pyenv init`` for every ssh command) and run this virtualenv's Python,
+then on plain hosts: a shell that does no rc-file work for commands (``sshd.py``'s
+``plain_shell``) and the system's ``python3``, as on a fresh Debian machine.
+
 ``.venv/bin/python benchmarks/bench_hosts.py`` (``run.py`` calls it in its own process: it
 points ``HOME`` at a temporary client home).
 """
@@ -12,6 +17,7 @@ points ``HOME`` at a temporary client home).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -27,6 +33,8 @@ from ceranubis_jupyter import CeranubisExecutor, Host
 HOST_COUNTS = (1, 4, 16)
 # Seconds the start measurement waits for a first result on every host before giving up.
 START_LIMIT = 120.0
+# The plain hosts' Python: the system's, as a fresh Debian machine has it.
+SYSTEM_PYTHON = "/usr/bin/python3"
 
 
 def inc(x: int) -> int:
@@ -39,26 +47,30 @@ def executor_on(aliases: list[str]) -> CeranubisExecutor:
 
 
 def start_cost(
-    aliases: list[str], pids: list[int], task: Callable[[int], int] = inc
+    aliases: list[str], pids: list[int], task: Callable[[int], int] = inc, python: str = ""
 ) -> tuple[float, float, float]:
     """A warm start: its seconds, the client's CPU seconds and the CPU seconds on the host
     side (every sshd session, shell, node and worker), once every session has ended."""
     me = psutil.Process()
     sshd.wait_reaped(pids)
     client, hosts = sum(me.cpu_times()[:2]), sshd.host_side_cpu(pids)
-    elapsed = start_to_every_host(aliases, task)
+    elapsed = start_to_every_host(aliases, task, python)
     sshd.wait_reaped(pids)
     return elapsed, sum(me.cpu_times()[:2]) - client, sshd.host_side_cpu(pids) - hosts
 
 
-def start_to_every_host(aliases: list[str], task: Callable[[int], int] = inc) -> float:
-    """Seconds from constructing the executor to a first result from every host.
+def start_to_every_host(
+    aliases: list[str], task: Callable[[int], int] = inc, python: str = ""
+) -> float:
+    """Seconds from constructing the executor to a first result from every host (which
+    run ``python``, by default this one).
 
     Each host is its own group and gets one task of its own: a probe that spun maps over
     the hosts already up would burn the 2 cores the other hosts start on.
     """
+    python = python or sys.executable
     start = time.perf_counter()
-    ex = CeranubisExecutor([Host(a, python=sys.executable, workers=1, group=a) for a in aliases])
+    ex = CeranubisExecutor([Host(a, python=python, workers=1, group=a) for a in aliases])
     try:
         probes = [ex.options(group=alias).submit(task, 1) for alias in aliases]
         wait(probes, timeout=START_LIMIT)
@@ -87,6 +99,25 @@ def per_item(aliases: list[str], repeats: int) -> tuple[float, float]:
     return statistics.median(rates), statistics.median(cpu)
 
 
+def print_starts(label: str, hosts: sshd.Loopback, repeats: int, python: str = "") -> None:
+    """Start to a first result on every host, cold then warm, and on one host (warm)."""
+    aliases = [server.alias for server in hosts.servers]
+    cold = start_to_every_host(aliases, python=python)
+    warm = [start_cost(aliases, hosts.pids, python=python) for _ in range(repeats)]
+    one = statistics.median(start_to_every_host(aliases[:1], python=python) for _ in range(repeats))
+    print(
+        f"{label}: start -> first result on every host, {len(aliases)} hosts: cold "
+        f"{cold:.2f} s, warm {statistics.median(s[0] for s in warm):.2f} s (target <= 1.5 s);"
+        f" 1 host warm {one:.2f} s"
+    )
+    print(
+        f"  per warm {len(aliases)}-host start: client CPU "
+        f"{statistics.median(s[1] for s in warm):.2f} s; host side (sshd sessions, shells, "
+        f"nodes, workers) {statistics.median(s[2] for s in warm) / len(aliases) * 1000:.0f}"
+        " ms CPU per host"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -94,21 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     most = max(HOST_COUNTS)
     with sshd.loopback_hosts(most) as hosts:
         aliases = [server.alias for server in hosts.servers]
-        cold = start_to_every_host(aliases)
-        warm = [start_cost(aliases, hosts.pids) for _ in range(args.repeats)]
-        one = statistics.median(start_to_every_host(aliases[:1]) for _ in range(args.repeats))
-        print(
-            f"start -> first result on every host, {most} hosts: cold {cold:.2f} s, warm "
-            f"{statistics.median(s[0] for s in warm):.2f} s (target <= 1.5 s); 1 host warm "
-            f"{one:.2f} s"
-        )
-        print(
-            f"per warm {most}-host start: client CPU "
-            f"{statistics.median(s[1] for s in warm):.2f} s; host side (sshd sessions, "
-            f"shells, nodes, workers) {statistics.median(s[2] for s in warm) / most * 1000:.0f}"
-            " ms CPU per host"
-        )
+        print_starts("this account's shell (pyenv init), this venv's Python", hosts, args.repeats)
         figures = {n: per_item(aliases[:n], args.repeats) for n in HOST_COUNTS}
+    if os.path.exists(SYSTEM_PYTHON):
+        with sshd.loopback_hosts(most, plain_shell=True) as hosts:
+            label = f"plain hosts: no rc-file work in the shell, {SYSTEM_PYTHON}"
+            print_starts(label, hosts, args.repeats, SYSTEM_PYTHON)
+    else:
+        print(f"plain hosts: not measured, {SYSTEM_PYTHON} is missing")
     base_rate, base_cpu = figures[1]
     print(
         f"{'hosts':>6}{'W1 tasks/s':>14}{'vs 1 host':>11}{'client CPU µs/task':>21}"

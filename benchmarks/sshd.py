@@ -5,6 +5,12 @@ its own port and bundle cache (so each is a separate, cold host), in a temporary
 whose ``~/.ssh/config`` names them ``<prefix>-0``, ``<prefix>-1``... and whose
 ``known_hosts`` holds their key: host-key checking stays on. Everything is stopped by PID
 on the way out, the servers' forked sessions too.
+
+With ``plain_shell`` the servers set ``SHLVL=1`` in their sessions. Debian's bash runs
+``~/.bashrc`` for a command that sshd starts only at shell level 1 (it counts itself one
+up from ``SHLVL``), so the account's shell then does no rc-file work for commands: as on an
+account whose ``~/.bashrc`` returns at once when not interactive (Debian's default one).
+This account's ``~/.bashrc`` runs ``pyenv init`` (120-130 ms of CPU per ssh command).
 """
 
 from __future__ import annotations
@@ -103,9 +109,12 @@ class Loopback:
 
 
 @contextlib.contextmanager
-def loopback_hosts(count: int = 1, prefix: str = "cj-bench") -> Iterator[Loopback]:
+def loopback_hosts(
+    count: int = 1, prefix: str = "cj-bench", plain_shell: bool = False
+) -> Iterator[Loopback]:
     """Start ``count`` sshd on loopback and point ``HOME`` at a client home that names them;
-    restore ``HOME`` and stop them (by PID) after."""
+    restore ``HOME`` and stop them (by PID) after. ``plain_shell``: see the module's
+    docstring."""
     if not os.path.exists(SSHD):
         raise RuntimeError(f"{SSHD} is missing: run `make system-deps` (openssh-server)")
     root = Path(tempfile.mkdtemp(prefix="cj-bench-ssh-"))
@@ -116,7 +125,8 @@ def loopback_hosts(count: int = 1, prefix: str = "cj-bench") -> Iterator[Loopbac
         host_key = root / "host_key"
         _keygen(host_key)
         for index in range(count):
-            server = _start(root / f"sshd-{index}", f"{prefix}-{index}", host_key, home)
+            directory = root / f"sshd-{index}"
+            server = _start(directory, f"{prefix}-{index}", host_key, home, plain_shell)
             servers.append(server)
             _name(home, server)
         os.environ["HOME"] = str(home)
@@ -146,7 +156,7 @@ def _client_home(home: Path) -> Path:
     return home
 
 
-def _start(directory: Path, alias: str, host_key: Path, home: Path) -> Server:
+def _start(directory: Path, alias: str, host_key: Path, home: Path, plain_shell: bool) -> Server:
     directory.mkdir(mode=0o700, parents=True)
     cache = directory / "cache"
     cache.mkdir()
@@ -155,7 +165,7 @@ def _start(directory: Path, alias: str, host_key: Path, home: Path) -> Server:
     Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory
     port = _free_port()
     config = directory / "sshd_config"
-    config.write_text(_sshd_config(port, host_key, authorized, cache))
+    config.write_text(_sshd_config(port, host_key, authorized, cache, plain_shell))
     command = [SSHD, "-D", "-f", str(config), "-E", str(directory / "sshd.log")]
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
     server = Server(alias, port, cache, process)
@@ -167,7 +177,11 @@ def _start(directory: Path, alias: str, host_key: Path, home: Path) -> Server:
     return server
 
 
-def _sshd_config(port: int, host_key: Path, authorized: Path, cache: Path) -> str:
+def _sshd_config(
+    port: int, host_key: Path, authorized: Path, cache: Path, plain_shell: bool
+) -> str:
+    # One SetEnv line: sshd keeps only the first.
+    shell_level = "SHLVL=1 " if plain_shell else ""
     return f"""\
 Port {port}
 ListenAddress 127.0.0.1
@@ -180,7 +194,7 @@ StrictModes no
 AuthorizedKeysFile {authorized}
 MaxSessions 100
 MaxStartups 100:30:200
-SetEnv XDG_CACHE_HOME={cache}
+SetEnv {shell_level}XDG_CACHE_HOME={cache}
 """
 
 
