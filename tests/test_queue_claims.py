@@ -17,7 +17,7 @@ import pytest
 from ceranubis_jupyter import commit_project
 from ceranubis_jupyter.errors import StoreError
 from ceranubis_jupyter.projects import queue_claims
-from ceranubis_jupyter.projects.queue_store import QUEUE_SCHEMA
+from ceranubis_jupyter.projects.queue_store import ARGUMENTS_FILLFACTOR, QUEUE_SCHEMA
 from ceranubis_jupyter.projects.store import Store
 from ceranubis_jupyter.projects.stores import is_postgres_url, open_store
 from tests.queue_helpers import CODE, PROJECT_SECONDS
@@ -143,7 +143,7 @@ def test_no_index_names_a_column_that_claims_or_outcomes_change(
     if is_postgres_url(store_url):
         rows = _execute(store_url, "SELECT indexdef FROM pg_indexes WHERE tablename = 'arguments'")
         options = _execute(store_url, "SELECT reloptions FROM pg_class WHERE relname = 'arguments'")
-        assert "fillfactor=50" in str(options[0][0])
+        assert f"fillfactor={ARGUMENTS_FILLFACTOR}" in str(options[0][0])
     else:
         rows = _execute(store_url, "SELECT sql FROM sqlite_master WHERE type = 'index' AND "
                                    "tbl_name = 'arguments' AND sql IS NOT NULL")  # fmt: skip
@@ -180,7 +180,7 @@ def test_a_schema_1_store_is_refused_then_upgraded_by_init(store_url: str, store
                         "SELECT 1 FROM pg_indexes WHERE indexname = 'arguments_queue'")  # fmt: skip
     if is_postgres_url(store_url):
         options = _execute(store_url, "SELECT reloptions FROM pg_class WHERE relname = 'arguments'")
-        assert "fillfactor=50" in str(options[0][0])
+        assert f"fillfactor={ARGUMENTS_FILLFACTOR}" in str(options[0][0])
         assert not _execute(store_url, "SELECT 1 FROM pg_constraint WHERE contype = 'f' AND "
                                        "conrelid = 'arguments'::regclass")  # fmt: skip
     assert not _index_exists(store_url, "arguments_project")

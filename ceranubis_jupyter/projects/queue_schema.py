@@ -14,10 +14,13 @@ QUEUE_ATTEMPTS = 3
 # Percent of each arguments page a COPY fills, the rest kept for the updated version of
 # its rows: an outcome's UPDATE (and a queue claim's) then stays on the page, a HOT
 # update that writes no index entry (measured, batches of 2,000: the outcome's server CPU
-# per row 14-15 us at 100, 10-11.5 at 60, 6.5-10.5 at 50). Lower makes more updates HOT;
-# a freshly committed project's pages take 100/N times the space until its outcomes
-# fill them.
-ARGUMENTS_FILLFACTOR = 50
+# per row 14-15 us at 100, 10-11.5 at 60, 6.5-10.5 at 50). At 50 a row with a small
+# result outgrew its page for the last quarter of each page's rows (W1: 76 % of updates
+# HOT, 207 bytes of WAL per result); at 40 all of them are HOT (127 bytes of WAL, server
+# CPU per result 8.5-9.0 -> 7.0-8.0 us). Results over ~100 bytes still leave the page
+# for some rows. Lower makes more updates HOT; a freshly committed project's pages take
+# 100/N times the space until its outcomes fill them.
+ARGUMENTS_FILLFACTOR = 40
 # The arguments table's storage, also for stores made before it (run when the project
 # tables are created or upgraded, and by init_queue): the fillfactor, and no foreign key
 # to projects (its check is one query per inserted row, ~10 us of server CPU
