@@ -308,6 +308,21 @@ def test_postgres_flushes_leave_no_staged_rows_behind(pg_url: str) -> None:
     assert size == 0 and store.counts(project_id)["done"] == 3000
 
 
+def test_postgres_stages_outcomes_only_once_a_connection_flushes(pg_url: str) -> None:
+    # The staging table costs catalog writes: a connection that only reads makes none.
+    # A first flush that fails takes it along; the next flush makes it again.
+    store = open_store(pg_url)
+    project_id = _new(store, "p", 4)
+    staged = "SELECT to_regclass('pg_temp.cj_outcomes') IS NOT NULL"
+    assert store._read(staged) == [(False,)]
+    ids = [r.id for r in store.arguments(project_id, ["pending"])]
+    with pytest.raises(Exception):  # noqa: B017 - what fails is the packing, not the store
+        store.record_outcomes([], [ids[0], b"r", "h", "not a count", 1.0, 2.0])
+    assert store._read(staged) == [(False,)]
+    assert store.record_outcomes([], _done_values(ids)) == 4
+    assert store._read(staged) == [(True,)] and store.counts(project_id)["done"] == 4
+
+
 def test_an_existing_store_file_is_tightened_with_its_wal(tmp_path: Path) -> None:
     path = tmp_path / "loose" / "projects.sqlite"
     open_store(path).close()
