@@ -81,22 +81,35 @@ def start_to_every_host(
         ex.shutdown(wait=True)
 
 
-def per_item(aliases: list[str], repeats: int) -> tuple[float, float]:
-    """W1 per item (tasks/s) and client CPU µs per task, medians over ``repeats``."""
-    ex = executor_on(aliases)
-    rates, cpu = [], []
+def per_item(aliases: list[str], rounds: int) -> dict[int, tuple[float, float]]:
+    """W1 per item (tasks/s) and client CPU µs per task at each of :data:`HOST_COUNTS`,
+    medians over ``rounds``. One executor per count, all up at once, and each
+    round runs W1 on every count in turn: the machine's load changes between rounds, not
+    between the counts compared."""
+    executors = {n: executor_on(aliases[:n]) for n in HOST_COUNTS}
+    samples: dict[int, list[tuple[float, float]]] = {n: [] for n in HOST_COUNTS}
     try:
-        w.w1_map(ex, inc)  # warm: every node up, the function shipped
-        me = psutil.Process()
-        for _ in range(repeats):
-            before = me.cpu_times()
-            rates.append(w.w1_map(ex, inc))
-            after = me.cpu_times()
-            used = (after.user - before.user) + (after.system - before.system)
-            cpu.append(used / w.W1_ITEMS * 1e6)
+        for ex in executors.values():
+            w.w1_map(ex, inc)  # warm: every node up, the function shipped
+        for _ in range(rounds):
+            for n, ex in executors.items():
+                samples[n].append(_w1_sample(ex))
     finally:
-        ex.shutdown(wait=True)
-    return statistics.median(rates), statistics.median(cpu)
+        for ex in executors.values():
+            ex.shutdown(wait=True)
+    return {
+        n: (statistics.median(r for r, _ in got), statistics.median(c for _, c in got))
+        for n, got in samples.items()
+    }
+
+
+def _w1_sample(ex: CeranubisExecutor) -> tuple[float, float]:
+    """One W1 map: tasks/s and this process's CPU µs per task (user + system)."""
+    before = psutil.Process().cpu_times()
+    rate = w.w1_map(ex, inc)
+    after = psutil.Process().cpu_times()
+    used = (after.user - before.user) + (after.system - before.system)
+    return rate, used / w.W1_ITEMS * 1e6
 
 
 def print_starts(label: str, hosts: sshd.Loopback, repeats: int, python: str = "") -> None:
@@ -120,13 +133,14 @@ def print_starts(label: str, hosts: sshd.Loopback, repeats: int, python: str = "
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="starts of each kind")
+    parser.add_argument("--rounds", type=int, default=5, help="W1 rounds over 1, 4, 16 hosts")
     args = parser.parse_args(argv)
     most = max(HOST_COUNTS)
     with sshd.loopback_hosts(most) as hosts:
         aliases = [server.alias for server in hosts.servers]
         print_starts("this account's shell (pyenv init), this venv's Python", hosts, args.repeats)
-        figures = {n: per_item(aliases[:n], args.repeats) for n in HOST_COUNTS}
+        figures = per_item(aliases, args.rounds)
     if os.path.exists(SYSTEM_PYTHON):
         with sshd.loopback_hosts(most, plain_shell=True) as hosts:
             label = f"plain hosts: no rc-file work in the shell, {SYSTEM_PYTHON}"
