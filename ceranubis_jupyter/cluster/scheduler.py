@@ -56,7 +56,7 @@ from .mapping import MapSlot, pickled_result
 from .modules import CodeRegistry
 from .outcomes import failure_of, lost_with_node, no_host_left, no_such_group, unpickled_result
 from .shares import fair_shares
-from .tasks import InFlight, PendingQueue, ResultSlot, TaskListener, TaskRecord
+from .tasks import InFlight, PendingQueue, ResultSlot, TaskListener, TaskRecord, settle
 from .transport import Transport
 
 log = logging.getLogger("ceranubis")
@@ -421,8 +421,7 @@ class Scheduler:
         elif self.dependencies.held:
             self.dependencies.keep(record, result)
         self._finished(record)
-        if not future.done():
-            future.set_result(value)
+        settle(future, value)
 
     def requeue_lost(
         self, link: NodeLink, records: list[TaskRecord], *, possibly_running: int = 0

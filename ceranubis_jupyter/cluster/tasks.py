@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +71,20 @@ class ResultSlot:
         size the worker scanned for ``__main__`` (as ``project_rows.encode`` would make)."""
         if not result.buffers and len(result.payload) <= SCAN_LIMIT:
             self.blob = bytes((result.codec,)) + result.payload
+
+
+def settle(future: Future[Any] | ResultSlot, value: Any) -> None:
+    """Give ``future`` its result unless it is done (cancelled, or failed meanwhile: its
+    first outcome stands). A future's lock is taken once: ``done()`` then ``set_result()``
+    took it twice, on every result of the loop thread."""
+    if isinstance(future, ResultSlot):
+        if not future.done():  # a slot's set_result would overwrite
+            future.set_result(value)
+        return
+    try:  # noqa: SIM105 - contextlib.suppress would make an object per result
+        future.set_result(value)
+    except InvalidStateError:
+        pass
 
 
 @dataclass(slots=True)
