@@ -29,7 +29,15 @@ from typing import Any
 
 import dill
 
-from ..cluster.bootstrap import BOOT, ERROR_PREFIX, NEED, READY, Bundle, build_bundle
+from ..cluster.bootstrap import (
+    BOOT,
+    ERROR_PREFIX,
+    NEED,
+    READY,
+    Bundle,
+    build_bundle,
+    bundle_bytes,
+)
 from ..cluster.hosts import Host, parse_host_list
 from ..daemon.launch import STOP_TIMEOUT
 from ..errors import CeranubisError, HostError
@@ -118,7 +126,7 @@ async def run_on_host(host: Host, entry: str, params: dict[str, Any]) -> list[st
 async def _converse(host: Host, process: Any, bundle: Bundle, params: dict[str, Any]) -> list[str]:
     line = (await process.stdout.readline()).rstrip(b"\n")
     if line == NEED:
-        process.stdin.write(bundle.framed())
+        process.stdin.write(await bundle_bytes(bundle))
         line = (await process.stdout.readline()).rstrip(b"\n")
     if line != READY:
         raise HostError(host.address, _failure(line, await process.stderr.read(MAX_LINE)))
