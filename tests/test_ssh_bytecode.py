@@ -14,12 +14,15 @@ import marshal
 import os
 import subprocess
 import sys
+import threading
 import zipfile
 from pathlib import Path
 
 from ceranubis_jupyter import CeranubisExecutor
 from ceranubis_jupyter.cluster.bootstrap import (
+    Bundle,
     build_bundle,
+    built_once,
     bytecode,
     node_bundle,
     remote_command,
@@ -34,6 +37,8 @@ TIMEOUT = 30
 # A cache tag no Python has: bytecode "for another interpreter".
 OTHER_TAG = "otherpython-99"
 TAG = sys.implementation.cache_tag
+# Threads that ask for a bundle at once (as hosts that start together do).
+THREADS = 8
 # Bytes a pyc's header takes (PEP 552): magic, flags, source hash (or mtime and size).
 PYC_HEADER = 16
 
@@ -122,6 +127,29 @@ def test_the_digest_names_the_sources_alone_and_costs_no_compile() -> None:
     assert out.returncode == 0, out.stderr
     # Digest first, nothing compiled; once shipped, every module compiled, the name unchanged.
     assert out.stdout.split() == ["True", "0", "True", "True"]
+
+
+def test_hosts_that_start_at_once_share_one_bundle_and_its_bytecode() -> None:
+    calls: list[int] = []
+
+    @built_once
+    def bundle() -> Bundle:
+        calls.append(1)
+        return build_bundle({f"m{i}.py": b"x = 1\n" * 20_000 for i in range(4)})
+
+    start = threading.Barrier(THREADS)
+    got: list[Bundle] = []
+
+    def ask() -> None:
+        start.wait(timeout=TIMEOUT)
+        got.append(bundle())
+
+    threads = [threading.Thread(target=ask) for _ in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=TIMEOUT)
+    assert len(got) == THREADS and all(b is got[0] for b in got) and calls == [1]
 
 
 def test_a_cold_boot_imports_the_shipped_bytecode_and_writes_none(tmp_path: Path) -> None:

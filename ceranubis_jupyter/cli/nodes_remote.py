@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import json
 import os
 import shlex
@@ -36,6 +35,7 @@ from ..cluster.bootstrap import (
     READY,
     Bundle,
     build_bundle,
+    built_once,
     bundle_bytes,
 )
 from ..cluster.hosts import Host, parse_host_list
@@ -80,7 +80,7 @@ def add_commands(subparsers: Any) -> None:
     stop.set_defaults(handler=_stop)
 
 
-@functools.lru_cache(maxsize=1)
+@built_once
 def daemon_bundle() -> Bundle:
     """The whole package plus dill, as one digest-named zip (built once per process)."""
     files: dict[str, bytes] = {}

@@ -336,7 +336,24 @@ def remote_command(python: str, digest: str) -> str:
     return "exec " + " ".join(shlex.quote(word) for word in words)
 
 
-@functools.lru_cache(maxsize=1)
+def built_once(build: Callable[[], Bundle]) -> Callable[[], Bundle]:
+    """``build``, run at most once per process however many threads ask at once: the hosts
+    that start together (each asks from a thread) share one bundle, so its bytecode is
+    compiled once (with ``functools.lru_cache`` alone, each of them could build its own)."""
+    lock = threading.Lock()
+    built: list[Bundle] = []
+
+    @functools.wraps(build)
+    def once() -> Bundle:
+        with lock:
+            if not built:
+                built.append(build())
+            return built[0]
+
+    return once
+
+
+@built_once
 def node_bundle() -> Bundle:
     """The bundle of this installation's node code and dill (built once per process)."""
     return build_bundle(_bundle_files())
