@@ -12,6 +12,7 @@ import importlib.util
 import io
 import marshal
 import os
+import py_compile
 import subprocess
 import sys
 import threading
@@ -23,10 +24,10 @@ from ceranubis_jupyter.cluster.bootstrap import (
     Bundle,
     build_bundle,
     built_once,
-    bytecode,
     node_bundle,
     remote_command,
 )
+from ceranubis_jupyter.cluster.bytecode import PYC_HEADER, bytecode
 from ceranubis_jupyter.cluster.hosts import Host
 from ceranubis_jupyter.wire import protocol as p
 from tests.fixtures_ssh import OPENSSH_ALIAS, TEST_PYTHON, OpenSSHServer, SSHHome, reset_cache
@@ -39,8 +40,6 @@ OTHER_TAG = "otherpython-99"
 TAG = sys.implementation.cache_tag
 # Threads that ask for a bundle at once (as hosts that start together do).
 THREADS = 8
-# Bytes a pyc's header takes (PEP 552): magic, flags, source hash (or mtime and size).
-PYC_HEADER = 16
 
 
 def _shipped(framed: bytes) -> dict[str, bytes]:
@@ -106,26 +105,69 @@ def test_bytecode_is_an_unchecked_hash_pyc_per_module_for_its_tag() -> None:
     assert bytecode(sources, None) == {}  # an interpreter that caches no bytecode
 
 
-def test_the_digest_names_the_sources_alone_and_costs_no_compile() -> None:
-    # In a fresh interpreter: compile() raises an audit event naming the file it compiles.
-    probe = (
-        "import io, sys, zipfile\n"
-        "seen = []\n"
-        "sys.addaudithook(lambda event, args: event == 'compile' and seen.append(args[1]))\n"
-        "from ceranubis_jupyter.cluster.bootstrap import node_bundle, tree_digest\n"
-        "bundle = node_bundle()\n"
-        "names = set(bundle.files)\n"
-        "print(bundle.digest == tree_digest(bundle.files), len(names & set(seen)))\n"
-        "shipped = zipfile.ZipFile(io.BytesIO(bundle.framed()[40:]))\n"
-        "sources = {n: shipped.read(n) for n in shipped.namelist() if '__pycache__' not in n}\n"
-        "print(tree_digest(sources) == bundle.digest, len(names & set(seen)) == len(names))\n"
-    )
+def _code_file(pyc: bytes) -> str:
+    """The file name a pyc's code was compiled under (installed: its path; else: the name)."""
+    code = marshal.loads(pyc[PYC_HEADER:])
+    return str(code.co_filename)
+
+
+def test_installed_bytecode_is_reused_only_where_python_would_use_it(tmp_path: Path) -> None:
+    paths = {name: tmp_path / name for name in ("fresh.py", "hashed.py", "stale.py", "gone.py")}
+    for path in paths.values():
+        path.write_text("value = 1\n")
+        mode = py_compile.PycInvalidationMode.TIMESTAMP
+        if path.name == "hashed.py":
+            mode = py_compile.PycInvalidationMode.CHECKED_HASH
+        py_compile.compile(str(path), doraise=True, invalidation_mode=mode)
+    paths["stale.py"].write_text("value = 2222\n")  # changed since: another size
+    Path(importlib.util.cache_from_source(str(paths["gone.py"]))).unlink()
+    sources = {name: path.read_bytes() for name, path in paths.items()}
+    origins = {name: str(path) for name, path in paths.items()}
+    pycs = bytecode(sources, TAG, origins)
+    reused = {n for n in paths if _code_file(pycs[f"__pycache__/{n[:-3]}.{TAG}.pyc"]) != n}
+    assert reused == {"fresh.py", "hashed.py"}
+    assert _code_file(pycs[f"__pycache__/fresh.{TAG}.pyc"]) == origins["fresh.py"]
+    namespace: dict[str, object] = {}
+    exec(marshal.loads(pycs[f"__pycache__/stale.{TAG}.pyc"][PYC_HEADER:]), namespace)
+    assert namespace["value"] == 2222
+    other = bytecode(sources, OTHER_TAG, origins)  # another interpreter: compiled here
+    assert {_code_file(pyc) for pyc in other.values()} == set(paths)
+
+
+# Run in a fresh interpreter: which modules the bundle's bytecode was built for so far (each
+# is compiled, which raises a ``compile`` audit event, or read from its installed pyc, an
+# ``open`` one), once the digest is known and once the bundle was shipped.
+_DIGEST_PROBE = """
+import importlib.util, io, sys, zipfile
+seen = []
+sys.addaudithook(lambda event, args: event in ("compile", "open") and seen.append(
+    args[1] if event == "compile" else args[0]))
+from ceranubis_jupyter.cluster.bootstrap import node_bundle, tree_digest
+imported = len(seen)  # the client's own imports read the installed pycs of some modules
+def built(bundle):
+    pycs = {importlib.util.cache_from_source(p, optimization=""): n
+            for n, p in bundle.origins.items()}
+    return {name for name in seen[imported:] if name in bundle.files} | {
+        pycs[path] for path in seen[imported:] if isinstance(path, str) and path in pycs}
+bundle = node_bundle()
+print(bundle.digest == tree_digest(bundle.files), len(built(bundle)))
+shipped = zipfile.ZipFile(io.BytesIO(bundle.framed()[40:]))
+sources = {n: shipped.read(n) for n in shipped.namelist() if "__pycache__" not in n}
+print(tree_digest(sources) == bundle.digest, built(bundle) == set(bundle.files))
+"""
+
+
+def test_the_digest_names_the_sources_alone_and_builds_no_bytecode() -> None:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     out = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=TIMEOUT
+        [sys.executable, "-c", _DIGEST_PROBE],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=TIMEOUT,
     )
     assert out.returncode == 0, out.stderr
-    # Digest first, nothing compiled; once shipped, every module compiled, the name unchanged.
+    # The digest: no bytecode built; once shipped, every module's, the name unchanged.
     assert out.stdout.split() == ["True", "0", "True", "True"]
 
 

@@ -84,11 +84,13 @@ def add_commands(subparsers: Any) -> None:
 def daemon_bundle() -> Bundle:
     """The whole package plus dill, as one digest-named zip (built once per process)."""
     files: dict[str, bytes] = {}
+    origins: dict[str, str] = {}  # for the installed bytecode the bundle can reuse
     for root, name in ((_PACKAGE, _PACKAGE.name), (Path(dill.__file__).parent, "dill")):
         for path in sorted(root.rglob("*.py")):
             if "__pycache__" not in path.parts and "tests" not in path.relative_to(root).parts:
-                files[f"{name}/{path.relative_to(root).as_posix()}"] = path.read_bytes()
-    return build_bundle(files)
+                archived = f"{name}/{path.relative_to(root).as_posix()}"
+                files[archived], origins[archived] = path.read_bytes(), str(path)
+    return build_bundle(files, origins=origins)
 
 
 def launch_command(python: str, digest: str, entry: str) -> str:

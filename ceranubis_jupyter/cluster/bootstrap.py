@@ -13,7 +13,7 @@
     protocol frames (Hello, ...) ◄──────────────►  ───┴► ceranubis_jupyter.node.supervisor.main()
 
 The bundle is a zip of the node's stdlib-only modules plus dill (pure Python), and their
-bytecode for the client's interpreter (:func:`bytecode`: a cold host compiles nothing). Its
+bytecode for the client's interpreter (:mod:`.bytecode`: a cold host compiles nothing). Its
 name is the sha256 of its source files (:func:`tree_digest`), so a host keeps the versions
 it has seen, a bundle is sent at most once per host and version, and BOOT checks what it is
 about to run against the name the client gave: a source changed or planted in the cache is
@@ -31,9 +31,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-import importlib.util
 import io
-import marshal
 import os
 import shlex
 import struct
@@ -45,6 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import dill
 
+from .bytecode import bytecode
 from .transport import NODE_MARKER, client_identity
 
 # The oldest Python the node code is written for (pyproject's requires-python): BOOT refuses
@@ -58,14 +57,15 @@ BOOT_TIMEOUT = 120
 # raise. Everything in these is stdlib + dill (tests/test_layout.py keeps it so), so the
 # bundle is derived from the package itself and never lists modules by hand.
 BUNDLED = ("errors.py", "wire", "node")
-# zlib level for the bundle: 6 shrinks dill 4x for ~20 ms once per client process.
+# zlib level for the zip of the sources alone (code packs): 6 shrinks dill 4x in ~10 ms.
 COMPRESS_LEVEL = 6
+# zlib level for the bundle shipped to a cold host, sources and bytecode (~920 KB): 1 takes
+# ~15 ms against ~28 ms at 6, for ~407 KB on the wire against ~373 KB (once per host).
+SHIP_COMPRESS_LEVEL = 1
 _LENGTH = struct.Struct("!Q")
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 _PACKAGE = "ceranubis_jupyter"
 _STUB_INIT = '"""ceranubis node bundle: only the modules a node runs."""\n'
-# PEP 552's flags word: hash-based (bit 0), its source not checked on import (bit 1 clear).
-_UNCHECKED_HASH_PYC = 0b01
 # The one thread that builds bundles to ship (see bundle_bytes); started on first use.
 _BUILDER = ThreadPoolExecutor(1, thread_name_prefix="ceranubis-bundle")
 
@@ -85,8 +85,8 @@ PRUNE_UNUSED_SECONDS = 24 * 3600
 # else is unpacked afresh from what the client sends; a cache of another user is refused.
 #
 # ``__pycache__`` is not hashed: the client ships unchecked hash-based pycs there with the
-# sources (``bytecode``), and Python writes its own there for modules it compiles (another
-# cache tag). A pyc planted there is run without its source being read -- a new risk? No:
+# sources (``cluster/bytecode.py``), and Python writes its own there for modules it compiles
+# (another cache tag). A pyc planted there is run without its source being read -- a new risk? No:
 # today's timestamp pycs are trusted on their header alone (the source's mtime and size, which
 # anyone who can write there can copy), so one planted there ran as well. The guard is the
 # same for both: the bundle directory is this account's and 0700 and holds no file of another
@@ -294,26 +294,31 @@ class Bundle:
     """
 
     def __init__(
-        self, files: Mapping[str, bytes], cache_tag: str | None = sys.implementation.cache_tag
+        self,
+        files: Mapping[str, bytes],
+        cache_tag: str | None = sys.implementation.cache_tag,
+        origins: Mapping[str, str] | None = None,
     ) -> None:
         self.files = dict(files)
         self.digest = tree_digest(self.files)
         self.cache_tag = cache_tag
+        self.origins = dict(origins or {})
         self._lock = threading.Lock()
         self._built: dict[str, bytes] = {}
 
     @property
     def data(self) -> bytes:
         """The zip of the sources alone, deterministic (what code packs ship)."""
-        return self._once("data", lambda: _zip(self.files))
+        return self._once("data", lambda: _zip(self.files, COMPRESS_LEVEL))
 
     def framed(self) -> bytes:
         """The bytes BOOT reads after saying ``NEED``: length, the zip's sha256, the zip
-        of the sources and their bytecode (:func:`bytecode`; ~60-90 ms once per process)."""
+        of the sources and their bytecode (:func:`.bytecode.bytecode`), built once."""
         return self._once("framed", self._frame)
 
     def _frame(self) -> bytes:
-        data = _zip({**self.files, **bytecode(self.files, self.cache_tag)})
+        pycs = bytecode(self.files, self.cache_tag, self.origins)
+        data = _zip({**self.files, **pycs}, SHIP_COMPRESS_LEVEL)
         return _LENGTH.pack(len(data)) + hashlib.sha256(data).digest() + data
 
     def _once(self, what: str, build: Callable[[], bytes]) -> bytes:
@@ -356,57 +361,30 @@ def built_once(build: Callable[[], Bundle]) -> Callable[[], Bundle]:
 @built_once
 def node_bundle() -> Bundle:
     """The bundle of this installation's node code and dill (built once per process)."""
-    return build_bundle(_bundle_files())
+    paths = _bundle_paths()
+    return build_bundle(_bundle_files(paths), origins=paths)
 
 
 def build_bundle(
-    files: Mapping[str, bytes], cache_tag: str | None = sys.implementation.cache_tag
+    files: Mapping[str, bytes],
+    cache_tag: str | None = sys.implementation.cache_tag,
+    origins: Mapping[str, str] | None = None,
 ) -> Bundle:
-    """The bundle of ``files`` (archive name → content): same files, same digest."""
-    return Bundle(files, cache_tag)
+    """The bundle of ``files`` (archive name → content): same files, same digest. Its
+    bytecode is for ``cache_tag``; ``origins`` (archive name → the file it was read from)
+    lets it reuse the pycs this interpreter wrote for those files."""
+    return Bundle(files, cache_tag, origins)
 
 
-def bytecode(sources: Mapping[str, bytes], cache_tag: str | None) -> dict[str, bytes]:
-    """``<dir>/__pycache__/<module>.<cache_tag>.pyc`` → the pyc of each ``.py`` in
-    ``sources``, compiled by this interpreter as a host's Python (no ``-O``) would.
-
-    A host whose Python has this ``cache_tag`` (the handshake insists on the client's
-    major.minor) imports them instead of compiling ~36 modules itself (~55 ms of CPU per cold
-    host); another one looks only for its own tag's names and compiles as without them. A
-    file that does not compile here is left to the host, which reports it as it would.
-
-    The pycs are hash-based (PEP 552) and *unchecked*: BOOT hashes every source against the
-    digest before it runs anything (its ``tree()``), so re-hashing each source on every
-    import, as a checked pyc would, guards nothing more (and is no guard against a planted
-    pyc either: its hash is computed from the source, not from the code it holds).
-    """
-    if cache_tag is None:
-        return {}
-    pycs = {}
-    for name, source in sources.items():
-        folder, _, filename = name.rpartition("/")
-        if not filename.endswith(".py"):
-            continue
-        try:
-            code = compile(source, name, "exec", dont_inherit=True, optimize=0)
-        except (SyntaxError, ValueError):
-            continue
-        header = importlib.util.MAGIC_NUMBER + _UNCHECKED_HASH_PYC.to_bytes(4, "little")
-        pyc = header + importlib.util.source_hash(source) + marshal.dumps(code)
-        prefix = f"{folder}/" if folder else ""
-        pycs[f"{prefix}__pycache__/{filename[:-3]}.{cache_tag}.pyc"] = pyc
-    return pycs
-
-
-def _zip(files: Mapping[str, bytes]) -> bytes:
-    """A deterministic zip of ``files``: same files, same bytes."""
+def _zip(files: Mapping[str, bytes], level: int) -> bytes:
+    """A deterministic zip of ``files`` (deflated at ``level``): same files, same bytes."""
     out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED, compresslevel=COMPRESS_LEVEL) as zf:
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
         for name in sorted(files):
             info = zipfile.ZipInfo(name, _ZIP_EPOCH)
             info.external_attr = 0o644 << 16
             info.compress_type = zipfile.ZIP_DEFLATED
-            zf.writestr(info, files[name])
+            zf.writestr(info, files[name], compresslevel=level)
     return out.getvalue()
 
 
@@ -417,30 +395,37 @@ def tree_digest(files: Mapping[str, bytes]) -> str:
     return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
-def _bundle_files() -> dict[str, bytes]:
-    """Archive name → bytes: :data:`BUNDLED` of this package, a stub ``__init__`` and dill."""
-    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+def _bundle_files(paths: Mapping[str, str] | None = None) -> dict[str, bytes]:
+    """Archive name → bytes: the files of :func:`_bundle_paths` and a stub ``__init__``."""
     files = {f"{_PACKAGE}/__init__.py": _STUB_INIT.encode()}
-    for entry in BUNDLED:
-        path = os.path.join(package, entry)
-        if entry.endswith(".py"):
-            with open(path, "rb") as source:
-                files[f"{_PACKAGE}/{entry}"] = source.read()
-        else:
-            files.update(_package_sources(path, f"{_PACKAGE}/{entry}"))
-    files.update(_package_sources(os.path.dirname(os.path.abspath(dill.__file__)), "dill"))
+    for name, path in (_bundle_paths() if paths is None else paths).items():
+        with open(path, "rb") as source:
+            files[name] = source.read()
     return files
 
 
-def _package_sources(root: str, name: str) -> dict[str, bytes]:
+def _bundle_paths() -> dict[str, str]:
+    """Archive name → file: :data:`BUNDLED` of this package and dill (``.py`` files)."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    paths = {}
+    for entry in BUNDLED:
+        path = os.path.join(package, entry)
+        if entry.endswith(".py"):
+            paths[f"{_PACKAGE}/{entry}"] = path
+        else:
+            paths.update(_package_paths(path, f"{_PACKAGE}/{entry}"))
+    paths.update(_package_paths(os.path.dirname(os.path.abspath(dill.__file__)), "dill"))
+    return paths
+
+
+def _package_paths(root: str, name: str) -> dict[str, str]:
     """Every ``.py`` file of a package, tests excluded."""
-    files = {}
+    paths = {}
     for folder, subfolders, names in os.walk(root):
         subfolders[:] = sorted(d for d in subfolders if d not in ("tests", "__pycache__"))
         for filename in names:
             if filename.endswith(".py"):
                 path = os.path.join(folder, filename)
                 relative = os.path.relpath(path, root).replace(os.sep, "/")
-                with open(path, "rb") as source:
-                    files[f"{name}/{relative}"] = source.read()
-    return files
+                paths[f"{name}/{relative}"] = path
+    return paths
