@@ -85,12 +85,13 @@ PRUNE_UNUSED_SECONDS = 24 * 3600
 # else is unpacked afresh from what the client sends; a cache of another user is refused.
 #
 # ``__pycache__`` is not hashed: the client ships unchecked hash-based pycs there with the
-# sources (``cluster/bytecode.py``), and Python writes its own there for modules it compiles
-# (another cache tag). A pyc planted there is run without its source being read -- a new risk? No:
-# today's timestamp pycs are trusted on their header alone (the source's mtime and size, which
-# anyone who can write there can copy), so one planted there ran as well. The guard is the
-# same for both: the bundle directory is this account's and 0700 and holds no file of another
-# user and no symlink, so only this account (which can run any code already) can plant one.
+# sources (``cluster/bytecode.py``), and Python writes its own there for any module it
+# compiles (a host of another Python ignores the shipped ones). A pyc planted there runs
+# without its source being read: a new risk? No: Python trusts its own timestamp pycs on
+# their header alone (the source's mtime and size, which whoever can write there can copy),
+# so one planted there ran before as well. The guard is the same for both: the bundle
+# directory is this account's and 0700 and holds no file of another user and no symlink, so
+# only this account (which can run any code already) can plant one.
 BOOT = r"""
 import os, sys
 if sys.version_info[:2] < (@MAJOR@, @MINOR@):
