@@ -2,10 +2,12 @@
 
 A host unpacks ``<dir>/__pycache__/<module>.<cache_tag>.pyc`` beside each source; its
 Python imports them when its cache tag is the client's (the handshake insists on the
-client's major.minor anyway) and looks past them otherwise. They are built with public APIs
-only: the code of the pyc this interpreter already wrote for the installed file when Python
-itself would use it (``importlib.util.cache_from_source``: ~1 ms for the node's ~36 modules),
-else ``compile()`` (~60-90 ms), under a PEP 552 header.
+client's major.minor anyway) and looks past them otherwise; one whose magic number differs
+(a pre-release of the same version) rejects them and compiles, and writes its own.
+
+They are built with public APIs only: the code of the pyc this interpreter already wrote for
+the installed file when Python itself would use it (``importlib.util.cache_from_source``:
+~1 ms for the node's ~36 modules), else ``compile()`` (~60-90 ms), under a PEP 552 header.
 
 The pycs are hash-based and *unchecked*: BOOT hashes every source against the bundle's digest
 before it runs anything, so re-hashing each source on every import, as a checked pyc would,
