@@ -66,7 +66,9 @@ def bytecode(
 def _installed_code(path: str, source: bytes) -> bytes | None:
     """The marshalled code of the pyc this interpreter wrote for ``path`` (non-optimized), if
     Python would use it for ``source``: its magic, then the source's hash, or (a timestamp
-    pyc) the file's mtime and the source's size, as the import system checks them."""
+    pyc) the file's mtime and the source's size, as the import system checks them. So the
+    host runs what an import here would run (a file rewritten within the same second at
+    the same size keeps its old timestamp pyc, there as here)."""
     try:
         with open(importlib.util.cache_from_source(path, optimization=""), "rb") as cached:
             pyc = cached.read()
