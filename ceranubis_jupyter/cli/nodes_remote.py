@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import json
 import os
 import shlex
@@ -29,7 +28,16 @@ from typing import Any
 
 import dill
 
-from ..cluster.bootstrap import BOOT, ERROR_PREFIX, NEED, READY, Bundle, build_bundle
+from ..cluster.bootstrap import (
+    BOOT,
+    ERROR_PREFIX,
+    NEED,
+    READY,
+    Bundle,
+    build_bundle,
+    built_once,
+    bundle_bytes,
+)
 from ..cluster.hosts import Host, parse_host_list
 from ..daemon.launch import STOP_TIMEOUT
 from ..errors import CeranubisError, HostError
@@ -72,15 +80,17 @@ def add_commands(subparsers: Any) -> None:
     stop.set_defaults(handler=_stop)
 
 
-@functools.lru_cache(maxsize=1)
+@built_once
 def daemon_bundle() -> Bundle:
     """The whole package plus dill, as one digest-named zip (built once per process)."""
     files: dict[str, bytes] = {}
+    origins: dict[str, str] = {}  # for the installed bytecode the bundle can reuse
     for root, name in ((_PACKAGE, _PACKAGE.name), (Path(dill.__file__).parent, "dill")):
         for path in sorted(root.rglob("*.py")):
             if "__pycache__" not in path.parts and "tests" not in path.relative_to(root).parts:
-                files[f"{name}/{path.relative_to(root).as_posix()}"] = path.read_bytes()
-    return build_bundle(files)
+                archived = f"{name}/{path.relative_to(root).as_posix()}"
+                files[archived], origins[archived] = path.read_bytes(), str(path)
+    return build_bundle(files, origins=origins)
 
 
 def launch_command(python: str, digest: str, entry: str) -> str:
@@ -118,7 +128,7 @@ async def run_on_host(host: Host, entry: str, params: dict[str, Any]) -> list[st
 async def _converse(host: Host, process: Any, bundle: Bundle, params: dict[str, Any]) -> list[str]:
     line = (await process.stdout.readline()).rstrip(b"\n")
     if line == NEED:
-        process.stdin.write(bundle.framed())
+        process.stdin.write(await bundle_bytes(bundle))
         line = (await process.stdout.readline()).rstrip(b"\n")
     if line != READY:
         raise HostError(host.address, _failure(line, await process.stderr.read(MAX_LINE)))

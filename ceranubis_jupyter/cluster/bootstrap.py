@@ -12,11 +12,13 @@
                                   "OK\\n"  ◄──────        │
     protocol frames (Hello, ...) ◄──────────────►  ───┴► ceranubis_jupyter.node.supervisor.main()
 
-The bundle is a zip of the node's stdlib-only modules plus dill (pure Python). Its name is
-the sha256 of its files (:func:`tree_digest`), so a host keeps the versions it has seen, a
-bundle is sent at most once per host and version, and BOOT checks what it is about to run
-against the name the client gave: a file changed or planted in the cache is never run (the
-bundle is unpacked afresh), a cache directory of another user is refused with an ``E`` line.
+The bundle is a zip of the node's stdlib-only modules plus dill (pure Python), and their
+bytecode for the client's interpreter (:mod:`.bytecode`: a cold host compiles nothing). Its
+name is the sha256 of its source files (:func:`tree_digest`), so a host keeps the versions
+it has seen, a bundle is sent at most once per host and version, and BOOT checks what it is
+about to run against the name the client gave: a source changed or planted in the cache is
+never run (the bundle is unpacked afresh), a cache directory of another user is refused with
+an ``E`` line (on planted bytecode, see the note above ``BOOT``).
 Installing also removes what failed unpacks left (``.tmp-*``) and bundles unused for
 long (:data:`KEEP_BUNDLES`). ``BOOT`` is written to parse on any Python so that a too-old
 interpreter gets a clear ``E`` line instead of a ``SyntaxError``. The node process keeps
@@ -26,18 +28,22 @@ and the client's identity (``transport.client_identity``, for ``kill-strays``).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import io
 import os
 import shlex
 import struct
+import sys
+import threading
 import zipfile
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 
 import dill
 
+from .bytecode import bytecode
 from .transport import NODE_MARKER, client_identity
 
 # The oldest Python the node code is written for (pyproject's requires-python): BOOT refuses
@@ -51,12 +57,17 @@ BOOT_TIMEOUT = 120
 # raise. Everything in these is stdlib + dill (tests/test_layout.py keeps it so), so the
 # bundle is derived from the package itself and never lists modules by hand.
 BUNDLED = ("errors.py", "wire", "node")
-# zlib level for the bundle: 6 shrinks dill 4x for ~20 ms once per client process.
+# zlib level for the zip of the sources alone (code packs): 6 shrinks dill 4x in ~10 ms.
 COMPRESS_LEVEL = 6
+# zlib level for the bundle shipped to a cold host, sources and bytecode (~920 KB): 1 takes
+# ~15 ms against ~28 ms at 6, for ~407 KB on the wire against ~373 KB (once per host).
+SHIP_COMPRESS_LEVEL = 1
 _LENGTH = struct.Struct("!Q")
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 _PACKAGE = "ceranubis_jupyter"
 _STUB_INIT = '"""ceranubis node bundle: only the modules a node runs."""\n'
+# The one thread that builds bundles to ship (see bundle_bytes); started on first use.
+_BUILDER = ThreadPoolExecutor(1, thread_name_prefix="ceranubis-bundle")
 
 # Bundle versions a host keeps however old (by last use); older ones go once unused this
 # long. A node imports lazily (dill's submodules), so a running node's bundle must stay.
@@ -72,6 +83,15 @@ PRUNE_UNUSED_SECONDS = 24 * 3600
 # bundle directory is this account's, 0700 and holds no symlink or file of another user,
 # and its files hash to the digest the client named (``tree_digest``: ~1-2 ms warm). Anything
 # else is unpacked afresh from what the client sends; a cache of another user is refused.
+#
+# ``__pycache__`` is not hashed: the client ships unchecked hash-based pycs there with the
+# sources (``cluster/bytecode.py``), and Python writes its own there for any module it
+# compiles (a host of another Python ignores the shipped ones). A pyc planted there runs
+# without its source being read: a new risk? No: Python trusts its own timestamp pycs on
+# their header alone (the source's mtime and size, which whoever can write there can copy),
+# so one planted there ran before as well. The guard is the same for both: the bundle
+# directory is this account's and 0700 and holds no file of another user and no symlink, so
+# only this account (which can run any code already) can plant one.
 BOOT = r"""
 import os, sys
 if sys.version_info[:2] < (@MAJOR@, @MINOR@):
@@ -131,7 +151,7 @@ def tree(root):
                 if info.st_uid != uid or stat.S_ISLNK(info.st_mode):
                     return None
             if os.path.basename(folder) == "__pycache__":
-                continue  # written by python here; guarded by the 0700 directory
+                continue  # bytecode, ours or python's: see the note above BOOT
             for name in names:
                 with open(os.path.join(folder, name), "rb") as f:
                     data = f.read()
@@ -248,31 +268,72 @@ ERROR_PREFIX = b"E "
 
 
 async def boot_answer(
-    read_line: Callable[[], Awaitable[bytes | None]], send_bundle: Callable[[], None]
+    read_line: Callable[[], Awaitable[bytes | None]],
+    send: Callable[[bytes], None],
+    bundle: Bundle,
 ) -> tuple[bool, str | None, bytes | None]:
-    """BOOT's handshake over any transport: read its answer, send the bundle when it
-    says NEED and read again. Returns ``(ready, refusal, line)``: whether the node
-    started, the reason BOOT gave when it refused, and the last line read (``None``: the
-    stream ended)."""
+    """BOOT's handshake over any transport: read its answer, ``send`` the bundle's bytes
+    (:func:`bundle_bytes`) when it says NEED and read again. Returns ``(ready, refusal,
+    line)``: whether the node started, the reason BOOT gave when it refused, and the last
+    line read (``None``: the stream ended)."""
     line = await read_line()
     if line == NEED:
-        send_bundle()
+        send(await bundle_bytes(bundle))
         line = await read_line()
     if line is not None and line.startswith(ERROR_PREFIX):
         return False, line[len(ERROR_PREFIX) :].decode("utf-8", "replace"), line
     return line == READY, None, line
 
 
-@dataclass(frozen=True)
 class Bundle:
-    """The node code as one zip, named by the digest of its files (:func:`tree_digest`)."""
+    """The node code, named by the digest of its source files (:func:`tree_digest`).
 
-    data: bytes
-    digest: str
+    Only the digest is computed up front: every start names it, while the zips are needed
+    only by a host that has not seen this version (BOOT says NEED) and are built then, once
+    (thread-safe). ``cache_tag`` is the interpreter the shipped bytecode is for (``None``:
+    sources only).
+    """
+
+    def __init__(
+        self,
+        files: Mapping[str, bytes],
+        cache_tag: str | None = sys.implementation.cache_tag,
+        origins: Mapping[str, str] | None = None,
+    ) -> None:
+        self.files = dict(files)
+        self.digest = tree_digest(self.files)
+        self.cache_tag = cache_tag
+        self.origins = dict(origins or {})
+        self._lock = threading.Lock()
+        self._built: dict[str, bytes] = {}
+
+    @property
+    def data(self) -> bytes:
+        """The zip of the sources alone, deterministic (what code packs ship)."""
+        return self._once("data", lambda: _zip(self.files, COMPRESS_LEVEL))
 
     def framed(self) -> bytes:
-        """The bytes BOOT reads after saying ``NEED``: length, the zip's sha256, the zip."""
-        return _LENGTH.pack(len(self.data)) + hashlib.sha256(self.data).digest() + self.data
+        """The bytes BOOT reads after saying ``NEED``: length, the zip's sha256, the zip
+        of the sources and their bytecode (:func:`.bytecode.bytecode`), built once."""
+        return self._once("framed", self._frame)
+
+    def _frame(self) -> bytes:
+        pycs = bytecode(self.files, self.cache_tag, self.origins)
+        data = _zip({**self.files, **pycs}, SHIP_COMPRESS_LEVEL)
+        return _LENGTH.pack(len(data)) + hashlib.sha256(data).digest() + data
+
+    def _once(self, what: str, build: Callable[[], bytes]) -> bytes:
+        with self._lock:
+            if what not in self._built:
+                self._built[what] = build()
+            return self._built[what]
+
+
+async def bundle_bytes(bundle: Bundle) -> bytes:
+    """:meth:`Bundle.framed` built on a thread of its own, so that the event loop serves the
+    other hosts meanwhile, and hosts that say NEED at once queue there (not on the loop's
+    default executor, which resolves host names)."""
+    return await asyncio.get_running_loop().run_in_executor(_BUILDER, bundle.framed)
 
 
 def remote_command(python: str, digest: str) -> str:
@@ -281,55 +342,91 @@ def remote_command(python: str, digest: str) -> str:
     return "exec " + " ".join(shlex.quote(word) for word in words)
 
 
-@functools.lru_cache(maxsize=1)
+def built_once(build: Callable[[], Bundle]) -> Callable[[], Bundle]:
+    """``build``, run at most once per process however many threads ask at once: the hosts
+    that start together (each asks from a thread) share one bundle, so its bytecode is
+    compiled once (with ``functools.lru_cache`` alone, each of them could build its own)."""
+    lock = threading.Lock()
+    built: list[Bundle] = []
+
+    @functools.wraps(build)
+    def once() -> Bundle:
+        with lock:
+            if not built:
+                built.append(build())
+            return built[0]
+
+    return once
+
+
+@built_once
 def node_bundle() -> Bundle:
     """The bundle of this installation's node code and dill (built once per process)."""
-    return build_bundle(_bundle_files())
+    paths = _bundle_paths()
+    return build_bundle(_bundle_files(paths), origins=paths)
 
 
-def build_bundle(files: dict[str, bytes]) -> Bundle:
-    """A deterministic zip of ``files`` (archive name → content): same files, same digest."""
+def build_bundle(
+    files: Mapping[str, bytes],
+    cache_tag: str | None = sys.implementation.cache_tag,
+    origins: Mapping[str, str] | None = None,
+) -> Bundle:
+    """The bundle of ``files`` (archive name → content): same files, same digest. Its
+    bytecode is for ``cache_tag``; ``origins`` (archive name → the file it was read from)
+    lets it reuse the pycs this interpreter wrote for those files."""
+    return Bundle(files, cache_tag, origins)
+
+
+def _zip(files: Mapping[str, bytes], level: int) -> bytes:
+    """A deterministic zip of ``files`` (deflated at ``level``): same files, same bytes."""
     out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED, compresslevel=COMPRESS_LEVEL) as zf:
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
         for name in sorted(files):
             info = zipfile.ZipInfo(name, _ZIP_EPOCH)
             info.external_attr = 0o644 << 16
             info.compress_type = zipfile.ZIP_DEFLATED
-            zf.writestr(info, files[name])
-    return Bundle(out.getvalue(), tree_digest(files))
+            zf.writestr(info, files[name], compresslevel=level)
+    return out.getvalue()
 
 
-def tree_digest(files: dict[str, bytes]) -> str:
+def tree_digest(files: Mapping[str, bytes]) -> str:
     """The bundle's name: what BOOT's ``tree()`` computes over the unpacked files (the
     sha256 of the sorted ``"<sha256 of file> <name>"`` lines)."""
     lines = sorted(f"{hashlib.sha256(data).hexdigest()} {name}\n" for name, data in files.items())
     return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
-def _bundle_files() -> dict[str, bytes]:
-    """Archive name → bytes: :data:`BUNDLED` of this package, a stub ``__init__`` and dill."""
-    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+def _bundle_files(paths: Mapping[str, str] | None = None) -> dict[str, bytes]:
+    """Archive name → bytes: the files of :func:`_bundle_paths` and a stub ``__init__``."""
     files = {f"{_PACKAGE}/__init__.py": _STUB_INIT.encode()}
-    for entry in BUNDLED:
-        path = os.path.join(package, entry)
-        if entry.endswith(".py"):
-            with open(path, "rb") as source:
-                files[f"{_PACKAGE}/{entry}"] = source.read()
-        else:
-            files.update(_package_sources(path, f"{_PACKAGE}/{entry}"))
-    files.update(_package_sources(os.path.dirname(os.path.abspath(dill.__file__)), "dill"))
+    for name, path in (_bundle_paths() if paths is None else paths).items():
+        with open(path, "rb") as source:
+            files[name] = source.read()
     return files
 
 
-def _package_sources(root: str, name: str) -> dict[str, bytes]:
+def _bundle_paths() -> dict[str, str]:
+    """Archive name → file: :data:`BUNDLED` of this package and dill (``.py`` files)."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    paths = {}
+    for entry in BUNDLED:
+        path = os.path.join(package, entry)
+        if entry.endswith(".py"):
+            paths[f"{_PACKAGE}/{entry}"] = path
+        else:
+            paths.update(_package_paths(path, f"{_PACKAGE}/{entry}"))
+    paths.update(_package_paths(os.path.dirname(os.path.abspath(dill.__file__)), "dill"))
+    return paths
+
+
+def _package_paths(root: str, name: str) -> dict[str, str]:
     """Every ``.py`` file of a package, tests excluded."""
-    files = {}
+    paths = {}
     for folder, subfolders, names in os.walk(root):
         subfolders[:] = sorted(d for d in subfolders if d not in ("tests", "__pycache__"))
         for filename in names:
             if filename.endswith(".py"):
                 path = os.path.join(folder, filename)
                 relative = os.path.relpath(path, root).replace(os.sep, "/")
-                with open(path, "rb") as source:
-                    files[f"{name}/{relative}"] = source.read()
-    return files
+                paths[f"{name}/{relative}"] = path
+    return paths

@@ -162,7 +162,7 @@ class OpenSSHTransport(Transport):
 
     async def _boot(self, channel: ProcessChannel, bundle: Bundle) -> None:
         ready, refusal, line = await boot_answer(
-            lambda: read_line(channel), lambda: channel.write([bundle.framed()])
+            lambda: read_line(channel), lambda framed: channel.write([framed]), bundle
         )
         if ready:
             return

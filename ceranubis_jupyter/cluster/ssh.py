@@ -209,11 +209,11 @@ class SSHTransport(Transport):
         return channel
 
     async def _boot(self, channel: SSHChannel, bundle: Bundle) -> None:
-        def send_bundle() -> None:
-            log.info("[host=%s] sending the node bundle (%d bytes)", self.host, len(bundle.data))
-            channel.write([bundle.framed()])
+        def send_bundle(framed: bytes) -> None:
+            log.info("[host=%s] sending the node bundle (%d bytes)", self.host, len(framed))
+            channel.write([framed])
 
-        ready, refusal, line = await boot_answer(channel.read_line, send_bundle)
+        ready, refusal, line = await boot_answer(channel.read_line, send_bundle, bundle)
         if ready:
             log.debug("[host=%s] node started (%s)", self.host, self.spec.python)
             return
