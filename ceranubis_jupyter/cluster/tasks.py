@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import heapq
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
@@ -147,20 +148,68 @@ class InFlight:
     started: float  # time.monotonic() when it was sent to the node
 
 
-# A heap entry: (-priority, task_id, record). Plain tuples compare in C; task ids are
+# A queue entry: (-priority, task_id, record). Plain tuples compare in C; task ids are
 # unique, so records themselves are never compared.
 _Entry = tuple[int, int, TaskRecord]
 
 
-class PendingQueue:
-    """Tasks waiting for a node: highest priority first, then oldest; one heap per group.
+class _Lane:
+    """One group's waiting tasks, in pop order: a run of entries pushed in increasing order
+    (a map's or a project's tasks come by rising task id at one priority: appended and
+    popped in O(1), where a heap of 8,000 took ~0.4 µs more a task) and a heap for the
+    others (re-queued, or of another priority)."""
 
-    Keeping groups apart makes "the next task this host may run" a heap pop, however many
-    tasks of other groups wait.
+    __slots__ = ("heap", "run")
+
+    def __init__(self) -> None:
+        self.run: collections.deque[_Entry] = collections.deque()
+        self.heap: list[_Entry] = []
+
+    def push(self, entry: _Entry) -> None:
+        run = self.run
+        if not run or run[-1] < entry:
+            run.append(entry)
+        else:
+            heapq.heappush(self.heap, entry)
+
+    def first(self) -> _Entry | None:
+        """The entry :meth:`pop` would return, or ``None`` when empty."""
+        run, heap = self.run, self.heap
+        if heap and (not run or heap[0] < run[0]):
+            return heap[0]
+        return run[0] if run else None
+
+    def pop(self) -> TaskRecord:
+        run, heap = self.run, self.heap
+        if heap and (not run or heap[0] < run[0]):
+            return heapq.heappop(heap)[2]
+        return run.popleft()[2]
+
+    def remove(self, predicate: Callable[[TaskRecord], bool]) -> list[TaskRecord]:
+        """Take out every task for which ``predicate`` is true."""
+        removed: list[TaskRecord] = []
+
+        def kept(entry: _Entry) -> bool:
+            if predicate(entry[2]):
+                removed.append(entry[2])
+                return False
+            return True
+
+        self.run = collections.deque(filter(kept, self.run))
+        self.heap = list(filter(kept, self.heap))
+        heapq.heapify(self.heap)
+        return removed
+
+
+class PendingQueue:
+    """Tasks waiting for a node: highest priority first, then oldest; one lane per group.
+
+    Keeping groups apart makes "the next task this host may run" a look at two lanes,
+    however many tasks of other groups wait.
     """
 
     def __init__(self) -> None:
-        self._heaps: dict[str | None, list[_Entry]] = {}
+        self._lanes: dict[str | None, _Lane] = {}
         self._count = 0
 
     def __len__(self) -> int:
@@ -168,29 +217,30 @@ class PendingQueue:
 
     def push(self, record: TaskRecord) -> None:
         """Queue a task (again)."""
-        entry = (-record.priority, record.task_id, record)
-        heapq.heappush(self._heaps.setdefault(record.group, []), entry)
+        lane = self._lanes.get(record.group)
+        if lane is None:
+            lane = self._lanes[record.group] = _Lane()
+        lane.push((-record.priority, record.task_id, record))
         self._count += 1
 
     def pop_for(self, group: str | None) -> TaskRecord | None:
         """The next task a host of ``group`` may run, or ``None``."""
-        best = self._heaps.get(None)
+        lane = self._lanes.get(None)
+        best = lane.first() if lane is not None else None
         if group is not None:
-            own = self._heaps.get(group)
-            if own and (not best or own[0] < best[0]):
-                best = own
-        if not best:
+            own = self._lanes.get(group)
+            head = own.first() if own is not None else None
+            if head is not None and (best is None or head < best):
+                lane, best = own, head
+        if best is None or lane is None:
             return None
         self._count -= 1
-        return heapq.heappop(best)[2]
+        return lane.pop()
 
     def remove(self, predicate: Callable[[TaskRecord], bool]) -> list[TaskRecord]:
         """Take out every task for which ``predicate`` is true."""
         removed: list[TaskRecord] = []
-        for group, heap in self._heaps.items():
-            kept = [entry for entry in heap if not predicate(entry[2])]
-            removed += [entry[2] for entry in heap if predicate(entry[2])]
-            heapq.heapify(kept)
-            self._heaps[group] = kept
+        for lane in self._lanes.values():
+            removed += lane.remove(predicate)
         self._count -= len(removed)
         return removed
