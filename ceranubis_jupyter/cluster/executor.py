@@ -305,9 +305,9 @@ class NodeExecutor(Travel, Executor):
     ) -> Future[Any]:
         fn_id = self._check_submit(fn)
         future = TaskFuture()
-        record = self._record(options, fn, fn_id, kind, arguments, future)
+        record, ready = self._record(options, fn, fn_id, kind, arguments, future)
         future.owner, future.task_id = self._token, record.task_id
-        if not future.done():  # else its arguments would not pickle
+        if ready:  # else it failed already: its arguments would not pickle
             self._scheduler.submit_threadsafe(record)
         return future
 
@@ -328,31 +328,32 @@ class NodeExecutor(Travel, Executor):
         arguments: Any,
         outcome: Future[Any] | ResultSlot,
         first_call: int = 1,
-    ) -> TaskRecord:
-        """A task's record, arguments serialized; when they will not pickle, ``outcome``
-        is failed with the reason instead (and the record must not be queued).
-        ``first_call`` numbers its first call in that message (a map's calls count on).
-        Futures among the arguments make it wait for them (:mod:`~.dependencies`)."""
+    ) -> tuple[TaskRecord, bool]:
+        """A task's record, arguments serialized, and whether it may be queued: when they
+        will not pickle, ``outcome`` is failed with the reason instead (``False``; told
+        here, not asked of a future's lock). ``first_call`` numbers its first call in
+        that message (a map's calls count on). Futures among the arguments make it wait
+        for them (:mod:`~.dependencies`)."""
         record = self.prepared_task(options, fn_id, outcome, kind, p.PICKLE, b"")
         try:
             codec, payload, buffers = dumps(arguments)
         except FutureInArguments:
             with_inputs(record, fn, arguments, first_call, self.task_id_of, self._wrapped)
-            return record
+            return record, not outcome.done()
         except Exception as error:
             calls = [arguments] if kind == p.CALL else [(args, {}) for args in arguments]
             failure = unpicklable_arguments(
                 calls, error, first_call=first_call, task_id=record.task_id
             )
             outcome.set_exception(failure)
-            return record
+            return record, False
         record.codec, record.payload = codec, payload
         if buffers:  # (most calls have none: no generator to make)
             record.buffers = tuple(buffer.raw() for buffer in buffers)
         too_large = self._too_large(record)
         if too_large is not None:
             outcome.set_exception(too_large)
-        return record
+        return record, too_large is None
 
     def _too_large(self, record: TaskRecord) -> TaskTooLarge | None:
         """Why a task cannot travel in one frame, or ``None`` when it fits."""
@@ -434,8 +435,8 @@ class NodeExecutor(Travel, Executor):
         fn_id = self._check_submit(fn)
 
         def make(call: Any, slot: MapSlot, first_call: int) -> TaskRecord | None:
-            record = self._record(options, fn, fn_id, kind, call, slot, first_call)
-            return None if slot.done() else record
+            record, ready = self._record(options, fn, fn_id, kind, call, slot, first_call)
+            return record if ready else None
 
         feeder = MapFeeder(arguments, kind == p.CHUNK, waiter, make, self.submit_prepared)
         # As Python 3.14: without a buffersize every call is read and queued now.
