@@ -173,17 +173,19 @@ class _Lane:
             heapq.heappush(self.heap, entry)
 
     def first(self) -> _Entry | None:
-        """The entry :meth:`pop` would return, or ``None`` when empty."""
+        """The lane's next entry (run or heap, whichever is first), or ``None``."""
         run, heap = self.run, self.heap
         if heap and (not run or heap[0] < run[0]):
             return heap[0]
         return run[0] if run else None
 
-    def pop(self) -> TaskRecord:
-        run, heap = self.run, self.heap
-        if heap and (not run or heap[0] < run[0]):
-            return heapq.heappop(heap)[2]
-        return run.popleft()[2]
+    def take(self, entry: _Entry) -> TaskRecord:
+        """Pop ``entry``, which :meth:`first` just returned (no second comparison)."""
+        if self.heap and self.heap[0] is entry:
+            heapq.heappop(self.heap)
+        else:
+            self.run.popleft()
+        return entry[2]
 
     def remove(self, predicate: Callable[[TaskRecord], bool]) -> list[TaskRecord]:
         """Take out every task for which ``predicate`` is true."""
@@ -235,7 +237,7 @@ class PendingQueue:
         if best is None or lane is None:
             return None
         self._count -= 1
-        return lane.pop()
+        return lane.take(best)
 
     def remove(self, predicate: Callable[[TaskRecord], bool]) -> list[TaskRecord]:
         """Take out every task for which ``predicate`` is true."""

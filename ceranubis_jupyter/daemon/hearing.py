@@ -65,10 +65,11 @@ class Hearing:
                 self._wake.set()
             return
         self._look_at = 0.0  # (a busy node looks once it has room)
-        if heard[0][0] < 0:  # (re)connected: a hand sent meanwhile was not heard
+        reconnected = heard[0][0] < 0  # -1: the listener (re)connected
+        if reconnected:  # a hand sent meanwhile was not heard
             self._orphans_asked = True
         self._woken.extend(heard)
-        if heard[0][0] < 0 or not self._cycle_here():  # -1: the listener (re)connected
+        if reconnected or not self._cycle_here():
             self._wake.set()
 
     def _handed(self, hand: Hand) -> bool:
