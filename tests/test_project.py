@@ -13,6 +13,7 @@ import __main__
 from ceranubis_jupyter import CeranubisExecutor
 from ceranubis_jupyter.errors import ConfigError, StoreError
 from ceranubis_jupyter.projects import run as project_run
+from ceranubis_jupyter.projects import window
 from ceranubis_jupyter.projects.code import function_from_code
 from ceranubis_jupyter.projects.commit import commit_function, commit_project
 from ceranubis_jupyter.projects.project import Project, list_projects, remove_project
@@ -214,7 +215,7 @@ def test_a_failed_insert_stores_nothing_and_stops_its_tasks(store_url: str) -> N
 def test_a_project_bigger_than_its_submit_window_records_everything_once(
     store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(project_run, "SUBMIT_AHEAD", 40)  # many refills, each on a wake
+    monkeypatch.setattr(window, "SUBMIT_AHEAD", 40)  # many refills, each on a wake
     in_flight: list[int] = []
     args = [(x,) for x in range(1500)]
     with CeranubisExecutor() as executor:

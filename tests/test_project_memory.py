@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from ceranubis_jupyter import CeranubisExecutor
-from ceranubis_jupyter.projects import digest, rows
+from ceranubis_jupyter.projects import digest, rows, window
 from ceranubis_jupyter.projects import run as project_run
 from ceranubis_jupyter.projects.commit import commit_function
 from ceranubis_jupyter.projects.digest import arguments_digest
@@ -47,7 +47,7 @@ def test_encode_many_in_steps_finds_the_one_that_needs_dill(
 def test_a_chunked_run_keeps_bounded_tasks_and_results_and_no_stored_bytes(
     store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(project_run, "SUBMIT_AHEAD_ARGUMENTS", 20)  # 4 tasks of 5
+    monkeypatch.setattr(window, "SUBMIT_AHEAD_ARGUMENTS", 20)  # 4 tasks of 5
     monkeypatch.setattr(project_run, "UNCOLLECTED_ARGUMENTS", 20)  # and 4 more finished
     monkeypatch.setattr(rows, "COLLECT_ARGUMENTS", 10)  # 2 tasks per write
     held: list[int] = []

@@ -4,7 +4,7 @@
 
     kernel thread         run thread (this module)              loop thread (scheduler)
     ─────────────         ────────────────────────              ───────────────────────
-    commit / resume ─► submit, SUBMIT_AHEAD in flight ─► executor ─► nodes
+    commit / resume ─► submit, a window in flight ─► executor ─► nodes
                           ▲                                        │ result
                           │ finished deque ◄─ scheduler listener ◄─┘ (one append, no I/O)
                           ▼
@@ -60,6 +60,7 @@ from .lifecycle import (
 from .records import this_client
 from .rows import OutcomeCollector, final_state
 from .store import Store
+from .window import FlightWindow
 
 log = logging.getLogger("ceranubis")
 
@@ -69,13 +70,6 @@ FLUSH_SECONDS = 0.1
 # Seconds between heartbeats: other processes call a client gone after
 # records.STALE_SECONDS of silence; a remote cancel is noticed within this time.
 HEARTBEAT_SECONDS = 1.0
-# Tasks submitted and not finished, at most: enough to keep the nodes fed through a write
-# or a GIL stall (~0.1 s of tiny tasks), few enough that a big project does not hold a
-# future per argument at once (memory; every full GC pass walks them all).
-SUBMIT_AHEAD = 8000
-# Arguments in flight at most (big chunks): 8000 tasks of 1000 would be a whole project's
-# payloads at once; this many keep the nodes busy for far longer than a write.
-SUBMIT_AHEAD_ARGUMENTS = 200_000
 # Arguments finished and not collected at most before submitting pauses (they wait for the
 # insert to commit): more lets a run go on during a long insert, and holds more results.
 UNCOLLECTED_ARGUMENTS = 200_000
@@ -180,11 +174,10 @@ class ProjectRun:
         # submitted and the ones the scheduler finished (loop thread only).
         self._next, self._end = 0, len(plan.args)
         self._submitted = self._seen = 0
-        # Tasks in flight at most (the listener wakes the run thread when half are left);
-        # tasks submitted and not collected at most.
-        self._ahead = min(SUBMIT_AHEAD, max(2, SUBMIT_AHEAD_ARGUMENTS // plan.chunksize))
-        self._low = self._ahead // 2
-        self._held_most = self._ahead + max(1, UNCOLLECTED_ARGUMENTS // plan.chunksize)
+        # Tasks in flight at most (the listener wakes the run thread when it is down to
+        # window.low); tasks submitted and not collected at most.
+        self._window = FlightWindow(plan.chunksize)
+        self._held_most = self._window.most + max(1, UNCOLLECTED_ARGUMENTS // plan.chunksize)
         self._fn_id = -1
         self._thread = threading.Thread(target=self._main, name="ceranubis-project", daemon=True)
 
@@ -255,7 +248,7 @@ class ProjectRun:
         if self.outcomes.arrived(record):
             self._seen += 1
             if self._next < self._end:
-                if self.in_flight <= self._low and not self._wake.is_set():
+                if self.in_flight <= self._window.low and not self._wake.is_set():
                     self._wake.set()  # submit more before the nodes run dry
             elif self._seen == self._submitted:
                 self._wake.set()  # the final write need not wait for the next flush
@@ -332,7 +325,7 @@ class ProjectRun:
         if self._created() and self.outcomes.backlog():
             return 0.0  # the last write left finished tasks to collect
         if self._submitting():
-            full = self.in_flight >= self._ahead or self._room() <= 0
+            full = self.in_flight >= self._window.ahead or self._room() <= 0
             return FLUSH_SECONDS if full else 0.0
         tail = self._flowing and self.in_flight
         return TAIL_FLUSH_SECONDS if tail else FLUSH_SECONDS
@@ -350,8 +343,9 @@ class ProjectRun:
 
     def _submit_more(self) -> None:
         """Submit tasks until enough are in flight (or none are left)."""
+        self._window.follow(list(self.executor.scheduler.links))
         chunksize = self.plan.chunksize
-        room = min(self._ahead - self.in_flight, self._room())
+        room = min(self._window.ahead - self.in_flight, self._room())
         if room <= 0:
             return  # full: neither a task nor a look at the store for referred results
         end = min(self._next + room * chunksize, self._end)
