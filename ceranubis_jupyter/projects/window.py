@@ -13,9 +13,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
+from ..cluster.credit import CREDIT_PER_WORKER
+
 # Tasks in flight per worker of the ready nodes: twice the most credit a node gives one
-# worker (credit.CREDIT_PER_WORKER).
-SUBMIT_AHEAD_PER_WORKER = 256
+# worker, so that every node can be full and as much again waits for it.
+SUBMIT_AHEAD_PER_WORKER = 2 * CREDIT_PER_WORKER
 # Tasks in flight at least (while the nodes connect, and for one or two workers).
 SUBMIT_AHEAD_LEAST = 2000
 # Tasks in flight at most, however many workers there are.
