@@ -37,6 +37,8 @@ from ..cluster.bootstrap import (
     build_bundle,
     built_once,
     bundle_bytes,
+    package_paths,
+    read_files,
 )
 from ..cluster.hosts import Host, parse_host_list
 from ..daemon.launch import STOP_TIMEOUT
@@ -83,14 +85,9 @@ def add_commands(subparsers: Any) -> None:
 @built_once
 def daemon_bundle() -> Bundle:
     """The whole package plus dill, as one digest-named zip (built once per process)."""
-    files: dict[str, bytes] = {}
-    origins: dict[str, str] = {}  # for the installed bytecode the bundle can reuse
-    for root, name in ((_PACKAGE, _PACKAGE.name), (Path(dill.__file__).parent, "dill")):
-        for path in sorted(root.rglob("*.py")):
-            if "__pycache__" not in path.parts and "tests" not in path.relative_to(root).parts:
-                archived = f"{name}/{path.relative_to(root).as_posix()}"
-                files[archived], origins[archived] = path.read_bytes(), str(path)
-    return build_bundle(files, origins=origins)
+    paths = package_paths(str(_PACKAGE), _PACKAGE.name)
+    paths.update(package_paths(str(Path(dill.__file__).parent), "dill"))
+    return build_bundle(read_files(paths), origins=paths)
 
 
 def launch_command(python: str, digest: str, entry: str) -> str:

@@ -399,7 +399,14 @@ def tree_digest(files: Mapping[str, bytes]) -> str:
 def _bundle_files(paths: Mapping[str, str] | None = None) -> dict[str, bytes]:
     """Archive name → bytes: the files of :func:`_bundle_paths` and a stub ``__init__``."""
     files = {f"{_PACKAGE}/__init__.py": _STUB_INIT.encode()}
-    for name, path in (_bundle_paths() if paths is None else paths).items():
+    files.update(read_files(_bundle_paths() if paths is None else paths))
+    return files
+
+
+def read_files(paths: Mapping[str, str]) -> dict[str, bytes]:
+    """Archive name → the bytes of the file ``paths`` names for it."""
+    files = {}
+    for name, path in paths.items():
         with open(path, "rb") as source:
             files[name] = source.read()
     return files
@@ -414,13 +421,14 @@ def _bundle_paths() -> dict[str, str]:
         if entry.endswith(".py"):
             paths[f"{_PACKAGE}/{entry}"] = path
         else:
-            paths.update(_package_paths(path, f"{_PACKAGE}/{entry}"))
-    paths.update(_package_paths(os.path.dirname(os.path.abspath(dill.__file__)), "dill"))
+            paths.update(package_paths(path, f"{_PACKAGE}/{entry}"))
+    paths.update(package_paths(os.path.dirname(os.path.abspath(dill.__file__)), "dill"))
     return paths
 
 
-def _package_paths(root: str, name: str) -> dict[str, str]:
-    """Every ``.py`` file of a package, tests excluded."""
+def package_paths(root: str, name: str) -> dict[str, str]:
+    """Archive name (under ``name``) → file: every ``.py`` file of the package at ``root``,
+    its ``tests`` and ``__pycache__`` folders left out."""
     paths = {}
     for folder, subfolders, names in os.walk(root):
         subfolders[:] = sorted(d for d in subfolders if d not in ("tests", "__pycache__"))

@@ -23,12 +23,14 @@ import os
 import sys
 from collections.abc import Mapping
 
-# PEP 552's flags word: hash-based (bit 0), its source not checked on import (bit 1 clear).
-UNCHECKED_HASH_PYC = 0b01
+# PEP 552's flag bits: the pyc is hash-based; its source is checked on import.
+_HASH_BASED = 0b01
+_CHECK_SOURCE = 0b10
+# The flags word of the pycs shipped: hash-based, the source not checked on import.
+UNCHECKED_HASH_PYC = _HASH_BASED
 # Bytes of a pyc's header: magic, flags, then the source hash (or its mtime and size).
 PYC_HEADER = 16
-_HASH_BASED = 0b01
-_KNOWN_FLAGS = 0b11
+_SHIPPED_HEADER = importlib.util.MAGIC_NUMBER + UNCHECKED_HASH_PYC.to_bytes(4, "little")
 
 
 def bytecode(
@@ -49,21 +51,23 @@ def bytecode(
         folder, _, filename = name.rpartition("/")
         if not filename.endswith(".py"):
             continue
-        code = _installed_code(origins[name], source) if ours and name in origins else None
+        source_hash = importlib.util.source_hash(source)
+        code = None
+        if ours and name in origins:
+            code = _installed_code(origins[name], source, source_hash)
         if code is None:
             try:
                 code = marshal.dumps(compile(source, name, "exec", dont_inherit=True, optimize=0))
             except (SyntaxError, ValueError):
                 continue
-        header = importlib.util.MAGIC_NUMBER + UNCHECKED_HASH_PYC.to_bytes(4, "little")
         prefix = f"{folder}/" if folder else ""
         pycs[f"{prefix}__pycache__/{filename[:-3]}.{cache_tag}.pyc"] = (
-            header + importlib.util.source_hash(source) + code
+            _SHIPPED_HEADER + source_hash + code
         )
     return pycs
 
 
-def _installed_code(path: str, source: bytes) -> bytes | None:
+def _installed_code(path: str, source: bytes, source_hash: bytes) -> bytes | None:
     """The marshalled code of the pyc this interpreter wrote for ``path`` (non-optimized), if
     Python would use it for ``source``: its magic, then the source's hash, or (a timestamp
     pyc) the file's mtime and the source's size, as the import system checks them. So the
@@ -78,10 +82,10 @@ def _installed_code(path: str, source: bytes) -> bytes | None:
     if len(pyc) <= PYC_HEADER or pyc[:4] != importlib.util.MAGIC_NUMBER:
         return None
     flags = int.from_bytes(pyc[4:8], "little")
-    if flags & ~_KNOWN_FLAGS:
+    if flags & ~(_HASH_BASED | _CHECK_SOURCE):
         return None
     if flags & _HASH_BASED:
-        expected = importlib.util.source_hash(source)
+        expected = source_hash
     else:
         expected = (mtime & 0xFFFFFFFF).to_bytes(4, "little")
         expected += (len(source) & 0xFFFFFFFF).to_bytes(4, "little")
