@@ -43,6 +43,7 @@ from .bootstrap import Bundle, boot_answer, node_bundle, remote_command
 from .hosts import Host
 from .pipes import Receiver
 from .ssh_options import check_host_options, resolve_options
+from .ssh_packets import PacketGather
 from .transport import EXIT_GRACE_SECONDS, STDERR_TAIL, Channel, Transport
 
 log = logging.getLogger("ceranubis.ssh")
@@ -380,6 +381,7 @@ class SSHChannel(Channel):
         self.chan = chan
         self.session = session
         self._closed = False
+        self._packets = PacketGather(conn)
 
     def set_receiver(self, receiver: Receiver) -> None:
         self.session.push_to(receiver)
@@ -407,14 +409,18 @@ class SSHChannel(Channel):
         if self._closed:
             return
         small: list[Buffer] = []
-        with contextlib.suppress(OSError, asyncssh.Error):
-            for chunk in chunks:
-                if len(chunk) >= JOIN_LIMIT:
-                    self._write_joined(small)
-                    self.chan.write(chunk)
-                else:
-                    small.append(chunk)
-            self._write_joined(small)
+        self._packets.hold()
+        try:
+            with contextlib.suppress(OSError, asyncssh.Error):
+                for chunk in chunks:
+                    if len(chunk) >= JOIN_LIMIT:
+                        self._write_joined(small)
+                        self.chan.write(chunk)
+                    else:
+                        small.append(chunk)
+                self._write_joined(small)
+        finally:
+            self._packets.release()
 
     def _write_joined(self, small: list[Buffer]) -> None:
         if small:
