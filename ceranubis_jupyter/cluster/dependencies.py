@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import pickle
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field
@@ -47,17 +48,36 @@ FRAME_OVERHEAD = 4096
 _collecting = threading.local()
 
 
+# concurrent.futures' state of a future that has its result or exception.
+_FINISHED = "FINISHED"
+# Called by a future before ``result()`` waits: may read its outcome in, in the waiting
+# thread (``inline_receive``); given the future and the timeout.
+InlineWaiter = Callable[[Future[Any], "float | None"], None]
+
+
 class TaskFuture(Future[Any]):
     """The future :meth:`~.executor.NodeExecutor.submit` returns.
 
     Given as an argument (anywhere inside the arguments) to ``submit`` or ``map`` of its
-    executor, it makes that task wait for it and pass its result instead.
+    executor, it makes that task wait for it and pass its result instead. Before
+    :meth:`result` waits, the executor's ``wait_inline`` may read the outcome in.
     """
 
-    # Set by the executor that made it: its token (see ``NodeExecutor.task_id_of``), and
-    # the id of the task behind it.
+    # Set by the executor that made it: its token (see ``NodeExecutor.task_id_of``), the
+    # id of the task behind it, and what reads its outcome in before result() waits.
     owner: object = None
     task_id: int = 0
+    wait_inline: InlineWaiter | None = None
+
+    def result(self, timeout: float | None = None) -> Any:
+        """As :meth:`Future.result`; see the class docstring."""
+        wait_inline = self.wait_inline
+        if wait_inline is not None and self._state != _FINISHED:
+            started = time.monotonic()
+            wait_inline(self, timeout)
+            if timeout is not None:
+                timeout = max(0.0, timeout - (time.monotonic() - started))
+        return super().result(timeout)
 
     def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
         collected: dict[TaskFuture, int] | None = getattr(_collecting, "inputs", None)

@@ -32,6 +32,7 @@ from .fastpaths import FastPaths
 from .framecap import data_frame_cap
 from .functions import FunctionIds
 from .hosts import Host, HostSpec, as_host
+from .inline_receive import InlineReceiver
 from .link import SILENCE_TIMEOUT, HostInfo
 from .mapping import MapFeeder, MapRefill, MapSlot, MapWaiter, check_buffersize, results_in_order
 from .reach import transports_for
@@ -157,6 +158,9 @@ class NodeExecutor(Travel, Executor):
         # Each submit() future's task id, for cancel() and task_id_of(). Weak keys: the
         # values are ints, so a dropped future takes nothing of its task with it.
         self._token = object()  # marks the futures this executor made (TaskFuture.owner)
+        # What reads a lone task's outcome in the thread that waits for it (a fast path).
+        inline = self._scheduler.fast_paths.inline_receive
+        self._wait_inline = InlineReceiver(self._scheduler) if inline else None
         self._lock = threading.Lock()
         self._shutdown = False
         _live_executors.add(self)
@@ -307,6 +311,7 @@ class NodeExecutor(Travel, Executor):
         future = TaskFuture()
         record, ready = self._record(options, fn, fn_id, kind, arguments, future)
         future.owner, future.task_id = self._token, record.task_id
+        future.wait_inline = self._wait_inline
         if ready:  # else it failed already: its arguments would not pickle
             self._scheduler.submit_threadsafe(record)
         return future

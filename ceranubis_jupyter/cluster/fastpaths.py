@@ -19,6 +19,9 @@
   its own transaction and their bytes in its ``NOTIFY``, so the daemon starts them
   without claiming (``projects.queue_events.Hand``). A daemon with it off is never
   handed any (the nodes table names no lease of it).
+- ``inline_receive``: a thread that waits in ``result()`` for the executor's only task in
+  flight reads the node's answer itself while the loop thread sleeps (one thread wake-up
+  less per round trip). Client side: ``inline_receive.InlineReceiver``.
 
 Every one is on by default. ``CeranubisExecutor(fast_paths=FastPaths(cut_through=False))``
 turns one off for an executor; ``CERANUBIS_FAST_PATHS_OFF=direct_writes,cut_through`` (or
@@ -48,6 +51,7 @@ class FastPaths:
     lazy_results: bool = True
     queue_batches: bool = True
     queue_hands: bool = True
+    inline_receive: bool = True
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

@@ -32,6 +32,10 @@ class Listeners:
         with self._lock:
             self._callables = [f for f in self._callables if f != listener]
 
+    def __bool__(self) -> bool:
+        """True while any listener is registered."""
+        return bool(self._callables)
+
     def tell(self, record: TaskRecord) -> None:
         """Tell every listener; a broken one is logged and must not stop the others."""
         for listener in self._callables:

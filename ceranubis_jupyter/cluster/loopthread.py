@@ -6,14 +6,23 @@ loop is asleep and touches no loop state, and may do a small piece of the loop's
 itself: :meth:`LoopThread.run_if_asleep`. The scheduler uses this to send a task straight
 to an idle node from the submitting thread, saving two thread wake-ups (the loop's
 self-pipe and a GIL hand-off) per round trip.
+
+The same lock lets a thread that waits for a result read the node's descriptor itself,
+for a short while, with the loop asleep: :meth:`LoopThread.serve_in_caller`. The loop's
+epoll stops watching that descriptor meanwhile (so the kernel wakes only the waiter), and
+the waiter hands the loop back as soon as anything else wants it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import select
 import selectors
+import signal
 import threading
-from collections.abc import Callable, Coroutine
+import time
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
@@ -39,18 +48,58 @@ class _UnlockedPoll:
         return getattr(self._epoll, name)
 
 
-def _selector(lock: threading.Lock) -> selectors.BaseSelector:
-    """The loop's selector: epoll with the idle lock released while it waits.
+def _selector(lock: threading.Lock) -> tuple[selectors.BaseSelector, Any]:
+    """The loop's selector: epoll with the idle lock released while it waits; and that
+    epoll object (``None`` without one).
 
     Without epoll (not Linux) the plain default selector is used and the lock is never
-    released, so :meth:`LoopThread.run_if_asleep` always declines.
+    released, so :meth:`LoopThread.run_if_asleep` and :meth:`LoopThread.serve_in_caller`
+    always decline.
     """
     epoll_selector = getattr(selectors, "EpollSelector", None)
     if epoll_selector is None:  # pragma: no cover - not Linux
-        return selectors.DefaultSelector()
+        return selectors.DefaultSelector(), None
     selector: selectors.BaseSelector = epoll_selector()
-    selector._selector = _UnlockedPoll(selector._selector, lock)  # type: ignore[attr-defined]
-    return selector
+    epoll = selector._selector  # type: ignore[attr-defined]
+    selector._selector = _UnlockedPoll(epoll, lock)  # type: ignore[attr-defined]
+    return selector, epoll
+
+
+def _epoll_events(events: int) -> int:
+    """Epoll flags for a selector key's events (as ``selectors.EpollSelector`` sets them)."""
+    flags = select.EPOLLIN if events & selectors.EVENT_READ else 0
+    return flags | (select.EPOLLOUT if events & selectors.EVENT_WRITE else 0)
+
+
+def _nothing() -> None:
+    """A callback that only wakes the loop."""
+
+
+@contextlib.contextmanager
+def _interrupt_deferred() -> Iterator[None]:
+    """In the main thread, a SIGINT (Ctrl-C, a kernel interrupt) that comes meanwhile is
+    raised only at the end: a ``KeyboardInterrupt`` half-way through the loop's work (a
+    reader callback, a frame being written) would lose bytes, and with them the node's
+    channel."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # Python runs signal handlers in the main thread only
+        return
+    caught: list[Any] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            _deliver_interrupt(previous, caught[0])
+
+
+def _deliver_interrupt(handler: Any, frame: Any) -> None:
+    """Act on a deferred SIGINT as ``handler`` (what was installed) would have."""
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+    elif handler == signal.SIG_DFL:
+        signal.raise_signal(signal.SIGINT)
 
 
 class LoopThread:
@@ -59,7 +108,9 @@ class LoopThread:
     def __init__(self, name: str = "ceranubis-loop") -> None:
         self.idle_lock = threading.Lock()
         self.idle_lock.acquire()  # the loop's until its first poll (released in poll only)
-        self.loop = asyncio.SelectorEventLoop(_selector(self.idle_lock))
+        self._selector, self._epoll = _selector(self.idle_lock)
+        self._borrower: int | None = None  # the thread serving the loop's reads, if any
+        self.loop = asyncio.SelectorEventLoop(self._selector)
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.thread.start()
 
@@ -82,13 +133,104 @@ class LoopThread:
         if not self.idle_lock.acquire(blocking=False):
             return False
         try:
-            return fn()
+            with _interrupt_deferred():
+                return fn()
         finally:
             self.idle_lock.release()
 
+    def serve_in_caller(
+        self, fds: Callable[[], Sequence[int]], done: Callable[[], bool], seconds: float
+    ) -> None:
+        """Read ``fds()`` for the loop in this thread while it sleeps, until ``done()``,
+        for at most ``seconds``; return at once if the loop is busy.
+
+        The loop's epoll ignores those descriptors meanwhile, so their data wakes only
+        this thread, which runs the loop's own reader callbacks for them. It gives the loop
+        back early when anything else wants it (another descriptor, a call from another
+        thread, a callback those readers scheduled). The loop's timers may fire up to
+        ``seconds`` late.
+        """
+        if self._epoll is None or not self.idle_lock.acquire(blocking=False):
+            return
+        try:
+            readers = self._readers(fds())
+            if readers:
+                with self._borrowed(readers):
+                    self._serve(readers, done, time.monotonic() + seconds)
+        finally:
+            self.idle_lock.release()
+
+    def _readers(self, fds: Sequence[int]) -> dict[int, asyncio.Handle]:
+        """The loop's reader callbacks of ``fds``; empty unless each fd is watched for
+        reading only (a pending write is the loop's business)."""
+        readers = {}
+        for fd in fds:
+            key = self._selector.get_map().get(fd)
+            if key is None or key.events != selectors.EVENT_READ:
+                return {}
+            readers[fd] = key.data[0]
+        return readers
+
+    @contextlib.contextmanager
+    def _borrowed(self, readers: dict[int, asyncio.Handle]) -> Iterator[None]:
+        """The loop's epoll blind to ``readers`` and this thread the running loop's, then
+        both restored (as the readers left their registrations) and the loop woken if a
+        reader scheduled a callback or a timer."""
+        for fd in readers:
+            self._epoll.modify(fd, 0)
+        previous = asyncio.events._get_running_loop()
+        asyncio.events._set_running_loop(self.loop)
+        self._borrower = threading.get_ident()
+        first_timer = self._first_timer()
+        try:
+            yield
+        finally:
+            self._borrower = None
+            asyncio.events._set_running_loop(previous)
+            for fd in readers:
+                key = self._selector.get_map().get(fd)
+                if key is not None:  # else a reader closed it: the selector dropped it
+                    self._epoll.modify(fd, _epoll_events(key.events))
+            if self._has_ready() or self._first_timer() is not first_timer:
+                self.loop.call_soon_threadsafe(_nothing)  # callbacks to run, a timer to heed
+
+    def _has_ready(self) -> bool:
+        return bool(self.loop._ready)  # type: ignore[attr-defined]
+
+    def _first_timer(self) -> asyncio.TimerHandle | None:
+        scheduled: list[asyncio.TimerHandle] = self.loop._scheduled  # type: ignore[attr-defined]
+        return scheduled[0] if scheduled else None
+
+    def _serve(
+        self, readers: dict[int, asyncio.Handle], done: Callable[[], bool], deadline: float
+    ) -> None:
+        poller = select.poll()
+        for fd in readers:
+            poller.register(fd, select.POLLIN)
+        loop_fd = self._epoll.fileno()  # readable when the loop has anything else to do
+        poller.register(loop_fd, select.POLLIN)
+        while not done():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            ready = poller.poll(left * 1000)
+            if any(fd == loop_fd for fd, _ in ready):
+                return
+            for fd, _ in ready:
+                handle = readers[fd]
+                if not handle.cancelled():
+                    with _interrupt_deferred():
+                        handle._run()  # as the loop runs it (errors go to its handler)
+                if self._selector.get_map().get(fd) is None:
+                    return  # the reader closed it
+            if self._has_ready():
+                return  # the loop must run them
+
     def in_loop_thread(self) -> bool:
-        """True when called from the loop's own thread."""
-        return threading.get_ident() == self.thread.ident
+        """True when called from the loop's own thread (or from a thread serving its
+        reads: :meth:`serve_in_caller`)."""
+        ident = threading.get_ident()
+        return ident == self.thread.ident or ident == self._borrower
 
     def call_for_result(self, fn: Callable[[], T], timeout: float) -> T:
         """Run ``fn()`` on the loop from another thread and return what it returned."""

@@ -463,6 +463,10 @@ class SSHChannel(Channel):
     def stderr_tail(self) -> str:
         return self.session.stderr.decode("utf-8", "replace").strip()
 
+    def read_fd(self) -> int | None:
+        sock = None if self._closed else self.conn.get_extra_info("socket")
+        return sock.fileno() if sock is not None else None
+
 
 async def _close_connection(conn: asyncssh.SSHClientConnection) -> None:
     """Close a connection; abort it if the peer does not answer (a partition)."""

@@ -78,6 +78,11 @@ class Channel(ABC):
         """The last lines the node wrote to stderr (for error messages)."""
         return ""
 
+    def read_fd(self) -> int | None:
+        """The descriptor the node's bytes arrive on, read by the loop's reader callback
+        (``None``: none such); see ``inline_receive``."""
+        return None
+
 
 class Transport(ABC):
     """Starts nodes on one host."""
@@ -283,6 +288,9 @@ class ProcessChannel(Channel):
 
     def stderr_tail(self) -> str:
         return self._stderr.decode("utf-8", "replace").strip()
+
+    def read_fd(self) -> int | None:
+        return self.stdout.fd if self.stdout.fd >= 0 else None
 
     async def exited(self) -> int | None:
         """The process's exit status once it and its stderr have ended (``None``: still

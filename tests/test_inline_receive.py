@@ -1,0 +1,71 @@
+"""The ``inline_receive`` fast path and interrupts: a Ctrl-C (SIGINT) while the waiting
+thread reads for the loop loses neither bytes nor the node's channel.
+
+(That the waiting thread reads its lone result, and the contract with the path off, are
+in ``test_fast_path_switches.py``.)
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import pytest
+
+from ceranubis_jupyter import CeranubisExecutor
+from ceranubis_jupyter.cluster.loopthread import _interrupt_deferred
+from tests.remote import by_value
+
+RESULT_TIMEOUT = 30.0
+
+
+@by_value
+def interrupt_then_return(client_pid: int, x: int) -> int:
+    import os
+    import signal
+    import time
+
+    os.kill(client_pid, signal.SIGINT)
+    time.sleep(0.2)  # the client's result() is interrupted meanwhile; this task goes on
+    return x + 1
+
+
+@by_value
+def plus_one(x: int) -> int:
+    return x + 1
+
+
+def test_a_sigint_during_a_reader_callback_is_raised_once_it_returned() -> None:
+    assert threading.current_thread() is threading.main_thread()
+    finished = []
+    with pytest.raises(KeyboardInterrupt), _interrupt_deferred():
+        signal.raise_signal(signal.SIGINT)  # the handler runs here: it must not raise
+        finished.append(True)
+    assert finished == [True]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+def test_no_sigint_no_exception_and_the_handler_is_restored() -> None:
+    with _interrupt_deferred():
+        pass
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_an_interrupted_result_wait_leaves_the_node_and_its_channel_working() -> None:
+    with CeranubisExecutor(max_workers=1) as executor:
+        assert executor.submit(plus_one, 0).result(RESULT_TIMEOUT) == 1
+        nodes = [info.pid for info in executor.hosts()]
+        for i in range(5):
+            futures = []
+            # The SIGINT lands while submit() writes the task (raised once it is written)
+            # or while result() waits or reads for the loop.
+            with pytest.raises(KeyboardInterrupt):
+                futures.append(executor.submit(interrupt_then_return, os.getpid(), i))
+                futures[0].result(RESULT_TIMEOUT)
+            if futures:
+                assert futures[0].result(RESULT_TIMEOUT) == i + 1  # the task went on
+            assert [executor.submit(plus_one, k).result(RESULT_TIMEOUT) for k in range(50)] == [
+                k + 1 for k in range(50)
+            ]
+        assert [info.pid for info in executor.hosts()] == nodes  # no node was lost
