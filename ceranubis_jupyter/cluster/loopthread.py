@@ -28,6 +28,14 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+# signal.signal without its enum conversions (~2.4 µs a call, against ~0.15 µs): the C
+# function it wraps (CPython's _signal module; elsewhere signal.signal itself).
+_set_handler: Callable[[int, Any], Any]
+try:
+    from _signal import signal as _set_handler  # type: ignore[import-not-found, no-redef]
+except ImportError:  # pragma: no cover - not CPython
+    _set_handler = signal.signal
+
 
 class _UnlockedPoll:
     """An ``epoll`` object whose ``poll`` runs with the loop's idle lock released."""
@@ -85,11 +93,11 @@ def _interrupt_deferred() -> Iterator[None]:
         yield  # Python runs signal handlers in the main thread only
         return
     caught: list[Any] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(frame))
+    previous = _set_handler(signal.SIGINT, lambda signum, frame: caught.append(frame))
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        _set_handler(signal.SIGINT, previous)
         if caught:
             _deliver_interrupt(previous, caught[0])
 
