@@ -18,7 +18,7 @@ import pytest
 from ceranubis_jupyter import CeranubisExecutor
 from ceranubis_jupyter.cluster.hosts import Host
 from ceranubis_jupyter.cluster.ssh import SSHChannel
-from ceranubis_jupyter.cluster.ssh_packets import GATHER_LIMIT
+from ceranubis_jupyter.cluster.ssh_packets import GATHER_LIMIT, PacketGather
 from tests.fixtures_ssh import (
     ASYNCSSH_ALIAS,
     OPENSSH_ALIAS,
@@ -101,3 +101,14 @@ def test_large_arguments_go_out_in_bounded_writes_and_arrive_intact(
             digest = executor.submit(sha256_of, payload).result(timeout=RESULT_TIMEOUT)
     assert digest == hashlib.sha256(payload).hexdigest()
     assert max(counts) > 1  # flushed along the way, never held whole
+
+
+def test_a_connection_without_asyncssh_send_is_left_as_it_is() -> None:
+    class Elsewhere:
+        """A connection of an asyncssh whose packets take another way out."""
+
+    conn = Elsewhere()
+    gather = PacketGather(conn)
+    gather.hold()
+    gather.release()  # nothing held, nothing written, nothing raised
+    assert not hasattr(conn, "_send")

@@ -155,9 +155,9 @@ class NodeExecutor(Travel, Executor):
         self._functions = FunctionIds(self._scheduler.add_function_threadsafe)
         self._init_travel(modules, auto_modules, files)
         self._wrapped = WrappedIds(self.register_function)
-        # Each submit() future's task id, for cancel() and task_id_of(). Weak keys: the
-        # values are ints, so a dropped future takes nothing of its task with it.
-        self._token = object()  # marks the futures this executor made (TaskFuture.owner)
+        # The futures submit() makes carry this token and their task's id (TaskFuture.owner
+        # and .task_id), for cancel() and task_id_of(): nothing here keeps them alive.
+        self._token = object()
         # What reads a lone task's outcome in the thread that waits for it (a fast path).
         inline = self._scheduler.fast_paths.inline_receive
         self._wait_inline = InlineReceiver(self._scheduler) if inline else None

@@ -8,8 +8,9 @@ a channel write is under way and writes them in one go; the bytes on the wire ar
 same.
 
 It replaces the connection's ``_send`` (asyncssh's one way to its transport) on that
-connection only. Packets sent outside a held write (window adjustments, keep-alives, a
-large write's later packets) go out at once, as before; a held write flushes early once
+connection only; an asyncssh without one gets plain writes (the gather does nothing).
+Packets sent outside a held write (window adjustments, keep-alives, a large write's
+later packets) go out at once, as before; a held write flushes early once
 :data:`GATHER_LIMIT` bytes are waiting, so a large transfer is never copied whole.
 """
 
@@ -22,6 +23,10 @@ from typing import Any
 GATHER_LIMIT = 1 << 16
 
 
+def _unused(data: bytes) -> None:
+    """Stands for asyncssh's ``_send`` where it has none (nothing is ever held then)."""
+
+
 class PacketGather:
     """Gathers the packets a connection sends between :meth:`hold` and :meth:`release`.
 
@@ -30,15 +35,19 @@ class PacketGather:
     """
 
     def __init__(self, conn: Any) -> None:
-        self._plain_send: Callable[[bytes], None] = conn._send
+        send: Callable[[bytes], None] | None = getattr(conn, "_send", None)
+        self._active = send is not None
+        self._plain_send: Callable[[bytes], None] = send or _unused
         self._held: list[bytes] | None = None
         self._size = 0
-        conn._send = self._send  # an instance attribute: this connection only
+        if self._active:
+            conn._send = self._send  # an instance attribute: this connection only
 
     def hold(self) -> None:
         """Packets sent from now on wait for :meth:`release`."""
-        self._held = []
-        self._size = 0
+        if self._active:
+            self._held = []
+            self._size = 0
 
     def release(self) -> None:
         """Write what was held, in one transport write; later packets go out at once."""
