@@ -10,12 +10,15 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from pathlib import Path
 
 import pytest
 
 from ceranubis_jupyter import CeranubisExecutor
 from ceranubis_jupyter.cluster.loopthread import _interrupt_deferred
+from tests.jupyter_support import execute, reply_of, running_kernel
 from tests.remote import by_value
+from tests.waiting import wait_for
 
 RESULT_TIMEOUT = 30.0
 
@@ -69,3 +72,54 @@ def test_an_interrupted_result_wait_leaves_the_node_and_its_channel_working() ->
                 k + 1 for k in range(50)
             ]
         assert [info.pid for info in executor.hosts()] == nodes  # no node was lost
+
+
+KERNEL_SETUP = """
+import threading
+from ceranubis_jupyter import CeranubisExecutor
+ex = CeranubisExecutor(max_workers=2)  # one worker stays free after the interrupt
+received_in = set()
+_on_results = ex.scheduler.on_results
+def _spy(link, results):
+    received_in.add(threading.get_ident())
+    _on_results(link, results)
+ex.scheduler.on_results = _spy
+"""
+# Sequential round trips in a cell: the kernel's main thread runs its own asyncio loop.
+KERNEL_ROUND_TRIPS = """
+values = [ex.submit(abs, -i).result(30) for i in range(300)]
+nodes = [info.pid for info in ex.hosts()]  # the node is up: it answered
+print(values == list(range(300)), threading.get_ident() in received_in)
+"""
+KERNEL_LONG_WAIT = """
+import pathlib, time
+def mark_then_sleep(path):
+    import pathlib, time
+    pathlib.Path(path).touch()
+    time.sleep(60)
+ex.submit(mark_then_sleep, MARK).result()
+"""
+KERNEL_AFTER = """
+print([ex.submit(abs, -i).result(30) for i in range(50)] == list(range(50)),
+      [info.pid for info in ex.hosts()] == nodes)
+ex.shutdown(wait=False, stop_running=True)
+"""
+
+
+@pytest.mark.timeout(180)
+def test_in_a_kernel_a_lone_result_is_read_inline_and_an_interrupt_breaks_nothing(
+    tmp_path: Path, jupyter_env: dict[str, str]
+) -> None:
+    mark = tmp_path / "running"
+    with running_kernel(jupyter_env, tmp_path) as (manager, client):
+        reply, _ = execute(client, KERNEL_SETUP + f"MARK = {str(mark)!r}")
+        assert reply["status"] == "ok", reply
+        reply, text = execute(client, KERNEL_ROUND_TRIPS)
+        assert reply["status"] == "ok" and text.split() == ["True", "True"], (reply, text)
+        msg_id = client.execute(KERNEL_LONG_WAIT)
+        wait_for(mark.exists, 60, "the long task started")
+        manager.interrupt_kernel()
+        reply, _ = reply_of(client, msg_id, 60)
+        assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt", reply
+        reply, text = execute(client, KERNEL_AFTER)
+        assert reply["status"] == "ok" and text.split() == ["True", "True"], (reply, text)
