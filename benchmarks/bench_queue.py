@@ -65,8 +65,11 @@ Q3_WINDOW = 30.0
 # lease sweep and a look for work each). A window opened 5 s after 50 daemons were up
 # held 12 transactions per daemon, the next one 4 (0.53 % of a core, then 0.17 %).
 Q3_SETTLE = 35.0
-# Rounds of Q1 (alternating systems); the median of 3 on a shared machine.
-REPEATS = 3
+# Rounds of Q1 (alternating systems), the median taken: 5, as for the other workloads. Every
+# system's Q1 rose from round to round through the third on a quiet machine (2026-12-07:
+# our map 88,732 / 95,325 / 102,064/s, pgqueuer 10,556 / 14,451 / 14,926/s, our queue
+# 52,103 / 66,404 / 78,613/s), so a median of 3 was the second, still warming, round.
+REPEATS = 5
 # procrastinate runs ~400 tasks/s, so one Q1 sample takes ~50 s: it gets one sample.
 PROCRASTINATE_Q1_REPEATS = 1
 # Seconds one Q1 sample may take before it counts as stuck.

@@ -226,9 +226,10 @@ class LoopThread:
                 return
             for fd, _ in ready:
                 handle = readers[fd]
-                if not handle.cancelled():
-                    with _interrupt_deferred():
-                        handle._run()  # as the loop runs it (errors go to its handler)
+                if handle.cancelled():
+                    return  # its reader was removed (or replaced): the loop's business
+                with _interrupt_deferred():
+                    handle._run()  # as the loop runs it (errors go to its handler)
                 if self._selector.get_map().get(fd) is None:
                     return  # the reader closed it
             if self._has_ready():
