@@ -155,12 +155,8 @@ class NodeExecutor(Travel, Executor):
         self._functions = FunctionIds(self._scheduler.add_function_threadsafe)
         self._init_travel(modules, auto_modules, files)
         self._wrapped = WrappedIds(self.register_function)
-        # The futures submit() makes carry this token and their task's id (TaskFuture.owner
-        # and .task_id), for cancel() and task_id_of(): nothing here keeps them alive.
-        self._token = object()
-        # What reads a lone task's outcome in the thread that waits for it (a fast path).
-        inline = self._scheduler.fast_paths.inline_receive
-        self._wait_inline = InlineReceiver(self._scheduler) if inline else None
+        self._token = object()  # on submit()'s futures (TaskFuture.owner; see task_id_of)
+        self._wait_inline = InlineReceiver.if_on(self._scheduler)  # on them too
         self._lock = threading.Lock()
         self._shutdown = False
         _live_executors.add(self)

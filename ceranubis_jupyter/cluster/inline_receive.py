@@ -30,6 +30,11 @@ class InlineReceiver:
     def __init__(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
 
+    @classmethod
+    def if_on(cls, scheduler: Scheduler) -> InlineReceiver | None:
+        """A receiver for ``scheduler``'s futures, or ``None`` when its fast path is off."""
+        return cls(scheduler) if scheduler.fast_paths.inline_receive else None
+
     def __call__(self, future: Future[Any], timeout: float | None) -> None:
         """Read for the loop until ``future`` is done, if it is the only task in flight
         (at most ``INLINE_WAIT_SECONDS``, and never past ``timeout``). Listeners and
