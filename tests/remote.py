@@ -16,3 +16,9 @@ def by_value(fn: F) -> F:
     """Make ``fn`` look like it was defined in ``__main__`` so dill ships its code."""
     fn.__module__ = "__main__"
     return fn
+
+
+@by_value
+def plus_one(x: int) -> int:
+    """The tiny task of sequential round trips: ``x + 1``."""
+    return x + 1

@@ -21,7 +21,7 @@ import tests.test_executor_contract as contract
 import tests.test_map_buffersize as buffered
 from ceranubis_jupyter import CeranubisExecutor, ConfigError
 from ceranubis_jupyter.cluster.fastpaths import FAST_PATHS_OFF_ENV, FastPaths
-from tests.remote import by_value
+from tests.remote import by_value, plus_one
 
 # The executor's switches (queue_batches is the queue daemon's: tests/test_queue_batches.py).
 SWITCHES = [*(name for name in FastPaths.names() if name != "queue_batches"), "all"]
@@ -45,11 +45,6 @@ for _name, _test in [*vars(contract).items(), *vars(buffered).items()]:
         and "hosts" not in str(inspect.signature(_test))
     ):
         globals()[_name] = _test
-
-
-@by_value
-def plus_one(x: int) -> int:
-    return x + 1
 
 
 @contextlib.contextmanager

@@ -30,7 +30,7 @@ from ceranubis_jupyter.cluster.pipes import PipeReader
 from ceranubis_jupyter.node.worker import ClientPipe
 from ceranubis_jupyter.wire import protocol as wire
 from ceranubis_jupyter.wire.serialize import dumps_inband
-from tests.remote import by_value
+from tests.remote import by_value, plus_one
 from tests.waiting import async_wait_for, loop_asleep, wait_for
 
 
@@ -149,11 +149,6 @@ def test_client_pipe_refuses_while_another_process_holds_the_lock() -> None:
     assert os.read(read_fd, 100) == b"frame"
     os.close(read_fd)
     os.close(write_fd)
-
-
-@by_value
-def plus_one(x: int) -> int:
-    return x + 1
 
 
 def test_many_threads_submitting_one_task_at_a_time(hosts: object) -> None:

@@ -17,7 +17,7 @@ import pytest
 from ceranubis_jupyter import CeranubisExecutor
 from ceranubis_jupyter.cluster.loopthread import _interrupt_deferred
 from tests.jupyter_support import execute, reply_of, running_kernel
-from tests.remote import by_value
+from tests.remote import by_value, plus_one
 from tests.waiting import wait_for
 
 RESULT_TIMEOUT = 30.0
@@ -31,11 +31,6 @@ def interrupt_then_return(client_pid: int, x: int) -> int:
 
     os.kill(client_pid, signal.SIGINT)
     time.sleep(0.2)  # the client's result() is interrupted meanwhile; this task goes on
-    return x + 1
-
-
-@by_value
-def plus_one(x: int) -> int:
     return x + 1
 
 
