@@ -31,8 +31,10 @@ import ssh_bench
 from ceranubis_jupyter import CeranubisExecutor
 from ceranubis_jupyter.cluster.ssh import PREFERRED_CIPHER
 
-# Blocks of (cold, no-op) per system: 3 keeps the run under a minute or two here.
-REPEATS = 3
+# Blocks of (cold, no-op) per system, as the other workloads take medians of 5: with 3, a
+# cold sync of either system ranged 0.53-1.3 s from block to block on a quiet machine, and
+# the median of 3 swung the ratio from 0.77 to 1.17 between runs of the same code.
+REPEATS = 5
 SMALL_FILES = 1000
 BIG_FILE_MB = 200
 # Seconds a sync may take before the bench gives up.
