@@ -118,6 +118,7 @@ class LoopThread:
         self.idle_lock.acquire()  # the loop's until its first poll (released in poll only)
         self._selector, self._epoll = _selector(self.idle_lock)
         self._borrower: int | None = None  # the thread serving the loop's reads, if any
+        self._poller: tuple[tuple[int, ...], Any] | None = None  # see _poller_for
         self.loop = asyncio.SelectorEventLoop(self._selector)
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.thread.start()
@@ -212,11 +213,8 @@ class LoopThread:
     def _serve(
         self, readers: dict[int, asyncio.Handle], done: Callable[[], bool], deadline: float
     ) -> None:
-        poller = select.poll()
-        for fd in readers:
-            poller.register(fd, select.POLLIN)
         loop_fd = self._epoll.fileno()  # readable when the loop has anything else to do
-        poller.register(loop_fd, select.POLLIN)
+        poller = self._poller_for(tuple(readers), loop_fd)
         while not done():
             left = deadline - time.monotonic()
             if left <= 0:
@@ -234,6 +232,18 @@ class LoopThread:
                     return  # the reader closed it
             if self._has_ready():
                 return  # the loop must run them
+
+    def _poller_for(self, fds: tuple[int, ...], loop_fd: int) -> Any:
+        """A ``select.poll`` of ``fds`` and ``loop_fd`` for reading (the idle lock held):
+        the last one made when the descriptors are the same (a poll object keeps no
+        kernel state, so a number reused by another file is watched all the same)."""
+        key = (*fds, loop_fd)
+        if self._poller is None or self._poller[0] != key:
+            poller = select.poll()
+            for fd in key:
+                poller.register(fd, select.POLLIN)
+            self._poller = (key, poller)
+        return self._poller[1]
 
     def in_loop_thread(self) -> bool:
         """True when called from the loop's own thread (or from a thread serving its

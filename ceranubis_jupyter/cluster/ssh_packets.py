@@ -36,16 +36,15 @@ class PacketGather:
 
     def __init__(self, conn: Any) -> None:
         send: Callable[[bytes], None] | None = getattr(conn, "_send", None)
-        self._active = send is not None
         self._plain_send: Callable[[bytes], None] = send or _unused
         self._held: list[bytes] | None = None
         self._size = 0
-        if self._active:
+        if send is not None:
             conn._send = self._send  # an instance attribute: this connection only
 
     def hold(self) -> None:
         """Packets sent from now on wait for :meth:`release`."""
-        if self._active:
+        if self._plain_send is not _unused:
             self._held = []
             self._size = 0
 
