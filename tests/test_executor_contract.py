@@ -632,6 +632,23 @@ def test_a_result_is_not_held_back_by_a_long_task_after_it(hosts: Any, tmp_path:
         gate.touch()
 
 
+def test_short_results_are_not_held_back_by_a_long_task_in_their_batch(
+    hosts: Any, tmp_path: Path
+) -> None:
+    """Several tiny tasks then a long one, likely in one batch to the one worker: the
+    worker's flusher must send every short result while the long task runs (it is woken
+    once per wait, not once per result)."""
+    with CeranubisExecutor(hosts, max_workers=1) as executor:
+        executor.submit(add, 0).result(timeout=30)
+        gate = tmp_path / "gate"  # the long task ends only once the short results are in
+        shorts = [executor.submit(sleep_then, 0.0, i) for i in range(5)]
+        long = executor.submit(gated, str(gate), "long")
+        assert [f.result(timeout=30) for f in shorts] == list(range(5))
+        assert not long.done()
+        gate.touch()
+        assert long.result(timeout=30) == "long"
+
+
 def test_hosts_are_known_from_the_executor_s_first_moment(hosts: Any) -> None:
     with CeranubisExecutor(hosts, max_workers=1) as executor:
         first = executor.hosts()  # before the loop thread has started any node link

@@ -189,7 +189,10 @@ class _Outgoing:
             if now - self.since >= RESULT_FLUSH_SECONDS:
                 self._write()
                 return
-        if more:
+        if more and not self._waiting.is_set():
+            # Event.set takes a lock and notifies each time: ~5 % of W1 run locally.
+            # Skipping it while set loses nothing: the flusher clears the event before
+            # its sleep, and its flush after the sleep takes every result added before.
             self._waiting.set()
 
     def flush(self) -> None:
