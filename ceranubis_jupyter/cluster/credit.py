@@ -28,11 +28,7 @@ CREDIT_PER_WORKER = 512
 # while it returns results quickly.
 MIN_CREDIT_PER_WORKER = 2
 # Seconds of work to keep queued per worker when sizing credit from observed task times.
-# At 0.02, W1 over 16 one-worker hosts sharing 2 cores went out in frames of ~80 tasks,
-# and the client spent its extra CPU on their socket writes (each wakes an sshd); at 0.05
-# (8 blocks, alternating): 16 hosts / 1 host 0.765 -> 0.835 in tasks/s, client CPU per
-# task 1.14x -> 1.05x of one host's. A slow task still travels alone (2 per worker).
-QUEUED_SECONDS = 0.05
+QUEUED_SECONDS = 0.02
 # While tasks wait client-side, a worker may hold 1/QUEUE_SPREAD of its even share of them:
 # higher spreads a queue's tail more evenly, lower batches more when round trips are long.
 QUEUE_SPREAD = 4
