@@ -20,7 +20,6 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from pathlib import Path
 
 import bench_hosts
@@ -46,14 +45,10 @@ def _w1(aliases: list[str]) -> tuple[float, float]:
     """W1 per item (tasks/s) and the client's CPU µs per task."""
     import workloads as w
 
-    from ceranubis_jupyter import CeranubisExecutor, Host
-
-    ex = CeranubisExecutor([Host(a, python=sys.executable, workers=1) for a in aliases])
+    ex = bench_hosts.executor_on(aliases)
     try:
         w.w1_map(ex, inc)  # warm: every node up, the function shipped
-        before = time.process_time()  # ns resolution (psutil's counters: 10 ms ticks)
-        rate = w.w1_map(ex, inc)
-        return rate, (time.process_time() - before) / w.W1_ITEMS * 1e6
+        return bench_hosts.w1_sample(ex, inc)
     finally:
         ex.shutdown(wait=True)
 

@@ -24,7 +24,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import wait
 
-import psutil
 import sshd
 import workloads as w
 
@@ -51,12 +50,11 @@ def start_cost(
 ) -> tuple[float, float, float]:
     """A warm start: its seconds, the client's CPU seconds and the CPU seconds on the host
     side (every sshd session, shell, node and worker), once every session has ended."""
-    me = psutil.Process()
     sshd.wait_reaped(pids)
-    client, hosts = sum(me.cpu_times()[:2]), sshd.host_side_cpu(pids)
+    client, hosts = time.process_time(), sshd.host_side_cpu(pids)
     elapsed = start_to_every_host(aliases, task, python)
     sshd.wait_reaped(pids)
-    return elapsed, sum(me.cpu_times()[:2]) - client, sshd.host_side_cpu(pids) - hosts
+    return elapsed, time.process_time() - client, sshd.host_side_cpu(pids) - hosts
 
 
 def start_to_every_host(
@@ -93,7 +91,7 @@ def per_item(aliases: list[str], rounds: int) -> dict[int, tuple[float, float]]:
             w.w1_map(ex, inc)  # warm: every node up, the function shipped
         for _ in range(rounds):
             for n, ex in executors.items():
-                samples[n].append(_w1_sample(ex))
+                samples[n].append(w1_sample(ex))
     finally:
         for ex in executors.values():
             ex.shutdown(wait=True)
@@ -103,12 +101,12 @@ def per_item(aliases: list[str], rounds: int) -> dict[int, tuple[float, float]]:
     }
 
 
-def _w1_sample(ex: CeranubisExecutor) -> tuple[float, float]:
-    """One W1 map: tasks/s and this process's CPU µs per task (user + system, every
-    thread). Read from the process CPU clock (nanoseconds): the kernel's per-process
+def w1_sample(ex: CeranubisExecutor, task: Callable[[int], int] = inc) -> tuple[float, float]:
+    """One W1 map of ``task``: tasks/s and this process's CPU µs per task (user + system,
+    every thread). Read from the process CPU clock (nanoseconds): the kernel's per-process
     user and system counters move in 10 ms ticks, 0.5 µs per task of W1's 20,000."""
     before = time.process_time()
-    rate = w.w1_map(ex, inc)
+    rate = w.w1_map(ex, task)
     return rate, (time.process_time() - before) / w.W1_ITEMS * 1e6
 
 
