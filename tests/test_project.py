@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from pathlib import Path
@@ -555,6 +556,29 @@ def test_a_big_argument_travels_as_stored(store_url: str) -> None:
         project = commit_function(executor, len, [(big,), (b"ab",)], store=store_url)
         assert project.wait(DEADLINE) and project.state == "done"
     assert [result for _, result in project.results()] == [len(big), 2]
+
+
+def test_small_arguments_travel_as_untracked_copies_big_ones_as_views(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A view costs two objects the garbage collector tracks per task in flight; a copy of
+    # a small pickle costs none. A big argument is still never doubled in memory.
+    payloads: list[Any] = []
+    prepared = CeranubisExecutor.prepared_task
+
+    def spy(self: CeranubisExecutor, *args: Any) -> Any:
+        payloads.append(args[-1])
+        return prepared(self, *args)
+
+    monkeypatch.setattr(CeranubisExecutor, "prepared_task", spy)
+    big = b"x" * (project_run.VIEW_ARGUMENT_BYTES + 1)
+    with CeranubisExecutor() as executor:
+        project = commit_function(executor, len, [(b"ab",), (big,)], store=store_url)
+        assert project.wait(DEADLINE) and project.state == "done"
+    small_payload, big_payload = payloads
+    assert isinstance(small_payload, bytes) and not gc.is_tracked(small_payload)
+    assert isinstance(big_payload, memoryview) and big_payload.nbytes > len(big)
+    assert project.results() == [((b"ab",), 2), ((big,), len(big))]
 
 
 def test_encode_many_stores_arguments_as_encode_does(monkeypatch: pytest.MonkeyPatch) -> None:
