@@ -13,8 +13,8 @@ import pytest
 import __main__
 from ceranubis_jupyter import CeranubisExecutor
 from ceranubis_jupyter.errors import ConfigError, StoreError
+from ceranubis_jupyter.projects import rows, window
 from ceranubis_jupyter.projects import run as project_run
-from ceranubis_jupyter.projects import window
 from ceranubis_jupyter.projects.code import function_from_code
 from ceranubis_jupyter.projects.commit import commit_function, commit_project
 from ceranubis_jupyter.projects.project import Project, list_projects, remove_project
@@ -571,7 +571,7 @@ def test_small_arguments_travel_as_untracked_copies_big_ones_as_views(
         return prepared(self, *args)
 
     monkeypatch.setattr(CeranubisExecutor, "prepared_task", spy)
-    big = b"x" * (project_run.VIEW_ARGUMENT_BYTES + 1)
+    big = b"x" * (rows.VIEW_ARGUMENT_BYTES + 1)
     with CeranubisExecutor() as executor:
         project = commit_function(executor, len, [(b"ab",), (big,)], store=store_url)
         assert project.wait(DEADLINE) and project.state == "done"

@@ -16,6 +16,7 @@ from ..errors import CeranubisError, StoreError
 from ..projects.code import function_of
 from ..projects.queue_events import Hand, code_key
 from ..projects.queue_store import Claimed
+from ..projects.rows import stored_payload
 from ..projects.store import Store
 from ..wire import protocol as p
 from ..wire.batches import EachOutcome
@@ -126,7 +127,7 @@ class Runner:
         for claim in claimed:
             blob = claim.args
             record = self.executor.prepared_task(
-                loaded.options, loaded.fn_id, ResultSlot(), p.ARGS, blob[0], memoryview(blob)[1:]
+                loaded.options, loaded.fn_id, ResultSlot(), p.ARGS, blob[0], stored_payload(blob)
             )
             self.held.track(record.task_id, claim)
             records.append(record)

@@ -38,6 +38,12 @@ OUTPUT_KEEP = 200
 _SCAN_STEP = 65536
 _PICKLED = bytes([p.PICKLE])
 _LEFT = "pending"  # an argument whose task was dropped (executor shut down): run it later
+# Stored arguments up to this size travel as a copy of their pickle (stored_payload),
+# bigger ones as a view of the stored bytes, which is not doubled in memory. A view costs
+# two objects that the garbage collector tracks (the view and its buffer) for as long as
+# its task is in flight: with tiny tasks, as many tracked objects again per task, and a
+# full collection (11-19 ms) in a run of 20,000. A copy of 64 KiB costs a few us.
+VIEW_ARGUMENT_BYTES = 65536
 
 
 def encode(obj: Any) -> bytes:
@@ -69,6 +75,12 @@ def encode_many(items: Sequence[Any]) -> list[bytes]:
                 for item, blob in zip(items, blobs, strict=True)
             ]
     return blobs
+
+
+def stored_payload(blob: bytes) -> p.Buffer:
+    """The pickle of a stored argument (its codec byte left out), as a task's payload: a
+    copy when small, else a view of ``blob`` (see VIEW_ARGUMENT_BYTES)."""
+    return memoryview(blob)[1:] if len(blob) > VIEW_ARGUMENT_BYTES else blob[1:]
 
 
 def decode(blob: bytes) -> Any:
@@ -438,4 +450,5 @@ __all__ = [
     "encode_many",
     "error_text",
     "final_state",
+    "stored_payload",
 ]

@@ -58,7 +58,7 @@ from .lifecycle import (
     RunState,
 )
 from .records import this_client
-from .rows import OutcomeCollector, final_state
+from .rows import OutcomeCollector, final_state, stored_payload
 from .store import Store
 from .window import FlightWindow
 
@@ -87,12 +87,6 @@ EXIT_SECONDS = 3.0
 # Seconds a task is in flight before the store marks its arguments running: tiny tasks
 # finish first and cost no write at all; a longer one shows as running this much later.
 RUNNING_MARK_SECONDS = 0.1
-# Stored arguments up to this size travel as a copy of their pickle; bigger ones as a view
-# of the stored bytes, which is not doubled in memory. A view costs two objects that the
-# garbage collector tracks (the view and its buffer) for as long as the task is in flight:
-# with tiny tasks, twice the collector's work per task, and a full collection in a 20,000
-# task run (W1 as a project: 0.79 -> 0.90 of map, A/B). A copy of 64 KiB costs ~3 us.
-VIEW_ARGUMENT_BYTES = 65536
 
 
 @dataclass(frozen=True)
@@ -386,8 +380,7 @@ class ProjectRun:
         payload: p.Buffer
         if self.plan.chunksize == 1:
             blob = self.plan.blobs[lo]
-            kind, codec = p.ARGS, blob[0]
-            payload = memoryview(blob)[1:] if len(blob) > VIEW_ARGUMENT_BYTES else blob[1:]
+            kind, codec, payload = p.ARGS, blob[0], stored_payload(blob)
         else:
             kind = p.CHUNK
             codec, payload = dumps_inband(list(self.plan.args[lo : self.outcomes.end(lo)]))
