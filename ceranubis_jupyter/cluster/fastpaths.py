@@ -22,10 +22,14 @@
 - ``inline_receive``: a thread that waits in ``result()`` for the executor's only task in
   flight reads the node's answer itself while the loop thread sleeps (one thread wake-up
   less per round trip). Client side: ``inline_receive.InlineReceiver``.
+- ``lent_input``: a node with nothing to do lends its input to an idle worker, which reads
+  the next frame itself and runs it when it is one task of a function it has (one process
+  hop less per round trip: the node is not woken on the task's way in). Node side:
+  ``node.lending``.
 
 Every one is on by default. ``CeranubisExecutor(fast_paths=FastPaths(cut_through=False))``
 turns one off for an executor; ``CERANUBIS_FAST_PATHS_OFF=direct_writes,cut_through`` (or
-``all``) for every executor of the process. The node learns its two from ``Configure``.
+``all``) for every executor of the process. The node learns its three from ``Configure``.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ class FastPaths:
     queue_batches: bool = True
     queue_hands: bool = True
     inline_receive: bool = True
+    lent_input: bool = True
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

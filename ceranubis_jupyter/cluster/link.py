@@ -263,17 +263,8 @@ class NodeLink:
         interval = self.heartbeat_interval
         asked = self.transport.workers or 0
         fast, cap = self.scheduler.fast_paths, self.scheduler.max_data_frame
-        self.send(
-            p.Configure(
-                p.PROTOCOL_VERSION,
-                asked,
-                interval,
-                silence,
-                fast.direct_writes,
-                fast.cut_through,
-                cap,
-            )
-        )
+        paths = (fast.direct_writes, fast.cut_through, cap, fast.lent_input)
+        self.send(p.Configure(p.PROTOCOL_VERSION, asked, interval, silence, *paths))
         hello = await asyncio.wait_for(self._first_message(), START_TIMEOUT)
         self._check_hello(hello)
         workers = asked or hello.cores

@@ -57,6 +57,11 @@ def memory_percent() -> float:
         return 0.0
 
 
+def load(cpu: CpuMeter, busy: int, workers: int) -> p.Load:
+    """The host's load report: ``busy`` of the node's ``workers`` hold tasks."""
+    return p.Load(loadavg(), cpu.percent(), memory_percent(), busy, workers)
+
+
 class CpuMeter:
     """CPU use of the whole host since the previous reading, from /proc/stat."""
 

@@ -5,15 +5,15 @@
     client ──frames on stdin──►  Supervisor  ──Function/Tasks──► worker 1 (forked)
     client ◄─frames on stdout──  (selectors)  ◄────Results────── worker 2 ...
 
-It says ``Hello``, waits for ``Configure``, forks one worker per core (or as asked), keeps a
-queue of the tasks the client sent, feeds each worker a batch of about ``BATCH_SECONDS`` of
-work (at least ``WORKER_PREFETCH`` tasks) in one frame, batches the results of a loop turn
-into one frame, passes a big task to an idle worker while its frame still arrives
-(:class:`~.relay.Relay`), restarts a worker that dies (reporting the task it was running,
-which the worker's :class:`~.worker.RunningSlot` tells, as crashed) and reports load every
-second. It exits, killing its workers, when its input closes, on ``Shutdown``, or when the
-client has been silent too long. The workers' processes are :mod:`~.pool`'s business, the
-facts about the host :mod:`~.hostinfo`'s.
+It says ``Hello``, waits for ``Configure``, forks one worker per core (or as asked), queues
+the tasks the client sent and feeds each worker a batch of about ``BATCH_SECONDS`` of work
+(:mod:`.pace`), batches the results of a loop turn into one frame, passes a big task to an
+idle worker while its frame still arrives (:class:`~.relay.Relay`), lends its input to an
+idle worker when it has nothing to do (:mod:`.lending`), restarts a worker that dies
+(reporting the task it ran, which its :class:`~.worker.RunningSlot` tells, as crashed) and
+reports load every second. It exits, killing its workers, when its input closes, on
+``Shutdown``, or when the client has been silent too long. The workers' processes are
+:mod:`~.pool`'s business, the facts about the host :mod:`~.hostinfo`'s.
 
 Stdlib + dill only: the client ships the node's modules to bare hosts (see ``bootstrap``).
 """
@@ -34,20 +34,12 @@ from ..wire import protocol as p
 from . import hostinfo, pool, worker
 from .code import CodeCache, CodeError
 from .files import FileStore
+from .lending import Lender
 from .outbox import Outbox, grow_pipe
+from .pace import Pace
 from .pool import WorkerState
 from .relay import Relay
 
-# Tasks a worker holds at the least: one running, one waiting, so a pipe hop never idles it.
-WORKER_PREFETCH = 2
-# Seconds of work handed to a worker in one batch when tasks are tiny: amortizes the pipe
-# hop (tens of µs) over many tasks, yet short enough that batches spread evenly.
-BATCH_SECONDS = 0.002
-# Upper bound on a worker's batch, whatever the pace (bounds memory and re-runs on a crash).
-MAX_PREFETCH = 256
-# Weight of the newest sample in the running mean of task durations (higher adapts faster,
-# lower is steadier).
-PACE_WEIGHT = 0.25
 # Seconds between load reports (which double as heartbeats to the client), at most: the
 # client's Configure may ask for a shorter interval (a short heartbeat timeout).
 LOAD_INTERVAL = 1.0
@@ -74,8 +66,8 @@ class Supervisor:
         self.functions: dict[int, p.Buffer] = {}
         self.pending_results: list[p.Result] = []
         self.relay = Relay(self.conn, self._relay_target)
-        # Running mean of seconds per task; starts slow so that first batches stay small.
-        self.task_seconds = BATCH_SECONDS
+        self.lender = Lender(self.selector, read_fd)
+        self.pace = Pace()
         self.n_workers = 0
         self.silence_timeout = 60.0
         self.direct_writes = self.cut_through = True  # until Configure says otherwise
@@ -121,6 +113,10 @@ class Supervisor:
         if self.files.fetching:
             self.files.pump(lambda: not self.out)  # a file going back, as the pipe takes it
         self._on_clock()
+        if self._nothing_to_do():
+            self._catch_up_all()
+            if self.lender.lend(self.workers.values()):
+                self._want_news(False)  # until a worker takes a task: see _on_message
 
     def _select_timeout(self) -> float:
         if self.out.waiting_for_lock:
@@ -154,6 +150,10 @@ class Supervisor:
         if not alive:
             self.running = False
             return
+        self.lender.input_read()
+        self._take_client_messages()
+
+    def _take_client_messages(self) -> None:
         try:
             while (message := self.conn.next_event()) is not None:
                 self._on_message(message)
@@ -162,13 +162,30 @@ class Supervisor:
             return
         self.relay.pass_on()
 
+    def _nothing_to_do(self) -> bool:
+        """Nothing queued, relayed, half read or on its way: the input may be lent."""
+        busy = self.queue or self.relay.active or self.code.waiting or self.files.busy
+        waiting = self.files.fetching or self.pending_results or self.conn.buffered()
+        return self.running and not busy and not waiting and self.conn.receive_state == "running"
+
+    def _input_back(self, state: WorkerState, back: p.Result) -> None:
+        """A worker gave the lent input back: read what it read as if from the input."""
+        self.lender.back(state, back)
+        if back.payload:
+            self.last_heard = time.monotonic()
+            self.conn.receive_data(back.payload)
+            self._take_client_messages()
+
     def _on_message(self, message: p.Message) -> None:
         if isinstance(message, p.Configure):
             self._configure(message)
         elif isinstance(message, p.Function):
             self.functions[message.fn_id] = bytes(message.blob)
         elif isinstance(message, p.Tasks):
-            if self.relay.active:
+            if (taker := self.lender.taken(message.tasks)) is not None:
+                self._hold(taker, message.tasks)  # it runs them: it read them itself
+                self._want_news(True)  # hear when it is done, to lend it the input again
+            elif self.relay.active:
                 self._end_relay(message.tasks)
             else:
                 self.queue.extend(message.tasks)
@@ -193,6 +210,7 @@ class Supervisor:
         self.n_workers = message.workers if message.workers > 0 else hostinfo.cores()
         self.silence_timeout = message.silence_timeout
         self.direct_writes, self.cut_through = message.direct_writes, message.cut_through
+        self.lender.enabled = message.lent_input and self.direct_writes and bool(self.client)
         if message.heartbeat > 0:
             self.load_interval = min(LOAD_INTERVAL, message.heartbeat)
             self.next_load = min(self.next_load, time.monotonic() + self.load_interval)
@@ -292,17 +310,8 @@ class Supervisor:
             state.cancelled.discard(task.task_id)
 
     def _prefetch(self) -> int:
-        """Tasks a worker may hold: ``BATCH_SECONDS`` of work, within its fair share.
-
-        The paced share is half of what the node has, so the other half waits in the
-        queue and a worker that reports gets its next batch without a client round trip;
-        no worker ever takes more than an even split.
-        """
-        paced = int(BATCH_SECONDS / max(self.task_seconds, 1e-7))
         held = sum(len(w.tasks) for w in self.workers.values())
-        even = -(-(len(self.queue) + held) // len(self.workers))
-        half = -(-even // 2)
-        return min(max(WORKER_PREFETCH, min(paced, half)), even, MAX_PREFETCH)
+        return self.pace.prefetch(len(self.queue), held, len(self.workers))
 
     def _give(self, state: WorkerState, tasks: list[p.Task]) -> None:
         if not self._ship_functions(state, {task.fn_id for task in tasks}):
@@ -348,12 +357,14 @@ class Supervisor:
             self._fail(f"a worker wrote garbage ({error}); this is a bug")
 
     def _on_worker_results(self, state: WorkerState, results: tuple[p.Result, ...]) -> None:
+        if results and results[0].status == p.INPUT_BACK:  # alone in its frame
+            self._input_back(state, results[0])
+            return
         if results and results[-1].status == p.OUTPUT:  # lines of a running task only
             self.pending_results.extend(results)
             return
         now = time.monotonic()
-        sample = (now - state.busy_since) / max(1, len(results))
-        self.task_seconds += PACE_WEIGHT * (sample - self.task_seconds)
+        self.pace.sample((now - state.busy_since) / max(1, len(results)))
         state.busy_since = now
         for result in results:
             if result.status == p.OUTPUT:  # printed by the task whose result follows
@@ -373,6 +384,7 @@ class Supervisor:
         running, _ = state.slot.get()
         exitcode = pool.reap(state.pid)
         self._catch_up(state)
+        self.lender.forget(state)
         self._forget(state)
         self._settle(state, running, p.CRASHED, {"exitcode": exitcode, "pid": state.pid})
         if self.running:
@@ -444,7 +456,8 @@ class Supervisor:
         if now >= self.next_load and self.conn.send_state == "running":
             self.next_load = now + self.load_interval
             self._catch_up_all()  # busy workers are counted from the tasks they hold
-            self._send(self._load())
+            busy = sum(1 for w in self.workers.values() if w.tasks)
+            self._send(hostinfo.load(self.cpu, busy, self.n_workers))
 
     def _check_cancelled(self) -> None:
         """A cancelled task that a worker started after the Cancel arrived: stop it now."""
@@ -464,12 +477,6 @@ class Supervisor:
             timeout = state.timeouts.get(running, 0.0)
             if timeout > 0 and now - started > timeout:
                 self._kill_running(state, running, p.TIMED_OUT)
-
-    def _load(self) -> p.Load:
-        busy = sum(1 for w in self.workers.values() if w.tasks)
-        return p.Load(
-            hostinfo.loadavg(), self.cpu.percent(), hostinfo.memory_percent(), busy, self.n_workers
-        )
 
 
 # ---------------------------------------------------------------------- helpers

@@ -31,6 +31,7 @@ from ..wire import protocol as p
 from ..wire.framing import READ_SIZE
 from ..wire.iov import write_all
 from ..wire.serialize import RemoteException, describe_failure, dumps, loads, loads_function
+from . import borrow
 from .code import activate
 from .files import worker_chdir
 from .output import Streamer, TaskOutput
@@ -200,6 +201,12 @@ class _Outgoing:
         with self._lock:
             self._write()
 
+    def send_now(self, chunks: list[p.Buffer]) -> None:
+        """Write a frame of our own to the node now, after the results waiting."""
+        with self._lock:
+            self._write()
+            write_all(self.fd, chunks)
+
     def send_output(self, output: TaskOutput) -> None:
         """Send the whole lines a running task printed and has not sent, in a frame of
         their own, after the results already waiting."""
@@ -244,18 +251,45 @@ class _Outgoing:
 
 def run(read_fd: int, write_fd: int, slot: RunningSlot, client: ClientPipe | None) -> None:
     """Serve tasks until the input pipe closes; never returns."""
-    kept = {read_fd, write_fd} | ({client.fd, client.lock_fd} if client else set())
+    input_fd = os.dup(0) if client else -1  # the node's input, which it may lend us
+    kept = {read_fd, write_fd} | ({client.fd, client.lock_fd, input_fd} if client else set())
     _detach_from_supervisor(kept)
     functions = _Functions()
     decoder = p.FrameDecoder(p.UNCAPPED)  # its node checked the frames against the cap
     outgoing = _Outgoing(write_fd, client, slot)
     streamer = Streamer(outgoing.send_output)
+    lent = False
     while True:
+        if lent:
+            lent = False
+            _borrow(read_fd, input_fd, functions, outgoing, (streamer, slot))
         if not receive(read_fd, decoder):
             os._exit(0)
         while (message := decoder.next_message()) is not None:
-            _handle(message, functions, outgoing, streamer, slot)
+            if isinstance(message, p.LendInput):
+                lent = True
+            else:
+                _handle(message, functions, outgoing, streamer, slot)
         outgoing.flush()
+
+
+def _borrow(
+    task_fd: int,
+    input_fd: int,
+    functions: _Functions,
+    outgoing: _Outgoing,
+    running: tuple[Streamer, RunningSlot],
+) -> None:
+    """The node lent us its input (see borrow.py): read its next frame, give it back, and
+    run the frame's task if it is one of ours; give it back unread if the node speaks."""
+    if not borrow.wait_for_input(task_fd, input_fd):
+        outgoing.send_now(borrow.input_back(b"", 0))
+        return
+    frame = borrow.read_frame(input_fd)
+    message = borrow.lone_task(frame, functions.runnable)
+    outgoing.send_now(borrow.input_back(frame, message.tasks[0].task_id if message else 0))
+    if message is not None:
+        _handle(message, functions, outgoing, *running)
 
 
 def receive(fd: int, decoder: p.FrameDecoder | p.Connection) -> bool:
@@ -285,6 +319,10 @@ class _Functions(dict[int, "Callable[..., Any] | str"]):
     def load(self, fn_id: int, blob: p.Buffer) -> None:
         self.blobs[fn_id] = bytes(blob)
         self[fn_id] = _load_function(blob)
+
+    def runnable(self, fn_id: int) -> bool:
+        """Whether function ``fn_id`` is loaded here (and could be)."""
+        return callable(self.get(fn_id))
 
     def use_code(self, offer: p.CodeOffer) -> None:
         activate(offer.digest, offer.name, self.active_code)

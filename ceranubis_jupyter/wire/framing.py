@@ -4,9 +4,8 @@
 a byte stream into frames and decodes each (:func:`decode_body`). The layout they follow
 is in :mod:`.messages`. Large buffers (pickle protocol 5 out-of-band data) travel as chunks
 of their own, never copied into the frame, and large frame bodies are received into their
-own memory map. Anything malformed raises :class:`RemoteProtocolError`.
-
-The node imports this module on bare hosts: stdlib only.
+own memory map. Anything malformed raises :class:`RemoteProtocolError`. The node imports
+this module on bare hosts: stdlib only.
 """
 
 from __future__ import annotations
@@ -100,6 +99,10 @@ class FrameDecoder:
         call :meth:`filled` with the count (zero-copy receive, e.g. ``os.readv``)."""
         return self._large.rest() if self._large is not None else None
 
+    def buffered(self) -> int:
+        """Bytes fed and not yet taken as messages (the start of a frame)."""
+        return len(self._buffer) - self._start + (self._large.filled if self._large else 0)
+
     def large_in_progress(self) -> tuple[int, memoryview, int] | None:
         """``(kind, body, filled)`` of a large frame still arriving, or ``None``: its first
         ``filled`` body bytes are final, and may be passed on before the rest comes."""
@@ -182,18 +185,6 @@ class _LargeBody:
             self.view[self.filled : self.filled + take] = incoming[:take]
             self.filled += take
             return bytes(incoming[take:]) if take < len(incoming) else b""
-
-
-def lone_task_function(kind: int, body: memoryview, filled: int) -> int | None:
-    """The function id of a Tasks frame that carries exactly one task, once the first
-    ``filled`` bytes of its ``body`` hold the task's fixed fields; else ``None``."""
-    if kind != TASKS_KIND or filled < COUNT.size + TASK_FIXED.size:
-        return None
-    (count,) = COUNT.unpack_from(body, 0)
-    if count != 1:
-        return None
-    fn_id: int = TASK_FIXED.unpack_from(body, COUNT.size)[1]
-    return fn_id
 
 
 def frame_header(kind: int, length: int) -> bytes:

@@ -57,6 +57,11 @@ DELIVERED = 6
 # stream (STDOUT or STDERR). Any number come before the task's own result.
 OUTPUT = 7
 STDOUT, STDERR = b"1", b"2"
+# Worker to node only: the node's input, lent to the worker (LendInput), comes back. The
+# payload is what the worker read of it (whole frames, or a long frame's header), which
+# the node reads as if from its input; ``task_id``: the one task of those frames that the
+# worker runs itself (0: none).
+INPUT_BACK = 8
 # Printed output kept per task (or per argument of a batch); more is cut, and the note
 # says so (the widget shows only the last lines).
 OUTPUT_LIMIT = 64 * 1024
@@ -64,7 +69,9 @@ CUT_NOTE = "\n[output cut at 64 KiB]\n"
 
 TASK_KINDS = frozenset((CALL, CHUNK, ARGS))
 CODECS = frozenset((PICKLE, DILL))
-STATUSES = frozenset((OK, RAISED, CRASHED, UNPICKLABLE, TIMED_OUT, CANCELLED, DELIVERED, OUTPUT))
+STATUSES = frozenset(
+    (OK, RAISED, CRASHED, UNPICKLABLE, TIMED_OUT, CANCELLED, DELIVERED, OUTPUT, INPUT_BACK)
+)
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,7 @@ class Configure:
     direct_writes: bool = True  # workers may write small results straight to the client
     cut_through: bool = True  # a big task may go to an idle worker while its bytes arrive
     max_data_frame: int = MAX_DATA_FRAME  # the data-frame cap, both ways
+    lent_input: bool = True  # an idle node may lend its input to an idle worker
 
 
 @dataclass(frozen=True)
@@ -170,6 +178,12 @@ class Shutdown:
 
 
 @dataclass(frozen=True)
+class LendInput:
+    """Node → worker (protocol 6): read the node's input until one frame has come, then
+    give it back (an ``INPUT_BACK`` result), running that frame's lone task if you can."""
+
+
+@dataclass(frozen=True)
 class NodeFailure:
     """Node → client: the node cannot go on (the text says why)."""
 
@@ -240,6 +254,7 @@ Message = (
     | Load
     | Cancel
     | Shutdown
+    | LendInput
     | NodeFailure
     | CodeOffer
     | CodeNeed
@@ -258,6 +273,7 @@ JSON_KINDS: dict[int, type] = {
     10: NodeFailure,
     11: CodeOffer,
     12: CodeNeed,
+    15: LendInput,
 }
 FUNCTION_KIND, TASKS_KIND, RESULTS_KIND, CODE_KIND, FILE_KIND = 3, 4, 5, 13, 14
 DATA_KINDS: dict[int, type] = {
@@ -299,6 +315,7 @@ JSON_TYPES: dict[type, dict[str, tuple[type, ...]]] = {
         "direct_writes": (bool,),
         "cut_through": (bool,),
         "max_data_frame": (int,),
+        "lent_input": (bool,),
     },
     Heartbeat: {},
     Load: {
@@ -310,7 +327,20 @@ JSON_TYPES: dict[type, dict[str, tuple[type, ...]]] = {
     },
     Cancel: {"task_ids": (list,)},
     Shutdown: {},
+    LendInput: {},
     NodeFailure: {"message": (str,)},
     CodeOffer: {"digest": (str,), "name": (str,)},
     CodeNeed: {"digest": (str,)},
 }
+
+
+def lone_task_function(kind: int, body: memoryview, filled: int) -> int | None:
+    """The function id of a Tasks frame that carries exactly one task, once the first
+    ``filled`` bytes of its ``body`` hold the task's fixed fields; else ``None``."""
+    if kind != TASKS_KIND or filled < COUNT.size + TASK_FIXED.size:
+        return None
+    (count,) = COUNT.unpack_from(body, 0)
+    if count != 1:
+        return None
+    fn_id: int = TASK_FIXED.unpack_from(body, COUNT.size)[1]
+    return fn_id

@@ -25,7 +25,6 @@ from ..errors import LocalProtocolError, RemoteProtocolError, VersionMismatch
 from .framing import FrameDecoder
 from .framing import encode as encode
 from .framing import frame_header as frame_header
-from .framing import lone_task_function as lone_task_function
 from .messages import (
     ARGS,
     CALL,
@@ -41,6 +40,7 @@ from .messages import (
     Function,
     Heartbeat,
     Hello,
+    LendInput,
     Load,
     Message,
     NodeFailure,
@@ -54,6 +54,7 @@ from .messages import CANCELLED as CANCELLED
 from .messages import CRASHED as CRASHED
 from .messages import DELIVERED as DELIVERED
 from .messages import HEADER as HEADER
+from .messages import INPUT_BACK as INPUT_BACK
 from .messages import MAGIC as MAGIC
 from .messages import MAX_CONTROL_FRAME as MAX_CONTROL_FRAME
 from .messages import MAX_DATA_FRAME as MAX_DATA_FRAME
@@ -66,13 +67,15 @@ from .messages import TIMED_OUT as TIMED_OUT
 from .messages import UNCAPPED as UNCAPPED
 from .messages import UNPICKLABLE as UNPICKLABLE
 from .messages import Buffer as Buffer
+from .messages import lone_task_function as lone_task_function
 
 # Hello and Configure carry it; the handshake refuses a peer that speaks another.
 # 3: Configure carries the data-frame cap.
 # 4: OUTPUT results stream what a running task prints.
 # 5: CodeOffer / CodeNeed / Code: the user's modules travel to the node; FileSync: data
 #    files travel both ways.
-PROTOCOL_VERSION = 5
+# 6: Configure says whether the node may lend its input to a worker (LendInput).
+PROTOCOL_VERSION = 6
 
 CLIENT = "client"
 NODE = "node"
@@ -127,6 +130,10 @@ class Connection:
     def filled(self, count: int) -> None:
         """See :meth:`FrameDecoder.filled`."""
         self._decoder.filled(count)
+
+    def buffered(self) -> int:
+        """Bytes received and not yet taken as messages (part of a frame)."""
+        return self._decoder.buffered()
 
     def large_in_progress(self) -> tuple[int, memoryview, int] | None:
         """See :meth:`FrameDecoder.large_in_progress`."""
@@ -204,6 +211,7 @@ __all__ = [
     "Function",
     "Heartbeat",
     "Hello",
+    "LendInput",
     "Load",
     "Message",
     "NodeFailure",

@@ -1,0 +1,97 @@
+"""A worker's side of the node's lent input (the ``lent_input`` fast path; the node's side
+is :mod:`.lending`).
+
+A worker that was lent the input (``LendInput``) waits on it and on its own task pipe.
+When the client's next frame comes, the worker reads exactly that frame
+(:func:`read_frame`: never a byte past it, so the node's stream stays whole) and gives
+the input back at once (:func:`input_back`), with the bytes it read. When the frame is one
+task of a function the worker has (:func:`lone_task`), it names that task and runs it
+right after: the task came client → sshd → worker without waking the node, as an echo's
+round trip does. Anything else (a control message, several tasks, an unknown function)
+the node reads from the bytes given back, as if from its input. If the node writes to
+the task pipe first, the worker gives the input back unread.
+
+Stdlib + dill only: shipped to bare hosts with the node (see ``bootstrap``).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+from collections.abc import Callable
+
+from ..errors import RemoteProtocolError
+from ..wire import protocol as p
+
+# A frame up to this long is read whole; of a longer one only its header, so that the node
+# reads the body (into place, or cut through to a worker: see relay.py).
+LENT_FRAME_BYTES = 1 << 16
+
+
+def wait_for_input(task_fd: int, input_fd: int) -> bool:
+    """Block until the client's input or the node's task pipe has bytes; ``True`` when the
+    input has them first (or both do: the input's frame is older than the node's news)."""
+    ready, _, _ = select.select([task_fd, input_fd], [], [])
+    return input_fd in ready
+
+
+def read_frame(fd: int) -> bytes:
+    """The next frame on ``fd``: whole, or its header only when its body is longer than
+    ``LENT_FRAME_BYTES``; fewer bytes when the stream ends first."""
+    head = read_exactly(fd, p.HEADER.size)
+    if len(head) < p.HEADER.size:
+        return head
+    _, _, length = p.HEADER.unpack(head)
+    if length > LENT_FRAME_BYTES:
+        return head
+    return head + read_exactly(fd, length)
+
+
+def read_exactly(fd: int, count: int) -> bytes:
+    """``count`` bytes of ``fd`` (fewer at its end), waiting while it has none."""
+    parts: list[bytes] = []
+    while count > 0:
+        try:
+            chunk = os.read(fd, count)
+        except BlockingIOError:  # the node's input may be non-blocking
+            select.select([fd], [], [])
+            continue
+        if not chunk:
+            break
+        parts.append(chunk)
+        count -= len(chunk)
+    return b"".join(parts)
+
+
+def lone_task(frame: bytes, runnable: Callable[[int], bool]) -> p.Tasks | None:
+    """The frame's message when it is a ``Tasks`` of one task whose function is
+    ``runnable`` here; else ``None`` (garbage included: the node will say what is wrong)."""
+    if len(frame) <= p.HEADER.size:
+        return None
+    _, kind, length = p.HEADER.unpack_from(frame)
+    fn_id = p.lone_task_function(kind, memoryview(frame)[p.HEADER.size :], length)
+    if fn_id is None or not runnable(fn_id):
+        return None
+    decoder = p.FrameDecoder(p.UNCAPPED)
+    decoder.feed(frame)
+    try:
+        message = decoder.next_message()
+    except RemoteProtocolError:
+        return None
+    return message if isinstance(message, p.Tasks) else None
+
+
+def input_back(frame: bytes, task_id: int) -> list[p.Buffer]:
+    """The frame that gives the node its input back: the bytes read of it, and the task
+    among them that the worker runs (``0``: none)."""
+    return p.encode(p.Results((p.Result(task_id, p.INPUT_BACK, p.PICKLE, frame),)))
+
+
+__all__ = [
+    "LENT_FRAME_BYTES",
+    "input_back",
+    "lone_task",
+    "read_exactly",
+    "read_frame",
+    "wait_for_input",
+]

@@ -1,0 +1,80 @@
+"""The node's side of the ``lent_input`` fast path: when it lends its input to a worker,
+and how it takes the input back (the worker's side, and the whole exchange: :mod:`.borrow`).
+
+The node lends only when it has nothing to do (nothing queued, relayed, half read or on
+its way) and every worker is idle; it stops watching its input until the worker gives it
+back. The bytes given back are read as if from the input, in order, before the input is
+read again; the task the worker took among them is held as that worker's, so its timeout,
+a cancel or the worker's death are handled as for any task the node gave it.
+
+Stdlib only: shipped to bare hosts with the node (see ``bootstrap``).
+"""
+
+from __future__ import annotations
+
+import selectors
+from collections.abc import Iterable, Sequence
+
+from ..wire import protocol as p
+from .pool import WorkerState
+
+
+class Lender:
+    """Whether, and to which worker, the node's input is lent."""
+
+    def __init__(self, selector: selectors.BaseSelector, input_fd: int) -> None:
+        self._selector = selector
+        self._input_fd = input_fd
+        self.enabled = False  # the client's Configure turns it on (with direct writes)
+        self.to: WorkerState | None = None  # the worker that has the input now
+        self._taken: tuple[WorkerState, int] | None = None  # (worker, task) given back
+        # Given back empty: the input ended, or the worker had news from the node first.
+        # Either way the node reads the input itself before it lends it again (else it
+        # would lend an ended input over and over).
+        self._unread = False
+
+    def lend(self, workers: Iterable[WorkerState]) -> bool:
+        """Lend the input to the first worker if every one is idle (the caller checked
+        that the node has nothing to do); ``True`` when lent now."""
+        if not self.enabled or self.to is not None or self._unread:
+            return False
+        states = list(workers)
+        if not states or any(state.tasks or state.outbox for state in states):
+            return False
+        self._selector.unregister(self._input_fd)
+        states[0].outbox.add(p.encode(p.LendInput()))
+        states[0].outbox.flush()
+        self.to = states[0]
+        return True
+
+    def back(self, state: WorkerState, back: p.Result) -> None:
+        """``state`` gave the input back (its ``INPUT_BACK`` result, whose ``task_id`` is
+        the task it runs of the bytes it read): the node reads the input again."""
+        if self.to is state:
+            self._watch_input()
+        self._taken = (state, back.task_id) if back.task_id else None
+        self._unread = not back.payload
+
+    def input_read(self) -> None:
+        """The node read its input itself."""
+        self._unread = False
+
+    def taken(self, tasks: Sequence[p.Task]) -> WorkerState | None:
+        """The worker that runs ``tasks`` already (it read them from the lent input)."""
+        taken, self._taken = self._taken, None
+        if taken is not None and len(tasks) == 1 and tasks[0].task_id == taken[1]:
+            return taken[0]
+        return None
+
+    def forget(self, state: WorkerState) -> None:
+        """``state`` died. If it had the input, the node reads it again; a frame it was
+        reading is lost with it, and the node then finds the stream broken and says so."""
+        if self.to is state:
+            self._watch_input()
+
+    def _watch_input(self) -> None:
+        self.to = None
+        self._selector.register(self._input_fd, selectors.EVENT_READ, None)
+
+
+__all__ = ["Lender"]

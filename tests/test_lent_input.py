@@ -1,0 +1,196 @@
+"""A node with nothing to do lends its input to an idle worker (the ``lent_input`` fast path).
+
+The tests speak the protocol to a real node process (as ``test_relay`` does). The lent
+state is read from ``/proc``: the worker that borrowed the input waits in ``select`` on it
+and on its task pipe, where an idle worker waits in ``read``. Stopping the node proves the
+path: a lone task still comes back, read and run by the worker alone.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import pickle
+import select
+import signal
+import time
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+from ceranubis_jupyter.node import borrow
+from ceranubis_jupyter.wire import protocol as p
+from ceranubis_jupyter.wire.serialize import dumps_function
+from tests.test_relay import DEADLINE, NodeSpeaker
+from tests.waiting import wait_for
+
+FN_DIGEST, FN_SLEEP = 1, 2  # NodeSpeaker ships digest as function 1
+
+
+def _task(task_id: int, fn_id: int, *args: object, timeout: float = 0.0) -> p.Task:
+    return p.Task(task_id, fn_id, p.ARGS, p.PICKLE, pickle.dumps(args), (), timeout)
+
+
+def _frame(message: p.Message) -> bytes:
+    return b"".join(bytes(chunk) for chunk in p.encode(message))
+
+
+@functools.cache
+def _select_syscall() -> str:
+    """The system call a process blocked in ``select.select`` shows in /proc (``select``
+    or ``pselect6``, by number, which differs by architecture)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        select.select([read_end], [], [])
+        os._exit(0)
+    try:
+        wait_for(lambda: _syscall(pid) not in ("running", ""), DEADLINE, "the child blocks")
+        return _syscall(pid)
+    finally:
+        os.write(write_end, b"x")
+        os.waitpid(pid, 0)
+        os.close(read_end)
+        os.close(write_end)
+
+
+def _syscall(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/syscall") as file:
+            return file.read().split(" ")[0].strip()
+    except OSError:
+        return ""
+
+
+def _borrower(node: NodeSpeaker) -> psutil.Process:
+    """The worker the node lent its input to, once it waits on it."""
+    found: list[psutil.Process] = []
+
+    def lent() -> bool:
+        found[:] = [w for w in node.workers() if _syscall(w.pid) == _select_syscall()]
+        return len(found) == 1
+
+    wait_for(lent, DEADLINE, "a worker borrows the node's input")
+    return found[0]
+
+
+def _results(node: NodeSpeaker, count: int) -> dict[int, p.Result]:
+    results: dict[int, p.Result] = {}
+    for result in node.results():
+        results[result.task_id] = result
+        if len(results) == count:
+            return results
+    raise AssertionError("unreachable")
+
+
+def _value(result: p.Result) -> object:
+    assert result.status == p.OK, result
+    return pickle.loads(bytes(result.payload))
+
+
+@pytest.fixture
+def node() -> Iterator[NodeSpeaker]:
+    speaker = NodeSpeaker()
+    try:
+        speaker.send(p.Function(FN_SLEEP, dumps_function(time.sleep)))
+        speaker.send(p.Tasks((_task(1, FN_DIGEST, b"warm"), _task(2, FN_SLEEP, 0))))
+        _results(speaker, 2)  # the first worker has both functions now
+        yield speaker
+    finally:
+        speaker.close()
+
+
+def test_a_lone_task_comes_back_while_the_node_is_stopped(node: NodeSpeaker) -> None:
+    _borrower(node)
+    os.kill(node.process.pid, signal.SIGSTOP)
+    try:
+        node.send(p.Tasks((_task(3, FN_DIGEST, b"alone"),)))
+        [(task_id, result)] = _results(node, 1).items()
+    finally:
+        os.kill(node.process.pid, signal.SIGCONT)
+    assert task_id == 3 and len(str(_value(result))) == 64
+    node.send(p.Tasks((_task(4, FN_DIGEST, b"a"), _task(5, FN_DIGEST, b"b"))))
+    assert set(_results(node, 2)) == {4, 5}  # the node read what the worker gave back
+
+
+def test_what_a_borrower_cannot_run_reaches_the_node_in_order(node: NodeSpeaker) -> None:
+    _borrower(node)
+    stream = b"".join(
+        (
+            _frame(p.Heartbeat()),
+            _frame(p.Function(3, dumps_function(len))),
+            _frame(p.Tasks((_task(6, 3, b"four"),))),  # a function the worker lacks
+            _frame(p.Tasks((_task(7, FN_DIGEST, b"x"), _task(8, 3, b"xy")))),  # two tasks
+            _frame(p.Tasks((_task(9, FN_DIGEST, os.urandom(3 * borrow.LENT_FRAME_BYTES)),))),
+        )
+    )
+    node.write(stream)
+    results = _results(node, 4)
+    assert (_value(results[6]), _value(results[8])) == (4, 2)
+    assert all(len(str(_value(results[i]))) == 64 for i in (7, 9))
+
+
+def test_a_taken_task_keeps_its_timeout_and_can_be_cancelled(node: NodeSpeaker) -> None:
+    _borrower(node)
+    node.send(p.Tasks((_task(10, FN_SLEEP, DEADLINE * 2, timeout=0.2),)))
+    assert _results(node, 1)[10].status == p.TIMED_OUT
+    _borrower(node)
+    node.send(p.Tasks((_task(11, FN_SLEEP, DEADLINE * 2),)))
+    wait_for(lambda: any(_syscall(w.pid) not in ("", _select_syscall()) for w in node.workers()),
+             DEADLINE, "the task runs")  # fmt: skip
+    node.send(p.Cancel((11,)))
+    assert _results(node, 1)[11].status == p.CANCELLED
+
+
+def test_garbage_read_by_a_borrower_is_reported_by_the_node(node: NodeSpeaker) -> None:
+    _borrower(node)
+    node.write(b"\x00" * 64)
+    message = node.next_message()
+    while isinstance(message, (p.Load, p.Heartbeat)):
+        message = node.next_message()
+    assert isinstance(message, p.NodeFailure) and "garbage from the client" in message.message
+
+
+def test_the_node_reads_its_input_again_when_the_borrower_dies(node: NodeSpeaker) -> None:
+    borrower = _borrower(node)
+    borrower.kill()
+    borrower.wait(DEADLINE)
+    wait_for(lambda: borrower.pid not in {w.pid for w in node.workers()}, DEADLINE,
+             "the node starts another worker")  # fmt: skip
+    node.send(p.Tasks((_task(12, FN_DIGEST, b"after"),)))
+    assert len(str(_value(_results(node, 1)[12]))) == 64
+
+
+def test_the_node_ends_when_its_input_closes_while_lent(node: NodeSpeaker) -> None:
+    workers = node.workers()
+    _borrower(node)
+    assert node.process.stdin is not None
+    node.process.stdin.close()
+    assert node.process.wait(DEADLINE) == 0
+    psutil.wait_procs(workers, timeout=DEADLINE)
+    assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+
+
+def test_read_frame_takes_one_frame_and_not_a_byte_more() -> None:
+    first = _frame(p.Tasks((_task(1, 1, b"one"),)))
+    long = _frame(p.Tasks((_task(2, 1, b"x" * (borrow.LENT_FRAME_BYTES + 1)),)))
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, first + long[:4096])
+        assert borrow.read_frame(read_end) == first
+        assert borrow.read_frame(read_end) == long[: p.HEADER.size]  # a long one's header
+        assert os.read(read_end, 1 << 16) == long[p.HEADER.size : 4096]
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def test_lone_task_is_one_task_of_a_runnable_function() -> None:
+    lone = _frame(p.Tasks((_task(1, 5, b"a"),)))
+    message = borrow.lone_task(lone, lambda fn_id: fn_id == 5)
+    assert isinstance(message, p.Tasks) and message.tasks[0].task_id == 1
+    assert borrow.lone_task(lone, lambda fn_id: False) is None
+    assert borrow.lone_task(_frame(p.Tasks((_task(1, 5), _task(2, 5)))), bool) is None
+    assert borrow.lone_task(_frame(p.Cancel((1,))), bool) is None
+    assert borrow.lone_task(b"\x00" * 40, bool) is None
