@@ -277,7 +277,7 @@ class Supervisor:
             room = min(limit - len(state.tasks), len(self.queue))
             if room > 0:
                 self._give(state, [self.queue.popleft() for _ in range(room)])
-        self._want_news(bool(self.queue))
+        self._want_news(bool(self.queue) or self.lender.enabled)  # (to lend when all idle)
 
     def _want_news(self, wanted: bool) -> None:
         if self.client is not None:
