@@ -56,6 +56,24 @@ def start(client: worker.ClientPipe | None) -> WorkerState:
     return WorkerState(pid, task_write, result_read, Outbox(task_write), slot)
 
 
+def overdue(workers: list[WorkerState], now: float) -> list[tuple[WorkerState, int, int]]:
+    """``(worker, task, status)`` for each worker to kill for its running task's sake: a
+    task past its timeout (``TIMED_OUT``), else one cancelled after it was handed over and
+    started since (``CANCELLED``; it leaves the worker's cancelled set)."""
+    found = []
+    for state in workers:
+        if not state.cancelled and not state.timeouts:
+            continue
+        running, started = state.slot.get()
+        timeout = state.timeouts.get(running, 0.0)
+        if timeout > 0 and now - started > timeout:
+            found.append((state, running, p.TIMED_OUT))
+        elif running in state.cancelled:
+            state.cancelled.discard(running)
+            found.append((state, running, p.CANCELLED))
+    return found
+
+
 def kill(pid: int) -> None:
     """SIGKILL a worker (no-op if it is gone)."""
     with contextlib.suppress(ProcessLookupError):

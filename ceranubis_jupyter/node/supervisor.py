@@ -113,6 +113,11 @@ class Supervisor:
         if self.files.fetching:
             self.files.pump(lambda: not self.out)  # a file going back, as the pipe takes it
         self._on_clock()
+        self._lend_if_idle()
+
+    def _lend_if_idle(self) -> None:
+        """Lend the input to an idle worker when the node has nothing to do (see
+        node/lending.py)."""
         if self._nothing_to_do():
             self._catch_up_all()
             if self.lender.lend(self.workers.values()):
@@ -451,32 +456,13 @@ class Supervisor:
         if now - self.last_heard > self.silence_timeout:
             self.running = False
             return
-        self._check_timeouts(now)
-        self._check_cancelled()
+        for state, task_id, status in pool.overdue(list(self.workers.values()), now):
+            self._kill_running(state, task_id, status)
         if now >= self.next_load and self.conn.send_state == "running":
             self.next_load = now + self.load_interval
             self._catch_up_all()  # busy workers are counted from the tasks they hold
             busy = sum(1 for w in self.workers.values() if w.tasks)
             self._send(hostinfo.load(self.cpu, busy, self.n_workers))
-
-    def _check_cancelled(self) -> None:
-        """A cancelled task that a worker started after the Cancel arrived: stop it now."""
-        for state in list(self.workers.values()):
-            if not state.cancelled:
-                continue
-            running, _ = state.slot.get()
-            if running in state.cancelled:
-                state.cancelled.discard(running)
-                self._kill_running(state, running, p.CANCELLED)
-
-    def _check_timeouts(self, now: float) -> None:
-        for state in list(self.workers.values()):
-            if not state.timeouts:
-                continue
-            running, started = state.slot.get()
-            timeout = state.timeouts.get(running, 0.0)
-            if timeout > 0 and now - started > timeout:
-                self._kill_running(state, running, p.TIMED_OUT)
 
 
 # ---------------------------------------------------------------------- helpers
