@@ -67,8 +67,10 @@ class Lender:
         return None
 
     def forget(self, state: WorkerState) -> None:
-        """``state`` died. If it had the input, the node reads it again; a frame it was
-        reading is lost with it, and the node then finds the stream broken and says so."""
+        """``state`` died. If it had the input, the node reads it again. A frame it was
+        reading is lost with it: the node then finds the stream broken and says so. A lone
+        task it had read whole but not yet named is lost alone (no result comes for it):
+        a window of a few microseconds in which the worker runs no user code."""
         if self.to is state:
             self._watch_input()
 
