@@ -29,10 +29,10 @@ LENT_FRAME_BYTES = 1 << 16
 
 
 def wait_for_input(task_fd: int, input_fd: int) -> bool:
-    """Block until the client's input or the node's task pipe has bytes; ``True`` when the
-    input has them first (or both do: the input's frame is older than the node's news)."""
+    """Block until the client's input or the node's task pipe has bytes; ``True`` when
+    only the input has them (news from the node comes first: the input goes back)."""
     ready, _, _ = select.select([task_fd, input_fd], [], [])
-    return input_fd in ready
+    return task_fd not in ready
 
 
 def read_frame(fd: int) -> bytes:

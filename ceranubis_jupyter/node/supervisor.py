@@ -188,7 +188,8 @@ class Supervisor:
             self.functions[message.fn_id] = bytes(message.blob)
         elif isinstance(message, p.Tasks):
             if (taker := self.lender.taken(message.tasks)) is not None:
-                self._hold(taker, message.tasks)  # it runs them: it read them itself
+                self._hold(taker, message.tasks)  # it runs them: it read them itself,
+                taker.tasks.rotate(1)  # before any the node gave it while it was lent
                 self._want_news(True)  # hear when it is done, to lend it the input again
             elif self.relay.active:
                 self._end_relay(message.tasks)
