@@ -84,6 +84,14 @@ def _results(node: NodeSpeaker, count: int) -> dict[int, p.Result]:
     raise AssertionError("unreachable")
 
 
+def _next_other_than_load(node: NodeSpeaker) -> p.Message:
+    """The node's next message that is not a load report (or a heartbeat)."""
+    message = node.next_message()
+    while isinstance(message, (p.Load, p.Heartbeat)):
+        message = node.next_message()
+    return message
+
+
 def _value(result: p.Result) -> object:
     assert result.status == p.OK, result
     return pickle.loads(bytes(result.payload))
@@ -146,9 +154,7 @@ def test_a_taken_task_keeps_its_timeout_and_can_be_cancelled(node: NodeSpeaker) 
 def test_garbage_read_by_a_borrower_is_reported_by_the_node(node: NodeSpeaker) -> None:
     _borrower(node)
     node.write(b"\x00" * 64)
-    message = node.next_message()
-    while isinstance(message, (p.Load, p.Heartbeat)):
-        message = node.next_message()
+    message = _next_other_than_load(node)
     assert isinstance(message, p.NodeFailure) and "garbage from the client" in message.message
 
 
@@ -177,9 +183,7 @@ def test_a_frame_half_read_by_a_borrower_that_dies_breaks_the_stream_loudly(
     wait_for(lambda: borrower.pid not in {w.pid for w in node.workers()}, DEADLINE,
              "the node starts another worker")  # fmt: skip
     node.write(frame[2048:])
-    message = node.next_message()
-    while isinstance(message, (p.Load, p.Heartbeat)):
-        message = node.next_message()
+    message = _next_other_than_load(node)
     assert isinstance(message, p.NodeFailure) and "garbage from the client" in message.message
 
 

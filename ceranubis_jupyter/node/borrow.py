@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 from ..errors import RemoteProtocolError
 from ..wire import protocol as p
+from ..wire.framing import decode_body
 
 # A frame up to this long is read whole; of a longer one only its header, so that the node
 # reads the body (into place, or cut through to a worker: see relay.py).
@@ -68,14 +69,13 @@ def lone_task(frame: bytes, runnable: Callable[[int], bool]) -> p.Tasks | None:
     ``runnable`` here; else ``None`` (garbage included: the node will say what is wrong)."""
     if len(frame) <= p.HEADER.size:
         return None
-    _, kind, length = p.HEADER.unpack_from(frame)
-    fn_id = p.lone_task_function(kind, memoryview(frame)[p.HEADER.size :], length)
-    if fn_id is None or not runnable(fn_id):
+    magic, kind, length = p.HEADER.unpack_from(frame)
+    body = memoryview(frame)[p.HEADER.size :]
+    fn_id = p.lone_task_function(kind, body, length)
+    if magic != p.MAGIC or fn_id is None or not runnable(fn_id):
         return None
-    decoder = p.FrameDecoder(p.UNCAPPED)
-    decoder.feed(frame)
     try:
-        message = decoder.next_message()
+        message = decode_body(kind, body)  # (its payload is a view of ``frame``)
     except RemoteProtocolError:
         return None
     return message if isinstance(message, p.Tasks) else None

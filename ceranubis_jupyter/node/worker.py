@@ -262,7 +262,7 @@ def run(read_fd: int, write_fd: int, slot: RunningSlot, client: ClientPipe | Non
     while True:
         if lent:
             lent = False
-            _borrow(read_fd, input_fd, functions, outgoing, (streamer, slot))
+            _borrow(read_fd, input_fd, functions, outgoing, streamer, slot)
         if not receive(read_fd, decoder):
             os._exit(0)
         while (message := decoder.next_message()) is not None:
@@ -278,7 +278,8 @@ def _borrow(
     input_fd: int,
     functions: _Functions,
     outgoing: _Outgoing,
-    running: tuple[Streamer, RunningSlot],
+    streamer: Streamer,
+    slot: RunningSlot,
 ) -> None:
     """The node lent us its input (see borrow.py): read its next frame, give it back, and
     run the frame's task if it is one of ours; give it back unread if the node speaks."""
@@ -289,7 +290,7 @@ def _borrow(
     message = borrow.lone_task(frame, functions.runnable)
     outgoing.send_now(borrow.input_back(frame, message.tasks[0].task_id if message else 0))
     if message is not None:
-        _handle(message, functions, outgoing, *running)
+        _handle(message, functions, outgoing, streamer, slot)
 
 
 def receive(fd: int, decoder: p.FrameDecoder | p.Connection) -> bool:
