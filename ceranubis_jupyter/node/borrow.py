@@ -9,7 +9,10 @@ task of a function the worker has (:func:`lone_task`), it names that task and ru
 right after: the task came client → sshd → worker without waking the node, as an echo's
 round trip does. Anything else (a control message, several tasks, an unknown function)
 the node reads from the bytes given back, as if from its input. If the node writes to
-the task pipe first, the worker gives the input back unread.
+the task pipe first, the worker gives the input back unread. From its first read until
+the bytes are given back, the worker's running slot says it is reading: should it die
+then, what it read dies with it, and the node ends so that the client sends its tasks
+again (nothing is lost; the node had nothing else to do, or it would not have lent).
 
 Stdlib + dill only: shipped to bare hosts with the node (see ``bootstrap``).
 """

@@ -18,6 +18,12 @@ from collections.abc import Iterable, Sequence
 from ..wire import protocol as p
 from .pool import WorkerState
 
+# The node's last words when a worker died reading its lent input (see Lender.forget).
+INPUT_LOST = (
+    "a worker died while it read the node's input; what it had read is lost with it, so "
+    "the node ends and the client sends its tasks again"
+)
+
 
 class Lender:
     """Whether, and to which worker, the node's input is lent."""
@@ -66,17 +72,21 @@ class Lender:
             return taken[0]
         return None
 
-    def forget(self, state: WorkerState) -> None:
-        """``state`` died. If it had the input, the node reads it again. A frame it was
-        reading is lost with it: the node then finds the stream broken and says so. A lone
-        task it had read whole but not yet named is lost alone (no result comes for it):
-        a window of a few microseconds in which the worker runs no user code."""
-        if self.to is state:
-            self._watch_input()
+    def forget(self, state: WorkerState, reading: bool) -> bool:
+        """``state`` died (``reading``: in the middle of reading the lent input, by its
+        slot). ``True`` when the input may have lost bytes with it: a frame or part of one
+        that the node never saw, so its stream can no longer be trusted. Otherwise, if it
+        had the input, the node reads it again."""
+        if self.to is not state:
+            return False
+        if reading:
+            return True
+        self._watch_input()
+        return False
 
     def _watch_input(self) -> None:
         self.to = None
         self._selector.register(self._input_fd, selectors.EVENT_READ, None)
 
 
-__all__ = ["Lender"]
+__all__ = ["INPUT_LOST", "Lender"]

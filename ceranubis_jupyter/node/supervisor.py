@@ -34,7 +34,7 @@ from ..wire import protocol as p
 from . import hostinfo, pool, worker
 from .code import CodeCache, CodeError
 from .files import FileStore
-from .lending import Lender
+from .lending import INPUT_LOST, Lender
 from .outbox import Outbox, grow_pipe
 from .pace import Pace
 from .pool import WorkerState
@@ -390,7 +390,8 @@ class Supervisor:
         running, _ = state.slot.get()
         exitcode = pool.reap(state.pid)
         self._catch_up(state)
-        self.lender.forget(state)
+        if self.lender.forget(state, state.slot.reading()):
+            self._fail(INPUT_LOST)
         self._forget(state)
         self._settle(state, running, p.CRASHED, {"exitcode": exitcode, "pid": state.pid})
         if self.running:

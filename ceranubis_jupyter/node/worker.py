@@ -54,9 +54,10 @@ class RunningSlot:
 
     _LAYOUT = struct.Struct("=Qd")  # task id (0: between tasks), time.monotonic() at start
     _DELIVERED = struct.Struct("=Q")  # after it: the last task whose result went direct
+    _READING = struct.Struct("=B")  # then: 1 while the worker reads the node's lent input
 
     def __init__(self) -> None:
-        self._area = mmap.mmap(-1, self._LAYOUT.size + self._DELIVERED.size)
+        self._area = mmap.mmap(-1, self._LAYOUT.size + self._DELIVERED.size + self._READING.size)
 
     def set(self, task_id: int, started: float) -> None:
         """Note the task now running (``0`` when none)."""
@@ -80,6 +81,15 @@ class RunningSlot:
         """The last task whose result went straight to the client (``0``: none yet)."""
         (task_id,) = self._DELIVERED.unpack_from(self._area, self._LAYOUT.size)
         return int(task_id)
+
+    def set_reading(self, reading: bool) -> None:
+        """Note that the worker reads the node's lent input (from its first byte until it
+        gave back what it read): bytes it dies with are lost to the node."""
+        self._READING.pack_into(self._area, self._LAYOUT.size + self._DELIVERED.size, reading)
+
+    def reading(self) -> bool:
+        """Whether the worker was reading the node's lent input (see ``set_reading``)."""
+        return bool(self._area[self._LAYOUT.size + self._DELIVERED.size])
 
 
 class ClientPipe:
@@ -286,9 +296,11 @@ def _borrow(
     if not borrow.wait_for_input(task_fd, input_fd):
         outgoing.send_now(borrow.input_back(b"", 0))
         return
+    slot.set_reading(True)
     frame = borrow.read_frame(input_fd)
     message = borrow.lone_task(frame, functions.runnable)
     outgoing.send_now(borrow.input_back(frame, message.tasks[0].task_id if message else 0))
+    slot.set_reading(False)
     if message is not None:
         _handle(message, functions, outgoing, streamer, slot)
 
