@@ -15,14 +15,17 @@ import select
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import pytest
 
+from ceranubis_jupyter import CeranubisExecutor
+from ceranubis_jupyter.cluster.hosts import Host
 from ceranubis_jupyter.node import borrow
 from ceranubis_jupyter.wire import protocol as p
 from ceranubis_jupyter.wire.serialize import dumps_function
-from tests.test_relay import DEADLINE, NodeSpeaker
+from tests.test_relay import DEADLINE, NodeSpeaker, _read_by
 from tests.waiting import wait_for
 
 FN_DIGEST, FN_SLEEP = 1, 2  # NodeSpeaker ships digest as function 1
@@ -65,14 +68,7 @@ def _syscall(pid: int) -> str:
 
 def _borrower(node: NodeSpeaker) -> psutil.Process:
     """The worker the node lent its input to, once it waits on it."""
-    found: list[psutil.Process] = []
-
-    def lent() -> bool:
-        found[:] = [w for w in node.workers() if _syscall(w.pid) == _select_syscall()]
-        return len(found) == 1
-
-    wait_for(lent, DEADLINE, "a worker borrows the node's input")
-    return found[0]
+    return _waiting_in_select(psutil.Process(node.process.pid))
 
 
 def _results(node: NodeSpeaker, count: int) -> dict[int, p.Result]:
@@ -216,3 +212,38 @@ def test_lone_task_is_one_task_of_a_runnable_function() -> None:
     assert borrow.lone_task(_frame(p.Tasks((_task(1, 5), _task(2, 5)))), bool) is None
     assert borrow.lone_task(_frame(p.Cancel((1,))), bool) is None
     assert borrow.lone_task(b"\x00" * 40, bool) is None
+
+
+def test_a_task_read_by_a_borrower_that_dies_is_sent_again(tmp_path: Path) -> None:
+    # End to end, on a local node: the borrower reads the start of a frame (written here
+    # into the node's input, as a client would), then the client's next task, and dies.
+    # The node ends, the client sends the task again to the node it restarts, and the
+    # task's result comes: nothing is lost.
+    with CeranubisExecutor([Host("local", workers=2)]) as executor:
+        assert executor.submit(pow, 2, 3).result(DEADLINE) == 8  # the worker has `pow`
+        node = psutil.Process(executor.hosts()[0].pid)
+        borrower = _waiting_in_select(node)
+        frame = _frame(p.Tasks((_task(99, FN_DIGEST, os.urandom(8192)),)))
+        with open(f"/proc/{node.pid}/fd/0", "wb", buffering=0) as node_input:
+            node_input.write(frame[:2048])
+        wait_for(lambda: _syscall(borrower.pid) not in ("", "running", _select_syscall()),
+                 DEADLINE, "the borrower waits for the rest of the frame")  # fmt: skip
+        read = _read_by(borrower)
+        future = executor.submit(pow, 3, 4)
+        wait_for(lambda: _read_by(borrower) > read, DEADLINE, "the borrower reads the task")
+        borrower.kill()
+        assert future.result(DEADLINE) == 81
+        assert executor.hosts()[0].pid != node.pid  # the node was restarted
+        assert executor.submit(pow, 2, 5).result(DEADLINE) == 32
+
+
+def _waiting_in_select(node: psutil.Process) -> psutil.Process:
+    """The node's worker that borrowed its input, once it waits on it."""
+    found: list[psutil.Process] = []
+
+    def lent() -> bool:
+        found[:] = [w for w in node.children() if _syscall(w.pid) == _select_syscall()]
+        return len(found) == 1
+
+    wait_for(lent, DEADLINE, "a worker borrows the node's input")
+    return found[0]
