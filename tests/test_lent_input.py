@@ -15,7 +15,6 @@ import select
 import signal
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import psutil
 import pytest
@@ -214,7 +213,7 @@ def test_lone_task_is_one_task_of_a_runnable_function() -> None:
     assert borrow.lone_task(b"\x00" * 40, bool) is None
 
 
-def test_a_task_read_by_a_borrower_that_dies_is_sent_again(tmp_path: Path) -> None:
+def test_a_task_read_by_a_borrower_that_dies_is_sent_again() -> None:
     # End to end, on a local node: the borrower reads the start of a frame (written here
     # into the node's input, as a client would), then the client's next task, and dies.
     # The node ends, the client sends the task again to the node it restarts, and the
