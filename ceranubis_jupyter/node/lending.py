@@ -39,10 +39,14 @@ class Lender:
         # would lend an ended input over and over).
         self._unread = False
 
+    def may_lend(self) -> bool:
+        """Whether the input could be lent now (on, not lent, not waiting to be read)."""
+        return self.enabled and self.to is None and not self._unread
+
     def lend(self, workers: Iterable[WorkerState]) -> bool:
         """Lend the input to the first worker if every one is idle (the caller checked
         that the node has nothing to do); ``True`` when lent now."""
-        if not self.enabled or self.to is not None or self._unread:
+        if not self.may_lend():
             return False
         states = list(workers)
         if not states or any(state.tasks or state.outbox for state in states):

@@ -118,7 +118,7 @@ class Supervisor:
     def _lend_if_idle(self) -> None:
         """Lend the input to an idle worker when the node has nothing to do (see
         node/lending.py)."""
-        if self._nothing_to_do():
+        if self.lender.may_lend() and self._nothing_to_do():
             self._catch_up_all()
             if self.lender.lend(self.workers.values()):
                 self._want_news(False)  # until a worker takes a task: see _on_message

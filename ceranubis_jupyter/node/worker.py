@@ -54,10 +54,10 @@ class RunningSlot:
 
     _LAYOUT = struct.Struct("=Qd")  # task id (0: between tasks), time.monotonic() at start
     _DELIVERED = struct.Struct("=Q")  # after it: the last task whose result went direct
-    _READING = struct.Struct("=B")  # then: 1 while the worker reads the node's lent input
+    _READING_AT = _LAYOUT.size + _DELIVERED.size  # then a byte: 1 while it reads lent input
 
     def __init__(self) -> None:
-        self._area = mmap.mmap(-1, self._LAYOUT.size + self._DELIVERED.size + self._READING.size)
+        self._area = mmap.mmap(-1, self._READING_AT + 1)
 
     def set(self, task_id: int, started: float) -> None:
         """Note the task now running (``0`` when none)."""
@@ -85,11 +85,11 @@ class RunningSlot:
     def set_reading(self, reading: bool) -> None:
         """Note that the worker reads the node's lent input (from its first byte until it
         gave back what it read): bytes it dies with are lost to the node."""
-        self._READING.pack_into(self._area, self._LAYOUT.size + self._DELIVERED.size, reading)
+        self._area[self._READING_AT] = reading
 
     def reading(self) -> bool:
         """Whether the worker was reading the node's lent input (see ``set_reading``)."""
-        return bool(self._area[self._LAYOUT.size + self._DELIVERED.size])
+        return bool(self._area[self._READING_AT])
 
 
 class ClientPipe:
