@@ -13,6 +13,10 @@ ratio ours/echo per tree (the issue-18 target: at most 1.3), with the client's C
 trip; and the same through the ``ssh`` binary (``CERANUBIS_SSH_CLIENT=openssh``) where the
 tree has it, with W1 per item for both (the ``w*_openssh`` figures).
 
+``--project-pg`` measures W1 as a project against ``map`` on one throwaway PostgreSQL
+server (``pg.py``), a fresh database per tree and block, with the server's CPU per stored
+result (the issue-18 target: a ratio of at least 0.8).
+
 ``--ssh-w2`` measures W2 alone over a loopback sshd, each tree's beside execnet's over
 ssh in the same child, and reports the ratio ours/execnet per tree (the issue-18 target:
 at least 2).
@@ -35,6 +39,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -46,6 +51,10 @@ WORKERS = 2
 MEASURE_TIMEOUT = 300.0
 # W3 medians per tree and block with --ssh-w3 (each beside an echo median).
 SSH_W3_ROUNDS = 3
+# Projects per tree and block with --project-pg (each beside a plain map).
+PG_PROJECT_REPEATS = 5
+# W1's size in bench_project.py: the results one project stores.
+W1_ITEMS = 20_000
 # What each figure is: a rate (higher is better) or a time (lower is better).
 HIGHER_IS_BETTER = {
     "w1_per_s": True,
@@ -54,6 +63,8 @@ HIGHER_IS_BETTER = {
     "w3_median_us": False,
     "w4_mb_per_s": True,
     "project_map_ratio": True,
+    "pg_project_map_ratio": True,
+    "pg_server_us_per_result": False,
     "w3_ssh_us": False,
     "w3_echo_us": False,
     "w3_ssh_per_echo": False,
@@ -212,9 +223,26 @@ def _run_tree(tree: Path, with_project: bool, mode: str = "--measure") -> dict[s
     return figures
 
 
-def _project_ratio(tree: Path, env: dict[str, str]) -> float:
+def _pg_project(tree: Path, server: Any, database: str) -> dict[str, float]:
+    """One tree's W1 project/map ratio on a fresh database of ``server``, and the server's
+    CPU per stored result meanwhile."""
+    import psycopg
+
+    with psycopg.connect(server.url, autocommit=True, connect_timeout=5) as connection:
+        connection.execute(f"CREATE DATABASE {database}")
+    url = server.url.rsplit("/", 1)[0] + f"/{database}"
+    before = server.cpu_seconds()
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    ratio = _project_ratio(tree, env, "--store", url, repeats=PG_PROJECT_REPEATS)
+    spent = server.cpu_seconds() - before
+    per_result = spent / (PG_PROJECT_REPEATS * W1_ITEMS) * 1e6
+    return {"pg_project_map_ratio": ratio, "pg_server_us_per_result": per_result}
+
+
+def _project_ratio(tree: Path, env: dict[str, str], *extra: str, repeats: int = 3) -> float:
+    command = [sys.executable, str(tree / "benchmarks" / "bench_project.py")]
     child = subprocess.run(
-        [sys.executable, str(tree / "benchmarks" / "bench_project.py"), "--repeats", "3"],
+        [*command, "--repeats", str(repeats), *extra],
         env=env,
         cwd=tree,
         capture_output=True,
@@ -253,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-project", action="store_true", help="skip bench_project.py")
     parser.add_argument("--ssh-w3", action="store_true", help="W3 over a loopback sshd only")
     parser.add_argument("--ssh-w2", action="store_true", help="W2 over a loopback sshd only")
+    parser.add_argument(
+        "--project-pg", action="store_true", help="W1 as a project on PostgreSQL only"
+    )
     for mode in MEASURES:
         parser.add_argument(mode, action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -267,6 +298,15 @@ def main(argv: list[str] | None = None) -> int:
         with sshd.loopback_hosts(1):
             _blocks(args, "--measure-ssh-w3" if args.ssh_w3 else "--measure-ssh-w2")
         return 0
+    if args.project_pg:
+        sys.path.insert(0, str(HERE))
+        import pg
+
+        with pg.postgres() as server:
+            if server is None:
+                raise SystemExit("no PostgreSQL server binaries: run .ci/install-system-deps")
+            _blocks(args, "--project-pg", server)
+        return 0
     _blocks(args, "--measure")
     return 0
 
@@ -279,7 +319,7 @@ MEASURES: dict[str, Callable[[], dict[str, float]]] = {
 }
 
 
-def _blocks(args: argparse.Namespace, mode: str) -> None:
+def _blocks(args: argparse.Namespace, mode: str, server: Any = None) -> None:
     samples: dict[str, dict[str, list[float]]] = {"old": {}, "new": {}}
     with tempfile.TemporaryDirectory(prefix="cj-ab-") as tmp:
         trees = {"old": _export(args.base, Path(tmp)), "new": ROOT}
@@ -287,8 +327,11 @@ def _blocks(args: argparse.Namespace, mode: str) -> None:
             order = ["old", "new"] if block % 2 == 0 else ["new", "old"]
             for name in order:
                 started = time.monotonic()
-                with_project = mode == "--measure" and not args.no_project
-                figures = _run_tree(trees[name], with_project, mode)
+                if mode == "--project-pg":
+                    figures = _pg_project(trees[name], server, f"ab_{name}_{block}")
+                else:
+                    with_project = mode == "--measure" and not args.no_project
+                    figures = _run_tree(trees[name], with_project, mode)
                 for key, value in figures.items():
                     samples[name].setdefault(key, []).append(value)
                 took = time.monotonic() - started

@@ -14,7 +14,7 @@ import pytest
 
 from ceranubis_jupyter.errors import ConfigError, StoreError
 from ceranubis_jupyter.projects.records import Outcome, client_alive, this_client
-from ceranubis_jupyter.projects.store import Store
+from ceranubis_jupyter.projects.store import DONE_VALUES, Store
 from ceranubis_jupyter.projects.stores import default_store_path, open_store
 
 
@@ -269,11 +269,12 @@ def _rows_examined(plan: dict[str, Any]) -> float:
 
 def test_postgres_flush_reads_only_its_batch_whatever_the_statistics(pg_url: str) -> None:
     # Statistics taken when every argument was done: the planner then expects no
-    # unfinished one, which once made it scan the store whole, or loop over the staged
-    # rows once per unfinished argument.
+    # unfinished one, which once made it scan the store whole, or loop over the batch
+    # once per unfinished argument.
     import psycopg
 
     from ceranubis_jupyter.projects import store_pg
+    from ceranubis_jupyter.projects.pg_binary import outcome_arrays
 
     store = open_store(pg_url)
     old = _new(store, "old", 20_000)
@@ -283,12 +284,9 @@ def test_postgres_flush_reads_only_its_batch_whatever_the_statistics(pg_url: str
     new = _new(store, "new", 2000)
     batch = [r.id for r in store.arguments(new, ["pending"])][:500]
     with store._transaction() as cursor:  # the flush's own statement, explained
-        with cursor.copy("COPY cj_outcomes FROM STDIN") as copy:
-            for arg_id in batch:
-                copy.write_row((arg_id, b"r", "h", 1, 1.0, 2.0))
         cursor.execute(
-            "EXPLAIN (ANALYZE, FORMAT JSON) " + store_pg._UPDATE_FROM_OUTCOMES,
-            (min(batch), max(batch)),
+            "EXPLAIN (ANALYZE, FORMAT JSON) " + store_pg._UPDATE_FROM_ARRAYS,
+            (*outcome_arrays(_done_values(batch)), min(batch), max(batch)),
         )
         [[[explained]]] = cursor.fetchall()
     # A few passes over the batch (scan, hash, join), not the store: 44 times the batch.
@@ -296,31 +294,19 @@ def test_postgres_flush_reads_only_its_batch_whatever_the_statistics(pg_url: str
     assert store.counts(new)["done"] == len(batch)
 
 
-def test_postgres_flushes_leave_no_staged_rows_behind(pg_url: str) -> None:
-    # Autovacuum never visits temporary tables: deleted staging rows would be scanned
-    # again by every later flush of a long project.
-    store = open_store(pg_url)
-    project_id = _new(store, "p", 3000)
-    ids = [r.id for r in store.arguments(project_id, ["pending"])]
-    for start in range(0, len(ids), 1000):
-        assert store.record_outcomes([], _done_values(ids[start : start + 1000])) == 1000
-    [(size,)] = store._read("SELECT pg_relation_size('cj_outcomes')")
-    assert size == 0 and store.counts(project_id)["done"] == 3000
-
-
-def test_postgres_stages_outcomes_only_once_a_connection_flushes(pg_url: str) -> None:
-    # The staging table costs catalog writes: a connection that only reads makes none.
-    # A first flush that fails takes it along; the next flush makes it again.
+def test_postgres_flush_that_cannot_be_packed_stores_nothing(pg_url: str) -> None:
+    # A value of the wrong type fails while the arrays are packed, before the statement:
+    # none of the flush's outcomes is stored, and the next flush stores them all.
     store = open_store(pg_url)
     project_id = _new(store, "p", 4)
-    staged = "SELECT to_regclass('pg_temp.cj_outcomes') IS NOT NULL"
-    assert store._read(staged) == [(False,)]
     ids = [r.id for r in store.arguments(project_id, ["pending"])]
+    bad = _done_values(ids)
+    bad[DONE_VALUES + 3] = "not a count"
     with pytest.raises(Exception):  # noqa: B017 - what fails is the packing, not the store
-        store.record_outcomes([], [ids[0], b"r", "h", "not a count", 1.0, 2.0])
-    assert store._read(staged) == [(False,)]
+        store.record_outcomes([], bad)
+    assert store.counts(project_id)["done"] == 0
     assert store.record_outcomes([], _done_values(ids)) == 4
-    assert store._read(staged) == [(True,)] and store.counts(project_id)["done"] == 4
+    assert store.counts(project_id)["done"] == 4
 
 
 def test_an_existing_store_file_is_tightened_with_its_wal(tmp_path: Path) -> None:
@@ -374,17 +360,21 @@ def test_finished_outcomes_keep_every_field(store_url: str) -> None:
     # The writer's flat run of values: any host name, a result of any bytes, an unknown
     # end time (PostgreSQL takes them as one binary COPY stream).
     store = open_store(store_url)
-    project_id = _new(store, "fields", 3)
+    project_id = _new(store, "fields", 4)
     ids = [a.id for a in store.arguments(project_id, ["pending"])]
     done = [ids[0], bytes(range(256)), "hôst-é 1", 2, 1.5, 2.25,
-            ids[2], b"\x00", "h2", 1, 3.0, None]  # fmt: skip
-    assert store.record_outcomes([], done) == 2
+            ids[2], b"\x00", "h2", 1, 3.0, None,
+            ids[3], b"", "", 7, None, None]  # fmt: skip
+    assert store.record_outcomes([], done) == 3
     rows = {a.id: a for a in store.arguments(project_id, ["done", "pending"])}
     first, last = rows[ids[0]], rows[ids[2]]
     assert (bytes(first.result or b""), first.host, first.attempts, first.started,
             first.finished) == (bytes(range(256)), "hôst-é 1", 2, 1.5, 2.25)  # fmt: skip
     assert (bytes(last.result or b""), last.host, last.started, last.finished) == (
         b"\x00", "h2", 3.0, None)  # fmt: skip
+    empty = rows[ids[3]]  # an empty result, host and no times: still a result
+    assert empty.result is not None and bytes(empty.result) == b""
+    assert (empty.host, empty.attempts, empty.started, empty.finished) == ("", 7, None, None)
     assert rows[ids[1]].state == "pending"
     store.close()
 

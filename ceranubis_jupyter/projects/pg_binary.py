@@ -1,4 +1,5 @@
-"""Rows for PostgreSQL's binary ``COPY``, built in one pass (no per-row driver call).
+"""Rows for PostgreSQL's binary ``COPY`` and binary array parameters, built in one pass
+(no per-value driver call).
 
 psycopg's ``write_row`` adapts each value of each row in Python, ~3.5 µs a row of a
 project's arguments; packing the fixed-width fields with one :class:`struct.Struct` per
@@ -46,38 +47,93 @@ def argument_rows(
     yield b"".join(parts)
 
 
-# A finished outcome (id BIGINT, result BYTEA, host TEXT, attempts INTEGER, started and
-# finished DOUBLE PRECISION): the head up to the result's length, and the tail after the
-# host when both times are known.
-_OUTCOME_HEAD = struct.Struct("!hiqi")
-_OUTCOME_TAIL = struct.Struct("!iiidid")
-_INTEGER = struct.Struct("!ii")
-_DOUBLE = struct.Struct("!id")
+# One-dimensional arrays in PostgreSQL's binary format (what ``array_recv`` reads): the
+# number of dimensions, whether any element is NULL, the element type's OID, the length
+# and the lower bound; then each element as its length and bytes (-1: NULL).
+_ARRAY_HEAD = struct.Struct("!iiiii")
 _LENGTH = struct.Struct("!i")
 _NULL = b"\xff\xff\xff\xff"
 
 
-def outcome_rows(values: Sequence[Any]) -> Iterator[bytes]:
-    """The binary ``COPY`` stream of finished outcomes given as one flat run of ``id,
-    result, host, attempts, started, finished`` per outcome, in pieces."""
-    head, tail = _OUTCOME_HEAD.pack, _OUTCOME_TAIL.pack
-    hosts: dict[str, bytes] = {}
-    parts = [SIGNATURE]
-    for i in range(0, len(values), DONE_VALUES):
-        result, host = values[i + 1], values[i + 2]
-        started, finished = values[i + 4], values[i + 5]
-        parts.append(head(DONE_VALUES, 8, values[i], len(result)))
-        parts.append(result)
-        parts.append(hosts.get(host) or hosts.setdefault(host, _text(host)))
-        if started is not None and finished is not None:
-            parts.append(tail(4, values[i + 3], 8, started, 8, finished))
-        else:
-            parts.append(_INTEGER.pack(4, values[i + 3]) + _double(started) + _double(finished))
-        if len(parts) >= 4 * ROWS_PER_PIECE:
-            yield b"".join(parts)
-            parts = []
-    parts.append(TRAILER)
-    yield b"".join(parts)
+class ArrayParameter(bytes):
+    """An array query parameter already in PostgreSQL's binary format: sent as it is
+    (the store registers a dumper per subclass), not adapted element by element."""
+
+    ARRAY_OID = 0
+
+
+class BigintArray(ArrayParameter):
+    """``bigint[]``."""
+
+    ARRAY_OID = 1016
+
+
+class ByteaArray(ArrayParameter):
+    """``bytea[]``."""
+
+    ARRAY_OID = 1001
+
+
+class TextArray(ArrayParameter):
+    """``text[]``."""
+
+    ARRAY_OID = 1009
+
+
+class IntegerArray(ArrayParameter):
+    """``integer[]``."""
+
+    ARRAY_OID = 1007
+
+
+class DoubleArray(ArrayParameter):
+    """``double precision[]``."""
+
+    ARRAY_OID = 1022
+
+
+ARRAY_PARAMETERS = (BigintArray, ByteaArray, TextArray, IntegerArray, DoubleArray)
+_BIGINT, _BYTEA, _TEXT, _INTEGER, _DOUBLE = 20, 17, 25, 23, 701
+_BIGINT_ITEM = struct.Struct("!iq")
+_INTEGER_ITEM = struct.Struct("!ii")
+_DOUBLE_ITEM = struct.Struct("!id")
+
+
+def outcome_arrays(values: Sequence[Any]) -> tuple[ArrayParameter, ...]:
+    """The columns of finished outcomes given as one flat run of ``id, result, host,
+    attempts, started, finished`` per outcome, as six binary array parameters: one
+    ``UPDATE ... FROM unnest(...)`` then writes them all, without a staging table."""
+    step = DONE_VALUES
+    ids, results, hosts = values[0::step], values[1::step], values[2::step]
+    attempts, started, finished = values[3::step], values[4::step], values[5::step]
+    bigint, integer = _BIGINT_ITEM.pack, _INTEGER_ITEM.pack
+    return (
+        BigintArray(_array(_BIGINT, [bigint(8, v) for v in ids])),
+        ByteaArray(_array(_BYTEA, _blobs(results))),
+        TextArray(_array(_TEXT, _texts(hosts))),
+        IntegerArray(_array(_INTEGER, [integer(4, v) for v in attempts])),
+        DoubleArray(_array(_DOUBLE, _doubles(started), None in started)),
+        DoubleArray(_array(_DOUBLE, _doubles(finished), None in finished)),
+    )
+
+
+def _array(element_oid: int, items: list[bytes], has_nulls: bool = False) -> bytes:
+    return _ARRAY_HEAD.pack(1, int(has_nulls), element_oid, len(items), 1) + b"".join(items)
+
+
+def _blobs(blobs: Sequence[bytes]) -> list[bytes]:
+    length = _LENGTH.pack
+    return [length(len(blob)) + blob for blob in blobs]
+
+
+def _texts(texts: Sequence[str]) -> list[bytes]:
+    encoded: dict[str, bytes] = {}
+    return [encoded.get(text) or encoded.setdefault(text, _text(text)) for text in texts]
+
+
+def _doubles(values: Sequence[float | None]) -> list[bytes]:
+    double = _DOUBLE_ITEM.pack
+    return [_NULL if value is None else double(8, value) for value in values]
 
 
 def _text(value: str) -> bytes:
@@ -85,8 +141,4 @@ def _text(value: str) -> bytes:
     return _LENGTH.pack(len(data)) + data
 
 
-def _double(value: float | None) -> bytes:
-    return _NULL if value is None else _DOUBLE.pack(8, value)
-
-
-__all__ = ["argument_rows", "outcome_rows"]
+__all__ = ["ARRAY_PARAMETERS", "ArrayParameter", "argument_rows", "outcome_arrays"]
