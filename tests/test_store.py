@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -267,14 +270,15 @@ def _rows_examined(plan: dict[str, Any]) -> float:
     return own + sum(_rows_examined(child) for child in plan.get("Plans", []))
 
 
-def test_postgres_flush_reads_only_its_batch_whatever_the_statistics(pg_url: str) -> None:
+@pytest.mark.parametrize("plans", ["auto", "force_generic_plan"])
+def test_postgres_flush_reads_only_its_batch_whatever_the_statistics(
+    pg_url: str, plans: str
+) -> None:
     # Statistics taken when every argument was done: the planner then expects no
     # unfinished one, which once made it scan the store whole, or loop over the batch
-    # once per unfinished argument.
+    # once per unfinished argument. A generic plan (what a prepared statement may settle
+    # on) knows neither the batch's size nor its id range.
     import psycopg
-
-    from ceranubis_jupyter.projects import store_pg
-    from ceranubis_jupyter.projects.pg_binary import outcome_arrays
 
     store = open_store(pg_url)
     old = _new(store, "old", 20_000)
@@ -283,15 +287,43 @@ def test_postgres_flush_reads_only_its_batch_whatever_the_statistics(pg_url: str
         admin.execute("ANALYZE arguments")
     new = _new(store, "new", 2000)
     batch = [r.id for r in store.arguments(new, ["pending"])][:500]
-    with store._transaction() as cursor:  # the flush's own statement, explained
-        cursor.execute(
-            "EXPLAIN (ANALYZE, FORMAT JSON) " + store_pg._UPDATE_FROM_ARRAYS,
-            (*outcome_arrays(_done_values(batch)), min(batch), max(batch)),
-        )
-        [[[explained]]] = cursor.fetchall()
+    with _plans_explained(store, plans) as explained:
+        assert store.record_outcomes([], _done_values(batch)) == len(batch)
+    [update] = [e for e in explained if e["Plan"].get("Operation") == "Update"]
     # A few passes over the batch (scan, hash, join), not the store: 44 times the batch.
-    assert _rows_examined(explained["Plan"]) <= 8 * len(batch), explained
+    assert _rows_examined(update["Plan"]) <= 8 * len(batch), update
     assert store.counts(new)["done"] == len(batch)
+
+
+@contextlib.contextmanager
+def _plans_explained(store: Any, plans: str) -> Iterator[list[dict[str, Any]]]:
+    """The plans (``EXPLAIN ANALYZE`` as JSON, from ``auto_explain``) of the statements
+    ``store`` runs in the block, each prepared at once and planned as ``plans`` says."""
+    connection = store._connection
+    explained: list[dict[str, Any]] = []
+
+    def keep(notice: Any) -> None:
+        text = notice.message_primary or ""
+        if "plan:" in text:
+            explained.append(json.loads(text.split("plan:", 1)[1]))
+
+    for setting in (
+        "LOAD 'auto_explain'",
+        "SET auto_explain.log_min_duration = 0",
+        "SET auto_explain.log_analyze = on",
+        "SET auto_explain.log_format = json",
+        "SET auto_explain.log_level = notice",
+        f"SET plan_cache_mode = {plans}",
+    ):
+        connection.execute(setting)
+    connection.prepare_threshold = 0  # psycopg prepares every statement on its first run
+    connection.add_notice_handler(keep)
+    try:
+        yield explained
+    finally:
+        connection.remove_notice_handler(keep)
+        connection.prepare_threshold = 5
+        connection.execute("RESET ALL")
 
 
 def test_postgres_flush_that_cannot_be_packed_stores_nothing(pg_url: str) -> None:

@@ -102,6 +102,10 @@ _UPDATE_FROM_ARRAYS = (
     "WHERE arguments.id = o.id AND arguments.id BETWEEN %s AND %s "
     "AND arguments.state IN ('pending', 'running')"
 )
+# A nested loop would scan the unnested batch once per argument it joins: once psycopg
+# prepares the statement, a generic plan takes the batch for 10 rows and picks one
+# (54 ms for 500 outcomes, growing with the square). Hash and merge joins stay linear.
+_NO_NESTED_LOOP = "SET LOCAL enable_nestloop = off"
 
 
 # The oldest psycopg whose waits for notifications take a timeout (queue_listen.py).
@@ -271,6 +275,7 @@ class PostgresStore(FastQueue, Store):
         # One statement over binary arrays: the server writes each outcome once (a staging
         # table made it store every outcome twice), and the client packs them in one pass.
         ids = values[::DONE_VALUES]
+        cursor.execute(_NO_NESTED_LOOP)  # for this transaction only
         cursor.execute(_UPDATE_FROM_ARRAYS, (*outcome_arrays(values), min(ids), max(ids)))
         return int(cursor.rowcount)
 
