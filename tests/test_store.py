@@ -341,6 +341,32 @@ def test_postgres_flush_that_cannot_be_packed_stores_nothing(pg_url: str) -> Non
     assert store.counts(project_id)["done"] == 4
 
 
+def test_postgres_flush_past_a_statements_bytes_is_split_and_lands_whole(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A query parameter has a 1 GB limit: a flush of big results is written by several
+    # statements of one transaction (a limit of 100 bytes here: results of 40, 40, 250, 40
+    # and 40 bytes make three statements), each result on its own argument, once.
+    from ceranubis_jupyter.projects import pg_binary
+
+    monkeypatch.setattr(pg_binary, "STATEMENT_BYTES", 100)
+    sizes = [40, 40, 250, 40, 40]
+    store = open_store(pg_url)
+    project_id = _new(store, "big", len(sizes))
+    ids = [r.id for r in store.arguments(project_id, ["pending"])]
+    values: list[object] = []
+    for k, (arg_id, size) in enumerate(zip(ids, sizes, strict=True)):
+        values += (arg_id, bytes([k]) * size, f"h{k}", 1, 1.0, 2.0)
+    parts = list(pg_binary.outcome_slices(values))
+    assert [len(part) // DONE_VALUES for part in parts] == [2, 1, 2]
+    assert store.record_outcomes([], values) == len(sizes)
+    assert store.record_outcomes([], values) == 0
+    rows = store.arguments(project_id, ["done"])
+    assert [(bytes(r.result or b""), r.host) for r in rows] == [
+        (bytes([k]) * size, f"h{k}") for k, size in enumerate(sizes)
+    ]
+
+
 def test_an_existing_store_file_is_tightened_with_its_wal(tmp_path: Path) -> None:
     path = tmp_path / "loose" / "projects.sqlite"
     open_store(path).close()

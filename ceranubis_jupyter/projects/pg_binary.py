@@ -94,9 +94,27 @@ class DoubleArray(ArrayParameter):
 
 ARRAY_PARAMETERS = (BigintArray, ByteaArray, TextArray, IntegerArray, DoubleArray)
 _BIGINT, _BYTEA, _TEXT, _INTEGER, _DOUBLE = 20, 17, 25, 23, 701
+# Bytes of results one statement carries at most: a query parameter (and the server's copy
+# of it) must stay far below PostgreSQL's 1 GB limit per value; a flush holding more is
+# written by several statements in its transaction.
+STATEMENT_BYTES = 64 << 20
 _BIGINT_ITEM = struct.Struct("!iq")
 _INTEGER_ITEM = struct.Struct("!ii")
 _DOUBLE_ITEM = struct.Struct("!id")
+
+
+def outcome_slices(values: Sequence[Any]) -> Iterator[Sequence[Any]]:
+    """The flat run of outcomes (``DONE_VALUES`` per outcome) in consecutive slices whose
+    results hold at most :data:`STATEMENT_BYTES` together (one outcome at least)."""
+    start = size = 0
+    for at in range(0, len(values), DONE_VALUES):
+        grown = size + len(values[at + 1])
+        if grown > STATEMENT_BYTES and at > start:
+            yield values[start:at]
+            start, grown = at, len(values[at + 1])
+        size = grown
+    if start < len(values):
+        yield values[start:]
 
 
 def outcome_arrays(values: Sequence[Any]) -> tuple[ArrayParameter, ...]:
@@ -108,22 +126,26 @@ def outcome_arrays(values: Sequence[Any]) -> tuple[ArrayParameter, ...]:
     attempts, started, finished = values[3::step], values[4::step], values[5::step]
     bigint, integer = _BIGINT_ITEM.pack, _INTEGER_ITEM.pack
     return (
-        BigintArray(_array(_BIGINT, [bigint(8, v) for v in ids])),
-        ByteaArray(_array(_BYTEA, _blobs(results))),
-        TextArray(_array(_TEXT, _texts(hosts))),
-        IntegerArray(_array(_INTEGER, [integer(4, v) for v in attempts])),
-        DoubleArray(_array(_DOUBLE, _doubles(started), None in started)),
-        DoubleArray(_array(_DOUBLE, _doubles(finished), None in finished)),
+        BigintArray(_array(_BIGINT, len(ids), [bigint(8, v) for v in ids])),
+        ByteaArray(_array(_BYTEA, len(results), _blobs(results))),
+        TextArray(_array(_TEXT, len(hosts), _texts(hosts))),
+        IntegerArray(_array(_INTEGER, len(attempts), [integer(4, v) for v in attempts])),
+        DoubleArray(_array(_DOUBLE, len(started), _doubles(started), None in started)),
+        DoubleArray(_array(_DOUBLE, len(finished), _doubles(finished), None in finished)),
     )
 
 
-def _array(element_oid: int, items: list[bytes], has_nulls: bool = False) -> bytes:
-    return _ARRAY_HEAD.pack(1, int(has_nulls), element_oid, len(items), 1) + b"".join(items)
+def _array(element_oid: int, count: int, parts: list[bytes], has_nulls: bool = False) -> bytes:
+    return b"".join([_ARRAY_HEAD.pack(1, int(has_nulls), element_oid, count, 1), *parts])
 
 
 def _blobs(blobs: Sequence[bytes]) -> list[bytes]:
+    """Each blob's length, then the blob itself (not copied before the final join)."""
     length = _LENGTH.pack
-    return [length(len(blob)) + blob for blob in blobs]
+    parts: list[bytes] = []
+    for blob in blobs:
+        parts += (length(len(blob)), blob)
+    return parts
 
 
 def _texts(texts: Sequence[str]) -> list[bytes]:
@@ -141,4 +163,11 @@ def _text(value: str) -> bytes:
     return _LENGTH.pack(len(data)) + data
 
 
-__all__ = ["ARRAY_PARAMETERS", "ArrayParameter", "argument_rows", "outcome_arrays"]
+__all__ = [
+    "ARRAY_PARAMETERS",
+    "STATEMENT_BYTES",
+    "ArrayParameter",
+    "argument_rows",
+    "outcome_arrays",
+    "outcome_slices",
+]

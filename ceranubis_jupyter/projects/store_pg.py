@@ -16,7 +16,13 @@ from typing import Any
 
 from ..errors import ConfigError, StoreError
 from .conninfo import PASSWORD_ADVICE, passwords_in, redact, scrub
-from .pg_binary import ARRAY_PARAMETERS, ArrayParameter, argument_rows, outcome_arrays
+from .pg_binary import (
+    ARRAY_PARAMETERS,
+    ArrayParameter,
+    argument_rows,
+    outcome_arrays,
+    outcome_slices,
+)
 from .queue_fast import INDEX_PLANS, PG_REUSABLE, FastQueue
 from .queue_store import ARGUMENTS_FILLFACTOR, PG_QUEUE
 from .store import DONE_VALUES, Store
@@ -272,12 +278,16 @@ class PostgresStore(FastQueue, Store):
         )
 
     def _update_done(self, cursor: Any, values: Sequence[Any]) -> int:
-        # One statement over binary arrays: the server writes each outcome once (a staging
-        # table made it store every outcome twice), and the client packs them in one pass.
-        ids = values[::DONE_VALUES]
+        # A statement over binary arrays (more only for results past STATEMENT_BYTES): the
+        # server writes each outcome once (a staging table made it store every outcome
+        # twice), and the client packs them in one pass.
         cursor.execute(_NO_NESTED_LOOP)  # for this transaction only
-        cursor.execute(_UPDATE_FROM_ARRAYS, (*outcome_arrays(values), min(ids), max(ids)))
-        return int(cursor.rowcount)
+        changed = 0
+        for part in outcome_slices(values):
+            ids = part[::DONE_VALUES]
+            cursor.execute(_UPDATE_FROM_ARRAYS, (*outcome_arrays(part), min(ids), max(ids)))
+            changed += int(cursor.rowcount)
+        return changed
 
     def _sql(self, text: str) -> str:
         return text.replace("?", "%s")
