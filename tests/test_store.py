@@ -346,7 +346,8 @@ def test_postgres_flush_past_a_statements_bytes_is_split_and_lands_whole(
 ) -> None:
     # A query parameter has a 1 GB limit: a flush of big results is written by several
     # statements of one transaction (a limit of 100 bytes here: results of 40, 40, 250, 40
-    # and 40 bytes make three statements), each result on its own argument, once.
+    # and 40 bytes make three statements), each result on its own argument, once; and a
+    # value that fails in the last statement's packing leaves the first two unwritten.
     from ceranubis_jupyter.projects import pg_binary
 
     monkeypatch.setattr(pg_binary, "STATEMENT_BYTES", 100)
@@ -359,7 +360,14 @@ def test_postgres_flush_past_a_statements_bytes_is_split_and_lands_whole(
         values += (arg_id, bytes([k]) * size, f"h{k}", 1, 1.0, 2.0)
     parts = list(pg_binary.outcome_slices(values))
     assert [len(part) // DONE_VALUES for part in parts] == [2, 1, 2]
-    assert store.record_outcomes([], values) == len(sizes)
+    bad = list(values)
+    bad[-3] = "not a count"  # the last outcome's attempts
+    with pytest.raises(Exception):  # noqa: B017 - what fails is the packing, not the store
+        store.record_outcomes([], bad)
+    assert store.counts(project_id)["done"] == 0
+    with _plans_explained(store, "auto") as explained:
+        assert store.record_outcomes([], values) == len(sizes)
+    assert sum(e["Plan"].get("Operation") == "Update" for e in explained) == 3
     assert store.record_outcomes([], values) == 0
     rows = store.arguments(project_id, ["done"])
     assert [(bytes(r.result or b""), r.host) for r in rows] == [
@@ -416,7 +424,7 @@ def test_many_arguments_of_any_bytes_are_stored_in_order(store_url: str) -> None
 
 def test_finished_outcomes_keep_every_field(store_url: str) -> None:
     # The writer's flat run of values: any host name, a result of any bytes, an unknown
-    # end time (PostgreSQL takes them as one binary COPY stream).
+    # end time (PostgreSQL takes them as binary arrays).
     store = open_store(store_url)
     project_id = _new(store, "fields", 4)
     ids = [a.id for a in store.arguments(project_id, ["pending"])]
