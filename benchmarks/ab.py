@@ -53,8 +53,6 @@ MEASURE_TIMEOUT = 300.0
 SSH_W3_ROUNDS = 3
 # Projects per tree and block with --project-pg (each beside a plain map).
 PG_PROJECT_REPEATS = 5
-# W1's size in bench_project.py: the results one project stores.
-W1_ITEMS = 20_000
 # What each figure is: a rate (higher is better) or a time (lower is better).
 HIGHER_IS_BETTER = {
     "w1_per_s": True,
@@ -226,16 +224,15 @@ def _run_tree(tree: Path, with_project: bool, mode: str = "--measure") -> dict[s
 def _pg_project(tree: Path, server: Any, database: str) -> dict[str, float]:
     """One tree's W1 project/map ratio on a fresh database of ``server``, and the server's
     CPU per stored result meanwhile."""
-    import psycopg
+    import bench_project
+    import pg_server
 
-    with psycopg.connect(server.url, autocommit=True, connect_timeout=5) as connection:
-        connection.execute(f"CREATE DATABASE {database}")
-    url = server.url.rsplit("/", 1)[0] + f"/{database}"
+    url = pg_server.create_database(server.url, database)
     before = server.cpu_seconds()
     env = {**os.environ, "PYTHONPATH": str(tree)}
     ratio = _project_ratio(tree, env, "--store", url, repeats=PG_PROJECT_REPEATS)
     spent = server.cpu_seconds() - before
-    per_result = spent / (PG_PROJECT_REPEATS * W1_ITEMS) * 1e6
+    per_result = spent / (PG_PROJECT_REPEATS * bench_project.W1_ITEMS) * 1e6
     return {"pg_project_map_ratio": ratio, "pg_server_us_per_result": per_result}
 
 

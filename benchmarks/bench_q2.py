@@ -139,9 +139,9 @@ async def pgqueuer_block(url: str, consumers: Consumers, producer: Any, count: i
 
 async def run(args: argparse.Namespace, server: pg_server.Server, trace_dir: Path) -> None:
     roots = {"new": HERE.parent} | ({"base": Path(args.base)} if args.base else {})
-    trees = [Tree(label, root, pg_server.create_database(server, label), trace_dir)
+    trees = [Tree(label, root, pg_server.create_database(server.url, label), trace_dir)
              for label, root in roots.items()]  # fmt: skip
-    url = pg_server.create_database(server, "pgqueuer")
+    url = pg_server.create_database(server.url, "pgqueuer")
     await qp.SETUP["pgqueuer"](url)
     consumers = await Consumers.start("pgqueuer", url, 2)
     producer = qp.PRODUCERS["pgqueuer"](url)

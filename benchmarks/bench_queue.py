@@ -145,9 +145,9 @@ class Bench:
             lambda: defaultdict(list)
         )
         self.notes: list[str] = []
-        self.urls = {peer: pg_server.create_database(server, peer) for peer in PEERS}
-        self.urls["ours"] = pg_server.create_database(server, "ours")
-        self.urls["ours_single"] = pg_server.create_database(server, "ours_single")
+        self.urls = {peer: pg_server.create_database(server.url, peer) for peer in PEERS}
+        self.urls["ours"] = pg_server.create_database(server.url, "ours")
+        self.urls["ours_single"] = pg_server.create_database(server.url, "ours_single")
 
     def record(self, system: str, key: str, value: float) -> None:
         self.samples[system][key].append(value)

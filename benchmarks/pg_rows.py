@@ -141,7 +141,7 @@ def main() -> None:
     import psycopg
 
     with pg_server.running_server(options.settings) as server:
-        url = pg_server.create_database(server, "rows")
+        url = pg_server.create_database(server.url, "rows")
         store = open_store(url)
         store.init_queue()
         with psycopg.connect(url, autocommit=True) as monitor:

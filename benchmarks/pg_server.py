@@ -38,10 +38,6 @@ class Server:
     url: str
     data: Path
 
-    def database_url(self, name: str) -> str:
-        """The URL of database ``name`` on this server."""
-        return self.url.rsplit("/", 1)[0] + f"/{name}"
-
     def postmaster_pid(self) -> int:
         """The PID of the server's main process (first line of ``postmaster.pid``)."""
         return int((self.data / "postmaster.pid").read_text().split("\n", 1)[0])
@@ -112,14 +108,15 @@ def running_server(settings: str = "") -> Iterator[Server]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def create_database(server: Server, name: str) -> str:
-    """Create an empty database ``name`` and return its URL."""
+def create_database(server_url: str, name: str) -> str:
+    """Create an empty database ``name`` on the server of ``server_url`` (any of its
+    databases) and return its URL."""
     import psycopg
 
-    with psycopg.connect(server.url, autocommit=True, connect_timeout=5) as connection:
+    with psycopg.connect(server_url, autocommit=True, connect_timeout=5) as connection:
         connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         connection.execute(f"CREATE DATABASE {name}")
-    return server.database_url(name)
+    return server_url.rsplit("/", 1)[0] + f"/{name}"
 
 
 def _stat_fields(pid: int) -> list[str] | None:

@@ -136,7 +136,7 @@ def main() -> None:
     if args.map:
         print(f"map {ours.map_rate(_inc, args.tasks):,.0f}/s", flush=True)
     with pg_server.running_server(f"{settings} {args.settings}") as server:
-        url = pg_server.create_database(server, "qprof")
+        url = pg_server.create_database(server.url, "qprof")
         import psycopg
 
         if not args.plain:

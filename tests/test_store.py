@@ -316,13 +316,13 @@ def _plans_explained(store: Any, plans: str) -> Iterator[list[dict[str, Any]]]:
         f"SET plan_cache_mode = {plans}",
     ):
         connection.execute(setting)
-    connection.prepare_threshold = 0  # psycopg prepares every statement on its first run
+    threshold, connection.prepare_threshold = connection.prepare_threshold, 0  # prepare at once
     connection.add_notice_handler(keep)
     try:
         yield explained
     finally:
         connection.remove_notice_handler(keep)
-        connection.prepare_threshold = 5
+        connection.prepare_threshold = threshold
         connection.execute("RESET ALL")
 
 

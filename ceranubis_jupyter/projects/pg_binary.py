@@ -106,6 +106,9 @@ _DOUBLE_ITEM = struct.Struct("!id")
 def outcome_slices(values: Sequence[Any]) -> Iterator[Sequence[Any]]:
     """The flat run of outcomes (``DONE_VALUES`` per outcome) in consecutive slices whose
     results hold at most :data:`STATEMENT_BYTES` together (one outcome at least)."""
+    if sum(map(len, values[1::DONE_VALUES])) <= STATEMENT_BYTES:
+        yield values  # the usual flush: one statement, no walk in Python
+        return
     start = size = 0
     for at in range(0, len(values), DONE_VALUES):
         grown = size + len(values[at + 1])
