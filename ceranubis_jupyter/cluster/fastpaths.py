@@ -22,6 +22,10 @@
 - ``inline_receive``: a thread that waits in ``result()`` for the executor's only task in
   flight reads the node's answer itself while the loop thread sleeps (one thread wake-up
   less per round trip). Client side: ``inline_receive.InlineReceiver``.
+- ``spin_wait``: that thread (``inline_receive``) polls without sleeping for up to 0.5 ms
+  before it sleeps, when the previous lone answer came within that time (on a virtual
+  machine, waking a sleeping thread costs tens of µs of the round trip). Client side:
+  ``inline_receive.InlineReceiver``.
 - ``lent_input``: a node with nothing to do lends its input to an idle worker, which reads
   the next frame itself and runs it when it is one task of a function it has (one process
   hop less per round trip: the node is not woken on the task's way in). Node side:
@@ -57,6 +61,7 @@ class FastPaths:
     queue_hands: bool = True
     inline_receive: bool = True
     lent_input: bool = True
+    spin_wait: bool = True
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

@@ -73,6 +73,16 @@ def _selector(lock: threading.Lock) -> tuple[selectors.BaseSelector, Any]:
     return selector, epoll
 
 
+def _spun(poller: Any, until: float) -> list[tuple[int, int]]:
+    """What ``poller`` finds ready, polled without sleeping until ``until`` (monotonic)
+    at most: empty when nothing was."""
+    while time.monotonic() < until:
+        ready: list[tuple[int, int]] = poller.poll(0)
+        if ready:
+            return ready
+    return []
+
+
 def _epoll_events(events: int) -> int:
     """Epoll flags for a selector key's events (as ``selectors.EpollSelector`` sets them)."""
     flags = select.EPOLLIN if events & selectors.EVENT_READ else 0
@@ -148,10 +158,15 @@ class LoopThread:
             self.idle_lock.release()
 
     def serve_in_caller(
-        self, fds: Callable[[], Sequence[int]], done: Callable[[], bool], seconds: float
+        self,
+        fds: Callable[[], Sequence[int]],
+        done: Callable[[], bool],
+        seconds: float,
+        spin: float = 0.0,
     ) -> None:
         """Read ``fds()`` for the loop in this thread while it sleeps, until ``done()``,
-        for at most ``seconds``; return at once if the loop is busy.
+        for at most ``seconds``; return at once if the loop is busy. For the first
+        ``spin`` seconds the thread polls without sleeping (see ``inline_receive``).
 
         The loop's epoll ignores those descriptors meanwhile, so their data wakes only
         this thread, which runs the loop's own reader callbacks for them. It gives the loop
@@ -165,7 +180,8 @@ class LoopThread:
             readers = self._readers(fds())
             if readers:
                 with self._borrowed(readers):
-                    self._serve(readers, done, time.monotonic() + seconds)
+                    now = time.monotonic()
+                    self._serve(readers, done, now + seconds, now + spin)
         finally:
             self.idle_lock.release()
 
@@ -211,15 +227,21 @@ class LoopThread:
         return scheduled[0] if scheduled else None
 
     def _serve(
-        self, readers: dict[int, asyncio.Handle], done: Callable[[], bool], deadline: float
+        self,
+        readers: dict[int, asyncio.Handle],
+        done: Callable[[], bool],
+        deadline: float,
+        spin_until: float,
     ) -> None:
         loop_fd = self._epoll.fileno()  # readable when the loop has anything else to do
         poller = self._poller_for(tuple(readers), loop_fd)
         while not done():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            ready = poller.poll(left * 1000)
+            ready = _spun(poller, spin_until)
+            if not ready:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                ready = poller.poll(left * 1000)
             if any(fd == loop_fd for fd, _ in ready):
                 return
             for fd, _ in ready:
