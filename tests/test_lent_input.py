@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
-from ceranubis_jupyter import CeranubisExecutor
+from ceranubis_jupyter import CeranubisExecutor, WorkerCrashed
 from ceranubis_jupyter.cluster.hosts import Host
 from ceranubis_jupyter.node import borrow
 from ceranubis_jupyter.wire import protocol as p
@@ -233,6 +233,33 @@ def test_a_task_read_by_a_borrower_that_dies_is_sent_again() -> None:
         borrower.kill()
         assert future.result(DEADLINE) == 81
         assert executor.hosts()[0].pid != node.pid  # the node was restarted
+        assert executor.submit(pow, 2, 5).result(DEADLINE) == 32
+
+
+def _kill_self_if(kill: bool) -> int:
+    import os
+    import signal
+
+    if kill:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return 1
+
+
+_kill_self_if.__module__ = "__main__"  # travels by value
+
+
+def test_a_borrower_that_dies_in_the_task_it_read_leaves_the_node_running() -> None:
+    # The borrower keeps the frame it read while the task in it runs (its result would
+    # leave before the node is woken). Dying in that task must not cost the node its
+    # input: the node reports the task crashed, as any task of a dead worker, and reads on.
+    with CeranubisExecutor([Host("local", workers=2)], retries=0) as executor:
+        assert executor.submit(_kill_self_if, False).result(DEADLINE) == 1
+        node = psutil.Process(executor.hosts()[0].pid)
+        borrower = _waiting_in_select(node)
+        with pytest.raises(WorkerCrashed, match=r"SIGKILL\(-9\)"):
+            executor.submit(_kill_self_if, True).result(DEADLINE)
+        assert not borrower.is_running() or borrower.status() == psutil.STATUS_ZOMBIE
+        assert executor.hosts()[0].pid == node.pid  # not restarted: its input was whole
         assert executor.submit(pow, 2, 5).result(DEADLINE) == 32
 
 

@@ -3,16 +3,19 @@ is :mod:`.lending`).
 
 A worker that was lent the input (``LendInput``) waits on it and on its own task pipe.
 When the client's next frame comes, the worker reads exactly that frame
-(:func:`read_frame`: never a byte past it, so the node's stream stays whole) and gives
-the input back at once (:func:`input_back`), with the bytes it read. When the frame is one
-task of a function the worker has (:func:`lone_task`), it names that task and runs it
-right after: the task came client → sshd → worker without waking the node, as an echo's
-round trip does. Anything else (a control message, several tasks, an unknown function)
-the node reads from the bytes given back, as if from its input. If the node writes to
-the task pipe first, the worker gives the input back unread. From its first read until
-the bytes are given back, the worker's running slot says it is reading: should it die
-then, what it read dies with it, and the node ends so that the client sends its tasks
-again (nothing is lost; the node had nothing else to do, or it would not have lent).
+(:func:`read_frame`: never a byte past it, so the node's stream stays whole). When the
+frame is one task of a function the worker has (:func:`lone_task`), it runs that task
+first and gives the bytes back (:func:`input_back`, naming the task) once the result is
+out, or after ``worker.HOLD_SECONDS`` if the task runs on: the task came client → sshd →
+worker and its result went back without waking the node, as an echo's round trip does.
+Anything else (a control message, several tasks, an unknown function) it gives back at
+once, and the node reads it from the bytes given back, as if from its input. If the node
+writes to the task pipe first, the worker gives the input back unread. The worker's slot
+says what it does meanwhile (:class:`~.slot.RunningSlot`): reading (should it die then,
+what it read dies with it, and the node ends so that the client sends its tasks again;
+nothing is lost: the node had nothing else to do, or it would not have lent), or holding
+a whole frame whose task it runs (should it die in the task, the node reports the task
+crashed and reads on).
 
 Stdlib + dill only: shipped to bare hosts with the node (see ``bootstrap``).
 """

@@ -5,7 +5,9 @@ The node lends only when it has nothing to do (nothing queued, relayed, half rea
 its way) and every worker is idle; it stops watching its input until the worker gives it
 back. The bytes given back are read as if from the input, in order, before the input is
 read again; the task the worker took among them is held as that worker's, so its timeout,
-a cancel or the worker's death are handled as for any task the node gave it.
+a cancel or the worker's death are handled as for any task the node gave it. (A worker
+gives a lone task's frame back once the task's result is out, or after
+``worker.HOLD_SECONDS``: the node is deaf that long at most.)
 
 Stdlib only: shipped to bare hosts with the node (see ``bootstrap``).
 """
@@ -76,17 +78,25 @@ class Lender:
             return taken[0]
         return None
 
-    def forget(self, state: WorkerState, reading: bool) -> bool:
-        """``state`` died (``reading``: in the middle of reading the lent input, by its
-        slot). ``True`` when the input may have lost bytes with it: a frame or part of one
-        that the node never saw, so its stream can no longer be trusted. Otherwise, if it
-        had the input, the node reads it again."""
+    def forget(self, state: WorkerState, running: int) -> tuple[bool, int]:
+        """``state`` died, running task ``running`` (by its slot). Returns whether the
+        input may have lost bytes with it (so that its stream can no longer be trusted),
+        and the task of a lent frame it held and died running (``0``: none), which the
+        node never held. Otherwise, if it had the input, the node reads it again.
+
+        Bytes are lost when it died in the middle of reading a frame, or holding a whole
+        one (see ``RunningSlot.hold``) whose task ended without its result reaching the
+        client. A held frame whose task it died running, or whose result reached the
+        client, leaves the stream whole.
+        """
         if self.to is not state:
-            return False
-        if reading:
-            return True
+            return False, 0
+        slot = state.slot
+        held = slot.held()
+        if slot.reading() or (held and held != running and slot.delivered() != held):
+            return True, 0
         self._watch_input()
-        return False
+        return False, held if held == running else 0
 
     def _watch_input(self) -> None:
         self.to = None

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from ..wire import protocol as p
 from . import worker
 from .outbox import Outbox, grow_pipe
+from .slot import RunningSlot
 
 
 @dataclass
@@ -25,7 +26,7 @@ class WorkerState:
     to_worker: int
     from_worker: int
     outbox: Outbox
-    slot: worker.RunningSlot
+    slot: RunningSlot
     # Its own worker's results: uncapped, the client's cap applies to what leaves the node.
     decoder: p.FrameDecoder = field(default_factory=lambda: p.FrameDecoder(p.UNCAPPED))
     tasks: collections.deque[p.Task] = field(default_factory=collections.deque)  # in order
@@ -43,7 +44,7 @@ def start(client: worker.ClientPipe | None) -> WorkerState:
     result_read, result_write = os.pipe()
     for fd in (task_write, result_write):
         grow_pipe(fd)
-    slot = worker.RunningSlot()
+    slot = RunningSlot()
     pid = os.fork()
     if pid == 0:
         os.close(task_write)

@@ -10,7 +10,7 @@ the tasks the client sent and feeds each worker a batch of about ``BATCH_SECONDS
 (:mod:`.pace`), batches the results of a loop turn into one frame, passes a big task to an
 idle worker while its frame still arrives (:class:`~.relay.Relay`), lends its input to an
 idle worker when it has nothing to do (:mod:`.lending`), restarts a worker that dies
-(reporting the task it ran, which its :class:`~.worker.RunningSlot` tells, as crashed) and
+(reporting the task it ran, which its :class:`~.slot.RunningSlot` tells, as crashed) and
 reports load every second. It exits, killing its workers, when its input closes, on
 ``Shutdown``, or when the client has been silent too long. The workers' processes are
 :mod:`~.pool`'s business, the facts about the host :mod:`~.hostinfo`'s.
@@ -390,10 +390,14 @@ class Supervisor:
         running, _ = state.slot.get()
         exitcode = pool.reap(state.pid)
         self._catch_up(state)
-        if self.lender.forget(state, state.slot.reading()):
+        lost, crashed = self.lender.forget(state, running)
+        if lost:
             self._fail(INPUT_LOST)
         self._forget(state)
-        self._settle(state, running, p.CRASHED, {"exitcode": exitcode, "pid": state.pid})
+        info = {"exitcode": exitcode, "pid": state.pid}
+        if crashed:  # read by the worker from the lent input: the node never held it
+            self.pending_results.append(_status_result(crashed, p.CRASHED, info))
+        self._settle(state, running, p.CRASHED, info)
         if self.running:
             self._start_worker()
 

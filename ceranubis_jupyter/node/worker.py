@@ -1,6 +1,6 @@
 """A worker process: runs tasks one at a time for its node supervisor.
 
-The supervisor forks it with two pipes and a :class:`RunningSlot`. Down the first pipe come
+The supervisor forks it with two pipes and a :class:`~.slot.RunningSlot`. Down the first pipe come
 ``Function`` and ``Tasks`` frames; up the second go ``Results`` frames: results of tiny tasks
 are gathered for up to ``RESULT_FLUSH_SECONDS``, a slow task's result goes at once, and
 nothing waits once the worker runs out of tasks. Before each task the worker notes it in the
@@ -20,7 +20,6 @@ import os
 import select
 import signal
 import stat
-import struct
 import sys
 import threading
 import time
@@ -35,61 +34,19 @@ from . import borrow
 from .code import activate
 from .files import worker_chdir
 from .output import Streamer, TaskOutput
+from .slot import RunningSlot
 
 # How often the fallback watchdog checks that the supervisor still lives.
 PARENT_POLL_SECONDS = 0.5
 # Seconds a finished result may wait for the results of the next tasks: one frame per
 # millisecond instead of one per tiny task, at a latency cost only while tasks keep coming.
 RESULT_FLUSH_SECONDS = 0.001
-# Re-reads of the slot to get a consistent (id, start) pair while the worker writes it.
-_SLOT_READS = 3
-
-
-class RunningSlot:
-    """Which task a worker runs and since when, in memory shared with its supervisor.
-
-    Created by the supervisor before the fork; the worker writes it around each task, the
-    supervisor reads it to blame the right task when the worker dies and to time tasks out.
-    """
-
-    _LAYOUT = struct.Struct("=Qd")  # task id (0: between tasks), time.monotonic() at start
-    _DELIVERED = struct.Struct("=Q")  # after it: the last task whose result went direct
-    _READING_AT = _LAYOUT.size + _DELIVERED.size  # then a byte: 1 while it reads lent input
-
-    def __init__(self) -> None:
-        self._area = mmap.mmap(-1, self._READING_AT + 1)
-
-    def set(self, task_id: int, started: float) -> None:
-        """Note the task now running (``0`` when none)."""
-        self._LAYOUT.pack_into(self._area, 0, task_id, started)
-
-    def get(self) -> tuple[int, float]:
-        """``(task_id, started)``, read until two reads agree (the writer never waits)."""
-        value = self._LAYOUT.unpack_from(self._area, 0)
-        for _ in range(_SLOT_READS):
-            again = self._LAYOUT.unpack_from(self._area, 0)
-            if again == value:
-                break
-            value = again
-        return int(value[0]), float(value[1])
-
-    def set_delivered(self, task_id: int) -> None:
-        """Note the last task whose result the worker wrote straight to the client."""
-        self._DELIVERED.pack_into(self._area, self._LAYOUT.size, task_id)
-
-    def delivered(self) -> int:
-        """The last task whose result went straight to the client (``0``: none yet)."""
-        (task_id,) = self._DELIVERED.unpack_from(self._area, self._LAYOUT.size)
-        return int(task_id)
-
-    def set_reading(self, reading: bool) -> None:
-        """Note that the worker reads the node's lent input (from its first byte until it
-        gave back what it read): bytes it dies with are lost to the node."""
-        self._area[self._READING_AT] = reading
-
-    def reading(self) -> bool:
-        """Whether the worker was reading the node's lent input (see ``set_reading``)."""
-        return bool(self._area[self._READING_AT])
+# Seconds a worker may keep the node's lent input while it runs a task it read from it:
+# the node is deaf meanwhile (a cancel, a timeout, the next tasks wait that long at most).
+HOLD_SECONDS = 0.002
+# Seconds without a task from the lent input after which the watcher of held input stops
+# ticking (the next one wakes it: a thread wake-up, which a steady stream of them is spared).
+WATCH_IDLE_SECONDS = 0.1
 
 
 class ClientPipe:
@@ -175,6 +132,11 @@ class _Outgoing:
         self.results: list[p.Result] = []
         self.since = 0.0
         self.streamed: set[int] = set()  # tasks whose result must follow their output
+        self._input: list[p.Buffer] | None = None  # the lent input to give back (hold_input)
+        self._held_at = 0.0  # when it was last held
+        self._watching = False  # the watcher ticks (see _watch_held)
+        self._watch = threading.Event()
+        self._watcher: threading.Thread | None = None  # started at the first hold
         self._lock = threading.Lock()
         self._waiting = threading.Event()
         threading.Thread(target=self._flush_late, name="result-flusher", daemon=True).start()
@@ -207,15 +169,54 @@ class _Outgoing:
             self._waiting.set()
 
     def flush(self) -> None:
-        """Write every waiting result now."""
+        """Write every waiting result now, then give back the lent input if held."""
         with self._lock:
             self._write()
+            self._give_back()
 
     def send_now(self, chunks: list[p.Buffer]) -> None:
         """Write a frame of our own to the node now, after the results waiting."""
         with self._lock:
             self._write()
+            self._give_back()
             write_all(self.fd, chunks)
+
+    def hold_input(self, chunks: list[p.Buffer]) -> None:
+        """Give the lent input back (``chunks``) just before anything else goes to the
+        node, at the next flush, or after ``HOLD_SECONDS`` (the watcher thread): a quick
+        task read from it sends its result before the node wakes to take the input back
+        (on a busy host the node's turn would otherwise come before the task's)."""
+        with self._lock:
+            self._input, self._held_at = chunks, time.monotonic()
+            if self._watching:
+                return
+            self._watching = True
+        self._watch.set()
+        if self._watcher is None:
+            self._watcher = threading.Thread(target=self._watch_held, daemon=True)
+            self._watcher.start()
+
+    def _watch_held(self) -> None:
+        """Give back the lent input that a running task holds for ``HOLD_SECONDS``: ticks
+        while tasks come from it, waits to be woken after ``WATCH_IDLE_SECONDS`` without."""
+        while True:
+            self._watch.wait()
+            self._watch.clear()
+            while True:
+                time.sleep(HOLD_SECONDS)
+                with self._lock:
+                    held_for = time.monotonic() - self._held_at
+                    if self._input is not None and held_for >= HOLD_SECONDS:
+                        self._give_back()
+                    elif self._input is None and held_for >= WATCH_IDLE_SECONDS:
+                        self._watching = False
+                        break
+
+    def _give_back(self) -> None:
+        if self._input is not None:
+            chunks, self._input = self._input, None
+            write_all(self.fd, chunks)
+            self.slot.set_reading(False)
 
     def send_output(self, output: TaskOutput) -> None:
         """Send the whole lines a running task printed and has not sent, in a frame of
@@ -225,6 +226,7 @@ class _Outgoing:
             if chunks:
                 self.streamed.add(output.task_id)
                 self._write()
+                self._give_back()
                 write_all(self.fd, p.encode(p.Results(tuple(chunks))))
 
     def _write(self) -> None:
@@ -232,11 +234,13 @@ class _Outgoing:
             return
         frame = p.encode(p.Results(tuple(self.results)))
         if self.client is None or self._after_output() or not self.client.try_send(frame):
+            self._give_back()  # the node learns of a held task before its result
             write_all(self.fd, frame)
         else:
             self.slot.set_delivered(self.results[-1].task_id)
             if self.client.news_wanted():
                 notes = tuple(_delivered(r.task_id) for r in self.results if r.status != p.OUTPUT)
+                self._give_back()
                 write_all(self.fd, p.encode(p.Results(notes)))
         self.results = []
 
@@ -299,10 +303,13 @@ def _borrow(
     slot.set_reading(True)
     frame = borrow.read_frame(input_fd)
     message = borrow.lone_task(frame, functions.runnable)
-    outgoing.send_now(borrow.input_back(frame, message.tasks[0].task_id if message else 0))
-    slot.set_reading(False)
-    if message is not None:
-        _handle(message, functions, outgoing, streamer, slot)
+    if message is None:
+        outgoing.send_now(borrow.input_back(frame, 0))
+        slot.set_reading(False)
+        return
+    slot.hold(message.tasks[0].task_id)  # a whole frame: the node's stream stays whole
+    outgoing.hold_input(borrow.input_back(frame, message.tasks[0].task_id))
+    _handle(message, functions, outgoing, streamer, slot)
 
 
 def receive(fd: int, decoder: p.FrameDecoder | p.Connection) -> bool:
