@@ -75,6 +75,7 @@ def test_bundle_holds_the_node_modules_and_dill_and_nothing_else() -> None:
             "node/pace",
             "node/pool",
             "node/relay",
+            "node/slot",
             "node/supervisor",
             "node/worker",
             "wire/__init__",
