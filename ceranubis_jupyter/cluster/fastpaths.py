@@ -29,7 +29,7 @@
 - ``lent_input``: a node with nothing to do lends its input to an idle worker, which reads
   the next frame itself and runs it when it is one task of a function it has (one process
   hop less per round trip: the node is not woken on the task's way in), giving the frame
-  back once the result is out (or after 2 ms, if the task runs on). Node side:
+  back once the result is out (or within 4 ms, if the task runs on). Node side:
   ``node.lending``.
 
 Every one is on by default. ``CeranubisExecutor(fast_paths=FastPaths(cut_through=False))``

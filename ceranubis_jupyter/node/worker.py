@@ -1,11 +1,11 @@
 """A worker process: runs tasks one at a time for its node supervisor.
 
-The supervisor forks it with two pipes and a :class:`~.slot.RunningSlot`. Down the first pipe come
-``Function`` and ``Tasks`` frames; up the second go ``Results`` frames: results of tiny tasks
-are gathered for up to ``RESULT_FLUSH_SECONDS``, a slow task's result goes at once, and
-nothing waits once the worker runs out of tasks. Before each task the worker notes it in the
-slot, so the supervisor knows which task was running if the worker dies. The worker exits
-when its input closes and dies with its supervisor.
+The supervisor forks it with two pipes and a :class:`~.slot.RunningSlot`. Down the first
+pipe come ``Function`` and ``Tasks`` frames; up the second go ``Results`` frames: results
+of tiny tasks are gathered for up to ``RESULT_FLUSH_SECONDS``, a slow task's result goes at
+once, and nothing waits once the worker runs out of tasks. Before each task the worker
+notes it in the slot, so the supervisor knows which task was running if the worker dies.
+The worker exits when its input closes and dies with its supervisor.
 
 Stdlib + dill only: it runs on bare hosts.
 """
@@ -41,8 +41,9 @@ PARENT_POLL_SECONDS = 0.5
 # Seconds a finished result may wait for the results of the next tasks: one frame per
 # millisecond instead of one per tiny task, at a latency cost only while tasks keep coming.
 RESULT_FLUSH_SECONDS = 0.001
-# Seconds a worker may keep the node's lent input while it runs a task it read from it:
-# the node is deaf meanwhile (a cancel, a timeout, the next tasks wait that long at most).
+# Seconds a worker may keep the node's lent input while it runs a task it read from it
+# (the watcher ticks at this period: it gives the input back within twice this). The node
+# is deaf meanwhile: a cancel, a timeout, the next tasks wait that long at most.
 HOLD_SECONDS = 0.002
 # Seconds without a task from the lent input after which the watcher of held input stops
 # ticking (the next one wakes it: a thread wake-up, which a steady stream of them is spared).
