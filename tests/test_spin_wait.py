@@ -103,6 +103,31 @@ def test_quick_answers_make_the_next_wait_spin_and_a_slow_one_does_not(
         assert asked[-1] == 0.0
 
 
+def test_a_spin_ends_with_a_shorter_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    with CeranubisExecutor(max_workers=1) as executor:
+        receiver = executor._wait_inline
+        assert receiver is not None
+        for i in range(QUICK_TRIES):  # until an answer came quick: the next wait spins
+            assert executor.submit(plus_one, i).result(30) == i + 1
+            if receiver._spin == SPIN_SECONDS:
+                break
+        assert receiver._spin == SPIN_SECONDS
+        loop_thread = executor.scheduler.loop_thread
+        deadlines: list[tuple[float, float]] = []  # (the wait's end, the spin's end)
+        original = loop_thread._serve
+
+        def serve(readers: Any, done: Any, deadline: float, spin_until: float) -> None:
+            deadlines.append((deadline, spin_until))
+            original(readers, done, deadline, spin_until)
+
+        monkeypatch.setattr(loop_thread, "_serve", serve)
+        future = executor.submit(nap_then_plus_one, 1)
+        with pytest.raises(TimeoutError):
+            future.result(timeout=SPIN_SECONDS / 10)
+        assert future.result(30) == 2
+    assert deadlines and all(spin_until <= deadline for deadline, spin_until in deadlines)
+
+
 def test_with_spin_wait_off_no_wait_spins(monkeypatch: pytest.MonkeyPatch) -> None:
     paths = FastPaths.without("spin_wait")
     with CeranubisExecutor(max_workers=1, fast_paths=paths) as executor:

@@ -185,7 +185,7 @@ class LoopThread:
             if readers:
                 with self._borrowed(readers):
                     now = time.monotonic()
-                    self._serve(readers, done, now + seconds, now + spin)
+                    self._serve(readers, done, now + seconds, now + min(spin, seconds))
         finally:
             self.idle_lock.release()
 
