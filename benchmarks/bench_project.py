@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         f"W1 as a project  : {stored_median:10,.0f} tasks/s  (store: {kind}; "
         f"{', '.join(f'{r:,.0f}' for r, _ in stored)})"
     )
-    print(f"ratio project/map: {ratio:10.2f}          (target >= {target}: {verdict})")
+    print(f"ratio project/map: {ratio:10.3f}         (target >= {target}: {verdict})")
     plain_cpu = statistics.median(cpu for _, cpu in plain)
     stored_cpu = statistics.median(cpu for _, cpu in stored)
     print(
