@@ -22,3 +22,12 @@ def by_value(fn: F) -> F:
 def plus_one(x: int) -> int:
     """The tiny task of sequential round trips: ``x + 1``."""
     return x + 1
+
+
+@by_value
+def nap_then_plus_one(x: int) -> int:
+    """A task longer than an inline wait or a spin (50 ms), then ``x + 1``."""
+    import time
+
+    time.sleep(0.05)
+    return x + 1

@@ -21,7 +21,7 @@ import tests.test_executor_contract as contract
 import tests.test_map_buffersize as buffered
 from ceranubis_jupyter import CeranubisExecutor, ConfigError
 from ceranubis_jupyter.cluster.fastpaths import FAST_PATHS_OFF_ENV, FastPaths
-from tests.remote import by_value, plus_one
+from tests.remote import nap_then_plus_one, plus_one
 
 # The executor's switches (queue_batches is the queue daemon's: tests/test_queue_batches.py).
 SWITCHES = [*(name for name in FastPaths.names() if name != "queue_batches"), "all"]
@@ -67,14 +67,6 @@ def test_with_inline_submit_off_the_loop_thread_sends_every_task(
         )
         assert [executor.submit(plus_one, i).result(30) for i in range(20)] == list(range(1, 21))
     assert inline == []
-
-
-@by_value
-def nap_then_plus_one(x: int) -> int:
-    import time
-
-    time.sleep(0.05)
-    return x + 1
 
 
 def _threads_that_receive(

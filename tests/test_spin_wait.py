@@ -6,6 +6,7 @@ that time. (The executor contract with the switch off is in ``test_fast_path_swi
 from __future__ import annotations
 
 import os
+import select
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -16,19 +17,11 @@ from ceranubis_jupyter import CeranubisExecutor
 from ceranubis_jupyter.cluster import loopthread
 from ceranubis_jupyter.cluster.fastpaths import FastPaths
 from ceranubis_jupyter.cluster.inline_receive import SPIN_SECONDS
-from tests.remote import by_value, plus_one
+from tests.remote import nap_then_plus_one, plus_one
 
 # Sequential round trips tried until one answer came within a spin (a loaded machine may
 # answer slower now and then).
 QUICK_TRIES = 500
-
-
-@by_value
-def nap_then_plus_one(x: int) -> int:
-    import time
-
-    time.sleep(0.05)
-    return x + 1
 
 
 @pytest.fixture
@@ -40,8 +33,6 @@ def pipe() -> Iterator[tuple[int, int]]:
 
 
 def _poller(fd: int) -> Any:
-    import select
-
     poller = select.poll()
     poller.register(fd, select.POLLIN)
     return poller

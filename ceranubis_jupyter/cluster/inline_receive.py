@@ -56,11 +56,13 @@ class InlineReceiver:
         if scheduler.outstanding != 1 or scheduler.listeners or scheduler.dependencies.held:
             return
         seconds = INLINE_WAIT_SECONDS if timeout is None else min(timeout, INLINE_WAIT_SECONDS)
+        if not self._spins:
+            scheduler.loop_thread.serve_in_caller(self._fds, future.done, seconds)
+            return
         started = time.monotonic()
         scheduler.loop_thread.serve_in_caller(self._fds, future.done, seconds, self._spin)
-        if self._spins:  # spin next time if this answer came within a spin
-            quick = future.done() and time.monotonic() - started < SPIN_SECONDS
-            self._spin = SPIN_SECONDS if quick else 0.0
+        quick = future.done() and time.monotonic() - started < SPIN_SECONDS
+        self._spin = SPIN_SECONDS if quick else 0.0  # spin next time after a quick answer
 
     def _fds(self) -> list[int]:
         """The descriptors the nodes' answers arrive on (read with the loop asleep)."""

@@ -179,8 +179,7 @@ class _Outgoing:
         """Write a frame of our own to the node now, after the results waiting."""
         with self._lock:
             self._write()
-            self._give_back()
-            write_all(self.fd, chunks)
+            self._to_node(chunks)
 
     def hold_input(self, chunks: list[p.Buffer]) -> None:
         """Give the lent input back (``chunks``) just before anything else goes to the
@@ -219,6 +218,12 @@ class _Outgoing:
             write_all(self.fd, chunks)
             self.slot.set_reading(False)
 
+    def _to_node(self, chunks: list[p.Buffer]) -> None:
+        """Write ``chunks`` to the node, after the held input: the node must learn of a
+        held task before anything about it (its output, result or delivery)."""
+        self._give_back()
+        write_all(self.fd, chunks)
+
     def send_output(self, output: TaskOutput) -> None:
         """Send the whole lines a running task printed and has not sent, in a frame of
         their own, after the results already waiting."""
@@ -227,22 +232,19 @@ class _Outgoing:
             if chunks:
                 self.streamed.add(output.task_id)
                 self._write()
-                self._give_back()
-                write_all(self.fd, p.encode(p.Results(tuple(chunks))))
+                self._to_node(p.encode(p.Results(tuple(chunks))))
 
     def _write(self) -> None:
         if not self.results:
             return
         frame = p.encode(p.Results(tuple(self.results)))
         if self.client is None or self._after_output() or not self.client.try_send(frame):
-            self._give_back()  # the node learns of a held task before its result
-            write_all(self.fd, frame)
+            self._to_node(frame)
         else:
             self.slot.set_delivered(self.results[-1].task_id)
             if self.client.news_wanted():
                 notes = tuple(_delivered(r.task_id) for r in self.results if r.status != p.OUTPUT)
-                self._give_back()
-                write_all(self.fd, p.encode(p.Results(notes)))
+                self._to_node(p.encode(p.Results(notes)))
         self.results = []
 
     def _after_output(self) -> bool:
