@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..errors import StoreError
+from .spares import Spares
 
 # The columns of a project store before versions: a table with these (and no version)
 # is upgraded at open; any other shape is refused.
@@ -45,6 +46,10 @@ class StoreBase(ABC):
         self._lock = threading.RLock()
         # Connections made to the server so far (PostgreSQL: one more after each loss).
         self.connections = 0
+        # Connections given back by the stores reopened from this one (spares.py) ...
+        self._spares: Spares[Any] = Spares(self._reusable, _close)
+        # ... and, in such a store, the spares of the store it was reopened from.
+        self._keeper: Spares[Any] | None = None
 
     def reconnected_since(self, connections: int) -> bool:
         """Whether the store's connection may not be the one it had when
@@ -66,9 +71,30 @@ class StoreBase(ABC):
     def _translate(self, error: Exception) -> Exception:
         """A :class:`StoreError` or :class:`ConfigError` for a driver error (or ``error``)."""
 
-    @abstractmethod
     def close(self) -> None:
-        """Close the connection."""
+        """Close the connection and this store's spares. A store made by ``reopen()``
+        gives its connection, when idle and sound, back to the store it was reopened
+        from, whose next ``reopen()`` takes it (spares.py)."""
+        with self._lock:
+            connection = self._detach()
+        self._spares.close()
+        if connection is None or (self._keeper is not None and self._keeper.give(connection)):
+            return
+        connection.close()
+
+    def _take_spare(self, keeper: Spares[Any] | None) -> Any:
+        """A connection ``keeper`` kept (then it is this store's keeper), or ``None``."""
+        self._keeper = keeper
+        return keeper.take() if keeper is not None else None
+
+    @abstractmethod
+    def _detach(self) -> Any:
+        """The store's connection (``None``: none), leaving the store as closed."""
+
+    @abstractmethod
+    def _reusable(self, connection: Any) -> bool:
+        """Whether ``connection`` may serve another store: open, sound, no transaction
+        open, nothing unread on it."""
 
     def leave_to_parent(self) -> None:
         """In a child forked while this store was open: make sure nothing the child does
@@ -179,6 +205,10 @@ class StoreBase(ABC):
                 f"the project store {self.url} has tables of another shape ({error}); "
                 "point CERANUBIS_STORE at a new file or database"
             ) from error
+
+
+def _close(connection: Any) -> None:
+    connection.close()
 
 
 __all__ = ["ARGUMENT_COLUMNS", "INDEXES", "PROJECT_COLUMNS", "V1_PROJECT_COLUMNS", "StoreBase"]

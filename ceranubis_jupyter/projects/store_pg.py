@@ -25,6 +25,7 @@ from .pg_binary import (
 )
 from .queue_fast import INDEX_PLANS, PG_REUSABLE, FastQueue
 from .queue_store import ARGUMENTS_FILLFACTOR, PG_QUEUE
+from .spares import Spares, quiet
 from .store import DONE_VALUES, Store
 
 # Seconds to wait for the server when connecting: an unreachable store is reported
@@ -132,7 +133,7 @@ class PostgresStore(FastQueue, Store):
     _queue = PG_QUEUE
     _reusable_sql = PG_REUSABLE
 
-    def __init__(self, url: str, *, create: bool = True) -> None:
+    def __init__(self, url: str, *, create: bool = True, keeper: Spares[Any] | None = None) -> None:
         super().__init__()
         self._create = create
         self.url = redact(url)
@@ -149,8 +150,11 @@ class PostgresStore(FastQueue, Store):
                 "pip install -U 'psycopg[binary]'"
             )
         self._psycopg: Any = psycopg
-        self._connection: Any = None
         self._width: int | None = None  # bytes of arguments.project, once read
+        self._connection = self._take_spare(keeper)
+        if self._connection is not None:  # its first store prepared the schema
+            self.connections += 1
+            return
         self._connect()
         try:
             self.prepare_schema(create)
@@ -187,11 +191,11 @@ class PostgresStore(FastQueue, Store):
         return self._connection.cursor()
 
     def _lost_connection(self) -> bool:
-        return bool(self._connection.closed or self._connection.broken)
+        connection = self._connection
+        return connection is None or bool(connection.closed or connection.broken)
 
     def reconnected_since(self, connections: int) -> bool:
-        lost = self._connection is None or self._lost_connection()
-        return lost or self.connections != connections
+        return self._lost_connection() or self.connections != connections
 
     def _reads(self, queries: Sequence[tuple[str, Sequence[Any]]]) -> list[list[tuple[Any, ...]]]:
         # In one pipeline: one round trip (each is a wake-up of the server on a busy host).
@@ -292,33 +296,31 @@ class PostgresStore(FastQueue, Store):
     def _sql(self, text: str) -> str:
         return text.replace("?", "%s")
 
-    def close(self) -> None:
-        """Close the connection."""
-        with self._lock:
-            if self._connection is not None:
-                self._connection.close()
+    def _detach(self) -> Any:
+        connection, self._connection = self._connection, None
+        return None if connection is None or connection.closed else connection
+
+    def _reusable(self, connection: Any) -> bool:
+        return bool(
+            not (connection.closed or connection.broken)
+            and connection.info.transaction_status == self._psycopg.pq.TransactionStatus.IDLE
+            and quiet(connection.fileno())
+        )
 
     def leave_to_parent(self) -> None:
-        """In a forked child: the connection's socket is the parent's session; point it
-        at /dev/null, so that nothing done here (a finalizer's goodbye at exit) reaches
-        that session. Used again, this store finds its connection lost and reconnects.
-        Not under the store's lock: another thread of the parent may have held it at the
-        fork, and the child has no other thread."""
-        if self._connection is None or self._connection.closed:
-            return
-        try:
-            socket = self._connection.fileno()
-        except self._psycopg.Error:  # broken already: no socket
-            return
-        nothing = os.open(os.devnull, os.O_RDWR)
-        try:
-            os.dup2(nothing, socket)
-        finally:
-            os.close(nothing)
+        """In a forked child: the connection's socket is the parent's session, and so
+        are the spares'; point them at /dev/null, so that nothing done here (a
+        finalizer's goodbye at exit) reaches those sessions. Used again, this store finds
+        its connection lost and reconnects. Not under the store's lock: another thread of
+        the parent may have held it at the fork, and the child has no other thread."""
+        self._spares.each(_let_go)
+        if self._connection is not None:
+            _let_go(self._connection)
 
     def reopen(self) -> PostgresStore:
-        """Another store on the same database, with a connection of its own."""
-        return PostgresStore(self._dsn, create=self._create)
+        """Another store on the same database, with a connection of its own: one that
+        an earlier such store gave back when it closed, if any is fit (spares.py)."""
+        return PostgresStore(self._dsn, create=self._create, keeper=self._spares)
 
     @property
     def dsn(self) -> str:
@@ -338,6 +340,21 @@ class PostgresStore(FastQueue, Store):
         if isinstance(error, self._psycopg.Error):
             return StoreError(f"the project store {self.url} failed: {self._said(error)}")
         return error
+
+
+def _let_go(connection: Any) -> None:
+    """Point an open connection's socket at /dev/null (in a forked child)."""
+    if connection.closed:
+        return
+    try:
+        socket = connection.fileno()
+    except Exception:  # broken already: no socket (psycopg.OperationalError)
+        return
+    nothing = os.open(os.devnull, os.O_RDWR)
+    try:
+        os.dup2(nothing, socket)
+    finally:
+        os.close(nothing)
 
 
 def _send_arrays_as_they_are(connection: Any, psycopg: Any) -> None:

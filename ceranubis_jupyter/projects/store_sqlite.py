@@ -21,6 +21,7 @@ from typing import Any
 
 from ..errors import ConfigError, StoreError
 from .queue_store import SQLITE_QUEUE
+from .spares import Spares
 from .store import DONE_VALUES, Store
 
 # Seconds a writer waits for another process's write lock: long enough to ride out a
@@ -128,11 +129,21 @@ class SQLiteStore(Store):
     _begin_sql = "BEGIN IMMEDIATE"
     _queue = SQLITE_QUEUE
 
-    def __init__(self, path: str | os.PathLike[str], *, create: bool = True) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        create: bool = True,
+        keeper: Spares[sqlite3.Connection] | None = None,
+    ) -> None:
         super().__init__()
         self._create = create
         self.path = Path(path).expanduser()
         self.url = str(self.path)
+        spare = self._take_spare(keeper)
+        if spare is not None:  # its first store prepared the file and the schema
+            self._connection: sqlite3.Connection = spare
+            return
         _prepare_file(self.path)
         try:
             self._connection = sqlite3.connect(
@@ -181,14 +192,21 @@ class SQLiteStore(Store):
         if self._connection.in_transaction:
             cursor.execute("ROLLBACK")
 
-    def close(self) -> None:
-        """Close the connection."""
-        with self._lock:
-            self._connection.close()
+    def _detach(self) -> sqlite3.Connection:
+        # A closed one stays: used after close(), the store raises as sqlite3 does.
+        connection, self._connection = self._connection, _closed_connection()
+        return connection
+
+    def _reusable(self, connection: sqlite3.Connection) -> bool:
+        try:
+            return not connection.in_transaction
+        except sqlite3.ProgrammingError:  # closed
+            return False
 
     def reopen(self) -> SQLiteStore:
-        """Another store on the same file, with a connection of its own."""
-        return SQLiteStore(self.path, create=self._create)
+        """Another store on the same file, with a connection of its own: one that an
+        earlier such store gave back when it closed, if any is fit (spares.py)."""
+        return SQLiteStore(self.path, create=self._create, keeper=self._spares)
 
     def _translate(self, error: Exception) -> Exception:
         if isinstance(error, (StoreError, ConfigError)):
@@ -254,6 +272,14 @@ def _update_sql(rows: int) -> str:
     """The UPDATE of finished arguments for ``rows`` rows of values."""
     marks = "(" + ", ".join("?" * DONE_VALUES) + ")"
     return f"{_UPDATE_DONE} VALUES {', '.join([marks] * rows)}{_UPDATE_DONE_WHERE}"
+
+
+@functools.cache  # one for every closed store
+def _closed_connection() -> sqlite3.Connection:
+    """A closed connection: what a closed store holds (any use raises)."""
+    connection = sqlite3.connect(":memory:", check_same_thread=False)
+    connection.close()
+    return connection
 
 
 def _prepare_file(path: Path) -> None:
