@@ -197,3 +197,30 @@ def test_a_forked_child_leaves_the_parents_spares_alone(pg_url: str) -> None:
     assert again.list_projects() == []
     again.close()
     store.close()
+
+
+def test_a_forked_child_neither_takes_nor_closes_the_parents_spares(pg_url: str) -> None:
+    store, backend = _given_back(pg_url)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: a run store of its own, then every store closed
+        status = 1
+        try:
+            run = store.reopen()
+            os.write(write_end, str(_backend(run)).encode())
+            run.close()
+            store._spares.close()  # what the store's close does to its spares
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    _, status = os.waitpid(pid, 0)
+    with os.fdopen(read_end, "rb") as reported:
+        childs = int(reported.read())
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert childs != backend  # not the parent's session
+    again = store.reopen()
+    assert _backend(again) == backend  # still the parent's spare, and sound
+    assert again.list_projects() == []
+    again.close()
+    store.close()

@@ -11,12 +11,14 @@ store closes, its idle connection goes back to the store that opened it, and the
 A connection is kept only while nothing about it is in doubt: no transaction open, not
 closed or broken, nothing waiting on it unread (a server that ended the session has sent
 its goodbye or closed the socket), idle for at most :data:`SPARE_SECONDS`; and at most
-:data:`SPARES` of them per store. Closing the store closes its spares.
+:data:`SPARES` of them per store. Closing the store closes its spares. A forked child
+neither takes nor closes its parent's spares: they are the parent's sessions.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import select
 import threading
 import time
@@ -48,9 +50,17 @@ class Spares(Generic[Connection]):
         self._lock = threading.Lock()
         self._idle: list[tuple[float, Connection]] = []
         self._closed = False
+        self._pid = os.getpid()
+
+    def _inherited(self) -> bool:
+        """Whether this process is a forked child of the one that kept the spares: they
+        are the parent's sessions, never to be used or closed here."""
+        return os.getpid() != self._pid
 
     def take(self) -> Connection | None:
         """The newest spare still fit for use, or ``None``; older, unfit ones are closed."""
+        if self._inherited():
+            return None
         unfit: list[Connection] = []
         found = None
         with self._lock:
@@ -67,6 +77,8 @@ class Spares(Generic[Connection]):
     def give(self, connection: Connection) -> bool:
         """Keep ``connection`` for the next :meth:`take`; ``False`` when it is not kept
         (unfit, already held, enough spares, or the store closed): the caller closes it."""
+        if self._inherited():
+            return False
         with self._lock:
             held = any(kept is connection for _, kept in self._idle)
             if self._closed or held or len(self._idle) >= SPARES:
@@ -77,7 +89,11 @@ class Spares(Generic[Connection]):
             return True
 
     def close(self) -> None:
-        """Close every spare; from now on none is kept."""
+        """Close every spare (in a forked child: forget the parent's); from now on
+        none is kept."""
+        if self._inherited():
+            self._closed, self._idle = True, []  # not under the lock: see each()
+            return
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []
