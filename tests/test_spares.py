@@ -4,8 +4,10 @@ PostgreSQL server; what is in doubt is never handed on."""
 
 from __future__ import annotations
 
+import gc
 import os
 import sqlite3
+import weakref
 from pathlib import Path
 
 import pytest
@@ -139,6 +141,18 @@ def test_a_reopened_sqlite_store_takes_the_connection_an_earlier_one_gave_back(
     for each in (again, other, store):
         each.close()
     assert not _open(connection)  # the store's close closed its spares
+
+
+def test_a_store_left_unclosed_is_freed_at_once_with_its_spares(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "s.sqlite")
+    store.reopen().close()  # one spare
+    freed = weakref.ref(store)
+    gc.disable()  # by reference counting alone: no cycle through the spares
+    try:
+        del store
+        assert freed() is None
+    finally:
+        gc.enable()
 
 
 # ---------------------------------------------------------------- PostgreSQL stores

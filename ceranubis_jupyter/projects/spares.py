@@ -3,9 +3,10 @@
 Every run writes through a store of its own (:meth:`Store.reopen`: its connection is not
 the one the notebook reads through). Opening that connection is most of a small run's
 start on PostgreSQL: the server starts a backend, which then loads its caches and plans
-the run's statements again; W1 as a project on a local server ran at 0.73 of ``map`` with
-a new connection per run and 0.80 with one kept (14 alternating rounds). So when a run's
-store closes, its idle connection goes back to the store that opened it, and the next
+the run's statements again (W1 as a project on a local server, a store holding 30-60
+projects: 0.74 of ``map`` with a new connection per run, 0.79 with one kept; in a fresh
+database +0.01: benchmarks/README.md, the tenth pass). So when a run's store closes, its
+idle connection goes back to the store that opened it, and the next
 :meth:`Store.reopen` takes it instead of connecting.
 
 A connection is kept only while nothing about it is in doubt: no transaction open, not
@@ -44,7 +45,9 @@ def quiet(socket: int) -> bool:
 class Spares(Generic[Connection]):
     """Idle connections of one store, newest last; thread-safe."""
 
-    def __init__(self, reusable: Callable[[Connection], bool], close: Callable[[Connection], None]):
+    def __init__(
+        self, reusable: Callable[[Connection], bool], close: Callable[[Connection], None]
+    ) -> None:
         self._reusable = reusable
         self._close = close
         self._lock = threading.Lock()

@@ -47,7 +47,7 @@ class StoreBase(ABC):
         # Connections made to the server so far (PostgreSQL: one more after each loss).
         self.connections = 0
         # Connections given back by the stores reopened from this one (spares.py) ...
-        self._spares: Spares[Any] = Spares(self._reusable, _close)
+        self._spares: Spares[Any] = Spares(type(self)._reusable, _close)  # no cycle
         # ... and, in such a store, the spares of the store it was reopened from.
         self._keeper: Spares[Any] | None = None
 
@@ -91,8 +91,9 @@ class StoreBase(ABC):
     def _detach(self) -> Any:
         """The store's connection (``None``: none), leaving the store as closed."""
 
+    @staticmethod
     @abstractmethod
-    def _reusable(self, connection: Any) -> bool:
+    def _reusable(connection: Any) -> bool:
         """Whether ``connection`` may serve another store: open, sound, no transaction
         open, nothing unread on it."""
 

@@ -300,10 +300,13 @@ class PostgresStore(FastQueue, Store):
         connection, self._connection = self._connection, None
         return None if connection is None or connection.closed else connection
 
-    def _reusable(self, connection: Any) -> bool:
+    @staticmethod
+    def _reusable(connection: Any) -> bool:
+        from psycopg.pq import TransactionStatus  # imported: the connection is psycopg's
+
         return bool(
             not (connection.closed or connection.broken)
-            and connection.info.transaction_status == self._psycopg.pq.TransactionStatus.IDLE
+            and connection.info.transaction_status == TransactionStatus.IDLE
             and quiet(connection.fileno())
         )
 

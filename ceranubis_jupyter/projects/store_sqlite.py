@@ -197,7 +197,8 @@ class SQLiteStore(Store):
         connection, self._connection = self._connection, _closed_connection()
         return connection
 
-    def _reusable(self, connection: sqlite3.Connection) -> bool:
+    @staticmethod
+    def _reusable(connection: sqlite3.Connection) -> bool:
         try:
             return not connection.in_transaction
         except sqlite3.ProgrammingError:  # closed
