@@ -15,8 +15,9 @@ import pytest
 from ceranubis_jupyter.errors import StoreError
 from ceranubis_jupyter.projects import spares
 from ceranubis_jupyter.projects.records import this_client
-from ceranubis_jupyter.projects.spares import SPARES, Spares
+from ceranubis_jupyter.projects.spares import SPARES, Spares, quiet
 from ceranubis_jupyter.projects.store import Store
+from ceranubis_jupyter.projects.store_sqlite import SQLiteStore
 from ceranubis_jupyter.projects.stores import open_store
 from tests.waiting import wait_for
 
@@ -50,13 +51,8 @@ def _sessions(url: str) -> set[int]:
 
 
 def _sqlite_spares() -> Spares[sqlite3.Connection]:
-    def reusable(connection: sqlite3.Connection) -> bool:
-        try:
-            return not connection.in_transaction
-        except sqlite3.ProgrammingError:
-            return False
-
-    return Spares(reusable, sqlite3.Connection.close)
+    """Spares as a SQLite store keeps them."""
+    return Spares(SQLiteStore._reusable, sqlite3.Connection.close)
 
 
 def _open(connection: sqlite3.Connection) -> bool:
@@ -174,6 +170,8 @@ def test_a_spare_whose_session_the_server_ended_is_not_taken(pg_url: str) -> Non
     store, backend = _given_back(pg_url)
     with psycopg.connect(pg_url, autocommit=True) as admin:  # waits for the backend's end
         assert admin.execute("SELECT pg_terminate_backend(%s, 30000)", (backend,)).fetchone()
+    ((_, spare),) = store._spares._idle
+    wait_for(lambda: not quiet(spare.fileno()), SERVER_SECONDS, "the server's goodbye arrived")
     again = store.reopen()
     _new(again)  # a write, which is not retried on a new connection as reads are
     assert _backend(again) != backend
