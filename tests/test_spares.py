@@ -55,6 +55,11 @@ def _sqlite_spares() -> Spares[sqlite3.Connection]:
     return Spares(SQLiteStore._reusable, sqlite3.Connection.close)
 
 
+def _memory() -> sqlite3.Connection:
+    """A connection as a store opens it: any thread may use and close it."""
+    return sqlite3.connect(":memory:", check_same_thread=False)
+
+
 def _open(connection: sqlite3.Connection) -> bool:
     try:
         connection.execute("SELECT 1")
@@ -75,7 +80,7 @@ def _new(store: Store) -> int:
 
 def test_the_newest_spare_is_taken_first_and_each_once() -> None:
     kept = _sqlite_spares()
-    first, second = sqlite3.connect(":memory:"), sqlite3.connect(":memory:")
+    first, second = _memory(), _memory()
     assert kept.give(first) and kept.give(second)
     assert kept.take() is second and kept.take() is first
     assert kept.take() is None
@@ -83,7 +88,7 @@ def test_the_newest_spare_is_taken_first_and_each_once() -> None:
 
 def test_a_spare_is_kept_once_and_at_most_spares_of_them() -> None:
     kept = _sqlite_spares()
-    connections = [sqlite3.connect(":memory:") for _ in range(SPARES + 1)]
+    connections = [_memory() for _ in range(SPARES + 1)]
     assert kept.give(connections[0]) and not kept.give(connections[0])  # a second close
     assert all(kept.give(c) for c in connections[1:SPARES])
     assert not kept.give(connections[SPARES])  # the caller closes it
@@ -92,7 +97,7 @@ def test_a_spare_is_kept_once_and_at_most_spares_of_them() -> None:
 
 def test_a_connection_in_a_transaction_or_closed_is_not_kept() -> None:
     kept = _sqlite_spares()
-    busy, closed = sqlite3.connect(":memory:"), sqlite3.connect(":memory:")
+    busy, closed = _memory(), _memory()
     busy.execute("BEGIN")
     closed.close()
     assert not kept.give(busy) and not kept.give(closed)
@@ -101,16 +106,26 @@ def test_a_connection_in_a_transaction_or_closed_is_not_kept() -> None:
 
 def test_a_spare_idle_too_long_is_closed_not_taken(monkeypatch: pytest.MonkeyPatch) -> None:
     kept = _sqlite_spares()
-    old = sqlite3.connect(":memory:")
+    old = _memory()
     assert kept.give(old)
     monkeypatch.setattr(spares, "SPARE_SECONDS", -1.0)  # every spare is too old now
     assert kept.take() is None
     assert not _open(old)
 
 
+def test_a_spare_left_waiting_is_closed_by_the_timer(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(spares, "SPARE_SECONDS", 0.05)
+    kept = _sqlite_spares()
+    first, second = _memory(), _memory()
+    assert kept.give(first) and kept.give(second)
+    wait_for(lambda: len(kept) == 0, 30.0, "both spares closed by the timer")
+    assert not _open(first) and not _open(second)
+    wait_for(lambda: kept._sweeper is None, 30.0, "the timer gone once no spare waits")
+
+
 def test_closing_closes_the_spares_and_keeps_no_more() -> None:
     kept = _sqlite_spares()
-    spare, later = sqlite3.connect(":memory:"), sqlite3.connect(":memory:")
+    spare, later = _memory(), _memory()
     assert kept.give(spare)
     kept.close()
     assert not _open(spare)

@@ -11,8 +11,9 @@ idle connection goes back to the store that opened it, and the next
 
 A connection is kept only while nothing about it is in doubt: no transaction open, not
 closed or broken, nothing waiting on it unread (a server that ended the session has sent
-its goodbye or closed the socket), idle for at most :data:`SPARE_SECONDS`; and at most
-:data:`SPARES` of them per store. Closing the store closes its spares. A forked child
+its goodbye or closed the socket), idle for at most :data:`SPARE_SECONDS` (a timer
+thread closes it then, while any spare waits); and at most :data:`SPARES` of them per
+store. Closing the store closes its spares. A forked child
 neither takes nor closes its parent's spares: they are the parent's sessions.
 """
 
@@ -28,8 +29,9 @@ from typing import Generic, TypeVar
 
 # Connections kept per store: one per run that may end while another runs.
 SPARES = 2
-# Seconds a spare may wait: one taken later is closed and replaced by a new one (a
-# server or a firewall may end an idle session; a run's write would then fail once).
+# Seconds a spare may wait, then it is closed: a server or a firewall may end an idle
+# session (a run's write would then fail once), and an idle notebook should not hold
+# the server's sessions.
 SPARE_SECONDS = 120.0
 
 Connection = TypeVar("Connection")
@@ -54,6 +56,7 @@ class Spares(Generic[Connection]):
         self._idle: list[tuple[float, Connection]] = []
         self._closed = False
         self._pid = os.getpid()
+        self._sweeper: threading.Timer | None = None  # closes spares that waited too long
 
     def _inherited(self) -> bool:
         """Whether this process is a forked child of the one that kept the spares: they
@@ -89,6 +92,7 @@ class Spares(Generic[Connection]):
             if not self._reusable(connection):
                 return False
             self._idle.append((time.monotonic(), connection))
+            self._sweep_later()
             return True
 
     def close(self) -> None:
@@ -100,6 +104,8 @@ class Spares(Generic[Connection]):
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []
+            if self._sweeper is not None:
+                self._sweeper.cancel()
         self._close_all(connection for _, connection in idle)
 
     def each(self, action: Callable[[Connection], None]) -> None:
@@ -110,6 +116,27 @@ class Spares(Generic[Connection]):
 
     def __len__(self) -> int:
         return len(self._idle)
+
+    def _sweep_later(self) -> None:
+        """Under the lock: have the oldest spare closed once it waited too long (one
+        timer thread while any spare waits; none otherwise)."""
+        if self._sweeper is not None or not self._idle:
+            return
+        due = self._idle[0][0] + SPARE_SECONDS - time.monotonic()
+        self._sweeper = threading.Timer(max(0.0, due), self._sweep)
+        self._sweeper.daemon = True
+        self._sweeper.name = "ceranubis-spares"
+        self._sweeper.start()
+
+    def _sweep(self) -> None:
+        with self._lock:
+            self._sweeper = None
+            oldest = time.monotonic() - SPARE_SECONDS
+            expired = [connection for since, connection in self._idle if since <= oldest]
+            self._idle = [(since, c) for since, c in self._idle if since > oldest]
+            if not self._closed:
+                self._sweep_later()
+        self._close_all(expired)
 
     def _close_all(self, connections: Iterable[Connection]) -> None:
         for connection in connections:
