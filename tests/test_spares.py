@@ -14,8 +14,9 @@ import pytest
 
 from ceranubis_jupyter.errors import StoreError
 from ceranubis_jupyter.projects import spares
+from ceranubis_jupyter.projects.queue_fast import server_left
 from ceranubis_jupyter.projects.records import this_client
-from ceranubis_jupyter.projects.spares import SPARES, Spares, quiet
+from ceranubis_jupyter.projects.spares import SPARES, Spares
 from ceranubis_jupyter.projects.store import Store
 from ceranubis_jupyter.projects.store_sqlite import SQLiteStore
 from ceranubis_jupyter.projects.stores import open_store
@@ -186,7 +187,7 @@ def test_a_spare_whose_session_the_server_ended_is_not_taken(pg_url: str) -> Non
     with psycopg.connect(pg_url, autocommit=True) as admin:  # waits for the backend's end
         assert admin.execute("SELECT pg_terminate_backend(%s, 30000)", (backend,)).fetchone()
     ((_, spare),) = store._spares._idle
-    wait_for(lambda: not quiet(spare.fileno()), SERVER_SECONDS, "the server's goodbye arrived")
+    wait_for(lambda: server_left(spare), SERVER_SECONDS, "the server's goodbye arrived")
     again = store.reopen()
     _new(again)  # a write, which is not retried on a new connection as reads are
     assert _backend(again) != backend

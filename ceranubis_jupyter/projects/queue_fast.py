@@ -234,6 +234,19 @@ _WOKEN_ROW = (
 )
 
 
+def server_left(connection: Any) -> bool:
+    """Whether an idle psycopg connection is of no more use: closed, broken, or its server
+    closed its end, seen without a round trip as the idle socket being readable (anything
+    the server sends unasked to a session that does not listen is its goodbye, or a rare
+    notice that then costs a new connection). One system call in the usual case."""
+    if connection.closed or connection.broken:
+        return True
+    try:
+        return bool(select.select([connection.fileno()], [], [], 0)[0])
+    except Exception:  # no socket any more (OSError, psycopg.Error)
+        return True
+
+
 @dataclass(frozen=True)
 class Inserted:
     """A project stored at once: its ``row``, its arguments' ``ids`` in position order,
@@ -338,19 +351,13 @@ class FastQueue(StoreBase):
     def _drop_if_server_left(self) -> None:
         """Close the connection when the server closed its end while it was idle (a
         restart, an administrator's terminate), so that the next statement goes out on a
-        new one: seen without a round trip, as the idle socket being readable (anything
-        the server sends unasked to a session that does not listen is its goodbye, or a
-        rare notice that then costs a new connection). Else a commit after a restart
-        would fail (a write that was sent is never sent again: it may have been committed)."""
+        new one (:func:`server_left`). Else a commit after a restart would fail (a write
+        that was sent is never sent again: it may have been committed)."""
         connection = self._connection
         if connection is None or connection.closed or connection.broken:
             return
-        try:
-            if not select.select([connection.fileno()], [], [], 0)[0]:
-                return  # nothing came while idle: the usual case, one system call
-        except (OSError, self._psycopg.Error):
-            pass  # no socket any more: closed below
-        connection.close()
+        if server_left(connection):
+            connection.close()
 
     def claim_woken(
         self, project: int, priority: int, owner: str, host: str, count: int, lease: float,
@@ -413,4 +420,5 @@ __all__ = [
     "FastQueue",
     "Inserted",
     "Woken",
+    "server_left",
 ]

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -35,13 +34,6 @@ SPARES = 2
 SPARE_SECONDS = 120.0
 
 Connection = TypeVar("Connection")
-
-
-def quiet(socket: int) -> bool:
-    """Whether nothing waits to be read on ``socket``: an idle session whose server has
-    said nothing since (no error, no goodbye, no end of stream)."""
-    readable, _, _ = select.select([socket], [], [], 0)
-    return not readable
 
 
 class Spares(Generic[Connection]):
@@ -144,4 +136,4 @@ class Spares(Generic[Connection]):
                 self._close(connection)
 
 
-__all__ = ["SPARES", "SPARE_SECONDS", "Spares", "quiet"]
+__all__ = ["SPARES", "SPARE_SECONDS", "Spares"]

@@ -23,9 +23,9 @@ from .pg_binary import (
     outcome_arrays,
     outcome_slices,
 )
-from .queue_fast import INDEX_PLANS, PG_REUSABLE, FastQueue
+from .queue_fast import INDEX_PLANS, PG_REUSABLE, FastQueue, server_left
 from .queue_store import ARGUMENTS_FILLFACTOR, PG_QUEUE
-from .spares import Spares, quiet
+from .spares import Spares
 from .store import DONE_VALUES, Store
 
 # Seconds to wait for the server when connecting: an unreachable store is reported
@@ -304,10 +304,9 @@ class PostgresStore(FastQueue, Store):
     def _reusable(connection: Any) -> bool:
         from psycopg.pq import TransactionStatus  # imported: the connection is psycopg's
 
-        return bool(
-            not (connection.closed or connection.broken)
+        return (
+            not server_left(connection)
             and connection.info.transaction_status == TransactionStatus.IDLE
-            and quiet(connection.fileno())
         )
 
     def leave_to_parent(self) -> None:
